@@ -1,0 +1,24 @@
+"""Spiking neural ODEs in JAX: exact spike times with adaptive event-driven solvers."""
+
+from ._dynamics import (
+    AbstractClosedFormDynamics as AbstractClosedFormDynamics,
+    AbstractDynamics as AbstractDynamics,
+    LIFState as LIFState,
+    ODELIFDynamics as ODELIFDynamics,
+    lif_vector_field as lif_vector_field,
+)
+from ._integrate import integrate as integrate
+from ._layer import OnlineLayer as OnlineLayer, SpikingODELayer as SpikingODELayer
+from ._root_find import bisect_crossing as bisect_crossing
+from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solver import (
+    AbstractRungeKutta as AbstractRungeKutta,
+    AbstractSolver as AbstractSolver,
+    Bosh3 as Bosh3,
+    Dopri5 as Dopri5,
+    Exact as Exact,
+    StepProposal as StepProposal,
+    adaptive_step as adaptive_step,
+)
+
+__version__ = "0.1.0"

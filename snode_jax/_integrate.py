@@ -1,0 +1,314 @@
+"""The integration loop: intervals of constant input, steps and crossings inside."""
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._custom_types import State
+from ._dynamics import AbstractClosedFormDynamics, AbstractDynamics
+from ._misc import where_tree
+from ._root_find import bisect_crossing
+from ._solution import RESULTS, Solution, update_result
+from ._solver import AbstractSolver, Exact, adaptive_step
+
+
+class _Buffer(eqx.Module):
+    """Spike times recorded in order of occurrence, `+inf` where unused."""
+
+    times: Array  # (n_neurons, max_spikes)
+    num: Array  # (n_neurons,) spikes seen so far (may exceed max_spikes)
+
+    def record(self, mask, times):
+        n, cap = self.times.shape
+        if cap == 0:
+            return _Buffer(self.times, self.num + mask)
+        index = jnp.where(mask, self.num, cap)  # cap is out of range: dropped
+        new_times = self.times.at[jnp.arange(n), index].set(times, mode="drop")
+        return _Buffer(new_times, self.num + mask)
+
+
+class _Counters(eqx.Module):
+    num_steps: Array
+    num_rejected_steps: Array
+    num_crossings: Array
+    num_dt_min_steps: Array
+
+    @staticmethod
+    def zeros(n):
+        z = jnp.zeros((n,), jnp.int32)
+        return _Counters(z, z, z, z)
+
+    def __add__(self, other):
+        return jax.tree.map(jnp.add, self, other)
+
+
+def _closed_form_interval(
+    dynamics: AbstractClosedFormDynamics,
+    constants,
+    y: State,
+    current,
+    t_start,
+    buffer: _Buffer | None,
+    max_steps: int,
+):
+    """Walk from event to event through one interval using the model's closed form.
+
+    Each neuron takes one step per spike plus one to the interval end; deciding
+    whether a spike happens costs a multiply and a compare.
+    """
+    ev = dynamics.interval_start(y, current, constants)
+    zeros = jnp.zeros(current.shape, jnp.int32)
+
+    def body(carry):
+        ev, pending, count, buffer = carry
+        if buffer is not None:
+            buffer = buffer.record(pending, t_start + dynamics.crossing_time(ev))
+        ev = dynamics.fire(ev, pending)
+        count = count + pending
+        # A neuron has used `count + 1` steps once it moves on to its next segment.
+        pending = dynamics.crossing_pending(ev) & (count + 1 < max_steps)
+        return ev, pending, count, buffer
+
+    pending = dynamics.crossing_pending(ev) & (max_steps > 1)
+    carry = body((ev, pending, zeros, buffer))  # most intervals need no loop at all
+    ev, _, count, buffer = lax.while_loop(lambda c: jnp.any(c[1]), body, carry)
+    exhausted = jnp.any(dynamics.crossing_pending(ev))
+    counters = _Counters(count + 1, zeros, count, zeros)
+    no_fail = jnp.zeros((), bool)
+    return dynamics.interval_end(ev), count, buffer, counters, exhausted, no_fail
+
+
+def _adaptive_interval(
+    dynamics: AbstractDynamics,
+    solver: AbstractSolver,
+    y: State,
+    current,
+    t_start,
+    interval,
+    buffer: _Buffer | None,
+    *,
+    max_steps: int,
+    dt_init: float,
+    dt_min: float,
+    dt_max: float,
+    rtol: float,
+    atol: float,
+    max_root_iters: int,
+):
+    """Integrate one interval with per-neuron adaptive steps and located crossings."""
+    n = current.shape[0]
+    dtype = current.dtype
+    eps = jnp.finfo(dtype).eps
+    root_atol = 4 * eps * interval
+    zeros = jnp.zeros((n,), jnp.int32)
+    h0 = jnp.full((n,), min(dt_init, dt_max), dtype)
+    t0 = jnp.zeros((n,), dtype)
+
+    def cond_fun(carry):
+        t, _, _, _, _, attempts, _, _ = carry
+        return jnp.any((t < interval) & (attempts < max_steps))
+
+    def body_fun(carry):
+        t, y, h, count, counters, attempts, buffer, root_fail = carry
+        active = (t < interval) & (attempts < max_steps)
+        reaches_end = t + h >= interval
+        t1 = jnp.where(reaches_end, interval, t + h)
+        step = t1 - t
+        prop = adaptive_step(
+            dynamics,
+            solver,
+            t,
+            y,
+            current,
+            step,
+            rtol=rtol,
+            atol=atol,
+            dt_min=dt_min,
+            dt_max=dt_max,
+        )
+        accept = active & prop.accept
+        g0 = dynamics.threshold(y)
+        g1 = dynamics.threshold(prop.y1)
+        crossed = accept & (g1 >= 0)
+
+        def sub_step(s):
+            return solver.step(dynamics, t, y, current, s - t)[0]
+
+        def locate(_):
+            t_star, ok = bisect_crossing(
+                lambda s: dynamics.threshold(sub_step(s)),
+                t,
+                t1,
+                g0,
+                g1,
+                crossed,
+                rtol=0.0,
+                atol=root_atol,
+                max_iters=max_root_iters,
+            )
+            return t_star, sub_step(t_star), ok
+
+        def skip(_):
+            return t1, prop.y1, jnp.ones((n,), bool)
+
+        t_star, y_star, ok = lax.cond(jnp.any(crossed), locate, skip, None)
+        y_new = where_tree(
+            crossed, dynamics.reset(y_star), where_tree(accept, prop.y1, y)
+        )
+        t_new = jnp.where(crossed, t_star, jnp.where(accept, t1, t))
+        h_new = jnp.where(active, prop.h_next, h)
+        if buffer is not None:
+            buffer = buffer.record(crossed, t_start + t_star)
+        counters = counters + _Counters(
+            accept.astype(jnp.int32),
+            (active & ~accept).astype(jnp.int32),
+            crossed.astype(jnp.int32),
+            (accept & prop.at_dt_min).astype(jnp.int32),
+        )
+        root_fail = root_fail | jnp.any(crossed & ~ok)
+        attempts = attempts + active
+        return (
+            t_new,
+            y_new,
+            h_new,
+            count + crossed,
+            counters,
+            attempts,
+            buffer,
+            root_fail,
+        )
+
+    init = (t0, y, h0, zeros, _Counters.zeros(n), zeros, buffer, jnp.zeros((), bool))
+    t, y, _, count, counters, _, buffer, root_fail = lax.while_loop(
+        cond_fun, body_fun, init
+    )
+    exhausted = jnp.any(t < interval)
+    return y, count, buffer, counters, exhausted, root_fail
+
+
+def integrate(
+    dynamics: AbstractDynamics,
+    solver: AbstractSolver,
+    weight: Float[Array, "n_neurons n_inputs"],
+    inputs: Float[Array, "time n_inputs"],
+    interval: Float[Array, ""],
+    state: State,
+    *,
+    max_spikes: int | None,
+    max_steps: int,
+    dt_init: float,
+    dt_min: float,
+    dt_max: float,
+    rtol: float,
+    atol: float,
+    max_root_iters: int,
+) -> Solution:
+    """Simulate a layer over consecutive intervals of constant input.
+
+    Interval `k` spans `[k * interval, (k + 1) * interval)` ms and drives the neurons
+    with the current `weight @ inputs[k]`. Arguments are validated by the caller;
+    traced values that are invalid (NaN/inf, a non-positive time constant, ...) are
+    reported in the solution's `result`. `max_spikes=None` records no spike times.
+    """
+    dtype = jnp.result_type(weight, inputs)
+    n_neurons = weight.shape[0]
+    dynamics = dynamics.astype(dtype)
+    weight = weight.astype(dtype)
+    inputs = inputs.astype(dtype)
+    interval = jnp.asarray(interval, dtype)
+    state = jax.tree.map(lambda a: jnp.asarray(a, dtype), state)
+    currents = inputs @ weight.T
+
+    params = jax.tree.leaves((dynamics.parameters(), weight, inputs, state))
+    nonfinite = jnp.zeros((), bool)
+    for leaf in params:
+        nonfinite = nonfinite | ~jnp.all(jnp.isfinite(leaf))
+    invalid = dynamics.invalid(state) | (interval <= 0) | ~jnp.isfinite(interval)
+    result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
+    result = update_result(result, invalid, RESULTS.invalid_parameters)
+
+    buffer = None
+    if max_spikes is not None:
+        times = jnp.full((n_neurons, max_spikes), jnp.inf, dtype)
+        buffer = _Buffer(times, jnp.zeros((n_neurons,), jnp.int32))
+
+    closed_form = isinstance(solver, Exact) and solver.closed_form_events
+    closed_form = closed_form and isinstance(dynamics, AbstractClosedFormDynamics)
+    constants = dynamics.interval_constants(interval) if closed_form else None
+
+    def one_interval(carry, xs):
+        y, buffer, counters, exhausted, root_fail = carry
+        k, current = xs
+        t_start = k.astype(dtype) * interval
+        if closed_form:
+            assert isinstance(dynamics, AbstractClosedFormDynamics)
+            out = _closed_form_interval(
+                dynamics, constants, y, current, t_start, buffer, max_steps
+            )
+        else:
+            out = _adaptive_interval(
+                dynamics,
+                solver,
+                y,
+                current,
+                t_start,
+                interval,
+                buffer,
+                max_steps=max_steps,
+                dt_init=dt_init,
+                dt_min=dt_min,
+                dt_max=dt_max,
+                rtol=rtol,
+                atol=atol,
+                max_root_iters=max_root_iters,
+            )
+        y, count, buffer, new_counters, new_exhausted, new_root_fail = out
+        carry = (
+            y,
+            buffer,
+            counters + new_counters,
+            exhausted | new_exhausted,
+            root_fail | new_root_fail,
+        )
+        return carry, (count, y)
+
+    n_intervals = inputs.shape[0]
+    init = (
+        state,
+        buffer,
+        _Counters.zeros(n_neurons),
+        jnp.array(False),
+        jnp.array(False),
+    )
+    ks = jnp.arange(n_intervals)
+    (y, buffer, counters, exhausted, root_fail), (counts, states) = lax.scan(
+        one_interval, init, (ks, currents)
+    )
+    result = update_result(result, exhausted, RESULTS.max_steps_reached)
+    result = update_result(result, root_fail, RESULTS.crossing_search_failed)
+    if buffer is None:
+        spike_times = jnp.zeros((n_neurons, 0), dtype)
+        num_spikes = jnp.sum(counts, axis=0)
+    else:
+        spike_times, num_spikes = buffer.times, buffer.num
+        overflow = jnp.any(num_spikes > max_spikes)
+        result = update_result(result, overflow, RESULTS.spike_buffer_full)
+    stats = dict(
+        num_steps=counters.num_steps,
+        num_rejected_steps=counters.num_rejected_steps,
+        num_crossings=counters.num_crossings,
+        num_dt_min_steps=counters.num_dt_min_steps,
+        max_steps=jnp.asarray(max_steps),
+    )
+    return Solution(
+        counts=counts,
+        spike_times=spike_times,
+        num_spikes=num_spikes,
+        final_state=y,
+        interval_states=states,
+        stats=stats,
+        result=result,
+        interval=interval,
+    )

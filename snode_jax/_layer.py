@@ -1,0 +1,321 @@
+"""Trainable spiking layers built on the integration loop."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._custom_types import Counts, State
+from ._dynamics import AbstractDynamics, ODELIFDynamics
+from ._integrate import integrate
+from ._misc import check_interval, check_positive_float, check_positive_int, is_concrete
+from ._solution import RESULTS, Solution
+from ._solver import AbstractSolver, default_solver
+
+
+class SpikingODELayer(eqx.Module):
+    """A layer of spiking neurons whose membranes are integrated as ODEs.
+
+    Input `x_k` is held constant over interval `k` (length `interval` ms) and drives
+    the neurons with the current `weight @ x_k`. Every threshold crossing is located
+    inside the solver step (to machine precision for the LIF), the neuron is reset at
+    that instant and integration continues, so spike counts and times are those of
+    the continuous-time model, not of a time grid.
+
+    **Arguments:**
+
+    - `n_inputs`, `n_neurons`: layer sizes (positive ints).
+    - `dynamics`: the neuron model; default `ODELIFDynamics()`.
+    - `dt_init`: the first step of each interval (ms), for solvers that control their
+        step size. Each interval starts afresh because its input jumps.
+    - `dt_min`: the smallest step the controller may take (ms); `0 < dt_min <= dt_init`.
+        Spike-time precision does not depend on it: crossings are located by a
+        search with its own, much tighter, tolerance.
+    - `dt_max`: the largest controlled step (ms); default unbounded.
+    - `solver`: default the best the model allows: [`Exact`][] for models with a
+        closed-form flow (the LIF), else [`Dopri5`][].
+    - `rtol`, `atol`: error tolerances of a Runge-Kutta solver.
+    - `max_steps`: step budget per neuron per interval (the closed-form LIF path
+        takes one step per spike plus one).
+    - `max_root_iters`: iteration budget of the crossing search.
+    - `dtype`: floating dtype of `weight`; default JAX's default float.
+    - `key`: PRNG key for the weight, drawn from `N(0, 2 / n_inputs)`.
+
+    **Raises:**
+
+    `ValueError`/`TypeError` for non-positive sizes or step bounds, `dt_min > dt_init`,
+    or dynamics parameters whose shape is neither scalar nor `(n_neurons,)`.
+    """
+
+    weight: Float[Array, "n_neurons n_inputs"]
+    dynamics: AbstractDynamics
+    solver: AbstractSolver
+    n_inputs: int = eqx.field(static=True)
+    n_neurons: int = eqx.field(static=True)
+    dt_init: float = eqx.field(static=True)
+    dt_min: float = eqx.field(static=True)
+    dt_max: float = eqx.field(static=True)
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    max_root_iters: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_neurons: int,
+        dynamics: AbstractDynamics | None = None,
+        dt_init: float = 0.1,
+        dt_min: float = 0.001,
+        *,
+        dt_max: float | None = None,
+        solver: AbstractSolver | None = None,
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+        max_steps: int = 4096,
+        max_root_iters: int = 200,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        self.n_inputs = check_positive_int("n_inputs", n_inputs)
+        self.n_neurons = check_positive_int("n_neurons", n_neurons)
+        self.dt_init = check_positive_float("dt_init", dt_init, " (ms)")
+        self.dt_min = check_positive_float("dt_min", dt_min, " (ms)")
+        if self.dt_min > self.dt_init:
+            raise ValueError(
+                f"`dt_min` must be <= `dt_init`, got dt_min={dt_min!r} and "
+                f"dt_init={dt_init!r}."
+            )
+        if dt_max is None:
+            self.dt_max = float("inf")
+        else:
+            self.dt_max = check_positive_float("dt_max", dt_max, " (ms)")
+            if self.dt_max < self.dt_init:
+                raise ValueError(
+                    f"`dt_max` must be >= `dt_init`, got dt_max={dt_max!r} and "
+                    f"dt_init={dt_init!r}."
+                )
+        self.rtol = check_positive_float("rtol", rtol)
+        self.atol = check_positive_float("atol", atol)
+        self.max_steps = check_positive_int("max_steps", max_steps)
+        self.max_root_iters = check_positive_int("max_root_iters", max_root_iters)
+        if dynamics is None:
+            dynamics = ODELIFDynamics()
+        if not isinstance(dynamics, AbstractDynamics):
+            raise TypeError(
+                "`dynamics` must be an AbstractDynamics (such as ODELIFDynamics), "
+                f"got {type(dynamics).__name__}."
+            )
+        dynamics.check_n_neurons(self.n_neurons)
+        self.dynamics = dynamics
+        if solver is None:
+            solver = default_solver(dynamics)
+        if not isinstance(solver, AbstractSolver):
+            raise TypeError(
+                f"`solver` must be an AbstractSolver, got {type(solver).__name__}."
+            )
+        if not dynamics.has_exact_flow and not hasattr(solver, "error_order"):
+            raise ValueError(
+                f"`solver` {type(solver).__name__} needs an exact flow, which "
+                f"{type(dynamics).__name__} does not provide; use Dopri5() or Bosh3()."
+            )
+        self.solver = solver
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+        std = np.sqrt(2.0 / self.n_inputs)
+        self.weight = std * jax.random.normal(
+            key, (self.n_neurons, self.n_inputs), dtype
+        )
+
+    # -- helpers -------------------------------------------------------------------
+
+    @property
+    def dtype(self):
+        return self.weight.dtype
+
+    def _check_inputs(self, inputs) -> Array:
+        inputs = jnp.asarray(inputs)
+        expected = f"(time, n_inputs) = (T, {self.n_inputs})"
+        if inputs.ndim != 2 or inputs.shape[1] != self.n_inputs or inputs.shape[0] < 1:
+            raise ValueError(
+                f"`inputs` must have shape {expected} with T >= 1, got shape "
+                f"{inputs.shape}. For a batch, use jax.vmap over the leading axis."
+            )
+        if not jnp.issubdtype(inputs.dtype, jnp.floating):
+            inputs = inputs.astype(self.dtype)
+        if is_concrete(inputs) and not bool(jnp.all(jnp.isfinite(inputs))):
+            raise ValueError(
+                f"`inputs` must be finite, got NaN or inf in {inputs.shape}."
+            )
+        return inputs
+
+    def _check_state(self, state):
+        expected = jax.tree.structure(self.init_state())
+        if jax.tree.structure(state) != expected:
+            raise ValueError(
+                f"`state` must be a {type(self.init_state()).__name__} "
+                f"(from `init_state()`), got {state!r}."
+            )
+        for leaf in jax.tree.leaves(state):
+            if jnp.shape(leaf) != (self.n_neurons,):
+                raise ValueError(
+                    f"`state` arrays must have shape ({self.n_neurons},), got "
+                    f"{jnp.shape(leaf)}."
+                )
+        return state
+
+    def _run(self, inputs, interval, state, max_spikes, throw) -> Solution:
+        check_interval(interval)
+        inputs = self._check_inputs(inputs)
+        state = self.init_state() if state is None else self._check_state(state)
+        sol = _integrate_jit(
+            self.dynamics,
+            self.solver,
+            self.weight,
+            inputs,
+            jnp.asarray(interval),
+            state,
+            max_spikes=max_spikes,
+            max_steps=self.max_steps,
+            dt_init=self.dt_init,
+            dt_min=self.dt_min,
+            dt_max=self.dt_max,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_root_iters=self.max_root_iters,
+        )
+        if throw:
+            sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
+        return sol
+
+    # -- public API ----------------------------------------------------------------
+
+    def init_state(self) -> State:
+        """The resting state of the layer's neurons."""
+        return self.dynamics.init_state(self.n_neurons, self.dtype)
+
+    def simulate(
+        self,
+        inputs: Float[Array, "time n_inputs"],
+        interval: float | Float[Array, ""],
+        max_spikes: int = 64,
+        *,
+        state: State | None = None,
+        throw: bool = True,
+    ) -> Solution:
+        """Simulate the layer and record spike times.
+
+        **Arguments:**
+
+        - `inputs`: shape `(T, n_inputs)`; row `k` is held over interval `k`.
+        - `interval`: length of each interval (ms), `> 0`.
+        - `max_spikes`: spike times stored per neuron (counts are exact regardless).
+        - `state`: initial state; default the resting state.
+        - `throw`: raise if the result is not successful (step budget or spike buffer
+            exhausted, NaN/inf input, invalid parameters). With `False`, inspect
+            `sol.result` instead.
+
+        **Returns:**
+
+        A [`Solution`][]: `counts`, `spike_times` (ms from the start, ascending,
+        `+inf` padded), `final_state`, `interval_states`, `stats`, `result`.
+
+        **Raises:**
+
+        `ValueError` for a bad shape, `interval` or `max_spikes`; with `throw=True`, a
+        runtime error carrying the `RESULTS` message if the simulation failed.
+        """
+        if isinstance(max_spikes, bool) or not isinstance(
+            max_spikes, (int, np.integer)
+        ):
+            raise TypeError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
+        if max_spikes < 0:
+            raise ValueError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
+        return self._run(inputs, interval, state, int(max_spikes), throw)
+
+    def forward(
+        self,
+        inputs: Float[Array, "time n_inputs"],
+        interval: float | Float[Array, ""],
+        *,
+        state: State | None = None,
+        throw: bool = True,
+    ) -> Counts:
+        """Spike counts per interval, from rest (or `state`). Needs no spike buffer:
+        the counts are exact at any firing rate.
+
+        **Returns:** integer counts of shape `(T, n_neurons)`.
+        """
+        return self._run(inputs, interval, state, None, throw).counts
+
+    __call__ = forward
+
+    def step(
+        self,
+        state: State,
+        x: Float[Array, " n_inputs"],
+        interval: float | Float[Array, ""],
+        *,
+        throw: bool = True,
+    ) -> tuple[State, Float[Array, " n_neurons"]]:
+        """Advance `state` by one interval of constant input `x` (pure).
+
+        **Returns:** `(new_state, counts)`, counts of shape `(n_neurons,)`.
+        """
+        x = jnp.asarray(x)
+        if x.shape != (self.n_inputs,):
+            raise ValueError(
+                f"`x` must have shape (n_inputs,) = ({self.n_inputs},), got {x.shape}."
+            )
+        sol = self._run(x[None], interval, state, None, throw)
+        return sol.final_state, sol.counts[0]
+
+
+_integrate_jit = eqx.filter_jit(integrate)
+
+
+class OnlineLayer:
+    """Stateful, step-by-step runner around a [`SpikingODELayer`][].
+
+    The step is compiled once (on first use) and reused, so each call is cheap.
+
+    ```python
+    online = OnlineLayer(layer)
+    online.reset()
+    counts = online.step(x, interval=1.0)
+    online.voltage
+    ```
+    """
+
+    def __init__(self, layer: SpikingODELayer):
+        if not isinstance(layer, SpikingODELayer):
+            raise TypeError(
+                f"`layer` must be a SpikingODELayer, got {type(layer).__name__}."
+            )
+        self.layer = layer
+        self._step = eqx.filter_jit(lambda lyr, s, x, dt: lyr.step(s, x, dt))
+        self.state = layer.init_state()
+
+    def reset(self, state: State | None = None) -> None:
+        """Return to the resting state (or to `state`)."""
+        self.state = self.layer.init_state() if state is None else state
+
+    def step(self, x, interval: float = 1.0) -> Counts:
+        """Advance one interval with constant input `x`; returns the counts."""
+        check_interval(interval)
+        x = jnp.asarray(x)
+        if x.shape != (self.layer.n_inputs,):
+            raise ValueError(
+                f"`x` must have shape (n_inputs,) = ({self.layer.n_inputs},), got "
+                f"{x.shape}."
+            )
+        dt = jnp.asarray(interval, self.layer.dtype)
+        self.state, counts = self._step(self.layer, self.state, x, dt)
+        return counts
+
+    @property
+    def voltage(self) -> Float[Array, " n_neurons"]:
+        """Membrane voltage of every neuron now."""
+        return self.state.v

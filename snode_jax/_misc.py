@@ -1,0 +1,63 @@
+"""Small argument-checking helpers shared by the modules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """True when `x` holds a value now (not a tracer inside `jit`/`grad`/`vmap`)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+def describe(x) -> str:
+    """A short rendering of a value for an error message."""
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        return repr(arr.item())
+    if arr.size <= 6:
+        return repr(arr.tolist())
+    return f"array of shape {arr.shape} (min {arr.min()!r}, max {arr.max()!r})"
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be a positive int, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def check_positive_float(name: str, value, unit: str = "") -> float:
+    try:
+        fvalue = float(value)
+    except (TypeError, ValueError):
+        msg = f"`{name}` must be a positive number{unit}, got {value!r}."
+        raise TypeError(msg) from None
+    if not np.isfinite(fvalue) or fvalue <= 0:
+        raise ValueError(f"`{name}` must be a positive number{unit}, got {value!r}.")
+    return fvalue
+
+
+def check_interval(interval):
+    """Validate a concrete `interval`; traced values are checked by the caller."""
+    if is_concrete(interval):
+        arr = np.asarray(interval)
+        if arr.shape != ():
+            raise ValueError(
+                f"`interval` must be a scalar (ms), got an array of shape {arr.shape}."
+            )
+        if not np.isfinite(arr) or arr <= 0:
+            raise ValueError(
+                f"`interval` must be a finite number > 0 (ms), got {describe(arr)}."
+            )
+
+
+def where_tree(pred, on_true, on_false):
+    """`jnp.where` leaf by leaf, broadcasting a per-neuron `pred` over leaves."""
+
+    def _where(a, b):
+        p = jnp.reshape(pred, pred.shape + (1,) * (jnp.ndim(a) - jnp.ndim(pred)))
+        return jnp.where(p, a, b)
+
+    return jax.tree.map(_where, on_true, on_false)

@@ -1,0 +1,73 @@
+"""Outcome enumeration and the solution object returned by `simulate`."""
+
+import equinox as eqx
+from jaxtyping import Array, Float, Int
+
+from ._custom_types import Counts, SpikeTimes, State
+
+
+class RESULTS(eqx.Enumeration):
+    """Outcome of a simulation, carried on [`Solution.result`][]."""
+
+    successful = ""
+    max_steps_reached = (
+        "The step budget ran out: some neuron needed more than `max_steps` solver "
+        "steps within one interval, so the interval was not integrated to its end. "
+        "Increase `max_steps`."
+    )
+    spike_buffer_full = (
+        "More spikes occurred than fit in the spike buffer: `spike_times` holds only "
+        "the first `max_spikes` spikes of some neuron (the counts are still exact). "
+        "Increase `max_spikes`."
+    )
+    crossing_search_failed = (
+        "The threshold-crossing search did not reach its tolerance within "
+        "`max_root_iters` iterations."
+    )
+    nonfinite_input = "The inputs or the parameters contain NaN or inf."
+    invalid_parameters = (
+        "Invalid dynamics parameters inside a traced computation: need tau_mem > 0, "
+        "C_mem > 0 and v_reset < v_threshold, and the initial voltage below "
+        "v_threshold."
+    )
+
+
+def update_result(old: RESULTS, pred, new: RESULTS) -> RESULTS:
+    """Keep the first failure: set `new` where `pred` holds and `old` is a success."""
+    return RESULTS.where(pred & (old == RESULTS.successful), new, old)
+
+
+class Solution(eqx.Module):
+    """The result of [`SpikingODELayer.simulate`][].
+
+    **Fields:**
+
+    - `counts`: spikes per (interval, neuron), exact whatever the buffer size.
+    - `spike_times`: per neuron, the first `max_spikes` spike times in ms from the
+        start of the simulation, ascending, padded with `+inf`.
+    - `num_spikes`: per neuron, the total number of spikes (may exceed `max_spikes`,
+        in which case `result` says so).
+    - `final_state`: the neuron state at the end of the last interval.
+    - `interval_states`: the neuron state at the end of every interval (leading axis
+        is time).
+    - `stats`: per-neuron integer counters: `num_steps` (accepted solver steps),
+        `num_rejected_steps`, `num_crossings` (located threshold crossings),
+        `num_dt_min_steps` (steps accepted only because they hit `dt_min`), and the
+        scalar `max_steps`.
+    - `result`: a [`RESULTS`][] item.
+    """
+
+    counts: Counts
+    spike_times: SpikeTimes
+    num_spikes: Int[Array, " n_neurons"]
+    final_state: State
+    interval_states: State
+    stats: dict[str, Int[Array, "..."]]
+    result: RESULTS
+    interval: Float[Array, ""]
+
+    @property
+    def steps_per_second(self) -> Float[Array, " n_neurons"]:
+        """Accepted solver steps per simulated second (1000 ms), per neuron."""
+        duration_ms = self.interval * self.counts.shape[0]
+        return self.stats["num_steps"] * (1000.0 / duration_ms)

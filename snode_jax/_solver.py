@@ -1,0 +1,206 @@
+"""Solvers for one step of the membrane dynamics, and the adaptive step."""
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float
+
+from ._custom_types import NeuronFloat, State
+from ._dynamics import AbstractClosedFormDynamics, AbstractDynamics
+
+
+class AbstractSolver(eqx.Module):
+    """Advances a population's state by one step of per-neuron size `h` (ms)."""
+
+    @abc.abstractmethod
+    def step(
+        self, dynamics: AbstractDynamics, t: NeuronFloat, y: State, current, h
+    ) -> tuple[State, State | None]:
+        """Returns `(y1, y_error)`; `y_error` is None for an exact step."""
+
+
+class Exact(AbstractSolver):
+    """Steps with the model's closed-form flow: no error, steps span the interval.
+
+    **Arguments:**
+
+    - `closed_form_events`: for models that give their crossings in closed form
+        ([`AbstractClosedFormDynamics`][], such as the LIF), walk from spike to spike
+        without any root finding (the default). With `False`, crossings are found by
+        [`bisect_crossing`][] on the exact flow instead.
+    """
+
+    closed_form_events: bool = eqx.field(static=True, default=True)
+
+    def step(self, dynamics, t, y, current, h):
+        del t
+        return dynamics.exact_flow(y, current, h), None
+
+
+class AbstractRungeKutta(AbstractSolver):
+    """An explicit Runge-Kutta pair with an embedded error estimate."""
+
+    c: ClassVar[np.ndarray]
+    a: ClassVar[tuple[tuple[float, ...], ...]]
+    b: ClassVar[np.ndarray]
+    b_error: ClassVar[np.ndarray]
+    error_order: ClassVar[int]
+
+    def step(self, dynamics, t, y, current, h):
+        ks = []
+        for i, ci in enumerate(self.c):
+            yi = y
+            for aij, kj in zip(self.a[i - 1] if i else (), ks):
+                if aij != 0:
+                    yi = jax.tree.map(lambda acc, k: acc + (h * aij) * k, yi, kj)
+            ks.append(dynamics.vector_field(t + ci * h, yi, current))
+
+        def combine(weights):
+            out = None
+            for w, k in zip(weights, ks):
+                if w == 0:
+                    continue
+                term = jax.tree.map(lambda kk: (h * w) * kk, k)
+                out = term if out is None else jax.tree.map(jnp.add, out, term)
+            return out
+
+        y1 = jax.tree.map(jnp.add, y, combine(self.b))
+        return y1, combine(self.b_error)
+
+
+class Bosh3(AbstractRungeKutta):
+    """Bogacki-Shampine 3(2) pair."""
+
+    c = np.array([0.0, 1 / 2, 3 / 4, 1.0])
+    a = ((1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9))
+    b = np.array([2 / 9, 1 / 3, 4 / 9, 0.0])
+    b_error = b - np.array([7 / 24, 1 / 4, 1 / 3, 1 / 8])
+    error_order = 3
+
+
+class Dopri5(AbstractRungeKutta):
+    """Dormand-Prince 5(4) pair."""
+
+    c = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0])
+    a = (
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+    )
+    b = np.array([35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0])
+    b_error = b - np.array(
+        [
+            5179 / 57600,
+            0.0,
+            7571 / 16695,
+            393 / 640,
+            -92097 / 339200,
+            187 / 2100,
+            1 / 40,
+        ]
+    )
+    error_order = 5
+
+
+class StepProposal(eqx.Module):
+    """What [`adaptive_step`][] returns.
+
+    **Fields:**
+
+    - `y1`: the proposed state at `t + h`.
+    - `error_norm`: per neuron, the scaled error `||err / (atol + rtol |y|)||_rms`
+        (0 for an exact step); the step is acceptable when it is `<= 1`.
+    - `exact`: True when the step came from a closed-form flow.
+    - `accept`: per neuron, whether the step is accepted (error within tolerance, or
+        the step is already at `dt_min`).
+    - `at_dt_min`: per neuron, whether it was accepted only because `h <= dt_min`.
+    - `h_next`: per neuron, the next step size (ms); `inf` for an exact flow, meaning
+        "to the end of the interval".
+    """
+
+    y1: State
+    error_norm: Float[Array, " n_neurons"]
+    exact: bool = eqx.field(static=True)
+    accept: Bool[Array, " n_neurons"]
+    at_dt_min: Bool[Array, " n_neurons"]
+    h_next: Float[Array, " n_neurons"]
+
+
+def _rms_norm(error: State, y0: State, y1: State, rtol, atol) -> NeuronFloat:
+    def leaf(e, a, b):
+        scale = atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b))
+        sq = (e / scale) ** 2
+        return jnp.reshape(sq, sq.shape[:1] + (-1,))
+
+    parts = jax.tree.leaves(jax.tree.map(leaf, error, y0, y1))
+    stacked = jnp.concatenate(parts, axis=1)
+    return jnp.sqrt(jnp.mean(stacked, axis=1))
+
+
+def adaptive_step(
+    dynamics: AbstractDynamics,
+    solver: AbstractSolver,
+    t: NeuronFloat,
+    y: State,
+    current: NeuronFloat,
+    h: NeuronFloat,
+    *,
+    rtol: float,
+    atol: float,
+    dt_min: float,
+    dt_max: float,
+) -> StepProposal:
+    """Propose one step of size `h` (ms) per neuron and the size of the next one.
+
+    An exact solver returns the closed-form flow, `error_norm = 0` and
+    `h_next = inf`. A Runge-Kutta pair returns its higher-order solution, the RMS
+    norm of its embedded error estimate, and the next step from the standard
+    controller `h * clip(0.9 * error_norm ** (-1 / error_order), 0.2, 5)`, kept
+    within `[dt_min, dt_max]`. A step no larger than `dt_min` is accepted whatever its
+    error (and flagged `at_dt_min`).
+
+    **Arguments:**
+
+    - `dynamics`: the neuron model.
+    - `solver`: an [`Exact`][] solver or a Runge-Kutta pair ([`Dopri5`][], [`Bosh3`][]).
+    - `t`, `y`, `current`, `h`: per-neuron time (ms), state, input current and step.
+    - `rtol`, `atol`: relative and absolute error tolerances.
+    - `dt_min`, `dt_max`: step-size bounds (ms).
+
+    **Returns:**
+
+    A [`StepProposal`][].
+    """
+    y1, y_error = solver.step(dynamics, t, y, current, h)
+    if y_error is None:
+        zeros = jnp.zeros_like(h)
+        true = jnp.ones(h.shape, bool)
+        return StepProposal(
+            y1, zeros, True, true, jnp.zeros(h.shape, bool), jnp.full_like(h, jnp.inf)
+        )
+    assert isinstance(solver, AbstractRungeKutta)
+    err = _rms_norm(y_error, y, y1, rtol, atol)
+    at_min = h <= dt_min * (1 + 1e-6)
+    ok = err <= 1
+    accept = ok | at_min
+    exponent = -1.0 / solver.error_order
+    safe_err = jnp.where(err > 0, err, 1)
+    factor = jnp.where(err > 0, 0.9 * safe_err**exponent, 5.0)
+    factor = jnp.clip(factor, 0.2, 5.0)
+    factor = jnp.where(jnp.isfinite(err), factor, 0.2)
+    h_next = jnp.clip(h * factor, dt_min, dt_max)
+    return StepProposal(y1, err, False, accept, at_min & ~ok, h_next)
+
+
+def default_solver(dynamics: AbstractDynamics) -> AbstractSolver:
+    """The best solver the model allows: its exact flow if it has one, else Dopri5."""
+    if isinstance(dynamics, AbstractClosedFormDynamics) or dynamics.has_exact_flow:
+        return Exact()
+    return Dopri5()

@@ -166,7 +166,7 @@ class SpikingODELayer(eqx.Module):
                 )
         return state
 
-    def _run(self, inputs, interval, state, max_spikes, throw) -> Solution:
+    def _run(self, inputs, interval, state, max_spikes, throw, keep=True) -> Solution:
         check_interval(interval)
         inputs = self._check_inputs(inputs)
         state = self.init_state() if state is None else self._check_state(state)
@@ -185,6 +185,7 @@ class SpikingODELayer(eqx.Module):
             rtol=self.rtol,
             atol=self.atol,
             max_root_iters=self.max_root_iters,
+            keep_interval_states=keep,
         )
         if throw:
             sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
@@ -248,7 +249,7 @@ class SpikingODELayer(eqx.Module):
 
         **Returns:** integer counts of shape `(T, n_neurons)`.
         """
-        return self._run(inputs, interval, state, None, throw).counts
+        return self._run(inputs, interval, state, None, throw, keep=False).counts
 
     __call__ = forward
 
@@ -269,7 +270,7 @@ class SpikingODELayer(eqx.Module):
             raise ValueError(
                 f"`x` must have shape (n_inputs,) = ({self.n_inputs},), got {x.shape}."
             )
-        sol = self._run(x[None], interval, state, None, throw)
+        sol = self._run(x[None], interval, state, None, throw, keep=False)
         return sol.final_state, sol.counts[0]
 
 

@@ -61,7 +61,7 @@ class Solution(eqx.Module):
     spike_times: SpikeTimes
     num_spikes: Int[Array, " n_neurons"]
     final_state: State
-    interval_states: State
+    interval_states: State | None
     stats: dict[str, Int[Array, "..."]]
     result: RESULTS
     interval: Float[Array, ""]

@@ -1,0 +1,149 @@
+"""Helpers shared by the benchmark and example scripts (not part of the package).
+
+Holds the fixed-step Euler LIF baseline written in JAX, a timing helper, and the
+import of the closed-form reference that the tests use.
+"""
+
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from tests.lif_reference import lif_reference  # noqa: E402
+
+
+def euler_lif(dynamics, weight, inputs, interval, dt, record=False):
+    """Fixed-step forward-Euler LIF, threshold checked after every step.
+
+    Returns counts `(T, n)`; with `record=True` also the spike mask of every step
+    `(T, steps_per_interval, n)` (a spike is timed at the end of its step).
+    """
+    n_sub = int(round(float(interval) / dt))
+    if not np.isclose(n_sub * dt, float(interval)):
+        raise ValueError(f"interval {interval} is not a multiple of dt {dt}")
+    currents = inputs @ weight.T
+    tau, vr, th, vres, cm = (
+        dynamics.tau_mem,
+        dynamics.v_rest,
+        dynamics.v_threshold,
+        dynamics.v_reset,
+        dynamics.C_mem,
+    )
+    dtype = currents.dtype
+    tau, vr, th, vres, cm = (jnp.asarray(p, dtype) for p in (tau, vr, th, vres, cm))
+
+    def one_interval(v, current):
+        drive = current / cm
+
+        def one_step(v, _):
+            v = v + dt * (-(v - vr) / tau + drive)
+            spike = v >= th
+            return jnp.where(spike, vres, v), spike
+
+        v, spikes = jax.lax.scan(one_step, v, None, length=n_sub)
+        out = (spikes.sum(0, dtype=jnp.int32), spikes) if record else spikes.sum(0)
+        return v, out
+
+    v0 = jnp.broadcast_to(vr, (weight.shape[0],))
+    _, out = jax.lax.scan(one_interval, v0, currents)
+    return out
+
+
+def euler_spike_times(mask, interval, dt):
+    """Absolute spike times per neuron from a `(T, steps, n)` spike mask."""
+    mask = np.asarray(mask)
+    T, n_sub, n = mask.shape
+    flat = mask.reshape(T * n_sub, n)
+    step_end = (np.arange(T * n_sub) + 1) * dt
+    return [step_end[flat[:, i]] for i in range(n)]
+
+
+def max_time_error(times, ref_times):
+    """Largest distance from a reference spike to the nearest spike of the same
+    neuron in `times` (`+inf` padding ignored). Missing or extra spikes are counted
+    separately, as count mismatches."""
+    err = 0.0
+    for a, b in zip(times, ref_times, strict=True):
+        a, b = np.sort(np.asarray(a)), np.asarray(b)
+        a = a[np.isfinite(a)]
+        if len(a) == 0 or len(b) == 0:
+            continue
+        idx = np.clip(np.searchsorted(a, b), 1, len(a)) - 1
+        nearest = np.minimum(
+            np.abs(b - a[idx]), np.abs(b - a[np.minimum(idx + 1, len(a) - 1)])
+        )
+        err = max(err, float(nearest.max()))
+    return err
+
+
+def block(x):
+    return jax.block_until_ready(x)
+
+
+def interleaved_timings(fns: dict, args: dict, reps: int):
+    """Compile each function, then time them round-robin `reps` times.
+
+    Returns `(compile_s, times_s)`: first-call seconds, and per-function lists.
+    """
+    compile_s, times = {}, {k: [] for k in fns}
+    for k, f in fns.items():
+        t0 = time.perf_counter()
+        block(f(*args[k]))
+        compile_s[k] = time.perf_counter() - t0
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            block(f(*args[k]))
+            times[k].append(time.perf_counter() - t0)
+    return compile_s, times
+
+
+def median_ratio(times, key, base):
+    return statistics.median(
+        a / b for a, b in zip(times[key], times[base], strict=True)
+    )
+
+
+def machine_line() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, "
+        f"Python {platform.python_version()}, jax {jax.__version__}, "
+        f"backend {jax.default_backend()}"
+    )
+
+
+__all__ = [
+    "euler_lif",
+    "euler_spike_times",
+    "interleaved_timings",
+    "lif_reference",
+    "machine_line",
+    "write_section",
+    "max_time_error",
+    "median_ratio",
+]
+
+
+def write_section(name: str, text: str, path=None) -> None:
+    """Replace (or append) the block between `<!-- name:start/end -->` markers."""
+    path = path or os.path.join(ROOT, "bench", "RESULTS.md")
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block_text = f"{start}\n{text.rstrip()}\n{end}\n"
+    old = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        _, tail = rest.split(end, 1)
+        new = head + block_text + tail.lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block_text
+    with open(path, "w") as f:
+        f.write(new)

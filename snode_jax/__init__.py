@@ -3,6 +3,7 @@
 from ._dynamics import (
     AbstractClosedFormDynamics as AbstractClosedFormDynamics,
     AbstractDynamics as AbstractDynamics,
+    IntervalReplay as IntervalReplay,
     LIFState as LIFState,
     ODELIFDynamics as ODELIFDynamics,
     lif_vector_field as lif_vector_field,
@@ -19,6 +20,12 @@ from ._solver import (
     Exact as Exact,
     StepProposal as StepProposal,
     adaptive_step as adaptive_step,
+)
+from ._surrogate import (
+    AbstractSurrogate as AbstractSurrogate,
+    ArctanSurrogate as ArctanSurrogate,
+    FastSigmoidSurrogate as FastSigmoidSurrogate,
+    SigmoidSurrogate as SigmoidSurrogate,
 )
 
 __version__ = "0.1.0"

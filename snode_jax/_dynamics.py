@@ -83,6 +83,11 @@ class AbstractClosedFormDynamics(AbstractDynamics):
     - `crossing_time(ev)`: when (ms from the interval start) it happens;
     - `fire(ev, mask)`: move past that crossing and reset, where `mask` holds;
     - `interval_end(ev)`: the state at the interval end.
+
+    Gradients use `replay_interval`: given how many spikes the interval holds (fixed
+    by the forward pass), it writes the interval out in closed form, differentiably.
+    The class is for one-dimensional models with a fixed reset, whose spikes under
+    constant input are periodic after the first one.
     """
 
     has_exact_flow: ClassVar[bool] = True
@@ -106,6 +111,33 @@ class AbstractClosedFormDynamics(AbstractDynamics):
 
     @abc.abstractmethod
     def interval_end(self, ev: PyTree[Array]) -> State: ...
+
+    @abc.abstractmethod
+    def replay_interval(
+        self, y: State, current: NeuronFloat, interval, count
+    ) -> "IntervalReplay":
+        """The interval written out in closed form with `count` spikes per neuron."""
+
+
+class IntervalReplay(eqx.Module):
+    """One interval in closed form, with its spike count held fixed.
+
+    **Fields:** (one entry per neuron; entries that do not apply are finite dummies)
+
+    - `y_end`: the state at the interval end.
+    - `first`: time (ms from the interval start) of the first spike (`count >= 1`).
+    - `period`: time between consecutive spikes (`count >= 2`); spike `m` (from 0)
+        is at `first + m * period`.
+    - `last_margin`: threshold function at the interval end had the last spike not
+        reset the neuron (`>= 0`; `count >= 1`).
+    - `next_margin`: threshold function at the interval end (`< 0`).
+    """
+
+    y_end: State
+    first: NeuronFloat
+    period: NeuronFloat
+    last_margin: NeuronFloat
+    next_margin: NeuronFloat
 
 
 class LIFState(eqx.Module):
@@ -290,3 +322,37 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
 
     def interval_end(self, ev: _LIFEvents) -> LIFState:
         return LIFState(ev.v_inf - ev.s)
+
+    def replay_interval(self, y: LIFState, current, interval, count) -> IntervalReplay:
+        # The closed form, differentiable in every parameter, the current, the
+        # interval and the start voltage: each crossing time solves
+        # v(t) = v_threshold exactly, so its derivative is the implicit-function
+        # one, -(dg/dtheta) / (dg/dt), and the reset makes the next segment start
+        # from v_reset at that (differentiable) time. Dummy values keep `log` away
+        # from invalid arguments where an entry does not apply.
+        tau = self.tau_mem
+        v_inf = self.v_rest + current * (tau / self.C_mem)
+        u0 = v_inf - y.v
+        spiked = count >= 1
+        u_th = jnp.where(spiked, v_inf - self.v_threshold, 1.0)
+        u_start = jnp.where(spiked, u0, 2.0)
+        u_reset = jnp.where(spiked, v_inf - self.v_reset, 2.0)
+        first = tau * jnp.log(u_start / u_th)
+        period = tau * jnp.log(u_reset / u_th)
+        n_before = jnp.maximum(count - 1, 0).astype(first.dtype)
+        t_last = first + n_before * period
+        v_end_spiked = v_inf - u_reset * jnp.exp(-(interval - t_last) / tau)
+        v_end_quiet = v_inf - u0 * jnp.exp(-interval / tau)
+        v_end = jnp.where(spiked, v_end_spiked, v_end_quiet)
+        # Segment that ends in the last spike: from the start (one spike) or from
+        # the previous reset.
+        seg_start = jnp.where(count >= 2, t_last - period, 0.0)
+        u_seg = jnp.where(count >= 2, u_reset, u0)
+        v_free = v_inf - u_seg * jnp.exp(-(interval - seg_start) / tau)
+        return IntervalReplay(
+            y_end=LIFState(v_end),
+            first=first,
+            period=period,
+            last_margin=v_free - self.v_threshold,
+            next_margin=v_end - self.v_threshold,
+        )

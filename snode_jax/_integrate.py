@@ -1,6 +1,7 @@
 """The integration loop: intervals of constant input, steps and crossings inside."""
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from ._misc import where_tree
 from ._root_find import bisect_crossing
 from ._solution import RESULTS, Solution, update_result
 from ._solver import AbstractSolver, Exact, adaptive_step
+from ._surrogate import AbstractSurrogate, ArctanSurrogate, surrogate_zero
 
 # Crossings handled before entering the loop: at typical rates most intervals hold at
 # most this many spikes per neuron, and an unconditional multiply-compare is cheaper
@@ -195,6 +197,198 @@ def _adaptive_interval(
     return y, count, buffer, counters, exhausted, root_fail
 
 
+class _Config(eqx.Module):
+    """Static settings of one simulation (hashable)."""
+
+    max_spikes: int | None = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    dt_init: float = eqx.field(static=True)
+    dt_min: float = eqx.field(static=True)
+    dt_max: float = eqx.field(static=True)
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    max_root_iters: int = eqx.field(static=True)
+    keep_interval_states: bool = eqx.field(static=True)
+
+
+class _Raw(eqx.Module):
+    counts: Array  # (T, n) float: exact integer values
+    spike_times: Array
+    num_spikes: Array
+    final_state: State
+    interval_states: State | None
+    counters: _Counters
+    exhausted: Array
+    root_fail: Array
+
+
+def _run_intervals(dynamics, solver, currents, interval, state, cfg: _Config) -> _Raw:
+    """The forward loop: a scan over intervals, a while loop of steps inside each."""
+    dtype = currents.dtype
+    n_neurons = currents.shape[1]
+    buffer = None
+    if cfg.max_spikes is not None:
+        times = jnp.full((n_neurons, cfg.max_spikes), jnp.inf, dtype)
+        buffer = _Buffer(times, jnp.zeros((n_neurons,), jnp.int32))
+
+    closed_form = _uses_closed_form(dynamics, solver)
+    constants = dynamics.interval_constants(interval) if closed_form else None
+
+    def one_interval(carry, xs):
+        y, buffer, counters, exhausted, root_fail = carry
+        k, current = xs
+        t_start = k.astype(dtype) * interval
+        if closed_form:
+            out = _closed_form_interval(
+                dynamics, constants, y, current, t_start, buffer, cfg.max_steps
+            )
+        else:
+            out = _adaptive_interval(
+                dynamics,
+                solver,
+                y,
+                current,
+                t_start,
+                interval,
+                buffer,
+                max_steps=cfg.max_steps,
+                dt_init=cfg.dt_init,
+                dt_min=cfg.dt_min,
+                dt_max=cfg.dt_max,
+                rtol=cfg.rtol,
+                atol=cfg.atol,
+                max_root_iters=cfg.max_root_iters,
+            )
+        y, count, buffer, new_counters, new_exhausted, new_root_fail = out
+        carry = (
+            y,
+            buffer,
+            counters + new_counters,
+            exhausted | new_exhausted,
+            root_fail | new_root_fail,
+        )
+        return carry, (count, y if cfg.keep_interval_states else None)
+
+    init = (
+        state,
+        buffer,
+        _Counters.zeros(n_neurons),
+        jnp.array(False),
+        jnp.array(False),
+    )
+    ks = jnp.arange(currents.shape[0])
+    (y, buffer, counters, exhausted, root_fail), (counts, states) = lax.scan(
+        one_interval, init, (ks, currents)
+    )
+    if buffer is None:
+        spike_times = jnp.zeros((n_neurons, 0), dtype)
+        num_spikes = jnp.sum(counts, axis=0)
+    else:
+        spike_times, num_spikes = buffer.times, buffer.num
+    return _Raw(
+        counts.astype(dtype),
+        spike_times,
+        num_spikes,
+        y,
+        states,
+        counters,
+        exhausted,
+        root_fail,
+    )
+
+
+def _uses_closed_form(dynamics, solver) -> bool:
+    return (
+        isinstance(solver, Exact)
+        and solver.closed_form_events
+        and isinstance(dynamics, AbstractClosedFormDynamics)
+    )
+
+
+def _replay(
+    dynamics: AbstractClosedFormDynamics,
+    currents,
+    interval,
+    state,
+    counts,
+    num_spikes,
+    cfg: _Config,
+    surrogate: AbstractSurrogate,
+):
+    """The simulation written out in closed form with every interval's spike count
+    held at its forward value: differentiable, and equal to the forward pass."""
+
+    def one_interval(y, xs):
+        current, count = xs
+        rep = dynamics.replay_interval(y, current, interval, count)
+        spiked = count >= 1
+        decisions = surrogate_zero(rep.next_margin, surrogate) + jnp.where(
+            spiked, surrogate_zero(rep.last_margin, surrogate), 0.0
+        )
+        keep = rep.y_end if cfg.keep_interval_states else None
+        return rep.y_end, (rep.first, rep.period, decisions, keep)
+
+    y, (first, period, decisions, states) = lax.scan(
+        one_interval, state, (currents, counts)
+    )
+    soft_counts = counts.astype(currents.dtype) + decisions
+    if cfg.max_spikes is None:
+        spike_times = jnp.zeros((currents.shape[1], 0), currents.dtype)
+    else:
+        spike_times = _gather_spike_times(
+            first, period, counts, num_spikes, interval, cfg.max_spikes
+        )
+    return soft_counts, spike_times, y, states
+
+
+def _gather_spike_times(first, period, counts, num_spikes, interval, max_spikes):
+    """Spike `j` of neuron `i` from its interval's first spike and period."""
+    slots = jnp.arange(max_spikes)
+    cum = jnp.cumsum(counts, axis=0)  # (T, n): spikes up to and including interval k
+
+    def per_neuron(cum_i, first_i, period_i, total_i):
+        k = jnp.searchsorted(cum_i, slots, side="right")
+        k = jnp.minimum(k, cum_i.shape[0] - 1)
+        before = jnp.where(k > 0, cum_i[jnp.maximum(k - 1, 0)], 0)
+        m = (slots - before).astype(first_i.dtype)
+        t = k.astype(first_i.dtype) * interval + first_i[k] + m * period_i[k]
+        return jnp.where(slots < total_i, t, jnp.inf)
+
+    return jax.vmap(per_neuron, in_axes=(1, 1, 1, 0))(cum, first, period, num_spikes)
+
+
+@eqx.filter_custom_jvp
+def _closed_form_run(dynamics, currents, interval, state, *, cfg, surrogate) -> _Raw:
+    del surrogate
+    return _run_intervals(dynamics, Exact(), currents, interval, state, cfg)
+
+
+@_closed_form_run.def_jvp
+def _closed_form_run_jvp(primals, tangents, *, cfg, surrogate):
+    # The forward values come from the event loop; the tangents from the closed
+    # form with the spike structure held fixed (the implicit-function derivative of
+    # every crossing time, through every reset).
+    raw = _closed_form_run(*primals, cfg=cfg, surrogate=surrogate)
+    counts = jax.lax.stop_gradient(raw.counts).astype(jnp.int32)
+    num_spikes = raw.num_spikes
+
+    def replay(dynamics, currents, interval, state):
+        return _replay(
+            dynamics, currents, interval, state, counts, num_spikes, cfg, surrogate
+        )
+
+    tangents = jax.tree.map(
+        lambda t, p: jnp.zeros_like(p) if t is None else t,
+        tangents,
+        primals,
+        is_leaf=lambda x: x is None,
+    )
+    _, (t_counts, t_times, t_final, t_states) = jax.jvp(replay, primals, tangents)
+    no_tangent = _Counters(None, None, None, None)
+    t_raw = _Raw(t_counts, t_times, None, t_final, t_states, no_tangent, None, None)
+    return raw, t_raw
+
+
 def integrate(
     dynamics: AbstractDynamics,
     solver: AbstractSolver,
@@ -212,6 +406,7 @@ def integrate(
     atol: float,
     max_root_iters: int,
     keep_interval_states: bool = True,
+    surrogate: AbstractSurrogate | None = None,
 ) -> Solution:
     """Simulate a layer over consecutive intervals of constant input.
 
@@ -220,15 +415,29 @@ def integrate(
     traced values that are invalid (NaN/inf, a non-positive time constant, ...) are
     reported in the solution's `result`. `max_spikes=None` records no spike times;
     `keep_interval_states=False` leaves `interval_states` as None (saves memory).
+
+    Differentiable (closed-form models with the exact solver): spike times, states
+    and voltages get exact gradients; counts get the `surrogate` gradient (default
+    [`ArctanSurrogate`][]).
     """
     dtype = jnp.result_type(weight, inputs)
-    n_neurons = weight.shape[0]
     dynamics = dynamics.astype(dtype)
     weight = weight.astype(dtype)
     inputs = inputs.astype(dtype)
     interval = jnp.asarray(interval, dtype)
     state = jax.tree.map(lambda a: jnp.asarray(a, dtype), state)
     currents = inputs @ weight.T
+    cfg = _Config(
+        max_spikes,
+        max_steps,
+        dt_init,
+        dt_min,
+        dt_max,
+        rtol,
+        atol,
+        max_root_iters,
+        keep_interval_states,
+    )
 
     params = jax.tree.leaves((dynamics.parameters(), weight, inputs, state))
     nonfinite = jnp.zeros((), bool)
@@ -238,72 +447,30 @@ def integrate(
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
 
-    buffer = None
-    if max_spikes is not None:
-        times = jnp.full((n_neurons, max_spikes), jnp.inf, dtype)
-        buffer = _Buffer(times, jnp.zeros((n_neurons,), jnp.int32))
-
-    closed_form = isinstance(solver, Exact) and solver.closed_form_events
-    closed_form = closed_form and isinstance(dynamics, AbstractClosedFormDynamics)
-    constants = dynamics.interval_constants(interval) if closed_form else None
-
-    def one_interval(carry, xs):
-        y, buffer, counters, exhausted, root_fail = carry
-        k, current = xs
-        t_start = k.astype(dtype) * interval
-        if closed_form:
-            assert isinstance(dynamics, AbstractClosedFormDynamics)
-            out = _closed_form_interval(
-                dynamics, constants, y, current, t_start, buffer, max_steps
-            )
-        else:
-            out = _adaptive_interval(
-                dynamics,
-                solver,
-                y,
-                current,
-                t_start,
-                interval,
-                buffer,
-                max_steps=max_steps,
-                dt_init=dt_init,
-                dt_min=dt_min,
-                dt_max=dt_max,
-                rtol=rtol,
-                atol=atol,
-                max_root_iters=max_root_iters,
-            )
-        y, count, buffer, new_counters, new_exhausted, new_root_fail = out
-        carry = (
-            y,
-            buffer,
-            counters + new_counters,
-            exhausted | new_exhausted,
-            root_fail | new_root_fail,
+    if _uses_closed_form(dynamics, solver):
+        surrogate = ArctanSurrogate() if surrogate is None else surrogate
+        raw = _closed_form_run(
+            dynamics, currents, interval, state, cfg=cfg, surrogate=surrogate
         )
-        return carry, (count, y if keep_interval_states else None)
-
-    n_intervals = inputs.shape[0]
-    init = (
-        state,
-        buffer,
-        _Counters.zeros(n_neurons),
-        jnp.array(False),
-        jnp.array(False),
-    )
-    ks = jnp.arange(n_intervals)
-    (y, buffer, counters, exhausted, root_fail), (counts, states) = lax.scan(
-        one_interval, init, (ks, currents)
-    )
-    result = update_result(result, exhausted, RESULTS.max_steps_reached)
-    result = update_result(result, root_fail, RESULTS.crossing_search_failed)
-    if buffer is None:
-        spike_times = jnp.zeros((n_neurons, 0), dtype)
-        num_spikes = jnp.sum(counts, axis=0)
     else:
-        spike_times, num_spikes = buffer.times, buffer.num
-        overflow = jnp.any(num_spikes > max_spikes)
+        args = eqxi.nondifferentiable(
+            (dynamics, currents, interval, state),
+            msg=(
+                "Gradients of a simulation are available for closed-form models "
+                "with the Exact solver (such as ODELIFDynamics, the default); the "
+                f"{type(solver).__name__} path with {type(dynamics).__name__} "
+                "cannot be differentiated yet."
+            ),
+        )
+        dyn, cur, itv, st = args
+        raw = _run_intervals(dyn, solver, cur, itv, st, cfg)
+
+    result = update_result(result, raw.exhausted, RESULTS.max_steps_reached)
+    result = update_result(result, raw.root_fail, RESULTS.crossing_search_failed)
+    if max_spikes is not None:
+        overflow = jnp.any(raw.num_spikes > max_spikes)
         result = update_result(result, overflow, RESULTS.spike_buffer_full)
+    counters = raw.counters
     stats = dict(
         num_steps=counters.num_steps,
         num_rejected_steps=counters.num_rejected_steps,
@@ -312,11 +479,11 @@ def integrate(
         max_steps=jnp.asarray(max_steps),
     )
     return Solution(
-        counts=counts,
-        spike_times=spike_times,
-        num_spikes=num_spikes,
-        final_state=y,
-        interval_states=states,
+        counts=raw.counts,
+        spike_times=raw.spike_times,
+        num_spikes=raw.num_spikes,
+        final_state=raw.final_state,
+        interval_states=raw.interval_states,
         stats=stats,
         result=result,
         interval=interval,

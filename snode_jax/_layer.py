@@ -12,6 +12,7 @@ from ._integrate import integrate
 from ._misc import check_interval, check_positive_float, check_positive_int, is_concrete
 from ._solution import RESULTS, Solution
 from ._solver import AbstractSolver, default_solver
+from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 
 class SpikingODELayer(eqx.Module):
@@ -39,6 +40,10 @@ class SpikingODELayer(eqx.Module):
     - `max_steps`: step budget per neuron per interval (the closed-form LIF path
         takes one step per spike plus one).
     - `max_root_iters`: iteration budget of the crossing search.
+    - `surrogate`: the surrogate derivative given to spike counts (their values stay
+        exact): [`ArctanSurrogate`][] (default), [`SigmoidSurrogate`][] or
+        [`FastSigmoidSurrogate`][]. Spike times and voltages are differentiated
+        exactly and do not use it.
     - `dtype`: floating dtype of `weight`; default JAX's default float.
     - `key`: PRNG key for the weight, drawn from `N(0, 2 / n_inputs)`.
 
@@ -51,6 +56,7 @@ class SpikingODELayer(eqx.Module):
     weight: Float[Array, "n_neurons n_inputs"]
     dynamics: AbstractDynamics
     solver: AbstractSolver
+    surrogate: AbstractSurrogate
     n_inputs: int = eqx.field(static=True)
     n_neurons: int = eqx.field(static=True)
     dt_init: float = eqx.field(static=True)
@@ -75,6 +81,7 @@ class SpikingODELayer(eqx.Module):
         atol: float = 1e-8,
         max_steps: int = 4096,
         max_root_iters: int = 200,
+        surrogate: AbstractSurrogate | None = None,
         dtype=None,
         key: PRNGKeyArray,
     ):
@@ -121,6 +128,14 @@ class SpikingODELayer(eqx.Module):
                 f"{type(dynamics).__name__} does not provide; use Dopri5() or Bosh3()."
             )
         self.solver = solver
+        if surrogate is None:
+            surrogate = ArctanSurrogate()
+        if not isinstance(surrogate, AbstractSurrogate):
+            raise TypeError(
+                "`surrogate` must be an AbstractSurrogate (ArctanSurrogate, "
+                f"SigmoidSurrogate, FastSigmoidSurrogate), got {surrogate!r}."
+            )
+        self.surrogate = surrogate
         dtype = jnp.result_type(float) if dtype is None else dtype
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
@@ -186,6 +201,7 @@ class SpikingODELayer(eqx.Module):
             atol=self.atol,
             max_root_iters=self.max_root_iters,
             keep_interval_states=keep,
+            surrogate=self.surrogate,
         )
         if throw:
             sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
@@ -247,7 +263,8 @@ class SpikingODELayer(eqx.Module):
         """Spike counts per interval, from rest (or `state`). Needs no spike buffer:
         the counts are exact at any firing rate.
 
-        **Returns:** integer counts of shape `(T, n_neurons)`.
+        **Returns:** counts of shape `(T, n_neurons)`, exact integers stored in the
+        layer's float dtype so that they carry the surrogate gradient.
         """
         return self._run(inputs, interval, state, None, throw, keep=False).counts
 

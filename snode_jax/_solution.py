@@ -42,7 +42,8 @@ class Solution(eqx.Module):
 
     **Fields:**
 
-    - `counts`: spikes per (interval, neuron), exact whatever the buffer size.
+    - `counts`: spikes per (interval, neuron), exact whatever the buffer size; exact
+        integers in the float dtype, carrying the layer's surrogate gradient.
     - `spike_times`: per neuron, the first `max_spikes` spike times in ms from the
         start of the simulation, ascending, padded with `+inf`.
     - `num_spikes`: per neuron, the total number of spikes (may exceed `max_spikes`,

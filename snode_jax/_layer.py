@@ -160,7 +160,7 @@ class SpikingODELayer(eqx.Module):
             )
         if not jnp.issubdtype(inputs.dtype, jnp.floating):
             inputs = inputs.astype(self.dtype)
-        if is_concrete(inputs) and not bool(jnp.all(jnp.isfinite(inputs))):
+        if is_concrete(inputs) and not np.all(np.isfinite(np.asarray(inputs))):
             raise ValueError(
                 f"`inputs` must be finite, got NaN or inf in {inputs.shape}."
             )

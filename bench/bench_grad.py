@@ -1,0 +1,153 @@
+"""Cost of exact gradients: backward/forward wall time and memory vs spikes and steps.
+
+For a layer of 256 LIF neurons driven over T intervals, times (interleaved, medians,
+one process) a jitted forward loss and the jitted value-and-gradient of the same
+loss with respect to the weight and every dynamics parameter. The loss uses spike
+times, final voltages and (surrogate) counts. Memory is XLA's own accounting of the
+compiled program (arguments + outputs + temporaries). float32 and float64.
+
+    python bench/bench_grad.py          # writes the bench_grad section of RESULTS.md
+    python bench/bench_grad.py --quick
+"""
+
+import argparse
+import statistics
+import sys
+
+import equinox as eqx
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from common import interleaved_timings, machine_line, write_section  # noqa: E402
+
+import snode_jax as sj  # noqa: E402
+
+N_NEURONS, N_INPUTS, INTERVAL = 256, 32, 1.0
+
+
+def make(n_intervals, drive, dtype, max_spikes):
+    layer = sj.SpikingODELayer(
+        N_INPUTS, N_NEURONS, sj.ODELIFDynamics(), dtype=dtype, key=jax.random.key(0)
+    )
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((n_intervals, N_INPUTS)) * 0.5 + drive).astype(dtype)
+
+    def loss(layer, x):
+        sol = layer.simulate(x, INTERVAL, max_spikes=max_spikes)
+        t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+        return jnp.mean(t) + jnp.mean(sol.final_state.v**2) + 1e-3 * jnp.sum(sol.counts)
+
+    fwd = eqx.filter_jit(loss)
+    grad = eqx.filter_jit(eqx.filter_value_and_grad(loss))
+    return layer, jnp.asarray(x), fwd, grad
+
+
+def memory_bytes(fn, *args):
+    compiled = fn.lower(*args).compile()
+    m = compiled.memory_analysis()
+    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+
+
+def run(configs, reps):
+    rows = []
+    for dtype in (np.float32, np.float64):
+        for n_intervals, drive in configs:
+            probe = sj.SpikingODELayer(
+                N_INPUTS,
+                N_NEURONS,
+                sj.ODELIFDynamics(),
+                dtype=dtype,
+                key=jax.random.key(0),
+            )
+            rng = np.random.default_rng(0)
+            x = (rng.standard_normal((n_intervals, N_INPUTS)) * 0.5 + drive).astype(
+                dtype
+            )
+            sol = probe.simulate(x, INTERVAL, max_spikes=0, throw=False)
+            max_spikes = max(int(np.max(np.asarray(sol.num_spikes))), 1)
+            spikes = int(np.sum(np.asarray(sol.num_spikes)))
+            steps = int(np.sum(np.asarray(sol.stats["num_steps"])))
+            layer, x, fwd, grad = make(n_intervals, drive, dtype, max_spikes)
+            fns = {"forward": fwd, "value_and_grad": grad}
+            args = {k: (layer, x) for k in fns}
+            compile_s, times = interleaved_timings(fns, args, reps)
+            t_f = statistics.median(times["forward"])
+            t_g = statistics.median(times["value_and_grad"])
+            ratio = statistics.median(
+                (g - f) / f
+                for g, f in zip(times["value_and_grad"], times["forward"], strict=True)
+            )
+            mem_f = memory_bytes(jax.jit(lambda m, x: fwd(m, x)), layer, x)
+            mem_g = memory_bytes(jax.jit(lambda m, x: grad(m, x)), layer, x)
+            rows.append(
+                (
+                    np.dtype(dtype).name,
+                    n_intervals,
+                    drive,
+                    spikes,
+                    steps,
+                    max_spikes,
+                    t_f * 1e3,
+                    t_g * 1e3,
+                    ratio,
+                    mem_f / 2**20,
+                    mem_g / 2**20,
+                    compile_s["value_and_grad"],
+                )
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def table(rows):
+    lines = [
+        "| dtype | intervals | drive | spikes | solver steps | max_spikes | forward (ms) "
+        "| value+grad (ms) | backward / forward | memory fwd (MiB) | memory grad (MiB) "
+        "| grad compile (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.2f} "
+            f"| {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.2f} | {r[11]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--reps", type=int, default=9)
+    a = p.parse_args()
+    if a.quick:
+        print(table(run([(20, 0.0)], 3)))
+        return
+    configs = [(100, 0.0), (100, 0.3), (100, 1.0), (400, 0.3), (1600, 0.3)]
+    rows = run(configs, a.reps)
+    text = "\n".join(
+        [
+            "## Gradients: backward vs forward (`bench/bench_grad.py`)",
+            "",
+            f"Command: `python bench/bench_grad.py --reps {a.reps}`  ",
+            f"Machine: {machine_line()}  ",
+            f"Layer of {N_NEURONS} LIF neurons, {N_INPUTS} inputs, 1 ms intervals, "
+            "inputs N(drive, 0.5^2). Loss: mean spike time + mean final v^2 + "
+            "1e-3 * total (surrogate) count; gradient w.r.t. the weight and all five "
+            "dynamics parameters. 'backward / forward' is the median over interleaved "
+            "repetitions of (value_and_grad - forward) / forward. Memory is XLA's "
+            "accounting of the compiled program (arguments + outputs + temporaries); "
+            "'solver steps' is the total over neurons (one per spike plus one per "
+            "interval on the exact path).",
+            "",
+            table(rows),
+        ]
+    )
+    print(text)
+    write_section("bench_grad", text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,7 @@ from sklearn.model_selection import train_test_split
 
 import snode_jax as sj
 
-N_INTERVALS, INTERVAL = 4, 2.0
+N_INTERVALS, INTERVAL = 6, 1.5
 
 
 class CountClassifier(eqx.Module):
@@ -68,7 +68,7 @@ def main():
     model = CountClassifier(jax.random.key(0))
     epochs, batch = 40, 64
     steps = epochs * (len(x_train) // batch)
-    optim = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+    optim = optax.adamw(optax.cosine_decay_schedule(3e-3, steps), weight_decay=1e-2)
     opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
 
     @eqx.filter_jit

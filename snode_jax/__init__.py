@@ -1,5 +1,6 @@
 """Spiking neural ODEs in JAX: exact spike times with adaptive event-driven solvers."""
 
+from ._adex import AdExDynamics as AdExDynamics, AdExState as AdExState
 from ._dynamics import (
     AbstractClosedFormDynamics as AbstractClosedFormDynamics,
     AbstractDynamics as AbstractDynamics,
@@ -9,7 +10,13 @@ from ._dynamics import (
     lif_vector_field as lif_vector_field,
 )
 from ._integrate import integrate as integrate
+from ._izhikevich import (
+    IZHIKEVICH_PATTERNS as IZHIKEVICH_PATTERNS,
+    IzhikevichDynamics as IzhikevichDynamics,
+    IzhikevichState as IzhikevichState,
+)
 from ._layer import OnlineLayer as OnlineLayer, SpikingODELayer as SpikingODELayer
+from ._qif import QIFDynamics as QIFDynamics, QIFState as QIFState
 from ._root_find import bisect_crossing as bisect_crossing
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solver import (

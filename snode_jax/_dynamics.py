@@ -6,11 +6,10 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from ._custom_types import NeuronBool, NeuronFloat, RealScalarLike, State
-from ._misc import describe, is_concrete
+from ._params import as_param, check_below, check_params
 
 
 class AbstractDynamics(eqx.Module):
@@ -27,6 +26,7 @@ class AbstractDynamics(eqx.Module):
     """
 
     has_exact_flow: ClassVar[bool] = False
+    parameter_names: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def init_state(self, n_neurons: int, dtype) -> State:
@@ -53,14 +53,20 @@ class AbstractDynamics(eqx.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} has no exact flow.")
 
-    @abc.abstractmethod
     def astype(self, dtype) -> "AbstractDynamics":
         """A copy with every parameter cast to `dtype`."""
+        return jax.tree.map(lambda p: p.astype(dtype), self)
 
-    @abc.abstractmethod
     def check_n_neurons(self, n_neurons: int) -> None:
-        """Raise `ValueError` unless every parameter is scalar or has one entry per
-        neuron."""
+        """Raise `ValueError` unless every parameter named in `parameter_names` is a
+        scalar or has one entry per neuron."""
+        for name in self.parameter_names:
+            shape = jnp.shape(getattr(self, name))
+            if shape not in ((), (n_neurons,)):
+                raise ValueError(
+                    f"`{name}` must be a scalar or have shape ({n_neurons},) (one per "
+                    f"neuron), got shape {shape}."
+                )
 
     @abc.abstractmethod
     def invalid(self, y: State) -> Bool[Array, ""]:
@@ -167,9 +173,6 @@ def lif_vector_field(t, y, args):
     return -(y - dynamics.v_rest) / dynamics.tau_mem + current / dynamics.C_mem
 
 
-_LIF_PARAMS = ("tau_mem", "v_rest", "v_threshold", "v_reset", "C_mem")
-
-
 class _LIFEvents(eqx.Module):
     # Distance to the asymptote `v_inf = v_rest + I tau / C`, projected to the end of
     # the interval: `s = (v_inf - v) * exp(-(T - t) / tau)`. A crossing is pending iff
@@ -211,6 +214,14 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
     v_reset: Float[Array, "*n"]
     C_mem: Float[Array, "*n"]
 
+    parameter_names: ClassVar[tuple[str, ...]] = (
+        "tau_mem",
+        "v_rest",
+        "v_threshold",
+        "v_reset",
+        "C_mem",
+    )
+
     def __init__(
         self,
         tau_mem: RealScalarLike | Float[ArrayLike, " n"] = 20.0,
@@ -219,19 +230,6 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         v_reset: RealScalarLike | Float[ArrayLike, " n"] = 0.0,
         C_mem: RealScalarLike | Float[ArrayLike, " n"] = 1.0,
     ):
-        def as_param(name, x):
-            if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating):
-                return x
-            arr = jnp.asarray(x)
-            if not jnp.issubdtype(arr.dtype, jnp.floating):
-                arr = arr.astype(jnp.result_type(float))
-            if arr.ndim > 1:
-                raise ValueError(
-                    f"`{name}` must be a scalar or a 1-D array (one per neuron), "
-                    f"got shape {arr.shape}."
-                )
-            return arr
-
         self.tau_mem = as_param("tau_mem", tau_mem)
         self.v_rest = as_param("v_rest", v_rest)
         self.v_threshold = as_param("v_threshold", v_threshold)
@@ -239,24 +237,9 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         self.C_mem = as_param("C_mem", C_mem)
 
     def __check_init__(self):
-        if not is_concrete(self):
-            return  # checked at run time by `invalid`
-        for name in _LIF_PARAMS:
-            value = np.asarray(getattr(self, name))
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"`{name}` must be finite, got {describe(value)}.")
-        for name in ("tau_mem", "C_mem"):
-            value = np.asarray(getattr(self, name))
-            if np.any(value <= 0):
-                unit = " (ms)" if name == "tau_mem" else ""
-                raise ValueError(f"`{name}` must be > 0{unit}, got {describe(value)}.")
-        reset = np.asarray(self.v_reset)
-        thresh = np.asarray(self.v_threshold)
-        if np.any(reset >= thresh):
-            raise ValueError(
-                "`v_reset` must be < `v_threshold`, got "
-                f"v_reset={describe(reset)}, v_threshold={describe(thresh)}."
-            )
+        positive = ("tau_mem", "C_mem")
+        if check_params(self, self.parameter_names, positive, {"tau_mem": "ms"}):
+            check_below(self, "v_reset", "v_threshold")
 
     # -- interface -----------------------------------------------------------------
 
@@ -275,18 +258,6 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
     def exact_flow(self, y: LIFState, current, h) -> LIFState:
         v_inf = self.v_rest + current * (self.tau_mem / self.C_mem)
         return LIFState(v_inf + (y.v - v_inf) * jnp.exp(-h / self.tau_mem))
-
-    def astype(self, dtype) -> "ODELIFDynamics":
-        return jax.tree.map(lambda p: p.astype(dtype), self)
-
-    def check_n_neurons(self, n_neurons: int) -> None:
-        for name in _LIF_PARAMS:
-            shape = jnp.shape(getattr(self, name))
-            if shape not in ((), (n_neurons,)):
-                raise ValueError(
-                    f"`{name}` must be a scalar or have shape ({n_neurons},) (one per "
-                    f"neuron), got shape {shape}."
-                )
 
     def invalid(self, y: LIFState):
         bad = jnp.any(self.tau_mem <= 0) | jnp.any(self.C_mem <= 0)

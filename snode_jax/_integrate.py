@@ -10,7 +10,7 @@ from jaxtyping import Array, Float
 from ._custom_types import State
 from ._dynamics import AbstractClosedFormDynamics, AbstractDynamics
 from ._misc import where_tree
-from ._root_find import bisect_crossing
+from ._root_find import _bracket_search
 from ._solution import RESULTS, Solution, update_result
 from ._solver import AbstractSolver, Exact, adaptive_step
 from ._surrogate import AbstractSurrogate, ArctanSurrogate, surrogate_zero
@@ -19,6 +19,16 @@ from ._surrogate import AbstractSurrogate, ArctanSurrogate, surrogate_zero
 # most this many spikes per neuron, and an unconditional multiply-compare is cheaper
 # than a loop iteration.
 _PEEL = 2
+
+
+def _all_finite(y):
+    """Per neuron: every state component is finite."""
+    out = None
+    for leaf in jax.tree.leaves(y):
+        f = jnp.isfinite(leaf)
+        f = jnp.all(f.reshape(f.shape[:1] + (-1,)), axis=1)
+        out = f if out is None else out & f
+    return out
 
 
 class _Buffer(eqx.Module):
@@ -140,13 +150,15 @@ def _adaptive_interval(
         accept = active & prop.accept
         g0 = dynamics.threshold(y)
         g1 = dynamics.threshold(prop.y1)
-        crossed = accept & (g1 >= 0)
+        # NaN counts as past threshold: a model that blows up at a spike (AdEx,
+        # QIF) has crossed before it overflows; the search finds where.
+        crossed = accept & ~(g1 < 0)
 
         def sub_step(s):
             return solver.step(dynamics, t, y, current, s - t)[0]
 
         def locate(_):
-            t_star, ok = bisect_crossing(
+            t_star, ok, t_below = _bracket_search(
                 lambda s: dynamics.threshold(sub_step(s)),
                 t,
                 t1,
@@ -157,7 +169,11 @@ def _adaptive_interval(
                 atol=root_atol,
                 max_iters=max_root_iters,
             )
-            return t_star, sub_step(t_star), ok
+            y_star = sub_step(t_star)
+            finite = _all_finite(y_star)
+            # Past a blow-up the state at the crossing is taken from just below it.
+            y_star = where_tree(finite, y_star, sub_step(t_below))
+            return t_star, y_star, ok
 
         def skip(_):
             return t1, prop.y1, jnp.ones((n,), bool)

@@ -45,9 +45,28 @@ def bisect_crossing(
     **Returns:**
 
     A tuple `(t, converged)`: `t` is the upper end of the final bracket, where the
-    threshold function is `>= 0` (the neuron has reached threshold); `converged` is
-    False for an active neuron whose bracket was still too wide after `max_iters`.
+    threshold function is `>= 0` (the neuron has reached threshold; a NaN value, as
+    from a state that blew up, counts as past threshold); `converged` is False for
+    an active neuron whose bracket was still too wide after `max_iters`.
     """
+    t, converged, _ = _bracket_search(
+        fn,
+        lower,
+        upper,
+        g_lower,
+        g_upper,
+        active,
+        rtol=rtol,
+        atol=atol,
+        max_iters=max_iters,
+    )
+    return t, converged
+
+
+def _bracket_search(
+    fn, lower, upper, g_lower, g_upper, active, *, rtol, atol, max_iters
+):
+    """[`bisect_crossing`][], also returning the lower end of the final bracket."""
 
     def done_fn(lo, hi):
         mid = lo + 0.5 * (hi - lo)
@@ -65,7 +84,7 @@ def bisect_crossing(
         use_secant = (it % 3 != 2) & (secant > lo) & (secant < hi)
         c = jnp.where(use_secant, secant, mid)
         gc = fn(c)
-        upper_side = gc >= 0
+        upper_side = ~(gc < 0)  # NaN (a blown-up state) counts as past threshold
         # Illinois: an end point kept twice in a row has its value halved.
         new_glo = jnp.where(upper_side, jnp.where(side == 1, glo * 0.5, glo), gc)
         new_ghi = jnp.where(upper_side, gc, jnp.where(side == -1, ghi * 0.5, ghi))
@@ -86,5 +105,5 @@ def bisect_crossing(
     done0 = (~active) | done_fn(lower, upper)
     side0 = jnp.zeros(lower.shape, jnp.int32)
     init = (0, lower, upper, g_lower, g_upper, side0, done0)
-    _, _, hi, _, _, _, done = lax.while_loop(cond_fun, body_fun, init)
-    return hi, done | ~active
+    _, lo, hi, _, _, _, done = lax.while_loop(cond_fun, body_fun, init)
+    return hi, done | ~active, lo

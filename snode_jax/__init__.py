@@ -5,9 +5,6 @@ from ._dynamics import (
     AbstractClosedFormDynamics as AbstractClosedFormDynamics,
     AbstractDynamics as AbstractDynamics,
     IntervalReplay as IntervalReplay,
-    LIFState as LIFState,
-    ODELIFDynamics as ODELIFDynamics,
-    lif_vector_field as lif_vector_field,
 )
 from ._integrate import integrate as integrate
 from ._izhikevich import (
@@ -16,6 +13,11 @@ from ._izhikevich import (
     IzhikevichState as IzhikevichState,
 )
 from ._layer import OnlineLayer as OnlineLayer, SpikingODELayer as SpikingODELayer
+from ._lif import (
+    LIFState as LIFState,
+    ODELIFDynamics as ODELIFDynamics,
+    lif_vector_field as lif_vector_field,
+)
 from ._qif import QIFDynamics as QIFDynamics, QIFState as QIFState
 from ._root_find import bisect_crossing as bisect_crossing
 from ._solution import RESULTS as RESULTS, Solution as Solution

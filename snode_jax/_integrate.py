@@ -394,7 +394,7 @@ def _closed_form_run_jvp(primals, tangents, *, cfg, surrogate):
         )
 
     tangents = jax.tree.map(
-        lambda t, p: jnp.zeros_like(p) if t is None else t,
+        lambda t, p: jnp.zeros_like(p) if t is None and p is not None else t,
         tangents,
         primals,
         is_leaf=lambda x: x is None,

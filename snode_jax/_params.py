@@ -29,6 +29,7 @@ def check_params(module, names, positive=(), units=None) -> bool:
     Returns False (nothing checked) when the parameters are traced; the model's
     `invalid` then reports them at run time.
     """
+    names = [n for n in names if getattr(module, n) is not None]
     if not is_concrete([getattr(module, n) for n in names]):
         return False
     units = units or {}

@@ -1,0 +1,301 @@
+"""The leaky integrate-and-fire neuron, with an optional absolute refractory period."""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._custom_types import NeuronFloat, RealScalarLike
+from ._dynamics import AbstractClosedFormDynamics, IntervalReplay
+from ._misc import describe
+from ._params import as_param, check_below, check_params
+
+_Param = RealScalarLike | Float[ArrayLike, " n"]
+
+
+class LIFState(eqx.Module):
+    """State of a population of LIF neurons.
+
+    **Fields:**
+
+    - `v`: membrane voltage, one per neuron.
+    - `refractory`: remaining refractory time (ms), one per neuron; `None` for a
+        model without a refractory period.
+    """
+
+    v: NeuronFloat
+    refractory: NeuronFloat | None = None
+
+
+def lif_vector_field(t, y, args):
+    """The LIF membrane derivative, in diffrax's `(t, y, args)` term signature.
+
+    `dv/dt = -(v - v_rest) / tau_mem + I / C_mem`, time in ms.
+
+    **Arguments:**
+
+    - `t`: time (ms); unused, the input is constant within an interval.
+    - `y`: membrane voltage `v`, any shape.
+    - `args`: a tuple `(dynamics, current)` of an [`ODELIFDynamics`][] and the input
+        current `I`, broadcastable against `y`.
+
+    **Returns:**
+
+    `dv/dt`, with the shape of `y`.
+    """
+    del t
+    dynamics, current = args
+    return -(y - dynamics.v_rest) / dynamics.tau_mem + current / dynamics.C_mem
+
+
+class _LIFEvents(eqx.Module):
+    # `s` is the distance to the asymptote `v_inf = v_rest + I tau / C`, projected to
+    # the end of the interval: `s = (v_inf - v) * exp(-(T - t) / tau)`. A crossing is
+    # pending iff `s <= v_inf - v_threshold`; each reset multiplies `s` by
+    # `(v_inf - v_reset) / (v_inf - v_threshold)` (times `exp(t_ref / tau)` with a
+    # refractory period, whose end is when free evolution resumes). Counting spikes
+    # and finding the end state need no logarithm or exponential.
+    v_inf: Array
+    u_threshold: Array
+    gain: Array
+    s: Array
+    tau: Array
+    interval: Array
+    # Refractory bookkeeping (None without a refractory period).
+    blocked_start: Array | None  # refractory through the whole interval
+    rho_carry: Array | None  # refractory time left at the end, for those
+    v_hold: Array | None  # voltage of those
+    spike_block: Array | None  # a spike's refractory period outlasts the interval
+    block_ratio: Array | None  # `s / u_threshold` at that spike
+    refractory_gain: Array | None  # exp(t_ref / tau)
+
+
+class ODELIFDynamics(AbstractClosedFormDynamics):
+    """Leaky integrate-and-fire membrane, `dv/dt = -(v - v_rest)/tau_mem + I/C_mem`.
+
+    A spike is an upward crossing of `v_threshold`; `v` is set to `v_reset` at that
+    instant. With a refractory period `t_ref`, `v` is then held at `v_reset` for
+    `t_ref` ms, and the end of that period is itself an event located exactly. Between
+    events the flow is known in closed form, so the solver steps from event to event
+    and locates every crossing to machine precision.
+
+    **Arguments:** (each a scalar or one value per neuron; all trainable)
+
+    - `tau_mem`: membrane time constant (ms), `> 0`.
+    - `v_rest`: resting potential.
+    - `v_threshold`: spike threshold.
+    - `v_reset`: post-spike reset potential, `< v_threshold`.
+    - `C_mem`: membrane capacitance, `> 0`.
+    - `t_ref`: absolute refractory period (ms), `>= 0`; default `None`, no refractory
+        period (and no `refractory` entry in the state). A model with `t_ref` runs on
+        the closed-form solver only.
+
+    **Raises:**
+
+    `ValueError` for a non-positive `tau_mem` or `C_mem`, `v_reset >= v_threshold`,
+    a negative `t_ref`, or a NaN/inf parameter.
+    """
+
+    tau_mem: Float[Array, "*n"]
+    v_rest: Float[Array, "*n"]
+    v_threshold: Float[Array, "*n"]
+    v_reset: Float[Array, "*n"]
+    C_mem: Float[Array, "*n"]
+    t_ref: Float[Array, "*n"] | None
+
+    parameter_names: ClassVar[tuple[str, ...]] = (
+        "tau_mem",
+        "v_rest",
+        "v_threshold",
+        "v_reset",
+        "C_mem",
+        "t_ref",
+    )
+
+    def __init__(
+        self,
+        tau_mem: _Param = 20.0,
+        v_rest: _Param = 0.0,
+        v_threshold: _Param = 1.0,
+        v_reset: _Param = 0.0,
+        C_mem: _Param = 1.0,
+        t_ref: _Param | None = None,
+    ):
+        self.tau_mem = as_param("tau_mem", tau_mem)
+        self.v_rest = as_param("v_rest", v_rest)
+        self.v_threshold = as_param("v_threshold", v_threshold)
+        self.v_reset = as_param("v_reset", v_reset)
+        self.C_mem = as_param("C_mem", C_mem)
+        self.t_ref = None if t_ref is None else as_param("t_ref", t_ref)
+
+    def __check_init__(self):
+        positive = ("tau_mem", "C_mem")
+        if check_params(self, self.parameter_names, positive, {"tau_mem": "ms"}):
+            check_below(self, "v_reset", "v_threshold")
+            if self.t_ref is not None and np.any(np.asarray(self.t_ref) < 0):
+                raise ValueError(
+                    f"`t_ref` must be >= 0 (ms), got {describe(self.t_ref)}."
+                )
+
+    @property
+    def closed_form_only(self) -> bool:
+        return self.t_ref is not None
+
+    # -- interface -----------------------------------------------------------------
+
+    def init_state(self, n_neurons: int, dtype) -> LIFState:
+        v = jnp.broadcast_to(self.v_rest, (n_neurons,)).astype(dtype)
+        refractory = None if self.t_ref is None else jnp.zeros((n_neurons,), dtype)
+        return LIFState(v, refractory)
+
+    def vector_field(self, t, y: LIFState, current) -> LIFState:
+        return LIFState(lif_vector_field(t, y.v, (self, current)), y.refractory)
+
+    def threshold(self, y: LIFState):
+        return y.v - self.v_threshold
+
+    def reset(self, y: LIFState) -> LIFState:
+        v = jnp.broadcast_to(self.v_reset, y.v.shape).astype(y.v.dtype)
+        return LIFState(v, y.refractory)
+
+    def exact_flow(self, y: LIFState, current, h) -> LIFState:
+        v_inf = self.v_rest + current * (self.tau_mem / self.C_mem)
+        return LIFState(
+            v_inf + (y.v - v_inf) * jnp.exp(-h / self.tau_mem), y.refractory
+        )
+
+    def invalid(self, y: LIFState):
+        bad = jnp.any(self.tau_mem <= 0) | jnp.any(self.C_mem <= 0)
+        bad = bad | jnp.any(self.v_reset >= self.v_threshold)
+        if self.t_ref is not None:
+            bad = bad | jnp.any(self.t_ref < 0)
+        if y.refractory is not None:
+            bad = bad | jnp.any(y.refractory < 0)
+        return bad | jnp.any(y.v >= self.v_threshold)
+
+    # -- closed-form events --------------------------------------------------------
+
+    def interval_constants(self, interval):
+        refractory_gain = None
+        if self.t_ref is not None:
+            refractory_gain = jnp.exp(self.t_ref / self.tau_mem)
+        return jnp.exp(-interval / self.tau_mem), interval, refractory_gain
+
+    def interval_start(self, y: LIFState, current, constants) -> _LIFEvents:
+        decay, interval, refractory_gain = constants
+        v_inf = self.v_rest + current * (self.tau_mem / self.C_mem)
+        u_threshold = v_inf - self.v_threshold
+        # Only used where a crossing happens, i.e. where u_threshold > 0.
+        safe = jnp.where(u_threshold > 0, u_threshold, 1)
+        gain = (v_inf - self.v_reset) / safe
+        s = (v_inf - y.v) * decay
+        tau = jnp.broadcast_to(self.tau_mem, s.shape)
+        refr = (None,) * 6
+        if self.t_ref is not None:
+            assert y.refractory is not None
+            # Free evolution starts when the refractory period ends.
+            s = s * jnp.exp(jnp.minimum(y.refractory, interval) / tau)
+            no_block = jnp.zeros(s.shape, bool)
+            refr = (
+                y.refractory >= interval,
+                y.refractory - interval,
+                y.v,
+                no_block,
+                jnp.ones_like(s),
+                refractory_gain,
+            )
+            gain = gain * refractory_gain
+        return _LIFEvents(v_inf, u_threshold, gain, s, tau, interval, *refr)
+
+    def crossing_pending(self, ev: _LIFEvents):
+        pending = (ev.u_threshold > 0) & (ev.s <= ev.u_threshold)
+        if ev.blocked_start is not None:
+            pending = pending & ~(ev.blocked_start | ev.spike_block)
+        return pending
+
+    def crossing_time(self, ev: _LIFEvents):
+        # s / u_threshold = exp(-(T - t*) / tau), so t* = T + tau log(s / u_threshold).
+        ratio = ev.s / jnp.where(ev.u_threshold > 0, ev.u_threshold, 1)
+        return ev.interval + ev.tau * jnp.log(ratio)
+
+    def fire(self, ev: _LIFEvents, mask) -> _LIFEvents:
+        s = jnp.where(mask, ev.s * ev.gain, ev.s)
+        if ev.spike_block is None:
+            return eqx.tree_at(lambda e: e.s, ev, s)
+        # The refractory period outlasts the interval iff s * exp(t_ref/tau) >= u_th.
+        now_blocked = mask & (ev.s * ev.refractory_gain >= ev.u_threshold)
+        ratio = ev.s / jnp.where(ev.u_threshold > 0, ev.u_threshold, 1)
+        return eqx.tree_at(
+            lambda e: (e.s, e.spike_block, e.block_ratio),
+            ev,
+            (
+                s,
+                ev.spike_block | now_blocked,
+                jnp.where(now_blocked, ratio, ev.block_ratio),
+            ),
+        )
+
+    def interval_end(self, ev: _LIFEvents) -> LIFState:
+        v_free = ev.v_inf - ev.s
+        if ev.spike_block is None:
+            return LIFState(v_free)
+        assert self.t_ref is not None
+        # Blocked after a spike at t*: t_ref - (T - t*) = t_ref + tau log(ratio) left.
+        ratio = jnp.where(ev.spike_block, ev.block_ratio, 1)
+        after_spike = jnp.maximum(self.t_ref + ev.tau * jnp.log(ratio), 0)
+        v = jnp.where(ev.spike_block, self.v_reset, v_free)
+        v = jnp.where(ev.blocked_start, ev.v_hold, v)
+        rho = jnp.where(ev.spike_block, after_spike, 0.0)
+        rho = jnp.where(ev.blocked_start, ev.rho_carry, rho)
+        return LIFState(v, rho)
+
+    def replay_interval(self, y: LIFState, current, interval, count) -> IntervalReplay:
+        # The closed form, differentiable in every parameter, the current, the
+        # interval and the start state: each crossing time solves v(t) = v_threshold
+        # exactly, so its derivative is the implicit-function one,
+        # -(dg/dtheta) / (dg/dt); the reset (and the refractory period) make the next
+        # segment start from v_reset at a differentiable time. Dummy values keep `log`
+        # away from invalid arguments where an entry does not apply.
+        tau = self.tau_mem
+        t_ref = 0.0 if self.t_ref is None else self.t_ref
+        v_inf = self.v_rest + current * (tau / self.C_mem)
+        u0 = v_inf - y.v
+        if y.refractory is None:
+            blocked_start = jnp.zeros(u0.shape, bool)
+            t0 = jnp.zeros_like(u0)
+        else:
+            blocked_start = y.refractory >= interval
+            t0 = jnp.where(blocked_start, 0.0, y.refractory)
+        spiked = count >= 1
+        u_th = jnp.where(spiked, v_inf - self.v_threshold, 1.0)
+        u_start = jnp.where(spiked, u0, 2.0)
+        u_reset = jnp.where(spiked, v_inf - self.v_reset, 2.0)
+        first = t0 + tau * jnp.log(u_start / u_th)
+        period = t_ref + tau * jnp.log(u_reset / u_th)
+        n_before = jnp.maximum(count - 1, 0).astype(first.dtype)
+        t_last = first + n_before * period
+        free_after = t_last + t_ref
+        v_end_spiked = v_inf - u_reset * jnp.exp(-(interval - free_after) / tau)
+        v_end_quiet = v_inf - u0 * jnp.exp(-(interval - t0) / tau)
+        v_end = jnp.where(spiked, v_end_spiked, v_end_quiet)
+        # Segment that ends in the last spike: from the free start (one spike) or
+        # from the end of the previous refractory period.
+        seg_start = jnp.where(count >= 2, t_last - period + t_ref, t0)
+        u_seg = jnp.where(count >= 2, u_reset, u0)
+        v_free = v_inf - u_seg * jnp.exp(-(interval - seg_start) / tau)
+        refractory = None
+        if y.refractory is not None:
+            ends_blocked = spiked & (free_after >= interval)
+            v_end = jnp.where(ends_blocked, self.v_reset, v_end)
+            v_end = jnp.where(blocked_start, y.v, v_end)
+            refractory = jnp.where(ends_blocked, free_after - interval, 0.0)
+            refractory = jnp.where(blocked_start, y.refractory - interval, refractory)
+        return IntervalReplay(
+            y_end=LIFState(v_end, refractory),
+            first=first,
+            period=period,
+            last_margin=v_free - self.v_threshold,
+            next_margin=v_end - self.v_threshold,
+        )

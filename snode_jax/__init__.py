@@ -1,6 +1,7 @@
 """Spiking neural ODEs in JAX: exact spike times with adaptive event-driven solvers."""
 
 from ._adex import AdExDynamics as AdExDynamics, AdExState as AdExState
+from ._cuba import CubaLIFDynamics as CubaLIFDynamics, CubaLIFState as CubaLIFState
 from ._dynamics import (
     AbstractClosedFormDynamics as AbstractClosedFormDynamics,
     AbstractDynamics as AbstractDynamics,

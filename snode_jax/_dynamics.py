@@ -69,6 +69,14 @@ class AbstractDynamics(eqx.Module):
                     f"neuron), got shape {shape}."
                 )
 
+    def peak_in_step(self, y: State, current: NeuronFloat, h: NeuronFloat):
+        """Optional, for models with an exact flow that is not monotone within a step:
+        `(t_peak, has_peak)`, the time (from the step start) of an interior maximum
+        of the threshold function in `(0, h)`, so that a crossing that goes up and
+        back down within the step is not missed. `None`: the end point test suffices
+        (monotone flows such as the LIF)."""
+        return None
+
     @abc.abstractmethod
     def invalid(self, y: State) -> Bool[Array, ""]:
         """Traced check: True when the parameters or the state `y` are invalid."""

@@ -153,6 +153,17 @@ def _adaptive_interval(
         # NaN counts as past threshold: a model that blows up at a spike (AdEx,
         # QIF) has crossed before it overflows; the search finds where.
         crossed = accept & ~(g1 < 0)
+        upper, g_upper = t1, g1
+        peak = dynamics.peak_in_step(y, current, step) if prop.exact else None
+        if peak is not None:
+            # A non-monotone exact flow: the earliest crossing is before an interior
+            # maximum that reaches threshold, even if the step ends below it.
+            t_peak, has_peak = peak
+            g_peak = dynamics.threshold(solver.step(dynamics, t, y, current, t_peak)[0])
+            use_peak = accept & has_peak & (g_peak >= 0)
+            crossed = crossed | use_peak
+            upper = jnp.where(use_peak, t + t_peak, t1)
+            g_upper = jnp.where(use_peak, g_peak, g1)
 
         def sub_step(s):
             return solver.step(dynamics, t, y, current, s - t)[0]
@@ -161,9 +172,9 @@ def _adaptive_interval(
             t_star, ok, t_below = _bracket_search(
                 lambda s: dynamics.threshold(sub_step(s)),
                 t,
-                t1,
+                upper,
                 g0,
-                g1,
+                g_upper,
                 crossed,
                 rtol=0.0,
                 atol=root_atol,

@@ -154,33 +154,67 @@ def _adaptive_interval(
         # QIF) has crossed before it overflows; the search finds where.
         crossed = accept & ~(g1 < 0)
         upper, g_upper = t1, g1
+
+        def sub_step(s):
+            return solver.step(dynamics, t, y, current, s - t)[0]
+
         peak = dynamics.peak_in_step(y, current, step) if prop.exact else None
         if peak is not None:
             # A non-monotone exact flow: the earliest crossing is before an interior
             # maximum that reaches threshold, even if the step ends below it.
             t_peak, has_peak = peak
-            g_peak = dynamics.threshold(solver.step(dynamics, t, y, current, t_peak)[0])
+            g_peak = dynamics.threshold(sub_step(t + t_peak))
             use_peak = accept & has_peak & (g_peak >= 0)
             crossed = crossed | use_peak
             upper = jnp.where(use_peak, t + t_peak, t1)
             g_upper = jnp.where(use_peak, g_peak, g1)
 
-        def sub_step(s):
-            return solver.step(dynamics, t, y, current, s - t)[0]
-
-        def locate(_):
-            t_star, ok, t_below = _bracket_search(
-                lambda s: dynamics.threshold(sub_step(s)),
+        def search(fn, lanes):
+            return _bracket_search(
+                fn,
                 t,
                 upper,
                 g0,
                 g_upper,
-                crossed,
+                lanes,
                 rtol=0.0,
                 atol=root_atol,
                 max_iters=max_root_iters,
             )
+
+        def locate(_):
+            # On the step's dense output (cheap to evaluate; the exact flow itself
+            # for an exact solver). A step that blew up (NaN) has no usable dense
+            # output: search on the solver's own sub-steps there.
+            safe_step = jnp.where(step > 0, step, 1)
+
+            def on_dense(s):
+                fraction = jnp.clip((s - t) / safe_step, 0, 1)
+                y_s = solver.evaluate_dense(dynamics, prop.dense, fraction)
+                return dynamics.threshold(y_s)
+
+            finite1 = _all_finite(prop.y1)
+            t_star, ok, t_below = search(on_dense, crossed & finite1)
+            blown = crossed & ~finite1
+            t_b, ok_b, below_b = search(
+                lambda s: dynamics.threshold(sub_step(s)), blown
+            )
+            t_star = jnp.where(blown, t_b, t_star)
+            t_below = jnp.where(blown, below_b, t_below)
+            ok = jnp.where(blown, ok_b, ok)
             y_star = sub_step(t_star)
+            if not prop.exact:
+                # The dense output is one order below the step: a Newton step on
+                # the solver's own solution makes the crossing time as accurate
+                # as the step, and the state at the crossing is a step from t.
+                g_star = dynamics.threshold(y_star)
+                f_star = dynamics.vector_field(t_star, y_star, current)
+                _, g_dot = jax.jvp(dynamics.threshold, (y_star,), (f_star,))
+                safe_dot = jnp.where(g_dot > 0, g_dot, 1)
+                newton = jnp.clip(t_star - g_star / safe_dot, t_below, upper)
+                polish = crossed & ~blown & (g_dot > 0) & jnp.isfinite(newton)
+                t_star = jnp.where(polish, newton, t_star)
+                y_star = sub_step(t_star)
             finite = _all_finite(y_star)
             # Past a blow-up the state at the crossing is taken from just below it.
             y_star = where_tree(finite, y_star, sub_step(t_below))

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, PyTree
 
 from ._custom_types import NeuronFloat, State
 from ._dynamics import AbstractClosedFormDynamics, AbstractDynamics
@@ -19,8 +19,16 @@ class AbstractSolver(eqx.Module):
     @abc.abstractmethod
     def step(
         self, dynamics: AbstractDynamics, t: NeuronFloat, y: State, current, h
-    ) -> tuple[State, State | None]:
-        """Returns `(y1, y_error)`; `y_error` is None for an exact step."""
+    ) -> tuple[State, State | None, PyTree[Array]]:
+        """Returns `(y1, y_error, dense)`: the state at `t + h`, the error estimate
+        (`None` for an exact step) and what [`AbstractSolver.evaluate_dense`][] needs
+        to give the solution anywhere inside the step."""
+
+    @abc.abstractmethod
+    def evaluate_dense(
+        self, dynamics: AbstractDynamics, dense: PyTree[Array], fraction: NeuronFloat
+    ) -> State:
+        """The dense output at `t + fraction * h`, `fraction` in `[0, 1]` per neuron."""
 
 
 class Exact(AbstractSolver):
@@ -38,7 +46,11 @@ class Exact(AbstractSolver):
 
     def step(self, dynamics, t, y, current, h):
         del t
-        return dynamics.exact_flow(y, current, h), None
+        return dynamics.exact_flow(y, current, h), None, (y, current, h)
+
+    def evaluate_dense(self, dynamics, dense, fraction):
+        y, current, h = dense
+        return dynamics.exact_flow(y, current, fraction * h)
 
 
 class AbstractRungeKutta(AbstractSolver):
@@ -49,6 +61,10 @@ class AbstractRungeKutta(AbstractSolver):
     b: ClassVar[np.ndarray]
     b_error: ClassVar[np.ndarray]
     error_order: ClassVar[int]
+    # Weights for the solution at mid-step: a quartic dense output through y0, y1,
+    # y_mid, f0, f1 (Shampine 1986). Without them, cubic Hermite. Either way the last
+    # stage must be f(t + h, y1) (first same as last), as in Bosh3 and Dopri5.
+    c_mid: ClassVar[np.ndarray | None] = None
 
     def step(self, dynamics, t, y, current, h):
         ks = []
@@ -69,7 +85,37 @@ class AbstractRungeKutta(AbstractSolver):
             return out
 
         y1 = jax.tree.map(jnp.add, y, combine(self.b))
-        return y1, combine(self.b_error)
+        f0 = jax.tree.map(lambda k: h * k, ks[0])
+        f1 = jax.tree.map(lambda k: h * k, ks[-1])
+        if self.c_mid is None:
+
+            def cubic(y0, y1, f0, f1):
+                a = 2 * (y0 - y1) + f0 + f1
+                b = 3 * (y1 - y0) - 2 * f0 - f1
+                return jnp.stack([a, b, f0, y0])
+
+            dense = jax.tree.map(cubic, y, y1, f0, f1)
+        else:
+            y_mid = jax.tree.map(jnp.add, y, combine(self.c_mid))
+
+            def quartic(y0, y1, ym, f0, f1):
+                a = 2 * (f1 - f0) - 8 * (y1 + y0) + 16 * ym
+                b = 5 * f0 - 3 * f1 + 18 * y0 + 14 * y1 - 32 * ym
+                c = f1 - 4 * f0 - 11 * y0 - 5 * y1 + 16 * ym
+                return jnp.stack([a, b, c, f0, y0])
+
+            dense = jax.tree.map(quartic, y, y1, y_mid, f0, f1)
+        return y1, combine(self.b_error), dense
+
+    def evaluate_dense(self, dynamics, dense, fraction):
+        def horner(coeffs):
+            s = jnp.reshape(fraction, fraction.shape + (1,) * (coeffs.ndim - 2))
+            out = coeffs[0]
+            for c in coeffs[1:]:
+                out = out * s + c
+            return out
+
+        return jax.tree.map(horner, dense)
 
 
 class Bosh3(AbstractRungeKutta):
@@ -107,6 +153,17 @@ class Dopri5(AbstractRungeKutta):
         ]
     )
     error_order = 5
+    c_mid = np.array(
+        [
+            6025192743 / 30085553152 / 2,
+            0,
+            51252292925 / 65400821598 / 2,
+            -2691868925 / 45128329728 / 2,
+            187940372067 / 1594534317056 / 2,
+            -1776094331 / 19743644256 / 2,
+            11237099 / 235043384 / 2,
+        ]
+    )
 
 
 class StepProposal(eqx.Module):
@@ -123,6 +180,7 @@ class StepProposal(eqx.Module):
     - `at_dt_min`: per neuron, whether it was accepted only because `h <= dt_min`.
     - `h_next`: per neuron, the next step size (ms); `inf` for an exact flow, meaning
         "to the end of the interval".
+    - `dense`: the dense output of the step, for `solver.evaluate_dense`.
     """
 
     y1: State
@@ -131,6 +189,7 @@ class StepProposal(eqx.Module):
     accept: Bool[Array, " n_neurons"]
     at_dt_min: Bool[Array, " n_neurons"]
     h_next: Float[Array, " n_neurons"]
+    dense: PyTree[Array]
 
 
 def _rms_norm(error: State, y0: State, y1: State, rtol, atol) -> NeuronFloat:
@@ -178,12 +237,18 @@ def adaptive_step(
 
     A [`StepProposal`][].
     """
-    y1, y_error = solver.step(dynamics, t, y, current, h)
+    y1, y_error, dense = solver.step(dynamics, t, y, current, h)
     if y_error is None:
         zeros = jnp.zeros_like(h)
         true = jnp.ones(h.shape, bool)
         return StepProposal(
-            y1, zeros, True, true, jnp.zeros(h.shape, bool), jnp.full_like(h, jnp.inf)
+            y1,
+            zeros,
+            True,
+            true,
+            jnp.zeros(h.shape, bool),
+            jnp.full_like(h, jnp.inf),
+            dense,
         )
     assert isinstance(solver, AbstractRungeKutta)
     err = _rms_norm(y_error, y, y1, rtol, atol)
@@ -196,7 +261,7 @@ def adaptive_step(
     factor = jnp.clip(factor, 0.2, 5.0)
     factor = jnp.where(jnp.isfinite(err), factor, 0.2)
     h_next = jnp.clip(h * factor, dt_min, dt_max)
-    return StepProposal(y1, err, False, accept, at_min & ~ok, h_next)
+    return StepProposal(y1, err, False, accept, at_min & ~ok, h_next, dense)
 
 
 def default_solver(dynamics: AbstractDynamics) -> AbstractSolver:

@@ -97,6 +97,7 @@ class AbstractClosedFormDynamics(AbstractDynamics):
     The solver walks through the events of one interval with these methods, so
     that deciding whether another spike happens costs no transcendental function:
 
+    - `max_event_span()`: the longest span the closed form may cover in one go;
     - `interval_constants(interval)`: quantities fixed for the whole simulation;
     - `interval_start(y, current, constants)`: the event state at the interval start;
     - `crossing_pending(ev)`: whether the next crossing happens before the end;
@@ -111,6 +112,11 @@ class AbstractClosedFormDynamics(AbstractDynamics):
     """
 
     has_exact_flow: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def max_event_span(self) -> Float[Array, ""]:
+        """The longest span (ms) the closed form may cover in one go; longer
+        intervals are walked in equal pieces no longer than this."""
 
     @abc.abstractmethod
     def interval_constants(self, interval: Float[Array, ""]) -> PyTree[Array]: ...

@@ -21,6 +21,11 @@ from ._surrogate import AbstractSurrogate, ArctanSurrogate, surrogate_zero
 _PEEL = 2
 
 
+def _expand(x, like):
+    """Broadcast a per-neuron array against a state leaf with trailing axes."""
+    return jnp.reshape(x, x.shape + (1,) * (jnp.ndim(like) - jnp.ndim(x)))
+
+
 def _all_finite(y):
     """Per neuron: every state component is finite."""
     out = None
@@ -93,9 +98,9 @@ def _closed_form_interval(
     for _ in range(_PEEL):  # most intervals need no loop at all
         carry = body(carry)
     ev, _, count, buffer = lax.while_loop(lambda c: jnp.any(c[1]), body, carry)
-    exhausted = jnp.any(dynamics.crossing_pending(ev))
+    exhausted = dynamics.crossing_pending(ev)
     counters = _Counters(count + 1, zeros, count, zeros)
-    no_fail = jnp.zeros((), bool)
+    no_fail = jnp.zeros(count.shape, bool)
     return dynamics.interval_end(ev), count, buffer, counters, exhausted, no_fail
 
 
@@ -199,25 +204,26 @@ def _adaptive_interval(
             t_b, ok_b, below_b = search(
                 lambda s: dynamics.threshold(sub_step(s)), blown
             )
-            t_star = jnp.where(blown, t_b, t_star)
-            t_below = jnp.where(blown, below_b, t_below)
             ok = jnp.where(blown, ok_b, ok)
-            y_star = sub_step(t_star)
+            # One solver sub-step gives the state at the crossing; past a blow-up it
+            # is taken from just below the crossing instead.
+            y_star = sub_step(jnp.where(blown, below_b, t_star))
             if not prop.exact:
                 # The dense output is one order below the step: a Newton step on
-                # the solver's own solution makes the crossing time as accurate
-                # as the step, and the state at the crossing is a step from t.
+                # the solver's own solution makes the crossing time as accurate as
+                # the step; the state follows to first order in the (tiny) shift.
                 g_star = dynamics.threshold(y_star)
                 f_star = dynamics.vector_field(t_star, y_star, current)
                 _, g_dot = jax.jvp(dynamics.threshold, (y_star,), (f_star,))
                 safe_dot = jnp.where(g_dot > 0, g_dot, 1)
                 newton = jnp.clip(t_star - g_star / safe_dot, t_below, upper)
                 polish = crossed & ~blown & (g_dot > 0) & jnp.isfinite(newton)
-                t_star = jnp.where(polish, newton, t_star)
-                y_star = sub_step(t_star)
-            finite = _all_finite(y_star)
-            # Past a blow-up the state at the crossing is taken from just below it.
-            y_star = where_tree(finite, y_star, sub_step(t_below))
+                shift = jnp.where(polish, newton - t_star, 0.0)
+                t_star = t_star + shift
+                y_star = jax.tree.map(
+                    lambda a, f: a + _expand(shift, a) * f, y_star, f_star
+                )
+            t_star = jnp.where(blown, t_b, t_star)
             return t_star, y_star, ok
 
         def skip(_):
@@ -237,7 +243,7 @@ def _adaptive_interval(
             crossed.astype(jnp.int32),
             (accept & prop.at_dt_min).astype(jnp.int32),
         )
-        root_fail = root_fail | jnp.any(crossed & ~ok)
+        root_fail = root_fail | (crossed & ~ok)
         attempts = attempts + active
         return (
             t_new,
@@ -250,11 +256,11 @@ def _adaptive_interval(
             root_fail,
         )
 
-    init = (t0, y, h0, zeros, _Counters.zeros(n), zeros, buffer, jnp.zeros((), bool))
+    init = (t0, y, h0, zeros, _Counters.zeros(n), zeros, buffer, jnp.zeros((n,), bool))
     t, y, _, count, counters, _, buffer, root_fail = lax.while_loop(
         cond_fun, body_fun, init
     )
-    exhausted = jnp.any(t < interval)
+    exhausted = t < interval
     return y, count, buffer, counters, exhausted, root_fail
 
 
@@ -279,8 +285,8 @@ class _Raw(eqx.Module):
     final_state: State
     interval_states: State | None
     counters: _Counters
-    exhausted: Array
-    root_fail: Array
+    exhausted: Array  # per neuron: the step budget ran out in some interval
+    root_fail: Array  # per neuron: a crossing search did not converge
 
 
 def _run_intervals(dynamics, solver, currents, interval, state, cfg: _Config) -> _Raw:
@@ -293,15 +299,46 @@ def _run_intervals(dynamics, solver, currents, interval, state, cfg: _Config) ->
         buffer = _Buffer(times, jnp.zeros((n_neurons,), jnp.int32))
 
     closed_form = _uses_closed_form(dynamics, solver)
-    constants = dynamics.interval_constants(interval) if closed_form else None
+    if closed_form:
+        # An interval much longer than the model's time scale is walked in equal
+        # pieces, so that the closed form's decay factors stay representable.
+        n_pieces = jnp.ceil(interval / dynamics.max_event_span())
+        # An invalid interval (reported in `result`) takes a single piece.
+        n_pieces = jnp.where(jnp.isfinite(n_pieces) & (n_pieces > 1), n_pieces, 1)
+        piece = interval / n_pieces
+        constants = dynamics.interval_constants(piece)
+        n_pieces = n_pieces.astype(jnp.int32)
 
     def one_interval(carry, xs):
         y, buffer, counters, exhausted, root_fail = carry
         k, current = xs
         t_start = k.astype(dtype) * interval
         if closed_form:
-            out = _closed_form_interval(
-                dynamics, constants, y, current, t_start, buffer, cfg.max_steps
+
+            def one_piece(y, buffer, t0):
+                return _closed_form_interval(
+                    dynamics, constants, y, current, t0, buffer, cfg.max_steps
+                )
+
+            def pieces(_):
+                def body(j, acc):
+                    y, count, buffer, counters, exhausted, fail = acc
+                    t0 = t_start + j.astype(dtype) * piece
+                    y, c, buffer, more, ex, f = one_piece(y, buffer, t0)
+                    return (
+                        y,
+                        count + c,
+                        buffer,
+                        counters + more,
+                        exhausted | ex,
+                        fail | f,
+                    )
+
+                first = one_piece(y, buffer, t_start)
+                return lax.fori_loop(1, n_pieces, body, first)
+
+            out = lax.cond(
+                n_pieces == 1, lambda _: one_piece(y, buffer, t_start), pieces, None
             )
         else:
             out = _adaptive_interval(
@@ -330,13 +367,8 @@ def _run_intervals(dynamics, solver, currents, interval, state, cfg: _Config) ->
         )
         return carry, (count, y if cfg.keep_interval_states else None)
 
-    init = (
-        state,
-        buffer,
-        _Counters.zeros(n_neurons),
-        jnp.array(False),
-        jnp.array(False),
-    )
+    no = jnp.zeros((n_neurons,), bool)
+    init = (state, buffer, _Counters.zeros(n_neurons), no, no)
     ks = jnp.arange(currents.shape[0])
     (y, buffer, counters, exhausted, root_fail), (counts, states) = lax.scan(
         one_interval, init, (ks, currents)
@@ -356,6 +388,69 @@ def _run_intervals(dynamics, solver, currents, interval, state, cfg: _Config) ->
         exhausted,
         root_fail,
     )
+
+
+def _run_folded(dynamics, solver, currents, interval, state, cfg: _Config) -> _Raw:
+    """[`_run_intervals`][], with a batching rule: under `jax.vmap` the batch is folded
+    into the neuron axis and integrated as one larger population (neurons are
+    independent), instead of batching every loop of the integrator.
+
+    A batched `interval` is not folded (it is shared by all neurons of a run).
+    """
+
+    @jax.custom_batching.custom_vmap
+    def run(dynamics, currents, interval, state):
+        return _run_intervals(dynamics, solver, currents, interval, state, cfg)
+
+    @run.def_vmap
+    def _rule(axis_size, in_batched, dynamics, currents, interval, state):
+        dyn_b, cur_b, itv_b, st_b = in_batched
+        if any(jax.tree.leaves(itv_b)):
+            axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
+            out = jax.vmap(
+                lambda *a: _run_intervals(a[0], solver, a[1], a[2], a[3], cfg),
+                in_axes=axes,
+            )(dynamics, currents, interval, state)
+            return out, jax.tree.map(lambda _: True, out)
+        n = currents.shape[-1]
+        size = axis_size
+
+        def fold(x, batched, neuron_axis_last=True):
+            # (B, ..., n) or (..., n) -> (..., B * n); a scalar stays as it is.
+            if not batched:
+                if jnp.ndim(x) == 0:
+                    return x
+                x = jnp.broadcast_to(x, (size,) + jnp.shape(x))
+            if jnp.ndim(x) == 1:  # a batched scalar parameter: one value per run
+                x = jnp.broadcast_to(x[:, None], (size, n))
+            x = jnp.moveaxis(x, 0, -2)
+            return jnp.reshape(x, x.shape[:-2] + (size * x.shape[-1],))
+
+        dynamics_f = jax.tree.map(fold, dynamics, dyn_b)
+        currents_f = fold(currents, cur_b)
+        state_f = jax.tree.map(fold, state, st_b)
+        raw = _run_intervals(dynamics_f, solver, currents_f, interval, state_f, cfg)
+
+        def unfold_last(x):  # (..., B * n) -> (B, ..., n)
+            x = jnp.reshape(x, x.shape[:-1] + (size, n))
+            return jnp.moveaxis(x, -2, 0)
+
+        def unfold_first(x):  # (B * n, ...) -> (B, n, ...)
+            return jnp.reshape(x, (size, n) + x.shape[1:])
+
+        out = _Raw(
+            counts=unfold_last(raw.counts),
+            spike_times=unfold_first(raw.spike_times),
+            num_spikes=unfold_last(raw.num_spikes),
+            final_state=jax.tree.map(unfold_last, raw.final_state),
+            interval_states=jax.tree.map(unfold_last, raw.interval_states),
+            counters=jax.tree.map(unfold_last, raw.counters),
+            exhausted=unfold_last(raw.exhausted),
+            root_fail=unfold_last(raw.root_fail),
+        )
+        return out, jax.tree.map(lambda _: True, out)
+
+    return run(dynamics, currents, interval, state)
 
 
 def _uses_closed_form(dynamics, solver) -> bool:
@@ -421,7 +516,7 @@ def _gather_spike_times(first, period, counts, num_spikes, interval, max_spikes)
 @eqx.filter_custom_jvp
 def _closed_form_run(dynamics, currents, interval, state, *, cfg, surrogate) -> _Raw:
     del surrogate
-    return _run_intervals(dynamics, Exact(), currents, interval, state, cfg)
+    return _run_folded(dynamics, Exact(), currents, interval, state, cfg)
 
 
 @_closed_form_run.def_jvp
@@ -524,10 +619,11 @@ def integrate(
             ),
         )
         dyn, cur, itv, st = args
-        raw = _run_intervals(dyn, solver, cur, itv, st, cfg)
+        raw = _run_folded(dyn, solver, cur, itv, st, cfg)
 
-    result = update_result(result, raw.exhausted, RESULTS.max_steps_reached)
-    result = update_result(result, raw.root_fail, RESULTS.crossing_search_failed)
+    exhausted, root_fail = jnp.any(raw.exhausted), jnp.any(raw.root_fail)
+    result = update_result(result, exhausted, RESULTS.max_steps_reached)
+    result = update_result(result, root_fail, RESULTS.crossing_search_failed)
     if max_spikes is not None:
         overflow = jnp.any(raw.num_spikes > max_spikes)
         result = update_result(result, overflow, RESULTS.spike_buffer_full)

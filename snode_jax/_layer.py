@@ -149,7 +149,7 @@ class SpikingODELayer(eqx.Module):
         dtype = jnp.result_type(float) if dtype is None else dtype
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
-        std = np.sqrt(2.0 / self.n_inputs)
+        std = float(np.sqrt(2.0 / self.n_inputs))  # a Python float keeps `dtype`
         self.weight = std * jax.random.normal(
             key, (self.n_neurons, self.n_inputs), dtype
         )
@@ -168,13 +168,12 @@ class SpikingODELayer(eqx.Module):
                 f"`inputs` must have shape {expected} with T >= 1, got shape "
                 f"{inputs.shape}. For a batch, use jax.vmap over the leading axis."
             )
-        if not jnp.issubdtype(inputs.dtype, jnp.floating):
-            inputs = inputs.astype(self.dtype)
         if is_concrete(inputs) and not np.all(np.isfinite(np.asarray(inputs))):
             raise ValueError(
                 f"`inputs` must be finite, got NaN or inf in {inputs.shape}."
             )
-        return inputs
+        # The layer's dtype (that of `weight`) sets the precision of the simulation.
+        return inputs.astype(self.dtype)
 
     def _check_state(self, state):
         expected = jax.tree.structure(self.init_state())

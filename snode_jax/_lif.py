@@ -177,6 +177,10 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
 
     # -- closed-form events --------------------------------------------------------
 
+    def max_event_span(self):
+        # exp(-span / tau_mem) >= exp(-30): far above the smallest normal float32.
+        return 30.0 * jnp.min(self.tau_mem)
+
     def interval_constants(self, interval):
         refractory_gain = None
         if self.t_ref is not None:

@@ -68,11 +68,11 @@ class AbstractRungeKutta(AbstractSolver):
 
     def step(self, dynamics, t, y, current, h):
         ks = []
-        for i, ci in enumerate(self.c):
+        for i, ci in enumerate(map(float, self.c)):
             yi = y
             for aij, kj in zip(self.a[i - 1] if i else (), ks):
                 if aij != 0:
-                    yi = jax.tree.map(lambda acc, k: acc + (h * aij) * k, yi, kj)
+                    yi = jax.tree.map(lambda acc, k: acc + (h * float(aij)) * k, yi, kj)
             ks.append(dynamics.vector_field(t + ci * h, yi, current))
 
         def combine(weights):
@@ -80,7 +80,7 @@ class AbstractRungeKutta(AbstractSolver):
             for w, k in zip(weights, ks):
                 if w == 0:
                     continue
-                term = jax.tree.map(lambda kk: (h * w) * kk, k)
+                term = jax.tree.map(lambda kk: (h * float(w)) * kk, k)
                 out = term if out is None else jax.tree.map(jnp.add, out, term)
             return out
 

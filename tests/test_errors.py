@@ -1,0 +1,459 @@
+"""Every error: eager argument checks (message names the argument and the value),
+and failures detected at run time (raised by default, reported in `result` with
+`throw=False`)."""
+
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+
+from .helpers import assert_padded_times_close, reference_for
+
+N_IN, N, T = 3, 4, 3
+_KEY = jax.random.key(0)
+
+
+def _layer(dynamics=None, **kwargs):
+    return sj.SpikingODELayer(N_IN, N, dynamics, key=_KEY, **kwargs)
+
+
+def _strong_inputs():
+    # v_inf well above threshold for most neurons: many spikes per interval.
+    return np.abs(np.random.default_rng(0).normal(size=(T, N_IN))) * 20.0 + 5.0
+
+
+# -- construction ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["n_inputs", "n_neurons"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_non_positive_sizes(name, value):
+    sizes = dict(n_inputs=N_IN, n_neurons=N)
+    sizes[name] = value
+    with pytest.raises(
+        ValueError, match=rf"`{name}` must be a positive int, got {value}"
+    ):
+        sj.SpikingODELayer(**sizes, key=_KEY)
+
+
+@pytest.mark.parametrize("name", ["n_inputs", "n_neurons"])
+@pytest.mark.parametrize("value", [2.0, True, "3"])
+def test_non_int_sizes(name, value):
+    sizes = dict(n_inputs=N_IN, n_neurons=N)
+    sizes[name] = value
+    expected = f"`{name}` must be a positive int, got {value!r}."
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        sj.SpikingODELayer(**sizes, key=_KEY)
+
+
+@pytest.mark.parametrize("name", ["tau_mem", "C_mem"])
+@pytest.mark.parametrize("value", [0.0, -2.5])
+def test_non_positive_time_constant_or_capacitance(name, value):
+    with pytest.raises(ValueError, match=rf"`{name}` must be > 0.*got {value}"):
+        sj.ODELIFDynamics(**{name: value})
+
+
+def test_non_positive_parameter_in_per_neuron_array():
+    with pytest.raises(
+        ValueError, match=r"`tau_mem` must be > 0 \(ms\), got \[20.0, -1.0"
+    ):
+        sj.ODELIFDynamics(tau_mem=np.array([20.0, -1.0, 5.0]))
+
+
+@pytest.mark.parametrize(
+    "v_reset, v_threshold", [(1.0, 1.0), (2.0, 1.0), ([0.0, 1.5], [1.0, 1.0])]
+)
+def test_reset_not_below_threshold(v_reset, v_threshold):
+    with pytest.raises(ValueError) as info:
+        sj.ODELIFDynamics(
+            v_reset=np.asarray(v_reset), v_threshold=np.asarray(v_threshold)
+        )
+    msg = str(info.value)
+    assert "`v_reset` must be < `v_threshold`" in msg
+    assert f"v_reset={np.asarray(v_reset).tolist()!r}" in msg
+    assert f"v_threshold={np.asarray(v_threshold).tolist()!r}" in msg
+
+
+@pytest.mark.parametrize(
+    "name", ["tau_mem", "v_rest", "v_threshold", "v_reset", "C_mem"]
+)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_parameter_eager(name, bad):
+    with pytest.raises(ValueError, match=rf"`{name}` must be finite, got {bad}"):
+        sj.ODELIFDynamics(**{name: bad})
+
+
+def test_wrong_per_neuron_parameter_shape():
+    dyn = sj.ODELIFDynamics(tau_mem=jnp.full((N - 1,), 20.0))
+    with pytest.raises(
+        ValueError,
+        match=rf"`tau_mem` must be a scalar or have shape \({N},\).*got shape \({N - 1},\)",
+    ):
+        _layer(dyn)
+    with pytest.raises(
+        ValueError, match=r"`v_rest` must be a scalar or a 1-D array.*\(2, 2\)"
+    ):
+        sj.ODELIFDynamics(v_rest=np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(dt_min=0.0), r"`dt_min` must be a positive number \(ms\), got 0.0"),
+        (dict(dt_min=-1e-3), r"`dt_min` must be a positive number \(ms\), got -0.001"),
+        (dict(dt_init=0.0), r"`dt_init` must be a positive number \(ms\), got 0.0"),
+        (dict(dt_init=np.nan), r"`dt_init` must be a positive number \(ms\), got nan"),
+        (
+            dict(dt_init=0.01, dt_min=0.1),
+            r"`dt_min` must be <= `dt_init`, got dt_min=0.1 and dt_init=0.01",
+        ),
+        (
+            dict(dt_max=0.05),
+            r"`dt_max` must be >= `dt_init`, got dt_max=0.05 and dt_init=0.1",
+        ),
+        (dict(dt_max=-1.0), r"`dt_max` must be a positive number \(ms\), got -1.0"),
+        (dict(rtol=0.0), r"`rtol` must be a positive number, got 0.0"),
+        (dict(atol=-1.0), r"`atol` must be a positive number, got -1.0"),
+        (dict(max_steps=0), r"`max_steps` must be a positive int, got 0"),
+        (dict(max_root_iters=-1), r"`max_root_iters` must be a positive int, got -1"),
+        (dict(dtype=jnp.int32), r"`dtype` must be a floating dtype, got "),
+    ],
+)
+def test_bad_layer_settings(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        _layer(**kwargs)
+
+
+def test_bad_setting_types():
+    with pytest.raises(
+        TypeError, match=r"`dt_min` must be a positive number \(ms\), got 'a'"
+    ):
+        _layer(dt_min="a")
+    with pytest.raises(
+        TypeError, match=r"`max_steps` must be a positive int, got 10.0"
+    ):
+        _layer(max_steps=10.0)
+    with pytest.raises(TypeError, match=r"`solver` must be an AbstractSolver, got str"):
+        _layer(solver="dopri5")
+    with pytest.raises(
+        TypeError, match=r"`dynamics` must be an AbstractDynamics.*got dict"
+    ):
+        _layer(dynamics={"tau_mem": 20.0})
+
+
+# -- call arguments ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def layer():
+    return _layer()
+
+
+def _calls(layer):
+    """Every entry point, as functions of (x_sequence, interval)."""
+    online = sj.OnlineLayer(layer)
+    return {
+        "forward": lambda x, dt: layer.forward(x, dt),
+        "simulate": lambda x, dt: layer.simulate(x, dt),
+        "step": lambda x, dt: layer.step(layer.init_state(), x[0], dt),
+        "online": lambda x, dt: online.step(x[0], interval=dt),
+    }
+
+
+@pytest.mark.parametrize("entry", ["forward", "simulate", "step", "online"])
+@pytest.mark.parametrize(
+    "interval, shown",
+    [
+        (0.0, "0.0"),
+        (-1.0, "-1.0"),
+        (np.nan, "nan"),
+        (np.inf, "inf"),
+        (jnp.array(-2.0), "-2.0"),
+    ],
+)
+def test_bad_interval(layer, entry, interval, shown):
+    call = _calls(layer)[entry]
+    x = np.ones((T, N_IN))
+    with pytest.raises(
+        ValueError, match=rf"`interval` must be a finite number > 0 \(ms\), got {shown}"
+    ):
+        call(x, interval)
+
+
+@pytest.mark.parametrize("entry", ["forward", "simulate"])
+def test_non_scalar_interval(layer, entry):
+    with pytest.raises(
+        ValueError, match=r"`interval` must be a scalar \(ms\).*shape \(2,\)"
+    ):
+        _calls(layer)[entry](np.ones((T, N_IN)), np.ones(2))
+
+
+@pytest.mark.parametrize("entry", ["forward", "simulate"])
+@pytest.mark.parametrize("shape", [(N_IN,), (T, N_IN + 1), (0, N_IN), (2, T, N_IN)])
+def test_inputs_wrong_shape(layer, entry, shape):
+    call = _calls(layer)[entry]
+    with pytest.raises(ValueError) as info:
+        call(np.ones(shape), 1.0)
+    msg = str(info.value)
+    assert "`inputs` must have shape (time, n_inputs) = (T, 3)" in msg
+    assert f"got shape {shape}" in msg
+
+
+@pytest.mark.parametrize("entry", ["step", "online"])
+@pytest.mark.parametrize("shape", [(N_IN + 1,), (1, N_IN), ()])
+def test_x_wrong_shape(layer, entry, shape):
+    step = (
+        (lambda x: layer.step(layer.init_state(), x, 1.0))
+        if entry == "step"
+        else (lambda x: sj.OnlineLayer(layer).step(x, 1.0))
+    )
+    expected = f"`x` must have shape (n_inputs,) = (3,), got {shape}."
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        step(np.ones(shape))
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_bad_max_spikes(layer, bad):
+    error = ValueError if bad == -1 else TypeError
+    with pytest.raises(error, match=rf"`max_spikes` must be an int >= 0, got {bad}"):
+        layer.simulate(np.ones((T, N_IN)), 1.0, max_spikes=bad)
+
+
+def test_bad_state(layer):
+    x = np.ones((T, N_IN))
+    with pytest.raises(
+        ValueError, match=r"`state` arrays must have shape \(4,\), got \(3,\)"
+    ):
+        layer.simulate(x, 1.0, state=sj.LIFState(jnp.zeros(3)))
+    with pytest.raises(ValueError, match=r"`state` must be a LIFState"):
+        layer.forward(x, 1.0, state=jnp.zeros(N))
+
+
+def test_online_layer_needs_a_layer():
+    with pytest.raises(TypeError, match=r"`layer` must be a SpikingODELayer, got str"):
+        sj.OnlineLayer("layer")
+
+
+# -- non-finite inputs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("entry", ["forward", "simulate", "step"])
+def test_nonfinite_inputs_eager(layer, entry, bad):
+    x = np.ones((T, N_IN))
+    x[0, 1] = bad
+    with pytest.raises(ValueError, match=r"`inputs` must be finite, got NaN or inf"):
+        _calls(layer)[entry](x, 1.0)
+
+
+_filter_jit_forward = eqx.filter_jit(lambda lyr, x: lyr.forward(x, 1.0))
+_filter_jit_result = eqx.filter_jit(
+    lambda lyr, x, dt: lyr.simulate(x, dt, max_spikes=8, throw=False).result
+)
+
+
+def test_nonfinite_inputs_traced(layer):
+    x = jnp.ones((T, N_IN)).at[1, 2].set(jnp.nan)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or inf"):
+        jax.block_until_ready(_filter_jit_forward(layer, x))
+    # Under plain jax.jit the same check fires (equinox can only wrap it less nicely).
+    with pytest.raises(Exception, match="NaN or inf"):
+        jax.block_until_ready(jax.jit(lambda x: layer.forward(x, 1.0))(x))
+    assert _filter_jit_result(layer, x, 1.0) == sj.RESULTS.nonfinite_input
+    assert _filter_jit_result(layer, x.at[1, 2].set(jnp.inf), 1.0) == (
+        sj.RESULTS.nonfinite_input
+    )
+    # Batched: the run with a NaN is flagged.
+    xs = jnp.stack([jnp.ones((T, N_IN)), x])
+    results = jax.vmap(lambda x: layer.simulate(x, 1.0, 8, throw=False).result)(xs)
+    np.testing.assert_array_equal(
+        np.asarray(results == sj.RESULTS.nonfinite_input), [False, True]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(results == sj.RESULTS.successful), [True, False]
+    )
+
+
+def test_nonfinite_inputs_online(layer):
+    online = sj.OnlineLayer(layer)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or inf"):
+        jax.block_until_ready(online.step(jnp.array([1.0, jnp.nan, 0.0])))
+
+
+_LIF_PARAMS = ["tau_mem", "v_rest", "v_threshold", "v_reset", "C_mem"]
+
+
+@jax.jit
+def _result_with_params(layer, params):
+    # The parameters are traced: replaced inside jit, so no eager check sees them.
+    dyn = eqx.tree_at(
+        lambda d: [getattr(d, k) for k in _LIF_PARAMS],
+        layer.dynamics,
+        [params[k] for k in _LIF_PARAMS],
+    )
+    lyr = eqx.tree_at(lambda lyr: lyr.dynamics, layer, dyn)
+    return lyr.simulate(jnp.ones((T, N_IN)), 1.0, max_spikes=8, throw=False).result
+
+
+@pytest.mark.parametrize("name", _LIF_PARAMS)
+def test_nonfinite_parameter_traced(layer, name):
+    params = {k: jnp.asarray(getattr(layer.dynamics, k)) for k in _LIF_PARAMS}
+    assert _result_with_params(layer, params) == sj.RESULTS.successful
+    params[name] = jnp.asarray(np.nan)
+    assert _result_with_params(layer, params) == sj.RESULTS.nonfinite_input
+    # The layer passed through jit as an argument.
+    x = jnp.ones((T, N_IN))
+    bad = eqx.tree_at(
+        lambda lyr: getattr(lyr.dynamics, name), layer, jnp.asarray(np.inf)
+    )
+    assert _filter_jit_result(bad, x, 1.0) == sj.RESULTS.nonfinite_input
+    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or inf"):
+        jax.block_until_ready(_filter_jit_forward(bad, x))
+
+
+def test_nonfinite_weight_traced(layer):
+    bad = eqx.tree_at(lambda lyr: lyr.weight, layer, layer.weight.at[0, 0].set(jnp.nan))
+    assert (
+        _filter_jit_result(bad, jnp.ones((T, N_IN)), 1.0) == sj.RESULTS.nonfinite_input
+    )
+
+
+# -- invalid traced parameters --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("tau_mem", -20.0),
+        ("tau_mem", 0.0),
+        ("C_mem", -1.0),
+        ("v_reset", 1.0),  # == v_threshold
+        ("v_threshold", -0.5),  # below v_reset = 0 (and below rest)
+        ("v_rest", 1.5),  # the initial (rest) voltage is above threshold
+    ],
+)
+def test_invalid_parameter_traced(layer, name, value):
+    x = jnp.ones((T, N_IN))
+    bad = eqx.tree_at(
+        lambda lyr: getattr(lyr.dynamics, name), layer, jnp.asarray(value)
+    )
+    assert _filter_jit_result(bad, x, 1.0) == sj.RESULTS.invalid_parameters
+    with pytest.raises(eqx.EquinoxRuntimeError, match="need tau_mem > 0, C_mem > 0"):
+        jax.block_until_ready(_filter_jit_forward(bad, x))
+
+
+def test_invalid_interval_and_state_traced(layer):
+    x = jnp.ones((T, N_IN))
+    # (A Python float would be static under filter_jit and checked eagerly.)
+    for dt in [-1.0, 0.0, np.inf, np.nan]:
+        result = _filter_jit_result(layer, x, jnp.asarray(dt))
+        assert result == sj.RESULTS.invalid_parameters, dt
+    assert _filter_jit_result(layer, x, jnp.asarray(1.0)) == sj.RESULTS.successful
+    # Through OnlineLayer (its step is compiled, so the interval is traced there only
+    # after the eager check): a start voltage at threshold is invalid.
+    online = sj.OnlineLayer(layer)
+    online.reset(sj.LIFState(jnp.ones(N)))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="initial voltage below"):
+        jax.block_until_ready(online.step(jnp.ones(N_IN)))
+
+
+def test_rest_at_or_above_threshold(layer):
+    # Not rejected when the dynamics are built (v_rest is not checked against the
+    # threshold), but the resting initial state is invalid when run.
+    dyn = sj.ODELIFDynamics(v_rest=1.5, v_threshold=1.0, v_reset=0.0)
+    bad = _layer(dyn)
+    x = np.ones((T, N_IN))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="initial voltage below"):
+        jax.block_until_ready(bad.forward(x, 1.0))
+    sol = bad.simulate(x, 1.0, max_spikes=8, throw=False)
+    assert sol.result == sj.RESULTS.invalid_parameters
+
+
+def test_nan_takes_precedence_over_invalid(layer):
+    bad = eqx.tree_at(lambda lyr: lyr.dynamics.tau_mem, layer, jnp.asarray(-1.0))
+    x = jnp.ones((T, N_IN)).at[0, 0].set(jnp.nan)
+    assert _filter_jit_result(bad, x, 1.0) == sj.RESULTS.nonfinite_input
+
+
+# -- step budget ----------------------------------------------------------------------
+
+
+def test_max_steps_closed_form():
+    x = _strong_inputs()
+    ref = reference_for(_layer(), x, 1.0)
+    most = int(ref.counts.max())  # spikes of the busiest (neuron, interval)
+    assert most >= 5
+    # The closed-form path takes one step per spike plus one per interval.
+    enough = _layer(max_steps=most + 1)
+    sol = enough.simulate(x, 1.0, max_spikes=256)
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    short = _layer(max_steps=most)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`max_steps`"):
+        jax.block_until_ready(short.forward(x, 1.0))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="step budget ran out"):
+        jax.block_until_ready(short.simulate(x, 1.0, max_spikes=256))
+    sol = short.simulate(x, 1.0, max_spikes=256, throw=False)
+    assert sol.result == sj.RESULTS.max_steps_reached
+    assert int(sol.stats["max_steps"]) == most
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [sj.Dopri5(), sj.Exact(closed_form_events=False)],
+    ids=["dopri5", "bisect"],
+)
+def test_max_steps_adaptive(solver):
+    x = _strong_inputs()
+    layer = _layer(solver=solver, max_steps=3)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`max_steps`"):
+        jax.block_until_ready(layer.forward(x, 1.0))
+    sol = layer.simulate(x, 1.0, max_spikes=8, throw=False)
+    assert sol.result == sj.RESULTS.max_steps_reached
+    assert np.all(
+        np.asarray(sol.stats["num_steps"] + sol.stats["num_rejected_steps"]) <= 3 * T
+    )
+
+
+def test_crossing_search_budget():
+    x = _strong_inputs()
+    layer = _layer(solver=sj.Exact(closed_form_events=False), max_root_iters=2)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`max_root_iters`"):
+        jax.block_until_ready(layer.forward(x, 1.0))
+    sol = layer.simulate(x, 1.0, max_spikes=8, throw=False)
+    assert sol.result == sj.RESULTS.crossing_search_failed
+
+
+# -- spike buffer -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_spikes", [0, 5])
+def test_spike_buffer_full(layer, max_spikes):
+    x = _strong_inputs()
+    ref = reference_for(layer, x, 1.0)
+    assert ref.counts.sum(axis=0).max() > max_spikes
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`max_spikes`"):
+        jax.block_until_ready(layer.simulate(x, 1.0, max_spikes=max_spikes))
+    sol = layer.simulate(x, 1.0, max_spikes=max_spikes, throw=False)
+    assert sol.result == sj.RESULTS.spike_buffer_full
+    # Counts stay exact, and the buffer holds the first spikes.
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), ref.counts.sum(axis=0))
+    assert sol.spike_times.shape == (N, max_spikes)
+    assert_padded_times_close(sol.spike_times, ref.padded_times(max_spikes), 1e-9)
+    np.testing.assert_allclose(sol.final_state.v, ref.final_v, rtol=0, atol=1e-9)
+    # forward needs no buffer.
+    np.testing.assert_array_equal(np.asarray(layer.forward(x, 1.0)), ref.counts)
+
+
+def test_spike_buffer_exactly_full_is_fine(layer):
+    x = _strong_inputs()
+    ref = reference_for(layer, x, 1.0)
+    most = int(ref.counts.sum(axis=0).max())
+    sol = layer.simulate(x, 1.0, max_spikes=most)
+    assert sol.result == sj.RESULTS.successful
+    assert_padded_times_close(sol.spike_times, ref.padded_times(most), 1e-9)

@@ -1,0 +1,345 @@
+"""The LIF layer against the independent closed-form reference (`lif_reference.py`).
+
+Float64: counts exact, spike times within 1e-9 ms, voltages within 1e-9, for the
+default closed-form event solver and for root finding on the exact flow.
+Float32: against the float64 solution of the float32-rounded problem, with an
+explicit rounding-error model (`helpers.float32_bounds`).
+
+To keep compilation down, the sweeps share one shape and parameter layout (one
+value per neuron); scalar and mixed layouts have their own test.
+"""
+
+import functools
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+
+from . import helpers
+from .helpers import (
+    LIFConfig,
+    assert_padded_times_close,
+    cap_spikes,
+    float32_bounds,
+    random_lif_config,
+    reference_for,
+)
+
+TIME_ATOL = 1e-9  # ms
+V_ATOL = 1e-9
+MAX_SPIKES = 1024  # one buffer size everywhere: one compilation per structure
+
+
+def _float64_configs() -> list[LIFConfig]:
+    rng = np.random.default_rng(2024)
+    configs = []
+    # Weak (mostly subthreshold) to very strong drive (a spike every few us).
+    for i, drive in enumerate(np.geomspace(0.3, 3000, 24)):
+        # Three parameter layouts: all scalars, all per neuron, and mixed.
+        per_neuron = (False, True, ("tau_mem", "v_reset"))[i % 3]
+        cfg = random_lif_config(
+            rng,
+            f"f64-{i}-drive{drive:.3g}",
+            n_inputs=10,
+            n_neurons=12,
+            n_intervals=6,
+            drive=float(drive),
+            per_neuron=per_neuron,
+            input_low=-0.3 if i % 4 == 0 else 0.0,
+        )
+        configs.append(cap_spikes(cfg, 1000))
+    return configs
+
+
+CONFIGS = _float64_configs()
+SOLVERS = {
+    "closed_form": sj.Exact(),
+    "bisect_exact_flow": sj.Exact(closed_form_events=False),
+}
+
+
+@functools.cache
+def _reference(cfg: LIFConfig, dtype=np.float64):
+    return cfg.reference(dtype)
+
+
+def test_configurations_span_weak_to_strong_drive():
+    totals = [_reference(cfg).counts.sum(axis=0) for cfg in CONFIGS]
+    assert sum((t == 0).any() for t in totals) >= 5  # silent neurons
+    assert sum(t.max() >= 200 for t in totals) >= 3  # hundreds of spikes
+    assert max(t.max() for t in totals) <= MAX_SPIKES
+    assert len({cfg.interval for cfg in CONFIGS}) >= 4
+    assert sum(np.ndim(cfg.params["tau_mem"]) == 1 for cfg in CONFIGS) >= 8
+
+
+def test_default_solver_is_closed_form():
+    layer = CONFIGS[0].layer()
+    assert isinstance(layer.solver, sj.Exact)
+    assert layer.solver.closed_form_events
+
+
+def _check_against_reference(sol, ref, *, time_atol=TIME_ATOL, v_atol=V_ATOL):
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), ref.counts.sum(axis=0))
+    assert_padded_times_close(sol.spike_times, ref.padded_times(MAX_SPIKES), time_atol)
+    np.testing.assert_allclose(sol.final_state.v, ref.final_v, rtol=0, atol=v_atol)
+    np.testing.assert_allclose(
+        sol.interval_states.v, ref.interval_v, rtol=0, atol=v_atol
+    )
+
+
+def _check_stats(sol, solver, cfg: LIFConfig, dt_init=0.1):
+    counts = np.asarray(sol.counts).sum(axis=0)
+    stats = {k: np.asarray(v) for k, v in sol.stats.items()}
+    np.testing.assert_array_equal(stats["num_crossings"], counts)
+    np.testing.assert_array_equal(stats["num_rejected_steps"], 0)
+    np.testing.assert_array_equal(stats["num_dt_min_steps"], 0)
+    T = cfg.n_intervals
+    steps = stats["num_steps"]
+    if solver.closed_form_events:
+        # One step per spike plus one per interval.
+        np.testing.assert_array_equal(steps, counts + T)
+    else:
+        # A first step of dt_init, then (h_next = inf) steps to the end of the
+        # interval, each cut short by a crossing: one step per crossing plus one,
+        # plus the first step unless that one already held a crossing.
+        assert np.all(steps >= counts + T)
+        if cfg.interval <= dt_init:
+            np.testing.assert_array_equal(steps, counts + T)
+        else:
+            assert np.all(steps <= counts + 2 * T)
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+def test_float64_matches_reference(cfg, solver_name):
+    solver = SOLVERS[solver_name]
+    layer = cfg.layer(per_neuron=True, solver=solver)
+    x = cfg.inputs()
+    ref = _reference(cfg)
+    sol = layer.simulate(x, cfg.interval, max_spikes=MAX_SPIKES)
+    assert sol.result == sj.RESULTS.successful
+    _check_against_reference(sol, ref)
+    _check_stats(sol, solver, cfg)
+    assert sol.spike_times.dtype == jnp.float64
+    counts = layer.forward(x, cfg.interval)
+    np.testing.assert_array_equal(np.asarray(counts), ref.counts)
+    # Exact integers stored in the layer's float dtype (they carry a surrogate
+    # gradient).
+    assert counts.dtype == sol.counts.dtype == layer.dtype
+
+
+@pytest.mark.parametrize("index", [10, 16, 20])  # scalar, per-neuron, mixed
+def test_float64_parameter_layouts(index):
+    cfg = CONFIGS[index]
+    layouts = [np.ndim(v) for v in cfg.params.values()]
+    layer = cfg.layer()  # parameters scalar or per neuron, as generated
+    assert [np.ndim(getattr(layer.dynamics, k)) for k in cfg.params] == layouts
+    sol = layer.simulate(cfg.inputs(), cfg.interval, max_spikes=MAX_SPIKES)
+    _check_against_reference(sol, _reference(cfg))
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+@pytest.mark.parametrize("index", [2, 9, 16, 20])
+def test_float64_from_non_rest_state(index, solver_name):
+    cfg = CONFIGS[index]
+    layer = cfg.layer(per_neuron=True, solver=SOLVERS[solver_name])
+    p = cfg.params_as(per_neuron=True)
+    rng = np.random.default_rng(index)
+    low = np.minimum(p["v_reset"], p["v_rest"]) - 1.0
+    # Anywhere below threshold, including just below it.
+    v0 = rng.uniform(low, p["v_threshold"])
+    v0[0] = p["v_threshold"][0] - 1e-6
+    state = sj.LIFState(jnp.asarray(v0))
+    x = cfg.inputs()
+    ref = cfg.reference(v0=v0)
+    sol = layer.simulate(x, cfg.interval, max_spikes=MAX_SPIKES, state=state)
+    _check_against_reference(sol, ref)
+    counts = layer.forward(x, cfg.interval, state=state)
+    np.testing.assert_array_equal(np.asarray(counts), ref.counts)
+
+
+def _single_input_config(name, n_inputs, n_neurons, tau, interval, **params):
+    """Input 0 drives every neuron through weight 1 (the weight is replaced)."""
+    base = dict(v_rest=0.0, v_threshold=1.0, v_reset=0.0, C_mem=1.0)
+    base.update(params)
+    return LIFConfig(
+        name=name,
+        n_inputs=n_inputs,
+        n_neurons=n_neurons,
+        n_intervals=6,
+        interval=interval,
+        params=dict(tau_mem=tau, **base),
+        input_scale=1.0,
+        input_low=0.0,
+        seed=0,
+    )
+
+
+def _drive_layer(cfg, v_inf, dtype):
+    """`cfg`'s layer where neuron `i` has asymptote `v_inf[i]` (from v_rest = 0,
+    C = 1): weight column 0 carries it, the other inputs are zero."""
+    layer = cfg.layer(dtype, per_neuron=True)
+    tau = cfg.params_as(dtype, per_neuron=True)["tau_mem"]
+    w = np.zeros((cfg.n_neurons, cfg.n_inputs))
+    w[:, 0] = np.asarray(v_inf) / tau
+    w = np.asarray(w, dtype)
+    x = np.zeros((cfg.n_intervals, cfg.n_inputs), dtype)
+    x[:, 0] = 1.0
+    layer = eqx.tree_at(lambda lyr: lyr.weight, layer, jnp.asarray(w))
+    return layer, x
+
+
+def test_crossing_at_interval_end_counts_in_that_interval():
+    # v_inf = 2 from v = v_reset = 0: the crossing is at tau log 2, the interval
+    # end. Neurons 0-5 cross a hair (1e-10 ms and more, far above rounding) before
+    # the end, so every interval ends with a spike; neurons 6-11 a hair after it,
+    # so the first interval ends without one (which then comes right after the
+    # start of the next).
+    tau = 10.0
+    cfg = _single_input_config("end", 10, 12, tau, tau * np.log(2.0))
+    hair = 1e-11 * np.arange(1, 7)
+    v_inf = 2.0 * np.concatenate([1 + hair, 1 - hair])
+    layer, x = _drive_layer(cfg, v_inf, jnp.float64)
+    ref = reference_for(layer, x, cfg.interval)
+    assert np.all(ref.counts[:, :6] == 1) and np.all(ref.counts[0, 6:] == 0)
+    sol = layer.simulate(x, cfg.interval, max_spikes=MAX_SPIKES)
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    assert_padded_times_close(sol.spike_times, ref.padded_times(MAX_SPIKES), TIME_ATOL)
+
+
+# -- long intervals relative to tau_mem ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype, tau_mem, interval",
+    [
+        (jnp.float64, 1.0, 600.0),
+        (jnp.float32, 10.0, 800.0),
+        # exp(-interval / tau_mem) is below the smallest normal number from here on:
+        (jnp.float64, 1.0, 750.0),
+        (jnp.float32, 10.0, 1000.0),
+        (jnp.float32, 5.0, 1000.0),
+    ],
+)
+def test_long_interval_relative_to_tau_mem(dtype, tau_mem, interval):
+    """A constant input held for many membrane time constants (e.g. 1 s of input
+    with tau_mem = 10 ms in float32) must still give the reference's spikes."""
+    shape = (10, 12) if dtype == jnp.float64 else (6, 16)  # as the sweeps
+    cfg = _single_input_config("long", *shape, tau_mem, interval)
+    # A spike every 3 tau_mem or 2.4 tau_mem, and silent neurons; the input is off
+    # in every other interval.
+    v_inf = np.resize([1.05, 1.1, 0.5, -1.0], shape[1])
+    layer, x = _drive_layer(cfg, v_inf, dtype)
+    x[1::2] = 0
+    ref = reference_for(layer, x, interval)
+    sol = layer.simulate(x, interval, max_spikes=MAX_SPIKES, throw=False)
+    assert sol.result == sj.RESULTS.successful, sol.result
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    if dtype == jnp.float64:
+        np.testing.assert_allclose(
+            sol.interval_states.v, ref.interval_v, rtol=0, atol=V_ATOL
+        )
+        assert_padded_times_close(
+            sol.spike_times, ref.padded_times(MAX_SPIKES), TIME_ATOL
+        )
+    else:
+        # Whatever the algorithm, float32 resolves times within an interval only to
+        # ~eps32 * interval (plus eps32 * tau_mem from exp/log), the voltage moves
+        # at up to 2 |v_inf| / tau_mem per ms, and each spike (reset) or interval
+        # adds one such error.
+        J = np.cumsum(ref.counts, axis=0) + np.arange(1, cfg.n_intervals + 1)[:, None]
+        V = np.maximum(np.abs(v_inf), 1.0)  # |v_inf|, |v_threshold|
+        v_tol = J * 2 * helpers.EPS32 * (interval + tau_mem) * 2 * V / tau_mem
+        v_err = np.abs(np.asarray(sol.interval_states.v, np.float64) - ref.interval_v)
+        assert np.all(v_err <= v_tol)
+
+
+# -- float32 ---------------------------------------------------------------------
+
+
+def _float32_configs() -> list[LIFConfig]:
+    rng = np.random.default_rng(32)
+    configs = []
+    for i, drive in enumerate(np.geomspace(0.5, 2000, 10)):
+        cfg = random_lif_config(
+            rng,
+            f"f32-{i}-drive{drive:.3g}",
+            n_inputs=6,
+            n_neurons=16,
+            n_intervals=6,
+            drive=float(drive),
+            per_neuron=bool(i % 2),
+            interval=float(rng.choice([0.5, 1.0, 2.0, 5.0])),  # exact in float32
+        )
+        configs.append(cap_spikes(cfg, 1000, np.float32))
+    return configs
+
+
+F32_CONFIGS = _float32_configs()
+
+
+def test_float32_configs_include_strong_drive():
+    totals = [_reference(c, np.float32).counts.sum(axis=0) for c in F32_CONFIGS]
+    assert max(t.max() for t in totals) >= 200
+    assert sum((t == 0).any() for t in totals) >= 3
+
+
+@pytest.mark.parametrize("cfg", F32_CONFIGS, ids=lambda c: c.name)
+def test_float32_matches_reference(cfg):
+    layer = cfg.layer(jnp.float32, per_neuron=True)
+    x = cfg.inputs(np.float32)
+    ref = _reference(cfg, np.float32)  # float64 solution of the float32 problem
+    sol = layer.simulate(jnp.asarray(x), cfg.interval, max_spikes=MAX_SPIKES)
+    assert sol.spike_times.dtype == jnp.float32
+    assert sol.final_state.v.dtype == jnp.float32
+    bounds = float32_bounds(layer, x, cfg.interval, ref)
+    safe = bounds.safe
+    # Neurons are independent, so a neuron whose crossings all keep a margin from
+    # the interval ends must match exactly; the others may differ by rounding.
+    assert safe.mean() >= 0.5, f"too few neurons checked: {bounds.margin}"
+    counts = np.asarray(sol.counts)
+    np.testing.assert_array_equal(counts[:, safe], ref.counts[:, safe])
+    # Spike-time tolerance, per spike (helpers.float32_bounds): float32 rounding of
+    # v_inf, u = v_inf - v_threshold and the gain is ~eps32 = 1.2e-7 relative on
+    # voltages of order |v_inf| (times n_in for the dot product); a voltage error dv
+    # moves a crossing by dv / (dv/dt), dv/dt = u / tau_mem at threshold; the gain
+    # error accumulates linearly over spikes, and forming the absolute time adds
+    # 2 eps32 (t + T). Summed worst-case; the measured errors are at most ~7% of it
+    # (up to 4e-4 ms at ~600 spikes per neuron and |v_inf| ~ 1e3).
+    time_tol = np.zeros((cfg.n_neurons, MAX_SPIKES))
+    for i, tol in enumerate(bounds.time_tol):
+        time_tol[i, : len(tol)] = tol
+    assert_padded_times_close(
+        sol.spike_times, ref.padded_times(MAX_SPIKES), time_tol, neurons=safe
+    )
+    v_err = np.abs(np.asarray(sol.interval_states.v, np.float64) - ref.interval_v)
+    ratio = v_err[:, safe] / bounds.v_tol[:, safe]
+    assert np.all(ratio <= 1), f"worst voltage error / bound: {ratio.max()}"
+    forward = np.asarray(layer.forward(jnp.asarray(x), cfg.interval))
+    np.testing.assert_array_equal(forward[:, safe], ref.counts[:, safe])
+
+
+def test_weight_dtype_follows_dtype_argument(getkey):
+    layer = sj.SpikingODELayer(4, 3, dtype=jnp.float32, key=getkey())
+    assert layer.weight.dtype == jnp.float32
+    assert layer.dtype == jnp.float32
+    assert layer.init_state().v.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("input_dtype", [np.float32, np.int32, np.float64])
+def test_float32_layer_casts_inputs(input_dtype):
+    cfg = F32_CONFIGS[3]
+    layer = cfg.layer(jnp.float32, per_neuron=True)
+    x = np.round(cfg.inputs()).astype(input_dtype)
+    sol = layer.simulate(x, cfg.interval, max_spikes=MAX_SPIKES)
+    assert sol.final_state.v.dtype == jnp.float32
+    assert sol.spike_times.dtype == jnp.float32
+    assert sol.interval_states.v.dtype == jnp.float32
+    assert sol.counts.dtype == jnp.float32
+    state, counts = layer.step(layer.init_state(), x[0], cfg.interval)
+    assert state.v.dtype == jnp.float32
+    assert counts.dtype == jnp.float32

@@ -1,0 +1,229 @@
+"""The embedded Runge-Kutta path (adaptive steps + located crossings) on the LIF,
+against the closed-form reference; and `adaptive_step` on its own."""
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+
+from .helpers import (
+    LIFConfig,
+    assert_padded_times_close,
+    cap_spikes,
+    random_lif_config,
+)
+
+MAX_SPIKES = 256
+
+
+def _configs() -> list[LIFConfig]:
+    rng = np.random.default_rng(77)
+    configs = []
+    for i, drive in enumerate([1.0, 5.0, 50.0, 600.0]):
+        cfg = random_lif_config(
+            rng,
+            f"rk-{i}-drive{drive:g}",
+            n_inputs=6,
+            n_neurons=8,
+            n_intervals=4,
+            drive=drive,
+            per_neuron=True,
+            interval=float(rng.choice([0.5, 1.0, 2.0])),
+        )
+        configs.append(cap_spikes(cfg, 200))
+    return configs
+
+
+CONFIGS = _configs()
+
+
+@functools.cache
+def _reference(cfg):
+    return cfg.reference()
+
+
+def test_configurations_include_spiking_and_silent_neurons():
+    totals = np.concatenate([_reference(c).counts.sum(axis=0) for c in CONFIGS])
+    assert (totals == 0).any()
+    assert totals.max() >= 50
+
+
+def _check_stats(sol, cfg, dt_min):
+    counts = np.asarray(sol.counts).sum(axis=0)
+    stats = {k: np.asarray(v) for k, v in sol.stats.items()}
+    print(cfg.name, {k: v.tolist() for k, v in stats.items()})
+    np.testing.assert_array_equal(stats["num_crossings"], counts)
+    # Every interval ends with an accepted step and every crossing cuts one short.
+    assert np.all(stats["num_steps"] >= counts + cfg.n_intervals)
+    # Far fewer steps than a fixed grid at dt_min would take.
+    fixed = cfg.n_intervals * cfg.interval / dt_min
+    assert np.all(stats["num_steps"] < fixed / 10)
+    assert np.all(stats["num_rejected_steps"] >= 0)
+    assert np.all(stats["num_rejected_steps"] < stats["num_steps"])
+    np.testing.assert_array_equal(stats["num_dt_min_steps"], 0)
+    steps_per_second = np.asarray(sol.steps_per_second)
+    np.testing.assert_allclose(
+        steps_per_second,
+        stats["num_steps"] * 1000.0 / (cfg.n_intervals * cfg.interval),
+    )
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+def test_dopri5_tight_tolerance_matches_reference(cfg):
+    layer = cfg.layer(per_neuron=True, solver=sj.Dopri5(), rtol=1e-12, atol=1e-12)
+    ref = _reference(cfg)
+    sol = layer.simulate(cfg.inputs(), cfg.interval, max_spikes=MAX_SPIKES)
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    assert_padded_times_close(sol.spike_times, ref.padded_times(MAX_SPIKES), 1e-9)
+    np.testing.assert_allclose(sol.final_state.v, ref.final_v, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(sol.interval_states.v, ref.interval_v, rtol=0, atol=1e-9)
+    _check_stats(sol, cfg, layer.dt_min)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+def test_bosh3_loose_tolerance_matches_reference(cfg):
+    tol = 1e-8
+    layer = cfg.layer(per_neuron=True, solver=sj.Bosh3(), rtol=tol, atol=tol)
+    ref = _reference(cfg)
+    x = cfg.inputs()
+    sol = layer.simulate(x, cfg.interval, max_spikes=MAX_SPIKES)
+    _check_stats(sol, cfg, layer.dt_min)
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    # Error model. Each accepted step keeps its error estimate below
+    # atol + rtol |v| <= tol (1 + V), V bounding |v|: v stays below threshold, above
+    # min(v_reset, v_rest, v_inf) (v_inf counts only where it is below threshold).
+    # Bosh3 propagates its third-order solution, whose local error is smaller than
+    # that (second-order) estimate, and the LIF flow contracts errors, so the voltage
+    # error of neuron i is at most num_steps[i] * tol * (1 + V). A crossing found on
+    # a solution that is off by dv is off in time by dv / (dv/dt), with
+    # dv/dt = (v_inf - v_threshold) / tau_mem at the threshold.
+    p = cfg.params_as(per_neuron=True)
+    v_inf = p["v_rest"] + (x @ cfg.weight().T) * p["tau_mem"] / p["C_mem"]  # (T, n)
+    below = np.where(v_inf < p["v_threshold"], v_inf, 0.0)
+    V = np.max(
+        np.abs(np.stack([*below, p["v_rest"], p["v_reset"], p["v_threshold"]])),
+        axis=0,
+    )
+    v_tol = np.asarray(sol.stats["num_steps"]) * tol * (1 + V)
+    assert np.all(np.abs(sol.final_state.v - ref.final_v) <= v_tol)
+    assert np.all(np.abs(sol.interval_states.v - ref.interval_v) <= v_tol)
+    time_tol = np.zeros((cfg.n_neurons, MAX_SPIKES))
+    for i, ts in enumerate(ref.spike_times):
+        k = np.clip(np.ceil(ts / cfg.interval).astype(int) - 1, 0, cfg.n_intervals - 1)
+        slope = (v_inf[k, i] - p["v_threshold"][i]) / p["tau_mem"][i]
+        time_tol[i, : len(ts)] = v_tol[i] / slope
+    assert_padded_times_close(sol.spike_times, ref.padded_times(MAX_SPIKES), time_tol)
+    # And the check is meaningful: much looser than Dopri5's, far tighter than the
+    # spike spacing.
+    assert time_tol.max() < 1e-4
+
+
+# -- adaptive_step ------------------------------------------------------------------
+
+
+def _problem():
+    dyn = sj.ODELIFDynamics(
+        tau_mem=jnp.array([1.0, 2.0, 5.0]), v_rest=jnp.array([0.0, -0.5, 0.2])
+    )
+    t = jnp.zeros(3)
+    y = sj.LIFState(jnp.array([0.0, 0.5, -0.3]))
+    current = jnp.array([3.0, 0.2, 1.0])
+    return dyn, t, y, current
+
+
+def _propose(solver, h, *, rtol, atol, dt_min, dt_max=np.inf):
+    dyn, t, y, current = _problem()
+    h = jnp.broadcast_to(jnp.asarray(h, jnp.float64), t.shape)
+    return sj.adaptive_step(
+        dyn,
+        solver,
+        t,
+        y,
+        current,
+        h,
+        rtol=rtol,
+        atol=atol,
+        dt_min=dt_min,
+        dt_max=dt_max,
+    )
+
+
+def _exact(dyn, y, current, h):
+    tau = np.asarray(dyn.tau_mem)
+    v_inf = np.asarray(dyn.v_rest) + np.asarray(current) * tau / np.asarray(dyn.C_mem)
+    return v_inf + (np.asarray(y.v) - v_inf) * np.exp(-h / tau)
+
+
+@pytest.mark.parametrize(
+    "solver, order", [(sj.Dopri5(), 5), (sj.Bosh3(), 3)], ids=["dopri5", "bosh3"]
+)
+def test_adaptive_step_error_estimate_has_expected_order(solver, order):
+    dyn, _, y, current = _problem()
+    hs = [0.1, 0.05, 0.025]
+    errors = []
+    for h in hs:
+        prop = _propose(solver, h, rtol=0.0, atol=1.0, dt_min=1e-9)
+        assert not prop.exact
+        errors.append(np.asarray(prop.error_norm))  # atol = 1: the raw error
+        # The propagated solution is accurate to the order of the pair.
+        true_error = np.abs(np.asarray(prop.y1.v) - _exact(dyn, y, current, h))
+        assert np.all(true_error <= 10 * errors[-1] + 1e-15)
+    errors = np.array(errors)
+    assert np.all(errors > 1e-14)  # well above rounding
+    # Halving h divides the local error estimate by ~2^order.
+    observed = np.log2(errors[:-1] / errors[1:])
+    np.testing.assert_allclose(observed, order, atol=0.2)
+
+
+def test_adaptive_step_exact_solver():
+    dyn, _, y, current = _problem()
+    h = jnp.array([0.3, 1.0, 7.0])
+    prop = _propose(sj.Exact(), h, rtol=1e-6, atol=1e-8, dt_min=1e-3)
+    assert prop.exact
+    np.testing.assert_array_equal(np.asarray(prop.error_norm), 0.0)
+    np.testing.assert_array_equal(np.asarray(prop.h_next), np.inf)
+    assert np.all(np.asarray(prop.accept))
+    assert not np.any(np.asarray(prop.at_dt_min))
+    np.testing.assert_allclose(
+        prop.y1.v, _exact(dyn, y, current, np.asarray(h)), rtol=0, atol=1e-14
+    )
+
+
+def test_adaptive_step_rejects_too_large_step():
+    prop = _propose(sj.Dopri5(), 5.0, rtol=1e-12, atol=1e-12, dt_min=1e-3)
+    assert np.all(np.asarray(prop.error_norm) > 1)
+    assert not np.any(np.asarray(prop.accept))
+    assert not np.any(np.asarray(prop.at_dt_min))
+    h_next = np.asarray(prop.h_next)
+    # The controller shrinks the step, by at most a factor 5.
+    assert np.all(h_next < 5.0) and np.all(h_next >= 1.0 - 1e-12)
+
+
+def test_adaptive_step_accepts_at_dt_min_whatever_the_error():
+    prop = _propose(sj.Dopri5(), 0.5, rtol=1e-14, atol=1e-14, dt_min=0.5)
+    assert np.all(np.asarray(prop.error_norm) > 1)
+    assert np.all(np.asarray(prop.accept))
+    assert np.all(np.asarray(prop.at_dt_min))
+    np.testing.assert_array_equal(np.asarray(prop.h_next), 0.5)  # clipped to dt_min
+
+
+def test_adaptive_step_grows_small_error_steps_within_dt_max():
+    kwargs = dict(rtol=1e-3, atol=1e-3, dt_min=1e-4)
+    prop = _propose(sj.Dopri5(), 0.01, **kwargs)
+    assert np.all(np.asarray(prop.accept))
+    np.testing.assert_allclose(prop.h_next, 0.05)  # growth capped at 5x
+    prop = _propose(sj.Dopri5(), 0.01, dt_max=0.02, **kwargs)
+    np.testing.assert_allclose(prop.h_next, 0.02)
+
+
+def test_lif_vector_field():
+    dyn = sj.ODELIFDynamics(tau_mem=4.0, v_rest=-0.5, C_mem=2.0)
+    v = jnp.array([[0.0, 1.0], [-2.0, 0.5]])
+    current = jnp.array([1.0, -3.0])
+    dv = sj.lif_vector_field(0.0, v, (dyn, current))
+    expected = -(np.asarray(v) + 0.5) / 4.0 + np.asarray(current) / 2.0
+    np.testing.assert_allclose(dv, expected, rtol=1e-15)
+    assert dv.shape == v.shape

@@ -1,0 +1,225 @@
+"""`bisect_crossing`: bracketed search for an upward zero crossing."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+
+# Per-lane test functions (vectorised over lanes), each with a known root in [0, 1].
+ROOT_EXP = np.log(2.0) / 50.0
+
+
+def _linear(t):
+    return 3.0 * (t - 0.3)
+
+
+def _exp(t):
+    # Very convex: plain regula falsi keeps the lower end and crawls.
+    return jnp.exp(50.0 * t) - 2.0
+
+
+def _steep_flat(t):
+    # Flat almost everywhere, a near-jump at 0.7: secants land far from the root.
+    return jnp.tanh(1000.0 * (t - 0.7)) + 1e-3 * (t - 0.7)
+
+
+def _cubic(t):
+    # A flat (triple) root: g ~ (t - 0.45)^3.
+    return (t - 0.45) ** 3
+
+
+def _lif(t):
+    # The LIF voltage from 0 towards v_inf = 1.5 (tau = 0.5) minus threshold 1.
+    return 1.5 * (1.0 - jnp.exp(-t / 0.5)) - 1.0
+
+
+CASES = {
+    "linear": (_linear, 0.3),
+    "exp": (_exp, ROOT_EXP),
+    "steep_flat": (_steep_flat, 0.7),
+    "cubic": (_cubic, 0.45),
+    "lif": (_lif, 0.5 * np.log(3.0)),
+}
+
+
+def _search(fn, lower, upper, active=None, **kwargs):
+    lower = jnp.asarray(lower, jnp.float64)
+    upper = jnp.asarray(upper, jnp.float64)
+    if active is None:
+        active = jnp.ones(lower.shape, bool)
+    kwargs.setdefault("rtol", 0.0)
+    kwargs.setdefault("atol", 1e-13)
+    kwargs.setdefault("max_iters", 200)
+    return sj.bisect_crossing(fn, lower, upper, fn(lower), fn(upper), active, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnames=("name", "max_iters"))
+def _search_case(name, lower, upper, atol, *, max_iters):
+    # One compilation per test function; the tolerance is traced (per lane).
+    fn = CASES[name][0]
+    active = jnp.ones(lower.shape, bool)
+    return sj.bisect_crossing(
+        fn,
+        lower,
+        upper,
+        fn(lower),
+        fn(upper),
+        active,
+        rtol=0.0,
+        atol=atol,
+        max_iters=max_iters,
+    )
+
+
+# The bracket at least halves every three iterations whatever the function, so
+# 3 log2(width / atol) iterations (plus a few) always suffice; here width <= 2 and
+# atol >= 1e-13. The tests run with exactly that budget.
+BUDGET = 3 * int(np.ceil(np.log2(2.0 / 1e-13))) + 3
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_converges_to_known_root(name):
+    fn, root = CASES[name]
+    # Several brackets around the root, of different widths and asymmetries, each
+    # with three tolerances.
+    lower = np.array([0.0, root - 1e-3, root - 0.2, 0.0]).clip(0.0)
+    upper = np.array([1.0, root + 0.5, root + 1e-6, 2.0 * root + 0.01]).clip(max=2.0)
+    assert np.all(np.asarray(fn(lower)) < 0) and np.all(np.asarray(fn(upper)) >= 0)
+    atol = np.repeat([1e-4, 1e-9, 1e-13], len(lower))
+    lower, upper = np.tile(lower, 3), np.tile(upper, 3)
+    t, converged = _search_case(name, lower, upper, atol, max_iters=BUDGET)
+    assert np.all(np.asarray(converged))
+    t = np.asarray(t)
+    # The returned end has g >= 0 and lies within the tolerance above the root.
+    assert np.all(np.asarray(fn(jnp.asarray(t))) >= 0)
+    assert np.all(t >= lower) and np.all(t <= upper)
+    assert np.all(np.abs(t - root) <= atol + 4e-16), np.abs(t - root) / atol
+
+
+def test_relative_tolerance():
+    root = 1234.5
+    fn = lambda t: t - root
+    t, converged = _search(
+        fn, jnp.array([1000.0]), jnp.array([2000.0]), rtol=1e-6, atol=0.0
+    )
+    assert bool(converged[0])
+    assert root <= float(t[0]) <= root * (1 + 1.01e-6)
+
+
+def test_machine_precision_when_tolerance_is_zero():
+    # atol = rtol = 0: stops when no float lies strictly inside the bracket.
+    fn, root = CASES["lif"]
+    t, converged = _search(fn, jnp.array([0.0]), jnp.array([1.0]), atol=0.0)
+    assert bool(converged[0])
+    t = float(t[0])
+    assert float(fn(jnp.asarray(t))) >= 0
+    assert abs(t - root) <= 4 * np.spacing(root)
+
+
+def test_exact_zero_at_upper_end():
+    fn = lambda t: t - 0.5
+    t, converged = _search(fn, jnp.array([0.0, 0.25]), jnp.array([0.5, 0.5]))
+    assert np.all(np.asarray(converged))
+    np.testing.assert_allclose(t, 0.5, rtol=0, atol=1e-13)
+    assert np.all(np.asarray(fn(t)) >= 0)
+
+
+def test_inactive_lanes_untouched():
+    fn, root = CASES["exp"]
+    # Lane 2 is no bracket at all (g > 0 at both ends).
+    lower = jnp.array([0.0, 0.0, 0.5, 0.0])
+    upper = jnp.array([1.0, 1.0, 0.7, 1.0])
+    active = jnp.array([True, False, False, True])
+    t, converged = _search(fn, lower, upper, active=active)
+    t = np.asarray(t)
+    # Inactive lanes return `upper` bit for bit and count as converged.
+    np.testing.assert_array_equal(t[[1, 2]], [1.0, 0.7])
+    assert np.all(np.asarray(converged))
+    np.testing.assert_allclose(t[[0, 3]], root, rtol=0, atol=1e-13)
+
+
+def test_all_inactive_is_a_no_op():
+    fn, _ = CASES["exp"]
+    upper = jnp.array([1.0, 0.9])
+    t, converged = _search(fn, jnp.array([0.0, 0.0]), upper, active=jnp.zeros(2, bool))
+    np.testing.assert_array_equal(np.asarray(t), np.asarray(upper))
+    assert np.all(np.asarray(converged))
+
+
+def test_max_iters_too_small_reports_not_converged():
+    fn, root = CASES["exp"]
+    lower = jnp.array([0.0, 0.0, 0.0])
+    upper = jnp.array([1.0, 1.0, 1.0])
+    active = jnp.array([True, True, False])
+    t, converged = _search(fn, lower, upper, active=active, atol=1e-14, max_iters=3)
+    converged = np.asarray(converged)
+    assert not converged[0] and not converged[1]
+    assert converged[2]  # inactive
+    # The answer is still the upper end of a valid bracket.
+    t = np.asarray(t)
+    assert np.all(t[:2] >= root) and np.all(t[:2] <= 1.0)
+    assert np.all(np.asarray(fn(jnp.asarray(t[:2]))) >= 0)
+    # With the budget it converges.
+    t, converged = _search(fn, lower, upper, active=active, atol=1e-14)
+    assert np.all(np.asarray(converged))
+
+
+def test_already_converged_bracket_needs_no_iterations():
+    fn = lambda t: t - 0.5
+    t, converged = _search(
+        fn, jnp.array([0.5 - 1e-15]), jnp.array([0.5]), atol=1e-12, max_iters=0
+    )
+    assert bool(converged[0])
+    assert float(t[0]) == 0.5
+
+
+def test_under_jit_and_vmap():
+    def solve(a, lower, upper):
+        fn = lambda t: jnp.exp(a * t) - 2.0  # root log(2) / a
+        return sj.bisect_crossing(
+            fn,
+            lower,
+            upper,
+            fn(lower),
+            fn(upper),
+            jnp.ones(lower.shape, bool),
+            rtol=0.0,
+            atol=1e-12,
+            max_iters=200,
+        )
+
+    a = jnp.array([[1.0, 5.0, 50.0], [2.0, 10.0, 100.0]])  # (batch, lanes)
+    lower = jnp.zeros((2, 3))
+    upper = jnp.ones((2, 3))
+    t_vmap, ok_vmap = jax.jit(jax.vmap(solve))(a, lower, upper)
+    np.testing.assert_allclose(t_vmap, np.log(2.0) / np.asarray(a), rtol=0, atol=1e-12)
+    assert np.all(np.asarray(ok_vmap))
+    for i in range(2):
+        t_i, _ = jax.jit(solve)(a[i], lower[i], upper[i])
+        np.testing.assert_allclose(t_vmap[i], t_i, rtol=0, atol=1e-12)
+
+
+def test_float32():
+    fn = lambda t: jnp.exp(3.0 * t) - 2.0
+    lower = jnp.zeros(2, jnp.float32)
+    upper = jnp.array([1.0, 0.5], jnp.float32)
+    active = jnp.ones(2, bool)
+    t, converged = sj.bisect_crossing(
+        fn,
+        lower,
+        upper,
+        fn(lower),
+        fn(upper),
+        active,
+        rtol=0.0,
+        atol=0.0,
+        max_iters=200,
+    )
+    assert t.dtype == jnp.float32
+    assert np.all(np.asarray(converged))
+    assert np.all(np.asarray(fn(t)) >= 0)
+    np.testing.assert_allclose(t, np.log(2.0) / 3.0, rtol=4e-7)

@@ -18,7 +18,7 @@ from ._surrogate import AbstractSurrogate, ArctanSurrogate, surrogate_zero
 # Crossings handled before entering the loop: at typical rates most intervals hold at
 # most this many spikes per neuron, and an unconditional multiply-compare is cheaper
 # than a loop iteration.
-_PEEL = 2
+_PEEL = 1
 
 
 def _expand(x, like):
@@ -97,7 +97,14 @@ def _closed_form_interval(
     carry = (ev, pending, zeros, buffer)
     for _ in range(_PEEL):  # most intervals need no loop at all
         carry = body(carry)
-    ev, _, count, buffer = lax.while_loop(lambda c: jnp.any(c[1]), body, carry)
+    # The loop is entered only when some neuron has more spikes in the interval.
+    # (The integrator is never vmapped, see `_run_folded`, so this is a real branch.)
+    ev, _, count, buffer = lax.cond(
+        jnp.any(carry[1]),
+        lambda c: lax.while_loop(lambda c: jnp.any(c[1]), body, c),
+        lambda c: c,
+        carry,
+    )
     exhausted = dynamics.crossing_pending(ev)
     counters = _Counters(count + 1, zeros, count, zeros)
     no_fail = jnp.zeros(count.shape, bool)

@@ -305,7 +305,7 @@ def _run_intervals(dynamics, solver, currents, interval, state, cfg: _Config) ->
         times = jnp.full((n_neurons, cfg.max_spikes), jnp.inf, dtype)
         buffer = _Buffer(times, jnp.zeros((n_neurons,), jnp.int32))
 
-    closed_form = _uses_closed_form(dynamics, solver)
+    closed_form = uses_closed_form(dynamics, solver)
     if closed_form:
         # An interval much longer than the model's time scale is walked in equal
         # pieces, so that the closed form's decay factors stay representable.
@@ -460,7 +460,8 @@ def _run_folded(dynamics, solver, currents, interval, state, cfg: _Config) -> _R
     return run(dynamics, currents, interval, state)
 
 
-def _uses_closed_form(dynamics, solver) -> bool:
+def uses_closed_form(dynamics, solver) -> bool:
+    """Whether a run walks the model's closed-form events (no step control)."""
     return (
         isinstance(solver, Exact)
         and solver.closed_form_events
@@ -610,7 +611,7 @@ def integrate(
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
 
-    if _uses_closed_form(dynamics, solver):
+    if uses_closed_form(dynamics, solver):
         surrogate = ArctanSurrogate() if surrogate is None else surrogate
         raw = _closed_form_run(
             dynamics, currents, interval, state, cfg=cfg, surrogate=surrogate

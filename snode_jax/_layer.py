@@ -7,12 +7,12 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import Counts, State
-from ._dynamics import AbstractClosedFormDynamics, AbstractDynamics
-from ._integrate import integrate
+from ._dynamics import AbstractDynamics
+from ._integrate import integrate, uses_closed_form
 from ._lif import ODELIFDynamics
 from ._misc import check_interval, check_positive_float, check_positive_int, is_concrete
 from ._solution import RESULTS, Solution
-from ._solver import AbstractSolver, Exact, default_solver
+from ._solver import AbstractSolver, default_solver
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 
@@ -128,10 +128,7 @@ class SpikingODELayer(eqx.Module):
                 f"`solver` {type(solver).__name__} needs an exact flow, which "
                 f"{type(dynamics).__name__} does not provide; use Dopri5() or Bosh3()."
             )
-        closed_form = isinstance(solver, Exact) and solver.closed_form_events
-        if dynamics.closed_form_only and not (
-            closed_form and isinstance(dynamics, AbstractClosedFormDynamics)
-        ):
+        if dynamics.closed_form_only and not uses_closed_form(dynamics, solver):
             raise ValueError(
                 f"This {type(dynamics).__name__} (with a refractory period `t_ref`) "
                 "runs on the closed-form solver only: use solver=Exact() (the "

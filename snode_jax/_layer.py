@@ -300,10 +300,17 @@ class SpikingODELayer(eqx.Module):
 _integrate_jit = eqx.filter_jit(integrate)
 
 
+@eqx.filter_jit
+def _online_step(layer, state, x, interval):
+    # Module level: one compilation per layer structure, shared by every runner.
+    return layer.step(state, x, interval)
+
+
 class OnlineLayer:
     """Stateful, step-by-step runner around a [`SpikingODELayer`][].
 
-    The step is compiled once (on first use) and reused, so each call is cheap.
+    The step is compiled once per layer structure (on first use, shared by all
+    runners) and reused, so each call is cheap.
 
     ```python
     online = OnlineLayer(layer)
@@ -319,7 +326,6 @@ class OnlineLayer:
                 f"`layer` must be a SpikingODELayer, got {type(layer).__name__}."
             )
         self.layer = layer
-        self._step = eqx.filter_jit(lambda lyr, s, x, dt: lyr.step(s, x, dt))
         self.state = layer.init_state()
 
     def reset(self, state: State | None = None) -> None:
@@ -336,7 +342,7 @@ class OnlineLayer:
                 f"{x.shape}."
             )
         dt = jnp.asarray(interval, self.layer.dtype)
-        self.state, counts = self._step(self.layer, self.state, x, dt)
+        self.state, counts = _online_step(self.layer, self.state, x, dt)
         return counts
 
     @property

@@ -1,6 +1,7 @@
 """Outcome enumeration and the solution object returned by `simulate`."""
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._custom_types import Counts, SpikeTimes, State
@@ -70,5 +71,6 @@ class Solution(eqx.Module):
     @property
     def steps_per_second(self) -> Float[Array, " n_neurons"]:
         """Accepted solver steps per simulated second (1000 ms), per neuron."""
-        duration_ms = self.interval * self.counts.shape[0]
+        # counts is (..., T, n) and interval (...) when the solution is batched.
+        duration_ms = jnp.asarray(self.interval)[..., None] * self.counts.shape[-2]
         return self.stats["num_steps"] * (1000.0 / duration_ms)

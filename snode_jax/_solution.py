@@ -27,9 +27,11 @@ class RESULTS(eqx.Enumeration):
     )
     nonfinite_input = "The inputs or the parameters contain NaN or inf."
     invalid_parameters = (
-        "Invalid dynamics parameters inside a traced computation: need tau_mem > 0, "
-        "C_mem > 0 and v_reset < v_threshold, and the initial voltage below "
-        "v_threshold."
+        "Invalid parameters or initial state, found at run time (values that were "
+        "traced, or a start state at or above threshold): the model's time "
+        "constants and capacitances must be > 0, its reset below its threshold, "
+        "`t_ref` and the refractory time left >= 0, the initial state (such as "
+        "v_rest for a resting start) below threshold, and `interval` > 0."
     )
 
 

@@ -1,4 +1,4 @@
-"""Neuron dynamics: the abstract interface and the leaky integrate-and-fire model."""
+"""Neuron dynamics: the abstract interfaces every model implements."""
 
 import abc
 from typing import ClassVar

@@ -12,7 +12,7 @@ from ._integrate import integrate, uses_closed_form
 from ._lif import ODELIFDynamics
 from ._misc import check_interval, check_positive_float, check_positive_int, is_concrete
 from ._solution import RESULTS, Solution
-from ._solver import AbstractSolver, default_solver
+from ._solver import AbstractSolver, Exact, default_solver
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 
@@ -123,7 +123,7 @@ class SpikingODELayer(eqx.Module):
             raise TypeError(
                 f"`solver` must be an AbstractSolver, got {type(solver).__name__}."
             )
-        if not dynamics.has_exact_flow and not hasattr(solver, "error_order"):
+        if isinstance(solver, Exact) and not dynamics.has_exact_flow:
             raise ValueError(
                 f"`solver` {type(solver).__name__} needs an exact flow, which "
                 f"{type(dynamics).__name__} does not provide; use Dopri5() or Bosh3()."

@@ -27,11 +27,11 @@ class RESULTS(eqx.Enumeration):
     )
     nonfinite_input = "The inputs or the parameters contain NaN or inf."
     invalid_parameters = (
-        "Invalid parameters or initial state, found at run time (values that were "
-        "traced, or a start state at or above threshold): the model's time "
-        "constants and capacitances must be > 0, its reset below its threshold, "
-        "`t_ref` and the refractory time left >= 0, the initial state (such as "
-        "v_rest for a resting start) below threshold, and `interval` > 0."
+        "Invalid parameters or initial state, found at run time: need tau_mem > 0, "
+        "C_mem > 0 (every time constant and capacitance of the model > 0), "
+        "v_reset < v_threshold, t_ref and the refractory time left >= 0, "
+        "interval > 0, and the initial voltage below v_threshold (a resting start "
+        "needs v_rest below it)."
     )
 
 

@@ -334,13 +334,8 @@ class OnlineLayer:
 
     def step(self, x, interval: float = 1.0) -> Counts:
         """Advance one interval with constant input `x`; returns the counts."""
-        check_interval(interval)
-        x = jnp.asarray(x)
-        if x.shape != (self.layer.n_inputs,):
-            raise ValueError(
-                f"`x` must have shape (n_inputs,) = ({self.layer.n_inputs},), got "
-                f"{x.shape}."
-            )
+        check_interval(interval)  # here: inside the compiled step it is traced
+        x = jnp.asarray(x)  # its shape is checked by `layer.step` while tracing
         dt = jnp.asarray(interval, self.layer.dtype)
         self.state, counts = _online_step(self.layer, self.state, x, dt)
         return counts

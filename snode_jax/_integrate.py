@@ -1,5 +1,7 @@
 """The integration loop: intervals of constant input, steps and crossings inside."""
 
+import dataclasses
+
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
@@ -19,6 +21,16 @@ from ._surrogate import AbstractSurrogate, ArctanSurrogate, surrogate_zero
 # most this many spikes per neuron, and an unconditional multiply-compare is cheaper
 # than a loop iteration.
 _PEEL = 1
+
+# Checkpoints of the differentiable adaptive loop (per interval): its steps are
+# recomputed from them in the backward pass.
+_CHECKPOINTS = 32
+
+# A crossing on a step's dense output is refined by a Newton step on the solver's own
+# solution; a refinement larger than this fraction of the step means the dense output
+# does not represent the step (e.g. it overshot into a blow-up), and the crossing is
+# searched on the solver's sub-steps instead.
+_TRUST = 0.01
 
 
 def _expand(x, like):
@@ -111,6 +123,46 @@ def _closed_form_interval(
     return dynamics.interval_end(ev), count, buffer, counters, exhausted, no_fail
 
 
+def _keep_tangent(mask, tree):
+    """`tree` unchanged in value, its tangents kept on the lanes where `mask` holds
+    and cut on the others (before any arithmetic: a lane that overflowed then gives
+    no `0 * inf` in reverse mode)."""
+
+    def keep(a):
+        if not eqx.is_inexact_array(a):
+            return a
+        return jnp.where(_expand(mask, a), a, lax.stop_gradient(a))
+
+    return jax.tree.map(keep, tree)
+
+
+def _per_lane(dynamics, n):
+    """The model with every scalar parameter broadcast to one value per neuron."""
+
+    def lane(p):
+        if eqx.is_inexact_array(p) and jnp.ndim(p) == 0:
+            return jnp.broadcast_to(p, (n,))
+        return p
+
+    return jax.tree.map(lane, dynamics)
+
+
+class _StepOutcome(eqx.Module):
+    """What one loop iteration of [`_adaptive_interval`][] decided, lane by lane."""
+
+    active: Array
+    accept: Array
+    crossed: Array
+    reaches_end: Array
+    y1: State
+    t_star: Array  # crossing time (crossed lanes)
+    y_star: State  # state at the crossing, before the reset (crossed lanes)
+    s_eval: Array  # next to the crossing, before any blow-up (crossed lanes)
+    ok: Array
+    h_next: Array
+    at_dt_min: Array
+
+
 def _adaptive_interval(
     dynamics: AbstractDynamics,
     solver: AbstractSolver,
@@ -127,22 +179,25 @@ def _adaptive_interval(
     rtol: float,
     atol: float,
     max_root_iters: int,
+    differentiable: bool = False,
 ):
-    """Integrate one interval with per-neuron adaptive steps and located crossings."""
+    """Integrate one interval with per-neuron adaptive steps and located crossings.
+
+    With `differentiable=True` the loop is reverse-mode differentiable: the step
+    sizes and the search are held constant, each accepted step is differentiated as
+    the solver computed it, and each crossing time by the implicit-function theorem
+    at the state where the search found it.
+    """
     n = current.shape[0]
     dtype = current.dtype
     eps = jnp.finfo(dtype).eps
-    root_atol = 4 * eps * interval
     zeros = jnp.zeros((n,), jnp.int32)
     h0 = jnp.full((n,), min(dt_init, dt_max), dtype)
     t0 = jnp.zeros((n,), dtype)
 
-    def cond_fun(carry):
-        t, _, _, _, _, attempts, _, _ = carry
-        return jnp.any((t < interval) & (attempts < max_steps))
-
-    def body_fun(carry):
-        t, y, h, count, counters, attempts, buffer, root_fail = carry
+    def decide(dynamics, current, interval, t, y, h, attempts) -> _StepOutcome:
+        """One step attempt per neuron: its acceptance, and any crossing in it."""
+        root_atol = 4 * eps * interval
         active = (t < interval) & (attempts < max_steps)
         reaches_end = t + h >= interval
         t1 = jnp.where(reaches_end, interval, t + h)
@@ -196,8 +251,7 @@ def _adaptive_interval(
 
         def locate(_):
             # On the step's dense output (cheap to evaluate; the exact flow itself
-            # for an exact solver). A step that blew up (NaN) has no usable dense
-            # output: search on the solver's own sub-steps there.
+            # for an exact solver), then one solver sub-step to the crossing.
             safe_step = jnp.where(step > 0, step, 1)
 
             def on_dense(s):
@@ -206,15 +260,9 @@ def _adaptive_interval(
                 return dynamics.threshold(y_s)
 
             finite1 = _all_finite(prop.y1)
-            t_star, ok, t_below = search(on_dense, crossed & finite1)
-            blown = crossed & ~finite1
-            t_b, ok_b, below_b = search(
-                lambda s: dynamics.threshold(sub_step(s)), blown
-            )
-            ok = jnp.where(blown, ok_b, ok)
-            # One solver sub-step gives the state at the crossing; past a blow-up it
-            # is taken from just below the crossing instead.
-            y_star = sub_step(jnp.where(blown, below_b, t_star))
+            t_star, ok, _ = search(on_dense, crossed & finite1)
+            y_star = sub_step(t_star)
+            trusted = finite1
             if not prop.exact:
                 # The dense output is one order below the step: a Newton step on
                 # the solver's own solution makes the crossing time as accurate as
@@ -223,40 +271,107 @@ def _adaptive_interval(
                 f_star = dynamics.vector_field(t_star, y_star, current)
                 _, g_dot = jax.jvp(dynamics.threshold, (y_star,), (f_star,))
                 safe_dot = jnp.where(g_dot > 0, g_dot, 1)
-                newton = jnp.clip(t_star - g_star / safe_dot, t_below, upper)
-                polish = crossed & ~blown & (g_dot > 0) & jnp.isfinite(newton)
-                shift = jnp.where(polish, newton - t_star, 0.0)
+                newton = t_star - g_star / safe_dot
+                shift = newton - t_star
+                # The step and its dense output must agree on the crossing (to a
+                # small fraction of the step); else, as in a step that overshot
+                # into a blow-up, the dense output is not trusted.
+                trusted = trusted & (g_dot > 0) & jnp.isfinite(newton)
+                trusted = trusted & (newton > t) & (newton <= upper)
+                trusted = trusted & (jnp.abs(shift) <= _TRUST * step)
+                shift = jnp.where(trusted, shift, 0.0)
                 t_star = t_star + shift
                 y_star = jax.tree.map(
                     lambda a, f: a + _expand(shift, a) * f, y_star, f_star
                 )
-            t_star = jnp.where(blown, t_b, t_star)
-            return t_star, y_star, ok
+            # A step that blew up (NaN) or is not trusted: search on the solver's own
+            # sub-steps, and take the state from just below the crossing.
+            untrusted = crossed & ~trusted
+
+            def on_sub_steps(_):
+                t_b, ok_b, below_b = search(
+                    lambda s: dynamics.threshold(sub_step(s)), untrusted
+                )
+                y_b = sub_step(below_b)
+                return (
+                    jnp.where(untrusted, t_b, t_star),
+                    where_tree(untrusted, y_b, y_star),
+                    jnp.where(untrusted, below_b, t_star),
+                    jnp.where(untrusted, ok_b, ok),
+                )
+
+            def as_is(_):
+                return t_star, y_star, t_star, ok
+
+            # (`s_eval`: where the state is known next to the crossing.)
+            return lax.cond(jnp.any(untrusted), on_sub_steps, as_is, None)
 
         def skip(_):
-            return t1, prop.y1, jnp.ones((n,), bool)
+            return t1, prop.y1, t, jnp.ones((n,), bool)
 
-        t_star, y_star, ok = lax.cond(jnp.any(crossed), locate, skip, None)
+        t_star, y_star, s_eval, ok = lax.cond(jnp.any(crossed), locate, skip, None)
+        return _StepOutcome(
+            active,
+            accept,
+            crossed,
+            reaches_end,
+            prop.y1,
+            t_star,
+            y_star,
+            s_eval,
+            ok,
+            prop.h_next,
+            prop.at_dt_min,
+        )
+
+    if differentiable:
+        lanes = _per_lane(dynamics, n)
+        fixed = lax.stop_gradient((dynamics, current, interval))
+
+    def cond_fun(carry):
+        t, _, _, _, _, attempts, _, _ = carry
+        return jnp.any((t < interval) & (attempts < max_steps))
+
+    def body_fun(carry):
+        t, y, h, count, counters, attempts, buffer, root_fail = carry
+        if not differentiable:
+            out = decide(dynamics, current, interval, t, y, h, attempts)
+            t1 = jnp.where(out.reaches_end, interval, t + h)
+            y1, t_star, y_star = out.y1, out.t_star, out.y_star
+        else:
+            # The decisions are taken on constants; the values that are kept are
+            # recomputed differentiably on the lanes that keep them.
+            out = decide(*fixed, *lax.stop_gradient((t, y)), h, attempts)
+            t1 = jnp.where(out.reaches_end, interval, t + h)
+            # One step per lane, differentiated where its end is kept: to the step's
+            # end, or to the crossing (below it, if the step blew up).
+            used = out.accept
+            length = jnp.where(out.crossed, out.s_eval, t1) - t
+            dyn, t_u, y_u, cur_u, length = _keep_tangent(
+                used, (lanes, t, y, current, length)
+            )
+            y1 = solver.step(dyn, t_u, y_u, cur_u, length)[0]
+            t_star, y_star = _crossing_tangents(dyn, cur_u, y1, out)
         y_new = where_tree(
-            crossed, dynamics.reset(y_star), where_tree(accept, prop.y1, y)
+            out.crossed, dynamics.reset(y_star), where_tree(out.accept, y1, y)
         )
-        t_new = jnp.where(crossed, t_star, jnp.where(accept, t1, t))
-        h_new = jnp.where(active, prop.h_next, h)
+        t_new = jnp.where(out.crossed, t_star, jnp.where(out.accept, t1, t))
+        h_new = jnp.where(out.active, out.h_next, h)
         if buffer is not None:
-            buffer = buffer.record(crossed, t_start + t_star)
+            buffer = buffer.record(out.crossed, t_start + t_star)
         counters = counters + _Counters(
-            accept.astype(jnp.int32),
-            (active & ~accept).astype(jnp.int32),
-            crossed.astype(jnp.int32),
-            (accept & prop.at_dt_min).astype(jnp.int32),
+            out.accept.astype(jnp.int32),
+            (out.active & ~out.accept).astype(jnp.int32),
+            out.crossed.astype(jnp.int32),
+            (out.accept & out.at_dt_min).astype(jnp.int32),
         )
-        root_fail = root_fail | (crossed & ~ok)
-        attempts = attempts + active
+        root_fail = root_fail | (out.crossed & ~out.ok)
+        attempts = attempts + out.active
         return (
             t_new,
             y_new,
             h_new,
-            count + crossed,
+            count + out.crossed,
             counters,
             attempts,
             buffer,
@@ -264,11 +379,44 @@ def _adaptive_interval(
         )
 
     init = (t0, y, h0, zeros, _Counters.zeros(n), zeros, buffer, jnp.zeros((n,), bool))
-    t, y, _, count, counters, _, buffer, root_fail = lax.while_loop(
-        cond_fun, body_fun, init
-    )
+    if differentiable:
+        # Reverse-mode differentiable, recomputing between checkpoints.
+        final = eqxi.while_loop(
+            cond_fun,
+            body_fun,
+            init,
+            max_steps=max_steps,
+            kind="checkpointed",
+            checkpoints=min(max_steps, _CHECKPOINTS),
+        )
+    else:
+        final = lax.while_loop(cond_fun, body_fun, init)
+    t, y, _, count, counters, _, buffer, root_fail = final
     exhausted = t < interval
     return y, count, buffer, counters, exhausted, root_fail
+
+
+def _crossing_tangents(dynamics, current, y_s, out: _StepOutcome):
+    """The crossing time and state of `out`, unchanged in value, with the tangents
+    of the implicit-function theorem: with `y_s` the solver's state at (or, past a
+    blow-up, just below) the crossing, `dt* = -dg(y_s) / (grad g . f)` and
+    `dy* = dy_s + f dt*`."""
+    g_s = dynamics.threshold(y_s)
+    f_s = lax.stop_gradient(dynamics.vector_field(out.s_eval, y_s, current))
+    _, g_dot = jax.jvp(dynamics.threshold, (y_s,), (f_s,))
+    g_dot = lax.stop_gradient(g_dot)
+    usable = out.crossed & (g_dot > 0) & jnp.isfinite(g_dot)
+    safe_dot = jnp.where(usable, g_dot, 1)
+    f_s = jax.tree.map(lambda f: jnp.where(_expand(usable, f), f, 0), f_s)
+    dt = jnp.where(usable, -(g_s - lax.stop_gradient(g_s)) / safe_dot, 0.0)
+    t_star = out.t_star + dt
+    y_star = jax.tree.map(
+        lambda v, s, f: v + (s - lax.stop_gradient(s)) + _expand(dt, f) * f,
+        out.y_star,
+        y_s,
+        f_s,
+    )
+    return t_star, y_star
 
 
 class _Config(eqx.Module):
@@ -553,6 +701,97 @@ def _closed_form_run_jvp(primals, tangents, *, cfg, surrogate):
     return raw, t_raw
 
 
+def _adaptive_run(dynamics, solver, currents, interval, state, cfg, surrogate):
+    """[`_run_folded`][] with a reverse-mode derivative.
+
+    The forward pass keeps each interval's starting state. The backward pass walks
+    the intervals in reverse: it reruns each one with the differentiable loop (see
+    [`_adaptive_interval`][]) and pulls the cotangents back through it, so memory
+    grows with intervals, and within an interval with the loop's checkpoints.
+    """
+    fwd_cfg = dataclasses.replace(cfg, keep_interval_states=True)
+
+    def forward(dynamics, currents, interval, state):
+        raw = _run_folded(dynamics, solver, currents, interval, state, fwd_cfg)
+        if not cfg.keep_interval_states:
+            raw = dataclasses.replace(raw, interval_states=None)
+        return raw
+
+    @jax.custom_vjp
+    def run(dynamics, currents, interval, state):
+        return forward(dynamics, currents, interval, state)
+
+    def fwd(dynamics, currents, interval, state):
+        raw = _run_folded(dynamics, solver, currents, interval, state, fwd_cfg)
+        ends = raw.interval_states
+        starts = jax.tree.map(
+            lambda s, e: jnp.concatenate([s[None], e[:-1]]), state, ends
+        )
+        counts = raw.counts.astype(jnp.int32)
+        seen = jnp.cumsum(counts, axis=0) - counts  # spikes before each interval
+        if not cfg.keep_interval_states:
+            raw = dataclasses.replace(raw, interval_states=None)
+        return raw, (dynamics, currents, interval, starts, seen)
+
+    def bwd(res, ct):
+        dynamics, currents, interval, starts, seen = res
+        n = currents.shape[1]
+        dtype = currents.dtype
+        ct_times = ct.spike_times
+        has_buffer = cfg.max_spikes is not None
+
+        def one_interval(params, y, k, num):
+            dynamics, current, interval = params
+            buffer = None
+            if has_buffer:
+                # Only the slots written in this interval matter: their values are
+                # recomputed, the other slots pass through untouched.
+                buffer = _Buffer(jnp.zeros((n, cfg.max_spikes), dtype), num)
+            y, count, buffer, *_ = _adaptive_interval(
+                dynamics,
+                solver,
+                y,
+                current,
+                k.astype(dtype) * interval,
+                interval,
+                buffer,
+                max_steps=cfg.max_steps,
+                dt_init=cfg.dt_init,
+                dt_min=cfg.dt_min,
+                dt_max=cfg.dt_max,
+                rtol=cfg.rtol,
+                atol=cfg.atol,
+                max_root_iters=cfg.max_root_iters,
+                differentiable=True,
+            )
+            soft = count.astype(dtype) + surrogate_zero(
+                dynamics.threshold(y), surrogate
+            )
+            return y, soft, None if buffer is None else buffer.times
+
+        def step(carry, xs):
+            ct_y, ct_dyn, ct_interval = carry
+            k, current, y0, num, ct_count, ct_state = xs
+            if ct_state is not None:
+                ct_y = jax.tree.map(jnp.add, ct_y, ct_state)
+            params = (dynamics, current, interval)
+            _, vjp = jax.vjp(lambda p, y: one_interval(p, y, k, num), params, y0)
+            (d_dyn, d_current, d_interval), ct_y = vjp((ct_y, ct_count, ct_times))
+            ct_dyn = jax.tree.map(jnp.add, ct_dyn, d_dyn)
+            return (ct_y, ct_dyn, ct_interval + d_interval), d_current
+
+        zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
+        ks = jnp.arange(currents.shape[0])
+        xs = (ks, currents, starts, seen, ct.counts, ct.interval_states)
+        (ct_state, ct_dyn, ct_interval), ct_currents = lax.scan(
+            step, (ct.final_state, *zeros), xs, reverse=True
+        )
+        return ct_dyn, ct_currents, ct_interval, ct_state
+
+    run.defvjp(fwd, bwd)
+    return run(dynamics, currents, interval, state)
+
+
 def integrate(
     dynamics: AbstractDynamics,
     solver: AbstractSolver,
@@ -617,17 +856,8 @@ def integrate(
             dynamics, currents, interval, state, cfg=cfg, surrogate=surrogate
         )
     else:
-        args = eqxi.nondifferentiable(
-            (dynamics, currents, interval, state),
-            msg=(
-                "Gradients of a simulation are available for closed-form models "
-                "with the Exact solver (such as ODELIFDynamics, the default); the "
-                f"{type(solver).__name__} path with {type(dynamics).__name__} "
-                "cannot be differentiated yet."
-            ),
-        )
-        dyn, cur, itv, st = args
-        raw = _run_folded(dyn, solver, cur, itv, st, cfg)
+        surrogate = ArctanSurrogate() if surrogate is None else surrogate
+        raw = _adaptive_run(dynamics, solver, currents, interval, state, cfg, surrogate)
 
     exhausted, root_fail = jnp.any(raw.exhausted), jnp.any(raw.root_fail)
     result = update_result(result, exhausted, RESULTS.max_steps_reached)

@@ -771,26 +771,3 @@ def test_surrogate_grads_by_hand(surrogate):
             err_msg=name,
         )
     assert grads["v_reset"][0] == 0.0 and grads["v_reset"][2] == 0.0
-
-
-# -- 6. the adaptive path is not differentiable ----------------------------------------
-
-
-@pytest.mark.parametrize(
-    "solver",
-    [sj.Dopri5(), sj.Exact(closed_form_events=False)],
-    ids=["Dopri5", "Exact-bisect"],
-)
-def test_adaptive_path_grad_raises(solver):
-    case = CASES["scalar"]
-    layer = case.layer(solver=solver)
-
-    def loss(lyr):
-        sol = lyr.simulate(case.inputs[:2], INTERVAL, max_spikes=MAX_SPIKES)
-        return jnp.sum(sol.final_state.v)
-
-    with pytest.raises(Exception, match="cannot be differentiated") as info:
-        eqx.filter_grad(loss)(layer)
-    message = str(info.value)
-    assert type(solver).__name__ in message
-    assert "Exact" in message and "closed-form" in message

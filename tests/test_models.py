@@ -207,13 +207,34 @@ def test_user_model_needs_rk_solver():
         sj.SpikingODELayer(2, 2, UserLIF(), solver=sj.Exact(), key=jax.random.key(0))
 
 
-def test_user_model_gradient_not_supported_yet():
-    layer = sj.SpikingODELayer(2, 2, UserLIF(), key=jax.random.key(0))
-    x = jnp.ones((3, 2))
-    with pytest.raises(Exception, match="cannot be differentiated"):
-        jax.grad(
-            lambda w: eqx.tree_at(lambda m: m.weight, layer, w).forward(x, 1.0).sum()
-        )(layer.weight)
+def test_user_model_gradients_match_closed_form():
+    """The user-defined model needs no more than its vector field, threshold and
+    reset for exact gradients: they match the closed-form LIF's (tau_mem = tau,
+    v_rest = v_reset = 0, C_mem = 1)."""
+    x = np.random.default_rng(2).uniform(0.5, 1.5, (3, 2))
+    weight = jnp.asarray([[1.2, 0.6], [0.8, 0.9], [0.5, 1.4]]) / 10
+    rng = np.random.default_rng(5)
+    coefs = jnp.asarray(rng.normal(size=(3, 16)))
+
+    def grads(dynamics, **kw):
+        layer = sj.SpikingODELayer(2, 3, dynamics, key=jax.random.key(0), **kw)
+
+        def loss(weight):
+            lyr = eqx.tree_at(lambda m: m.weight, layer, weight)
+            sol = lyr.simulate(x, 10.0, max_spikes=16)
+            t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+            return jnp.sum(coefs * t) + jnp.sum(sol.final_state.v), sol.num_spikes
+
+        (_, num), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(weight)
+        return np.asarray(num), np.asarray(g)
+
+    num_user, g_user = grads(UserLIF(), rtol=1e-12, atol=1e-12, dt_min=1e-7)
+    lif = sj.ODELIFDynamics(tau_mem=20.0, v_rest=0.0, v_threshold=1.0, v_reset=0.0)
+    num_lif, g_lif = grads(lif)
+    np.testing.assert_array_equal(num_user, num_lif)
+    assert num_lif.min() >= 2
+    # Dopri5 at 1e-12 against the closed form: see test_adaptive_gradients.py.
+    assert np.linalg.norm(g_user - g_lif) <= 1e-8 * np.linalg.norm(g_lif)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,263 @@
+"""Exact gradients on the adaptive path: models whose crossings have no closed form
+(AdEx, Izhikevich, QIF on Dopri5; CubaLIF on its exact flow with root finding; a
+user-defined model).
+
+Checked against central finite differences of the library's forward values at a
+tight solver tolerance, with the spike structure verified unchanged by every
+perturbation, and on the LIF against the closed-form gradients (test_gradients.py).
+
+Tolerance: the loop is differentiated as the solver computed it, so the gradient
+is exact up to discretization errors that shrink with the solver tolerance `TOL`
+like the solution's own (measured: at most ~3e4 `TOL` relative, for AdEx followed
+into its blow-up: 1e-5 at `TOL` = 1e-10, 3e-8 at 1e-12). The finite differences
+carry the forward's errors divided by the step, ~`TOL / h` = 1e-7, and a
+five-point truncation error O(h^4), below 1e-10 at this step. A missing or wrong
+term (a crossing time not differentiated, a reset or a step length treated as
+constant) changes gradients at order one.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import snode_jax as sj
+
+jax.config.update("jax_enable_x64", True)  # also done by conftest.py
+
+TOL = 1e-12  # rtol = atol of the solver
+FD_STEP = 1e-5  # relative step of the central differences
+RTOL_FD = 1e-6  # 3e4 TOL + TOL / FD_STEP, with a margin: see the docstring
+MAX_SPIKES = 32
+TIGHT = dict(rtol=TOL, atol=TOL, dt_min=1e-7, dt_init=0.01, max_steps=50000)
+
+# (dynamics, solver, weight (3 neurons x 2 inputs), interval in ms). Four intervals of
+# inputs drawn in [0.5, 1.5]; every neuron fires in most intervals.
+MODELS = {
+    "adex": (
+        sj.AdExDynamics(),
+        sj.Dopri5(),
+        [[700.0, 300.0], [600.0, 500.0], [800.0, 200.0]],
+        50.0,
+    ),
+    # v_peak at 0 mV: steps that overshoot the spike overflow (inf/NaN); their lanes
+    # must not poison the gradients of the others. Following the blow-up to 0 mV
+    # within the tolerance needs steps far below the default `dt_min`.
+    "adex_peak0": (
+        sj.AdExDynamics(v_peak=0.0),
+        sj.Dopri5(),
+        [[700.0, 300.0], [600.0, 500.0], [800.0, 200.0]],
+        50.0,
+        dict(dt_min=1e-14),
+    ),
+    "izhikevich": (
+        sj.IzhikevichDynamics.pattern("regular_spiking"),
+        sj.Dopri5(),
+        [[8.0, 4.0], [6.0, 5.0], [9.0, 3.0]],
+        25.0,
+    ),
+    "qif": (
+        sj.QIFDynamics(),
+        sj.Dopri5(),
+        [[0.5, 0.4], [0.8, 0.3], [0.3, 0.6]],
+        20.0,
+    ),
+    "cuba": (
+        sj.CubaLIFDynamics(),
+        sj.Exact(),
+        [[0.12, 0.1], [0.15, 0.13], [0.2, 0.02]],
+        20.0,
+    ),
+}
+
+
+def make_layer(name):
+    dynamics, solver, weight, _, *extra = MODELS[name]
+    settings = {**TIGHT, **(extra[0] if extra else {})}
+    layer = sj.SpikingODELayer(
+        2, 3, dynamics, solver=solver, key=jax.random.key(0), **settings
+    )
+    return eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight))
+
+
+def make_inputs(seed=0, n_intervals=4):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.uniform(0.5, 1.5, (n_intervals, 2)))
+
+
+def outputs(layer, x, interval):
+    sol = layer.simulate(x, interval, max_spikes=MAX_SPIKES)
+    times = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+    # A step forced at `dt_min` misses the tolerance, and so would its derivative.
+    forced = jnp.sum(sol.stats["num_dt_min_steps"])
+    out = (times, sol.final_state, sol.interval_states, sol.counts)
+    return out, (sol.num_spikes, forced)
+
+
+def coefficients(layer, x, interval, seed=1, counts=False):
+    """Random weights for every spike slot and every state component (and, with
+    `counts`, for the spike counts only)."""
+    out, _ = outputs(layer, x, interval)
+    keys = iter(jax.random.split(jax.random.key(seed), 64))
+    coefs = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape), out)
+    zero = jax.tree.map(jnp.zeros_like, coefs)
+    if counts:
+        return (*zero[:3], coefs[3])
+    return (*coefs[:3], zero[3])
+
+
+def weighted(layer, x, interval, coefs):
+    out, aux = outputs(layer, x, interval)
+    pairs = zip(jax.tree.leaves(coefs), jax.tree.leaves(out))
+    return sum(jnp.sum(c * a) for c, a in pairs), aux
+
+
+def _with(layer, weight, dynamics):
+    return eqx.tree_at(lambda m: (m.weight, m.dynamics), layer, (weight, dynamics))
+
+
+@eqx.filter_jit
+def loss_and_grads(layer, x, interval, coefs):
+    """The weighted loss and its gradient w.r.t. `(weight, dynamics, x)`: one
+    compilation per model, shared by the tests."""
+
+    def loss(diff):
+        weight, dynamics, x = diff
+        return weighted(_with(layer, weight, dynamics), x, interval, coefs)
+
+    diff = (layer.weight, layer.dynamics, x)
+    (value, aux), grads = eqx.filter_value_and_grad(loss, has_aux=True)(diff)
+    return value, aux, grads
+
+
+@eqx.filter_jit
+def loss_at(layer, theta, unravel, interval, coefs):
+    weight, dynamics, x = unravel(theta)
+    return weighted(_with(layer, weight, dynamics), x, interval, coefs)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradients_match_finite_differences(name):
+    """Every weight, every model parameter and every input, against a five-point
+    central difference (error O(h^4)) of relative step `FD_STEP`."""
+    layer = make_layer(name)
+    interval = MODELS[name][3]
+    x = make_inputs()
+    coefs = coefficients(layer, x, interval)
+    value, (num, forced), grads = loss_and_grads(layer, x, interval, coefs)
+    num = np.asarray(num)
+    assert num.min() >= 2 and num.max() <= MAX_SPIKES, num
+    assert forced == 0
+    diff = (layer.weight, layer.dynamics, x)
+    theta, unravel = ravel_pytree(eqx.filter(diff, eqx.is_array))
+    static = eqx.filter(diff, eqx.is_array, inverse=True)
+    grad, _ = ravel_pytree(eqx.filter(grads, eqx.is_array))
+    grad = np.asarray(grad)
+    assert grad.shape == theta.shape and np.all(np.isfinite(grad))
+
+    def rebuild(th):
+        return eqx.combine(unravel(th), static)
+
+    def at(th):
+        value, (num_th, _) = loss_at(layer, th, rebuild, interval, coefs)
+        # The spike structure must not change, or the difference is not a derivative.
+        np.testing.assert_array_equal(num_th, num)
+        return float(value)
+
+    fd = np.zeros_like(grad)
+    for i in range(theta.size):
+        h = FD_STEP * (abs(float(theta[i])) or 1.0)  # zero-valued: 1 mV or 1 pA
+        f = [at(theta.at[i].add(k * h)) for k in (-2, -1, 1, 2)]
+        fd[i] = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
+    scale = np.max(np.abs(fd))
+    assert scale > 0
+    # Relative, and for entries below 1% of the largest relative to that 1%: the
+    # differences' noise is absolute (the forward's error over the step).
+    err = np.abs(grad - fd) / np.maximum(np.abs(fd), 1e-2 * scale)
+    worst = int(np.argmax(err))
+    print(f"{name}: max relative error {err[worst]:.2e} over {theta.size} values")
+    assert err[worst] <= RTOL_FD, (worst, grad[worst], fd[worst], err[worst])
+
+
+@pytest.mark.parametrize(
+    "solver, kw",
+    [
+        (sj.Dopri5(), dict(rtol=1e-12, atol=1e-12, dt_min=1e-7)),
+        (sj.Exact(closed_form_events=False), {}),
+    ],
+    ids=["Dopri5", "Exact-bisect"],
+)
+def test_lif_on_adaptive_path_matches_closed_form_gradients(solver, kw):
+    """The same LIF layer on the adaptive path (Dopri5 at a tight tolerance, or the
+    exact flow with root finding) and on the closed-form event walk: gradients of
+    spike times and voltages agree."""
+    dyn = sj.ODELIFDynamics(tau_mem=20.0, v_rest=0.1, v_threshold=1.0, v_reset=-0.1)
+    x = make_inputs(2, n_intervals=3)
+    weight = jnp.asarray([[1.2, 0.6], [0.8, 0.9], [0.5, 1.4]]) / 10
+
+    def grads(solver, **kw):
+        layer = sj.SpikingODELayer(
+            2, 3, dyn, solver=solver, key=jax.random.key(0), **kw
+        )
+        layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+        coefs = coefficients(layer, x, 10.0)
+        _, (num, _), g = loss_and_grads(layer, x, 10.0, coefs)
+        return np.asarray(num), np.asarray(ravel_pytree(g)[0])
+
+    num_exact, g_exact = grads(sj.Exact())
+    num_rk, g_rk = grads(solver, **kw)
+    np.testing.assert_array_equal(num_rk, num_exact)
+    assert num_exact.min() >= 3
+    # The Dopri5 solution is within ~1e-12 relative of the closed form; its
+    # derivative within ~1e-9 (measured: 1e-10).
+    err = np.linalg.norm(g_rk - g_exact) / np.linalg.norm(g_exact)
+    assert err <= 1e-8, err
+
+
+def test_per_sample_gradients_under_vmap():
+    layer = make_layer("cuba")
+    xs = jnp.stack([make_inputs(seed, n_intervals=2) for seed in range(3)])
+    coefs = coefficients(layer, xs[0], 20.0)
+
+    def grads(x):
+        return loss_and_grads(layer, x, 20.0, coefs)[2]
+
+    batched = eqx.filter_vmap(grads)(xs)
+    for k, x in enumerate(xs):
+        expected = jax.tree.leaves(grads(x))
+        actual = [a[k] for a in jax.tree.leaves(batched)]
+        for a, e in zip(actual, expected):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=0)
+
+
+def test_count_surrogate_on_adaptive_path():
+    """Counts get the surrogate derivative of the threshold function at each
+    interval's end: `d count_k = s'(g(y_k)) dg(y_k)`, with `dg(y_k)` the exact
+    gradient checked above (AdEx: `g = v - v_peak`, so w.r.t. the weight
+    `dg = dv`)."""
+    layer = make_layer("adex")
+    x = make_inputs(3)
+    coefs = coefficients(layer, x, 50.0, seed=4, counts=True)
+    _, _, g_counts = loss_and_grads(layer, x, 50.0, coefs)
+
+    (_, _, states, _), _ = outputs(layer, x, 50.0)
+    slope = layer.surrogate.derivative(layer.dynamics.threshold(states))
+    zero = jax.tree.map(jnp.zeros_like, coefs)
+    as_voltages = sj.AdExState(coefs[3] * slope, jnp.zeros_like(slope))
+    _, _, g_margin = loss_and_grads(layer, x, 50.0, (*zero[:2], as_voltages, zero[3]))
+    assert np.linalg.norm(g_margin[0]) > 0
+    np.testing.assert_allclose(g_counts[0], g_margin[0], rtol=1e-12, atol=0)
+
+
+def test_forward_mode_is_not_available():
+    layer = make_layer("qif")
+    x = make_inputs(n_intervals=1)
+
+    def final_v(weight):
+        lyr = eqx.tree_at(lambda m: m.weight, layer, weight)
+        return lyr.simulate(x, 5.0, max_spikes=4).final_state.v
+
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(final_v, (layer.weight,), (jnp.ones_like(layer.weight),))

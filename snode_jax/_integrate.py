@@ -819,9 +819,13 @@ def integrate(
     reported in the solution's `result`. `max_spikes=None` records no spike times;
     `keep_interval_states=False` leaves `interval_states` as None (saves memory).
 
-    Differentiable (closed-form models with the exact solver): spike times, states
-    and voltages get exact gradients; counts get the `surrogate` gradient (default
-    [`ArctanSurrogate`][]).
+    Differentiable: spike times, states and voltages get exact gradients; counts
+    get the `surrogate` gradient (default [`ArctanSurrogate`][]). Closed-form models
+    with the exact solver: forward and reverse mode, through the closed form with
+    each interval's spike count held fixed (margins of the count decisions for the
+    surrogate). Adaptive path: reverse mode only, through the solver's loop as it ran
+    (see [`_adaptive_run`][]); the surrogate acts on the threshold function at each
+    interval's end.
     """
     dtype = jnp.result_type(weight, inputs)
     dynamics = dynamics.astype(dtype)

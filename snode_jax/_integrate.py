@@ -32,6 +32,11 @@ _CHECKPOINTS = 32
 # searched on the solver's sub-steps instead.
 _TRUST = 0.01
 
+# Crossings are located on subsets of neurons of this size: at least _MIN_CHUNK, and
+# at least 1/_CHUNK_DIVISOR of the population (more subsets if more neurons cross).
+_MIN_CHUNK = 64
+_CHUNK_DIVISOR = 32
+
 
 def _expand(x, like):
     """Broadcast a per-neuron array against a state leaf with trailing axes."""
@@ -136,6 +141,17 @@ def _keep_tangent(mask, tree):
     return jax.tree.map(keep, tree)
 
 
+def _take_lanes(dynamics, j, n):
+    """The model restricted to the neurons `j` (scalar parameters stay scalar)."""
+
+    def take(p):
+        if eqx.is_array(p) and jnp.ndim(p) >= 1 and p.shape[0] == n:
+            return p[j]
+        return p
+
+    return jax.tree.map(take, dynamics)
+
+
 def _per_lane(dynamics, n):
     """The model with every scalar parameter broadcast to one value per neuron."""
 
@@ -236,40 +252,54 @@ def _adaptive_interval(
             upper = jnp.where(use_peak, t + t_peak, t1)
             g_upper = jnp.where(use_peak, g_peak, g1)
 
-        def search(fn, lanes):
-            return _bracket_search(
-                fn,
-                t,
-                upper,
-                g0,
-                g_upper,
-                lanes,
-                rtol=0.0,
-                atol=root_atol,
-                max_iters=max_root_iters,
-            )
+        def locate(j, lanes):
+            """Crossings of the neurons `j` (a subset; `lanes` marks the real ones):
+            time, state before the reset, where that state was evaluated, and
+            whether the search converged."""
 
-        def locate(_):
+            def take(a):
+                return a[j]
+
+            dyn = _take_lanes(dynamics, j, n)
+            t_, y_, cur_ = take(t), jax.tree.map(take, y), take(current)
+            step_, upper_, g0_, g_upper_ = map(take, (step, upper, g0, g_upper))
+            y1_, dense_ = jax.tree.map(take, prop.y1), jax.tree.map(take, prop.dense)
+
+            def sub_step(s):
+                return solver.step(dyn, t_, y_, cur_, s - t_)[0]
+
+            def search(fn, active):
+                return _bracket_search(
+                    fn,
+                    t_,
+                    upper_,
+                    g0_,
+                    g_upper_,
+                    active,
+                    rtol=0.0,
+                    atol=root_atol,
+                    max_iters=max_root_iters,
+                )
+
             # On the step's dense output (cheap to evaluate; the exact flow itself
             # for an exact solver), then one solver sub-step to the crossing.
-            safe_step = jnp.where(step > 0, step, 1)
+            safe_step = jnp.where(step_ > 0, step_, 1)
 
             def on_dense(s):
-                fraction = jnp.clip((s - t) / safe_step, 0, 1)
-                y_s = solver.evaluate_dense(dynamics, prop.dense, fraction)
-                return dynamics.threshold(y_s)
+                fraction = jnp.clip((s - t_) / safe_step, 0, 1)
+                return dyn.threshold(solver.evaluate_dense(dyn, dense_, fraction))
 
-            finite1 = _all_finite(prop.y1)
-            t_star, ok, _ = search(on_dense, crossed & finite1)
+            finite1 = _all_finite(y1_)
+            t_star, ok, _ = search(on_dense, lanes & finite1)
             y_star = sub_step(t_star)
             trusted = finite1
             if not prop.exact:
                 # The dense output is one order below the step: a Newton step on
                 # the solver's own solution makes the crossing time as accurate as
                 # the step; the state follows to first order in the (tiny) shift.
-                g_star = dynamics.threshold(y_star)
-                f_star = dynamics.vector_field(t_star, y_star, current)
-                _, g_dot = jax.jvp(dynamics.threshold, (y_star,), (f_star,))
+                g_star = dyn.threshold(y_star)
+                f_star = dyn.vector_field(t_star, y_star, cur_)
+                _, g_dot = jax.jvp(dyn.threshold, (y_star,), (f_star,))
                 safe_dot = jnp.where(g_dot > 0, g_dot, 1)
                 newton = t_star - g_star / safe_dot
                 shift = newton - t_star
@@ -277,8 +307,8 @@ def _adaptive_interval(
                 # small fraction of the step); else, as in a step that overshot
                 # into a blow-up, the dense output is not trusted.
                 trusted = trusted & (g_dot > 0) & jnp.isfinite(newton)
-                trusted = trusted & (newton > t) & (newton <= upper)
-                trusted = trusted & (jnp.abs(shift) <= _TRUST * step)
+                trusted = trusted & (newton > t_) & (newton <= upper_)
+                trusted = trusted & (jnp.abs(shift) <= _TRUST * step_)
                 shift = jnp.where(trusted, shift, 0.0)
                 t_star = t_star + shift
                 y_star = jax.tree.map(
@@ -286,11 +316,11 @@ def _adaptive_interval(
                 )
             # A step that blew up (NaN) or is not trusted: search on the solver's own
             # sub-steps, and take the state from just below the crossing.
-            untrusted = crossed & ~trusted
+            untrusted = lanes & ~trusted
 
             def on_sub_steps(_):
                 t_b, ok_b, below_b = search(
-                    lambda s: dynamics.threshold(sub_step(s)), untrusted
+                    lambda s: dyn.threshold(sub_step(s)), untrusted
                 )
                 y_b = sub_step(below_b)
                 return (
@@ -303,13 +333,40 @@ def _adaptive_interval(
             def as_is(_):
                 return t_star, y_star, t_star, ok
 
-            # (`s_eval`: where the state is known next to the crossing.)
             return lax.cond(jnp.any(untrusted), on_sub_steps, as_is, None)
 
-        def skip(_):
-            return t1, prop.y1, t, jnp.ones((n,), bool)
+        # Few neurons cross in one step: their crossings are located on a compact
+        # subset of `chunk` neurons at a time (as many subsets as needed).
+        chunk = min(n, max(_MIN_CHUNK, n // _CHUNK_DIVISOR))
+        group = -(-n // chunk)
 
-        t_star, y_star, s_eval, ok = lax.cond(jnp.any(crossed), locate, skip, None)
+        def next_chunk(carry):
+            remaining, t_star, y_star, s_eval, ok = carry
+            # One remaining neuron from each of `chunk` contiguous groups (index n:
+            # none left in the group).
+            rem = jnp.pad(remaining, (0, chunk * group - n)).reshape(chunk, group)
+            first = jnp.argmax(rem, axis=1)
+            idx = jnp.arange(chunk) * group + first
+            idx = jnp.where(jnp.any(rem, axis=1), idx, n)
+            real = idx < n
+            out = locate(jnp.minimum(idx, n - 1), real)
+
+            def put(full, part):  # padding (index n) is dropped
+                return full.at[idx].set(part, mode="drop")
+
+            t_star, s_eval, ok = (
+                put(t_star, out[0]),
+                put(s_eval, out[2]),
+                put(ok, out[3]),
+            )
+            y_star = jax.tree.map(put, y_star, out[1])
+            remaining = put(remaining, jnp.zeros((chunk,), bool))
+            return remaining, t_star, y_star, s_eval, ok
+
+        init = (crossed, t1, prop.y1, t, jnp.ones((n,), bool))
+        _, t_star, y_star, s_eval, ok = lax.while_loop(
+            lambda c: jnp.any(c[0]), next_chunk, init
+        )
         return _StepOutcome(
             active,
             accept,

@@ -92,7 +92,7 @@ class AbstractRungeKutta(AbstractSolver):
             def cubic(y0, y1, f0, f1):
                 a = 2 * (y0 - y1) + f0 + f1
                 b = 3 * (y1 - y0) - 2 * f0 - f1
-                return jnp.stack([a, b, f0, y0])
+                return (a, b, f0, y0)
 
             dense = jax.tree.map(cubic, y, y1, f0, f1)
         else:
@@ -102,20 +102,22 @@ class AbstractRungeKutta(AbstractSolver):
                 a = 2 * (f1 - f0) - 8 * (y1 + y0) + 16 * ym
                 b = 5 * f0 - 3 * f1 + 18 * y0 + 14 * y1 - 32 * ym
                 c = f1 - 4 * f0 - 11 * y0 - 5 * y1 + 16 * ym
-                return jnp.stack([a, b, c, f0, y0])
+                return (a, b, c, f0, y0)
 
             dense = jax.tree.map(quartic, y, y1, y_mid, f0, f1)
         return y1, combine(self.b_error), dense
 
     def evaluate_dense(self, dynamics, dense, fraction):
+        # Per state leaf, a tuple of polynomial coefficients (highest degree first),
+        # each with the neuron axis first.
         def horner(coeffs):
-            s = jnp.reshape(fraction, fraction.shape + (1,) * (coeffs.ndim - 2))
+            s = jnp.reshape(fraction, fraction.shape + (1,) * (coeffs[0].ndim - 1))
             out = coeffs[0]
             for c in coeffs[1:]:
                 out = out * s + c
             return out
 
-        return jax.tree.map(horner, dense)
+        return jax.tree.map(horner, dense, is_leaf=lambda x: isinstance(x, tuple))
 
 
 class Bosh3(AbstractRungeKutta):

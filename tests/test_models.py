@@ -77,6 +77,33 @@ def test_adex_against_scipy():
     assert steps[0] < steps[-1] / 3
 
 
+def test_large_population_crossings_located_in_subsets():
+    """1024 AdEx neurons: crossings are located on subsets of the population, several
+    per step. Neurons come in runs of four identical ones (same current), which
+    cross in the same step and the same subset and need several passes; all four
+    must give the same spikes, and a sample matches SciPy."""
+    rng = np.random.default_rng(7)
+    distinct = rng.uniform(300.0, 1500.0, 256)
+    currents = np.repeat(distinct, 4)
+    layer = constant_current_layer(
+        sj.AdExDynamics(), currents, max_steps=20000, **TIGHT
+    )
+    sol = layer.simulate(np.ones((1, 1)), 100.0, max_spikes=64)
+    times = np.asarray(sol.spike_times).reshape(256, 4, 64)
+    for k in range(1, 4):
+        np.testing.assert_array_equal(times[:, k], times[:, 0])
+    assert np.asarray(sol.num_spikes).sum() > 4000
+    for i in rng.choice(len(currents), 6, replace=False):
+        ref_times, _ = simulate_reference(
+            *adex_rhs(ADEX), [ADEX["E_L"], 0.0], [float(currents[i])], 100.0
+        )
+        got = np.asarray(sol.spike_times[i])
+        got = got[np.isfinite(got)]
+        assert len(got) == len(ref_times)
+        if len(got):
+            assert np.max(np.abs(got - ref_times)) <= TIME_TOL
+
+
 def test_adex_piecewise_input_against_scipy():
     # 20 intervals of 10 ms with changing current (pA).
     rng = np.random.default_rng(0)

@@ -214,7 +214,7 @@ def test_adaptive_step_grows_small_error_steps_within_dt_max():
     kwargs = dict(rtol=1e-3, atol=1e-3, dt_min=1e-4)
     prop = _propose(sj.Dopri5(), 0.01, **kwargs)
     assert np.all(np.asarray(prop.accept))
-    np.testing.assert_allclose(prop.h_next, 0.05)  # growth capped at 5x
+    np.testing.assert_allclose(prop.h_next, 0.1)  # growth capped at 10x
     prop = _propose(sj.Dopri5(), 0.01, dt_max=0.02, **kwargs)
     np.testing.assert_allclose(prop.h_next, 0.02)
 

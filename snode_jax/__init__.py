@@ -29,6 +29,7 @@ from ._solver import (
     Dopri5 as Dopri5,
     Exact as Exact,
     StepProposal as StepProposal,
+    Tsit5 as Tsit5,
     adaptive_step as adaptive_step,
 )
 from ._surrogate import (

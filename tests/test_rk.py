@@ -71,9 +71,10 @@ def _check_stats(sol, cfg, dt_min):
     )
 
 
+@pytest.mark.parametrize("solver", [sj.Dopri5(), sj.Tsit5()], ids=["dopri5", "tsit5"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
-def test_dopri5_tight_tolerance_matches_reference(cfg):
-    layer = cfg.layer(per_neuron=True, solver=sj.Dopri5(), rtol=1e-12, atol=1e-12)
+def test_tight_tolerance_matches_reference(cfg, solver):
+    layer = cfg.layer(per_neuron=True, solver=solver, rtol=1e-12, atol=1e-12)
     ref = _reference(cfg)
     sol = layer.simulate(cfg.inputs(), cfg.interval, max_spikes=MAX_SPIKES)
     np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
@@ -158,11 +159,14 @@ def _exact(dyn, y, current, h):
 
 
 @pytest.mark.parametrize(
-    "solver, order", [(sj.Dopri5(), 5), (sj.Bosh3(), 3)], ids=["dopri5", "bosh3"]
+    "solver, order, h0",
+    # Tsit5's estimate is smaller: larger steps keep it well above rounding.
+    [(sj.Dopri5(), 5, 0.1), (sj.Tsit5(), 5, 0.2), (sj.Bosh3(), 3, 0.1)],
+    ids=["dopri5", "tsit5", "bosh3"],
 )
-def test_adaptive_step_error_estimate_has_expected_order(solver, order):
+def test_adaptive_step_error_estimate_has_expected_order(solver, order, h0):
     dyn, _, y, current = _problem()
-    hs = [0.1, 0.05, 0.025]
+    hs = [h0, h0 / 2, h0 / 4]
     errors = []
     for h in hs:
         prop = _propose(solver, h, rtol=0.0, atol=1.0, dt_min=1e-9)

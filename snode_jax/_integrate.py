@@ -32,6 +32,10 @@ _CHECKPOINTS = 32
 # searched on the solver's sub-steps instead.
 _TRUST = 0.01
 
+# After a reset, the first step is at least this fraction of the largest step taken
+# since the previous reset.
+_RESTART = 0.5
+
 # Crossings are located on subsets of neurons of this size: at least _MIN_CHUNK, and
 # at least 1/_CHUNK_DIVISOR of the population (more subsets if more neurons cross).
 _MIN_CHUNK = 64
@@ -386,11 +390,11 @@ def _adaptive_interval(
         fixed = lax.stop_gradient((dynamics, current, interval))
 
     def cond_fun(carry):
-        t, _, _, _, _, attempts, _, _ = carry
+        t, _, _, _, _, attempts, _, _, _ = carry
         return jnp.any((t < interval) & (attempts < max_steps))
 
     def body_fun(carry):
-        t, y, h, count, counters, attempts, buffer, root_fail = carry
+        t, y, h, count, counters, attempts, buffer, root_fail, h_big = carry
         if not differentiable:
             out = decide(dynamics, current, interval, t, y, h, attempts)
             t1 = jnp.where(out.reaches_end, interval, t + h)
@@ -414,6 +418,15 @@ def _adaptive_interval(
         )
         t_new = jnp.where(out.crossed, t_star, jnp.where(out.accept, t1, t))
         h_new = jnp.where(out.active, out.h_next, h)
+        # After a reset the neuron is back in its slow regime: restart from a step
+        # near the largest one it took before the spike, not from the small one
+        # that crossed the upswing (the controller rejects it if it is too large).
+        h_new = jnp.where(out.crossed, jnp.maximum(h_new, _RESTART * h_big), h_new)
+        h_big = jnp.where(
+            out.crossed,
+            0.0,
+            jnp.where(out.accept, jnp.maximum(h_big, lax.stop_gradient(t1 - t)), h_big),
+        )
         if buffer is not None:
             buffer = buffer.record(out.crossed, t_start + t_star)
         counters = counters + _Counters(
@@ -433,9 +446,20 @@ def _adaptive_interval(
             attempts,
             buffer,
             root_fail,
+            h_big,
         )
 
-    init = (t0, y, h0, zeros, _Counters.zeros(n), zeros, buffer, jnp.zeros((n,), bool))
+    init = (
+        t0,
+        y,
+        h0,
+        zeros,
+        _Counters.zeros(n),
+        zeros,
+        buffer,
+        jnp.zeros((n,), bool),
+        jnp.zeros((n,), dtype),
+    )
     if differentiable:
         # Reverse-mode differentiable, recomputing between checkpoints.
         final = eqxi.while_loop(
@@ -448,7 +472,7 @@ def _adaptive_interval(
         )
     else:
         final = lax.while_loop(cond_fun, body_fun, init)
-    t, y, _, count, counters, _, buffer, root_fail = final
+    t, y, _, count, counters, _, buffer, root_fail, _ = final
     exhausted = t < interval
     return y, count, buffer, counters, exhausted, root_fail
 

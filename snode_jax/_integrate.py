@@ -138,7 +138,9 @@ def _keep_tangent(mask, tree):
     no `0 * inf` in reverse mode)."""
 
     def keep(a):
-        if not eqx.is_inexact_array(a):
+        # Per-neuron leaves only (a model's other array parameters, which no lane
+        # owns, pass through).
+        if not eqx.is_inexact_array(a) or jnp.shape(a)[:1] != mask.shape:
             return a
         return jnp.where(_expand(mask, a), a, lax.stop_gradient(a))
 

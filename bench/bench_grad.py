@@ -51,6 +51,28 @@ def memory_bytes(fn, *args):
     return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
 
 
+def measure(fwd, grad, layer, x, reps):
+    """`(forward s, value_and_grad s, backward / forward, memory fwd MiB, memory
+    grad MiB, grad compile s)`, timings interleaved in this process."""
+    fns = {"forward": fwd, "value_and_grad": grad}
+    args = {k: (layer, x) for k in fns}
+    compile_s, times = interleaved_timings(fns, args, reps)
+    ratio = statistics.median(
+        (g - f) / f
+        for g, f in zip(times["value_and_grad"], times["forward"], strict=True)
+    )
+    mem_f = memory_bytes(jax.jit(lambda m, x: fwd(m, x)), layer, x)
+    mem_g = memory_bytes(jax.jit(lambda m, x: grad(m, x)), layer, x)
+    return (
+        statistics.median(times["forward"]),
+        statistics.median(times["value_and_grad"]),
+        ratio,
+        mem_f / 2**20,
+        mem_g / 2**20,
+        compile_s["value_and_grad"],
+    )
+
+
 def run(configs, reps):
     rows = []
     for dtype in (np.float32, np.float64):
@@ -71,17 +93,7 @@ def run(configs, reps):
             spikes = int(np.sum(np.asarray(sol.num_spikes)))
             steps = int(np.sum(np.asarray(sol.stats["num_steps"])))
             layer, x, fwd, grad = make(n_intervals, drive, dtype, max_spikes)
-            fns = {"forward": fwd, "value_and_grad": grad}
-            args = {k: (layer, x) for k in fns}
-            compile_s, times = interleaved_timings(fns, args, reps)
-            t_f = statistics.median(times["forward"])
-            t_g = statistics.median(times["value_and_grad"])
-            ratio = statistics.median(
-                (g - f) / f
-                for g, f in zip(times["value_and_grad"], times["forward"], strict=True)
-            )
-            mem_f = memory_bytes(jax.jit(lambda m, x: fwd(m, x)), layer, x)
-            mem_g = memory_bytes(jax.jit(lambda m, x: grad(m, x)), layer, x)
+            t_f, t_g, *rest = measure(fwd, grad, layer, x, reps)
             rows.append(
                 (
                     np.dtype(dtype).name,
@@ -92,10 +104,7 @@ def run(configs, reps):
                     max_spikes,
                     t_f * 1e3,
                     t_g * 1e3,
-                    ratio,
-                    mem_f / 2**20,
-                    mem_g / 2**20,
-                    compile_s["value_and_grad"],
+                    *rest,
                 )
             )
             print(rows[-1], flush=True)
@@ -150,15 +159,7 @@ def run_adaptive(configs, reps):
 
         fwd = eqx.filter_jit(loss)
         grad = eqx.filter_jit(eqx.filter_value_and_grad(loss))
-        fns = {"forward": fwd, "value_and_grad": grad}
-        args = {k: (layer, x) for k in fns}
-        compile_s, times = interleaved_timings(fns, args, reps)
-        ratio = statistics.median(
-            (g - f) / f
-            for g, f in zip(times["value_and_grad"], times["forward"], strict=True)
-        )
-        mem_f = memory_bytes(jax.jit(lambda m, x: fwd(m, x)), layer, x)
-        mem_g = memory_bytes(jax.jit(lambda m, x: grad(m, x)), layer, x)
+        t_f, t_g, *rest = measure(fwd, grad, layer, x, reps)
         rows.append(
             (
                 "float64",
@@ -167,12 +168,9 @@ def run_adaptive(configs, reps):
                 spikes,
                 steps,
                 max_spikes,
-                statistics.median(times["forward"]) * 1e3,
-                statistics.median(times["value_and_grad"]) * 1e3,
-                ratio,
-                mem_f / 2**20,
-                mem_g / 2**20,
-                compile_s["value_and_grad"],
+                t_f * 1e3,
+                t_g * 1e3,
+                *rest,
             )
         )
         print(rows[-1], flush=True)

@@ -515,6 +515,18 @@ class _Config(eqx.Module):
     max_root_iters: int = eqx.field(static=True)
     keep_interval_states: bool = eqx.field(static=True)
 
+    def step_settings(self) -> dict:
+        """The keyword arguments of [`_adaptive_interval`][]'s step control."""
+        return dict(
+            max_steps=self.max_steps,
+            dt_init=self.dt_init,
+            dt_min=self.dt_min,
+            dt_max=self.dt_max,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_root_iters=self.max_root_iters,
+        )
+
 
 class _Raw(eqx.Module):
     counts: Array  # (T, n) float: exact integer values
@@ -587,13 +599,7 @@ def _run_intervals(dynamics, solver, currents, interval, state, cfg: _Config) ->
                 t_start,
                 interval,
                 buffer,
-                max_steps=cfg.max_steps,
-                dt_init=cfg.dt_init,
-                dt_min=cfg.dt_min,
-                dt_max=cfg.dt_max,
-                rtol=cfg.rtol,
-                atol=cfg.atol,
-                max_root_iters=cfg.max_root_iters,
+                **cfg.step_settings(),
             )
         y, count, buffer, new_counters, new_exhausted, new_root_fail = out
         carry = (
@@ -792,19 +798,14 @@ def _adaptive_run(dynamics, solver, currents, interval, state, cfg, surrogate):
     [`_adaptive_interval`][]) and pulls the cotangents back through it, so memory
     grows with intervals, and within an interval with the loop's checkpoints.
     """
-    fwd_cfg = dataclasses.replace(cfg, keep_interval_states=True)
-
-    def forward(dynamics, currents, interval, state):
-        raw = _run_folded(dynamics, solver, currents, interval, state, fwd_cfg)
-        if not cfg.keep_interval_states:
-            raw = dataclasses.replace(raw, interval_states=None)
-        return raw
 
     @jax.custom_vjp
     def run(dynamics, currents, interval, state):
-        return forward(dynamics, currents, interval, state)
+        return _run_folded(dynamics, solver, currents, interval, state, cfg)
 
     def fwd(dynamics, currents, interval, state):
+        # Differentiated: the interval states are kept (they are the residuals).
+        fwd_cfg = dataclasses.replace(cfg, keep_interval_states=True)
         raw = _run_folded(dynamics, solver, currents, interval, state, fwd_cfg)
         ends = raw.interval_states
         starts = jax.tree.map(
@@ -838,13 +839,7 @@ def _adaptive_run(dynamics, solver, currents, interval, state, cfg, surrogate):
                 k.astype(dtype) * interval,
                 interval,
                 buffer,
-                max_steps=cfg.max_steps,
-                dt_init=cfg.dt_init,
-                dt_min=cfg.dt_min,
-                dt_max=cfg.dt_max,
-                rtol=cfg.rtol,
-                atol=cfg.atol,
-                max_root_iters=cfg.max_root_iters,
+                **cfg.step_settings(),
                 differentiable=True,
             )
             soft = count.astype(dtype) + surrogate_zero(

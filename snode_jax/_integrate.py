@@ -183,6 +183,7 @@ class _StepOutcome(eqx.Module):
     ok: Array
     h_next: Array
     at_dt_min: Array
+    error_norm: Array
 
 
 def _adaptive_interval(
@@ -217,7 +218,7 @@ def _adaptive_interval(
     h0 = jnp.full((n,), min(dt_init, dt_max), dtype)
     t0 = jnp.zeros((n,), dtype)
 
-    def decide(dynamics, current, interval, t, y, h, attempts) -> _StepOutcome:
+    def decide(dynamics, current, interval, t, y, h, attempts, prev) -> _StepOutcome:
         """One step attempt per neuron: its acceptance, and any crossing in it."""
         root_atol = 4 * eps * interval
         active = (t < interval) & (attempts < max_steps)
@@ -235,6 +236,8 @@ def _adaptive_interval(
             atol=atol,
             dt_min=dt_min,
             dt_max=dt_max,
+            h_prev=prev[0],
+            error_prev=prev[1],
         )
         accept = active & prop.accept
         g0 = dynamics.threshold(y)
@@ -385,6 +388,7 @@ def _adaptive_interval(
             ok,
             prop.h_next,
             prop.at_dt_min,
+            prop.error_norm,
         )
 
     if differentiable:
@@ -392,19 +396,19 @@ def _adaptive_interval(
         fixed = lax.stop_gradient((dynamics, current, interval))
 
     def cond_fun(carry):
-        t, _, _, _, _, attempts, _, _, _ = carry
+        t, _, _, _, _, attempts, _, _, _, _ = carry
         return jnp.any((t < interval) & (attempts < max_steps))
 
     def body_fun(carry):
-        t, y, h, count, counters, attempts, buffer, root_fail, h_big = carry
+        t, y, h, count, counters, attempts, buffer, root_fail, h_big, prev = carry
         if not differentiable:
-            out = decide(dynamics, current, interval, t, y, h, attempts)
+            out = decide(dynamics, current, interval, t, y, h, attempts, prev)
             t1 = jnp.where(out.reaches_end, interval, t + h)
             y1, t_star, y_star = out.y1, out.t_star, out.y_star
         else:
             # The decisions are taken on constants; the values that are kept are
             # recomputed differentiably on the lanes that keep them.
-            out = decide(*fixed, *lax.stop_gradient((t, y)), h, attempts)
+            out = decide(*fixed, *lax.stop_gradient((t, y)), h, attempts, prev)
             t1 = jnp.where(out.reaches_end, interval, t + h)
             # One step per lane, differentiated where its end is kept: to the step's
             # end, or to the crossing (below it, if the step blew up).
@@ -429,6 +433,13 @@ def _adaptive_interval(
             0.0,
             jnp.where(out.accept, jnp.maximum(h_big, lax.stop_gradient(t1 - t)), h_big),
         )
+        prev = jax.tree.map(
+            lambda new, old: jnp.where(
+                out.crossed, 0.0, jnp.where(out.accept, new, old)
+            ),
+            (lax.stop_gradient(t1 - t), out.error_norm),
+            prev,
+        )
         if buffer is not None:
             buffer = buffer.record(out.crossed, t_start + t_star)
         counters = counters + _Counters(
@@ -449,6 +460,7 @@ def _adaptive_interval(
             buffer,
             root_fail,
             h_big,
+            prev,
         )
 
     init = (
@@ -461,6 +473,7 @@ def _adaptive_interval(
         buffer,
         jnp.zeros((n,), bool),
         jnp.zeros((n,), dtype),
+        (jnp.zeros((n,), dtype), jnp.zeros((n,), dtype)),
     )
     if differentiable:
         # Reverse-mode differentiable, recomputing between checkpoints.
@@ -474,7 +487,7 @@ def _adaptive_interval(
         )
     else:
         final = lax.while_loop(cond_fun, body_fun, init)
-    t, y, _, count, counters, _, buffer, root_fail, _ = final
+    t, y, _, count, counters, _, buffer, root_fail, _, _ = final
     exhausted = t < interval
     return y, count, buffer, counters, exhausted, root_fail
 

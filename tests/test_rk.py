@@ -3,6 +3,7 @@ against the closed-form reference; and `adaptive_step` on its own."""
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -221,6 +222,117 @@ def test_adaptive_step_grows_small_error_steps_within_dt_max():
     np.testing.assert_allclose(prop.h_next, 0.1)  # growth capped at 10x
     prop = _propose(sj.Dopri5(), 0.01, dt_max=0.02, **kwargs)
     np.testing.assert_allclose(prop.h_next, 0.02)
+
+
+def test_adaptive_step_predictive_controller():
+    """With the last accepted step given, an accepted step's successor is the smaller
+    of the standard and the predictive (Gustafsson) proposals; a rejected step's is
+    the standard one."""
+    dyn, t, y, current = _problem()
+    h = jnp.array([0.15, 0.05, 3.0])
+    kwargs = dict(rtol=1e-6, atol=1e-6, dt_min=1e-6, dt_max=np.inf)
+    plain = sj.adaptive_step(dyn, sj.Dopri5(), t, y, current, h, **kwargs)
+    h_prev = jnp.array([0.15, 0.05, 0.05])
+    error_prev = jnp.array([1e-2, 0.5, 0.5])
+    pred = sj.adaptive_step(
+        dyn,
+        sj.Dopri5(),
+        t,
+        y,
+        current,
+        h,
+        h_prev=h_prev,
+        error_prev=error_prev,
+        **kwargs,
+    )
+    err = np.asarray(pred.error_norm)
+    accept = np.asarray(pred.accept)
+    assert accept[:2].all() and not accept[2]  # the large step is rejected
+    np.testing.assert_array_equal(err, np.asarray(plain.error_norm))
+    standard = np.asarray(h) * np.clip(0.9 * err ** (-1 / 5), 0.2, 10)
+    e0 = np.maximum(np.asarray(error_prev), 1e-2)
+    predictive = (
+        np.asarray(h)
+        * 0.9
+        * (np.asarray(h) / np.asarray(h_prev))
+        * (e0 / err**2) ** 0.2
+    )
+    expected = np.where(
+        accept,
+        np.minimum(standard, np.maximum(predictive, 0.2 * np.asarray(h))),
+        standard,
+    )
+    np.testing.assert_allclose(pred.h_next, expected, rtol=1e-14)
+    np.testing.assert_allclose(plain.h_next, standard, rtol=1e-14)
+    # Lane 0: the error grew from 1e-2 at the same step: the predictive proposal is
+    # the smaller one. Lane 1: the error fell: the standard one is.
+    assert pred.h_next[0] < plain.h_next[0]
+    assert pred.h_next[1] == plain.h_next[1]
+    # No history (zeros, as after a reset): the standard controller alone.
+    zero = jnp.zeros(3)
+    none = sj.adaptive_step(
+        dyn, sj.Dopri5(), t, y, current, h, h_prev=zero, error_prev=zero, **kwargs
+    )
+    np.testing.assert_array_equal(none.h_next, plain.h_next)
+
+
+def _upswing_attempts(use_history):
+    """Accepted and rejected steps of one AdEx neuron from its reset to its spike,
+    stepped by `adaptive_step` alone (rtol = atol = 1e-7)."""
+    dyn = sj.AdExDynamics().astype(jnp.float64)
+    y = dyn.init_state(1, jnp.float64)
+    current = jnp.array([1500.0])
+    kwargs = dict(rtol=1e-7, atol=1e-7, dt_min=1e-9, dt_max=np.inf)
+
+    @jax.jit
+    def attempt(t, y, h, h_prev, error_prev):
+        history = dict(h_prev=h_prev, error_prev=error_prev) if use_history else {}
+        return sj.adaptive_step(dyn, sj.Dopri5(), t, y, current, h, **kwargs, **history)
+
+    t, h = jnp.zeros(1), jnp.full(1, 0.01)
+    h_prev = error_prev = jnp.zeros(1)
+    accepted = rejected = 0
+    while accepted + rejected < 1000:
+        prop = attempt(t, y, h, h_prev, error_prev)
+        if not bool(prop.accept[0]):
+            rejected += 1
+        elif bool(dyn.threshold(prop.y1)[0] >= 0):
+            return accepted, rejected
+        else:
+            accepted += 1
+            t, y, h_prev, error_prev = t + h, prop.y1, h, prop.error_norm
+        h = prop.h_next
+    raise AssertionError("no spike within 1000 attempts")
+
+
+def test_predictive_controller_avoids_upswing_rejections():
+    plain_accepted, plain_rejected = _upswing_attempts(False)
+    accepted, rejected = _upswing_attempts(True)
+    # The standard controller alone overshoots on the accelerating upswing about
+    # every other step; the predictive bound removes most of those rejections
+    # without many more accepted steps.
+    assert plain_rejected >= 5
+    assert rejected <= plain_rejected / 3
+    assert accepted + rejected < plain_accepted + plain_rejected
+    assert accepted <= 1.2 * plain_accepted
+
+
+def test_adaptive_step_history_given_together():
+    dyn, t, y, current = _problem()
+    with pytest.raises(ValueError, match="h_prev.*error_prev.*together"):
+        sj.adaptive_step(
+            dyn,
+            sj.Dopri5(),
+            t,
+            y,
+            current,
+            jnp.full(3, 0.1),
+            rtol=1e-6,
+            atol=1e-6,
+            dt_min=1e-6,
+            dt_max=np.inf,
+            h_prev=jnp.full(3, 0.1),
+        )
 
 
 def test_lif_vector_field():

@@ -40,6 +40,8 @@ _RESTART = 0.5
 # at least 1/_CHUNK_DIVISOR of the population (more subsets if more neurons cross).
 _MIN_CHUNK = 64
 _CHUNK_DIVISOR = 32
+# Lanes per row of the two-level prefix sum that picks them.
+_ROW = 128
 
 
 def _expand(x, like):
@@ -145,6 +147,22 @@ def _keep_tangent(mask, tree):
         return jnp.where(_expand(mask, a), a, lax.stop_gradient(a))
 
     return jax.tree.map(keep, tree)
+
+
+def _first_lanes(mask, size):
+    """The indices of the first `size` lanes where `mask` holds, in order, padded with
+    `n` (no lane) where fewer hold. A two-level prefix sum (rows of `_ROW` lanes) is
+    cheaper on CPU than one over all `n` lanes."""
+    n = mask.shape[0]
+    row = min(n, _ROW)
+    rows = -(-n // row)
+    m = jnp.pad(mask, (0, rows * row - n)).reshape(rows, row).astype(jnp.int32)
+    per_row = jnp.sum(m, axis=1)
+    rank = (jnp.cumsum(per_row) - per_row)[:, None] + jnp.cumsum(m, axis=1) - m
+    rank = rank.reshape(-1)[:n]
+    slot = jnp.where(mask & (rank < size), rank, size)
+    lanes = jnp.arange(n, dtype=jnp.int32)
+    return jnp.full((size,), n, jnp.int32).at[slot].set(lanes, mode="drop")
 
 
 def _take_lanes(dynamics, j, n):
@@ -347,16 +365,11 @@ def _adaptive_interval(
         # Few neurons cross in one step: their crossings are located on a compact
         # subset of `chunk` neurons at a time (as many subsets as needed).
         chunk = min(n, max(_MIN_CHUNK, n // _CHUNK_DIVISOR))
-        group = -(-n // chunk)
 
         def next_chunk(carry):
             remaining, t_star, y_star, s_eval, ok = carry
-            # One remaining neuron from each of `chunk` contiguous groups (index n:
-            # none left in the group).
-            rem = jnp.pad(remaining, (0, chunk * group - n)).reshape(chunk, group)
-            first = jnp.argmax(rem, axis=1)
-            idx = jnp.arange(chunk) * group + first
-            idx = jnp.where(jnp.any(rem, axis=1), idx, n)
+            # The first `chunk` remaining neurons (index n: no neuron).
+            idx = _first_lanes(remaining, chunk)
             real = idx < n
             out = locate(jnp.minimum(idx, n - 1), real)
 

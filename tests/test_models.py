@@ -77,6 +77,21 @@ def test_adex_against_scipy():
     assert steps[0] < steps[-1] / 3
 
 
+@pytest.mark.parametrize("n, size", [(1, 1), (300, 64), (1000, 512), (4096, 128)])
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.5, 1.0])
+def test_first_lanes_picks_crossing_neurons_in_order(n, size, density):
+    """The subset of crossing neurons searched together: the first `size` of them,
+    in order, padded with `n`."""
+    from snode_jax._integrate import _first_lanes
+
+    rng = np.random.default_rng(n + size)
+    mask = rng.random(n) < density
+    got = np.asarray(jax.jit(_first_lanes, static_argnums=1)(jnp.asarray(mask), size))
+    expected = np.flatnonzero(mask)[:size]
+    np.testing.assert_array_equal(got[: len(expected)], expected)
+    np.testing.assert_array_equal(got[len(expected) :], n)
+
+
 def test_large_population_crossings_located_in_subsets():
     """1024 AdEx neurons: crossings are located on subsets of the population, several
     per step. Neurons come in runs of four identical ones (same current), which

@@ -446,6 +446,8 @@ def _adaptive_interval(
             0.0,
             jnp.where(out.accept, jnp.maximum(h_big, lax.stop_gradient(t1 - t)), h_big),
         )
+        # The last accepted step and its error, for the predictive controller; a
+        # reset starts a new history.
         prev = jax.tree.map(
             lambda new, old: jnp.where(
                 out.crossed, 0.0, jnp.where(out.accept, new, old)

@@ -292,10 +292,11 @@ def adaptive_step(
     Given the last accepted step (`h_prev`, `error_prev`), an accepted step's
     successor is also kept within the predictive (Gustafsson) controller's proposal
     `h * 0.9 (h / h_prev) (error_prev / error_norm^2) ** (1 / error_order)` (with
-    `error_prev` floored at 1e-2), which assumes that `error_norm / h^error_order` keeps changing
-    by the ratio it changed over the last step. On an accelerating upswing (AdEx,
-    Izhikevich, QIF before a spike) the standard controller alone overshoots every
-    other step; the predictive one avoids most of those rejections.
+    `error_prev` floored at 1e-2), which assumes that `error_norm / h^error_order`
+    keeps changing by the ratio it changed over the last step. On an accelerating
+    upswing (AdEx, Izhikevich, QIF before a spike) the standard controller alone
+    overshoots every other step; the predictive one avoids most of those rejections.
+    The growth factor is computed in single precision (it is a heuristic).
 
     **Arguments:**
 
@@ -338,7 +339,7 @@ def adaptive_step(
     k = solver.error_order
     # The factor is a heuristic: its powers are taken as exp(log) in single
     # precision, several times cheaper on CPU than a double-precision power, per
-    # neuron and step. (err = 0 gives +inf, so growth 10; err = inf gives 0.)
+    # neuron and step. (err = 0 gives growth 10, err = inf the floor 0.2.)
     log_err = jnp.log(err.astype(jnp.float32))
     exponent = -log_err / k
     if error_prev is not None:

@@ -224,57 +224,67 @@ def test_adaptive_step_grows_small_error_steps_within_dt_max():
     np.testing.assert_allclose(prop.h_next, 0.02)
 
 
+def _standard_and_predictive(err, h, h_prev, error_prev):
+    """Both controllers' proposals (factor clipped to [0.2, 10]), as documented."""
+    err, h, h_prev = np.asarray(err), np.asarray(h), np.asarray(h_prev)
+    e0 = np.maximum(np.asarray(error_prev), 1e-2)
+    standard = 0.9 * err ** (-1 / 5)
+    predictive = 0.9 * (h / h_prev) * (e0 / err**2) ** (1 / 5)
+    return standard, predictive
+
+
 def test_adaptive_step_predictive_controller():
     """With the last accepted step given, an accepted step's successor is the smaller
     of the standard and the predictive (Gustafsson) proposals; a rejected step's is
     the standard one."""
     dyn, t, y, current = _problem()
-    h = jnp.array([0.15, 0.05, 3.0])
     kwargs = dict(rtol=1e-6, atol=1e-6, dt_min=1e-6, dt_max=np.inf)
-    plain = sj.adaptive_step(dyn, sj.Dopri5(), t, y, current, h, **kwargs)
-    h_prev = jnp.array([0.15, 0.05, 0.05])
-    error_prev = jnp.array([1e-2, 0.5, 0.5])
-    pred = sj.adaptive_step(
-        dyn,
-        sj.Dopri5(),
-        t,
-        y,
-        current,
-        h,
-        h_prev=h_prev,
-        error_prev=error_prev,
-        **kwargs,
-    )
+
+    def propose(y, h, h_prev=None, error_prev=None):
+        history = {}
+        if h_prev is not None:
+            history = dict(h_prev=jnp.array(h_prev), error_prev=jnp.array(error_prev))
+        return sj.adaptive_step(
+            dyn, sj.Dopri5(), t, y, current, jnp.array(h), **kwargs, **history
+        )
+
+    # Accepted steps. Lane 0: the error per h^5 grew since the last step (of another
+    # size): the predictive proposal is the smaller. Lane 1: it fell: the standard
+    # one is. Lane 2: a previous error below the 1e-2 floor, which decides.
+    h, h_prev, error_prev = [0.2, 0.15, 0.5], [0.25, 0.3, 0.5], [0.05, 0.5, 1e-4]
+    plain = propose(y, h)
+    pred = propose(y, h, h_prev, error_prev)
     err = np.asarray(pred.error_norm)
-    accept = np.asarray(pred.accept)
-    assert accept[:2].all() and not accept[2]  # the large step is rejected
     np.testing.assert_array_equal(err, np.asarray(plain.error_norm))
-    standard = np.asarray(h) * np.clip(0.9 * err ** (-1 / 5), 0.2, 10)
-    e0 = np.maximum(np.asarray(error_prev), 1e-2)
-    predictive = (
-        np.asarray(h)
-        * 0.9
-        * (np.asarray(h) / np.asarray(h_prev))
-        * (e0 / err**2) ** 0.2
-    )
-    expected = np.where(
-        accept,
-        np.minimum(standard, np.maximum(predictive, 0.2 * np.asarray(h))),
-        standard,
-    )
+    assert np.all(np.asarray(pred.accept))
+    standard, predictive = _standard_and_predictive(err, h, h_prev, error_prev)
+    # Neither proposal is clipped, so the comparison is decided by the controller.
+    assert np.all((standard > 0.2) & (standard < 10))
+    assert np.all((predictive > 0.2) & (predictive < 10))
+    assert predictive[0] < standard[0] and predictive[1] > standard[1]
+    assert predictive[2] < standard[2]
+    unfloored = 0.9 * (0.5 / 0.5) * (1e-4 / err[2] ** 2) ** 0.2
+    assert unfloored < 0.9 * predictive[2]
     # The factor is computed in single precision.
-    np.testing.assert_allclose(pred.h_next, expected, rtol=1e-6)
-    np.testing.assert_allclose(plain.h_next, standard, rtol=1e-6)
-    # Lane 0: the error grew from 1e-2 at the same step: the predictive proposal is
-    # the smaller one. Lane 1: the error fell: the standard one is.
-    assert pred.h_next[0] < plain.h_next[0]
-    assert pred.h_next[1] == plain.h_next[1]
-    # No history (zeros, as after a reset): the standard controller alone.
-    zero = jnp.zeros(3)
-    none = sj.adaptive_step(
-        dyn, sj.Dopri5(), t, y, current, h, h_prev=zero, error_prev=zero, **kwargs
+    np.testing.assert_allclose(plain.h_next, np.asarray(h) * standard, rtol=1e-6)
+    np.testing.assert_allclose(
+        pred.h_next, np.asarray(h) * np.minimum(standard, predictive), rtol=1e-6
     )
-    np.testing.assert_array_equal(none.h_next, plain.h_next)
+    # No history (zeros, as after a reset): the standard controller alone.
+    zero = [0.0, 0.0, 0.0]
+    np.testing.assert_array_equal(propose(y, h, zero, zero).h_next, plain.h_next)
+
+    # Lane 0: a rejected step whose predictive proposal would be smaller: the
+    # standard one. Lane 1: a non-finite error: the smallest factor, 0.2.
+    h, h_prev, error_prev = [0.3, 0.1, 0.1], [1.0, 0.1, 0.1], [0.5, 0.5, 0.5]
+    y_bad = sj.LIFState(y.v.at[1].set(jnp.nan))
+    pred = propose(y_bad, h, h_prev, error_prev)
+    err = np.asarray(pred.error_norm)
+    assert not pred.accept[0] and np.isnan(err[1])
+    standard, predictive = _standard_and_predictive(err, h, h_prev, error_prev)
+    assert max(predictive[0], 0.2) < standard[0]  # the gate decides
+    np.testing.assert_allclose(pred.h_next[0], 0.3 * standard[0], rtol=1e-6)
+    np.testing.assert_allclose(pred.h_next[1], 0.1 * 0.2, rtol=1e-6)
 
 
 def _upswing_attempts(use_history):

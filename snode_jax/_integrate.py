@@ -441,19 +441,16 @@ def _adaptive_interval(
         # near the largest one it took before the spike, not from the small one
         # that crossed the upswing (the controller rejects it if it is too large).
         h_new = jnp.where(out.crossed, jnp.maximum(h_new, _RESTART * h_big), h_new)
-        h_big = jnp.where(
-            out.crossed,
-            0.0,
-            jnp.where(out.accept, jnp.maximum(h_big, lax.stop_gradient(t1 - t)), h_big),
-        )
-        # The last accepted step and its error, for the predictive controller; a
-        # reset starts a new history.
-        prev = jax.tree.map(
+        # Each neuron's step history since its last reset (a reset clears it): the
+        # largest accepted step, for the restart above, and the last one with its
+        # error, for the predictive controller.
+        taken = lax.stop_gradient(t1 - t)
+        h_big, prev = jax.tree.map(
             lambda new, old: jnp.where(
                 out.crossed, 0.0, jnp.where(out.accept, new, old)
             ),
-            (lax.stop_gradient(t1 - t), out.error_norm),
-            prev,
+            (jnp.maximum(h_big, taken), (taken, out.error_norm)),
+            (h_big, prev),
         )
         if buffer is not None:
             buffer = buffer.record(out.crossed, t_start + t_star)

@@ -73,6 +73,22 @@ def measure(fwd, grad, layer, x, reps):
     )
 
 
+def probe_counts(sol):
+    """Total spikes and solver steps of a run, and the spike buffer size that holds
+    every neuron's spikes (at least 1)."""
+    spikes = int(np.sum(np.asarray(sol.num_spikes)))
+    steps = int(np.sum(np.asarray(sol.stats["num_steps"])))
+    return spikes, steps, max(int(np.max(np.asarray(sol.num_spikes))), 1)
+
+
+def row(dtype_name, n_intervals, drive, probed, fwd, grad, layer, x, reps):
+    """One table row: the configuration, the probe's counts and the measurements."""
+    t_f, t_g, *rest = measure(fwd, grad, layer, x, reps)
+    r = (dtype_name, n_intervals, drive, *probed, t_f * 1e3, t_g * 1e3, *rest)
+    print(r, flush=True)
+    return r
+
+
 def run(configs, reps):
     rows = []
     for dtype in (np.float32, np.float64):
@@ -88,26 +104,14 @@ def run(configs, reps):
             x = (rng.standard_normal((n_intervals, N_INPUTS)) * 0.5 + drive).astype(
                 dtype
             )
-            sol = probe.simulate(x, INTERVAL, max_spikes=0, throw=False)
-            max_spikes = max(int(np.max(np.asarray(sol.num_spikes))), 1)
-            spikes = int(np.sum(np.asarray(sol.num_spikes)))
-            steps = int(np.sum(np.asarray(sol.stats["num_steps"])))
-            layer, x, fwd, grad = make(n_intervals, drive, dtype, max_spikes)
-            t_f, t_g, *rest = measure(fwd, grad, layer, x, reps)
-            rows.append(
-                (
-                    np.dtype(dtype).name,
-                    n_intervals,
-                    drive,
-                    spikes,
-                    steps,
-                    max_spikes,
-                    t_f * 1e3,
-                    t_g * 1e3,
-                    *rest,
-                )
+            probed = probe_counts(
+                probe.simulate(x, INTERVAL, max_spikes=0, throw=False)
             )
-            print(rows[-1], flush=True)
+            layer, x, fwd, grad = make(n_intervals, drive, dtype, probed[2])
+            name = np.dtype(dtype).name
+            rows.append(
+                row(name, n_intervals, drive, probed, fwd, grad, layer, x, reps)
+            )
     return rows
 
 
@@ -146,10 +150,8 @@ def run_adaptive(configs, reps):
         weight = rng.uniform(0.0, 50.0, (N_NEURONS, N_INPUTS))  # ~600 pA on average
         layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, dtype))
         x = jnp.asarray(rng.uniform(0.5, 1.0, (n_intervals, N_INPUTS)), dtype)
-        sol = layer.simulate(x, interval, max_spikes=0, throw=False)
-        max_spikes = max(int(np.max(np.asarray(sol.num_spikes))), 1)
-        spikes = int(np.sum(np.asarray(sol.num_spikes)))
-        steps = int(np.sum(np.asarray(sol.stats["num_steps"])))
+        probed = probe_counts(layer.simulate(x, interval, max_spikes=0, throw=False))
+        max_spikes = probed[2]
 
         def loss(layer, x, interval=interval, max_spikes=max_spikes):
             sol = layer.simulate(x, interval, max_spikes=max_spikes)
@@ -159,21 +161,9 @@ def run_adaptive(configs, reps):
 
         fwd = eqx.filter_jit(loss)
         grad = eqx.filter_jit(eqx.filter_value_and_grad(loss))
-        t_f, t_g, *rest = measure(fwd, grad, layer, x, reps)
         rows.append(
-            (
-                "float64",
-                n_intervals,
-                interval,
-                spikes,
-                steps,
-                max_spikes,
-                t_f * 1e3,
-                t_g * 1e3,
-                *rest,
-            )
+            row("float64", n_intervals, interval, probed, fwd, grad, layer, x, reps)
         )
-        print(rows[-1], flush=True)
     return rows
 
 

@@ -1,10 +1,20 @@
 """Spiking neural ODEs in JAX: exact spike times with adaptive event-driven solvers."""
 
 from ._adex import AdExDynamics as AdExDynamics, AdExState as AdExState
+from ._adjoint import (
+    AbstractAdjoint as AbstractAdjoint,
+    ClosedFormAdjoint as ClosedFormAdjoint,
+    RerunAdjoint as RerunAdjoint,
+)
+from ._controller import (
+    PredictiveController as PredictiveController,
+    PredictiveState as PredictiveState,
+)
 from ._cuba import CubaLIFDynamics as CubaLIFDynamics, CubaLIFState as CubaLIFState
 from ._dynamics import (
     AbstractClosedFormDynamics as AbstractClosedFormDynamics,
     AbstractDynamics as AbstractDynamics,
+    AbstractExactFlowDynamics as AbstractExactFlowDynamics,
     IntervalReplay as IntervalReplay,
 )
 from ._integrate import integrate as integrate
@@ -13,23 +23,29 @@ from ._izhikevich import (
     IzhikevichDynamics as IzhikevichDynamics,
     IzhikevichState as IzhikevichState,
 )
-from ._layer import OnlineLayer as OnlineLayer, SpikingODELayer as SpikingODELayer
+from ._layer import SpikingODELayer as SpikingODELayer
 from ._lif import (
     LIFState as LIFState,
     ODELIFDynamics as ODELIFDynamics,
     lif_vector_field as lif_vector_field,
 )
+from ._online import OnlineLayer as OnlineLayer
 from ._qif import QIFDynamics as QIFDynamics, QIFState as QIFState
-from ._root_find import bisect_crossing as bisect_crossing
-from ._solution import RESULTS as RESULTS, Solution as Solution
-from ._solver import (
+from ._root_find import (
+    BracketedNewton as BracketedNewton,
+    bisect_crossing as bisect_crossing,
+)
+from ._runge_kutta import (
     AbstractRungeKutta as AbstractRungeKutta,
-    AbstractSolver as AbstractSolver,
     Bosh3 as Bosh3,
     Dopri5 as Dopri5,
-    Exact as Exact,
-    StepProposal as StepProposal,
     Tsit5 as Tsit5,
+)
+from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solver import (
+    Exact as Exact,
+    ExactFlow as ExactFlow,
+    StepProposal as StepProposal,
     adaptive_step as adaptive_step,
 )
 from ._surrogate import (

@@ -107,10 +107,15 @@ class AdExDynamics(AbstractDynamics):
         v = jnp.broadcast_to(self.v_reset, y.v.shape).astype(y.v.dtype)
         return AdExState(v, y.w + self.b)
 
-    def invalid(self, y: AdExState):
-        bad = jnp.zeros((), bool)
-        for name in ("C", "g_L", "Delta_T", "tau_w"):
-            bad = bad | jnp.any(getattr(self, name) <= 0)
-        bad = bad | jnp.any(self.v_reset >= self.v_peak)
-        bad = bad | jnp.any(self.V_T >= self.v_peak)
-        return bad | jnp.any(y.v >= self.v_peak)
+    def voltage(self, y: AdExState):
+        return y.v
+
+    def constraints(self, y: AdExState):
+        out = {
+            f"{name} > 0": jnp.all(getattr(self, name) > 0)
+            for name in ("C", "g_L", "Delta_T", "tau_w")
+        }
+        out["v_reset < v_peak"] = jnp.all(self.v_reset < self.v_peak)
+        out["V_T < v_peak"] = jnp.all(self.V_T < self.v_peak)
+        out["initial v < v_peak"] = jnp.all(y.v < self.v_peak)
+        return out

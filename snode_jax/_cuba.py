@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import NeuronFloat, RealScalarLike
-from ._dynamics import AbstractDynamics
+from ._dynamics import AbstractExactFlowDynamics
 from ._misc import describe
 from ._params import as_param, check_below, check_params
 
@@ -23,7 +23,7 @@ class CubaLIFState(eqx.Module):
     i_syn: NeuronFloat
 
 
-class CubaLIFDynamics(AbstractDynamics):
+class CubaLIFDynamics(AbstractExactFlowDynamics):
     """Current-based LIF:
 
     ```
@@ -50,7 +50,6 @@ class CubaLIFDynamics(AbstractDynamics):
     v_reset: Float[Array, "*n"]
     C_mem: Float[Array, "*n"]
 
-    has_exact_flow: ClassVar[bool] = True
     parameter_names: ClassVar[tuple[str, ...]] = (
         "tau_mem",
         "tau_syn",
@@ -129,8 +128,15 @@ class CubaLIFDynamics(AbstractDynamics):
         ok = ok & (t_peak > 0) & (t_peak < h)
         return jnp.where(ok, t_peak, h), ok
 
-    def invalid(self, y: CubaLIFState):
-        bad = jnp.any(self.tau_mem <= 0) | jnp.any(self.tau_syn <= 0)
-        bad = bad | jnp.any(self.C_mem <= 0) | jnp.any(self.tau_mem == self.tau_syn)
-        bad = bad | jnp.any(self.v_reset >= self.v_threshold)
-        return bad | jnp.any(y.v >= self.v_threshold)
+    def voltage(self, y: CubaLIFState):
+        return y.v
+
+    def constraints(self, y: CubaLIFState):
+        return {
+            "tau_mem > 0": jnp.all(self.tau_mem > 0),
+            "tau_syn > 0": jnp.all(self.tau_syn > 0),
+            "tau_syn != tau_mem": jnp.all(self.tau_mem != self.tau_syn),
+            "C_mem > 0": jnp.all(self.C_mem > 0),
+            "v_reset < v_threshold": jnp.all(self.v_reset < self.v_threshold),
+            "initial v < v_threshold": jnp.all(y.v < self.v_threshold),
+        }

@@ -16,15 +16,20 @@ class AbstractDynamics(eqx.Module):
 
     A model is a vector field for the membrane state between spikes, a threshold
     function whose upward zero crossing is a spike, and a reset map applied at that
-    instant. Parameters are array fields (trainable), scalar or one per neuron.
-    The solver needs nothing else; models whose flow is known in closed form may
-    also implement [`AbstractDynamics.exact_flow`][].
+    instant; the Runge-Kutta solvers (and their gradients) need nothing else.
+    Parameters are array fields (trainable). Those named in `parameter_names` are
+    per-neuron parameters: each a scalar or one value per neuron, and the library
+    splits, batches and compacts them along the neuron axis; any other array field
+    is shared by the whole population as it is.
 
     The current `current` seen by every method is the layer's input current,
     `weight @ x_k`, held constant over the interval.
+
+    Models whose flow is known in closed form subclass
+    [`AbstractExactFlowDynamics`][] instead, and those whose spikes are too
+    [`AbstractClosedFormDynamics`][].
     """
 
-    has_exact_flow: ClassVar[bool] = False
     parameter_names: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
@@ -45,16 +50,37 @@ class AbstractDynamics(eqx.Module):
     def reset(self, y: State) -> State:
         """The state just after a spike, given the state at the crossing."""
 
-    def exact_flow(self, y: State, current: NeuronFloat, h: NeuronFloat) -> State:
-        """The state after time `h` (ms) with constant `current` and no spike.
+    @abc.abstractmethod
+    def voltage(self, y: State) -> NeuronFloat:
+        """The membrane voltage in the state `y`."""
 
-        Only models with `has_exact_flow = True` implement it.
-        """
-        raise NotImplementedError(f"{type(self).__name__} has no exact flow.")
+    @abc.abstractmethod
+    def constraints(self, y: State) -> dict[str, Bool[Array, ""]]:
+        """Traced checks of the parameters and of the state `y`: each entry maps a
+        condition, written for the user (such as `"tau_mem > 0"`), to whether it
+        holds. A run whose condition fails reports `RESULTS.invalid_parameters`,
+        and with `throw=True` raises an error that names the condition."""
+
+    def check_solver(self, solver) -> None:
+        """Raise `ValueError` if the model cannot be integrated with `solver`
+        (every solver works unless a model says otherwise)."""
+        del solver
 
     def astype(self, dtype) -> "AbstractDynamics":
         """A copy with every parameter cast to `dtype`."""
         return jax.tree.map(lambda p: p.astype(dtype), self)
+
+    def per_neuron_mask(self) -> PyTree[bool]:
+        """The model's structure with `True` at the leaves of the per-neuron
+        parameters (`parameter_names`) and `False` elsewhere."""
+        names = set(self.parameter_names)
+
+        def is_per_neuron(path, _):
+            return isinstance(path[0], jax.tree_util.GetAttrKey) and (
+                path[0].name in names
+            )
+
+        return jax.tree_util.tree_map_with_path(is_per_neuron, self)
 
     def check_n_neurons(self, n_neurons: int) -> None:
         """Raise `ValueError` unless every parameter named in `parameter_names` is a
@@ -69,29 +95,32 @@ class AbstractDynamics(eqx.Module):
                     f"neuron), got shape {shape}."
                 )
 
-    def peak_in_step(self, y: State, current: NeuronFloat, h: NeuronFloat):
-        """Optional, for models with an exact flow that is not monotone within a step:
-        `(t_peak, has_peak)`, the time (from the step start) of an interior maximum
-        of the threshold function in `(0, h)`, so that a crossing that goes up and
-        back down within the step is not missed. `None`: the end point test suffices
-        (monotone flows such as the LIF)."""
-        return None
-
-    @abc.abstractmethod
-    def invalid(self, y: State) -> Bool[Array, ""]:
-        """Traced check: True when the parameters or the state `y` are invalid."""
-
-    @property
-    def closed_form_only(self) -> bool:
-        """True when the model (as configured) runs on the closed-form solver only."""
-        return False
-
     def parameters(self) -> PyTree[Array]:
         """The trainable parameters (used for the finiteness check)."""
         return eqx.filter(self, eqx.is_array)
 
 
-class AbstractClosedFormDynamics(AbstractDynamics):
+class AbstractExactFlowDynamics(AbstractDynamics):
+    """A model whose flow under constant input is known in closed form. It can run
+    on the [`Exact`][] solver: steps span the whole interval, and crossings are
+    located on the exact flow.
+    """
+
+    @abc.abstractmethod
+    def exact_flow(self, y: State, current: NeuronFloat, h: NeuronFloat) -> State:
+        """The state after time `h` (ms) with constant `current` and no spike."""
+
+    @abc.abstractmethod
+    def peak_in_step(
+        self, y: State, current: NeuronFloat, h: NeuronFloat
+    ) -> tuple[NeuronFloat, NeuronBool]:
+        """`(t_peak, has_peak)`: the time (ms from the step start) of an interior
+        maximum of the threshold function in `(0, h)`, and whether there is one, so
+        that a crossing that goes up and back down within a step is not missed. A
+        monotone flow (the LIF) has none."""
+
+
+class AbstractClosedFormDynamics(AbstractExactFlowDynamics):
     """Dynamics whose spikes within an interval of constant input have closed form.
 
     The solver walks through the events of one interval with these methods, so
@@ -110,8 +139,6 @@ class AbstractClosedFormDynamics(AbstractDynamics):
     The class is for one-dimensional models with a fixed reset, whose spikes under
     constant input are periodic after the first one.
     """
-
-    has_exact_flow: ClassVar[bool] = True
 
     @abc.abstractmethod
     def max_event_span(self) -> Float[Array, ""]:

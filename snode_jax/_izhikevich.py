@@ -92,6 +92,12 @@ class IzhikevichDynamics(AbstractDynamics):
         v = jnp.broadcast_to(self.c, y.v.shape).astype(y.v.dtype)
         return IzhikevichState(v, y.u + self.d)
 
-    def invalid(self, y: IzhikevichState):
-        bad = jnp.any(self.a <= 0) | jnp.any(self.c >= self.v_peak)
-        return bad | jnp.any(y.v >= self.v_peak)
+    def voltage(self, y: IzhikevichState):
+        return y.v
+
+    def constraints(self, y: IzhikevichState):
+        return {
+            "a > 0": jnp.all(self.a > 0),
+            "c < v_peak": jnp.all(self.c < self.v_peak),
+            "initial v < v_peak": jnp.all(y.v < self.v_peak),
+        }

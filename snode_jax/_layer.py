@@ -1,18 +1,22 @@
 """Trainable spiking layers built on the integration loop."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._controller import PredictiveController
 from ._custom_types import Counts, State
-from ._dynamics import AbstractDynamics
-from ._integrate import integrate, uses_closed_form
+from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
+from ._integrate import integrate
 from ._lif import ODELIFDynamics
 from ._misc import check_interval, check_positive_float, check_positive_int, is_concrete
-from ._solution import RESULTS, Solution
-from ._solver import AbstractSolver, Exact, default_solver
+from ._root_find import BracketedNewton
+from ._runge_kutta import AbstractRungeKutta, Dopri5
+from ._solution import Solution
+from ._solver import Exact, ExactFlow, make_stepper
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 
@@ -30,17 +34,24 @@ class SpikingODELayer(eqx.Module):
     - `n_inputs`, `n_neurons`: layer sizes (positive ints).
     - `dynamics`: the neuron model; default `ODELIFDynamics()`.
     - `dt_init`: the first step of each interval (ms), for solvers that control their
-        step size. Each interval starts afresh because its input jumps.
-    - `dt_min`: the smallest step the controller may take (ms); `0 < dt_min <= dt_init`.
-        Spike-time precision does not depend on it: crossings are located by a
-        search with its own, much tighter, tolerance.
+        step size (default 0.1). Each interval starts afresh because its input jumps.
+    - `dt_min`: the smallest step the controller may take (ms, default 0.001);
+        `0 < dt_min <= dt_init`. Spike-time precision does not depend on it:
+        crossings are located by a search with its own, much tighter, tolerance.
     - `dt_max`: the largest controlled step (ms); default unbounded.
     - `solver`: default the best the model allows: [`Exact`][] for models with a
-        closed-form flow (the LIF), else [`Dopri5`][].
-    - `rtol`, `atol`: error tolerances of a Runge-Kutta solver.
+        closed-form flow (the LIF, CubaLIF), else [`Dopri5`][]. [`Tsit5`][] and
+        [`Bosh3`][] too; and any diffrax solver with an error estimate
+        (`diffrax.Tsit5()`, `Dopri8()`, the implicit `Kvaerno5()`, ...), stepped
+        per neuron (slower per step than this library's own pairs).
+    - `rtol`, `atol`: error tolerances of a Runge-Kutta solver (default 1e-6, 1e-8).
+    - `stepsize_controller`: a [`PredictiveController`][] holding all of the above
+        step settings at once (then give none of `dt_init`, `dt_min`, `dt_max`,
+        `rtol`, `atol`).
     - `max_steps`: step budget per neuron per interval (the closed-form LIF path
         takes one step per spike plus one).
-    - `max_root_iters`: iteration budget of the crossing search.
+    - `max_root_iters`: iteration budget of the crossing search (default 200); or
+    - `root_finder`: a [`BracketedNewton`][] (then no `max_root_iters`).
     - `surrogate`: the surrogate derivative given to spike counts (their values stay
         exact): [`ArctanSurrogate`][] (default), [`SigmoidSurrogate`][] or
         [`FastSigmoidSurrogate`][]. Spike times and voltages are differentiated
@@ -51,63 +62,61 @@ class SpikingODELayer(eqx.Module):
     **Raises:**
 
     `ValueError`/`TypeError` for non-positive sizes or step bounds, `dt_min > dt_init`,
-    or dynamics parameters whose shape is neither scalar nor `(n_neurons,)`.
+    a solver the model cannot use, or dynamics parameters whose shape is neither
+    scalar nor `(n_neurons,)`.
     """
 
     weight: Float[Array, "n_neurons n_inputs"]
     dynamics: AbstractDynamics
-    solver: AbstractSolver
+    solver: Exact | ExactFlow | AbstractRungeKutta | diffrax.AbstractAdaptiveSolver
+    stepsize_controller: PredictiveController
+    root_finder: BracketedNewton
     surrogate: AbstractSurrogate
     n_inputs: int = eqx.field(static=True)
     n_neurons: int = eqx.field(static=True)
-    dt_init: float = eqx.field(static=True)
-    dt_min: float = eqx.field(static=True)
-    dt_max: float = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
-    max_root_iters: int = eqx.field(static=True)
 
     def __init__(
         self,
         n_inputs: int,
         n_neurons: int,
         dynamics: AbstractDynamics | None = None,
-        dt_init: float = 0.1,
-        dt_min: float = 0.001,
+        dt_init: float | None = None,
+        dt_min: float | None = None,
         *,
         dt_max: float | None = None,
-        solver: AbstractSolver | None = None,
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
+        solver=None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        stepsize_controller: PredictiveController | None = None,
         max_steps: int = 4096,
-        max_root_iters: int = 200,
+        max_root_iters: int | None = None,
+        root_finder: BracketedNewton | None = None,
         surrogate: AbstractSurrogate | None = None,
         dtype=None,
         key: PRNGKeyArray,
     ):
         self.n_inputs = check_positive_int("n_inputs", n_inputs)
         self.n_neurons = check_positive_int("n_neurons", n_neurons)
-        self.dt_init = check_positive_float("dt_init", dt_init, " (ms)")
-        self.dt_min = check_positive_float("dt_min", dt_min, " (ms)")
-        if self.dt_min > self.dt_init:
-            raise ValueError(
-                f"`dt_min` must be <= `dt_init`, got dt_min={dt_min!r} and "
-                f"dt_init={dt_init!r}."
-            )
-        if dt_max is None:
-            self.dt_max = float("inf")
-        else:
-            self.dt_max = check_positive_float("dt_max", dt_max, " (ms)")
-            if self.dt_max < self.dt_init:
-                raise ValueError(
-                    f"`dt_max` must be >= `dt_init`, got dt_max={dt_max!r} and "
-                    f"dt_init={dt_init!r}."
-                )
-        self.rtol = check_positive_float("rtol", rtol)
-        self.atol = check_positive_float("atol", atol)
+        self.stepsize_controller = _controller(
+            stepsize_controller, dt_init, dt_min, dt_max, rtol, atol
+        )
         self.max_steps = check_positive_int("max_steps", max_steps)
-        self.max_root_iters = check_positive_int("max_root_iters", max_root_iters)
+        if root_finder is None:
+            iters = 200 if max_root_iters is None else max_root_iters
+            root_finder = BracketedNewton(
+                max_steps=check_positive_int("max_root_iters", iters)
+            )
+        elif max_root_iters is not None:
+            raise ValueError(
+                "Give `max_root_iters` or `root_finder`, not both: got "
+                f"max_root_iters={max_root_iters!r} and root_finder={root_finder!r}."
+            )
+        if not isinstance(root_finder, BracketedNewton):
+            raise TypeError(
+                f"`root_finder` must be a BracketedNewton, got {root_finder!r}."
+            )
+        self.root_finder = root_finder
         if dynamics is None:
             dynamics = ODELIFDynamics()
         if not isinstance(dynamics, AbstractDynamics):
@@ -118,22 +127,18 @@ class SpikingODELayer(eqx.Module):
         dynamics.check_n_neurons(self.n_neurons)
         self.dynamics = dynamics
         if solver is None:
-            solver = default_solver(dynamics)
-        if not isinstance(solver, AbstractSolver):
-            raise TypeError(
-                f"`solver` must be an AbstractSolver, got {type(solver).__name__}."
-            )
-        if isinstance(solver, Exact) and not dynamics.has_exact_flow:
+            exact = isinstance(dynamics, AbstractExactFlowDynamics)
+            solver = Exact() if exact else Dopri5()
+        make_stepper(solver)  # raises for a solver that cannot serve
+        if isinstance(solver, (Exact, ExactFlow)) and not isinstance(
+            dynamics, AbstractExactFlowDynamics
+        ):
             raise ValueError(
                 f"`solver` {type(solver).__name__} needs an exact flow, which "
-                f"{type(dynamics).__name__} does not provide; use Dopri5() or Bosh3()."
+                f"{type(dynamics).__name__} does not provide (it is no "
+                "AbstractExactFlowDynamics); use Dopri5() or Tsit5()."
             )
-        if dynamics.closed_form_only and not uses_closed_form(dynamics, solver):
-            raise ValueError(
-                f"This {type(dynamics).__name__} (with a refractory period `t_ref`) "
-                "runs on the closed-form solver only: use solver=Exact() (the "
-                f"default), got {solver!r}."
-            )
+        dynamics.check_solver(solver)
         self.solver = solver
         if surrogate is None:
             surrogate = ArctanSurrogate()
@@ -150,6 +155,31 @@ class SpikingODELayer(eqx.Module):
         self.weight = std * jax.random.normal(
             key, (self.n_neurons, self.n_inputs), dtype
         )
+
+    # The step settings, as the layer's arguments name them.
+    @property
+    def dt_init(self) -> float:
+        return self.stepsize_controller.dt0
+
+    @property
+    def dt_min(self) -> float:
+        return self.stepsize_controller.dtmin
+
+    @property
+    def dt_max(self) -> float:
+        return self.stepsize_controller.dtmax
+
+    @property
+    def rtol(self) -> float:
+        return self.stepsize_controller.rtol
+
+    @property
+    def atol(self) -> float:
+        return self.stepsize_controller.atol
+
+    @property
+    def max_root_iters(self) -> int:
+        return self.root_finder.max_steps
 
     # -- helpers -------------------------------------------------------------------
 
@@ -191,27 +221,21 @@ class SpikingODELayer(eqx.Module):
         check_interval(interval)
         inputs = self._check_inputs(inputs)
         state = self.init_state() if state is None else self._check_state(state)
-        sol = _integrate_jit(
+        return _integrate_jit(
             self.dynamics,
             self.solver,
             self.weight,
             inputs,
             jnp.asarray(interval),
             state,
-            max_spikes=max_spikes,
+            stepsize_controller=self.stepsize_controller,
+            root_finder=self.root_finder,
             max_steps=self.max_steps,
-            dt_init=self.dt_init,
-            dt_min=self.dt_min,
-            dt_max=self.dt_max,
-            rtol=self.rtol,
-            atol=self.atol,
-            max_root_iters=self.max_root_iters,
+            max_spikes=max_spikes,
             keep_interval_states=keep,
             surrogate=self.surrogate,
+            throw=throw,
         )
-        if throw:
-            sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
-        return sol
 
     # -- public API ----------------------------------------------------------------
 
@@ -300,47 +324,47 @@ class SpikingODELayer(eqx.Module):
 _integrate_jit = eqx.filter_jit(integrate)
 
 
-@eqx.filter_jit
-def _online_step(layer, state, x, interval):
-    # Module level: one compilation per layer structure, shared by every runner.
-    return layer.step(state, x, interval)
-
-
-class OnlineLayer:
-    """Stateful, step-by-step runner around a [`SpikingODELayer`][].
-
-    The step is compiled once per layer structure (on first use, shared by all
-    runners) and reused, so each call is cheap.
-
-    ```python
-    online = OnlineLayer(layer)
-    online.reset()
-    counts = online.step(x, interval=1.0)
-    online.voltage
-    ```
-    """
-
-    def __init__(self, layer: SpikingODELayer):
-        if not isinstance(layer, SpikingODELayer):
-            raise TypeError(
-                f"`layer` must be a SpikingODELayer, got {type(layer).__name__}."
+def _controller(controller, dt_init, dt_min, dt_max, rtol, atol):
+    """The layer's step controller, from its keyword settings or given whole."""
+    given = dict(dt_init=dt_init, dt_min=dt_min, dt_max=dt_max, rtol=rtol, atol=atol)
+    given = {k: v for k, v in given.items() if v is not None}
+    if controller is not None:
+        if given:
+            raise ValueError(
+                "Give the step settings either as `stepsize_controller` or as "
+                f"keywords, not both: got stepsize_controller and {sorted(given)}."
             )
-        self.layer = layer
-        self.state = layer.init_state()
-
-    def reset(self, state: State | None = None) -> None:
-        """Return to the resting state (or to `state`)."""
-        self.state = self.layer.init_state() if state is None else state
-
-    def step(self, x, interval: float = 1.0) -> Counts:
-        """Advance one interval with constant input `x`; returns the counts."""
-        check_interval(interval)  # here: inside the compiled step it is traced
-        x = jnp.asarray(x)  # its shape is checked by `layer.step` while tracing
-        dt = jnp.asarray(interval, self.layer.dtype)
-        self.state, counts = _online_step(self.layer, self.state, x, dt)
-        return counts
-
-    @property
-    def voltage(self) -> Float[Array, " n_neurons"]:
-        """Membrane voltage of every neuron now."""
-        return self.state.v
+        if not isinstance(controller, PredictiveController):
+            raise TypeError(
+                "`stepsize_controller` must be a PredictiveController (a diffrax "
+                "adaptive step-size controller with per-neuron steps), got "
+                f"{type(controller).__name__}."
+            )
+        return controller
+    dt_init = check_positive_float(
+        "dt_init", 0.1 if dt_init is None else dt_init, " (ms)"
+    )
+    dt_min = check_positive_float(
+        "dt_min", 0.001 if dt_min is None else dt_min, " (ms)"
+    )
+    if dt_min > dt_init:
+        raise ValueError(
+            f"`dt_min` must be <= `dt_init`, got dt_min={dt_min!r} and "
+            f"dt_init={dt_init!r}."
+        )
+    if dt_max is None:
+        dt_max = float("inf")
+    else:
+        dt_max = check_positive_float("dt_max", dt_max, " (ms)")
+        if dt_max < dt_init:
+            raise ValueError(
+                f"`dt_max` must be >= `dt_init`, got dt_max={dt_max!r} and "
+                f"dt_init={dt_init!r}."
+            )
+    return PredictiveController(
+        rtol=check_positive_float("rtol", 1e-6 if rtol is None else rtol),
+        atol=check_positive_float("atol", 1e-8 if atol is None else atol),
+        dtmin=dt_min,
+        dtmax=dt_max,
+        dt0=dt_init,
+    )

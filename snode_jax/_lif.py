@@ -11,6 +11,7 @@ from ._custom_types import NeuronFloat, RealScalarLike
 from ._dynamics import AbstractClosedFormDynamics, IntervalReplay
 from ._misc import describe
 from ._params import as_param, check_below, check_params
+from ._solver import Exact
 
 _Param = RealScalarLike | Float[ArrayLike, " n"]
 
@@ -139,9 +140,13 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
                     f"`t_ref` must be >= 0 (ms), got {describe(self.t_ref)}."
                 )
 
-    @property
-    def closed_form_only(self) -> bool:
-        return self.t_ref is not None
+    def check_solver(self, solver) -> None:
+        if self.t_ref is not None and not isinstance(solver, Exact):
+            raise ValueError(
+                f"This {type(self).__name__} (with a refractory period `t_ref`) runs "
+                "on the closed-form solver only: use solver=Exact() (the default), "
+                f"got {solver!r}."
+            )
 
     # -- interface -----------------------------------------------------------------
 
@@ -166,14 +171,25 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
             v_inf + (y.v - v_inf) * jnp.exp(-h / self.tau_mem), y.refractory
         )
 
-    def invalid(self, y: LIFState):
-        bad = jnp.any(self.tau_mem <= 0) | jnp.any(self.C_mem <= 0)
-        bad = bad | jnp.any(self.v_reset >= self.v_threshold)
+    def voltage(self, y: LIFState):
+        return y.v
+
+    def peak_in_step(self, y: LIFState, current, h):
+        # The flow is monotone: no interior maximum.
+        return h, jnp.zeros(jnp.shape(h), bool)
+
+    def constraints(self, y: LIFState):
+        out = {
+            "tau_mem > 0": jnp.all(self.tau_mem > 0),
+            "C_mem > 0": jnp.all(self.C_mem > 0),
+            "v_reset < v_threshold": jnp.all(self.v_reset < self.v_threshold),
+            "initial v < v_threshold": jnp.all(y.v < self.v_threshold),
+        }
         if self.t_ref is not None:
-            bad = bad | jnp.any(self.t_ref < 0)
+            out["t_ref >= 0"] = jnp.all(self.t_ref >= 0)
         if y.refractory is not None:
-            bad = bad | jnp.any(y.refractory < 0)
-        return bad | jnp.any(y.v >= self.v_threshold)
+            out["initial refractory time >= 0"] = jnp.all(y.refractory >= 0)
+        return out
 
     # -- closed-form events --------------------------------------------------------
 
@@ -216,6 +232,7 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
     def crossing_pending(self, ev: _LIFEvents):
         pending = (ev.u_threshold > 0) & (ev.s <= ev.u_threshold)
         if ev.blocked_start is not None:
+            assert ev.spike_block is not None
             pending = pending & ~(ev.blocked_start | ev.spike_block)
         return pending
 
@@ -228,6 +245,7 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         s = jnp.where(mask, ev.s * ev.gain, ev.s)
         if ev.spike_block is None:
             return eqx.tree_at(lambda e: e.s, ev, s)
+        assert ev.refractory_gain is not None and ev.block_ratio is not None
         # The refractory period outlasts the interval iff s * exp(t_ref/tau) >= u_th.
         now_blocked = mask & (ev.s * ev.refractory_gain >= ev.u_threshold)
         ratio = ev.s / jnp.where(ev.u_threshold > 0, ev.u_threshold, 1)
@@ -245,7 +263,9 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         v_free = ev.v_inf - ev.s
         if ev.spike_block is None:
             return LIFState(v_free)
-        assert self.t_ref is not None
+        assert self.t_ref is not None and ev.block_ratio is not None
+        assert ev.blocked_start is not None and ev.v_hold is not None
+        assert ev.rho_carry is not None
         # Blocked after a spike at t*: t_ref - (T - t*) = t_ref + tau log(ratio) left.
         ratio = jnp.where(ev.spike_block, ev.block_ratio, 1)
         after_spike = jnp.maximum(self.t_ref + ev.tau * jnp.log(ratio), 0)

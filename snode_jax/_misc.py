@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 def is_concrete(x) -> bool:
     """True when `x` holds a value now (not a tracer inside `jit`/`grad`/`vmap`)."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+    return not any(isinstance(leaf, Tracer) for leaf in jax.tree.leaves(x))
 
 
 def describe(x) -> str:

@@ -85,8 +85,14 @@ class QIFDynamics(AbstractDynamics):
     def reset(self, y: QIFState) -> QIFState:
         return QIFState(jnp.broadcast_to(self.v_reset, y.v.shape).astype(y.v.dtype))
 
-    def invalid(self, y: QIFState):
-        bad = jnp.any(self.tau_mem <= 0) | jnp.any(self.k <= 0)
-        bad = bad | jnp.any(self.v_rest >= self.v_critical)
-        bad = bad | jnp.any(self.v_reset >= self.v_peak)
-        return bad | jnp.any(y.v >= self.v_peak)
+    def voltage(self, y: QIFState):
+        return y.v
+
+    def constraints(self, y: QIFState):
+        return {
+            "tau_mem > 0": jnp.all(self.tau_mem > 0),
+            "k > 0": jnp.all(self.k > 0),
+            "v_rest < v_critical": jnp.all(self.v_rest < self.v_critical),
+            "v_reset < v_peak": jnp.all(self.v_reset < self.v_peak),
+            "initial v < v_peak": jnp.all(y.v < self.v_peak),
+        }

@@ -2,13 +2,67 @@
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 
 from ._custom_types import NeuronBool, NeuronFloat
+from ._misc import check_positive_int
 
-_UNROLLED = 0
+
+class BracketedNewton(eqx.Module):
+    """The crossing search of the adaptive path: per neuron, Newton's method inside
+    a bracket that is kept throughout, falling back to bisection (see
+    [`bisect_crossing`][]).
+
+    Not an `optimistix.AbstractRootFinder`: each neuron has its own bracket and its
+    own convergence, and the caller needs the final bracket's lower end too (the
+    state just below a crossing, when a step blew up past it), whereas
+    `optimistix.root_find` stops on one criterion for the whole problem.
+
+    **Arguments:**
+
+    - `rtol`: relative tolerance on the crossing time (default 0).
+    - `atol`: absolute tolerance (ms); default `None`, 4 ulp of the interval length
+        (machine precision for a spike time within the interval).
+    - `max_steps`: the iteration budget; an unconverged search is reported as
+        `RESULTS.crossing_search_failed`.
+    """
+
+    rtol: float = eqx.field(static=True, default=0.0)
+    atol: float | None = eqx.field(static=True, default=None)
+    max_steps: int = eqx.field(static=True, default=200)
+
+    def __check_init__(self):
+        check_positive_int("max_steps", self.max_steps)
+        if not self.rtol >= 0:
+            raise ValueError(f"`rtol` must be >= 0, got {self.rtol!r}.")
+        if self.atol is not None and not self.atol > 0:
+            raise ValueError(f"`atol` must be > 0 (ms) or None, got {self.atol!r}.")
+
+    def search(
+        self, fn, lower, upper, g_lower, g_upper, active, interval, value_and_slope=None
+    ):
+        """`(t, converged, below)`: the crossing (upper end of the final bracket),
+        whether the search converged, and the lower end of the final bracket.
+        `value_and_slope`, if given, returns `fn` and its slope (by default the slope
+        comes from forward-mode autodiff of `fn`)."""
+        atol = self.atol
+        if atol is None:
+            atol = 4 * jnp.finfo(lower.dtype).eps * interval
+        return _bracket_search(
+            fn,
+            lower,
+            upper,
+            g_lower,
+            g_upper,
+            active,
+            rtol=self.rtol,
+            atol=atol,
+            max_iters=self.max_steps,
+            value_and_slope=value_and_slope,
+        )
 
 
 def bisect_crossing(
@@ -70,13 +124,26 @@ def bisect_crossing(
 
 
 def _bracket_search(
-    fn, lower, upper, g_lower, g_upper, active, *, rtol, atol, max_iters
+    fn,
+    lower,
+    upper,
+    g_lower,
+    g_upper,
+    active,
+    *,
+    rtol,
+    atol,
+    max_iters,
+    value_and_slope=None,
 ):
     """[`bisect_crossing`][], also returning the lower end of the final bracket."""
 
-    def value_and_slope(s):
-        # `fn` acts lane by lane, so a tangent of ones gives each lane's derivative.
+    def jvp_slope(s):
+        # `fn` acts lane by lane, so a tangent of ones gives each lane's slope.
         return jax.jvp(fn, (s,), (jnp.ones_like(s),))
+
+    if value_and_slope is None:
+        value_and_slope = jvp_slope
 
     def tol_fn(hi):
         return atol + rtol * jnp.abs(hi)
@@ -138,9 +205,5 @@ def _bracket_search(
     done0 = (~active) | done_fn(lower, upper)
     step0 = upper - lower
     carry = (0, lower, upper, glo, ghi, dlo, dhi, step0, done0)
-    # A few iterations unrolled ahead of the loop (within the budget): straight-line
-    # code fuses well, and smooth crossings have usually converged by then.
-    for _ in range(min(_UNROLLED, max_iters)):
-        carry = body_fun(carry)
     _, lo, hi, *_, done = lax.while_loop(cond_fun, body_fun, carry)
     return hi, done | ~active, lo

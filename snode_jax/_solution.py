@@ -27,11 +27,16 @@ class RESULTS(eqx.Enumeration):
     )
     nonfinite_input = "The inputs or the parameters contain NaN or inf."
     invalid_parameters = (
-        "Invalid parameters or initial state, found at run time: need tau_mem > 0, "
-        "C_mem > 0 (every time constant and capacitance of the model > 0), "
-        "v_reset < v_threshold, t_ref and the refractory time left >= 0, "
-        "interval > 0, and the initial voltage below v_threshold (a resting start "
-        "needs v_rest below it)."
+        "Invalid parameters or initial state, found at run time: a condition of the "
+        "model (its `constraints`) fails, or `interval` is not > 0. With "
+        "`throw=True` the error names the condition."
+    )
+    gradient_rerun_mismatch = (
+        "The backward pass of the adaptive path reran an interval and got other "
+        "spike counts than the forward pass, so its derivative is not that of the "
+        "forward run (the gradient is NaN). This happens when a crossing is too "
+        "close to a decision boundary of the step controller; a tighter `rtol` "
+        "usually avoids it."
     )
 
 
@@ -59,6 +64,8 @@ class Solution(eqx.Module):
         `num_dt_min_steps` (steps accepted only because they hit `dt_min`), and the
         scalar `max_steps`.
     - `result`: a [`RESULTS`][] item.
+    - `interval`: the interval length (ms), or one length per interval.
+    - `duration`: the simulated time (ms).
     """
 
     counts: Counts
@@ -68,11 +75,12 @@ class Solution(eqx.Module):
     interval_states: State | None
     stats: dict[str, Int[Array, "..."]]
     result: RESULTS
-    interval: Float[Array, ""]
+    interval: Float[Array, "*time"]
+    duration: Float[Array, ""]
 
     @property
     def steps_per_second(self) -> Float[Array, " n_neurons"]:
         """Accepted solver steps per simulated second (1000 ms), per neuron."""
-        # counts is (..., T, n) and interval (...) when the solution is batched.
-        duration_ms = jnp.asarray(self.interval)[..., None] * self.counts.shape[-2]
+        # duration is (...) when the solution is batched.
+        duration_ms = jnp.asarray(self.duration)[..., None]
         return self.stats["num_steps"] * (1000.0 / duration_ms)

@@ -185,7 +185,7 @@ def test_gradients_match_finite_differences(name):
     "solver, kw",
     [
         (sj.Dopri5(), dict(rtol=1e-12, atol=1e-12, dt_min=1e-7)),
-        (sj.Exact(closed_form_events=False), {}),
+        (sj.ExactFlow(), {}),
     ],
     ids=["Dopri5", "Exact-bisect"],
 )

@@ -138,7 +138,7 @@ def test_bad_setting_types():
         TypeError, match=r"`max_steps` must be a positive int, got 10.0"
     ):
         _layer(max_steps=10.0)
-    with pytest.raises(TypeError, match=r"`solver` must be an AbstractSolver, got str"):
+    with pytest.raises(TypeError, match=r"`solver` must be sj.Exact\(\), .*got str"):
         _layer(solver="dopri5")
     with pytest.raises(
         TypeError, match=r"`dynamics` must be an AbstractDynamics.*got dict"
@@ -327,23 +327,28 @@ def test_nonfinite_weight_traced(layer):
 
 
 @pytest.mark.parametrize(
-    "name, value",
+    "name, value, condition",
     [
-        ("tau_mem", -20.0),
-        ("tau_mem", 0.0),
-        ("C_mem", -1.0),
-        ("v_reset", 1.0),  # == v_threshold
-        ("v_threshold", -0.5),  # below v_reset = 0 (and below rest)
-        ("v_rest", 1.5),  # the initial (rest) voltage is above threshold
+        ("tau_mem", -20.0, "tau_mem > 0"),
+        ("tau_mem", 0.0, "tau_mem > 0"),
+        ("C_mem", -1.0, "C_mem > 0"),
+        ("v_reset", 1.0, "v_reset < v_threshold"),  # == v_threshold
+        # below v_reset = 0 and below rest: either condition may be named first
+        ("v_threshold", -0.5, "(v_reset|initial v) < v_threshold"),
+        ("v_rest", 1.5, "initial v < v_threshold"),  # rest is above threshold
     ],
 )
-def test_invalid_parameter_traced(layer, name, value):
+def test_invalid_parameter_traced(layer, name, value, condition):
     x = jnp.ones((T, N_IN))
     bad = eqx.tree_at(
         lambda lyr: getattr(lyr.dynamics, name), layer, jnp.asarray(value)
     )
     assert _filter_jit_result(bad, x, 1.0) == sj.RESULTS.invalid_parameters
-    with pytest.raises(eqx.EquinoxRuntimeError, match="need tau_mem > 0, C_mem > 0"):
+    # The error names the model and the condition that failed, and only that one.
+    message = (
+        f"Invalid parameters or initial state of ODELIFDynamics .*: need {condition}\\."
+    )
+    with pytest.raises(eqx.EquinoxRuntimeError, match=message):
         jax.block_until_ready(_filter_jit_forward(bad, x))
 
 
@@ -358,7 +363,7 @@ def test_invalid_interval_and_state_traced(layer):
     # after the eager check): a start voltage at threshold is invalid.
     online = sj.OnlineLayer(layer)
     online.reset(sj.LIFState(jnp.ones(N)))
-    with pytest.raises(eqx.EquinoxRuntimeError, match="initial voltage below"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="need initial v < v_threshold"):
         jax.block_until_ready(online.step(jnp.ones(N_IN)))
 
 
@@ -368,7 +373,7 @@ def test_rest_at_or_above_threshold(layer):
     dyn = sj.ODELIFDynamics(v_rest=1.5, v_threshold=1.0, v_reset=0.0)
     bad = _layer(dyn)
     x = np.ones((T, N_IN))
-    with pytest.raises(eqx.EquinoxRuntimeError, match="initial voltage below"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="need initial v < v_threshold"):
         jax.block_until_ready(bad.forward(x, 1.0))
     sol = bad.simulate(x, 1.0, max_spikes=8, throw=False)
     assert sol.result == sj.RESULTS.invalid_parameters
@@ -404,7 +409,7 @@ def test_max_steps_closed_form():
 
 @pytest.mark.parametrize(
     "solver",
-    [sj.Dopri5(), sj.Exact(closed_form_events=False)],
+    [sj.Dopri5(), sj.ExactFlow()],
     ids=["dopri5", "bisect"],
 )
 def test_max_steps_adaptive(solver):
@@ -421,7 +426,7 @@ def test_max_steps_adaptive(solver):
 
 def test_crossing_search_budget():
     x = _strong_inputs()
-    layer = _layer(solver=sj.Exact(closed_form_events=False), max_root_iters=2)
+    layer = _layer(solver=sj.ExactFlow(), max_root_iters=2)
     with pytest.raises(eqx.EquinoxRuntimeError, match="`max_root_iters`"):
         jax.block_until_ready(layer.forward(x, 1.0))
     sol = layer.simulate(x, 1.0, max_spikes=8, throw=False)

@@ -57,7 +57,7 @@ def _float64_configs() -> list[LIFConfig]:
 CONFIGS = _float64_configs()
 SOLVERS = {
     "closed_form": sj.Exact(),
-    "bisect_exact_flow": sj.Exact(closed_form_events=False),
+    "bisect_exact_flow": sj.ExactFlow(),
 }
 
 
@@ -78,7 +78,6 @@ def test_configurations_span_weak_to_strong_drive():
 def test_default_solver_is_closed_form():
     layer = CONFIGS[0].layer()
     assert isinstance(layer.solver, sj.Exact)
-    assert layer.solver.closed_form_events
 
 
 def _check_against_reference(sol, ref, *, time_atol=TIME_ATOL, v_atol=V_ATOL):
@@ -99,7 +98,7 @@ def _check_stats(sol, solver, cfg: LIFConfig, dt_init=0.1):
     np.testing.assert_array_equal(stats["num_dt_min_steps"], 0)
     T = cfg.n_intervals
     steps = stats["num_steps"]
-    if solver.closed_form_events:
+    if isinstance(solver, sj.Exact):
         # One step per spike plus one per interval.
         np.testing.assert_array_equal(steps, counts + T)
     else:

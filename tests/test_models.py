@@ -104,7 +104,7 @@ def test_upswing_steps_rarely_rejected(model, bound):
 def test_first_lanes_picks_crossing_neurons_in_order(n, size, density):
     """The subset of crossing neurons searched together: the first `size` of them,
     in order, padded with `n`."""
-    from snode_jax._integrate import _first_lanes
+    from snode_jax._crossing import first_lanes as _first_lanes
 
     rng = np.random.default_rng(n + size)
     mask = rng.random(n) < density
@@ -223,7 +223,7 @@ def test_izhikevich_firing_patterns():
 
 class UserLIF(sj.AbstractDynamics):
     """The recipe for a user-defined model: vector field, threshold, reset, state,
-    and the run-time validity check. No closed form: the solver integrates it."""
+    voltage, and the run-time conditions. No closed form: the solver integrates it."""
 
     tau: jax.Array
     theta: jax.Array
@@ -246,8 +246,14 @@ class UserLIF(sj.AbstractDynamics):
     def reset(self, y):
         return sj.LIFState(jnp.zeros_like(y.v))
 
-    def invalid(self, y):
-        return jnp.any(self.tau <= 0) | jnp.any(y.v >= self.theta)
+    def voltage(self, y):
+        return y.v
+
+    def constraints(self, y):
+        return {
+            "tau > 0": jnp.all(self.tau > 0),
+            "initial v < theta": jnp.all(y.v < self.theta),
+        }
 
 
 def test_user_defined_model_matches_closed_form():

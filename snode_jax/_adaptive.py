@@ -1,0 +1,259 @@
+"""The adaptive loop: per-neuron step control through an interval of held input,
+with every crossing located inside its step and the neuron reset there."""
+
+import abc
+from typing import TypeVar
+
+import equinox as eqx
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from ._controller import PredictiveController, PredictiveState
+from ._crossing import Crossings, StepCrossings, locate_crossings
+from ._custom_types import State
+from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
+from ._misc import where_tree
+from ._records import Counters, IntervalOutcome, SpikeBuffer
+from ._root_find import BracketedNewton
+from ._scan import AbstractIntegrator
+from ._solver import AbstractStepper, ExactStepper, propose
+
+_T = TypeVar("_T")
+
+# After a reset, the first step is at least this fraction of the largest step taken
+# since the previous reset.
+_RESTART = 0.5
+
+
+class AdaptiveState(eqx.Module):
+    """The loop's state, per neuron: time `t` (ms from the interval start), state
+    `y`, next step `h`, spikes `count`, solver-work `counters`, step `attempts`,
+    spike `buffer`, `root_fail` (a search did not converge), the largest step since
+    the last reset `h_big`, and the step controller's state."""
+
+    t: Float[Array, " n"]
+    y: State
+    h: Float[Array, " n"]
+    count: Int[Array, " n"]
+    counters: Counters
+    attempts: Int[Array, " n"]
+    buffer: SpikeBuffer | None
+    root_fail: Bool[Array, " n"]
+    h_big: Float[Array, " n"]
+    controller_state: PredictiveState
+
+
+class StepOutcome(eqx.Module):
+    """What one iteration decided, per neuron: whether the neuron was still
+    integrating (`active`), whether its step was accepted, crossed threshold, or
+    reached the interval end at `t1`; the step's end state `y1`, its crossing, the
+    next step `h_next`, and the controller's view of it."""
+
+    active: Bool[Array, " n"]
+    accept: Bool[Array, " n"]
+    crossed: Bool[Array, " n"]
+    t1: Float[Array, " n"]
+    y1: State
+    crossings: Crossings
+    h_next: Float[Array, " n"]
+    at_dt_min: Bool[Array, " n"]
+    controller_state: PredictiveState
+
+
+class AbstractLoopDerivative(eqx.Module):
+    """How the adaptive loop is differentiated: the loop takes its decisions (step
+    sizes, acceptance, crossings) and then keeps some values; a derivative rule
+    says what the decisions see and how the kept values get their tangents."""
+
+    @abc.abstractmethod
+    def decision_inputs(self, x: _T) -> _T:
+        """What the decisions are computed from (`x` itself, or constants)."""
+
+    @abc.abstractmethod
+    def kept_values(
+        self,
+        loop: "AdaptiveLoop",
+        dynamics: AbstractDynamics,
+        current,
+        st: AdaptiveState,
+        out: StepOutcome,
+    ) -> tuple[State, Array, State]:
+        """`(y1, t_star, y_star)`: the step's end state, and the crossing time and
+        state, as the loop keeps them."""
+
+    @abc.abstractmethod
+    def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
+        """The loop itself."""
+
+
+class ForwardOnly(AbstractLoopDerivative):
+    """No derivative: a plain `lax.while_loop` keeping the decided values."""
+
+    def decision_inputs(self, x: _T) -> _T:
+        return x
+
+    def kept_values(self, loop, dynamics, current, st, out):
+        return out.y1, out.crossings.t_star, out.crossings.y_star
+
+    def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
+        del max_steps
+        return lax.while_loop(cond_fun, body_fun, init)
+
+
+class AdaptiveLoop(AbstractIntegrator):
+    """Integrates any model with per-neuron adaptive steps: each neuron has its own
+    step size (one fast neuron does not shrink everyone's steps), each accepted step
+    is checked for a crossing, and crossings are located inside the step by the root
+    finder, on the step's dense output, then polished on the solver's own solution.
+
+    **Arguments:**
+
+    - `stepper`: the per-neuron solver (see `make_stepper`).
+    - `controller`: the step-size controller.
+    - `root_finder`: the crossing search.
+    - `max_steps`: step attempts per neuron per interval.
+    - `derivative`: how the loop is differentiated (default: not at all).
+    """
+
+    stepper: AbstractStepper
+    controller: PredictiveController
+    root_finder: BracketedNewton
+    max_steps: int = eqx.field(static=True)
+    derivative: AbstractLoopDerivative = ForwardOnly()
+
+    def prepare(self, dynamics, interval):
+        return None
+
+    def decide(self, dynamics, current, interval, st: AdaptiveState) -> StepOutcome:
+        """One step attempt per neuron: its acceptance, and any crossing in it."""
+        t, y, h = st.t, st.y, st.h
+        active = (t < interval) & (st.attempts < self.max_steps)
+        reaches_end = t + h >= interval
+        t1 = jnp.where(reaches_end, interval, t + h)
+        step = t1 - t
+        prop = propose(
+            self.stepper,
+            self.controller,
+            dynamics,
+            t,
+            t1,
+            y,
+            current,
+            st.controller_state,
+        )
+        accept = active & prop.accept
+        g0 = dynamics.threshold(y)
+        g1 = dynamics.threshold(prop.y1)
+        # NaN counts as past threshold: a model that blows up at a spike (AdEx, QIF)
+        # has crossed before it overflows; the search finds where.
+        crossed = accept & ~(g1 < 0)
+        upper, g_upper = t1, g1
+        if isinstance(self.stepper, ExactStepper):
+            assert isinstance(dynamics, AbstractExactFlowDynamics)
+            # A non-monotone exact flow: the earliest crossing is before an interior
+            # maximum that reaches threshold, even if the step ends below it.
+            t_peak, has_peak = dynamics.peak_in_step(y, current, step)
+            y_peak = self.stepper.step(dynamics, t, t + t_peak, y, current)[0]
+            g_peak = dynamics.threshold(y_peak)
+            use_peak = accept & has_peak & (g_peak >= 0)
+            crossed = crossed | use_peak
+            upper = jnp.where(use_peak, t + t_peak, t1)
+            g_upper = jnp.where(use_peak, g_peak, g1)
+        steps = StepCrossings(
+            t, t1, y, current, step, upper, g0, g_upper, prop.y1, prop.dense
+        )
+        crossings = locate_crossings(
+            self.stepper, self.root_finder, dynamics, steps, crossed, interval
+        )
+        return StepOutcome(
+            active,
+            accept,
+            crossed,
+            t1,
+            prop.y1,
+            crossings,
+            prop.h_next,
+            prop.at_dt_min,
+            prop.controller_state,
+        )
+
+    def interval(self, dynamics, constants, y, current, t_start, interval, buffer):
+        del constants
+        n = current.shape[0]
+        dtype = current.dtype
+        zeros = jnp.zeros((n,), jnp.int32)
+        derivative = self.derivative
+        controller = self.controller
+
+        def cond_fun(st: AdaptiveState):
+            return jnp.any((st.t < interval) & (st.attempts < self.max_steps))
+
+        def body_fun(st: AdaptiveState) -> AdaptiveState:
+            fixed = derivative.decision_inputs((dynamics, current, interval, st))
+            out = self.decide(*fixed)
+            y1, t_star, y_star = derivative.kept_values(
+                self, dynamics, current, st, out
+            )
+            y_new = where_tree(
+                out.crossed, dynamics.reset(y_star), where_tree(out.accept, y1, st.y)
+            )
+            t_new = jnp.where(out.crossed, t_star, jnp.where(out.accept, out.t1, st.t))
+            h_new = jnp.where(out.active, out.h_next, st.h)
+            # After a reset the neuron is back in its slow regime: restart from a
+            # step near the largest one it took before the spike, not from the small
+            # one that crossed the upswing (the controller rejects it if too large).
+            h_new = jnp.where(
+                out.crossed, jnp.maximum(h_new, _RESTART * st.h_big), h_new
+            )
+            # Each neuron's step history since its last reset (a reset clears it):
+            # the largest accepted step, for the restart above, and the controller's.
+            taken = lax.stop_gradient(out.t1 - st.t)
+            h_big = jnp.where(out.accept, jnp.maximum(st.h_big, taken), st.h_big)
+            h_big = jnp.where(out.crossed, 0.0, h_big)
+            cstate = where_tree(out.active, out.controller_state, st.controller_state)
+            cstate = where_tree(out.crossed, fresh, cstate)
+            buffer = st.buffer
+            if buffer is not None:
+                buffer = buffer.record(out.crossed, t_start + t_star)
+            counters = st.counters + Counters(
+                out.accept.astype(jnp.int32),
+                (out.active & ~out.accept).astype(jnp.int32),
+                out.crossed.astype(jnp.int32),
+                (out.accept & out.at_dt_min).astype(jnp.int32),
+            )
+            return AdaptiveState(
+                t=t_new,
+                y=y_new,
+                h=h_new,
+                count=st.count + out.crossed,
+                counters=counters,
+                attempts=st.attempts + out.active,
+                buffer=buffer,
+                root_fail=st.root_fail | (out.crossed & ~out.crossings.ok),
+                h_big=h_big,
+                controller_state=cstate,
+            )
+
+        fresh = controller.init_state((n,), dtype)
+        init = AdaptiveState(
+            t=jnp.zeros((n,), dtype),
+            y=y,
+            h=jnp.full((n,), min(controller.dt0, controller.dtmax), dtype),
+            count=zeros,
+            counters=Counters.zeros(n),
+            attempts=zeros,
+            buffer=buffer,
+            root_fail=jnp.zeros((n,), bool),
+            h_big=jnp.zeros((n,), dtype),
+            controller_state=fresh,
+        )
+        final = derivative.while_loop(cond_fun, body_fun, init, self.max_steps)
+        return IntervalOutcome(
+            final.y,
+            final.count,
+            final.buffer,
+            final.counters,
+            final.t < interval,
+            final.root_fail,
+        )

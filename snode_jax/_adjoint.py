@@ -1,0 +1,343 @@
+"""How a run is differentiated: the closed form replayed with the spike counts held
+fixed, or the adaptive loop rerun interval by interval in reverse."""
+
+import abc
+from typing import TypeVar
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+
+from ._adaptive import AbstractLoopDerivative, AdaptiveLoop
+from ._closed_form import ClosedFormWalk
+from ._crossing import expand
+from ._dynamics import AbstractClosedFormDynamics
+from ._records import Counters, RawRun, SpikeBuffer
+from ._scan import AbstractIntegrator, RunConfig, interval_starts, run_folded
+from ._solution import RESULTS
+from ._surrogate import AbstractSurrogate, surrogate_zero
+
+_T = TypeVar("_T")
+
+# Checkpoints of the differentiable adaptive loop (per interval): its steps are
+# recomputed from them in the backward pass.
+_CHECKPOINTS = 32
+
+
+class AbstractAdjoint(eqx.Module):
+    """Runs the interval scan with a derivative rule attached."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        integrator: AbstractIntegrator,
+        dynamics,
+        currents,
+        interval,
+        state,
+        cfg: RunConfig,
+        surrogate: AbstractSurrogate,
+    ) -> RawRun:
+        """The forward values of [`run_folded`][], differentiable."""
+
+
+# -- closed form -------------------------------------------------------------------
+
+
+def _gather_spike_times(first, period, counts, num_spikes, starts, max_spikes):
+    """Spike `j` of neuron `i` from its interval's first spike and period."""
+    slots = jnp.arange(max_spikes)
+    cum = jnp.cumsum(counts, axis=0)  # (T, n): spikes up to and including interval k
+
+    def per_neuron(cum_i, first_i, period_i, total_i):
+        k = jnp.searchsorted(cum_i, slots, side="right")
+        k = jnp.minimum(k, cum_i.shape[0] - 1)
+        before = jnp.where(k > 0, cum_i[jnp.maximum(k - 1, 0)], 0)
+        m = (slots - before).astype(first_i.dtype)
+        t = starts[k] + first_i[k] + m * period_i[k]
+        return jnp.where(slots < total_i, t, jnp.inf)
+
+    return jax.vmap(per_neuron, in_axes=(1, 1, 1, 0))(cum, first, period, num_spikes)
+
+
+def _replay(dynamics, currents, interval, state, counts, num_spikes, cfg, surrogate):
+    """The run written out in closed form with every interval's spike count held at
+    its forward value: differentiable, and equal to the forward pass."""
+    lengths = jnp.broadcast_to(interval, (currents.shape[0],))
+
+    def one_interval(y, xs):
+        current, length, count = xs
+        rep = dynamics.replay_interval(y, current, length, count)
+        spiked = count >= 1
+        decisions = surrogate_zero(rep.next_margin, surrogate) + jnp.where(
+            spiked, surrogate_zero(rep.last_margin, surrogate), 0.0
+        )
+        keep = rep.y_end if cfg.keep_interval_states else None
+        return rep.y_end, (rep.first, rep.period, decisions, keep)
+
+    y, (first, period, decisions, states) = lax.scan(
+        one_interval, state, (currents, lengths, counts)
+    )
+    soft_counts = counts.astype(currents.dtype) + decisions
+    if cfg.max_spikes is None:
+        spike_times = jnp.zeros((currents.shape[1], 0), currents.dtype)
+    else:
+        starts = interval_starts(interval, currents.shape[0])
+        spike_times = _gather_spike_times(
+            first, period, counts, num_spikes, starts, cfg.max_spikes
+        )
+    return soft_counts, spike_times, y, states
+
+
+@eqx.filter_custom_jvp
+def _closed_form_run(dynamics, currents, interval, state, *, walk, cfg, surrogate):
+    del surrogate
+    return run_folded(walk, dynamics, currents, interval, state, cfg)
+
+
+@_closed_form_run.def_jvp
+def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate):
+    # The forward values come from the event walk; the tangents from the closed form
+    # with the spike structure held fixed (the implicit-function derivative of every
+    # crossing time, through every reset).
+    raw = _closed_form_run(*primals, walk=walk, cfg=cfg, surrogate=surrogate)
+    counts = jax.lax.stop_gradient(raw.counts).astype(jnp.int32)
+    num_spikes = raw.num_spikes
+
+    def replay(dynamics, currents, interval, state):
+        return _replay(
+            dynamics, currents, interval, state, counts, num_spikes, cfg, surrogate
+        )
+
+    tangents = jax.tree.map(
+        lambda t, p: jnp.zeros_like(p) if t is None and p is not None else t,
+        tangents,
+        primals,
+        is_leaf=lambda x: x is None,
+    )
+    _, (t_counts, t_times, t_final, t_states) = jax.jvp(replay, primals, tangents)
+    no_tangent = Counters(None, None, None, None)  # pyright: ignore[reportArgumentType]
+    t_raw = RawRun(t_counts, t_times, None, t_final, t_states, no_tangent, None, None)  # pyright: ignore[reportArgumentType]
+    return raw, t_raw
+
+
+class ClosedFormAdjoint(AbstractAdjoint):
+    """Forward and reverse mode for the closed-form walk: the tangents come from
+    the model's `replay_interval` with each interval's spike count held at its
+    forward value; counts get the surrogate derivative of the margins of their two
+    threshold decisions."""
+
+    def run(self, integrator, dynamics, currents, interval, state, cfg, surrogate):
+        assert isinstance(integrator, ClosedFormWalk)
+        assert isinstance(dynamics, AbstractClosedFormDynamics)
+        return _closed_form_run(
+            dynamics,
+            currents,
+            interval,
+            state,
+            walk=integrator,
+            cfg=cfg,
+            surrogate=surrogate,
+        )
+
+
+# -- adaptive loop -----------------------------------------------------------------
+
+
+def _keep_tangent(mask, tree, per_neuron):
+    """`tree` unchanged in value, its tangents kept on the lanes where `mask` holds
+    and cut on the others (before any arithmetic: a lane that overflowed then gives
+    no `0 * inf` in reverse mode). Only the leaves marked in `per_neuron` are
+    per-lane; the others pass through."""
+
+    def keep(a):
+        if not eqx.is_inexact_array(a) or jnp.ndim(a) == 0:
+            return a
+        return jnp.where(expand(mask, a), a, lax.stop_gradient(a))
+
+    def keep_subtree(lane, subtree):
+        return jax.tree.map(keep, subtree) if lane else subtree
+
+    return jax.tree.map(keep_subtree, per_neuron, tree)
+
+
+def _per_lane(dynamics, n):
+    """The model with every scalar per-neuron parameter broadcast to one value per
+    neuron (so that each lane owns its tangent)."""
+
+    def lane(p, per_neuron):
+        if per_neuron and eqx.is_inexact_array(p) and jnp.ndim(p) == 0:
+            return jnp.broadcast_to(p, (n,))
+        return p
+
+    return jax.tree.map(lane, dynamics, dynamics.per_neuron_mask())
+
+
+def _crossing_tangents(dynamics, current, y_s, out):
+    """The crossing time and state of `out`, unchanged in value, with the tangents
+    of the implicit-function theorem: with `y_s` the solver's state at (or, past a
+    blow-up, just below) the crossing, `dt* = -dg(y_s) / (grad g . f)` and
+    `dy* = dy_s + f dt*`."""
+    c = out.crossings
+    g_s = dynamics.threshold(y_s)
+    f_s = lax.stop_gradient(dynamics.vector_field(c.s_eval, y_s, current))
+    _, g_dot = jax.jvp(dynamics.threshold, (y_s,), (f_s,))
+    g_dot = lax.stop_gradient(g_dot)
+    usable = out.crossed & (g_dot > 0) & jnp.isfinite(g_dot)
+    safe_dot = jnp.where(usable, g_dot, 1)
+    f_s = jax.tree.map(lambda f: jnp.where(expand(usable, f), f, 0), f_s)
+    dt = jnp.where(usable, -(g_s - lax.stop_gradient(g_s)) / safe_dot, 0.0)
+    t_star = c.t_star + dt
+    y_star = jax.tree.map(
+        lambda v, s, f: v + (s - lax.stop_gradient(s)) + expand(dt, f) * f,
+        c.y_star,
+        y_s,
+        f_s,
+    )
+    return t_star, y_star
+
+
+class ImplicitCrossings(AbstractLoopDerivative):
+    """The adaptive loop made reverse-mode differentiable: the decisions (step
+    sizes, acceptance, the search) are taken on constants; each accepted step is
+    differentiated as the solver computed it, and each crossing time by the
+    implicit-function theorem at the state where the search found it. The loop is
+    checkpointed (recomputed between checkpoints in the backward pass)."""
+
+    def decision_inputs(self, x: _T) -> _T:
+        return lax.stop_gradient(x)
+
+    def kept_values(self, loop, dynamics, current, st, out):
+        n = current.shape[0]
+        lanes = _per_lane(dynamics, n)
+        # One step per lane, differentiated where its end is kept: to the step's
+        # end, or to the crossing (below it, if the step blew up).
+        end = jnp.where(out.crossed, out.crossings.s_eval, out.t1)
+        length = end - st.t
+        per_neuron = (lanes.per_neuron_mask(), True, True, True, True)
+        dyn, t_u, y_u, cur_u, length = _keep_tangent(
+            out.accept, (lanes, st.t, st.y, current, length), per_neuron
+        )
+        y1 = loop.stepper.step(dyn, t_u, t_u + length, y_u, cur_u)[0]
+        t_star, y_star = _crossing_tangents(dyn, cur_u, y1, out)
+        return y1, t_star, y_star
+
+    def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
+        # Reverse-mode differentiable, recomputing between checkpoints (equinox's
+        # checkpointed while loop, the one diffrax's adjoints use).
+        return eqxi.while_loop(
+            cond_fun,
+            body_fun,
+            init,
+            max_steps=max_steps,
+            kind="checkpointed",
+            checkpoints=min(max_steps, _CHECKPOINTS),
+        )
+
+
+class RerunAdjoint(AbstractAdjoint):
+    """Reverse mode for the adaptive loop. The forward pass keeps each interval's
+    starting state. The backward pass walks the intervals in reverse: it reruns
+    each one with the differentiable loop ([`ImplicitCrossings`][]) and pulls the
+    cotangents back through it, so memory grows with intervals, and within an
+    interval with the loop's checkpoints.
+
+    The rerun must reproduce the forward spike counts (it takes the same decisions
+    from the same state). Where it does not, its derivative is not that of the
+    forward run: the gradient is NaN, and with `throw=True` the backward pass raises
+    `RESULTS.gradient_rerun_mismatch`.
+    """
+
+    throw: bool = eqx.field(static=True, default=True)
+
+    def run(self, integrator, dynamics, currents, interval, state, cfg, surrogate):
+        assert isinstance(integrator, AdaptiveLoop)
+        rerun_loop = eqx.tree_at(
+            lambda loop: loop.derivative, integrator, ImplicitCrossings()
+        )
+
+        @jax.custom_vjp
+        def run(dynamics, currents, interval, state):
+            return run_folded(integrator, dynamics, currents, interval, state, cfg)
+
+        def fwd(dynamics, currents, interval, state):
+            # Differentiated: the interval states are kept (they are the residuals).
+            fwd_cfg = RunConfig(cfg.max_spikes, keep_interval_states=True)
+            raw = run_folded(integrator, dynamics, currents, interval, state, fwd_cfg)
+            ends = raw.interval_states
+            starts = jax.tree.map(
+                lambda s, e: jnp.concatenate([s[None], e[:-1]]), state, ends
+            )
+            counts = raw.counts.astype(jnp.int32)
+            seen = jnp.cumsum(counts, axis=0) - counts  # spikes before each interval
+            if not cfg.keep_interval_states:
+                raw = eqx.tree_at(lambda r: r.interval_states, raw, None)
+            return raw, (dynamics, currents, interval, starts, seen, counts)
+
+        def bwd(res, ct):
+            dynamics, currents, interval, starts, seen, counts = res
+            n = currents.shape[1]
+            dtype = currents.dtype
+            ct_times = ct.spike_times
+            num_intervals = currents.shape[0]
+            t_starts = interval_starts(interval, num_intervals)
+            uniform = jnp.ndim(interval) == 0
+
+            def one_interval(params, y, t_start, num):
+                dynamics, current, length = params
+                buffer = None
+                if cfg.max_spikes is not None:
+                    # Only the slots written in this interval matter: their values
+                    # are recomputed, the other slots pass through untouched.
+                    buffer = SpikeBuffer(jnp.zeros((n, cfg.max_spikes), dtype), num)
+                out = rerun_loop.interval(
+                    dynamics, None, y, current, t_start, length, buffer
+                )
+                soft = out.count.astype(dtype) + surrogate_zero(
+                    dynamics.threshold(out.y), surrogate
+                )
+                times = None if out.buffer is None else out.buffer.times
+                return out.y, soft, times
+
+            def step(carry, xs):
+                ct_y, ct_dyn, ct_interval = carry
+                k, current, y0, num, ct_count, ct_state = xs
+                if ct_state is not None:
+                    ct_y = jax.tree.map(jnp.add, ct_y, ct_state)
+                length = interval if uniform else interval[k]
+                t_start = lax.stop_gradient(t_starts[k])
+                params = (dynamics, current, length)
+                (_, soft, _), vjp = jax.vjp(
+                    lambda p, y: one_interval(p, y, t_start, num), params, y0
+                )
+                (d_dyn, d_current, d_length), ct_y = vjp((ct_y, ct_count, ct_times))
+                # The rerun must take the forward pass's decisions; if it does not
+                # (its counts differ), its derivative is not that of the forward
+                # run, and saying so beats a silently wrong gradient.
+                same = jnp.all(jnp.round(lax.stop_gradient(soft)) == counts[k])
+                nan_if_differs = lambda a: jnp.where(same, a, jnp.nan)
+                grads = jax.tree.map(nan_if_differs, (d_dyn, d_current, d_length, ct_y))
+                if self.throw:
+                    grads = eqx.error_if(
+                        grads, ~same, RESULTS[RESULTS.gradient_rerun_mismatch]
+                    )
+                d_dyn, d_current, d_length, ct_y = grads
+                ct_dyn = jax.tree.map(jnp.add, ct_dyn, d_dyn)
+                if uniform:
+                    ct_interval = ct_interval + d_length
+                else:
+                    ct_interval = ct_interval.at[k].add(d_length)
+                return (ct_y, ct_dyn, ct_interval), d_current
+
+            zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
+            ks = jnp.arange(num_intervals)
+            xs = (ks, currents, starts, seen, ct.counts, ct.interval_states)
+            (ct_state, ct_dyn, ct_interval), ct_currents = lax.scan(
+                step, (ct.final_state, *zeros), xs, reverse=True
+            )
+            return ct_dyn, ct_currents, ct_interval, ct_state
+
+        run.defvjp(fwd, bwd)
+        return run(dynamics, currents, interval, state)

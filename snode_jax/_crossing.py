@@ -1,0 +1,216 @@
+"""Locating the threshold crossings inside a step, on compact subsets of neurons."""
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from ._custom_types import State
+from ._dynamics import AbstractDynamics
+from ._misc import where_tree
+from ._root_find import BracketedNewton
+from ._solver import AbstractStepper, ExactStepper
+
+# A crossing on a step's dense output is refined by a Newton step on the solver's own
+# solution; a refinement larger than this fraction of the step means the dense output
+# does not represent the step (e.g. it overshot into a blow-up), and the crossing is
+# searched on the solver's sub-steps instead.
+_TRUST = 0.01
+
+# Crossings are located on subsets of neurons of this size: at least _MIN_CHUNK, and
+# at least 1/_CHUNK_DIVISOR of the population (more subsets if more neurons cross).
+_MIN_CHUNK = 64
+_CHUNK_DIVISOR = 32
+# Lanes per row of the two-level prefix sum that picks them.
+_ROW = 128
+
+
+def expand(x, like):
+    """Broadcast a per-neuron array against a state leaf with trailing axes."""
+    return jnp.reshape(x, x.shape + (1,) * (jnp.ndim(like) - jnp.ndim(x)))
+
+
+def all_finite(y) -> Bool[Array, " n"]:
+    """Per neuron: every state component is finite."""
+    leaves = jax.tree.leaves(y)
+    out = jnp.ones(jnp.shape(leaves[0])[:1], bool)
+    for leaf in leaves:
+        f = jnp.isfinite(leaf)
+        out = out & jnp.all(f.reshape(f.shape[:1] + (-1,)), axis=1)
+    return out
+
+
+def first_lanes(mask, size):
+    """The indices of the first `size` lanes where `mask` holds, in order, padded with
+    `n` (no lane) where fewer hold. A two-level prefix sum (rows of `_ROW` lanes) is
+    cheaper on CPU than one over all `n` lanes."""
+    n = mask.shape[0]
+    row = min(n, _ROW)
+    rows = -(-n // row)
+    m = jnp.pad(mask, (0, rows * row - n)).reshape(rows, row).astype(jnp.int32)
+    per_row = jnp.sum(m, axis=1)
+    rank = (jnp.cumsum(per_row) - per_row)[:, None] + jnp.cumsum(m, axis=1) - m
+    rank = rank.reshape(-1)[:n]
+    slot = jnp.where(mask & (rank < size), rank, size)
+    lanes = jnp.arange(n, dtype=jnp.int32)
+    return jnp.full((size,), n, jnp.int32).at[slot].set(lanes, mode="drop")
+
+
+def take_lanes(dynamics: AbstractDynamics, j):
+    """The model restricted to the neurons `j` (per-neuron parameters given one
+    value per neuron are taken; scalars and shared parameters stay)."""
+
+    def take(p, per_neuron):
+        return p[j] if per_neuron and jnp.ndim(p) >= 1 else p
+
+    return jax.tree.map(take, dynamics, dynamics.per_neuron_mask())
+
+
+class Crossings(eqx.Module):
+    """Per neuron: the crossing time `t_star` (ms), the state there before the reset
+    `y_star`, the time `s_eval` where that state was evaluated (next to the crossing,
+    below any blow-up), and whether the search converged (`ok`)."""
+
+    t_star: Float[Array, " n"]
+    y_star: State
+    s_eval: Float[Array, " n"]
+    ok: Bool[Array, " n"]
+
+
+class StepCrossings(eqx.Module):
+    """One step of every neuron whose crossings are to be located: from `t` to `t1`
+    (`step = t1 - t`), state `y` to `y1` with `dense` output, threshold `g0` at the
+    start and `g_upper` at `upper` (the bracket's upper end: `t1`, or an interior
+    maximum)."""
+
+    t: Float[Array, " n"]
+    t1: Float[Array, " n"]
+    y: State
+    current: Float[Array, " n"]
+    step: Float[Array, " n"]
+    upper: Float[Array, " n"]
+    g0: Float[Array, " n"]
+    g_upper: Float[Array, " n"]
+    y1: State
+    dense: object
+
+    def take(self, j) -> "StepCrossings":
+        return jax.tree.map(lambda a: a[j], self)
+
+
+def _locate_subset(
+    stepper: AbstractStepper,
+    root_finder: BracketedNewton,
+    dyn: AbstractDynamics,
+    s: StepCrossings,
+    lanes,
+    interval,
+) -> Crossings:
+    """Crossings of a subset of neurons (`lanes` marks the real ones)."""
+
+    def sub_step(time):
+        return stepper.step(dyn, s.t, time, s.y, s.current)[0]
+
+    def search(fn, active, value_and_slope=None):
+        return root_finder.search(
+            fn, s.t, s.upper, s.g0, s.g_upper, active, interval, value_and_slope
+        )
+
+    # On the step's dense output (cheap to evaluate; the exact flow itself for an
+    # exact solver), then one solver sub-step to the crossing.
+    def on_dense(time):
+        time = jnp.clip(time, s.t, s.t1)
+        return dyn.threshold(stepper.evaluate(dyn, s.dense, time))
+
+    finite1 = all_finite(s.y1)
+    t_star, ok, _ = search(on_dense, lanes & finite1)
+    y_star = sub_step(t_star)
+    trusted = finite1
+    if not isinstance(stepper, ExactStepper):
+        # The dense output is one order below the step: a Newton step on the solver's
+        # own solution makes the crossing time as accurate as the step; the state
+        # follows to first order in the (tiny) shift.
+        g_star = dyn.threshold(y_star)
+        f_star = dyn.vector_field(t_star, y_star, s.current)
+        _, g_dot = jax.jvp(dyn.threshold, (y_star,), (f_star,))
+        safe_dot = jnp.where(g_dot > 0, g_dot, 1)
+        newton = t_star - g_star / safe_dot
+        shift = newton - t_star
+        # The step and its dense output must agree on the crossing (to a small
+        # fraction of the step); else, as in a step that overshot into a blow-up,
+        # the dense output is not trusted.
+        trusted = trusted & (g_dot > 0) & jnp.isfinite(newton)
+        trusted = trusted & (newton > s.t) & (newton <= s.upper)
+        trusted = trusted & (jnp.abs(shift) <= _TRUST * s.step)
+        shift = jnp.where(trusted, shift, 0.0)
+        t_star = t_star + shift
+        y_star = jax.tree.map(lambda a, f: a + expand(shift, a) * f, y_star, f_star)
+    # A step that blew up (NaN) or is not trusted: search on the solver's own
+    # sub-steps, and take the state from just below the crossing.
+    untrusted = lanes & ~trusted
+
+    def on_sub_step(time):
+        return dyn.threshold(sub_step(time))
+
+    def slope_on_sub_step(time):
+        # The slope of the sub-step's end along the vector field there (the solver
+        # itself is not differentiated; the bracket keeps the search safe).
+        y_time = sub_step(time)
+        f = dyn.vector_field(time, y_time, s.current)
+        return jax.jvp(dyn.threshold, (y_time,), (f,))
+
+    def on_sub_steps(_):
+        t_b, ok_b, below_b = search(on_sub_step, untrusted, slope_on_sub_step)
+        y_b = sub_step(below_b)
+        return Crossings(
+            jnp.where(untrusted, t_b, t_star),
+            where_tree(untrusted, y_b, y_star),
+            jnp.where(untrusted, below_b, t_star),
+            jnp.where(untrusted, ok_b, ok),
+        )
+
+    def as_is(_):
+        return Crossings(t_star, y_star, t_star, ok)
+
+    return lax.cond(jnp.any(untrusted), on_sub_steps, as_is, None)
+
+
+def locate_crossings(
+    stepper: AbstractStepper,
+    root_finder: BracketedNewton,
+    dynamics: AbstractDynamics,
+    steps: StepCrossings,
+    crossed,
+    interval,
+) -> Crossings:
+    """The crossings of the neurons where `crossed` holds (elsewhere: the step's
+    end). Few neurons cross in one step: they are located on a compact subset of
+    `chunk` neurons at a time (as many subsets as needed)."""
+    n = crossed.shape[0]
+    chunk = min(n, max(_MIN_CHUNK, n // _CHUNK_DIVISOR))
+
+    def next_chunk(carry):
+        remaining, found = carry
+        idx = first_lanes(remaining, chunk)  # index n: no neuron
+        real = idx < n
+        j = jnp.minimum(idx, n - 1)
+        part = _locate_subset(
+            stepper,
+            root_finder,
+            take_lanes(dynamics, j),
+            steps.take(j),
+            real,
+            interval,
+        )
+
+        def put(full, new):  # padding (index n) is dropped
+            return full.at[idx].set(new, mode="drop")
+
+        found = jax.tree.map(put, found, part)
+        remaining = put(remaining, jnp.zeros((chunk,), bool))
+        return remaining, found
+
+    init = Crossings(steps.t1, steps.y1, steps.t, jnp.ones((n,), bool))
+    _, found = lax.while_loop(lambda c: jnp.any(c[0]), next_chunk, (crossed, init))
+    return found

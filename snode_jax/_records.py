@@ -1,0 +1,88 @@
+"""Records shared by the integrators: the spike buffer, step counters, and what one
+interval and one whole run return."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from ._custom_types import State
+
+
+class SpikeBuffer(eqx.Module):
+    """Spike times recorded in order of occurrence, `+inf` where unused.
+
+    **Fields:**
+
+    - `times`: `(n_neurons, max_spikes)` spike times (ms from the start of the run).
+    - `num`: `(n_neurons,)` spikes seen so far (may exceed `max_spikes`; the excess is
+        counted, not stored, and reported by the caller).
+    """
+
+    times: Float[Array, "n_neurons max_spikes"]
+    num: Int[Array, " n_neurons"]
+
+    @staticmethod
+    def empty(n_neurons: int, max_spikes: int, dtype) -> "SpikeBuffer":
+        times = jnp.full((n_neurons, max_spikes), jnp.inf, dtype)
+        return SpikeBuffer(times, jnp.zeros((n_neurons,), jnp.int32))
+
+    def record(self, mask, times) -> "SpikeBuffer":
+        """Append `times` for the neurons where `mask` holds."""
+        n, cap = self.times.shape
+        if cap == 0:
+            return SpikeBuffer(self.times, self.num + mask)
+        index = jnp.where(mask, self.num, cap)  # cap is out of range: dropped
+        new_times = self.times.at[jnp.arange(n), index].set(times, mode="drop")
+        return SpikeBuffer(new_times, self.num + mask)
+
+
+class Counters(eqx.Module):
+    """Per-neuron integer counters of the solver's work (see `Solution.stats`)."""
+
+    num_steps: Int[Array, " n_neurons"]
+    num_rejected_steps: Int[Array, " n_neurons"]
+    num_crossings: Int[Array, " n_neurons"]
+    num_dt_min_steps: Int[Array, " n_neurons"]
+
+    @staticmethod
+    def zeros(n: int) -> "Counters":
+        z = jnp.zeros((n,), jnp.int32)
+        return Counters(z, z, z, z)
+
+    def __add__(self, other: "Counters") -> "Counters":
+        return jax.tree.map(jnp.add, self, other)
+
+
+class IntervalOutcome(eqx.Module):
+    """What an integrator returns for one interval of held input.
+
+    **Fields:**
+
+    - `y`: the state at the end of the interval.
+    - `count`: spikes per neuron in the interval.
+    - `buffer`: the spike buffer with this interval's spikes appended (or `None`).
+    - `counters`: this interval's solver work.
+    - `exhausted`: per neuron, the step budget ran out before the interval end.
+    - `root_fail`: per neuron, a crossing search did not converge.
+    """
+
+    y: State
+    count: Int[Array, " n_neurons"]
+    buffer: SpikeBuffer | None
+    counters: Counters
+    exhausted: Bool[Array, " n_neurons"]
+    root_fail: Bool[Array, " n_neurons"]
+
+
+class RawRun(eqx.Module):
+    """What the interval scan returns for a whole run (before the `Solution`)."""
+
+    counts: Float[Array, "time n_neurons"]  # exact integer values in the float dtype
+    spike_times: Float[Array, "n_neurons max_spikes"]
+    num_spikes: Int[Array, " n_neurons"]
+    final_state: State
+    interval_states: State | None
+    counters: Counters
+    exhausted: Bool[Array, " n_neurons"]  # the step budget ran out in some interval
+    root_fail: Bool[Array, " n_neurons"]  # a crossing search did not converge

@@ -1,0 +1,197 @@
+"""The interval scan: a run is a schedule of intervals of held input, walked in
+order by an integrator; and the batching rule that folds a vmapped batch into the
+neuron axis."""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from equinox import AbstractVar
+from jaxtyping import Array, Float, PyTree
+
+from ._custom_types import State
+from ._dynamics import AbstractDynamics
+from ._records import Counters, IntervalOutcome, RawRun, SpikeBuffer
+
+
+class AbstractIntegrator(eqx.Module):
+    """Advances a population through one interval of held input: every neuron from
+    the interval start to its end, with every spike inside located and reset.
+
+    Integrators are static configuration (solver, step controller, root finder, step
+    budget); the model, the input and the state are arguments.
+    """
+
+    max_steps: AbstractVar[int]
+
+    @abc.abstractmethod
+    def prepare(self, dynamics: AbstractDynamics, interval) -> PyTree[Array]:
+        """Quantities fixed by the interval length (computed once when every interval
+        has the same length)."""
+
+    @abc.abstractmethod
+    def interval(
+        self,
+        dynamics: AbstractDynamics,
+        constants: PyTree[Array],
+        y: State,
+        current,
+        t_start,
+        interval,
+        buffer: SpikeBuffer | None,
+    ) -> IntervalOutcome:
+        """Integrate one interval of length `interval` (ms) starting at `t_start`
+        (ms from the start of the run; used to record spike times)."""
+
+
+class RunConfig(eqx.Module):
+    """Static settings of one run (hashable)."""
+
+    max_spikes: int | None = eqx.field(static=True)
+    keep_interval_states: bool = eqx.field(static=True)
+
+
+def interval_starts(interval, num_intervals: int):
+    """Start time (ms) of every interval: `k * interval` for a scalar length, the
+    running sum of the lengths for one length per interval."""
+    if jnp.ndim(interval) == 0:
+        return jnp.arange(num_intervals).astype(interval.dtype) * interval
+    return jnp.concatenate([jnp.zeros((1,), interval.dtype), jnp.cumsum(interval)[:-1]])
+
+
+def run_intervals(
+    integrator: AbstractIntegrator,
+    dynamics: AbstractDynamics,
+    currents: Float[Array, "time n_neurons"],
+    interval,
+    state: State,
+    cfg: RunConfig,
+) -> RawRun:
+    """The forward pass: a scan over the intervals, the integrator inside each.
+
+    `interval` is a scalar (every interval has this length, ms) or one length per
+    interval.
+    """
+    dtype = currents.dtype
+    num_intervals, n_neurons = currents.shape
+    buffer = None
+    if cfg.max_spikes is not None:
+        buffer = SpikeBuffer.empty(n_neurons, cfg.max_spikes, dtype)
+    uniform = jnp.ndim(interval) == 0
+    constants = integrator.prepare(dynamics, interval) if uniform else None
+    lengths = jnp.broadcast_to(interval, (num_intervals,))
+    starts = interval_starts(interval, num_intervals)
+
+    def one_interval(carry, xs):
+        y, buffer, counters, exhausted, root_fail = carry
+        t_start, length, current = xs
+        consts = constants if uniform else integrator.prepare(dynamics, length)
+        out = integrator.interval(dynamics, consts, y, current, t_start, length, buffer)
+        carry = (
+            out.y,
+            out.buffer,
+            counters + out.counters,
+            exhausted | out.exhausted,
+            root_fail | out.root_fail,
+        )
+        return carry, (out.count, out.y if cfg.keep_interval_states else None)
+
+    no = jnp.zeros((n_neurons,), bool)
+    init = (state, buffer, Counters.zeros(n_neurons), no, no)
+    (y, buffer, counters, exhausted, root_fail), (counts, states) = lax.scan(
+        one_interval, init, (starts, lengths, currents)
+    )
+    if buffer is None:
+        spike_times = jnp.zeros((n_neurons, 0), dtype)
+        num_spikes = jnp.sum(counts, axis=0)
+    else:
+        spike_times, num_spikes = buffer.times, buffer.num
+    return RawRun(
+        counts.astype(dtype),
+        spike_times,
+        num_spikes,
+        y,
+        states,
+        counters,
+        exhausted,
+        root_fail,
+    )
+
+
+def run_folded(
+    integrator: AbstractIntegrator,
+    dynamics: AbstractDynamics,
+    currents,
+    interval,
+    state: State,
+    cfg: RunConfig,
+) -> RawRun:
+    """[`run_intervals`][], with a batching rule: under `jax.vmap` the batch is folded
+    into the neuron axis and integrated as one larger population (neurons are
+    independent), instead of batching every loop of the integrator.
+
+    A batched `interval` is not folded (it is shared by all neurons of a run), and
+    neither is a batched model parameter that is not declared per neuron (see
+    [`AbstractDynamics.parameter_names`][]).
+    """
+
+    @jax.custom_batching.custom_vmap
+    def run(dynamics, currents, interval, state):
+        return run_intervals(integrator, dynamics, currents, interval, state, cfg)
+
+    @run.def_vmap
+    def _rule(axis_size, in_batched, dynamics, currents, interval, state):
+        dyn_b, cur_b, itv_b, st_b = in_batched
+        per_neuron = dynamics.per_neuron_mask()
+        shared_batched = jax.tree.map(lambda b, p: bool(b) and not p, dyn_b, per_neuron)
+        if any(jax.tree.leaves(itv_b)) or any(jax.tree.leaves(shared_batched)):
+            axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
+            out = jax.vmap(
+                lambda d, c, i, s: run_intervals(integrator, d, c, i, s, cfg),
+                in_axes=axes,
+            )(dynamics, currents, interval, state)
+            return out, jax.tree.map(lambda _: True, out)
+        n = currents.shape[-1]
+        size = axis_size
+
+        def fold(x, batched):
+            # (B, ..., n) or (..., n) -> (..., B * n); an unbatched scalar stays.
+            if not batched:
+                if jnp.ndim(x) == 0:
+                    return x
+                x = jnp.broadcast_to(x, (size,) + jnp.shape(x))
+            if jnp.ndim(x) == 1:  # a batched scalar parameter: one value per run
+                x = jnp.broadcast_to(x[:, None], (size, n))
+            x = jnp.moveaxis(x, 0, -2)
+            return jnp.reshape(x, x.shape[:-2] + (size * x.shape[-1],))
+
+        def fold_param(x, batched, per_neuron):
+            return fold(x, batched) if per_neuron else x
+
+        dynamics_f = jax.tree.map(fold_param, dynamics, dyn_b, per_neuron)
+        currents_f = fold(currents, cur_b)
+        state_f = jax.tree.map(fold, state, st_b)
+        raw = run_intervals(integrator, dynamics_f, currents_f, interval, state_f, cfg)
+
+        def unfold_last(x):  # (..., B * n) -> (B, ..., n)
+            x = jnp.reshape(x, x.shape[:-1] + (size, n))
+            return jnp.moveaxis(x, -2, 0)
+
+        def unfold_first(x):  # (B * n, ...) -> (B, n, ...)
+            return jnp.reshape(x, (size, n) + x.shape[1:])
+
+        out = RawRun(
+            counts=unfold_last(raw.counts),
+            spike_times=unfold_first(raw.spike_times),
+            num_spikes=unfold_last(raw.num_spikes),
+            final_state=jax.tree.map(unfold_last, raw.final_state),
+            interval_states=jax.tree.map(unfold_last, raw.interval_states),
+            counters=jax.tree.map(unfold_last, raw.counters),
+            exhausted=unfold_last(raw.exhausted),
+            root_fail=unfold_last(raw.root_fail),
+        )
+        return out, jax.tree.map(lambda _: True, out)
+
+    return run(dynamics, currents, interval, state)

@@ -1,0 +1,451 @@
+"""Batching: `jax.vmap` over a layer's simulation equals a Python loop over the batch.
+
+The integration loop has its own vmap rule (`_run_folded` in `_integrate.py`) with two
+branches, each pinned here through the public API:
+
+- a batched `interval`: the integrator itself is vmapped, each run keeping its own
+  interval (`test_batched_interval_equals_loop`);
+- anything else batched (inputs, parameters, initial state): the batch is folded into
+  the neuron axis and integrated as one population of `B * n` neurons, a batched
+  scalar parameter becoming one value per neuron of its run (the other tests).
+
+Tolerances. Neurons are independent, and a lane does the same arithmetic whether its
+neighbours belong to its own run or to another: the closed-form walk takes one event
+step per spike per neuron, the adaptive solver controls each neuron's step size
+separately, and every loop (steps, crossing search) leaves a finished lane untouched
+while the others go on. So integers (counts, spike totals, step statistics, the
+result, where the spike buffer is padded) must agree exactly. Floats need not be
+bitwise equal: XLA compiles the batched computation in other shapes (fusion, vector
+width, the batched input matmul). Measured on this CPU (AVX-512): bitwise equal in
+every case except the vmapped integrator with a batched parameter on the adaptive
+path (up to 8e-14, AdEx voltages in mV); compiled for SSE4.2 instead
+(`XLA_FLAGS=--xla_cpu_max_isa=SSE4_2`), most cases with batched inputs differ, by at
+most 1.5e-12 (AdEx voltages). The floats are compared to 1e-10, relative and
+absolute, as in `test_properties.py`: far below any physical difference, far above
+reordered rounding. The one case where batch composition changes the arithmetic
+itself is `test_fold_shares_the_closed_form_span`.
+
+The LIF cases on the closed-form solver are also checked against the independent
+reference (`lif_reference.py`), so that batch and loop cannot agree on a wrong answer.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+
+from .helpers import assert_padded_times_close, reference_for
+
+N_INPUTS, N_NEURONS, N_INTERVALS, BATCH = 3, 4, 3, 3
+MAX_SPIKES = 32  # the busiest run here fires 26 spikes
+TOL = 1e-10  # batch against loop (see above)
+# Against the closed-form reference, as in `test_lif_exact.py`.
+TIME_ATOL = 1e-9  # ms
+V_ATOL = 1e-9
+
+
+# -- models ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A small layer and how to batch it.
+
+    `scalar`: a scalar parameter of the layer and one value per run; `per_neuron`: a
+    parameter drawn per run and neuron, uniformly in `[low, high)`; `state`: a batch
+    of random initial states; `intervals`: one interval (ms) per run.
+    """
+
+    name: str
+    make_layer: Callable[[], sj.SpikingODELayer]
+    input_range: tuple[float, float]
+    interval: float
+    intervals: tuple[float, ...]
+    scalar: tuple[str, tuple[float, ...]]
+    per_neuron: tuple[str, float, float]
+    state: Callable[[np.random.Generator], object]
+
+    @functools.cached_property
+    def layer(self) -> sj.SpikingODELayer:
+        return self.make_layer()
+
+    def inputs(self, rng, batch=None):
+        shape = (N_INTERVALS, N_INPUTS)
+        if batch is not None:
+            shape = (batch, *shape)
+        return jnp.asarray(rng.uniform(*self.input_range, shape))
+
+    @property
+    def closed_form(self) -> bool:
+        return isinstance(self.layer.solver, sj.Exact)
+
+
+def _with_weight(layer, low, high):
+    """Weights in `[low, high)`, neuron 0's twenty times weaker (it stays silent)."""
+    w = np.random.default_rng(11).uniform(low, high, (N_NEURONS, N_INPUTS))
+    w[0] /= 20
+    return eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(w))
+
+
+def _lif_layer(solver=None):
+    # v_reset per neuron and the rest scalar: both fold paths of a parameter (an
+    # unbatched per-neuron array is broadcast over the runs, a scalar stays scalar).
+    dynamics = sj.ODELIFDynamics(
+        tau_mem=10.0,
+        v_rest=0.0,
+        v_threshold=1.0,
+        v_reset=jnp.asarray([-0.5, -0.2, 0.0, 0.3]),
+        C_mem=1.0,
+    )
+    kwargs = {} if solver is None else dict(solver=solver)
+    layer = sj.SpikingODELayer(
+        N_INPUTS,
+        N_NEURONS,
+        dynamics,
+        dtype=jnp.float64,
+        key=jax.random.key(0),
+        **kwargs,
+    )
+    return _with_weight(layer, 0.1, 1.0)
+
+
+def _lif_states(rng):
+    # Below the smallest threshold drawn per neuron (0.8).
+    return sj.LIFState(jnp.asarray(rng.uniform(-0.5, 0.75, (BATCH, N_NEURONS))))
+
+
+def _adex_layer():
+    layer = sj.SpikingODELayer(
+        N_INPUTS,
+        N_NEURONS,
+        sj.AdExDynamics(),
+        dtype=jnp.float64,
+        key=jax.random.key(0),
+    )
+    return _with_weight(layer, 0.2, 1.0)
+
+
+def _adex_states(rng):
+    v = rng.uniform(-72.0, -58.0, (BATCH, N_NEURONS))  # mV, below threshold
+    w = rng.uniform(0.0, 60.0, (BATCH, N_NEURONS))  # pA
+    return sj.AdExState(jnp.asarray(v), jnp.asarray(w))
+
+
+_LIF = dict(
+    # Currents up to 1.25 (neuron 0: 0.1 at most, silent), so v_inf up to ~12 times
+    # the threshold at tau_mem = 10 ms: up to about one spike per ms.
+    input_range=(0.0, 1.0),
+    interval=2.0,
+    intervals=(0.5, 2.0, 7.0),
+    scalar=("tau_mem", (5.0, 12.0, 30.0)),
+    per_neuron=("v_threshold", 0.8, 1.6),
+    state=_lif_states,
+)
+MODELS = {
+    "lif_exact": Model("lif_exact", _lif_layer, **_LIF),
+    # The LIF forced onto the adaptive Runge-Kutta path.
+    "lif_dopri5": Model(
+        "lif_dopri5", functools.partial(_lif_layer, sj.Dopri5()), **_LIF
+    ),
+    # AdEx (adaptive path, Dopri5 by default): currents up to ~1400 pA (neuron 0:
+    # ~40 pA, silent), 1-4 spikes per driven neuron and run.
+    "adex": Model(
+        "adex",
+        _adex_layer,
+        input_range=(300.0, 900.0),
+        interval=10.0,
+        intervals=(4.0, 10.0, 15.0),
+        scalar=("C", (200.0, 281.0, 400.0)),
+        per_neuron=("V_T", -53.0, -48.0),
+        state=_adex_states,
+    ),
+}
+
+
+def _replace(layer, name, value):
+    return eqx.tree_at(lambda m: getattr(m.dynamics, name), layer, value)
+
+
+def _simulate(model, x, interval, *, scalar=None, per_neuron=None, state=None):
+    """`model`'s layer, with the given parameter values, simulated on `x`."""
+    layer = model.layer
+    if scalar is not None:
+        layer = _replace(layer, model.scalar[0], scalar)
+    if per_neuron is not None:
+        layer = _replace(layer, model.per_neuron[0], per_neuron)
+    return layer.simulate(x, interval, MAX_SPIKES, state=state, throw=False)
+
+
+# -- comparisons -------------------------------------------------------------------
+
+
+def _run_i(batched, i):
+    return jax.tree.map(lambda a: a[i], batched)
+
+
+def _assert_solutions_agree(actual, expected, *, stats=True):
+    """Integers (counts, spike totals, step statistics, result) and the `+inf`
+    padding of the spike times exactly; floats to `TOL`."""
+    np.testing.assert_array_equal(
+        np.asarray(actual.counts), np.asarray(expected.counts)
+    )
+    assert actual.result == expected.result, (actual.result, expected.result)
+    if not stats:  # compared exactly below otherwise
+        actual = dataclasses.replace(actual, stats=None)
+        expected = dataclasses.replace(expected, stats=None)
+    a_leaves, a_def = jax.tree_util.tree_flatten_with_path(actual)
+    e_leaves, e_def = jax.tree_util.tree_flatten_with_path(expected)
+    assert a_def == e_def, (a_def, e_def)
+    for (path, a), (_, e) in zip(a_leaves, e_leaves):
+        name = jax.tree_util.keystr(path)
+        a, e = np.asarray(a), np.asarray(e)
+        assert (a.shape, a.dtype) == (e.shape, e.dtype), (name, a.shape, e.shape)
+        if not np.issubdtype(e.dtype, np.floating):
+            np.testing.assert_array_equal(a, e, err_msg=name)
+            continue
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(e), err_msg=name)
+        np.testing.assert_array_equal(a[~np.isfinite(e)], e[~np.isfinite(e)], name)
+        np.testing.assert_allclose(a, e, rtol=TOL, atol=TOL, err_msg=name)
+
+
+def _assert_batch_equals_loop(batched, loop, *, stats=True):
+    for i, expected in enumerate(loop):
+        assert expected.result == sj.RESULTS.successful, expected.result
+        _assert_solutions_agree(_run_i(batched, i), expected, stats=stats)
+    # The runs differ from each other, so a batch rule that mixed them up (or ran one
+    # of them for all) would show.
+    times = [np.asarray(sol.spike_times) for sol in loop]
+    assert not any(np.allclose(times[0], t) for t in times[1:])
+    assert np.asarray(batched.num_spikes).sum() >= 2 * BATCH
+
+
+def _check_reference(sol, layer, x, interval, v0=None):
+    ref = reference_for(layer, x, interval, v0)
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    assert_padded_times_close(sol.spike_times, ref.padded_times(MAX_SPIKES), TIME_ATOL)
+    np.testing.assert_allclose(sol.final_state.v, ref.final_v, rtol=0, atol=V_ATOL)
+    np.testing.assert_allclose(
+        sol.interval_states.v, ref.interval_v, rtol=0, atol=V_ATOL
+    )
+
+
+def _cases(*cases):
+    """Parameter sets; those on the adaptive path (5-10 s each, mostly compiling)
+    are marked slow."""
+    slow = pytest.mark.slow
+    return [pytest.param(*c, marks=() if c[0] == "lif_exact" else slow) for c in cases]
+
+
+def _batch_and_loop(fn, batched_args, transform=jax.vmap):
+    """`transform(fn)` on the batch, and `fn` on each run in a Python loop."""
+    batched = transform(fn)(batched_args)
+    loop = [fn(_run_i(batched_args, i)) for i in range(BATCH)]
+    return batched, loop
+
+
+# -- the vmapped integrator: a batched interval -----------------------------------
+
+# What is batched besides the interval: nothing (the inputs, parameters and state are
+# shared by the runs), the inputs, or the inputs, a scalar parameter and the state.
+INTERVAL_CASES = _cases(
+    ("lif_exact", "interval"),
+    ("lif_exact", "interval+inputs"),
+    ("lif_exact", "interval+inputs+scalar+state"),
+    ("adex", "interval+inputs+scalar+state"),
+)
+
+
+@pytest.mark.parametrize("model, batched", INTERVAL_CASES)
+def test_batched_interval_equals_loop(model, batched):
+    model = MODELS[model]
+    rng = np.random.default_rng(0)
+    args = dict(interval=jnp.asarray(model.intervals))
+    if "inputs" in batched:
+        args["x"] = model.inputs(rng, BATCH)
+    if "scalar" in batched:
+        args["scalar"] = jnp.asarray(model.scalar[1])
+        args["state"] = model.state(rng)
+    x_shared = model.inputs(rng)
+
+    def run(a):
+        a = dict(a)
+        return _simulate(model, a.pop("x", x_shared), **a)
+
+    sols, loop = _batch_and_loop(run, args)
+    _assert_batch_equals_loop(sols, loop)
+    np.testing.assert_array_equal(np.asarray(sols.interval), model.intervals)
+    if model.closed_form:
+        for i in range(BATCH):
+            a = _run_i(args, i)
+            layer = model.layer
+            if "scalar" in a:
+                layer = _replace(layer, model.scalar[0], a["scalar"])
+            v0 = a["state"].v if "state" in a else None
+            x = a.get("x", x_shared)
+            _check_reference(_run_i(sols, i), layer, x, a["interval"], v0)
+
+
+# -- the fold: inputs, parameters and states batched --------------------------------
+
+
+def _jit_of_vmap(fn):
+    return eqx.filter_jit(jax.vmap(fn))
+
+
+TRANSFORMS = {
+    "vmap": jax.vmap,
+    "filter_vmap": eqx.filter_vmap,
+    "jit_of_vmap": _jit_of_vmap,
+}
+INPUT_CASES = _cases(
+    ("lif_exact", "vmap"),
+    ("lif_exact", "filter_vmap"),
+    ("lif_exact", "jit_of_vmap"),
+    ("lif_dopri5", "vmap"),
+    ("adex", "vmap"),
+)
+
+
+@pytest.mark.parametrize("model, transform", INPUT_CASES)
+def test_batched_inputs_equal_loop(model, transform):
+    # The layer is shared: only the inputs (and so the currents) carry the batch.
+    model = MODELS[model]
+    xb = model.inputs(np.random.default_rng(1), BATCH)
+
+    def run(x):
+        return _simulate(model, x, model.interval)
+
+    sols, loop = _batch_and_loop(run, xb, TRANSFORMS[transform])
+    _assert_batch_equals_loop(sols, loop)
+    if model.closed_form:
+        for i in range(BATCH):
+            _check_reference(_run_i(sols, i), model.layer, xb[i], model.interval)
+    if transform == "vmap":
+        # `forward` (no spike buffer) folds too.
+        counts = jax.vmap(lambda x: model.layer.forward(x, model.interval))(xb)
+        for i in range(BATCH):
+            np.testing.assert_array_equal(
+                np.asarray(counts[i]), np.asarray(loop[i].counts)
+            )
+
+
+# How the batch of scalar parameters is built: by vmapping a function of the scalar
+# (with the inputs shared by the runs or batched too), or as an ensemble of layers
+# (a layer whose parameter holds one value per run, split off with `eqx.partition`
+# and vmapped with `eqx.filter_vmap`).
+SCALAR_CASES = _cases(
+    ("lif_exact", "closure"),
+    ("lif_exact", "closure+inputs"),
+    ("lif_exact", "ensemble"),
+    ("lif_dopri5", "closure+inputs"),
+    ("adex", "closure+inputs"),
+)
+
+
+@pytest.mark.parametrize("model, build", SCALAR_CASES)
+def test_batched_scalar_parameter_equals_loop(model, build):
+    # Inside the rule the parameter has shape (B,): one value per run, to be spread
+    # over that run's neurons.
+    model = MODELS[model]
+    name, values = model.scalar
+    values = jnp.asarray(values)
+    rng = np.random.default_rng(2)
+    xb = model.inputs(rng, BATCH)
+    x_shared = model.inputs(rng)
+    if build == "ensemble":
+        layers = _replace(model.layer, name, values)
+        spec = jax.tree.map(lambda _: False, model.layer)
+        spec = _replace(spec, name, True)
+        batched_part, shared_part = eqx.partition(layers, spec)
+
+        def run(part):
+            layer = eqx.combine(part, shared_part)
+            return layer.simulate(x_shared, model.interval, MAX_SPIKES, throw=False)
+
+        sols, loop = _batch_and_loop(run, batched_part, eqx.filter_vmap)
+        xs = [x_shared] * BATCH
+    else:
+        with_inputs = build == "closure+inputs"
+        args = (values, xb if with_inputs else None)
+
+        def run(a):
+            x = x_shared if a[1] is None else a[1]
+            return _simulate(model, x, model.interval, scalar=a[0])
+
+        sols, loop = _batch_and_loop(run, args)
+        xs = list(xb) if with_inputs else [x_shared] * BATCH
+    _assert_batch_equals_loop(sols, loop)
+    assert np.asarray(getattr(model.layer.dynamics, name)).shape == ()
+    if model.closed_form:
+        for i in range(BATCH):
+            layer = _replace(model.layer, name, values[i])
+            _check_reference(_run_i(sols, i), layer, xs[i], model.interval)
+
+
+@pytest.mark.parametrize("model", _cases(("lif_exact",), ("adex",)))
+def test_batched_per_neuron_parameter_and_state_equal_loop(model):
+    # A parameter of shape (B, n) and initial states of shape (B, n), with batched
+    # inputs.
+    model = MODELS[model]
+    name, low, high = model.per_neuron
+    rng = np.random.default_rng(3)
+    args = dict(
+        x=model.inputs(rng, BATCH),
+        per_neuron=jnp.asarray(rng.uniform(low, high, (BATCH, N_NEURONS))),
+        state=model.state(rng),
+    )
+
+    def run(a):
+        return _simulate(
+            model,
+            a["x"],
+            model.interval,
+            per_neuron=a["per_neuron"],
+            state=a["state"],
+        )
+
+    sols, loop = _batch_and_loop(run, args)
+    _assert_batch_equals_loop(sols, loop)
+    if model.closed_form:
+        for i in range(BATCH):
+            a = _run_i(args, i)
+            layer = _replace(model.layer, name, a["per_neuron"])
+            _check_reference(
+                _run_i(sols, i), layer, a["x"], model.interval, a["state"].v
+            )
+
+
+def test_fold_shares_the_closed_form_span():
+    """Batch composition changes the arithmetic of the closed-form LIF.
+
+    It walks an interval in equal pieces no longer than `30 * min(tau_mem)`
+    (`max_event_span`); folded, the minimum is taken over the whole batch, so a run
+    may be walked in more pieces than when run alone (here: a 5 ms interval and
+    tau_mem 0.15 ms in run 0, so every run takes two pieces; alone, runs 1 and 2
+    take one). Each extra piece rounds the decay factor and the state once more:
+    spike times and voltages differ by a few ulps (measured: at most 1e-14 ms on
+    times up to 15 ms, 7e-15 on voltages), within `TOL`, while the step statistics
+    count the pieces (3 more steps per neuron here: one per interval) and are not
+    compared.
+    """
+    model = MODELS["lif_exact"]
+    taus = jnp.asarray([0.15, 8.0, 20.0])
+    interval = 5.0
+    xb = model.inputs(np.random.default_rng(4), BATCH)
+
+    def run(a):
+        return _simulate(model, a[1], interval, scalar=a[0])
+
+    sols, loop = _batch_and_loop(run, (taus, xb))
+    _assert_batch_equals_loop(sols, loop, stats=False)
+    for i in range(BATCH):
+        layer = _replace(model.layer, "tau_mem", taus[i])
+        _check_reference(_run_i(sols, i), layer, xb[i], interval)
+    assert np.asarray(sols.num_spikes)[0].max() == 0  # tau 0.15 ms: v_inf too low

@@ -1,6 +1,6 @@
 """Batching: `jax.vmap` over a layer's simulation equals a Python loop over the batch.
 
-The integration loop has its own vmap rule (`_run_folded` in `_integrate.py`) with two
+The integration loop has its own vmap rule (`run_folded` in `_scan.py`) with two
 branches, each pinned here through the public API:
 
 - a batched `interval`: the integrator itself is vmapped, each run keeping its own

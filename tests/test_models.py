@@ -348,3 +348,64 @@ def test_invalid_traced_model_parameters():
 
     assert run(jnp.asarray(-1.0)) == sj.RESULTS.invalid_parameters
     assert run(jnp.asarray(144.0)) == sj.RESULTS.successful
+
+
+class SharedGainLIF(sj.AbstractDynamics):
+    """A LIF whose input passes through a gain shared by the whole population: the
+    sum of `taps`, an array that is *not* a per-neuron parameter even when its
+    length equals the number of neurons (only `parameter_names` say which are)."""
+
+    tau: jax.Array
+    taps: jax.Array
+
+    parameter_names = ("tau",)
+
+    def init_state(self, n_neurons, dtype):
+        return sj.LIFState(jnp.zeros((n_neurons,), dtype))
+
+    def vector_field(self, t, y, current):
+        return sj.LIFState(-y.v / self.tau + current * jnp.sum(self.taps))
+
+    def threshold(self, y):
+        return y.v - 1.0
+
+    def reset(self, y):
+        return sj.LIFState(jnp.zeros_like(y.v))
+
+    def voltage(self, y):
+        return y.v
+
+    def constraints(self, y):
+        return {"tau > 0": jnp.all(self.tau > 0)}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_shared_parameter_is_not_split_across_neurons(batched):
+    """`taps` has one entry per neuron by coincidence: it must still act whole on
+    every neuron (in the crossing search on subsets of neurons, the per-neuron
+    solver steps and the vmap rule), giving the closed-form LIF with the current
+    scaled by sum(taps)."""
+    n = 3
+    taps = jnp.array([0.2, 0.5, 0.3])  # sums to 1
+    tau = jnp.array([10.0, 20.0, 15.0])
+    layer = sj.SpikingODELayer(
+        4, n, SharedGainLIF(tau, taps), rtol=1e-12, atol=1e-12, key=jax.random.key(2)
+    )
+    rng = np.random.default_rng(4)
+    xs = rng.standard_normal((2, 25, 4)) * 3.0
+    if batched:
+        sols = eqx.filter_jit(
+            jax.vmap(lambda x: layer.simulate(x, 1.0, max_spikes=32))
+        )(jnp.asarray(xs))
+        runs = [jax.tree.map(lambda a, b=b: a[b], sols) for b in range(2)]
+    else:
+        runs = [layer.simulate(x, 1.0, max_spikes=32) for x in xs]
+    total = 0
+    for x, sol in zip(xs, runs):
+        ref = lif_reference(np.asarray(layer.weight), x, 1.0, tau_mem=np.asarray(tau))
+        np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+        fin = np.isfinite(ref.padded_times(32))
+        err = np.abs(np.asarray(sol.spike_times)[fin] - ref.padded_times(32)[fin])
+        assert err.max() <= 1e-9
+        total += ref.counts.sum()
+    assert total > 20

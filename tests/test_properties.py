@@ -80,20 +80,20 @@ def _assert_solutions_agree(a, b, dtype):
 
 
 @contextlib.contextmanager
-def _tracers_seen_by_invalid():
-    """Record, for every call of `ODELIFDynamics.invalid` (the model's run-time check,
-    which `integrate` calls on the parameters and the initial state at its top level),
-    whether it was given tracers (inside `jit`) or concrete arrays."""
+def _tracers_seen_by_constraints():
+    """Record, for every call of `ODELIFDynamics.constraints` (the model's run-time
+    checks, which `integrate` calls on the parameters and the initial state at its
+    top level), whether it was given tracers (inside `jit`) or concrete arrays."""
     seen = []
-    original = sj.ODELIFDynamics.invalid
+    original = sj.ODELIFDynamics.constraints
 
-    def invalid(self, y):
+    def constraints(self, y):
         seen.append(
             any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((self, y)))
         )
         return original(self, y)
 
-    with mock.patch.object(sj.ODELIFDynamics, "invalid", invalid):
+    with mock.patch.object(sj.ODELIFDynamics, "constraints", constraints):
         yield seen
 
 
@@ -105,12 +105,8 @@ def test_probe_sees_tracers_when_traced():
     kwargs = dict(
         max_spikes=None,
         max_steps=layer.max_steps,
-        dt_init=layer.dt_init,
-        dt_min=layer.dt_min,
-        dt_max=layer.dt_max,
-        rtol=layer.rtol,
-        atol=layer.atol,
-        max_root_iters=layer.max_root_iters,
+        stepsize_controller=layer.stepsize_controller,
+        root_finder=layer.root_finder,
     )
 
     def run(dynamics, state, x):
@@ -118,7 +114,7 @@ def test_probe_sees_tracers_when_traced():
             dynamics, layer.solver, layer.weight, x, 1.0, state, **kwargs
         ).counts
 
-    with _tracers_seen_by_invalid() as seen:
+    with _tracers_seen_by_constraints() as seen:
         jax.make_jaxpr(run)(layer.dynamics, layer.init_state(), x)
     assert seen == [True]
 
@@ -132,13 +128,13 @@ def test_jit_equals_eager(dtype, seed, drive, interval):
     # Eager: `jax.disable_jit()` makes the layer's `eqx.filter_jit` call straight
     # through, so `integrate`, its checks and its custom_jvp run op by op in Python.
     # The integration loop itself is still traced: `jax.custom_batching.custom_vmap`
-    # (the batching rule of `_run_folded`) traces its function to a jaxpr on every
+    # (the batching rule of `run_folded`) traces its function to a jaxpr on every
     # call, even under disable_jit, and evaluates it primitive by primitive; the scan
     # over intervals is unrolled there, while `lax.while_loop`/`lax.cond` on traced
     # predicates fall back to their primitives, each compiled on its own. So the
     # eager side shares no compiled program with the jitted one.
     _, layer, x = _layer_and_inputs(seed, drive, interval, dtype)
-    with _tracers_seen_by_invalid() as seen, jax.disable_jit():
+    with _tracers_seen_by_constraints() as seen, jax.disable_jit():
         eager = _simulate(layer, x, interval)
     assert seen == [False]  # `integrate` ran on concrete arrays
     jitted = _jit_simulate(layer, x, jnp.asarray(interval, dtype))

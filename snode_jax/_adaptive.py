@@ -5,6 +5,7 @@ import abc
 from typing import TypeVar
 
 import equinox as eqx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
@@ -24,6 +25,43 @@ _T = TypeVar("_T")
 # After a reset, the first step is at least this fraction of the largest step taken
 # since the previous reset.
 _RESTART = 0.5
+
+
+# Bisection steps locating an interior maximum of the threshold function on a step's
+# dense output: 2^-48 of the step, far below what moves the (flat) maximum's value.
+_PEAK_ITERS = 48
+
+
+def _interior_peak(stepper: AbstractStepper, dynamics, dense, t, t1, candidates):
+    """`(t_peak, g_peak, has_peak)`: per neuron, where the threshold function on the
+    dense output of a step from `t` to `t1` has an interior maximum (its slope is
+    positive at `t` and negative at `t1`), found by bisection on the slope, and its
+    value there; only on `candidates`, and only when some candidate has one."""
+
+    def g(s):
+        return dynamics.threshold(stepper.evaluate(dynamics, dense, s))
+
+    def slope(s):
+        return jax.jvp(g, (s,), (jnp.ones_like(s),))[1]
+
+    has_peak = candidates & (slope(t) > 0) & (slope(t1) < 0)
+
+    def search(_):
+        def body(_, bracket):
+            lo, hi = bracket
+            mid = lo + 0.5 * (hi - lo)
+            rising = slope(mid) > 0
+            return jnp.where(rising, mid, lo), jnp.where(rising, hi, mid)
+
+        lo, hi = lax.fori_loop(0, _PEAK_ITERS, body, (t, t1))
+        t_peak = lo + 0.5 * (hi - lo)
+        return t_peak, g(t_peak)
+
+    def none(_):
+        return t1, jnp.full_like(t, -jnp.inf)
+
+    t_peak, g_peak = lax.cond(jnp.any(has_peak), search, none, None)
+    return t_peak, jnp.where(has_peak, g_peak, -jnp.inf), has_peak
 
 
 class AdaptiveState(eqx.Module):
@@ -53,6 +91,7 @@ class StepOutcome(eqx.Module):
     active: Bool[Array, " n"]
     accept: Bool[Array, " n"]
     crossed: Bool[Array, " n"]
+    reaches_end: Bool[Array, " n"]
     t1: Float[Array, " n"]
     y1: State
     crossings: Crossings
@@ -76,11 +115,12 @@ class AbstractLoopDerivative(eqx.Module):
         loop: "AdaptiveLoop",
         dynamics: AbstractDynamics,
         current,
+        interval,
         st: AdaptiveState,
         out: StepOutcome,
-    ) -> tuple[State, Array, State]:
-        """`(y1, t_star, y_star)`: the step's end state, and the crossing time and
-        state, as the loop keeps them."""
+    ) -> tuple[Array, State, Array, State]:
+        """`(t1, y1, t_star, y_star)`: the step's end time and state, and the
+        crossing time and state, as the loop keeps them."""
 
     @abc.abstractmethod
     def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
@@ -93,8 +133,8 @@ class ForwardOnly(AbstractLoopDerivative):
     def decision_inputs(self, x: _T) -> _T:
         return x
 
-    def kept_values(self, loop, dynamics, current, st, out):
-        return out.y1, out.crossings.t_star, out.crossings.y_star
+    def kept_values(self, loop, dynamics, current, interval, st, out):
+        return out.t1, out.y1, out.crossings.t_star, out.crossings.y_star
 
     def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
         del max_steps
@@ -160,6 +200,18 @@ class AdaptiveLoop(AbstractIntegrator):
             crossed = crossed | use_peak
             upper = jnp.where(use_peak, t + t_peak, t1)
             g_upper = jnp.where(use_peak, g_peak, g1)
+        else:
+            # A rise above threshold and back below within one step: the threshold
+            # function on the step's dense output rises at the start and falls at
+            # the end, so it has an interior maximum; where that reaches threshold,
+            # the earliest crossing lies before it.
+            t_peak, g_peak, has_peak = _interior_peak(
+                self.stepper, dynamics, prop.dense, t, t1, accept & ~crossed
+            )
+            use_peak = has_peak & (g_peak >= 0)
+            crossed = crossed | use_peak
+            upper = jnp.where(use_peak, t_peak, t1)
+            g_upper = jnp.where(use_peak, g_peak, g1)
         steps = StepCrossings(
             t, t1, y, current, step, upper, g0, g_upper, prop.y1, prop.dense
         )
@@ -170,6 +222,7 @@ class AdaptiveLoop(AbstractIntegrator):
             active,
             accept,
             crossed,
+            reaches_end,
             t1,
             prop.y1,
             crossings,
@@ -192,13 +245,13 @@ class AdaptiveLoop(AbstractIntegrator):
         def body_fun(st: AdaptiveState) -> AdaptiveState:
             fixed = derivative.decision_inputs((dynamics, current, interval, st))
             out = self.decide(*fixed)
-            y1, t_star, y_star = derivative.kept_values(
-                self, dynamics, current, st, out
+            t1, y1, t_star, y_star = derivative.kept_values(
+                self, dynamics, current, interval, st, out
             )
             y_new = where_tree(
                 out.crossed, dynamics.reset(y_star), where_tree(out.accept, y1, st.y)
             )
-            t_new = jnp.where(out.crossed, t_star, jnp.where(out.accept, out.t1, st.t))
+            t_new = jnp.where(out.crossed, t_star, jnp.where(out.accept, t1, st.t))
             h_new = jnp.where(out.active, out.h_next, st.h)
             # After a reset the neuron is back in its slow regime: restart from a
             # step near the largest one it took before the spike, not from the small
@@ -216,11 +269,15 @@ class AdaptiveLoop(AbstractIntegrator):
             buffer = st.buffer
             if buffer is not None:
                 buffer = buffer.record(out.crossed, t_start + t_star)
+            # An accepted step that did not advance the time (dt_min below the
+            # resolution of t) would repeat forever: counted, and reported.
+            stalled = out.accept & ~out.crossed & (out.t1 <= st.t)
             counters = st.counters + Counters(
                 out.accept.astype(jnp.int32),
                 (out.active & ~out.accept).astype(jnp.int32),
                 out.crossed.astype(jnp.int32),
                 (out.accept & out.at_dt_min).astype(jnp.int32),
+                stalled.astype(jnp.int32),
             )
             return AdaptiveState(
                 t=t_new,

@@ -118,7 +118,7 @@ def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate):
         is_leaf=lambda x: x is None,
     )
     _, (t_counts, t_times, t_final, t_states) = jax.jvp(replay, primals, tangents)
-    no_tangent = Counters(None, None, None, None)  # pyright: ignore[reportArgumentType]
+    no_tangent = Counters(None, None, None, None, None)  # pyright: ignore[reportArgumentType]
     t_raw = RawRun(t_counts, t_times, None, t_final, t_states, no_tangent, None, None)  # pyright: ignore[reportArgumentType]
     return raw, t_raw
 
@@ -209,12 +209,14 @@ class ImplicitCrossings(AbstractLoopDerivative):
     def decision_inputs(self, x: _T) -> _T:
         return lax.stop_gradient(x)
 
-    def kept_values(self, loop, dynamics, current, st, out):
+    def kept_values(self, loop, dynamics, current, interval, st, out):
         n = current.shape[0]
         lanes = _per_lane(dynamics, n)
+        # The step's end as a function of the (differentiated) interval length.
+        t1 = jnp.where(out.reaches_end, interval, st.t + st.h)
         # One step per lane, differentiated where its end is kept: to the step's
         # end, or to the crossing (below it, if the step blew up).
-        end = jnp.where(out.crossed, out.crossings.s_eval, out.t1)
+        end = jnp.where(out.crossed, out.crossings.s_eval, t1)
         length = end - st.t
         per_neuron = (lanes.per_neuron_mask(), True, True, True, True)
         dyn, t_u, y_u, cur_u, length = _keep_tangent(
@@ -222,7 +224,7 @@ class ImplicitCrossings(AbstractLoopDerivative):
         )
         y1 = loop.stepper.step(dyn, t_u, t_u + length, y_u, cur_u)[0]
         t_star, y_star = _crossing_tangents(dyn, cur_u, y1, out)
-        return y1, t_star, y_star
+        return t1, y1, t_star, y_star
 
     def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
         # Reverse-mode differentiable, recomputing between checkpoints (equinox's
@@ -285,8 +287,8 @@ class RerunAdjoint(AbstractAdjoint):
             t_starts = interval_starts(interval, num_intervals)
             uniform = jnp.ndim(interval) == 0
 
-            def one_interval(params, y, t_start, num):
-                dynamics, current, length = params
+            def one_interval(params, y, num):
+                dynamics, current, length, t_start = params
                 buffer = None
                 if cfg.max_spikes is not None:
                     # Only the slots written in this interval matter: their values
@@ -302,40 +304,48 @@ class RerunAdjoint(AbstractAdjoint):
                 return out.y, soft, times
 
             def step(carry, xs):
-                ct_y, ct_dyn, ct_interval = carry
+                ct_y, ct_dyn, ct_interval, later = carry
                 k, current, y0, num, ct_count, ct_state = xs
                 if ct_state is not None:
                     ct_y = jax.tree.map(jnp.add, ct_y, ct_state)
                 length = interval if uniform else interval[k]
-                t_start = lax.stop_gradient(t_starts[k])
-                params = (dynamics, current, length)
+                # The interval's start time is differentiated too (spike times are
+                # recorded from it): it is k * interval, or the sum of the earlier
+                # lengths.
+                params = (dynamics, current, length, t_starts[k])
                 (_, soft, _), vjp = jax.vjp(
-                    lambda p, y: one_interval(p, y, t_start, num), params, y0
+                    lambda p, y: one_interval(p, y, num), params, y0
                 )
-                (d_dyn, d_current, d_length), ct_y = vjp((ct_y, ct_count, ct_times))
+                (d_dyn, d_current, d_length, d_start), ct_y = vjp(
+                    (ct_y, ct_count, ct_times)
+                )
                 # The rerun must take the forward pass's decisions; if it does not
                 # (its counts differ), its derivative is not that of the forward
                 # run, and saying so beats a silently wrong gradient.
                 same = jnp.all(jnp.round(lax.stop_gradient(soft)) == counts[k])
                 nan_if_differs = lambda a: jnp.where(same, a, jnp.nan)
-                grads = jax.tree.map(nan_if_differs, (d_dyn, d_current, d_length, ct_y))
+                grads = (d_dyn, d_current, d_length, d_start, ct_y)
+                grads = jax.tree.map(nan_if_differs, grads)
                 if self.throw:
                     grads = eqx.error_if(
                         grads, ~same, RESULTS[RESULTS.gradient_rerun_mismatch]
                     )
-                d_dyn, d_current, d_length, ct_y = grads
+                d_dyn, d_current, d_length, d_start, ct_y = grads
                 ct_dyn = jax.tree.map(jnp.add, ct_dyn, d_dyn)
                 if uniform:
-                    ct_interval = ct_interval + d_length
+                    ct_interval = ct_interval + d_length + k.astype(dtype) * d_start
                 else:
-                    ct_interval = ct_interval.at[k].add(d_length)
-                return (ct_y, ct_dyn, ct_interval), d_current
+                    # Interval k's length moves the start of every later interval.
+                    ct_interval = ct_interval.at[k].add(d_length + later)
+                    later = later + d_start
+                return (ct_y, ct_dyn, ct_interval, later), d_current
 
             zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
             ks = jnp.arange(num_intervals)
             xs = (ks, currents, starts, seen, ct.counts, ct.interval_states)
-            (ct_state, ct_dyn, ct_interval), ct_currents = lax.scan(
-                step, (ct.final_state, *zeros), xs, reverse=True
+            init = (ct.final_state, *zeros, jnp.zeros((), dtype))
+            (ct_state, ct_dyn, ct_interval, _), ct_currents = lax.scan(
+                step, init, xs, reverse=True
             )
             return ct_dyn, ct_currents, ct_interval, ct_state
 

@@ -13,6 +13,9 @@ from ._scan import AbstractIntegrator
 # than a loop iteration.
 _PEEL = 1
 
+# The largest piece count of one interval (an int32 loop bound).
+_MAX_PIECES = 2.0**31 - 1
+
 
 def _walk(
     dynamics: AbstractClosedFormDynamics,
@@ -54,7 +57,7 @@ def _walk(
         carry,
     )
     exhausted = dynamics.crossing_pending(ev)
-    counters = Counters(count + 1, zeros, count, zeros)
+    counters = Counters(count + 1, zeros, count, zeros, zeros)
     no_fail = jnp.zeros(count.shape, bool)
     return IntervalOutcome(
         dynamics.interval_end(ev), count, buffer, counters, exhausted, no_fail
@@ -74,11 +77,20 @@ class ClosedFormWalk(AbstractIntegrator):
 
     max_steps: int = 4096
 
+    def conditions(self, dynamics, interval):
+        assert isinstance(dynamics, AbstractClosedFormDynamics)
+        # The piece count is an int32 loop bound.
+        pieces = jnp.max(interval / dynamics.max_event_span())
+        name = type(dynamics).__name__
+        return {f"interval < 2**31 * {name}.max_event_span()": pieces < _MAX_PIECES}
+
     def prepare(self, dynamics, interval):
         assert isinstance(dynamics, AbstractClosedFormDynamics)
         n_pieces = jnp.ceil(interval / dynamics.max_event_span())
-        # An invalid interval (reported in `result`) takes a single piece.
-        n_pieces = jnp.where(jnp.isfinite(n_pieces) & (n_pieces > 1), n_pieces, 1)
+        # An invalid interval (reported in `result`) takes a single piece; so does
+        # one of too many pieces (reported too, see `conditions`).
+        ok = jnp.isfinite(n_pieces) & (n_pieces > 1) & (n_pieces < _MAX_PIECES)
+        n_pieces = jnp.where(ok, n_pieces, 1)
         piece = interval / n_pieces
         constants = dynamics.interval_constants(piece)
         return n_pieces.astype(jnp.int32), piece, constants

@@ -124,10 +124,17 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
         error_norm: Float[Array, "*n"],
         error_order,
         state: PredictiveState,
+        t1: Float[Array, "*n"] | None = None,
     ) -> StepDecision:
         """Accept or reject steps of size `h` with scaled errors `error_norm`, and
-        propose the next ones (elementwise)."""
-        at_min = h <= self.dtmin * (1 + 1e-6)
+        propose the next ones (elementwise). `t1`, the end of each step, if given,
+        sets the rounding allowed in telling a step at `dtmin`: a step of `dtmin`
+        from `t` is `(t + dtmin) - t`, which differs from `dtmin` by up to the
+        spacing of floating-point numbers near `t1`."""
+        floor = self.dtmin * (1 + 1e-6)
+        if t1 is not None:
+            floor = floor + 2 * jnp.finfo(h.dtype).eps * jnp.abs(t1)
+        at_min = h <= floor
         ok = error_norm <= 1
         accept = ok | at_min
         k = error_order
@@ -156,8 +163,15 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
         return StepDecision(accept, at_min & ~ok, error_norm, h_next, new_state)
 
     def error_norm(self, y_error: State, y0: State, y1: State) -> NeuronFloat:
-        """The scaled RMS error of each neuron's step."""
-        return _rms_per_neuron(y_error, y0, y1, self.rtol, self.atol)
+        """The scaled error of each neuron's step, in the controller's `norm`."""
+        if self.norm is optx.rms_norm:  # the default, written out per neuron
+            return _rms_per_neuron(y_error, y0, y1, self.rtol, self.atol)
+
+        def scale(e, a, b):
+            return e / (self.atol + self.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))
+
+        scaled = jax.tree.map(scale, y_error, y0, y1)
+        return jax.vmap(self.norm)(scaled)
 
     # -- diffrax's interface (`diffrax.diffeqsolve(..., stepsize_controller=...)`) ----
 

@@ -10,7 +10,7 @@ from ._custom_types import State
 from ._dynamics import AbstractDynamics
 from ._misc import where_tree
 from ._root_find import BracketedNewton
-from ._solver import AbstractStepper, ExactStepper
+from ._solver import AbstractStepper, DiffraxStepper, ExactStepper
 
 # A crossing on a step's dense output is refined by a Newton step on the solver's own
 # solution; a refinement larger than this fraction of the step means the dense output
@@ -153,15 +153,19 @@ def _locate_subset(
     def on_sub_step(time):
         return dyn.threshold(sub_step(time))
 
-    def slope_on_sub_step(time):
-        # The slope of the sub-step's end along the vector field there (the solver
-        # itself is not differentiated; the bracket keeps the search safe).
+    def slope_along_field(time):
+        # The slope of the sub-step's end along the vector field there: diffrax's
+        # steps run their stages in a loop that has no forward-mode derivative. Near
+        # a blow-up it is only approximate (the bracket keeps the search safe, but
+        # it may need more iterations); this library's own steps are differentiated.
         y_time = sub_step(time)
         f = dyn.vector_field(time, y_time, s.current)
         return jax.jvp(dyn.threshold, (y_time,), (f,))
 
+    slope = slope_along_field if isinstance(stepper, DiffraxStepper) else None
+
     def on_sub_steps(_):
-        t_b, ok_b, below_b = search(on_sub_step, untrusted, slope_on_sub_step)
+        t_b, ok_b, below_b = search(on_sub_step, untrusted, slope)
         y_b = sub_step(below_b)
         return Crossings(
             jnp.where(untrusted, t_b, t_star),

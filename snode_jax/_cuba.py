@@ -84,7 +84,9 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
                 )
 
     def init_state(self, n_neurons: int, dtype) -> CubaLIFState:
-        v = jnp.broadcast_to(self.v_rest, (n_neurons,)).astype(dtype)
+        # As for the LIF: a resting potential at or above threshold starts at reset.
+        rest = jnp.where(self.v_rest < self.v_threshold, self.v_rest, self.v_reset)
+        v = jnp.broadcast_to(rest, (n_neurons,)).astype(dtype)
         return CubaLIFState(v, jnp.zeros((n_neurons,), dtype))
 
     def vector_field(self, t, y: CubaLIFState, current) -> CubaLIFState:

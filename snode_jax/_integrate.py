@@ -4,6 +4,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optimistix as optx
 from jaxtyping import Array, Float
 
 from ._adaptive import AdaptiveLoop
@@ -15,8 +16,12 @@ from ._dynamics import AbstractClosedFormDynamics, AbstractDynamics
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
 from ._solution import RESULTS, Solution, update_result
-from ._solver import Exact, make_stepper
+from ._solver import Exact, check_solver, make_stepper
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
+
+# The placeholder diffrax puts in a root finder's tolerances when they are to be the
+# step controller's (`diffrax.with_stepsize_controller_tols`; Kvaerno5's default).
+_TOLS = diffrax.with_stepsize_controller_tols(optx.Chord)().rtol
 
 
 def make_integrator(
@@ -28,6 +33,7 @@ def make_integrator(
 ) -> AbstractIntegrator:
     """The integrator for a model and a solver: the closed-form walk for a model whose
     spikes have a closed form on the [`Exact`][] solver, else the adaptive loop."""
+    stepper = check_solver(dynamics, solver)
     if isinstance(solver, Exact) and isinstance(dynamics, AbstractClosedFormDynamics):
         return ClosedFormWalk(max_steps=max_steps)
     if isinstance(solver, diffrax.AbstractImplicitSolver):
@@ -35,9 +41,7 @@ def make_integrator(
         # controller (diffrax's default, a sentinel, not a number) take its values.
         finder = solver.root_finder
         attrs = [
-            a
-            for a in ("rtol", "atol", "norm")
-            if type(getattr(finder, a, None)).__name__ == "_UseStepSizeTol"
+            a for a in ("rtol", "atol", "norm") if getattr(finder, a, None) is _TOLS
         ]
         if attrs:
             solver = eqx.tree_at(
@@ -45,8 +49,9 @@ def make_integrator(
                 solver,
                 tuple(getattr(stepsize_controller, a) for a in attrs),
             )
+            stepper = make_stepper(solver)
     return AdaptiveLoop(
-        stepper=make_stepper(solver),
+        stepper=stepper,
         controller=stepsize_controller,
         root_finder=root_finder,
         max_steps=max_steps,
@@ -103,6 +108,16 @@ def integrate(
     currents = inputs @ weight.T
     cfg = RunConfig(max_spikes, keep_interval_states)
     root_finder = BracketedNewton() if root_finder is None else root_finder
+    if not isinstance(stepsize_controller, PredictiveController):
+        raise TypeError(
+            "`stepsize_controller` must be a PredictiveController (per-neuron steps), "
+            f"got {type(stepsize_controller).__name__}."
+        )
+    if jnp.shape(interval) not in ((), (inputs.shape[0],)):
+        raise ValueError(
+            "`interval` must be a scalar or have one length per interval, shape "
+            f"({inputs.shape[0]},); got shape {jnp.shape(interval)}."
+        )
     integrator = make_integrator(
         dynamics, solver, stepsize_controller, root_finder, max_steps
     )
@@ -115,12 +130,22 @@ def integrate(
         nonfinite = nonfinite | ~jnp.all(jnp.isfinite(leaf))
     conditions = dict(dynamics.constraints(state))
     conditions["interval > 0"] = jnp.all(interval > 0) & jnp.all(jnp.isfinite(interval))
+    conditions.update(integrator.conditions(dynamics, interval))
     invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
 
     raw = adjoint.run(integrator, dynamics, currents, interval, state, cfg, surrogate)
 
+    nonfinite_current = ~nonfinite & ~jnp.all(jnp.isfinite(currents))
+    result = update_result(result, nonfinite_current, RESULTS.nonfinite_current)
+    state_leaves = jax.tree.leaves((raw.final_state, raw.interval_states))
+    bad_state = jnp.any(jnp.isnan(raw.spike_times))
+    for leaf in state_leaves:
+        bad_state = bad_state | ~jnp.all(jnp.isfinite(leaf))
+    result = update_result(result, bad_state, RESULTS.nonfinite_state)
+    stalled = jnp.any(raw.counters.num_stalled_steps > 0)
+    result = update_result(result, stalled, RESULTS.step_size_underflow)
     exhausted, root_fail = jnp.any(raw.exhausted), jnp.any(raw.root_fail)
     result = update_result(result, exhausted, RESULTS.max_steps_reached)
     result = update_result(result, root_fail, RESULTS.crossing_search_failed)
@@ -133,6 +158,7 @@ def integrate(
         num_rejected_steps=counters.num_rejected_steps,
         num_crossings=counters.num_crossings,
         num_dt_min_steps=counters.num_dt_min_steps,
+        num_stalled_steps=counters.num_stalled_steps,
         max_steps=jnp.asarray(max_steps),
     )
     sol = Solution(

@@ -16,7 +16,7 @@ from ._misc import check_interval, check_positive_float, check_positive_int, is_
 from ._root_find import BracketedNewton
 from ._runge_kutta import AbstractRungeKutta, Dopri5
 from ._solution import Solution
-from ._solver import Exact, ExactFlow, make_stepper
+from ._solver import Exact, ExactFlow, check_solver
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 
@@ -129,16 +129,7 @@ class SpikingODELayer(eqx.Module):
         if solver is None:
             exact = isinstance(dynamics, AbstractExactFlowDynamics)
             solver = Exact() if exact else Dopri5()
-        make_stepper(solver)  # raises for a solver that cannot serve
-        if isinstance(solver, (Exact, ExactFlow)) and not isinstance(
-            dynamics, AbstractExactFlowDynamics
-        ):
-            raise ValueError(
-                f"`solver` {type(solver).__name__} needs an exact flow, which "
-                f"{type(dynamics).__name__} does not provide (it is no "
-                "AbstractExactFlowDynamics); use Dopri5() or Tsit5()."
-            )
-        dynamics.check_solver(solver)
+        check_solver(dynamics, solver)
         self.solver = solver
         if surrogate is None:
             surrogate = ArctanSurrogate()
@@ -218,8 +209,8 @@ class SpikingODELayer(eqx.Module):
         return state
 
     def _run(self, inputs, interval, state, max_spikes, throw, keep=True) -> Solution:
-        check_interval(interval)
         inputs = self._check_inputs(inputs)
+        check_interval(interval, inputs.shape[0])
         state = self.init_state() if state is None else self._check_state(state)
         return _integrate_jit(
             self.dynamics,
@@ -257,7 +248,8 @@ class SpikingODELayer(eqx.Module):
         **Arguments:**
 
         - `inputs`: shape `(T, n_inputs)`; row `k` is held over interval `k`.
-        - `interval`: length of each interval (ms), `> 0`.
+        - `interval`: length of each interval (ms), `> 0`; or one length per
+            interval, shape `(T,)` (intervals of different lengths).
         - `max_spikes`: spike times stored per neuron (counts are exact regardless).
         - `state`: initial state; default the resting state.
         - `throw`: raise if the result is not successful (step budget or spike buffer

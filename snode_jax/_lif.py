@@ -85,7 +85,8 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
     **Arguments:** (each a scalar or one value per neuron; all trainable)
 
     - `tau_mem`: membrane time constant (ms), `> 0`.
-    - `v_rest`: resting potential.
+    - `v_rest`: resting potential. At or above `v_threshold` the neuron fires
+        tonically: its default initial state is then `v_reset`.
     - `v_threshold`: spike threshold.
     - `v_reset`: post-spike reset potential, `< v_threshold`.
     - `C_mem`: membrane capacitance, `> 0`.
@@ -151,7 +152,11 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
     # -- interface -----------------------------------------------------------------
 
     def init_state(self, n_neurons: int, dtype) -> LIFState:
-        v = jnp.broadcast_to(self.v_rest, (n_neurons,)).astype(dtype)
+        # A resting potential at or above threshold (a tonically firing neuron)
+        # has no resting state below threshold: it starts from `v_reset` and fires
+        # periodically.
+        rest = jnp.where(self.v_rest < self.v_threshold, self.v_rest, self.v_reset)
+        v = jnp.broadcast_to(rest, (n_neurons,)).astype(dtype)
         refractory = None if self.t_ref is None else jnp.zeros((n_neurons,), dtype)
         return LIFState(v, refractory)
 
@@ -301,7 +306,12 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         n_before = jnp.maximum(count - 1, 0).astype(first.dtype)
         t_last = first + n_before * period
         free_after = t_last + t_ref
-        v_end_spiked = v_inf - u_reset * jnp.exp(-(interval - free_after) / tau)
+        # A refractory period that outlasts the interval (free_after > interval)
+        # ends the interval at v_reset (below); its free-evolution value is not
+        # used, and clamping keeps its `exp` finite: an overflow there would give
+        # NaN gradients (0 * inf) through the discarded branch.
+        free_in = jnp.minimum(free_after, interval)
+        v_end_spiked = v_inf - u_reset * jnp.exp(-(interval - free_in) / tau)
         v_end_quiet = v_inf - u0 * jnp.exp(-(interval - t0) / tau)
         v_end = jnp.where(spiked, v_end_spiked, v_end_quiet)
         # Segment that ends in the last spike: from the free start (one spike) or

@@ -40,17 +40,22 @@ def check_positive_float(name: str, value, unit: str = "") -> float:
     return fvalue
 
 
-def check_interval(interval):
-    """Validate a concrete `interval`; traced values are checked by the caller."""
+def check_interval(interval, num_intervals: int | None = None):
+    """Validate `interval`: a scalar (ms), or with `num_intervals` given also one
+    length per interval. Its values are checked when concrete; traced values are
+    checked at run time by the caller."""
+    shapes = [()] if num_intervals is None else [(), (num_intervals,)]
+    shape = np.shape(interval)
+    if shape not in shapes:
+        allowed = "a scalar (ms)"
+        if num_intervals is not None:
+            allowed += f" or one length per interval, shape ({num_intervals},)"
+        raise ValueError(f"`interval` must be {allowed}, got shape {shape}.")
     if is_concrete(interval):
         arr = np.asarray(interval)
-        if arr.shape != ():
+        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
             raise ValueError(
-                f"`interval` must be a scalar (ms), got an array of shape {arr.shape}."
-            )
-        if not np.isfinite(arr) or arr <= 0:
-            raise ValueError(
-                f"`interval` must be a finite number > 0 (ms), got {describe(arr)}."
+                f"`interval` must be finite and > 0 (ms), got {describe(arr)}."
             )
 
 

@@ -44,11 +44,12 @@ class Counters(eqx.Module):
     num_rejected_steps: Int[Array, " n_neurons"]
     num_crossings: Int[Array, " n_neurons"]
     num_dt_min_steps: Int[Array, " n_neurons"]
+    num_stalled_steps: Int[Array, " n_neurons"]
 
     @staticmethod
     def zeros(n: int) -> "Counters":
         z = jnp.zeros((n,), jnp.int32)
-        return Counters(z, z, z, z)
+        return Counters(z, z, z, z, z)
 
     def __add__(self, other: "Counters") -> "Counters":
         return jax.tree.map(jnp.add, self, other)

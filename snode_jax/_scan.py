@@ -31,6 +31,12 @@ class AbstractIntegrator(eqx.Module):
         """Quantities fixed by the interval length (computed once when every interval
         has the same length)."""
 
+    def conditions(self, dynamics: AbstractDynamics, interval) -> dict[str, Array]:
+        """Named run-time conditions the integrator needs (see
+        [`AbstractDynamics.constraints`][]); none by default."""
+        del dynamics, interval
+        return {}
+
     @abc.abstractmethod
     def interval(
         self,

@@ -26,6 +26,21 @@ class RESULTS(eqx.Enumeration):
         "`max_root_iters` iterations."
     )
     nonfinite_input = "The inputs or the parameters contain NaN or inf."
+    nonfinite_current = (
+        "The input current `weight @ x` overflowed to inf or NaN although the inputs "
+        "and the weights are finite: scale them down, or use float64."
+    )
+    nonfinite_state = (
+        "The neuron state or a spike time became NaN or inf during the run although "
+        "the inputs and parameters are finite (for example the asymptote "
+        "`v_rest + I tau_mem / C_mem` overflowed): scale the input or the "
+        "parameters, or use float64."
+    )
+    step_size_underflow = (
+        "A step of `dt_min` no longer advanced a neuron's time: `dt_min` is below "
+        "the floating-point resolution of the time within the interval. Raise "
+        "`dt_min`, shorten the intervals, or use float64."
+    )
     invalid_parameters = (
         "Invalid parameters or initial state, found at run time: a condition of the "
         "model (its `constraints`) fails, or `interval` is not > 0. With "

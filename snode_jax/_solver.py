@@ -128,6 +128,15 @@ def make_stepper(solver) -> AbstractStepper:
         return ExactStepper()
     if isinstance(solver, AbstractStepper):  # this library's Runge-Kutta pairs
         return solver
+    if isinstance(solver, diffrax.AbstractSolver) and not (
+        isinstance(solver.term_structure, type)
+        and issubclass(solver.term_structure, diffrax.AbstractTerm)
+    ):
+        raise ValueError(
+            f"`solver` {type(solver).__name__} needs several terms "
+            f"({solver.term_structure}); a spiking layer integrates each neuron's "
+            "single ODE term: use an ODE solver such as diffrax.Tsit5() or Kvaerno5()."
+        )
     if isinstance(solver, diffrax.AbstractAdaptiveSolver):
         if solver.error_order(_TERM) is None:
             raise ValueError(
@@ -145,6 +154,21 @@ def make_stepper(solver) -> AbstractStepper:
         "(sj.Dopri5(), sj.Tsit5(), sj.Bosh3()) or a diffrax adaptive solver (such "
         f"as diffrax.Tsit5()), got {type(solver).__name__}."
     )
+
+
+def check_solver(dynamics: AbstractDynamics, solver) -> AbstractStepper:
+    """Raise unless `solver` can integrate `dynamics`; returns its stepper."""
+    stepper = make_stepper(solver)
+    if isinstance(solver, (Exact, ExactFlow)) and not isinstance(
+        dynamics, AbstractExactFlowDynamics
+    ):
+        raise ValueError(
+            f"`solver` {type(solver).__name__} needs an exact flow, which "
+            f"{type(dynamics).__name__} does not provide (it is no "
+            "AbstractExactFlowDynamics); use Dopri5() or Tsit5()."
+        )
+    dynamics.check_solver(solver)
+    return stepper
 
 
 class StepProposal(eqx.Module):
@@ -192,7 +216,7 @@ def propose(
         inf = jnp.full_like(h, jnp.inf)
         return StepProposal(y1, jnp.zeros_like(h), ~false, false, inf, dense, state)
     err = controller.error_norm(y_error, y, y1)
-    decision = controller.decide(h, err, order, state)
+    decision = controller.decide(h, err, order, state, t1)
     return StepProposal(
         y1,
         err,
@@ -236,7 +260,7 @@ def adaptive_step(
     """
     if controller_state is None:
         controller_state = controller.init_state(jnp.shape(h), jnp.result_type(h))
-    stepper = make_stepper(solver)
+    stepper = check_solver(dynamics, solver)
     return propose(
         stepper, controller, dynamics, t, t + h, y, current, controller_state
     )

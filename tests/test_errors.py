@@ -180,17 +180,24 @@ def test_bad_interval(layer, entry, interval, shown):
     call = _calls(layer)[entry]
     x = np.ones((T, N_IN))
     with pytest.raises(
-        ValueError, match=rf"`interval` must be a finite number > 0 \(ms\), got {shown}"
+        ValueError, match=rf"`interval` must be finite and > 0 \(ms\), got {shown}"
     ):
         call(x, interval)
 
 
 @pytest.mark.parametrize("entry", ["forward", "simulate"])
-def test_non_scalar_interval(layer, entry):
-    with pytest.raises(
-        ValueError, match=r"`interval` must be a scalar \(ms\).*shape \(2,\)"
-    ):
-        _calls(layer)[entry](np.ones((T, N_IN)), np.ones(2))
+def test_interval_of_wrong_shape(layer, entry):
+    # A scalar, or one length per interval (T of them); nothing else.
+    pattern = (
+        rf"`interval` must be a scalar \(ms\) or one length per interval, "
+        rf"shape \({T},\), got shape \({T + 1},\)"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        _calls(layer)[entry](np.ones((T, N_IN)), np.ones(T + 1))
+    with pytest.raises(ValueError, match=r"got shape \(1, 1\)"):
+        _calls(layer)[entry](np.ones((T, N_IN)), np.ones((1, 1)))
+    with pytest.raises(ValueError, match=r"must be finite and > 0 \(ms\)"):
+        _calls(layer)[entry](np.ones((T, N_IN)), np.r_[np.ones(T - 1), -1.0])
 
 
 @pytest.mark.parametrize("entry", ["forward", "simulate"])
@@ -335,7 +342,6 @@ def test_nonfinite_weight_traced(layer):
         ("v_reset", 1.0, "v_reset < v_threshold"),  # == v_threshold
         # below v_reset = 0 and below rest: either condition may be named first
         ("v_threshold", -0.5, "(v_reset|initial v) < v_threshold"),
-        ("v_rest", 1.5, "initial v < v_threshold"),  # rest is above threshold
     ],
 )
 def test_invalid_parameter_traced(layer, name, value, condition):
@@ -367,15 +373,15 @@ def test_invalid_interval_and_state_traced(layer):
         jax.block_until_ready(online.step(jnp.ones(N_IN)))
 
 
-def test_rest_at_or_above_threshold(layer):
-    # Not rejected when the dynamics are built (v_rest is not checked against the
-    # threshold), but the resting initial state is invalid when run.
-    dyn = sj.ODELIFDynamics(v_rest=1.5, v_threshold=1.0, v_reset=0.0)
-    bad = _layer(dyn)
+def test_initial_voltage_at_or_above_threshold(layer):
+    # A resting potential above threshold is a tonically firing neuron (it starts at
+    # v_reset, see test_reliability.py); an explicit initial state at or above
+    # threshold is invalid when run.
     x = np.ones((T, N_IN))
+    state = sj.LIFState(jnp.full((N,), 1.0))
     with pytest.raises(eqx.EquinoxRuntimeError, match="need initial v < v_threshold"):
-        jax.block_until_ready(bad.forward(x, 1.0))
-    sol = bad.simulate(x, 1.0, max_spikes=8, throw=False)
+        jax.block_until_ready(layer.forward(x, 1.0, state=state))
+    sol = layer.simulate(x, 1.0, max_spikes=8, state=state, throw=False)
     assert sol.result == sj.RESULTS.invalid_parameters
 
 

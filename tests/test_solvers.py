@@ -79,9 +79,13 @@ def test_lif_on_diffrax_solver_matches_closed_form(solver):
     np.testing.assert_allclose(sol.final_state.v, ref.final_v, rtol=0, atol=1e-9)
 
 
-def test_non_adaptive_diffrax_solver_is_refused():
+def test_unsuitable_diffrax_solvers_are_refused():
     with pytest.raises(ValueError, match="Euler has no error estimate"):
         sj.SpikingODELayer(2, 2, solver=diffrax.Euler(), key=jax.random.key(0))
+    # IMEX solvers take two terms; each neuron is one ODE term.
+    for solver in (diffrax.Sil3(), diffrax.KenCarp3()):
+        with pytest.raises(ValueError, match="needs several terms"):
+            sj.SpikingODELayer(2, 2, solver=solver, key=jax.random.key(0))
 
 
 # -- dense output ---------------------------------------------------------------------
@@ -113,6 +117,13 @@ def _exact_v(dyn, y, current, h):
         # Cubic Hermite: O(h^4).
         (sj.Bosh3(), 4, 0.1),
         (diffrax.Bosh3(), 4, 0.1),
+        # (Its root finder's tolerances given here; in a layer they are the step
+        # controller's, as in diffeqsolve.)
+        (
+            diffrax.Kvaerno5(root_finder=diffrax.VeryChord(rtol=1e-13, atol=1e-13)),
+            4,
+            0.1,
+        ),
         # diffrax's Dopri8 interpolant: its docstring says 8th order, but its local
         # error here falls as h^6 (measured 6.12, 6.05, 6.02 over h = 0.8 ... 0.1);
         # the test pins what it delivers, so a change is noticed.
@@ -217,6 +228,134 @@ def test_intervals_of_different_lengths(solver):
     e[1, 2] = eps
     fd = (loss(jnp.asarray(weight + e)) - loss(jnp.asarray(weight - e))) / (2 * eps)
     np.testing.assert_allclose(g[1, 2], fd, rtol=1e-5, atol=1e-8)
+
+    # And through the lengths themselves: each moves its own interval's end and the
+    # start of every later one.
+    def loss_lengths(ls):
+        s = sj.integrate(
+            dyn,
+            solver,
+            jnp.asarray(weight),
+            jnp.asarray(x),
+            ls,
+            dyn.init_state(6, jnp.float64),
+            stepsize_controller=controller,
+            max_spikes=64,
+        )
+        t = s.spike_times
+        return jnp.sum(jnp.where(jnp.isfinite(t), jnp.sin(t), 0.0)) + jnp.sum(
+            s.final_state.v
+        )
+
+    g_len = np.asarray(jax.grad(loss_lengths)(jnp.asarray(lengths)))
+    fd_len = []
+    for k in (0, 5, 17):
+        e = np.zeros_like(lengths)
+        e[k] = eps
+        fd_len.append(
+            (
+                loss_lengths(jnp.asarray(lengths + e))
+                - loss_lengths(jnp.asarray(lengths - e))
+            )
+            / (2 * eps)
+        )
+    np.testing.assert_allclose(g_len[[0, 5, 17]], fd_len, rtol=1e-5, atol=1e-7)
+    assert np.all(np.abs(fd_len) > 1e-3)
+
+
+@pytest.mark.parametrize("solver", [sj.Exact(), sj.Dopri5(), diffrax.Tsit5()], ids=type)
+def test_gradient_with_respect_to_the_interval(solver):
+    """d/d(interval) of spike times and final voltages, against central finite
+    differences, on the closed form and on the adaptive path."""
+    rng = np.random.default_rng(8)
+    layer = sj.SpikingODELayer(
+        3, 4, solver=solver, rtol=1e-11, atol=1e-11, key=jax.random.key(3)
+    )
+    x = rng.uniform(0.0, 1.0, (3, 3))
+
+    def loss(interval):
+        sol = layer.simulate(x, interval, max_spikes=64)
+        t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+        return jnp.sum(t) + jnp.sum(sol.final_state.v)
+
+    g = jax.grad(loss)(jnp.asarray(2.0))
+    eps = 1e-6
+    fd = (loss(jnp.asarray(2.0 + eps)) - loss(jnp.asarray(2.0 - eps))) / (2 * eps)
+    assert abs(fd) > 1.0
+    np.testing.assert_allclose(g, fd, rtol=1e-6)
+
+
+def test_layer_takes_intervals_of_different_lengths():
+    lengths = np.array([1.0, 2.5, 0.5, 3.0])
+    layer = sj.SpikingODELayer(2, 3, key=jax.random.key(5))
+    x = np.random.default_rng(9).uniform(0, 1, (4, 2))
+    sol = layer.simulate(x, lengths, max_spikes=64)
+    reps = (lengths / 0.5).astype(int)
+    ref = lif_reference(np.asarray(layer.weight), np.repeat(x, reps, axis=0), 0.5)
+    assert_padded_times_close(sol.spike_times, ref.padded_times(64), 1e-11)
+    assert ref.counts.sum() > 3
+
+
+@pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Kvaerno5()], ids=type)
+def test_diffrax_solver_gradients_and_vmap(solver):
+    """A diffrax solver under grad (against finite differences) and vmap (against a
+    loop)."""
+    currents = jnp.array([[900.0], [1400.0]])
+    x = np.ones((2, 1))
+
+    def run(C, weight):
+        layer = sj.SpikingODELayer(
+            1, 2, sj.AdExDynamics(C=C), solver=solver, key=jax.random.key(0), **SETTINGS
+        )
+        layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+        return layer.simulate(x, 30.0, max_spikes=16)
+
+    def loss(C):
+        t = run(C, currents).spike_times
+        return jnp.sum(jnp.where(jnp.isfinite(t), t, 0.0))
+
+    g = jax.grad(loss)(jnp.asarray(281.0))
+    eps = 1e-4
+    fd = (loss(jnp.asarray(281.0 + eps)) - loss(jnp.asarray(281.0 - eps))) / (2 * eps)
+    assert abs(fd) > 1e-3
+    np.testing.assert_allclose(g, fd, rtol=1e-4)
+
+    weights = jnp.stack([currents, 1.1 * currents])
+    batched = jax.vmap(lambda w: run(jnp.asarray(281.0), w))(weights)
+    for b in range(2):
+        one = run(jnp.asarray(281.0), weights[b])
+        np.testing.assert_array_equal(batched.counts[b], one.counts)
+        np.testing.assert_allclose(batched.spike_times[b], one.spike_times, rtol=1e-10)
+
+
+def test_integrate_checks_its_arguments():
+    dyn = sj.ODELIFDynamics(t_ref=2.0)
+    args = (jnp.ones((2, 1)), jnp.ones((3, 1)), 1.0, dyn.init_state(2, jnp.float64))
+    controller = sj.PredictiveController(rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="closed-form solver only"):
+        sj.integrate(dyn, sj.Dopri5(), *args, stepsize_controller=controller)
+    with pytest.raises(
+        TypeError, match="must be a PredictiveController.*PIDController"
+    ):
+        sj.integrate(
+            dyn,
+            sj.Exact(),
+            *args,
+            stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
+        )
+    bad = (args[0], args[1], jnp.ones(2), args[3])
+    with pytest.raises(ValueError, match=r"one length per interval, shape \(3,\)"):
+        sj.integrate(dyn, sj.Exact(), *bad, stepsize_controller=controller)
+    with pytest.raises(ValueError, match="AdExDynamics does not provide"):
+        sj.adaptive_step(
+            sj.AdExDynamics(),
+            sj.Exact(),
+            controller,
+            jnp.zeros(1),
+            sj.AdExState(jnp.full(1, -70.0), jnp.zeros(1)),
+            jnp.ones(1),
+            jnp.full(1, 0.1),
+        )
 
 
 # -- the adaptive backward pass checks its rerun --------------------------------------

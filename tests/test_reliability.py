@@ -1,0 +1,210 @@
+"""No silent wrong result at the extremes: overflowing inputs and states, long
+refractory periods in the gradients, the step floor far from t = 0, interval
+lengths the closed-form walk cannot count, and tonically firing neurons."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+
+from .lif_reference import lif_reference
+from .scipy_reference import adex_rhs, simulate_reference
+from .test_models import ADEX
+
+
+def _one(dyn, dtype=jnp.float64, weight=1.0, **kwargs):
+    layer = sj.SpikingODELayer(1, 1, dyn, key=jax.random.key(0), dtype=dtype, **kwargs)
+    return eqx.tree_at(lambda m: m.weight, layer, jnp.full((1, 1), weight, dtype))
+
+
+# -- a refractory period that outlasts the interval by far ----------------------------
+
+
+def _refractory_loss(layer, x, interval):
+    sol = layer.simulate(x, interval, max_spikes=4)
+    t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+    return jnp.sum(t) + jnp.sum(sol.final_state.v) + jnp.sum(sol.final_state.refractory)
+
+
+@pytest.mark.parametrize(
+    "dtype, tau_mem, t_ref",
+    [
+        # exp(t_ref / tau) overflows float32 beyond ~88 tau_mem, float64 beyond ~709.
+        (jnp.float32, 1.0, 100.0),
+        (jnp.float32, 0.01, 2.0),
+        (jnp.float64, 1.0, 1000.0),
+    ],
+)
+def test_long_refractory_period_gradients_are_finite(dtype, tau_mem, t_ref):
+    """The first spike's refractory period runs past the end of the run by far more
+    than tau_mem: the gradients (weight, tau_mem, t_ref) are finite and equal the
+    float64 central finite differences of the closed form."""
+    x = np.full((3, 1), 3.0)
+    interval = 1.0
+    w = 1.0 / tau_mem  # v_inf = w x tau_mem = 3 (above threshold 1)
+    layer = _one(sj.ODELIFDynamics(tau_mem=tau_mem, t_ref=t_ref), dtype, weight=w)
+    layer = eqx.tree_at(lambda m: m.dynamics, layer, layer.dynamics.astype(dtype))
+    grads = eqx.filter_grad(_refractory_loss)(layer, x, interval)
+    g = np.array(
+        [grads.weight[0, 0], grads.dynamics.tau_mem, grads.dynamics.t_ref], np.float64
+    )
+    assert np.all(np.isfinite(g)), g
+
+    def f64(w, tau, tr):
+        lyr = _one(sj.ODELIFDynamics(tau_mem=tau, t_ref=tr), jnp.float64, weight=w)
+        return float(_refractory_loss(lyr, x, interval))
+
+    base = np.array([w, tau_mem, t_ref])
+    fd = []
+    for i in range(3):
+        h = 1e-6 * base[i]
+        e = np.zeros(3)
+        e[i] = h
+        fd.append((f64(*(base + e)) - f64(*(base - e))) / (2 * h))
+    # float64: FD truncation ~1e-8 relative; float32: the gradient's own rounding.
+    tol = 1e-6 if dtype == jnp.float64 else 1e-3
+    np.testing.assert_allclose(g, fd, rtol=tol, atol=tol * np.abs(fd).max())
+    # Not trivial: the first spike time moves with w and tau_mem; each later spike
+    # and the refractory time left at the end move one for one with t_ref.
+    assert abs(fd[0]) > 0 and abs(fd[1]) > 0
+    assert round(fd[2]) >= 1 and abs(fd[2] - round(fd[2])) < 1e-6
+
+
+# -- overflow is reported as what it is -------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", [sj.Exact(), sj.Dopri5()], ids=type)
+def test_overflowing_current_is_reported(solver):
+    # Finite inputs and weights whose product overflows float32.
+    layer = _one(sj.ODELIFDynamics(), jnp.float32, weight=4.0, solver=solver)
+    x = np.full((3, 1), 3e38, np.float32)
+    sol = layer.simulate(x, 1.0, max_spikes=8, throw=False)
+    assert sol.result == sj.RESULTS.nonfinite_current
+    with pytest.raises(eqx.EquinoxRuntimeError, match="current `weight @ x` overflow"):
+        layer.simulate(x, 1.0, max_spikes=8)
+
+
+def test_overflowing_state_is_reported():
+    # A finite current whose asymptote v_rest + I tau / C overflows float32.
+    layer = _one(sj.ODELIFDynamics(), jnp.float32, weight=1.0)
+    x = np.full((3, 1), 3e38, np.float32)
+    sol = layer.simulate(x, 1.0, max_spikes=8, throw=False)
+    assert sol.result == sj.RESULTS.nonfinite_state
+    with pytest.raises(eqx.EquinoxRuntimeError, match="state or a spike time became"):
+        layer.simulate(x, 1.0, max_spikes=8)
+
+
+# -- the step floor far from t = 0 ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype, dt_min, rtol, interval, n_intervals",
+    [(jnp.float32, 0.001, 1e-6, 25.0, 8), (jnp.float64, 1e-10, 1e-10, 200.0, 1)],
+)
+def test_step_floor_far_from_zero(dtype, dt_min, rtol, interval, n_intervals):
+    """AdEx with v_peak = 0 (the upswing is followed far into the blow-up, where the
+    step falls to dt_min) and a strong drive: every spike of SciPy's DOP853 is found.
+    Far from t = 0 a step of dt_min is (t + dt_min) - t, off dt_min by rounding; it
+    must still count as a step at the floor."""
+    params = dict(ADEX, v_peak=0.0)
+    dyn = sj.AdExDynamics(**params)
+    layer = _one(
+        dyn,
+        dtype,
+        weight=2000.0,
+        dt_min=dt_min,
+        dt_init=0.01,
+        rtol=rtol,
+        atol=rtol,
+        max_steps=20000,
+    )
+    sol = layer.simulate(np.ones((n_intervals, 1)), interval, max_spikes=64)
+    assert sol.result == sj.RESULTS.successful
+    ref_times, _ = simulate_reference(
+        *adex_rhs(params), [params["E_L"], 0.0], [2000.0] * n_intervals, interval
+    )
+    times = np.asarray(sol.spike_times[0], np.float64)
+    times = times[np.isfinite(times)]
+    assert len(ref_times) >= 14
+    assert len(times) == len(ref_times)
+    # float32: ~1e-3 ms after 200 ms of float32 time; float64 at rtol 1e-10 (the
+    # steep upswing to v_peak = 0 amplifies the local error near each spike).
+    tol = 1e-2 if dtype == jnp.float32 else 1e-6
+    assert np.max(np.abs(times - ref_times)) <= tol
+
+
+def test_step_below_time_resolution_is_its_own_outcome():
+    """dt_min below the spacing of float32 numbers near t: a step at the floor does
+    not move the time; reported as step_size_underflow, not as a step budget."""
+    dyn = sj.AdExDynamics(**dict(ADEX, v_peak=0.0))
+    layer = _one(dyn, jnp.float32, weight=2000.0, dt_min=1e-7, dt_init=0.01)
+    sol = layer.simulate(np.ones((1, 1)), 3000.0, max_spikes=256, throw=False)
+    assert sol.result == sj.RESULTS.step_size_underflow
+    assert int(sol.stats["num_stalled_steps"][0]) > 0
+
+
+# -- the closed-form walk's piece count --------------------------------------------------
+
+
+def test_interval_too_long_for_the_closed_form_walk():
+    layer = _one(sj.ODELIFDynamics(tau_mem=1e-4), jnp.float64)
+    x = np.ones((2, 1))
+    sol = layer.simulate(x, 1e7, max_spikes=4, throw=False)
+    assert sol.result == sj.RESULTS.invalid_parameters
+    match = r"need interval < 2\*\*31 \* ODELIFDynamics.max_event_span\(\)"
+    with pytest.raises(eqx.EquinoxRuntimeError, match=match):
+        layer.simulate(x, 1e7, max_spikes=4)
+    # Just below the bound is fine in principle; a shorter one runs.
+    assert layer.simulate(x, 1.0, max_spikes=4).result == sj.RESULTS.successful
+
+
+# -- a resting potential at or above threshold: tonic firing -----------------------------
+
+
+@pytest.mark.parametrize("v_rest", [1.0, 1.5])
+def test_rest_at_or_above_threshold_fires_tonically(v_rest):
+    dyn = sj.ODELIFDynamics(tau_mem=10.0, v_rest=v_rest, v_threshold=1.0, v_reset=0.0)
+    layer = sj.SpikingODELayer(2, 3, dyn, key=jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(layer.init_state().v), 0.0)  # v_reset
+    x = np.random.default_rng(0).standard_normal((20, 2)) * 0.2
+    sol = layer.simulate(x, 2.0, max_spikes=64)
+    ref = lif_reference(
+        layer.weight, x, 2.0, tau_mem=10.0, v_rest=v_rest, v0=np.zeros(3)
+    )
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    assert ref.counts.sum() > 5
+    fin = np.isfinite(ref.padded_times(64))
+    err = np.abs(np.asarray(sol.spike_times)[fin] - ref.padded_times(64)[fin])
+    assert err.max() <= 1e-10
+
+
+# -- a spike that rises above threshold and falls back within one step -----------------
+
+# The amplitude of a 1 ms pulse whose CubaLIF (tau_mem 20, tau_syn 5) membrane peak
+# just touches threshold 1 (from rest, then 29 ms without input).
+_TOUCH = 1.588062317583404
+
+
+@pytest.mark.parametrize("solver", [sj.Dopri5(), sj.Tsit5()], ids=type)
+@pytest.mark.parametrize("relative", [1e-6, -1e-6])
+def test_brief_overshoot_found_on_runge_kutta_path(solver, relative):
+    """The membrane rises 1e-6 (relative) above threshold and falls back inside one
+    step: the spike is found as on the exact flow (and no spike 1e-6 below)."""
+    amplitude = _TOUCH * (1 + relative)
+    x = np.zeros((30, 1))
+    x[0, 0] = amplitude
+    dyn = sj.CubaLIFDynamics(tau_mem=20.0, tau_syn=5.0)
+    exact = _one(dyn).simulate(x, 1.0, max_spikes=4)
+    rk = _one(dyn, solver=solver, rtol=1e-10, atol=1e-12).simulate(x, 1.0, max_spikes=4)
+    expected = 1 if relative > 0 else 0
+    assert int(exact.num_spikes[0]) == expected
+    assert int(rk.num_spikes[0]) == expected
+    if expected:
+        # A crossing at a near-tangency: its time is sensitive (dt ~ sqrt(dv)), so
+        # the two solvers agree to ~1e-4 ms, not to machine precision.
+        np.testing.assert_allclose(
+            rk.spike_times[0, 0], exact.spike_times[0, 0], atol=1e-3
+        )

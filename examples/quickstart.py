@@ -15,6 +15,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -94,7 +95,7 @@ def main():
     )
     print(header)
 
-    simulate = jax.jit(lambda x: layer.simulate(x, 1.0, max_spikes=64))
+    simulate = eqx.filter_jit(lambda x: layer.simulate(x, 1.0, max_spikes=64))
     sol, wall = timed(simulate, x)
     err = max_time_error(np.asarray(sol.spike_times), ref.spike_times)
     wrong = int(np.sum(np.asarray(sol.counts) != ref.counts))

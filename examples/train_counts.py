@@ -49,7 +49,7 @@ def loss_fn(model, images, labels):
 
 
 def accuracy(model, images, labels):
-    counts = jax.jit(jax.vmap(model))(images)
+    counts = eqx.filter_jit(jax.vmap(model))(images)
     return float(jnp.mean(jnp.argmax(counts, axis=1) == labels))
 
 

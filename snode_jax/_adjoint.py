@@ -118,7 +118,7 @@ def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate):
         is_leaf=lambda x: x is None,
     )
     _, (t_counts, t_times, t_final, t_states) = jax.jvp(replay, primals, tangents)
-    no_tangent = Counters(None, None, None, None, None)  # pyright: ignore[reportArgumentType]
+    no_tangent = Counters(None, None)  # pyright: ignore[reportArgumentType]
     t_raw = RawRun(t_counts, t_times, None, t_final, t_states, no_tangent, None, None)  # pyright: ignore[reportArgumentType]
     return raw, t_raw
 

@@ -57,7 +57,8 @@ def _walk(
         carry,
     )
     exhausted = dynamics.crossing_pending(ev)
-    counters = Counters(count + 1, zeros, count, zeros, zeros)
+    imprecise = dynamics.count_uncertain(ev, count).astype(jnp.int32)
+    counters = Counters(count + 1, count, num_imprecise_intervals=imprecise)
     no_fail = jnp.zeros(count.shape, bool)
     return IntervalOutcome(
         dynamics.interval_end(ev), count, buffer, counters, exhausted, no_fail
@@ -76,6 +77,10 @@ class ClosedFormWalk(AbstractIntegrator):
     """
 
     max_steps: int = 4096
+
+    def zero_counters(self, n: int) -> Counters:
+        z = jnp.zeros((n,), jnp.int32)
+        return Counters(z, z, num_imprecise_intervals=z)
 
     def conditions(self, dynamics, interval):
         assert isinstance(dynamics, AbstractClosedFormDynamics)

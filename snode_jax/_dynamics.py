@@ -166,6 +166,11 @@ class AbstractClosedFormDynamics(AbstractExactFlowDynamics):
     def interval_end(self, ev: PyTree[Array]) -> State: ...
 
     @abc.abstractmethod
+    def count_uncertain(self, ev: PyTree[Array], count) -> NeuronBool:
+        """Whether the rounding of the walk (which accumulates over the `count`
+        spikes of the piece) may have changed the count."""
+
+    @abc.abstractmethod
     def replay_interval(
         self, y: State, current: NeuronFloat, interval, count
     ) -> "IntervalReplay":

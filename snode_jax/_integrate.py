@@ -3,6 +3,7 @@
 import diffrax
 import equinox as eqx
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float
@@ -137,28 +138,44 @@ def integrate(
 
     raw = adjoint.run(integrator, dynamics, currents, interval, state, cfg, surrogate)
 
-    nonfinite_current = ~nonfinite & ~jnp.all(jnp.isfinite(currents))
+    # The currents cannot overflow if |x| |W| summed over inputs stays finite (a
+    # few scalars); only then are all T x n of them checked.
+    bound = jnp.max(jnp.abs(inputs)) * jnp.max(jnp.sum(jnp.abs(weight), axis=1))
+    nonfinite_current = ~nonfinite & lax.cond(
+        jnp.isfinite(bound),
+        lambda: jnp.zeros((), bool),
+        lambda: ~jnp.all(jnp.isfinite(currents)),
+    )
     result = update_result(result, nonfinite_current, RESULTS.nonfinite_current)
     state_leaves = jax.tree.leaves((raw.final_state, raw.interval_states))
     bad_state = jnp.any(jnp.isnan(raw.spike_times))
     for leaf in state_leaves:
         bad_state = bad_state | ~jnp.all(jnp.isfinite(leaf))
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
-    stalled = jnp.any(raw.counters.num_stalled_steps > 0)
-    result = update_result(result, stalled, RESULTS.step_size_underflow)
+    if raw.counters.num_imprecise_intervals is not None:
+        imprecise = jnp.any(raw.counters.num_imprecise_intervals > 0)
+        result = update_result(result, imprecise, RESULTS.count_precision_lost)
+    if raw.counters.num_stalled_steps is not None:
+        stalled = jnp.any(raw.counters.num_stalled_steps > 0)
+        result = update_result(result, stalled, RESULTS.step_size_underflow)
     exhausted, root_fail = jnp.any(raw.exhausted), jnp.any(raw.root_fail)
     result = update_result(result, exhausted, RESULTS.max_steps_reached)
     result = update_result(result, root_fail, RESULTS.crossing_search_failed)
     if max_spikes is not None:
         overflow = jnp.any(raw.num_spikes > max_spikes)
         result = update_result(result, overflow, RESULTS.spike_buffer_full)
-    counters = raw.counters
+    counters = jax.tree.map(
+        lambda c: jnp.zeros_like(raw.num_spikes) if c is None else c,
+        raw.counters,
+        is_leaf=lambda c: c is None,
+    )
     stats = dict(
         num_steps=counters.num_steps,
         num_rejected_steps=counters.num_rejected_steps,
         num_crossings=counters.num_crossings,
         num_dt_min_steps=counters.num_dt_min_steps,
         num_stalled_steps=counters.num_stalled_steps,
+        num_imprecise_intervals=counters.num_imprecise_intervals,
         max_steps=jnp.asarray(max_steps),
     )
     sol = Solution(

@@ -264,7 +264,10 @@ class SpikingODELayer(eqx.Module):
         **Raises:**
 
         `ValueError` for a bad shape, `interval` or `max_spikes`; with `throw=True`, a
-        runtime error carrying the `RESULTS` message if the simulation failed.
+        runtime error carrying the `RESULTS` message (or the failed condition of the
+        model) if the simulation failed. Wrap calls in `eqx.filter_jit` rather than
+        `jax.jit`: under `jax.jit` the message arrives buried in an `INTERNAL:
+        CpuCallback error` traceback, under `eqx.filter_jit` it prints cleanly.
         """
         if isinstance(max_spikes, bool) or not isinstance(
             max_spikes, (int, np.integer)

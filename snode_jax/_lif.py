@@ -264,6 +264,19 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
             ),
         )
 
+    def count_uncertain(self, ev: _LIFEvents, count):
+        # Each spike multiplies `s` by `gain`; the relative rounding of `gain` and
+        # of each product (<= eps) accumulates over the count, while one period
+        # moves `s` by the factor `gain`, i.e. by log(gain) >= (gain - 1) / gain
+        # relative. The count may be off once count * eps exceeds half of that:
+        # in float32 at rates where gain is within ~1e-4 of 1 over thousands of
+        # spikes (e.g. v_inf = 40000 with threshold 1: 2000 spikes per ms).
+        eps = jnp.finfo(ev.s.dtype).eps
+        # count * eps > (gain - 1) / (2 gain), without a division; one spike is
+        # one rounding (and `gain` means nothing for a neuron that cannot fire).
+        many = count >= 2
+        return many & (count.astype(ev.s.dtype) * (2 * eps) * ev.gain > ev.gain - 1)
+
     def interval_end(self, ev: _LIFEvents) -> LIFState:
         v_free = ev.v_inf - ev.s
         if ev.spike_block is None:

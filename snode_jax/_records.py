@@ -38,18 +38,19 @@ class SpikeBuffer(eqx.Module):
 
 
 class Counters(eqx.Module):
-    """Per-neuron integer counters of the solver's work (see `Solution.stats`)."""
+    """Per-neuron integer counters of the solver's work (see `Solution.stats`).
+    A counter an integrator cannot increment is `None` (zero), so that the scan
+    carries no sums of zeros."""
 
     num_steps: Int[Array, " n_neurons"]
-    num_rejected_steps: Int[Array, " n_neurons"]
     num_crossings: Int[Array, " n_neurons"]
-    num_dt_min_steps: Int[Array, " n_neurons"]
-    num_stalled_steps: Int[Array, " n_neurons"]
+    num_rejected_steps: Int[Array, " n_neurons"] | None = None
+    num_dt_min_steps: Int[Array, " n_neurons"] | None = None
+    num_stalled_steps: Int[Array, " n_neurons"] | None = None
+    num_imprecise_intervals: Int[Array, " n_neurons"] | None = None
 
-    @staticmethod
-    def zeros(n: int) -> "Counters":
-        z = jnp.zeros((n,), jnp.int32)
-        return Counters(z, z, z, z, z)
+    def zeros_like(self) -> "Counters":
+        return jax.tree.map(jnp.zeros_like, self)
 
     def __add__(self, other: "Counters") -> "Counters":
         return jax.tree.map(jnp.add, self, other)

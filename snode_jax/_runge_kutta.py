@@ -94,6 +94,28 @@ class AbstractRungeKutta(AbstractStepper):
 
         return jax.tree.map(horner, dense, is_leaf=lambda x: isinstance(x, tuple))
 
+    def end_directions(self, dynamics, dense, t0, t1):
+        # The polynomial's derivative in the fraction at 0 (its linear coefficient,
+        # `h f0`) and at 1 (the sum of degree times coefficient, `h f1`): the time
+        # derivatives times the step, read off without evaluating anything.
+        _, _, dense = dense
+        is_coeffs = lambda x: isinstance(x, tuple)
+
+        def at_start(coeffs):
+            return coeffs[-2]
+
+        def at_end(coeffs):
+            degree = len(coeffs) - 1
+            out = coeffs[-2]
+            for k, c in enumerate(coeffs[:-2]):
+                out = out + (degree - k) * c
+            return out
+
+        return (
+            jax.tree.map(at_start, dense, is_leaf=is_coeffs),
+            jax.tree.map(at_end, dense, is_leaf=is_coeffs),
+        )
+
 
 class Bosh3(AbstractRungeKutta):
     """Bogacki-Shampine 3(2) pair."""

@@ -31,6 +31,10 @@ class AbstractIntegrator(eqx.Module):
         """Quantities fixed by the interval length (computed once when every interval
         has the same length)."""
 
+    @abc.abstractmethod
+    def zero_counters(self, n: int) -> Counters:
+        """The counters this integrator keeps, at zero, for `n` neurons."""
+
     def conditions(self, dynamics: AbstractDynamics, interval) -> dict[str, Array]:
         """Named run-time conditions the integrator needs (see
         [`AbstractDynamics.constraints`][]); none by default."""
@@ -105,7 +109,7 @@ def run_intervals(
         return carry, (out.count, out.y if cfg.keep_interval_states else None)
 
     no = jnp.zeros((n_neurons,), bool)
-    init = (state, buffer, Counters.zeros(n_neurons), no, no)
+    init = (state, buffer, integrator.zero_counters(n_neurons), no, no)
     (y, buffer, counters, exhausted, root_fail), (counts, states) = lax.scan(
         one_interval, init, (starts, lengths, currents)
     )

@@ -55,6 +55,19 @@ class AbstractStepper(eqx.Module):
     def evaluate(self, dynamics: AbstractDynamics, dense, s) -> State:
         """The dense output at times `s` (ms, per neuron, within the step)."""
 
+    def end_directions(
+        self, dynamics: AbstractDynamics, dense, t0, t1
+    ) -> tuple[State, State]:
+        """The time derivative of the dense output of a step from `t0` to `t1` at
+        its start and at its end, each up to a positive factor per neuron (by
+        default by forward-mode AD of `evaluate`)."""
+
+        def direction(s):
+            fn = lambda s: self.evaluate(dynamics, dense, s)
+            return jax.jvp(fn, (s,), (jnp.ones_like(s),))[1]
+
+        return direction(t0), direction(t1)
+
     @abc.abstractmethod
     def error_order(self) -> int | None:
         """The order of the error estimate (`None`: exact)."""

@@ -208,3 +208,26 @@ def test_brief_overshoot_found_on_runge_kutta_path(solver, relative):
         np.testing.assert_allclose(
             rk.spike_times[0, 0], exact.spike_times[0, 0], atol=1e-3
         )
+
+
+# -- float32 rounding over thousands of spikes in one interval ---------------------------
+
+
+def test_float32_count_precision_is_reported():
+    """v_inf = 40000 with threshold 1 (about 2000 spikes per ms): float32 rounding,
+    which accumulates over the spikes of an interval, may change the count; that is
+    reported, and float64 gets the closed form exactly."""
+    x = np.full((3, 1), 2000.0)
+    dyn = sj.ODELIFDynamics(tau_mem=20.0)
+    ref = lif_reference(np.ones((1, 1)), x, 1.0)
+    f32 = _one(dyn, jnp.float32).simulate(x, 1.0, max_spikes=0, throw=False)
+    assert f32.result == sj.RESULTS.count_precision_lost
+    assert int(f32.stats["num_imprecise_intervals"][0]) == 3
+    f64 = _one(dyn, jnp.float64).forward(x, 1.0)  # raises unless successful
+    np.testing.assert_array_equal(np.asarray(f64), ref.counts)
+    assert ref.counts.sum() > 5000
+    # A high but ordinary rate (about 20 spikes per ms) stays exact in float32.
+    x = np.full((3, 1), 20.0)
+    ref = lif_reference(np.ones((1, 1)), x, 1.0)
+    f32 = _one(dyn, jnp.float32).forward(x, 1.0)
+    np.testing.assert_array_equal(np.asarray(f32), ref.counts)

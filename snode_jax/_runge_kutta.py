@@ -16,9 +16,10 @@ class AbstractRungeKutta(AbstractStepper):
     These pairs are written out here, stages unrolled and zero coefficients
     skipped, because diffrax's own solvers stepped per neuron (`jax.vmap` over
     `diffrax.Tsit5().step`, which runs its stages in a checkpointed loop over a
-    stage buffer) cost 2-8x more per step on CPU: AdEx float64, 16384 neurons,
-    Tsit5 479 us vs 1693 us per step; Izhikevich float32 158 us vs 1023 us
-    (`bench/bench_rk_step.py`, bench/RESULTS.md). diffrax's solvers are accepted
+    stage buffer) cost up to 11x more per step on CPU: AdEx float64, 16384 neurons,
+    Tsit5 465 us vs 1932 us per step; Izhikevich float32 109 us vs 1198 us; only
+    AdEx at 256 neurons in float64 is near par (1.0-1.2x). See
+    `bench/bench_rk_step.py` and bench/RESULTS.md. diffrax's solvers are accepted
     too (`solver=diffrax.Tsit5()`, `Dopri8()`, `Kvaerno5()`, ...), see
     [`DiffraxStepper`][].
     """

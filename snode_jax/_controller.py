@@ -25,13 +25,11 @@ class StepDecision(eqx.Module):
     """What [`PredictiveController.decide`][] returns, per neuron.
 
     **Fields:** `accept` (the step is kept), `at_dt_min` (kept only because it is
-    at `dtmin`), `error_norm` (the scaled error; `<= 1` is within tolerance),
-    `h_next` (the next step, ms) and `state` (the controller state after the step).
+    at `dtmin`), `h_next` (the next step, ms) and `state` (the controller state after the step).
     """
 
     accept: Bool[Array, "*n"]
     at_dt_min: Bool[Array, "*n"]
-    error_norm: Float[Array, "*n"]
     h_next: Float[Array, "*n"]
     state: PredictiveState
 
@@ -160,7 +158,7 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
             jnp.where(accept, h, state.h_prev),
             jnp.where(accept, error_norm, state.error_prev),
         )
-        return StepDecision(accept, at_min & ~ok, error_norm, h_next, new_state)
+        return StepDecision(accept, at_min & ~ok, h_next, new_state)
 
     def error_norm(self, y_error: State, y0: State, y1: State) -> NeuronFloat:
         """The scaled error of each neuron's step, in the controller's `norm`."""

@@ -49,9 +49,6 @@ class Counters(eqx.Module):
     num_stalled_steps: Int[Array, " n_neurons"] | None = None
     num_imprecise_intervals: Int[Array, " n_neurons"] | None = None
 
-    def zeros_like(self) -> "Counters":
-        return jax.tree.map(jnp.zeros_like, self)
-
     def __add__(self, other: "Counters") -> "Counters":
         return jax.tree.map(jnp.add, self, other)
 

@@ -16,6 +16,7 @@ from .helpers import assert_padded_times_close
 from .lif_reference import lif_reference
 from .scipy_reference import adex_rhs, izhikevich_rhs
 from .test_models import ADEX, compare, constant_current_layer
+from .test_rk import _exact as _exact_v, _problem
 
 # As test_models.TIGHT, with a diffrax solver instead.
 SETTINGS = dict(rtol=1e-11, atol=1e-11, dt_min=1e-6, dt_init=0.01, max_steps=20000)
@@ -91,21 +92,6 @@ def test_unsuitable_diffrax_solvers_are_refused():
 # -- dense output ---------------------------------------------------------------------
 
 
-def _lif_problem():
-    dyn = sj.ODELIFDynamics(
-        tau_mem=jnp.array([1.0, 2.0, 5.0]), v_rest=jnp.array([0.0, -0.5, 0.2])
-    )
-    y = sj.LIFState(jnp.array([0.0, 0.5, -0.3]))
-    current = jnp.array([3.0, 0.2, 1.0])
-    return dyn, y, current
-
-
-def _exact_v(dyn, y, current, h):
-    tau = np.asarray(dyn.tau_mem)
-    v_inf = np.asarray(dyn.v_rest) + np.asarray(current) * tau / np.asarray(dyn.C_mem)
-    return v_inf + (np.asarray(y.v) - v_inf) * np.exp(-h / tau)
-
-
 @pytest.mark.parametrize(
     "solver, local_order, h0",
     [
@@ -139,7 +125,7 @@ def test_dense_output_order(solver, local_order, h0):
     """The dense output inside a step (at 0.3 and 0.7 of it) converges at its
     order: halving the step divides its error by 2^local_order. A lower-order
     interpolant (e.g. cubic Hermite in place of the quartic) fails this."""
-    dyn, y, current = _lif_problem()
+    dyn, _, y, current = _problem()
     stepper = make_stepper(solver)
     errors = []
     hs = [h0, h0 / 2, h0 / 4]
@@ -161,7 +147,7 @@ def test_dense_output_order(solver, local_order, h0):
 
 
 def test_dense_output_of_exact_flow_is_exact():
-    dyn, y, current = _lif_problem()
+    dyn, _, y, current = _problem()
     stepper = make_stepper(sj.Exact())
     _, _, dense = stepper.step(dyn, jnp.zeros(3), jnp.full(3, 2.0), y, current)
     got = stepper.evaluate(dyn, dense, jnp.full(3, 0.7)).v

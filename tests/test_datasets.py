@@ -18,10 +18,16 @@ arrays in C order.
 
 import hashlib
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from snode_jax.datasets import YIN_YANG_CLASS_NAMES, YIN_YANG_SPLITS, yin_yang
+from snode_jax.datasets import (
+    YIN_YANG_CLASS_NAMES,
+    YIN_YANG_SPLITS,
+    yin_yang,
+    yin_yang_spikes,
+)
 
 # split -> (first three feature rows, first three labels, counts of labels 0, 1, 2,
 #           SHA-256 of the features, SHA-256 of the labels)
@@ -271,3 +277,62 @@ def test_value_errors(kwargs, message):
 def test_type_errors(kwargs, message):
     with pytest.raises(TypeError, match=message):
         yin_yang(**kwargs)
+
+
+# --- yin_yang_spikes: the latency encoding ------------------------------------
+
+
+def test_yin_yang_spikes_times():
+    features = np.array([[0.0, 1.0, 0.5, 0.25], [0.1, 0.9, 0.75, 0.0]])
+    train = yin_yang_spikes(
+        features, t_early=2.0, t_late=12.0, t_bias=4.0, dtype=jnp.float64
+    )
+    expected = [[2.0, 12.0, 7.0, 4.5, 4.0], [3.0, 11.0, 9.5, 2.0, 4.0]]
+    np.testing.assert_allclose(np.asarray(train.times), expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(train.sources), [[0, 1, 2, 3, 4]] * 2)
+    assert train.times.dtype == jnp.float64
+
+
+def test_yin_yang_spikes_defaults_and_shapes():
+    features, _ = yin_yang(size=7, seed=3)
+    train = yin_yang_spikes(features)
+    assert train.times.shape == train.sources.shape == (7, 5)
+    np.testing.assert_allclose(
+        np.asarray(train.times[:, :4]), 10.0 + 30.0 * features, rtol=1e-6
+    )
+    np.testing.assert_array_equal(np.asarray(train.times[:, 4]), 20.0)
+    single = yin_yang_spikes(features[0])
+    assert single.times.shape == (5,)
+    np.testing.assert_array_equal(np.asarray(single.times), np.asarray(train.times[0]))
+
+
+@pytest.mark.parametrize(
+    "features, kwargs, message",
+    [
+        ([[0.5, 1.5, 0.5, 0.5]], {}, r"`features` must lie in \[0, 1\], got \[1.5\]"),
+        ([[-0.1, 0.5, 0.5, 0.5]], {}, r"`features` must lie in \[0, 1\]"),
+        ([[np.nan, 0.5, 0.5, 0.5]], {}, r"`features` must lie in \[0, 1\]"),
+        ([[0.5, 0.5, 0.5]], {}, r"`features` must have shape \(..., 4\)"),
+        (
+            [[0.5] * 4],
+            dict(t_early=5.0, t_late=5.0),
+            "`t_late` must be after `t_early`",
+        ),
+        (
+            [[0.5] * 4],
+            dict(t_early=6.0, t_late=5.0),
+            "`t_late` must be after `t_early`",
+        ),
+        ([[0.5] * 4], dict(t_early=-1.0), "`t_early` must be a finite time >= 0"),
+        ([[0.5] * 4], dict(t_late=float("inf")), "`t_late` must be a finite time"),
+        ([[0.5] * 4], dict(t_bias=-2.0), "`t_bias` must be a finite time >= 0"),
+    ],
+)
+def test_yin_yang_spikes_value_errors(features, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        yin_yang_spikes(np.array(features), **kwargs)
+
+
+def test_yin_yang_spikes_type_errors():
+    with pytest.raises(TypeError, match="`t_bias` must be a number"):
+        yin_yang_spikes(np.full((1, 4), 0.5), t_bias="20")

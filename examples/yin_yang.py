@@ -1,0 +1,401 @@
+"""Learning with spike times: the Yin-Yang benchmark.
+
+A 5-input, hidden (spiking, current-based LIF), 3-output network classifies the
+Yin-Yang dataset (`snode_jax.datasets.yin_yang`) from spike times alone. Each of the
+four features is one input spike (a latency code, `snode_jax.datasets.
+yin_yang_spikes`), plus a bias spike at a fixed time. Training follows Wunderlich &
+Pehle, "Event-based backpropagation can compute exact gradients for spiking neural
+networks" (Scientific Reports 11, 12829, 2021): Adam on exact spike-time gradients
+(the gradients EventProp computes, here from differentiating the event-driven
+simulation), with a time-to-first-spike loss; `--readout max-voltage` trains a
+non-spiking readout on its maximum voltage instead.
+
+    pip install -e ".[examples]"
+    python examples/yin_yang.py --train-size 500 --epochs 3 --hidden 60   # a quick look
+    python examples/yin_yang.py --seed 0 --out runs/yy0                   # the full run
+
+**Hyperparameters** (defaults), from the Yin-Yang run of the EventProp paper's code
+(https://github.com/eventprop/eventprop, `paper/figure2.py` with
+`eventprop/yinyang.py`): `tau_mem = 20 ms`, `tau_syn = 5 ms`, threshold 1, 200
+hidden neurons; inputs at `10 + 30 x` ms, bias spike at 20 ms; hidden weights
+`N(1.5, 0.78)`, output weights `N(0.93, 0.1)`; loss temperature `tau0 = 0.5 ms`,
+regulariser `alpha = 3e-3`, `tau1 = 6.4 ms`; Adam, learning rate `1e-2`, batch 256,
+learning rate times 0.95 every 5 epochs, 300 epochs. The weights are in the
+paper's units: its membrane is `tau_mem dv/dt = -v + i_syn`, which is
+`sj.CubaLIFDynamics` with `C_mem = tau_mem`. The hidden weights have a positive
+mean so that hidden neurons fire from the start (with zero-mean weights most stay
+silent, and a silent network has no spike-time gradient).
+
+**Loss** (time to first spike, as in Göltz et al., "Fast and energy-efficient
+neuromorphic deep learning with first-spike times", Nature Machine Intelligence 3,
+2021, and Wunderlich & Pehle): with `t` the output neurons' first spike times and
+`k` the label,
+
+    loss = cross_entropy(logits = -t / tau0, label = k) + alpha * (exp(t_k / tau1) - 1)
+
+The class is the output neuron that fires first. **Silent output neurons**: a
+neuron that does not fire by `t_end` (60 ms) counts as firing at `t_end` in the
+loss. Its time then has no gradient (there is no spike to move), but the
+cross-entropy still acts through the other neurons' times: with the correct neuron
+silent it makes the wrong ones fire later, and silent wrong neurons are what we
+want. The initial output weights have a positive mean so that output neurons fire
+from the start. A sample with no output spike at all counts as an error in the
+accuracy.
+
+**Failed samples.** A sample whose run fills a neuron's spike buffer
+(`max_spikes`) stops early with `sj.RESULTS.spike_buffer_full`; such samples are
+counted, shown in the progress bar (`failed`) and the metrics, and left out of the
+loss (a mask), never silently used. In evaluation they count as errors.
+
+Validation accuracy is measured after every epoch and the best parameters are kept;
+the test accuracy of those is reported once, at the end. With `--out DIR` the best
+parameters are saved with `eqx.tree_serialise_leaves` (`DIR/best.eqx`) and the
+per-epoch metrics and wall times as JSON (`DIR/metrics.json`; the first epoch's
+time includes compiling the training step).
+"""
+
+import argparse
+import json
+import math
+import pathlib
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import snode_jax as sj
+from snode_jax.datasets import yin_yang, yin_yang_spikes
+
+# Encoding and simulation (ms).
+T_EARLY, T_LATE, T_BIAS = 10.0, 40.0, 20.0
+T_END = 60.0  # last input at 40 ms, plus four synaptic time constants
+TAU_MEM, TAU_SYN = 20.0, 5.0
+# Spike buffers per neuron (hidden, output); more stops the run
+# (`spike_buffer_full`). Output neurons fire repeatedly (only the first spike
+# counts), so theirs is larger.
+MAX_SPIKES = (8, 64)
+
+# Loss (Wunderlich & Pehle 2021, Yin-Yang).
+TAU0, TAU1, ALPHA = 0.5, 6.4, 3e-3
+
+# Initial weights, (mean, std), in units of the membrane `tau_mem dv/dt = -v + i`.
+HIDDEN_INIT = (1.5, 0.78)
+OUTPUT_INIT = (0.93, 0.1)
+READOUT_INIT = (0.2, 0.37)  # the EventProp paper's max-voltage readout (MNIST)
+
+DTYPE = jnp.float32
+READOUTS = ("ttfs", "max-voltage")
+
+# How often `train_step` has been traced (compiled); a test checks it stays at one.
+TRACE_COUNT = {"train_step": 0}
+
+
+def dynamics() -> sj.CubaLIFDynamics:
+    """Current-based LIF with `tau_mem dv/dt = -v + i_syn` (`C_mem = tau_mem`)."""
+    return sj.CubaLIFDynamics(tau_mem=TAU_MEM, tau_syn=TAU_SYN, C_mem=TAU_MEM)
+
+
+def _normal_weight(key, shape, mean_std):
+    mean, std = mean_std
+    return mean + std * jax.random.normal(key, shape, DTYPE)
+
+
+def make_network(key, n_hidden: int, readout: str = "ttfs") -> sj.SpikingODENetwork:
+    """5 inputs -> `n_hidden` spiking CubaLIF -> 3 outputs (spiking for `"ttfs"`, a
+    `LeakyReadout` for `"max-voltage"`), weights drawn as in the EventProp paper."""
+    if readout not in READOUTS:
+        raise ValueError(f"`readout` must be one of {READOUTS}, got {readout!r}.")
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    hidden = sj.SpikingODELayer(5, n_hidden, dynamics(), dtype=DTYPE, key=k1)
+    hidden = eqx.tree_at(
+        lambda m: m.weight, hidden, _normal_weight(k2, (n_hidden, 5), HIDDEN_INIT)
+    )
+    if readout == "ttfs":
+        out = sj.SpikingODELayer(n_hidden, 3, dynamics(), dtype=DTYPE, key=k3)
+        init = OUTPUT_INIT
+    else:
+        out = sj.LeakyReadout(n_hidden, 3, dynamics(), dtype=DTYPE, key=k3)
+        init = READOUT_INIT
+    out = eqx.tree_at(lambda m: m.weight, out, _normal_weight(k4, (3, n_hidden), init))
+    return sj.SpikingODENetwork([hidden, out])
+
+
+def encode(features) -> sj.SpikeTrain:
+    """A batch of input spike trains (times `(n, 5)`) for `features` `(n, 4)`."""
+    return yin_yang_spikes(
+        features, t_early=T_EARLY, t_late=T_LATE, t_bias=T_BIAS, dtype=DTYPE
+    )
+
+
+def _forward(net: sj.SpikingODENetwork, train: sj.SpikeTrain):
+    """One sample: the output scores (first spike times, `t_end` for silent neurons,
+    or maximum voltages), whether any output neuron fired (TTFS), and whether every
+    layer ran to its end."""
+    budgets = MAX_SPIKES if isinstance(net.layers[-1], sj.SpikingODELayer) else 8
+    nsol = net.simulate(train, t_end=T_END, max_spikes=budgets, throw=False)
+    ok = jnp.array(True)
+    for layer_sol in nsol.layers:
+        if isinstance(layer_sol, sj.Solution):
+            ok = ok & (layer_sol.result == sj.RESULTS.successful)
+    out = nsol.output
+    if isinstance(out, sj.Solution):
+        first = sj.first_spike_times(out)
+        fired = jnp.isfinite(first)
+        return jnp.where(fired, first, T_END), jnp.any(fired), ok
+    return out.max_voltage, jnp.array(True), ok
+
+
+def _sample_loss(scores, label, readout: str):
+    if readout == "ttfs":
+        ce = optax.softmax_cross_entropy_with_integer_labels(-scores / TAU0, label)
+        return ce + ALPHA * (jnp.exp(scores[label] / TAU1) - 1.0)
+    return optax.softmax_cross_entropy_with_integer_labels(scores, label)
+
+
+def _predict(scores, any_fired, readout: str):
+    """The predicted class; -1 (always wrong) when no output neuron fired."""
+    if readout == "ttfs":
+        return jnp.where(any_fired, jnp.argmin(scores), -1)
+    return jnp.argmax(scores)
+
+
+def batch_loss(net, trains: sj.SpikeTrain, labels, readout: str = "ttfs"):
+    """Mean loss over the samples that ran to the end; aux: (accuracy over those,
+    number of failed samples)."""
+    scores, fired, ok = jax.vmap(_forward, in_axes=(None, 0))(net, trains)
+    per_sample = jax.vmap(_sample_loss, in_axes=(0, 0, None))(scores, labels, readout)
+    n_ok = jnp.sum(ok)
+    denom = jnp.maximum(n_ok, 1)
+    loss = jnp.sum(jnp.where(ok, per_sample, 0.0)) / denom
+    predicted = jax.vmap(_predict, in_axes=(0, 0, None))(scores, fired, readout)
+    accuracy = jnp.sum(ok & (predicted == labels)) / denom
+    return loss, (accuracy, jnp.sum(~ok))
+
+
+def trainable(net: sj.SpikingODENetwork):
+    """The filter of what is trained: the weights of every layer (the neuron
+    parameters, time constants and thresholds, stay fixed)."""
+    spec = jax.tree.map(lambda _: False, net)
+    return eqx.tree_at(
+        lambda n: [layer.weight for layer in n.layers],
+        spec,
+        [True] * len(net.layers),
+    )
+
+
+@eqx.filter_jit
+def train_step(net, opt_state, optimizer, trains, labels, readout: str = "ttfs"):
+    """One Adam step on a batch; returns the new network and optimiser state, the
+    loss, batch accuracy and the number of failed samples."""
+    TRACE_COUNT["train_step"] += 1  # runs only while tracing
+    params, rest = eqx.partition(net, trainable(net))
+
+    def loss_of_params(params):
+        return batch_loss(eqx.combine(params, rest), trains, labels, readout)
+
+    (loss, (accuracy, failed)), grads = jax.value_and_grad(
+        loss_of_params, has_aux=True
+    )(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    net = eqx.combine(eqx.apply_updates(params, updates), rest)
+    return net, opt_state, loss, accuracy, failed
+
+
+@eqx.filter_jit
+def _eval_batch(net, trains, labels, readout: str):
+    scores, fired, ok = jax.vmap(_forward, in_axes=(None, 0))(net, trains)
+    predicted = jax.vmap(_predict, in_axes=(0, 0, None))(scores, fired, readout)
+    return jnp.sum(ok & (predicted == labels)), jnp.sum(~ok)
+
+
+def evaluate(net, features, labels, readout: str = "ttfs", batch_size: int = 500):
+    """(accuracy, failed samples) on a whole set; failed samples count as errors."""
+    correct = failed = 0
+    for start in range(0, len(labels), batch_size):
+        x = features[start : start + batch_size]
+        y = jnp.asarray(labels[start : start + batch_size])
+        c, f = _eval_batch(net, encode(x), y, readout)
+        correct += int(c)
+        failed += int(f)
+    return correct / len(labels), failed
+
+
+def make_optimizer(lr: float, steps_per_epoch: int):
+    """Adam; the learning rate falls by 0.95 every 5 epochs (as the paper's run)."""
+    schedule = optax.exponential_decay(
+        lr, transition_steps=5 * steps_per_epoch, decay_rate=0.95, staircase=True
+    )
+    return optax.adam(schedule)
+
+
+def _batches(rng, n: int, batch_size: int):
+    """Shuffled full batches (one shape, so one compilation); the remainder of an
+    epoch is dropped, a different one each epoch."""
+    order = rng.permutation(n)
+    for start in range(0, n - batch_size + 1, batch_size):
+        yield order[start : start + batch_size]
+
+
+def train(
+    *,
+    seed: int = 0,
+    epochs: int = 300,
+    batch_size: int = 256,
+    hidden: int = 200,
+    lr: float = 1e-2,
+    train_size: int | None = None,
+    readout: str = "ttfs",
+    out: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train, select on validation accuracy, report test accuracy; returns the
+    metrics (and writes them, with the best parameters, under `out`)."""
+    x_train, y_train = yin_yang(split="train")
+    if train_size is not None:
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
+    x_val, y_val = yin_yang(split="validation")
+    x_test, y_test = yin_yang(split="test")
+    batch_size = min(batch_size, len(y_train))
+    steps_per_epoch = len(y_train) // batch_size
+
+    net = make_network(jax.random.key(seed), hidden, readout)
+    optimizer = make_optimizer(lr, steps_per_epoch)
+    opt_state = optimizer.init(eqx.filter(net, trainable(net)))
+    rng = np.random.default_rng(seed)
+
+    config = dict(
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        hidden=hidden,
+        lr=lr,
+        train_size=len(y_train),
+        readout=readout,
+        t_early=T_EARLY,
+        t_late=T_LATE,
+        t_bias=T_BIAS,
+        t_end=T_END,
+        tau_mem=TAU_MEM,
+        tau_syn=TAU_SYN,
+        max_spikes=MAX_SPIKES,
+        tau0=TAU0,
+        tau1=TAU1,
+        alpha=ALPHA,
+        hidden_init=HIDDEN_INIT,
+        output_init=OUTPUT_INIT if readout == "ttfs" else READOUT_INIT,
+        lr_decay="x0.95 every 5 epochs",
+        dtype=str(jnp.dtype(DTYPE)),
+    )
+    val_acc, val_failed = evaluate(net, x_val, y_val, readout)
+    print(f"epoch 0: validation accuracy {val_acc:.3f} (failed {val_failed})")
+    best = dict(epoch=0, val_accuracy=val_acc)
+    best_net = net
+    history = []
+    t_start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        losses, accs, failed_total = [], [], 0
+        bar = tqdm(
+            list(_batches(rng, len(y_train), batch_size)),
+            desc=f"epoch {epoch}/{epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for idx in bar:
+            trains = encode(x_train[idx])
+            net, opt_state, loss, acc, failed = train_step(
+                net, opt_state, optimizer, trains, jnp.asarray(y_train[idx]), readout
+            )
+            losses.append(float(loss))
+            accs.append(float(acc))
+            failed_total += int(failed)
+            bar.set_postfix(
+                loss=f"{losses[-1]:.3f}", acc=f"{accs[-1]:.3f}", failed=failed_total
+            )
+        train_time = time.perf_counter() - t0
+        val_acc, val_failed = evaluate(net, x_val, y_val, readout)
+        epoch_time = time.perf_counter() - t0
+        row = dict(
+            epoch=epoch,
+            train_loss=float(np.mean(losses)),
+            train_accuracy=float(np.mean(accs)),
+            train_failed=failed_total,
+            val_accuracy=val_acc,
+            val_failed=val_failed,
+            train_time_s=train_time,
+            epoch_time_s=epoch_time,
+            time_per_batch_s=train_time / max(len(losses), 1),
+            wall_time_s=time.perf_counter() - t_start,
+        )
+        history.append(row)
+        if val_acc > best["val_accuracy"]:
+            best = dict(epoch=epoch, val_accuracy=val_acc)
+            best_net = net
+        print(
+            f"epoch {epoch}: loss {row['train_loss']:.4f}, train accuracy "
+            f"{row['train_accuracy']:.3f}, failed {failed_total}; validation "
+            f"accuracy {val_acc:.3f} (failed {val_failed}); {epoch_time:.1f} s "
+            f"({row['time_per_batch_s']:.2f} s per batch)"
+        )
+        if out is not None:
+            _save(out, best_net, config, history, best, None)
+    test_acc, test_failed = evaluate(best_net, x_test, y_test, readout)
+    test = dict(accuracy=test_acc, failed=test_failed, epoch=best["epoch"])
+    print(
+        f"best validation accuracy {best['val_accuracy']:.3f} (epoch {best['epoch']}); "
+        f"test accuracy {test_acc:.3f} (failed {test_failed})"
+    )
+    metrics = _save(out, best_net, config, history, best, test)
+    return metrics
+
+
+def _save(out, net, config, history, best, test) -> dict:
+    metrics = dict(config=config, epochs=history, best=best, test=test)
+    if out is not None:
+        path = pathlib.Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        eqx.tree_serialise_leaves(path / "best.eqx", net)
+        with open(path / "metrics.json", "w") as f:
+            json.dump(metrics, f, indent=1)
+    return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="use the first N samples only"
+    )
+    parser.add_argument("--readout", choices=READOUTS, default="ttfs")
+    parser.add_argument("--out", default=None, help="directory for results")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be positive, got {args.lr}")
+    for name in ("epochs", "batch_size", "hidden", "train_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    train(
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        hidden=args.hidden,
+        lr=args.lr,
+        train_size=args.train_size,
+        readout=args.readout,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+
+
+if __name__ == "__main__":
+    main()

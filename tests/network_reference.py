@@ -52,7 +52,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq
 
-
 MODELS = ("lif", "cuba")
 _EPS = np.finfo(np.float64).eps
 
@@ -232,9 +231,7 @@ def simulate_layer(
     th = _per_neuron(v_threshold, n)
     vreset = _per_neuron(v_reset, n)
     cm = _per_neuron(C_mem, n)
-    params = [
-        dict(tau_mem=tm[j], tau_syn=ts[j], C_mem=cm[j]) for j in range(n)
-    ]
+    params = [dict(tau_mem=tm[j], tau_syn=ts[j], C_mem=cm[j]) for j in range(n)]
 
     in_t, in_s = _check_inputs(times, sources, n_inputs, t_end)
     order = np.argsort(in_t, kind="stable")

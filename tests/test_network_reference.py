@@ -15,7 +15,6 @@ from .network_reference import (
     simulate_network,
 )
 
-
 # -- an independent solve_ivp simulator ------------------------------------------------
 
 
@@ -245,9 +244,7 @@ def test_lif_jump_landing_exactly_on_threshold_fires():
 
 
 def test_lif_suprathreshold_jump_fires_at_input_time_and_resets():
-    ref = simulate_layer(
-        [[3.0], [50.0]], [2.5], [0], 10.0, model="lif", v_reset=-0.25
-    )
+    ref = simulate_layer([[3.0], [50.0]], [2.5], [0], 10.0, model="lif", v_reset=-0.25)
     assert [list(ts) for ts in ref.spike_times] == [[2.5], [2.5]]
     expected = -0.25 * math.exp(-7.5 / 20.0)
     np.testing.assert_allclose(ref.final_v, [expected, expected], rtol=1e-15)
@@ -327,7 +324,12 @@ def test_cuba_grazing_peak_below_threshold_does_not_fire():
     w_peak = math.e / tau
     for factor, count in [(1 - 1e-9, 0), (1 + 1e-9, 1)]:
         ref = simulate_layer(
-            [[w_peak * factor]], [0.0], [0], 50.0, model="cuba", tau_mem=tau,
+            [[w_peak * factor]],
+            [0.0],
+            [0],
+            50.0,
+            model="cuba",
+            tau_mem=tau,
             tau_syn=tau,
         )
         assert ref.counts.tolist() == [count]

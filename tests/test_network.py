@@ -114,14 +114,20 @@ def make_layer(n_inputs, n_neurons, dynamics, W, *, W_rec=None, delay=None, seed
     return layer
 
 
+_PARAMS = ("v_rest", "v_threshold", "v_reset", "C_mem")
+
+
 def dynamics_for(spec):
+    params = {k: spec[k] for k in _PARAMS if k in spec}
     if spec["model"] == "cuba":
-        return sj.CubaLIFDynamics(tau_mem=spec["tau_mem"], tau_syn=spec["tau_syn"])
-    return sj.ODELIFDynamics(tau_mem=spec["tau_mem"])
+        return sj.CubaLIFDynamics(
+            tau_mem=spec["tau_mem"], tau_syn=spec["tau_syn"], **params
+        )
+    return sj.ODELIFDynamics(tau_mem=spec["tau_mem"], **params)
 
 
 def reference_kwargs(spec):
-    keys = ("model", "tau_mem", "tau_syn", "W_rec", "delay")
+    keys = ("model", "tau_mem", "tau_syn", "W_rec", "delay", *_PARAMS)
     return {k: spec[k] for k in keys if k in spec and spec[k] is not None}
 
 
@@ -161,6 +167,28 @@ LAYER_CASES = {
     "cuba_equal": (dict(model="cuba", tau_mem=10.0, tau_syn=10.0), 0.036, 0.015, 3, 40),
     "cuba_2to1": (dict(model="cuba", tau_mem=10.0, tau_syn=5.0), 0.045, 0.02, 4, 40),
     "cuba_1to3": (dict(model="cuba", tau_mem=5.0, tau_syn=15.0), 0.035, 0.01, 5, 40),
+    "cuba_params": (
+        dict(
+            model="cuba",
+            tau_mem=20.0,
+            tau_syn=5.0,
+            v_rest=-0.2,
+            v_threshold=0.8,
+            v_reset=-0.5,
+            C_mem=2.0,
+        ),
+        0.1,
+        0.04,
+        6,
+        40,
+    ),
+    "lif_params": (
+        dict(model="lif", tau_mem=10.0, v_rest=0.1, v_threshold=1.2, v_reset=-0.3),
+        0.25,
+        0.1,
+        7,
+        40,
+    ),
 }
 
 
@@ -213,7 +241,8 @@ def special_lif_case():
     2: the same with the sources swapped in the input order;
     3: 0.4 + 0.4 at the same instant: no spike (control);
     4: one large weight (3.0) fires at exactly that input time (no clipping);
-    5: a weight of exactly the threshold fires at exactly that input time.
+    5: a weight of exactly the threshold fires at exactly that input time, and again
+       at an input at exactly t_end (which is processed).
     """
     W = np.zeros((N_LAYER, N_INPUTS))
     W[0, 0] = W[0, 1] = 0.6
@@ -222,15 +251,15 @@ def special_lif_case():
     W[3, 0] = W[3, 1] = 0.4
     W[4, 2] = 3.0
     W[5, 3] = 1.0
-    times = np.array([2.0, 7.3, 2.0, 11.125, 30.0, 30.0, 31.5])
-    sources = np.array([1, 2, 0, 3, 1, 0, 4])
+    times = np.array([2.0, 7.3, 2.0, 11.125, 30.0, 30.0, 31.5, T_END])
+    sources = np.array([1, 2, 0, 3, 1, 0, 4, 3])
     return W, times, sources
 
 
 def test_instant_rule_delta_synapse():
     W, times, sources = special_lif_case()
     ref = simulate_layer(W, times, sources, T_END, model="lif", tau_mem=20.0)
-    expected = [[2.0, 30.0], [], [], [], [7.3], [11.125]]
+    expected = [[2.0, 30.0], [], [], [], [7.3], [11.125, T_END]]
     assert [list(ts) for ts in ref.spike_times] == expected
     layer = make_layer(N_INPUTS, N_LAYER, sj.ODELIFDynamics(tau_mem=20.0), W)
     sol = run(layer, spike_train(times, sources, pad_source=7), T_END, MAX_SPIKES)
@@ -238,7 +267,7 @@ def test_instant_rule_delta_synapse():
     # Jumps fire at exactly the input time.
     got = np.asarray(sol.spike_times)
     assert got[0, 0] == 2.0 and got[0, 1] == 30.0
-    assert got[4, 0] == 7.3 and got[5, 0] == 11.125
+    assert got[4, 0] == 7.3 and got[5, 0] == 11.125 and got[5, 1] == T_END
 
 
 def test_instant_rule_exponential_synapse():
@@ -402,17 +431,19 @@ def test_recurrent_layer_matches_reference(recurrent_run):
 
 def test_recurrent_zero_delay_chain_fires_at_one_instant():
     # 0 -> 1 -> 2 with zero delay: all three fire at the input time; 3 gets only
-    # half the threshold from 2; 4 -> 5 is not triggered.
+    # half the threshold from 2; 4 -> 5 is not triggered. With a delay, a delivery
+    # due at exactly t_end is processed, one due after it is not.
     W = np.zeros((N_LAYER, N_INPUTS))
     W[0, 0] = 1.5
     W_rec = np.zeros((N_LAYER, N_LAYER))
     W_rec[1, 0] = W_rec[2, 1] = 1.0
     W_rec[3, 2] = 0.5
     W_rec[5, 4] = 2.0
-    times, sources = np.array([3.25]), np.array([0])
+    t_last = T_END - 0.5
+    times, sources = np.array([3.25, t_last]), np.array([0, 0])
     for delay, expected in [
-        (0.0, [[3.25], [3.25], [3.25], [], [], []]),
-        (0.5, [[3.25], [3.75], [4.25], [], [], []]),
+        (0.0, [[3.25, t_last], [3.25, t_last], [3.25, t_last], [], [], []]),
+        (0.5, [[3.25, t_last], [3.75, T_END], [4.25], [], [], []]),
     ]:
         ref = simulate_layer(
             W, times, sources, T_END, model="lif", W_rec=W_rec, delay=delay

@@ -1,19 +1,19 @@
 """The event-driven engine: a population driven by input spikes, held currents and
 its own (recurrent) spikes, advanced from event to event in exact global time order.
 
-Every iteration of the loop does one thing, chosen in this order:
+Every iteration of the loop does, in this order:
 
-1. `switch`: an interval of held input current starts now: the drive steps to it.
-2. `jump`: an input spike, or a recurrent spike's delivery, is due now: its weights
-   are added to the state (`dynamics.jump`), one event per iteration.
-3. `fire`: no jump is left at this instant and some neuron reached threshold by its
-   flow now, or is at or above it after the jumps: all of them fire now, are
-   recorded and reset; with recurrence their spikes are queued for delivery after
-   `delay` (zero: at this same instant, so the cascade continues with 2).
-4. `advance`: every neuron follows its exact flow to the next event: the next input
-   spike, delivery, interval start or the end, or the earliest threshold crossing
-   of any neuron before it (located per neuron on the exact flow and bracketed by
-   its one interior maximum).
+1. `advance` (unless something is due now): every neuron follows its exact flow to
+   the next event: the next input spike, delivery, interval start or the end, or
+   the earliest threshold crossing of any neuron before it (located per neuron on
+   the exact flow and bracketed by its one interior maximum).
+2. `switch`: if an interval of held input current starts now, the drive steps to it.
+3. `jump`: if an input spike, or a recurrent spike's delivery, is due now, its
+   weights are added to the state (`dynamics.jump`); one per iteration.
+4. `fire`: if no jump is left at this instant, every neuron that reached threshold
+   by its flow now, or is at or above it after the jumps, fires now, is recorded
+   and reset; with recurrence its spike is queued for delivery after `delay`
+   (zero: at this same instant, so the cascade continues in the next iteration).
 
 All delays are equal, so deliveries leave in the order the spikes were made: the
 queue is the log of emitted spikes and a read position. The loop is an
@@ -36,8 +36,6 @@ from jaxtyping import Array, Bool, Float, Int
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._root_find import BracketedNewton
-
-_SWITCH, _JUMP, _FIRE, _ADVANCE = 0, 1, 2, 3
 
 
 class EventSchedule(eqx.Module):
@@ -160,24 +158,16 @@ def simulate_events(
     def fire_due(s: EventState):
         return s.pending | (dynamics.threshold(s.y) >= 0)
 
-    def action(s: EventState):
-        t_in, t_rec, t_switch = upcoming(s)
-        return jnp.where(
-            t_switch <= s.t,
-            _SWITCH,
-            jnp.where(
-                jnp.minimum(t_in, t_rec) <= s.t,
-                _JUMP,
-                jnp.where(jnp.any(fire_due(s)), _FIRE, _ADVANCE),
-            ),
-        )
-
     def switch(s: EventState) -> EventState:
-        return eqx.tree_at(lambda s: s.interval_index, s, s.interval_index + 1)
+        _, _, t_switch = upcoming(s)
+        due = (t_switch <= s.t).astype(jnp.int32)
+        return eqx.tree_at(lambda s: s.interval_index, s, s.interval_index + due)
 
     def jump(s: EventState) -> EventState:
-        t_in, _, _ = upcoming(s)
+        # One input spike (first) or delivery due now, if any.
+        t_in, t_rec, _ = upcoming(s)
         is_input = t_in <= s.t
+        is_delivery = ~is_input & (t_rec <= s.t)
         i = jnp.minimum(s.next_input, num_inputs - 1)
         amount = weight[:, schedule.input_sources[i]]
         if recurrent:
@@ -185,19 +175,23 @@ def simulate_events(
             d = jnp.minimum(s.next_delivery, log_size - 1)
             amount_rec = recurrent_weight[:, s.log_sources[d]]
             amount = jnp.where(is_input, amount, amount_rec)
-        y = dynamics.jump(s.y, amount)
+        # Adding an exact zero leaves the state as it is.
+        y = dynamics.jump(s.y, jnp.where(is_input | is_delivery, amount, 0))
         return eqx.tree_at(
             lambda s: (s.y, s.next_input, s.next_delivery),
             s,
             (
                 y,
                 s.next_input + is_input.astype(jnp.int32),
-                s.next_delivery + (~is_input).astype(s.next_delivery.dtype),
+                s.next_delivery + is_delivery.astype(jnp.int32),
             ),
         )
 
     def fire(s: EventState) -> EventState:
-        spiking = fire_due(s)
+        # Only once no jump is left at this instant.
+        t_in, t_rec, _ = upcoming(s)
+        settled = jnp.minimum(t_in, t_rec) > s.t
+        spiking = fire_due(s) & settled
         full = jnp.any(spiking & (s.num_spikes >= max_spikes))
         spiking = spiking & ~full
         col = jnp.minimum(s.num_spikes, max_spikes - 1)
@@ -300,7 +294,13 @@ def simulate_events(
         return active(s) & ~s.buffer_full & ~s.search_failed
 
     def body_fun(s: EventState) -> EventState:
-        s = lax.switch(action(s), (switch, jump, fire, advance), s)
+        # Advance to the next event unless one is due now; then at that instant
+        # start the interval, add one jump, and fire once no jump is left. An
+        # input spike or a crossing thus takes one iteration.
+        t_in, t_rec, t_switch = upcoming(s)
+        due = jnp.minimum(jnp.minimum(t_in, t_rec), t_switch) <= s.t
+        s = lax.cond(due | jnp.any(fire_due(s)), lambda s: s, advance, s)
+        s = fire(jump(switch(s)))
         return eqx.tree_at(lambda s: s.num_events, s, s.num_events + 1)
 
     zero = jnp.zeros((), jnp.int32)

@@ -209,9 +209,8 @@ def yin_yang_spikes(
     (https://github.com/eventprop/eventprop, `YinYangTTFS`: `t_min = 10e-3`,
     `t_max = 40e-3`, `t_bias = 20e-3` s) for current-based LIF neurons with
     `tau_mem = 20 ms` and `tau_syn = 5 ms`, as `sj.CubaLIFDynamics()`. Göltz et
-    al. use the same scheme in units of their synaptic time constant (their
-    published configuration puts the bias at `0.9 tau_syn`); pass your own
-    constants to match another time scale.
+    al. use the same scheme in units of their synaptic time constant; pass your
+    own constants to match another time scale.
 
     **Arguments:**
 

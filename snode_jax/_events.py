@@ -33,6 +33,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from ._crossing import take_lanes
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._root_find import BracketedNewton
@@ -265,12 +266,22 @@ def simulate_events(
         first = found[lane]
         any_cross = jnp.any(crosses)
         # Implicit-function derivative of the earliest crossing: the value is the
-        # located time, the derivative that of the root of g(h; y, p) = 0.
+        # located time, the derivative that of the root of g(h; y, p) = 0, on that
+        # one neuron.
         h_star = jnp.where(any_cross, first, 0)
-        h_lanes = jnp.broadcast_to(h_star, (n,))
-        _, slope = jax.jvp(margin, (h_lanes,), (jnp.ones_like(h_lanes),))
-        g = dynamics.threshold(dynamics.exact_flow(s.y, current, h_lanes))[lane]
-        safe_slope = jnp.where(slope[lane] != 0, slope[lane], 1)
+        j = lane[None]
+        dyn_j = take_lanes(dynamics, j)
+        y_j = jax.tree.map(lambda a: a[j], s.y)
+        current_j = current[j]
+        dyn_jc, y_jc, current_jc = lax.stop_gradient((dyn_j, y_j, current_j))
+
+        def margin_j(h):
+            return dyn_jc.threshold(dyn_jc.exact_flow(y_jc, current_jc, h))
+
+        _, slope = jax.jvp(margin_j, (h_star[None],), (jnp.ones((1,), dtype),))
+        g = dyn_j.threshold(dyn_j.exact_flow(y_j, current_j, h_star[None]))[0]
+        slope = slope[0]
+        safe_slope = jnp.where(slope != 0, slope, 1)
         h_cross = h_star - (g - lax.stop_gradient(g)) / safe_slope
         to_crossing = any_cross & (first < span_c)
         t_new = jnp.where(to_crossing, s.t + h_cross, t_next)

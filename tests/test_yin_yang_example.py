@@ -7,12 +7,11 @@ import pathlib
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optax  # noqa: F401  (the example's dependencies, in the test extra)
 import pytest
+import tqdm  # noqa: F401
 
-pytest.importorskip("optax")
-pytest.importorskip("tqdm")
-
-from snode_jax.datasets import yin_yang  # noqa: E402
+from snode_jax.datasets import yin_yang
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "yin_yang.py"
 

@@ -29,7 +29,7 @@ def test_training_reduces_loss_and_compiles_once(example):
     x, y = x[:64], jnp.asarray(y[:64])
     trains = example.encode(x)
     net = example.make_network(jax.random.key(0), 20)
-    optimizer = example.make_optimizer(1e-2, steps_per_epoch=1)
+    optimizer = example.make_optimizer(1e-2, steps_per_epoch=1, epochs=1)
     opt_state = optimizer.init(eqx.filter(net, example.trainable(net)))
 
     traces_before = example.TRACE_COUNT["train_step"]

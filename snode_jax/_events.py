@@ -33,7 +33,6 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._crossing import take_lanes
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._root_find import BracketedNewton
@@ -70,6 +69,7 @@ class EventState(eqx.Module):
     log_times: Float[Array, " log"]
     log_sources: Int[Array, " log"]
     pending: Bool[Array, " n_neurons"]
+    fire_shift: Float[Array, " n_neurons"]
     spike_times: Float[Array, "n_neurons max_spikes"]
     num_spikes: Int[Array, " n_neurons"]
     counts: Int[Array, "intervals n_neurons"]
@@ -176,15 +176,31 @@ def simulate_events(
             d = jnp.minimum(s.next_delivery, log_size - 1)
             amount_rec = recurrent_weight[:, s.log_sources[d]]
             amount = jnp.where(is_input, amount, amount_rec)
+        jumps = is_input | is_delivery
         # Adding an exact zero leaves the state as it is.
-        y = dynamics.jump(s.y, jnp.where(is_input | is_delivery, amount, 0))
+        y_plus = dynamics.jump(s.y, jnp.where(jumps, amount, 0))
+        # The event's own time: equal to `s.t` in value, but its derivative is that
+        # of this input (or delivered spike) time, which `s.t` need not carry (a
+        # second spike at one instant, an input at time 0). Moving the jump by dt
+        # moves the state after it by dt (f(y-) - f(y+)), f the vector field.
+        offset = jnp.where(jumps, jnp.where(is_input, t_in, t_rec) - s.t, 0)
+        offset = offset - lax.stop_gradient(offset)  # zero, with a derivative
+        current = schedule.currents[s.interval_index]
+        f_minus = dynamics.vector_field(s.t, s.y, current)
+        f_plus = dynamics.vector_field(s.t, y_plus, current)
+        y = jax.tree.map(
+            lambda yp, fm, fp: yp + offset * (fm - fp), y_plus, f_minus, f_plus
+        )
+        # A neuron this jump lifts to threshold fires at the jump's time.
+        lifted = jumps & (dynamics.threshold(y) >= 0)
         return eqx.tree_at(
-            lambda s: (s.y, s.next_input, s.next_delivery),
+            lambda s: (s.y, s.next_input, s.next_delivery, s.fire_shift),
             s,
             (
                 y,
                 s.next_input + is_input.astype(jnp.int32),
                 s.next_delivery + is_delivery.astype(jnp.int32),
+                jnp.where(lifted & ~s.pending, offset, s.fire_shift),
             ),
         )
 
@@ -197,8 +213,21 @@ def simulate_events(
         spiking = spiking & ~full
         col = jnp.minimum(s.num_spikes, max_spikes - 1)
         old = s.spike_times[rows, col]
-        spike_times = s.spike_times.at[rows, col].set(jnp.where(spiking, s.t, old))
-        reset = dynamics.reset(s.y)
+        # Equal to `s.t`; each neuron's derivative is that of its own crossing.
+        times = s.t + s.fire_shift
+        spike_times = s.spike_times.at[rows, col].set(jnp.where(spiking, times, old))
+        # The state is that at the clock `s.t`; a neuron firing at its own time
+        # `s.t + shift` (equal in value) is reset there: to first order its state
+        # there is `y + shift f(y)`, and the reset state flows back to the clock,
+        # `- shift f(reset)`. Both terms are zero in value and carry the derivative
+        # of that neuron's own spike time into everything after it.
+        current = schedule.currents[s.interval_index]
+        shift = s.fire_shift
+        f_pre = dynamics.vector_field(s.t, s.y, current)
+        y_fire = jax.tree.map(lambda a, f: a + shift * f, s.y, f_pre)
+        reset = dynamics.reset(y_fire)
+        f_reset = dynamics.vector_field(s.t, reset, current)
+        reset = jax.tree.map(lambda a, f: a - shift * f, reset, f_reset)
         y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
         counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
         num_spikes = s.num_spikes + spiking.astype(jnp.int32)
@@ -207,7 +236,7 @@ def simulate_events(
             # Queue the spikes in neuron order (their delivery order at one instant).
             position = s.num_logged + jnp.cumsum(spiking, dtype=jnp.int32) - 1
             position = jnp.where(spiking, position, log_size)  # dropped
-            log_times = log_times.at[position].set(s.t, mode="drop")
+            log_times = log_times.at[position].set(times, mode="drop")
             log_sources = log_sources.at[position].set(rows, mode="drop")
             num_logged = num_logged + jnp.sum(spiking, dtype=jnp.int32)
         return eqx.tree_at(
@@ -220,6 +249,7 @@ def simulate_events(
                 s.log_sources,
                 s.num_logged,
                 s.pending,
+                s.fire_shift,
                 s.buffer_full,
             ),
             s,
@@ -231,7 +261,8 @@ def simulate_events(
                 log_times,
                 log_sources,
                 num_logged,
-                jnp.zeros_like(s.pending),
+                s.pending & ~settled,
+                jnp.where(settled, 0, s.fire_shift),
                 s.buffer_full | full,
             ),
         )
@@ -265,33 +296,36 @@ def simulate_events(
         lane = jnp.argmin(found)
         first = found[lane]
         any_cross = jnp.any(crosses)
-        # Implicit-function derivative of the earliest crossing: the value is the
-        # located time, the derivative that of the root of g(h; y, p) = 0, on that
-        # one neuron.
+        # Implicit-function derivatives of the crossings at the earliest time: the
+        # value is the located time, the derivative that of the root of
+        # g(h; y, p) = 0, for each neuron crossing there (ties fire together, each
+        # with its own derivative).
         h_star = jnp.where(any_cross, first, 0)
-        j = lane[None]
-        dyn_j = take_lanes(dynamics, j)
-        y_j = jax.tree.map(lambda a: a[j], s.y)
-        current_j = current[j]
-        dyn_jc, y_jc, current_jc = lax.stop_gradient((dyn_j, y_j, current_j))
-
-        def margin_j(h):
-            return dyn_jc.threshold(dyn_jc.exact_flow(y_jc, current_jc, h))
-
-        _, slope = jax.jvp(margin_j, (h_star[None],), (jnp.ones((1,), dtype),))
-        g = dyn_j.threshold(dyn_j.exact_flow(y_j, current_j, h_star[None]))[0]
-        slope = slope[0]
+        h_own = jnp.where(crosses, found, h_star)  # each crossing neuron's own root
+        _, slope = jax.jvp(margin, (h_own,), (jnp.ones_like(h_own),))
+        g = dynamics.threshold(dynamics.exact_flow(s.y, current, h_own))
         safe_slope = jnp.where(slope != 0, slope, 1)
-        h_cross = h_star - (g - lax.stop_gradient(g)) / safe_slope
+        h_cross = h_own - (g - lax.stop_gradient(g)) / safe_slope
         to_crossing = any_cross & (first < span_c)
-        t_new = jnp.where(to_crossing, s.t + h_cross, t_next)
-        y = dynamics.exact_flow(s.y, current, jnp.broadcast_to(t_new - s.t, (n,)))
-        pending = crosses & (found == first)
+        t_new = jnp.where(to_crossing, s.t + h_cross[lane], t_next)
+        h_new = t_new - s.t
+        y = dynamics.exact_flow(s.y, current, jnp.broadcast_to(h_new, (n,)))
+        # Neurons crossing at the earliest time fire now; so do those whose own
+        # crossing is later only by rounding (already at threshold here).
+        at_threshold = lax.stop_gradient(dynamics.threshold(y)) >= 0
+        pending = crosses & ((found == first) | at_threshold)
+        # Zero in value, with the derivative of each firing neuron's own crossing
+        # time minus that of the clock: `fire` uses it for that neuron's spike.
+        shift = jnp.where(
+            pending & to_crossing,
+            (h_cross - lax.stop_gradient(h_cross)) - (h_new - lax.stop_gradient(h_new)),
+            0,
+        )
         failed = jnp.any(crosses & ~converged)
         return eqx.tree_at(
-            lambda s: (s.t, s.y, s.pending, s.search_failed),
+            lambda s: (s.t, s.y, s.pending, s.fire_shift, s.search_failed),
             s,
-            (t_new, y, pending, s.search_failed | failed),
+            (t_new, y, pending, shift, s.search_failed | failed),
         )
 
     def active(s: EventState):
@@ -325,6 +359,7 @@ def simulate_events(
         log_times=jnp.full((log_size,), jnp.inf, dtype),
         log_sources=jnp.zeros((log_size,), jnp.int32),
         pending=jnp.zeros((n,), bool),
+        fire_shift=jnp.zeros((n,), dtype),
         spike_times=jnp.full((n, max_spikes), jnp.inf, dtype),
         num_spikes=jnp.zeros((n,), jnp.int32),
         counts=jnp.zeros((num_intervals, n), jnp.int32),

@@ -248,20 +248,9 @@ def integrate_events(
     bad_spikes = jnp.zeros((), bool)
     if spikes is not None:
         t_end = jnp.asarray(t_end, dtype)
-        times = spikes.times.astype(dtype)
-        sources = spikes.sources
-        order = jnp.argsort(times)
-        input_times = times[order]
-        finite = jnp.isfinite(input_times)
-        input_sources = sources[order]
-        bad_spikes = jnp.any(
-            jnp.isnan(times)
-            | (times < 0)
-            | (jnp.isfinite(input_times) & (input_times > t_end))
-            | (finite & ((input_sources < 0) | (input_sources >= n_inputs)))
+        input_times, input_sources, bad_spikes = sorted_events(
+            spikes, t_end, n_inputs, dtype
         )
-        input_sources = jnp.where(finite, input_sources, 0)
-        input_sources = jnp.clip(input_sources, 0, n_inputs - 1)  # reported above
         boundaries = jnp.zeros((1,), dtype)
         currents = jnp.zeros((1, n), dtype)
         conditions["t_end > 0"] = jnp.isfinite(t_end) & (t_end > 0)
@@ -300,8 +289,8 @@ def integrate_events(
     )
     invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
-    result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
+    result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
     bad_state = jnp.any(jnp.isnan(run.spike_times))
     for leaf in jax.tree.leaves(run.final_state):
         bad_state = bad_state | ~jnp.all(jnp.isfinite(leaf))
@@ -331,3 +320,30 @@ def integrate_events(
             )
         sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
     return sol
+
+
+def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):
+    """`(times, sources, invalid)`: the spikes in time order (`+inf` padding last,
+    at least one entry), sources that are safe to gather with (padding's replaced),
+    and whether any spike is invalid: NaN, negative or finite past `t_end` time, or
+    a source outside `[0, n_inputs)` (reported by the caller, never clipped into
+    range silently)."""
+    times = spikes.times.astype(dtype)
+    sources = spikes.sources
+    if times.shape[-1] == 0:
+        times = jnp.full((1,), jnp.inf, dtype)
+        sources = jnp.zeros((1,), jnp.int32)
+    order = jnp.argsort(times)
+    times = times[order]
+    sources = sources[order]
+    finite = jnp.isfinite(times)
+    invalid = jnp.any(
+        jnp.isnan(times)
+        | (times < 0)
+        | (finite & (times > t_end))
+        | (finite & ((sources < 0) | (sources >= n_inputs)))
+    )
+    # Where `invalid` holds the run is reported as failed; these indices only keep
+    # the gathers in bounds meanwhile.
+    sources = jnp.where(finite & (sources >= 0) & (sources < n_inputs), sources, 0)
+    return times, sources, invalid

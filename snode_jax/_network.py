@@ -13,9 +13,10 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._cuba import CubaLIFDynamics
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
+from ._integrate import sorted_events
 from ._layer import SpikingODELayer, check_spike_train
 from ._misc import check_positive_int
-from ._solution import Solution
+from ._solution import RESULTS, Solution, update_result
 from ._spike_train import SpikeTrain
 
 
@@ -27,11 +28,14 @@ class ReadoutSolution(eqx.Module):
     - `max_voltage`: per output, the largest membrane voltage over `[0, t_end]`.
     - `max_time`: when it is reached (ms).
     - `final_state`: the state at `t_end`.
+    - `result`: a [`RESULTS`][] item (`invalid_input_spikes`, `nonfinite_input`,
+        `nonfinite_state`, `invalid_parameters`, or `successful`).
     """
 
     max_voltage: Float[Array, " n_outputs"]
     max_time: Float[Array, " n_outputs"]
     final_state: State
+    result: RESULTS
 
 
 class LeakyReadout(eqx.Module):
@@ -89,10 +93,20 @@ class LeakyReadout(eqx.Module):
         return self.n_outputs
 
     def init_state(self) -> State:
-        return self.dynamics.init_state(self.n_outputs, self.weight.dtype)
+        """At rest: `v = v_rest` (a readout has no threshold to start below)."""
+        y = self.dynamics.init_state(self.n_outputs, self.weight.dtype)
+        v_rest = getattr(self.dynamics, "v_rest", None)
+        if v_rest is not None and hasattr(y, "v"):
+            v = jnp.broadcast_to(v_rest, (self.n_outputs,)).astype(self.weight.dtype)
+            y = eqx.tree_at(lambda y: y.v, y, v)
+        return y
 
     def simulate(
-        self, inputs: SpikeTrain, *, t_end: float | Float[Array, ""]
+        self,
+        inputs: SpikeTrain,
+        *,
+        t_end: float | Float[Array, ""],
+        throw: bool = True,
     ) -> ReadoutSolution:
         """The membranes over `[0, t_end]` driven by the input spikes `inputs`.
 
@@ -100,28 +114,30 @@ class LeakyReadout(eqx.Module):
         a segment is at an end or at the segment's one interior maximum, so the
         maximum over time is exact, and differentiable (at an interior maximum the
         voltage's time derivative vanishes, so the maximum's time needs none).
-        Costs one step per input spike, and memory proportional to them for
+        Input spikes at one instant are applied together before the voltage there
+        counts. Costs one step per input spike, and memory proportional to them for
         gradients.
 
         **Raises:** `ValueError` for a train that is not 1-D, sources out of range
-        or times past `t_end` (for concrete values).
+        or times past `t_end` (for concrete values); with `throw=True`, a runtime
+        error for what is found under `jit` (see `result`).
         """
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(f"`inputs` must be a SpikeTrain, got {type(inputs)}.")
         check_spike_train(inputs, self.n_inputs, t_end)
-        return _readout(self.dynamics, self.weight, inputs, t_end, self.init_state())
+        return _readout(
+            self.dynamics, self.weight, inputs, t_end, self.init_state(), throw
+        )
 
 
 @eqx.filter_jit
-def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0) -> ReadoutSolution:
+def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0, throw) -> ReadoutSolution:
     dtype = weight.dtype
-    dynamics = dynamics.astype(dtype)
+    dynamics = jax.tree.map(lambda p: p.astype(dtype), dynamics)
     t_end = jnp.asarray(t_end, dtype)
     n = weight.shape[0]
-    times = spikes.times.astype(dtype)
-    order = jnp.argsort(times)
-    times = times[order]
-    sources = jnp.clip(spikes.sources[order], 0, weight.shape[1] - 1)
+    times, sources, bad_spikes = sorted_events(spikes, t_end, weight.shape[1], dtype)
+    next_times = jnp.concatenate([times[1:], jnp.full((1,), jnp.inf, dtype)])
     zero = jnp.zeros((n,), dtype)
 
     def segment(y, t, t_next, vmax, tmax):
@@ -134,36 +150,62 @@ def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0) -> ReadoutSolution
         better = has_peak & (v_peak > vmax)
         vmax = jnp.where(better, v_peak, vmax)
         tmax = jnp.where(better, t + t_peak, tmax)
-        better = v_end > vmax
+        better = (v_end > vmax) & (t_next > t)  # not mid-instant
         vmax = jnp.where(better, v_end, vmax)
         tmax = jnp.where(better, t_next, tmax)
         return y_end, vmax, tmax
 
     def body(carry, event):
         t, y, vmax, tmax = carry
-        s, src = event
+        s, src, s_next = event
         real = jnp.isfinite(s)
         t_next = jnp.where(real, s, t_end)
         y, vmax, tmax = segment(y, t, t_next, vmax, tmax)
         y = dynamics.jump(y, jnp.where(real, weight[:, src], 0))
+        # The voltage after the jumps counts once every jump at this instant is in.
         v = dynamics.voltage(y)
-        better = v > vmax
+        better = (v > vmax) & (s_next > s)
         vmax = jnp.where(better, v, vmax)
         tmax = jnp.where(better, t_next, tmax)
         return (t_next, y, vmax, tmax), None
 
     v0 = dynamics.voltage(y0)
     init = (jnp.zeros((), dtype), y0, v0, jnp.zeros((n,), dtype))
-    (t, y, vmax, tmax), _ = lax.scan(body, init, (times, sources))
+    (t, y, vmax, tmax), _ = lax.scan(body, init, (times, sources, next_times))
     y, vmax, tmax = segment(y, t, t_end, vmax, tmax)
-    return ReadoutSolution(max_voltage=vmax, max_time=tmax, final_state=y)
+    nonfinite = jnp.zeros((), bool)
+    for leaf in jax.tree.leaves((dynamics.parameters(), weight, y0)):
+        nonfinite = nonfinite | ~jnp.all(jnp.isfinite(leaf))
+    bad_state = ~jnp.all(jnp.isfinite(vmax))
+    for leaf in jax.tree.leaves(y):
+        bad_state = bad_state | ~jnp.all(jnp.isfinite(leaf))
+    result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
+    ok_t_end = jnp.isfinite(t_end) & (t_end > 0)
+    result = update_result(result, ~ok_t_end, RESULTS.invalid_parameters)
+    result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
+    result = update_result(result, bad_state, RESULTS.nonfinite_state)
+    sol = ReadoutSolution(max_voltage=vmax, max_time=tmax, final_state=y, result=result)
+    if throw:
+        sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
+    return sol
 
 
 class NetworkSolution(eqx.Module):
     """The result of [`SpikingODENetwork.simulate`][]: `layers[i]` is layer `i`'s
-    [`Solution`][] (or a [`ReadoutSolution`][] for a readout)."""
+    [`Solution`][] (or a [`ReadoutSolution`][] for a readout); `result` is the
+    first failure of any layer (a layer after a failed one ran on its truncated
+    output, although its own `result` may be `successful`)."""
 
     layers: tuple[Solution | ReadoutSolution, ...]
+
+    @property
+    def result(self) -> RESULTS:
+        """The first layer's outcome that is not `successful` (else `successful`)."""
+        result = self.layers[0].result
+        for layer in self.layers[1:]:
+            failed = result != RESULTS.successful
+            result = RESULTS.where(failed, result, layer.result)
+        return result
 
     @property
     def output(self) -> Solution | ReadoutSolution:
@@ -242,7 +284,7 @@ class SpikingODENetwork(eqx.Module):
         train = inputs
         for layer in self.layers:
             if isinstance(layer, LeakyReadout):
-                solutions.append(layer.simulate(train, t_end=t_end))
+                solutions.append(layer.simulate(train, t_end=t_end, throw=throw))
                 break
             sol = layer.simulate(
                 train,

@@ -38,6 +38,8 @@ class SpikeTrain(eqx.Module):
         if not jnp.issubdtype(times.dtype, jnp.floating):
             times = times.astype(jnp.result_type(float))
         sources = jnp.asarray(sources)
+        if sources.size == 0:  # `[]` is a float array; an empty train is fine
+            sources = sources.astype(jnp.int32)
         if not jnp.issubdtype(sources.dtype, jnp.integer):
             raise TypeError(
                 f"`sources` must be integers (input indices), got dtype {sources.dtype}."

@@ -298,3 +298,116 @@ def test_invalid_spikes_under_jit_are_reported():
     ]:
         res = run(jnp.array(times), jnp.array(sources))
         assert res == sj.RESULTS.invalid_input_spikes, (times, sources)
+
+
+# -- derivatives at ties and simultaneous events ----------------------------------
+
+
+def _cuba_pair():
+    dyn = sj.CubaLIFDynamics(tau_mem=20.0, tau_syn=5.0)
+    return _layer(3, 2, dyn, [[0.3, 0.2, 0.25], [0.1, 0.35, 0.3]])
+
+
+def _central(f, x, eps=1e-6):
+    return np.array(
+        [
+            (f(x.at[k].add(eps)) - f(x.at[k].add(-eps))) / (2 * eps)
+            for k in range(len(x))
+        ]
+    )
+
+
+def test_tied_crossings_each_get_their_own_derivative():
+    """Two neurons with identical weights cross at the same instant: each spike
+    time depends on its own weights only (a tie broken by the argmin lane would
+    give the second neuron the first one's derivative)."""
+    layer = _layer(1, 2, sj.CubaLIFDynamics(20.0, 5.0), [[0.6], [0.6]])
+    train = _train([1.0], [0])
+
+    def first(w):
+        lay = eqx.tree_at(lambda m: m.weight, layer, w[:, None])
+        return lay.simulate(train, t_end=40.0, max_spikes=4).spike_times[:, 0]
+
+    w = jnp.array([0.6, 0.6])
+    t = first(w)
+    assert float(t[0]) == float(t[1]) and np.isfinite(float(t[0]))
+    jac = np.asarray(jax.jacrev(first)(w))
+    fd = np.stack([_central(lambda v, i=i: first(v)[i], w) for i in range(2)])
+    # Finite differences carry the search's tolerance (4 ulp of t_end, ~4e-14 ms)
+    # divided by the step: ~1e-7 absolute.
+    np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-7)
+    assert jac[0, 1] == 0 and jac[1, 0] == 0 and jac[0, 0] < 0
+
+
+@pytest.mark.parametrize(
+    "times", [[0.0, 1.0, 2.0], [1.0, 1.0, 2.0], [1.0, 1.0, 1.0]], ids=str
+)
+def test_input_time_gradients_at_time_zero_and_simultaneous_inputs(times):
+    """The derivative with respect to each input spike time, also for an input at
+    t = 0 and for inputs sharing an instant (the CubaLIF's jumps commute, so the
+    run is differentiable there): central differences, float64. With three equal
+    times both neurons also fire at one instant (a tie)."""
+    layer = _cuba_pair()
+    sources = jnp.array([0, 1, 2])
+
+    def loss(t):
+        sol = layer.simulate(sj.SpikeTrain(t, sources), t_end=40.0, max_spikes=8)
+        st = sol.spike_times
+        state = sol.final_state
+        return jnp.sum(jnp.where(jnp.isfinite(st), st, 0.0)) + jnp.sum(
+            state.v + state.i_syn
+        )
+
+    t = jnp.array(times)
+    if times[0] == 0.0:  # one-sided at 0: move later only
+        eps = 1e-7
+        fd = np.array([(loss(t.at[k].add(eps)) - loss(t)) / eps for k in range(3)])
+        rtol = 1e-5
+    else:
+        fd, rtol = _central(loss, t), 1e-6
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(t)), fd, rtol=rtol)
+
+
+def test_readout_applies_simultaneous_jumps_together():
+    """+1.5 and -1.5 at one instant into a delta-synapse readout: the voltage there
+    is 0 whichever order they come in."""
+    ro = sj.LeakyReadout(2, 1, sj.ODELIFDynamics(tau_mem=10.0), key=_KEY)
+    ro = eqx.tree_at(lambda m: m.weight, ro, jnp.array([[1.5, -1.5]]))
+    for sources in ([0, 1], [1, 0]):
+        sol = ro.simulate(_train([5.0, 5.0], sources), t_end=10.0)
+        assert float(sol.max_voltage[0]) == 0.0
+        assert sol.result == sj.RESULTS.successful
+
+
+def test_readout_reports_invalid_spikes_and_nonfinite_weights():
+    ro = sj.LeakyReadout(3, 2, key=_KEY, dtype=jnp.float64)
+
+    @eqx.filter_jit
+    def run(ro, times, sources):
+        return ro.simulate(
+            sj.SpikeTrain(times, sources), t_end=30.0, throw=False
+        ).result
+
+    ok = run(ro, jnp.array([1.0, jnp.inf]), jnp.array([0, 9]))
+    assert ok == sj.RESULTS.successful
+    for times, sources in [([1.0, 45.0], [0, 1]), ([1.0], [7]), ([-3.0], [0])]:
+        res = run(ro, jnp.array(times), jnp.array(sources))
+        assert res == sj.RESULTS.invalid_input_spikes, (times, sources)
+    bad = eqx.tree_at(lambda m: m.weight, ro, ro.weight.at[0, 0].set(jnp.nan))
+    res = run(bad, jnp.array([1.0]), jnp.array([0]))
+    assert res == sj.RESULTS.nonfinite_input
+    with pytest.raises(Exception, match="NaN or inf"):
+        bad.simulate(_train([1.0], [0]), t_end=30.0)
+
+
+def test_network_result_reports_an_upstream_failure_and_empty_trains_run():
+    layer = _layer(1, 2, sj.ODELIFDynamics(), [[1.5], [0.2]], recurrent=False)
+    nxt = _layer(2, 1, sj.ODELIFDynamics(), [[0.1, 0.1]])
+    net = sj.SpikingODENetwork([layer, nxt])
+    train = _train([1.0, 2.0, 3.0], [0, 0, 0])
+    nsol = net.simulate(train, t_end=5.0, max_spikes=2, throw=False)
+    assert nsol.layers[0].result == sj.RESULTS.spike_buffer_full
+    assert nsol.result == sj.RESULTS.spike_buffer_full
+    empty = net.simulate(_train([], []), t_end=5.0, max_spikes=2)
+    assert empty.result == sj.RESULTS.successful
+    assert int(jnp.sum(empty.layers[0].num_spikes)) == 0

@@ -17,7 +17,10 @@ from ._dynamics import (
     AbstractExactFlowDynamics as AbstractExactFlowDynamics,
     IntervalReplay as IntervalReplay,
 )
-from ._integrate import integrate as integrate
+from ._integrate import (
+    integrate as integrate,
+    integrate_events as integrate_events,
+)
 from ._izhikevich import (
     IZHIKEVICH_PATTERNS as IZHIKEVICH_PATTERNS,
     IzhikevichDynamics as IzhikevichDynamics,
@@ -28,6 +31,13 @@ from ._lif import (
     LIFState as LIFState,
     ODELIFDynamics as ODELIFDynamics,
     lif_vector_field as lif_vector_field,
+)
+from ._network import (
+    LeakyReadout as LeakyReadout,
+    NetworkSolution as NetworkSolution,
+    ReadoutSolution as ReadoutSolution,
+    SpikingODENetwork as SpikingODENetwork,
+    first_spike_times as first_spike_times,
 )
 from ._online import OnlineLayer as OnlineLayer
 from ._qif import QIFDynamics as QIFDynamics, QIFState as QIFState
@@ -48,6 +58,7 @@ from ._solver import (
     StepProposal as StepProposal,
     adaptive_step as adaptive_step,
 )
+from ._spike_train import SpikeTrain as SpikeTrain
 from ._surrogate import (
     AbstractSurrogate as AbstractSurrogate,
     ArctanSurrogate as ArctanSurrogate,

@@ -1,16 +1,15 @@
 """Current-based LIF: a synaptic current that relaxes to the input, driving the
-membrane. Linear, with a closed-form flow, but no closed-form crossing time."""
+membrane. Linear, with a closed-form flow (at every ratio of the time constants,
+equal ones included), but no closed-form crossing time."""
 
 from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import NeuronFloat, RealScalarLike
 from ._dynamics import AbstractExactFlowDynamics
-from ._misc import describe
 from ._params import as_param, check_below, check_params
 
 _Param = RealScalarLike | Float[ArrayLike, " n"]
@@ -32,15 +31,17 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
     ```
 
     with the layer's input current `I = weight @ x` held constant over each interval.
-    A spike is an upward crossing of `v_threshold`; `v <- v_reset` (the synaptic
-    current is unchanged). The flow is known in closed form, but `v` may rise above
-    threshold and fall back within a step, and the crossing time has no closed form:
-    the solver steps on the exact flow, checks the one interior maximum `v` can have
-    in a step, and locates crossings with [`bisect_crossing`][].
+    An input spike (a [`SpikeTrain`][] input) adds its weight to `i_syn`: an
+    exponential synapse. A spike is an upward crossing of `v_threshold`;
+    `v <- v_reset` (the synaptic current is unchanged). The flow is known in closed
+    form, but `v` may rise above threshold and fall back within a step, and the
+    crossing time has no closed form: the solver steps on the exact flow, checks the
+    one interior maximum `v` can have in a step, and locates crossings with
+    [`bisect_crossing`][].
 
-    **Arguments:** `tau_mem`, `tau_syn` (ms, `> 0`, different from each other),
-    `v_rest`, `v_threshold`, `v_reset` (`< v_threshold`), `C_mem` (`> 0`): scalars or
-    one per neuron.
+    **Arguments:** `tau_mem`, `tau_syn` (ms, `> 0`; any ratio, `tau_mem == tau_syn`
+    included), `v_rest`, `v_threshold`, `v_reset` (`< v_threshold`), `C_mem`
+    (`> 0`): scalars or one per neuron.
     """
 
     tau_mem: Float[Array, "*n"]
@@ -77,11 +78,6 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
         units = {"tau_mem": "ms", "tau_syn": "ms"}
         if check_params(self, self.parameter_names, positive, units):
             check_below(self, "v_reset", "v_threshold")
-            if np.any(np.asarray(self.tau_mem) == np.asarray(self.tau_syn)):
-                raise ValueError(
-                    "`tau_syn` must differ from `tau_mem`, got "
-                    f"tau_syn={describe(self.tau_syn)}, tau_mem={describe(self.tau_mem)}."
-                )
 
     def init_state(self, n_neurons: int, dtype) -> CubaLIFState:
         # As for the LIF: a resting potential at or above threshold starts at reset.
@@ -102,33 +98,40 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
         v = jnp.broadcast_to(self.v_reset, y.v.shape).astype(y.v.dtype)
         return CubaLIFState(v, y.i_syn)
 
-    def _modes(self, y: CubaLIFState, current):
-        # v(t) = v_inf + A exp(-t/tau_syn) + B exp(-t/tau_mem).
+    def exact_flow(self, y: CubaLIFState, current, h) -> CubaLIFState:
+        # v(t) = v_inf + (v0 - v_inf) e^{-t/tau_mem} + (i0 - I) / C_mem K(t): the
+        # membrane filters the synaptic current's decay through the kernel K.
         tm, ts = self.tau_mem, self.tau_syn
         v_inf = self.v_rest + current * (tm / self.C_mem)
-        a = (y.i_syn - current) * (tm * ts) / (self.C_mem * (ts - tm))
-        b = y.v - v_inf - a
-        return v_inf, a, b
-
-    def exact_flow(self, y: CubaLIFState, current, h) -> CubaLIFState:
-        v_inf, a, b = self._modes(y, current)
-        e_syn = jnp.exp(-h / self.tau_syn)
-        v = v_inf + a * e_syn + b * jnp.exp(-h / self.tau_mem)
-        i_syn = current + (y.i_syn - current) * e_syn
+        drive = (y.i_syn - current) / self.C_mem
+        v = v_inf + (y.v - v_inf) * jnp.exp(-h / tm) + drive * _kernel(h, tm, ts)
+        i_syn = current + (y.i_syn - current) * jnp.exp(-h / ts)
         return CubaLIFState(v, i_syn)
 
     def peak_in_step(self, y: CubaLIFState, current, h):
         """The time of the one interior maximum of `v` in `(0, h)`, and whether there
-        is one. `v' = 0` at `exp(-t (1/tau_syn - 1/tau_mem)) = -B tau_syn / (A
-        tau_mem)`; it is a maximum where `A (1/tau_syn - 1/tau_mem) < 0`."""
-        _, a, b = self._modes(y, current)
-        rate = 1 / self.tau_syn - 1 / self.tau_mem
-        safe_a = jnp.where(a != 0, a, 1)
-        q = -b * self.tau_syn / (safe_a * self.tau_mem)
-        ok = (a != 0) & (q > 0) & (a * rate < 0)
-        t_peak = -jnp.log(jnp.where(ok, q, 1)) / rate
+        is one. With `u0 = v0 - v_inf`, `d = (i0 - I) / C_mem` and `r = 1/tau_syn -
+        1/tau_mem`, `v' = 0` at `t = -(log1p(u0 r / d) + log1p(-r tau_syn)) / r`
+        (`tau_syn - u0 / d` at `r = 0`); it is a maximum where `d > 0`."""
+        tm, ts = self.tau_mem, self.tau_syn
+        v_inf = self.v_rest + current * (tm / self.C_mem)
+        u0 = y.v - v_inf
+        d = (y.i_syn - current) / self.C_mem
+        r = 1 / ts - 1 / tm
+        ok = d > 0
+        ratio = u0 / jnp.where(ok, d, 1)
+        flat = r == 0
+        safe_r = jnp.where(flat, 1, r)
+        arg = ratio * safe_r
+        ok = ok & (flat | (arg > -1))
+        t_bent = -(jnp.log1p(jnp.where(ok, arg, 0)) + jnp.log1p(-safe_r * ts)) / safe_r
+        t_peak = jnp.where(flat, ts - ratio, t_bent)
         ok = ok & (t_peak > 0) & (t_peak < h)
         return jnp.where(ok, t_peak, h), ok
+
+    def jump(self, y: CubaLIFState, amount) -> CubaLIFState:
+        """An input spike adds `amount` to the synaptic current."""
+        return CubaLIFState(y.v, y.i_syn + amount)
 
     def voltage(self, y: CubaLIFState):
         return y.v
@@ -137,8 +140,30 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
         return {
             "tau_mem > 0": jnp.all(self.tau_mem > 0),
             "tau_syn > 0": jnp.all(self.tau_syn > 0),
-            "tau_syn != tau_mem": jnp.all(self.tau_mem != self.tau_syn),
             "C_mem > 0": jnp.all(self.C_mem > 0),
             "v_reset < v_threshold": jnp.all(self.v_reset < self.v_threshold),
             "initial v < v_threshold": jnp.all(y.v < self.v_threshold),
         }
+
+
+# Below this |t r| the kernel's series (error below (t r)^4 / 120) replaces the
+# closed form, whose quotient would cancel.
+_SERIES = 1e-4
+
+
+def _kernel(t, tau_mem, tau_syn):
+    """`K(t) = (e^{-t/tau_syn} - e^{-t/tau_mem}) / (1/tau_mem - 1/tau_syn)`, the
+    membrane's response to a unit synaptic current decaying from `t = 0`; `t
+    e^{-t/tau}` when the time constants are equal. Written so that it neither
+    cancels near equal time constants nor overflows for long `t`, and differentiable
+    in both time constants everywhere (also at equality)."""
+    r = 1 / tau_syn - 1 / tau_mem
+    x = t * r
+    small = jnp.abs(x) < _SERIES
+    series = jnp.exp(-t / tau_mem) * t * (1 - x / 2 + x * x / 6 - x * x * x / 24)
+    safe_x = jnp.where(small, 1, x)
+    safe_r = jnp.where(small, 1, r)
+    # Factor out the slower exponential: (1 - e^{-|x|}) / |r| stays in [0, t].
+    slow_mem = jnp.exp(-t / tau_mem) * (-jnp.expm1(-safe_x)) / safe_r
+    slow_syn = jnp.exp(-t / tau_syn) * jnp.expm1(safe_x) / safe_r
+    return jnp.where(small, series, jnp.where(r > 0, slow_mem, slow_syn))

@@ -103,8 +103,17 @@ class AbstractDynamics(eqx.Module):
 class AbstractExactFlowDynamics(AbstractDynamics):
     """A model whose flow under constant input is known in closed form. It can run
     on the [`Exact`][] solver: steps span the whole interval, and crossings are
-    located on the exact flow.
+    located on the exact flow. It also takes spike-train inputs ([`SpikeTrain`][])
+    and recurrent connections: the event-driven engine advances every neuron from
+    one event to the next with `exact_flow` and applies each input spike with
+    `jump`.
     """
+
+    @abc.abstractmethod
+    def jump(self, y: State, amount: NeuronFloat) -> State:
+        """The state just after input spikes of total weight `amount` (one per
+        neuron) arrive: added to the membrane (a delta synapse) or to a synaptic
+        current (an exponential synapse)."""
 
     @abc.abstractmethod
     def exact_flow(self, y: State, current: NeuronFloat, h: NeuronFloat) -> State:

@@ -1,4 +1,4 @@
-"""`integrate`: a layer's run from its weights, inputs and model to a `Solution`."""
+"""`integrate` and `integrate_events`: a layer's run from its weights, inputs and model to a `Solution`."""
 
 import diffrax
 import equinox as eqx
@@ -13,11 +13,17 @@ from ._adjoint import AbstractAdjoint, ClosedFormAdjoint, RerunAdjoint
 from ._closed_form import ClosedFormWalk
 from ._controller import PredictiveController
 from ._custom_types import State
-from ._dynamics import AbstractClosedFormDynamics, AbstractDynamics
+from ._dynamics import (
+    AbstractClosedFormDynamics,
+    AbstractDynamics,
+    AbstractExactFlowDynamics,
+)
+from ._events import EventSchedule, default_max_events, simulate_events
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
 from ._solution import RESULTS, Solution, update_result
 from ._solver import Exact, check_solver, make_stepper
+from ._spike_train import SpikeTrain
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 # The placeholder diffrax puts in a root finder's tolerances when they are to be the
@@ -191,6 +197,130 @@ def integrate(
     )
     if throw:
         # A failed condition of the model, by name (unless NaN/inf is the cause).
+        name = type(dynamics).__name__
+        for condition, ok in conditions.items():
+            sol = eqx.error_if(
+                sol,
+                ~ok & ~nonfinite,
+                f"Invalid parameters or initial state of {name} found at run time: "
+                f"need {condition}.",
+            )
+        sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
+    return sol
+
+
+def integrate_events(
+    dynamics: AbstractExactFlowDynamics,
+    weight: Float[Array, "n_neurons n_inputs"],
+    state: State,
+    *,
+    spikes: SpikeTrain | None = None,
+    t_end=None,
+    inputs: Float[Array, "time n_inputs"] | None = None,
+    interval=None,
+    recurrent_weight: Float[Array, "n_neurons n_neurons"] | None = None,
+    delay: float = 0.0,
+    root_finder: BracketedNewton | None = None,
+    max_spikes: int = 64,
+    max_events: int | None = None,
+    throw: bool = False,
+) -> Solution:
+    """Simulate a population event by event (see `snode_jax._events`): driven by
+    input `spikes` over `[0, t_end]`, or by held inputs over consecutive intervals
+    (as [`integrate`][]), and by its own spikes through `recurrent_weight` after
+    `delay` ms.
+
+    Spike times get exact gradients with respect to the weights, the model
+    parameters, the initial state and the input spike times (reverse mode). Counts
+    are exact integers (stored in the float dtype) without a surrogate gradient.
+    Invalid values found at run time are reported in the solution's `result`, and
+    with `throw=True` raise.
+    """
+    if (spikes is None) == (inputs is None):
+        raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
+    dtype = weight.dtype
+    dynamics = jax.tree.map(lambda p: p.astype(dtype), dynamics)
+    state = jax.tree.map(lambda a: jnp.asarray(a, dtype), state)
+    n, n_inputs = weight.shape
+    root_finder = BracketedNewton() if root_finder is None else root_finder
+    leaves = [dynamics.parameters(), weight, state, recurrent_weight]
+    conditions = dict(dynamics.constraints(state))
+    bad_spikes = jnp.zeros((), bool)
+    if spikes is not None:
+        t_end = jnp.asarray(t_end, dtype)
+        times = spikes.times.astype(dtype)
+        sources = spikes.sources
+        order = jnp.argsort(times)
+        input_times = times[order]
+        finite = jnp.isfinite(input_times)
+        input_sources = sources[order]
+        bad_spikes = jnp.any(
+            jnp.isnan(times)
+            | (times < 0)
+            | (jnp.isfinite(input_times) & (input_times > t_end))
+            | (finite & ((input_sources < 0) | (input_sources >= n_inputs)))
+        )
+        input_sources = jnp.where(finite, input_sources, 0)
+        input_sources = jnp.clip(input_sources, 0, n_inputs - 1)  # reported above
+        boundaries = jnp.zeros((1,), dtype)
+        currents = jnp.zeros((1, n), dtype)
+        conditions["t_end > 0"] = jnp.isfinite(t_end) & (t_end > 0)
+    else:
+        assert inputs is not None
+        inputs = inputs.astype(dtype)
+        lengths = jnp.broadcast_to(jnp.asarray(interval, dtype), (inputs.shape[0],))
+        ends = jnp.cumsum(lengths)
+        boundaries = jnp.concatenate([jnp.zeros((1,), dtype), ends[:-1]])
+        t_end = ends[-1]
+        currents = inputs @ weight.T
+        input_times = jnp.full((1,), jnp.inf, dtype)
+        input_sources = jnp.zeros((1,), jnp.int32)
+        leaves.append(inputs)
+        conditions["interval > 0"] = jnp.all(lengths > 0) & jnp.all(
+            jnp.isfinite(lengths)
+        )
+    nonfinite = jnp.zeros((), bool)
+    for leaf in jax.tree.leaves(leaves):
+        nonfinite = nonfinite | ~jnp.all(jnp.isfinite(leaf))
+    schedule = EventSchedule(input_times, input_sources, boundaries, currents, t_end)
+    if max_events is None:
+        max_events = default_max_events(
+            input_times.shape[0], boundaries.shape[0], n, max_spikes
+        )
+    run = simulate_events(
+        dynamics,
+        weight,
+        None if recurrent_weight is None else recurrent_weight.astype(dtype),
+        delay,
+        schedule,
+        state,
+        root_finder=root_finder,
+        max_spikes=max_spikes,
+        max_events=max_events,
+    )
+    invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
+    result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
+    result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
+    result = update_result(result, invalid, RESULTS.invalid_parameters)
+    bad_state = jnp.any(jnp.isnan(run.spike_times))
+    for leaf in jax.tree.leaves(run.final_state):
+        bad_state = bad_state | ~jnp.all(jnp.isfinite(leaf))
+    result = update_result(result, bad_state, RESULTS.nonfinite_state)
+    result = update_result(result, run.search_failed, RESULTS.crossing_search_failed)
+    result = update_result(result, run.buffer_full, RESULTS.spike_buffer_full)
+    result = update_result(result, run.unfinished, RESULTS.max_events_reached)
+    sol = Solution(
+        counts=run.counts.astype(dtype),
+        spike_times=run.spike_times,
+        num_spikes=run.num_spikes,
+        final_state=run.final_state,
+        interval_states=None,
+        stats=dict(num_events=run.num_events, max_events=jnp.asarray(max_events)),
+        result=result,
+        interval=t_end if inputs is None else jnp.asarray(interval, dtype),
+        duration=t_end,
+    )
+    if throw:
         name = type(dynamics).__name__
         for condition, ok in conditions.items():
             sol = eqx.error_if(

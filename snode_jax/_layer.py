@@ -10,13 +10,20 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._controller import PredictiveController
 from ._custom_types import Counts, State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
-from ._integrate import integrate
+from ._integrate import integrate, integrate_events
 from ._lif import ODELIFDynamics
-from ._misc import check_interval, check_positive_float, check_positive_int, is_concrete
+from ._misc import (
+    check_interval,
+    check_positive_float,
+    check_positive_int,
+    describe,
+    is_concrete,
+)
 from ._root_find import BracketedNewton
 from ._runge_kutta import AbstractRungeKutta, Dopri5
 from ._solution import Solution
 from ._solver import Exact, ExactFlow, check_solver
+from ._spike_train import SpikeTrain
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 
@@ -72,9 +79,11 @@ class SpikingODELayer(eqx.Module):
     stepsize_controller: PredictiveController
     root_finder: BracketedNewton
     surrogate: AbstractSurrogate
+    recurrent_weight: Float[Array, "n_neurons n_neurons"] | None
     n_inputs: int = eqx.field(static=True)
     n_neurons: int = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
+    delay: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -93,6 +102,8 @@ class SpikingODELayer(eqx.Module):
         max_root_iters: int | None = None,
         root_finder: BracketedNewton | None = None,
         surrogate: AbstractSurrogate | None = None,
+        recurrent: bool = False,
+        delay: float = 0.0,
         dtype=None,
         key: PRNGKeyArray,
     ):
@@ -143,9 +154,32 @@ class SpikingODELayer(eqx.Module):
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
         std = float(np.sqrt(2.0 / self.n_inputs))  # a Python float keeps `dtype`
+        w_key, r_key = jax.random.split(key)
         self.weight = std * jax.random.normal(
-            key, (self.n_neurons, self.n_inputs), dtype
+            w_key if recurrent else key, (self.n_neurons, self.n_inputs), dtype
         )
+        if not isinstance(recurrent, (bool, np.bool_)):
+            raise TypeError(f"`recurrent` must be a bool, got {recurrent!r}.")
+        try:
+            delay = float(delay)
+        except (TypeError, ValueError):
+            msg = f"`delay` must be a number >= 0 (ms), got {delay!r}."
+            raise TypeError(msg) from None
+        if not (np.isfinite(delay) and delay >= 0):
+            raise ValueError(f"`delay` must be finite and >= 0 (ms), got {delay!r}.")
+        if delay and not recurrent:
+            raise ValueError(
+                f"`delay` (got {delay!r}) is the delay of recurrent spikes: it needs "
+                "`recurrent=True`."
+            )
+        self.delay = delay
+        self.recurrent_weight = None
+        if recurrent:
+            _check_event_dynamics(dynamics, "`recurrent=True`")
+            std_rec = float(np.sqrt(1.0 / self.n_neurons))
+            self.recurrent_weight = std_rec * jax.random.normal(
+                r_key, (self.n_neurons, self.n_neurons), dtype
+            )
 
     # The step settings, as the layer's arguments name them.
     @property
@@ -236,38 +270,63 @@ class SpikingODELayer(eqx.Module):
 
     def simulate(
         self,
-        inputs: Float[Array, "time n_inputs"],
-        interval: float | Float[Array, ""],
+        inputs: Float[Array, "time n_inputs"] | SpikeTrain,
+        interval: float | Float[Array, ""] | None = None,
         max_spikes: int = 64,
         *,
+        t_end: float | Float[Array, ""] | None = None,
         state: State | None = None,
+        max_events: int | None = None,
         throw: bool = True,
     ) -> Solution:
         """Simulate the layer and record spike times.
 
         **Arguments:**
 
-        - `inputs`: shape `(T, n_inputs)`; row `k` is held over interval `k`.
-        - `interval`: length of each interval (ms), `> 0`; or one length per
-            interval, shape `(T,)` (intervals of different lengths).
-        - `max_spikes`: spike times stored per neuron (counts are exact regardless).
+        - `inputs`: either dense inputs of shape `(T, n_inputs)`, row `k` held over
+            interval `k`; or a [`SpikeTrain`][] of input spikes (then give `t_end`,
+            not `interval`): a spike of input `i` at time `s` adds `weight[:, i]` to
+            the state at exactly `s` (the model's `jump`: to the membrane of the
+            LIF, to the synaptic current of the CubaLIF). A jump that lifts the
+            membrane to or above threshold fires the neuron at that instant.
+        - `interval`: length of each interval of dense inputs (ms), `> 0`; or one
+            length per interval, shape `(T,)` (intervals of different lengths).
+        - `max_spikes`: spike times stored per neuron (counts are exact regardless
+            on dense inputs; an event-driven run, which needs the times to deliver
+            them, stops when a neuron would exceed it).
+        - `t_end`: with a `SpikeTrain`, the end of the simulation (ms, `> 0`); input
+            spikes must lie in `[0, t_end]` (`+inf` is padding).
         - `state`: initial state; default the resting state.
-        - `throw`: raise if the result is not successful (step budget or spike buffer
-            exhausted, NaN/inf input, invalid parameters). With `False`, inspect
-            `sol.result` instead.
+        - `max_events`: event budget of an event-driven run (spike-train inputs or
+            a recurrent layer); default a bound only a full spike buffer can reach.
+        - `throw`: raise if the result is not successful (step or event budget or
+            spike buffer exhausted, NaN/inf input, invalid parameters or input
+            spikes). With `False`, inspect `sol.result` instead.
 
         **Returns:**
 
         A [`Solution`][]: `counts`, `spike_times` (ms from the start, ascending,
-        `+inf` padded), `final_state`, `interval_states`, `stats`, `result`.
+        `+inf` padded), `final_state`, `interval_states`, `stats`, `result`;
+        `sol.spike_train()` is the input of a next layer.
+
+        Spike-train inputs and recurrent layers run on the event-driven engine:
+        events in exact global time order; all jumps due at one instant (input
+        spikes at equal times, recurrent deliveries) are applied together, then
+        every neuron that reached threshold by its flow at that instant, or is at
+        or above it, fires and resets; a recurrent spike of neuron `k` adds
+        `recurrent_weight[:, k]` after `delay` ms (with zero delay at the same
+        instant, so such cascades run to completion there, a neuron firing again
+        if lifted back to threshold). The model must have an exact flow
+        ([`AbstractExactFlowDynamics`][]: the LIF, the CubaLIF).
 
         **Raises:**
 
-        `ValueError` for a bad shape, `interval` or `max_spikes`; with `throw=True`, a
-        runtime error carrying the `RESULTS` message (or the failed condition of the
-        model) if the simulation failed. Wrap calls in `eqx.filter_jit` rather than
-        `jax.jit`: under `jax.jit` the message arrives buried in an `INTERNAL:
-        CpuCallback error` traceback, under `eqx.filter_jit` it prints cleanly.
+        `ValueError` for a bad shape, `interval`, `t_end`, `max_spikes`, or input
+        spike (for concrete values); with `throw=True`, a runtime error carrying
+        the `RESULTS` message (or the failed condition of the model) if the
+        simulation failed. Wrap calls in `eqx.filter_jit` rather than `jax.jit`:
+        under `jax.jit` the message arrives buried in an `INTERNAL: CpuCallback
+        error` traceback, under `eqx.filter_jit` it prints cleanly.
         """
         if isinstance(max_spikes, bool) or not isinstance(
             max_spikes, (int, np.integer)
@@ -275,7 +334,81 @@ class SpikingODELayer(eqx.Module):
             raise TypeError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
         if max_spikes < 0:
             raise ValueError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
+        if isinstance(inputs, SpikeTrain) or self.recurrent_weight is not None:
+            return self._run_events(
+                inputs, interval, t_end, state, int(max_spikes), max_events, throw
+            )
+        for name, value in (("t_end", t_end), ("max_events", max_events)):
+            if value is not None:
+                raise ValueError(
+                    f"`{name}` (got {value!r}) applies to event-driven runs only "
+                    "(SpikeTrain inputs or a recurrent layer); dense inputs run for "
+                    "the sum of their intervals."
+                )
+        if interval is None:
+            raise ValueError("Dense `inputs` need `interval` (ms).")
         return self._run(inputs, interval, state, int(max_spikes), throw)
+
+    def _run_events(
+        self, inputs, interval, t_end, state, max_spikes, max_events, throw
+    ) -> Solution:
+        dynamics = _check_event_dynamics(
+            self.dynamics,
+            "spike-train inputs" if isinstance(inputs, SpikeTrain) else "recurrence",
+        )
+        if max_spikes < 1:
+            raise ValueError(
+                "An event-driven run records every spike to deliver it: "
+                f"`max_spikes` must be >= 1, got {max_spikes!r}."
+            )
+        if max_events is not None:
+            max_events = check_positive_int("max_events", max_events)
+        state = self.init_state() if state is None else self._check_state(state)
+        recurrent_weight = self.recurrent_weight
+        if isinstance(inputs, SpikeTrain):
+            if interval is not None:
+                raise ValueError(
+                    f"`interval` (got {interval!r}) is for dense inputs; a SpikeTrain "
+                    "runs over `[0, t_end]`: give `t_end`."
+                )
+            if t_end is None:
+                raise ValueError("A SpikeTrain input needs `t_end` (ms, > 0).")
+            check_spike_train(inputs, self.n_inputs, t_end)
+            return _integrate_events_jit(
+                dynamics,
+                self.weight,
+                state,
+                spikes=inputs,
+                t_end=t_end,
+                recurrent_weight=recurrent_weight,
+                delay=self.delay,
+                root_finder=self.root_finder,
+                max_spikes=max_spikes,
+                max_events=max_events,
+                throw=throw,
+            )
+        if t_end is not None:
+            raise ValueError(
+                f"`t_end` (got {t_end!r}) is for SpikeTrain inputs; dense inputs run "
+                "for the sum of their intervals."
+            )
+        if interval is None:
+            raise ValueError("Dense `inputs` need `interval` (ms).")
+        inputs = self._check_inputs(inputs)
+        check_interval(interval, inputs.shape[0])
+        return _integrate_events_jit(
+            dynamics,
+            self.weight,
+            state,
+            inputs=inputs,
+            interval=jnp.asarray(interval),
+            recurrent_weight=recurrent_weight,
+            delay=self.delay,
+            root_finder=self.root_finder,
+            max_spikes=max_spikes,
+            max_events=max_events,
+            throw=throw,
+        )
 
     def forward(
         self,
@@ -290,7 +423,15 @@ class SpikingODELayer(eqx.Module):
 
         **Returns:** counts of shape `(T, n_neurons)`, exact integers stored in the
         layer's float dtype so that they carry the surrogate gradient.
+
+        A recurrent layer records its spikes to deliver them: use `simulate`.
         """
+        if isinstance(inputs, SpikeTrain) or self.recurrent_weight is not None:
+            raise TypeError(
+                "`forward` takes dense inputs into a feed-forward layer; for "
+                "SpikeTrain inputs or a recurrent layer use `simulate` (its "
+                "`counts` and `spike_times`)."
+            )
         return self._run(inputs, interval, state, None, throw, keep=False).counts
 
     __call__ = forward
@@ -307,6 +448,11 @@ class SpikingODELayer(eqx.Module):
 
         **Returns:** `(new_state, counts)`, counts of shape `(n_neurons,)`.
         """
+        if self.recurrent_weight is not None:
+            raise TypeError(
+                "`step` advances a feed-forward layer; a recurrent layer's spikes in "
+                "flight are not part of its state: use `simulate`."
+            )
         x = jnp.asarray(x)
         if x.shape != (self.n_inputs,):
             raise ValueError(
@@ -317,6 +463,56 @@ class SpikingODELayer(eqx.Module):
 
 
 _integrate_jit = eqx.filter_jit(integrate)
+_integrate_events_jit = eqx.filter_jit(integrate_events)
+
+
+def _check_event_dynamics(dynamics, what: str) -> AbstractExactFlowDynamics:
+    if not isinstance(dynamics, AbstractExactFlowDynamics):
+        raise ValueError(
+            f"{what} run on the event-driven engine, which needs a model with an "
+            "exact flow (an AbstractExactFlowDynamics: ODELIFDynamics, "
+            f"CubaLIFDynamics), got {type(dynamics).__name__}."
+        )
+    if isinstance(dynamics, ODELIFDynamics) and dynamics.t_ref is not None:
+        raise ValueError(
+            f"{what} run on the event-driven engine, which does not model the "
+            "refractory period of ODELIFDynamics: give `t_ref=None`."
+        )
+    return dynamics
+
+
+def check_spike_train(spikes: SpikeTrain, n_inputs: int, t_end) -> None:
+    """Python errors for what can be seen now: shapes, and concrete values."""
+    if spikes.times.ndim != 1:
+        raise ValueError(
+            "`inputs` must be one SpikeTrain with 1-D `times` and `sources`, got "
+            f"shape {spikes.times.shape}. For a batch, use jax.vmap over the leading "
+            "axis."
+        )
+    if jnp.shape(t_end) != ():
+        raise ValueError(
+            f"`t_end` must be a scalar (ms), got shape {jnp.shape(t_end)}."
+        )
+    if is_concrete(t_end):
+        value = float(t_end)
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
+    if is_concrete((spikes, t_end)):
+        times = np.asarray(spikes.times)
+        sources = np.asarray(spikes.sources)
+        late = np.isfinite(times) & (times > float(t_end))
+        if np.any(late):
+            raise ValueError(
+                f"Input spike `times` must be <= t_end = {float(t_end)!r} (ms) or "
+                f"+inf (padding), got {describe(times[late])}."
+            )
+        real = np.isfinite(times)
+        bad = real & ((sources < 0) | (sources >= n_inputs))
+        if np.any(bad):
+            raise ValueError(
+                f"Input spike `sources` must be input indices in [0, {n_inputs}), got "
+                f"{describe(sources[bad])}."
+            )
 
 
 def _controller(controller, dt_init, dt_min, dt_max, rtol, atol):

@@ -176,6 +176,10 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
             v_inf + (y.v - v_inf) * jnp.exp(-h / self.tau_mem), y.refractory
         )
 
+    def jump(self, y: LIFState, amount) -> LIFState:
+        """An input spike adds `amount` to the membrane (a delta synapse)."""
+        return LIFState(y.v + amount, y.refractory)
+
     def voltage(self, y: LIFState):
         return y.v
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._custom_types import Counts, SpikeTimes, State
+from ._spike_train import SpikeTrain
 
 
 class RESULTS(eqx.Enumeration):
@@ -18,8 +19,9 @@ class RESULTS(eqx.Enumeration):
     )
     spike_buffer_full = (
         "More spikes occurred than fit in the spike buffer: `spike_times` holds only "
-        "the first `max_spikes` spikes of some neuron (the counts are still exact). "
-        "Increase `max_spikes`."
+        "the first `max_spikes` spikes of some neuron (on dense inputs the counts "
+        "are still exact; an event-driven run, which delivers every spike, stops "
+        "there). Increase `max_spikes`."
     )
     crossing_search_failed = (
         "The threshold-crossing search did not reach its tolerance within "
@@ -51,6 +53,17 @@ class RESULTS(eqx.Enumeration):
         "Invalid parameters or initial state, found at run time: a condition of the "
         "model (its `constraints`) fails, or `interval` is not > 0. With "
         "`throw=True` the error names the condition."
+    )
+    max_events_reached = (
+        "The event budget ran out: the event-driven run needed more than "
+        "`max_events` events (input spikes, deliveries, firings and the advances "
+        "between them) and stopped before `t_end`. Increase `max_events` (or look "
+        "for a runaway zero-delay excitatory loop)."
+    )
+    invalid_input_spikes = (
+        "The input spike train is invalid, found at run time: a time is NaN, "
+        "negative or past `t_end` (only +inf pads), or the source of a spike is not "
+        "an input index of the layer (0 <= source < n_inputs)."
     )
     gradient_rerun_mismatch = (
         "The backward pass of the adaptive path reran an interval and got other "
@@ -105,3 +118,14 @@ class Solution(eqx.Module):
         # duration is (...) when the solution is batched.
         duration_ms = jnp.asarray(self.duration)[..., None]
         return self.stats["num_steps"] * (1000.0 / duration_ms)
+
+    def spike_train(self) -> SpikeTrain:
+        """The recorded spikes as a [`SpikeTrain`][] (source = neuron index), the
+        input of a next layer. Unordered and `+inf` padded; under `jax.vmap` (or on
+        a batched solution) one train per batch element."""
+        times = self.spike_times
+        n, m = times.shape[-2:]
+        sources = jnp.broadcast_to(jnp.arange(n)[:, None], (n, m))
+        sources = jnp.broadcast_to(sources, times.shape)
+        flat = times.shape[:-2] + (n * m,)
+        return SpikeTrain(times.reshape(flat), sources.reshape(flat))

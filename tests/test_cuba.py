@@ -15,7 +15,8 @@ def cuba_reference(
 ):
     """Per neuron, spike by spike. Between spikes, with input current I:
     i(t) = I + (i0 - I) e^{-t/ts};  v(t) = v_inf + A e^{-t/ts} + (v0 - v_inf - A)
-    e^{-t/tm}, v_inf = v_rest + I tm / C, A = (i0 - I) tm ts / (C (ts - tm))."""
+    e^{-t/tm}, v_inf = v_rest + I tm / C, A = (i0 - I) tm ts / (C (ts - tm)); with
+    tm == ts, v(t) = v_inf + (v0 - v_inf + (i0 - I) t / C) e^{-t/tm}."""
     currents = np.asarray(inputs, np.float64) @ np.asarray(weight, np.float64).T
     n = currents.shape[1]
     grid = np.linspace(0.0, interval, 4001)
@@ -28,12 +29,20 @@ def cuba_reference(
             t0 = 0.0
             while True:
                 v_inf = v_rest + current * tau_m / C
-                a = (isyn - current) * tau_m * tau_s / (C * (tau_s - tau_m))
-                b = v - v_inf - a
+                if tau_m == tau_s:
+                    a = (isyn - current) / C
+                    b = v - v_inf
 
-                def volt(t, v_inf=v_inf, a=a, b=b, t0=t0):
-                    s = t - t0
-                    return v_inf + a * np.exp(-s / tau_s) + b * np.exp(-s / tau_m)
+                    def volt(t, v_inf=v_inf, a=a, b=b, t0=t0):
+                        s = t - t0
+                        return v_inf + (b + a * s) * np.exp(-s / tau_m)
+                else:
+                    a = (isyn - current) * tau_m * tau_s / (C * (tau_s - tau_m))
+                    b = v - v_inf - a
+
+                    def volt(t, v_inf=v_inf, a=a, b=b, t0=t0):
+                        s = t - t0
+                        return v_inf + a * np.exp(-s / tau_s) + b * np.exp(-s / tau_m)
 
                 ts = grid[grid > t0]
                 g = volt(ts) - theta
@@ -49,16 +58,21 @@ def cuba_reference(
                 isyn = current + (isyn - current) * np.exp(-(t_cross - t0) / tau_s)
                 v, t0 = v_reset, t_cross
             s = interval - t0
-            v = v_inf + a * np.exp(-s / tau_s) + b * np.exp(-s / tau_m)
+            v = volt(interval)
             isyn = current + (isyn - current) * np.exp(-s / tau_s)
         final[i] = v, isyn
     return [np.asarray(t) for t in times], final
 
 
+@pytest.mark.parametrize("ratio", [None, 1.0, 2.0])
 @pytest.mark.parametrize("seed", range(4))
-def test_cuba_matches_closed_form(seed):
+def test_cuba_matches_closed_form(seed, ratio):
+    """Random time constants; also tau_mem == tau_syn (the degenerate closed form)
+    and tau_mem = 2 tau_syn."""
     rng = np.random.default_rng(seed)
     tau_m, tau_s = rng.uniform(5, 30), rng.uniform(1, 8)
+    if ratio is not None:
+        tau_m = ratio * tau_s
     params = dict(
         tau_mem=tau_m, tau_syn=tau_s, v_rest=0.0, v_threshold=1.0, v_reset=0.0
     )
@@ -137,9 +151,50 @@ def test_cuba_rk_path_agrees():
     )
 
 
+@pytest.mark.parametrize("rel", [0.0, 1e-12, 1e-9, 1e-6, 1e-3])
+def test_cuba_flow_near_equal_time_constants(rel):
+    """The flow's kernel neither cancels nor jumps as tau_syn approaches tau_mem:
+    against the ODE integrated by SciPy's DOP853 at tight tolerance, for a step of 3
+    time constants, at and around equality (the two-exponential form used before
+    loses ~|log10 rel| digits there)."""
+    from scipy.integrate import solve_ivp
+
+    tau_m = 10.0
+    tau_s = tau_m * (1 + rel)
+    dyn = sj.CubaLIFDynamics(tau_mem=tau_m, tau_syn=tau_s, v_rest=-0.2, C_mem=0.7)
+    y0 = sj.CubaLIFState(jnp.array([0.3, -0.1]), jnp.array([2.0, -1.5]))
+    current = jnp.array([0.4, 0.0])
+
+    def rhs(t, y, c):
+        v, i = y
+        return [-(v + 0.2) / tau_m + i / 0.7, (c - i) / tau_s]
+
+    for k in range(2):
+        ref = solve_ivp(
+            rhs,
+            (0, 30.0),
+            [float(y0.v[k]), float(y0.i_syn[k])],
+            args=(float(current[k]),),
+            method="DOP853",
+            rtol=1e-13,
+            atol=1e-13,
+        ).y[:, -1]
+        got = dyn.exact_flow(y0, current, jnp.asarray(30.0))
+        np.testing.assert_allclose(float(got.v[k]), ref[0], rtol=0, atol=1e-11)
+        np.testing.assert_allclose(float(got.i_syn[k]), ref[1], rtol=0, atol=1e-11)
+
+    # The derivative in tau_syn at equality equals the centred difference around it.
+    def v_end(ts):
+        d = sj.CubaLIFDynamics(tau_mem=tau_m, tau_syn=ts, v_rest=-0.2, C_mem=0.7)
+        return d.exact_flow(y0, current, jnp.asarray(7.0)).v[0]
+
+    g = jax.grad(v_end)(jnp.asarray(tau_s))
+    eps = 1e-5
+    fd = (v_end(tau_s + eps) - v_end(tau_s - eps)) / (2 * eps)
+    np.testing.assert_allclose(float(g), float(fd), rtol=1e-7)
+
+
 def test_cuba_errors():
-    with pytest.raises(ValueError, match="`tau_syn` must differ from `tau_mem`"):
-        sj.CubaLIFDynamics(tau_mem=5.0, tau_syn=5.0)
     with pytest.raises(ValueError, match=r"`tau_syn` must be > 0 \(ms\), got 0.0"):
         sj.CubaLIFDynamics(tau_syn=0.0)
     with pytest.raises(ValueError, match="`v_reset` must be < `v_threshold`"):

@@ -1,0 +1,263 @@
+"""Networks of event-driven layers: a feed-forward stack passing spikes at their exact
+times, a non-spiking readout, and time-to-first-spike."""
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._cuba import CubaLIFDynamics
+from ._custom_types import State
+from ._dynamics import AbstractExactFlowDynamics
+from ._layer import SpikingODELayer, check_spike_train
+from ._misc import check_positive_int
+from ._solution import Solution
+from ._spike_train import SpikeTrain
+
+
+class ReadoutSolution(eqx.Module):
+    """The result of [`LeakyReadout.simulate`][].
+
+    **Fields:**
+
+    - `max_voltage`: per output, the largest membrane voltage over `[0, t_end]`.
+    - `max_time`: when it is reached (ms).
+    - `final_state`: the state at `t_end`.
+    """
+
+    max_voltage: Float[Array, " n_outputs"]
+    max_time: Float[Array, " n_outputs"]
+    final_state: State
+
+
+class LeakyReadout(eqx.Module):
+    """A non-spiking readout: leaky integrators driven by input spikes, for losses on
+    the membrane voltage (such as its maximum over time, as in EventProp's
+    Yin-Yang experiments).
+
+    The membranes follow `dynamics` (default `CubaLIFDynamics(tau_mem=20.0,
+    tau_syn=5.0)`: exponential synapses into a leaky membrane) and never fire;
+    its threshold and reset are not used. An input spike of input `i` adds
+    `weight[:, i]` through the model's `jump`.
+
+    **Arguments:**
+
+    - `n_inputs`, `n_outputs`: sizes (positive ints).
+    - `dynamics`: an [`AbstractExactFlowDynamics`][] (its exact flow, and its
+        interior maximum per segment, give the maximum voltage exactly).
+    - `dtype`: floating dtype of `weight`.
+    - `key`: PRNG key for the weight, drawn from `N(0, 2 / n_inputs)`.
+    """
+
+    weight: Float[Array, "n_outputs n_inputs"]
+    dynamics: AbstractExactFlowDynamics
+    n_inputs: int = eqx.field(static=True)
+    n_outputs: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_outputs: int,
+        dynamics: AbstractExactFlowDynamics | None = None,
+        *,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        self.n_inputs = check_positive_int("n_inputs", n_inputs)
+        self.n_outputs = check_positive_int("n_outputs", n_outputs)
+        if dynamics is None:
+            dynamics = CubaLIFDynamics(tau_mem=20.0, tau_syn=5.0)
+        if not isinstance(dynamics, AbstractExactFlowDynamics):
+            raise TypeError(
+                "`dynamics` of a readout must be an AbstractExactFlowDynamics "
+                f"(ODELIFDynamics, CubaLIFDynamics), got {type(dynamics).__name__}."
+            )
+        dynamics.check_n_neurons(self.n_outputs)
+        self.dynamics = dynamics
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        std = float(np.sqrt(2.0 / self.n_inputs))
+        self.weight = std * jax.random.normal(
+            key, (self.n_outputs, self.n_inputs), dtype
+        )
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_outputs
+
+    def init_state(self) -> State:
+        return self.dynamics.init_state(self.n_outputs, self.weight.dtype)
+
+    def simulate(
+        self, inputs: SpikeTrain, *, t_end: float | Float[Array, ""]
+    ) -> ReadoutSolution:
+        """The membranes over `[0, t_end]` driven by the input spikes `inputs`.
+
+        Between input spikes the voltage follows the exact flow; its maximum over
+        a segment is at an end or at the segment's one interior maximum, so the
+        maximum over time is exact, and differentiable (at an interior maximum the
+        voltage's time derivative vanishes, so the maximum's time needs none).
+        Costs one step per input spike, and memory proportional to them for
+        gradients.
+
+        **Raises:** `ValueError` for a train that is not 1-D, sources out of range
+        or times past `t_end` (for concrete values).
+        """
+        if not isinstance(inputs, SpikeTrain):
+            raise TypeError(f"`inputs` must be a SpikeTrain, got {type(inputs)}.")
+        check_spike_train(inputs, self.n_inputs, t_end)
+        return _readout(self.dynamics, self.weight, inputs, t_end, self.init_state())
+
+
+@eqx.filter_jit
+def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0) -> ReadoutSolution:
+    dtype = weight.dtype
+    dynamics = dynamics.astype(dtype)
+    t_end = jnp.asarray(t_end, dtype)
+    n = weight.shape[0]
+    times = spikes.times.astype(dtype)
+    order = jnp.argsort(times)
+    times = times[order]
+    sources = jnp.clip(spikes.sources[order], 0, weight.shape[1] - 1)
+    zero = jnp.zeros((n,), dtype)
+
+    def segment(y, t, t_next, vmax, tmax):
+        h = jnp.broadcast_to(t_next - t, (n,))
+        t_peak, has_peak = dynamics.peak_in_step(y, zero, h)
+        t_peak = lax.stop_gradient(t_peak)
+        v_peak = dynamics.voltage(dynamics.exact_flow(y, zero, t_peak))
+        y_end = dynamics.exact_flow(y, zero, h)
+        v_end = dynamics.voltage(y_end)
+        better = has_peak & (v_peak > vmax)
+        vmax = jnp.where(better, v_peak, vmax)
+        tmax = jnp.where(better, t + t_peak, tmax)
+        better = v_end > vmax
+        vmax = jnp.where(better, v_end, vmax)
+        tmax = jnp.where(better, t_next, tmax)
+        return y_end, vmax, tmax
+
+    def body(carry, event):
+        t, y, vmax, tmax = carry
+        s, src = event
+        real = jnp.isfinite(s)
+        t_next = jnp.where(real, s, t_end)
+        y, vmax, tmax = segment(y, t, t_next, vmax, tmax)
+        y = dynamics.jump(y, jnp.where(real, weight[:, src], 0))
+        v = dynamics.voltage(y)
+        better = v > vmax
+        vmax = jnp.where(better, v, vmax)
+        tmax = jnp.where(better, t_next, tmax)
+        return (t_next, y, vmax, tmax), None
+
+    v0 = dynamics.voltage(y0)
+    init = (jnp.zeros((), dtype), y0, v0, jnp.zeros((n,), dtype))
+    (t, y, vmax, tmax), _ = lax.scan(body, init, (times, sources))
+    y, vmax, tmax = segment(y, t, t_end, vmax, tmax)
+    return ReadoutSolution(max_voltage=vmax, max_time=tmax, final_state=y)
+
+
+class NetworkSolution(eqx.Module):
+    """The result of [`SpikingODENetwork.simulate`][]: `layers[i]` is layer `i`'s
+    [`Solution`][] (or a [`ReadoutSolution`][] for a readout)."""
+
+    layers: tuple[Solution | ReadoutSolution, ...]
+
+    @property
+    def output(self) -> Solution | ReadoutSolution:
+        """The last layer's solution."""
+        return self.layers[-1]
+
+
+class SpikingODENetwork(eqx.Module):
+    """A feed-forward stack of event-driven layers: each layer's output spikes are
+    the next layer's input spikes at their exact times.
+
+    **Arguments:**
+
+    - `layers`: [`SpikingODELayer`][]s (each may be recurrent), optionally ending
+        in a [`LeakyReadout`][]; layer `i + 1` has `n_inputs` equal to layer `i`'s
+        `n_neurons`.
+
+    Trainable as a whole: `eqx.filter_grad` of a loss of the solution gives exact
+    gradients for every layer's weights and model parameters, through every spike
+    time of every layer.
+    """
+
+    layers: tuple[SpikingODELayer | LeakyReadout, ...]
+
+    def __init__(self, layers: Sequence[SpikingODELayer | LeakyReadout]):
+        layers = tuple(layers)
+        if not layers:
+            raise ValueError("`layers` must hold at least one layer, got none.")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (SpikingODELayer, LeakyReadout)):
+                raise TypeError(
+                    f"`layers[{i}]` must be a SpikingODELayer or a LeakyReadout, got "
+                    f"{type(layer).__name__}."
+                )
+            if isinstance(layer, LeakyReadout) and i != len(layers) - 1:
+                raise ValueError(
+                    f"A LeakyReadout does not spike: it can only be the last layer, "
+                    f"got one at position {i} of {len(layers)}."
+                )
+            if i and layer.n_inputs != layers[i - 1].n_neurons:
+                raise ValueError(
+                    f"`layers[{i}]` takes {layer.n_inputs} inputs but `layers[{i - 1}]` "
+                    f"has {layers[i - 1].n_neurons} neurons."
+                )
+        self.layers = layers
+
+    def simulate(
+        self,
+        inputs: SpikeTrain,
+        *,
+        t_end: float | Float[Array, ""],
+        max_spikes: int | Sequence[int] = 64,
+        max_events: int | None = None,
+        throw: bool = True,
+    ) -> NetworkSolution:
+        """Run the layers in turn over `[0, t_end]` on the input spikes `inputs`.
+
+        **Arguments:** as [`SpikingODELayer.simulate`][]; `max_spikes` may give one
+        value per spiking layer.
+
+        **Returns:** a [`NetworkSolution`][].
+        """
+        spiking = [layer for layer in self.layers if isinstance(layer, SpikingODELayer)]
+        if isinstance(max_spikes, (int, np.integer)) and not isinstance(
+            max_spikes, bool
+        ):
+            budgets = [int(max_spikes)] * len(spiking)
+        else:
+            budgets = list(max_spikes)  # pyright: ignore[reportArgumentType]
+            if len(budgets) != len(spiking):
+                raise ValueError(
+                    f"`max_spikes` must be an int or one per spiking layer "
+                    f"({len(spiking)}), got {max_spikes!r}."
+                )
+        solutions = []
+        train = inputs
+        for layer in self.layers:
+            if isinstance(layer, LeakyReadout):
+                solutions.append(layer.simulate(train, t_end=t_end))
+                break
+            sol = layer.simulate(
+                train,
+                t_end=t_end,
+                max_spikes=budgets.pop(0),
+                max_events=max_events,
+                throw=throw,
+            )
+            solutions.append(sol)
+            train = sol.spike_train()
+        return NetworkSolution(tuple(solutions))
+
+
+def first_spike_times(sol: Solution) -> Float[Array, "*batch n_neurons"]:
+    """Each neuron's first spike time (ms), `+inf` for a neuron that did not fire:
+    the output of a time-to-first-spike code. Differentiable (exactly, where the
+    neuron fired)."""
+    return sol.spike_times[..., 0]

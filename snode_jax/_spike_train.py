@@ -1,0 +1,64 @@
+"""`SpikeTrain`: spikes as events, the input and output of event-driven layers."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from ._misc import describe, is_concrete
+
+
+class SpikeTrain(eqx.Module):
+    """Spikes from a population of sources, as a list of events.
+
+    Event `e` is a spike of source `sources[e]` at time `times[e]` (ms). Events may
+    come in any order; entries with time `+inf` are padding (their source is
+    ignored), so that trains with different numbers of spikes share one shape and
+    can be batched with `jax.vmap` (give arrays with a leading batch axis).
+
+    **Arguments:**
+
+    - `times`: spike times in ms, shape `(..., num_events)`, `>= 0` or `+inf`.
+    - `sources`: the spiking source (an input index of the receiving layer) of each
+        event, integers of the same shape.
+
+    **Raises:**
+
+    `ValueError` for shapes that differ, a zero-dimensional array, non-integer
+    sources, or (for concrete values) NaN, `-inf` or negative times. Whether the
+    sources fit the receiving layer, and the times its simulated span, is checked
+    by the layer.
+    """
+
+    times: Float[Array, "*batch events"]
+    sources: Int[Array, "*batch events"]
+
+    def __init__(self, times: Float[ArrayLike, "..."], sources: Int[ArrayLike, "..."]):
+        times = jnp.asarray(times)
+        if not jnp.issubdtype(times.dtype, jnp.floating):
+            times = times.astype(jnp.result_type(float))
+        sources = jnp.asarray(sources)
+        if not jnp.issubdtype(sources.dtype, jnp.integer):
+            raise TypeError(
+                f"`sources` must be integers (input indices), got dtype {sources.dtype}."
+            )
+        if times.shape != sources.shape or times.ndim < 1:
+            raise ValueError(
+                "`times` and `sources` must have the same shape (..., num_events), got "
+                f"{times.shape} and {sources.shape}."
+            )
+        if is_concrete(times):
+            t = np.asarray(times)
+            bad = np.isnan(t) | (t < 0)
+            if np.any(bad):
+                raise ValueError(
+                    "`times` must be >= 0 (ms), or +inf for padding; got "
+                    f"{describe(t[bad])} at positions {np.argwhere(bad)[:5].tolist()}."
+                )
+        self.times = times
+        self.sources = sources
+
+    @property
+    def num_events(self) -> int:
+        """The length of the event axis (padding included)."""
+        return self.times.shape[-1]

@@ -1,0 +1,300 @@
+"""The event-driven engine beyond the network reference tests: agreement with the
+interval engine on dense inputs, the readout's exact maximum, the instant rule's
+corner cases, budgets, and argument errors."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+
+from .lif_reference import lif_reference
+
+_KEY = jax.random.key(3)
+
+
+def _train(times, sources):
+    return sj.SpikeTrain(jnp.asarray(times, jnp.float64), jnp.asarray(sources))
+
+
+def _layer(n_in, n, dyn, weight, **kwargs):
+    layer = sj.SpikingODELayer(n_in, n, dyn, key=_KEY, dtype=jnp.float64, **kwargs)
+    return eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, jnp.float64))
+
+
+# -- dense inputs through the event engine ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dyn",
+    [sj.ODELIFDynamics(tau_mem=12.0, v_rest=-0.1), sj.CubaLIFDynamics(8.0, 3.0)],
+    ids=["lif", "cuba"],
+)
+def test_recurrent_layer_without_recurrent_weights_matches_interval_engine(dyn):
+    """A recurrent layer runs dense inputs on the event engine (held currents as
+    events); with zero recurrent weights it must give the feed-forward layer's
+    spikes, which come from the interval engine (closed-form walk / exact-flow
+    steps): two independent implementations."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 3)) * 1.5
+    x = np.abs(rng.normal(size=(12, 3))) * 2 + 0.3
+    ff = _layer(3, 5, dyn, w)
+    rec = _layer(3, 5, dyn, w, recurrent=True, delay=0.0)
+    rec = eqx.tree_at(lambda m: m.recurrent_weight, rec, jnp.zeros((5, 5)))
+    a = ff.simulate(x, 0.7, max_spikes=64)
+    b = rec.simulate(x, 0.7, max_spikes=64)
+    assert int(jnp.sum(a.counts)) > 10
+    np.testing.assert_array_equal(np.asarray(a.counts), np.asarray(b.counts))
+    fin = np.isfinite(np.asarray(a.spike_times))
+    np.testing.assert_array_equal(fin, np.isfinite(np.asarray(b.spike_times)))
+    diff = np.asarray(a.spike_times)[fin] - np.asarray(b.spike_times)[fin]
+    assert np.max(np.abs(diff)) <= 1e-11
+    for got, want in zip(
+        jax.tree.leaves(b.final_state), jax.tree.leaves(a.final_state)
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-11)
+
+
+def test_dense_recurrent_lif_against_closed_form_with_delay_beyond_the_run():
+    """With a delay longer than the run no recurrent spike arrives: the LIF's
+    closed-form reference (a separate NumPy implementation) must hold."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(4, 2)) * 2
+    x = np.abs(rng.normal(size=(6, 2))) * 2
+    rec = _layer(2, 4, sj.ODELIFDynamics(tau_mem=10.0), w, recurrent=True, delay=1e3)
+    sol = rec.simulate(x, 1.5, max_spikes=32)
+    ref = lif_reference(w, x, 1.5, tau_mem=10.0)
+    assert ref.counts.sum() > 5
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    for i, times in enumerate(ref.spike_times):
+        got = np.asarray(sol.spike_times[i])
+        np.testing.assert_allclose(got[np.isfinite(got)], times, atol=1e-11)
+
+
+# -- the instant rule --------------------------------------------------------------
+
+
+def test_supra_threshold_jump_fires_at_the_input_time_and_is_not_clipped():
+    layer = _layer(1, 2, sj.ODELIFDynamics(tau_mem=10.0), [[2.5], [0.4]])
+    sol = layer.simulate(_train([3.25, jnp.inf], [0, 0]), t_end=10.0, max_spikes=4)
+    assert float(sol.spike_times[0, 0]) == 3.25
+    assert int(sol.num_spikes[0]) == 1 and int(sol.num_spikes[1]) == 0
+    # Reset to v_reset = 0, then decays toward rest (0): stays at 0.
+    assert float(sol.final_state.v[0]) == 0.0
+
+
+def test_simultaneous_jumps_are_summed_before_the_threshold_check():
+    """Two inputs at the same instant: 0.6 + 0.6 fires although neither alone does;
+    +1.5 and -1.0 at the same instant do not fire although +1.5 alone would."""
+    dyn = sj.ODELIFDynamics(tau_mem=10.0)
+    layer = _layer(2, 2, dyn, [[0.6, 0.6], [1.5, -1.0]])
+    sol = layer.simulate(_train([2.0, 2.0], [1, 0]), t_end=5.0, max_spikes=4)
+    assert float(sol.spike_times[0, 0]) == 2.0
+    assert int(sol.num_spikes[1]) == 0
+    np.testing.assert_allclose(float(sol.final_state.v[1]), 0.5 * np.exp(-0.3))
+
+
+def test_zero_delay_cascade_fires_at_the_same_instant():
+    """Neuron 0 is driven over threshold at t = 1; with zero delay its recurrent
+    weight lifts neuron 1 over threshold at that instant, which lifts neuron 2."""
+    dyn = sj.ODELIFDynamics(tau_mem=10.0)
+    layer = _layer(1, 3, dyn, [[1.2], [0.5], [0.0]], recurrent=True)
+    w_rec = jnp.array([[0.0, 0.0, 0.0], [0.7, 0.0, 0.0], [0.0, 1.1, 0.0]])
+    layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, w_rec)
+    sol = layer.simulate(_train([1.0], [0]), t_end=3.0, max_spikes=4)
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), [1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(sol.spike_times[:, 0]), [1.0, 1.0, 1.0])
+    # With a delay each link of the chain takes `delay`.
+    delayed = _layer(1, 3, dyn, layer.weight, recurrent=True, delay=0.25)
+    delayed = eqx.tree_at(lambda m: m.recurrent_weight, delayed, w_rec)
+    sol = delayed.simulate(_train([1.0], [0]), t_end=3.0, max_spikes=4)
+    np.testing.assert_allclose(np.asarray(sol.spike_times[:, 0]), [1.0, 1.25, 1.5])
+    # Neuron 1 decayed from 0.5 for 0.25 ms before the 0.7 arrived: still fires.
+
+
+def test_runaway_zero_delay_loop_is_reported_not_hung():
+    """A self-connection above threshold re-fires the neuron at one instant without
+    end: the run stops at a full buffer (or the event budget) and says so."""
+    layer = _layer(1, 1, sj.ODELIFDynamics(), [[1.5]], recurrent=True)
+    layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.array([[1.5]]))
+    train = _train([1.0], [0])
+    sol = layer.simulate(train, t_end=2.0, max_spikes=5, throw=False)
+    assert sol.result == sj.RESULTS.spike_buffer_full
+    np.testing.assert_array_equal(np.asarray(sol.spike_times[0]), [1.0] * 5)
+    sol = layer.simulate(train, t_end=2.0, max_spikes=50, max_events=20, throw=False)
+    assert sol.result == sj.RESULTS.max_events_reached
+    with pytest.raises(Exception, match="max_events"):
+        layer.simulate(train, t_end=2.0, max_spikes=50, max_events=20)
+
+
+def test_crossing_between_events_and_at_the_end():
+    """A CubaLIF driven by one input spike crosses threshold later, by its flow; a
+    crossing is located to the closed form's root (found here by bisection in
+    NumPy), and a run that ends before it has no spike."""
+    tm, ts, w = 10.0, 5.0, 0.5
+    layer = _layer(1, 1, sj.CubaLIFDynamics(tau_mem=tm, tau_syn=ts), [[w]])
+
+    def v(t):  # v(0) = 0, i(0) = w
+        return w * tm * ts / (tm - ts) * (np.exp(-t / tm) - np.exp(-t / ts))
+
+    # The peak of v: at t = ln(tm/ts) tm ts / (tm - ts), v = 1.25 > threshold.
+    peak = tm * ts / (tm - ts) * np.log(tm / ts)
+    assert v(peak) > 1.1
+    lo, hi = 0.0, peak
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if v(mid) < 1.0 else (lo, mid)
+    sol = layer.simulate(_train([2.0], [0]), t_end=30.0, max_spikes=4)
+    assert int(sol.num_spikes[0]) >= 1
+    np.testing.assert_allclose(float(sol.spike_times[0, 0]), 2.0 + hi, atol=1e-12)
+    early = layer.simulate(_train([2.0], [0]), t_end=2.0 + 0.5 * hi, max_spikes=4)
+    assert int(early.num_spikes[0]) == 0
+
+
+# -- readout -----------------------------------------------------------------------
+
+
+def test_readout_max_voltage_is_exact_and_differentiable():
+    rng = np.random.default_rng(2)
+    n_in, n_out, t_end = 4, 3, 40.0
+    times = rng.uniform(0, 30, size=10)
+    sources = rng.integers(0, n_in, size=10)
+    train = _train(np.append(times, np.inf), np.append(sources, 0))
+    tm, ts = 15.0, 4.0
+    ro = sj.LeakyReadout(
+        n_in, n_out, sj.CubaLIFDynamics(tm, ts), key=_KEY, dtype=jnp.float64
+    )
+    sol = ro.simulate(train, t_end=t_end)
+    # Brute force: the closed form on a fine grid, each input a two-exponential
+    # kernel (superposition holds: the readout never resets).
+    # The voltage has kinks at the input times (the synaptic current jumps), where
+    # a maximum may sit: they are on the grid too.
+    grid = np.sort(np.concatenate([np.linspace(0, t_end, 400001), times]))
+    w = np.asarray(ro.weight)
+    v = np.zeros((n_out, grid.size))
+    for s, k in zip(times, sources):
+        dt = np.clip(grid - s, 0, None)
+        kern = tm * ts / (tm - ts) * (np.exp(-dt / tm) - np.exp(-dt / ts))
+        v += w[:, k : k + 1] * kern
+    # Elsewhere the grid maximum is below the exact one by at most
+    # max|v''| dt^2 / 8 < 1e-9.
+    got = np.asarray(sol.max_voltage)
+    assert np.all(got >= v.max(axis=1) - 1e-12)
+    np.testing.assert_allclose(got, v.max(axis=1), atol=1e-8)
+    np.testing.assert_allclose(
+        np.asarray(sol.max_time), grid[v.argmax(axis=1)], atol=2e-3
+    )
+
+    def loss(ro):
+        return jnp.sum(ro.simulate(train, t_end=t_end).max_voltage ** 2)
+
+    g = eqx.filter_grad(loss)(ro)
+    eps = 1e-6
+    for i, j in [(0, 0), (1, 2), (2, 3)]:
+
+        def f(d, i=i, j=j):
+            return loss(eqx.tree_at(lambda r: r.weight, ro, ro.weight.at[i, j].add(d)))
+
+        fd = (f(eps) - f(-eps)) / (2 * eps)
+        np.testing.assert_allclose(float(g.weight[i, j]), float(fd), rtol=1e-6)
+
+
+def test_network_with_readout_and_first_spike_times():
+    rng = np.random.default_rng(4)
+    l1 = _layer(2, 6, sj.ODELIFDynamics(tau_mem=10.0), rng.uniform(0.3, 0.8, (6, 2)))
+    ro = sj.LeakyReadout(6, 2, key=_KEY, dtype=jnp.float64)
+    net = sj.SpikingODENetwork([l1, ro])
+    train = _train([1.0, 1.5, 2.0, 4.0], [0, 1, 0, 1])
+    nsol = net.simulate(train, t_end=20.0, max_spikes=8)
+    direct = l1.simulate(train, t_end=20.0, max_spikes=8)
+    np.testing.assert_array_equal(
+        np.asarray(nsol.layers[0].spike_times), np.asarray(direct.spike_times)
+    )
+    first = sj.first_spike_times(direct)
+    np.testing.assert_array_equal(
+        np.asarray(first), np.asarray(direct.spike_times[:, 0])
+    )
+    assert np.any(np.isfinite(np.asarray(first)))
+    out = ro.simulate(direct.spike_train(), t_end=20.0)
+    np.testing.assert_array_equal(
+        np.asarray(nsol.output.max_voltage), np.asarray(out.max_voltage)
+    )
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+def test_argument_errors():
+    lif = sj.ODELIFDynamics()
+    layer = _layer(2, 3, lif, np.ones((3, 2)))
+    train = _train([1.0, jnp.inf], [0, 5])
+    with pytest.raises(ValueError, match=r"`t_end`"):
+        layer.simulate(train, max_spikes=4)
+    with pytest.raises(ValueError, match=r"`interval`"):
+        layer.simulate(train, 1.0, t_end=5.0)
+    with pytest.raises(ValueError, match=r"`t_end` must be finite and > 0"):
+        layer.simulate(train, t_end=-1.0)
+    with pytest.raises(ValueError, match=r"<= t_end = 0.5"):
+        layer.simulate(train, t_end=0.5)
+    with pytest.raises(
+        ValueError, match=r"`sources` must be input indices in \[0, 2\)"
+    ):
+        layer.simulate(_train([1.0], [2]), t_end=5.0)
+    with pytest.raises(ValueError, match="`times` must be >= 0"):
+        sj.SpikeTrain(jnp.array([1.0, -0.5]), jnp.array([0, 0]))
+    with pytest.raises(ValueError, match="`times` must be >= 0"):
+        sj.SpikeTrain(jnp.array([jnp.nan]), jnp.array([0]))
+    with pytest.raises(TypeError, match="`sources` must be integers"):
+        sj.SpikeTrain(jnp.array([1.0]), jnp.array([0.0]))
+    with pytest.raises(ValueError, match="same shape"):
+        sj.SpikeTrain(jnp.array([1.0, 2.0]), jnp.array([0]))
+    with pytest.raises(ValueError, match="jax.vmap"):
+        layer.simulate(_train([[1.0]], [[0]]), t_end=5.0)
+    with pytest.raises(ValueError, match="`max_spikes` must be >= 1"):
+        layer.simulate(_train([1.0], [0]), t_end=5.0, max_spikes=0)
+    with pytest.raises(ValueError, match="`t_end` .* applies to event-driven"):
+        layer.simulate(np.ones((2, 2)), 1.0, t_end=3.0)
+    with pytest.raises(TypeError, match="use `simulate`"):
+        layer.forward(_train([1.0], [0]), 1.0)
+    with pytest.raises(ValueError, match="exact flow"):
+        sj.SpikingODELayer(2, 3, sj.AdExDynamics(), key=_KEY).simulate(
+            _train([1.0], [0]), t_end=5.0
+        )
+    with pytest.raises(ValueError, match="refractory"):
+        sj.SpikingODELayer(2, 3, sj.ODELIFDynamics(t_ref=1.0), key=_KEY).simulate(
+            _train([1.0], [0]), t_end=5.0
+        )
+    with pytest.raises(ValueError, match="`delay` must be finite and >= 0"):
+        sj.SpikingODELayer(2, 3, recurrent=True, delay=-1.0, key=_KEY)
+    with pytest.raises(ValueError, match="needs `recurrent=True`"):
+        sj.SpikingODELayer(2, 3, delay=1.0, key=_KEY)
+    with pytest.raises(ValueError, match=r"`layers\[1\]` takes 2 inputs"):
+        sj.SpikingODENetwork([layer, _layer(2, 1, lif, np.ones((1, 2)))])
+    ro = sj.LeakyReadout(3, 1, key=_KEY)
+    with pytest.raises(ValueError, match="only be the last layer"):
+        sj.SpikingODENetwork([ro, layer])
+
+
+def test_invalid_spikes_under_jit_are_reported():
+    """Traced trains cannot be checked eagerly: the run reports them."""
+    layer = _layer(2, 3, sj.ODELIFDynamics(), np.ones((3, 2)))
+
+    @eqx.filter_jit
+    def run(times, sources):
+        return layer.simulate(
+            sj.SpikeTrain(times, sources), t_end=5.0, max_spikes=4, throw=False
+        ).result
+
+    ok = run(jnp.array([1.0, jnp.inf]), jnp.array([0, 7]))  # padding: any source
+    assert ok == sj.RESULTS.successful
+    for times, sources in [
+        ([1.0, 6.0], [0, 1]),  # past t_end
+        ([1.0, jnp.nan], [0, 1]),
+        ([1.0, -2.0], [0, 1]),
+        ([1.0, 2.0], [0, 2]),  # source out of range
+        ([1.0, 2.0], [-1, 0]),
+    ]:
+        res = run(jnp.array(times), jnp.array(sources))
+        assert res == sj.RESULTS.invalid_input_spikes, (times, sources)

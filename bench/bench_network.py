@@ -510,7 +510,11 @@ def recurrent(args, timer):
             if s is not None:
                 mm, n_ref, dt = compare_cells(e["cells"], s["cells"])
                 div = first_divergence(e["cells"], s["cells"])
-                cmp = (f"{mm} of {n_ref}", _fmt(dt), _fmt(div))
+                cmp = (
+                    f"{mm} of {n_ref}",
+                    _fmt(dt),
+                    "none" if not np.isfinite(div) else _fmt(div),
+                )
             e_ms = _median_ms(e["walls"])
             rows.append(
                 [
@@ -521,7 +525,7 @@ def recurrent(args, timer):
                     _fmt(s["compile_s"]) if s else "n/a",
                     _fmt(e_ms),
                     _fmt(e["compile_s"]),
-                    f"{e_ms / _median_ms(s['walls']):.0f}x" if s else "n/a",
+                    f"{e_ms / _median_ms(s['walls']):.2g}x" if s else "n/a",
                     *cmp,
                     f"{e['steps_used']} event steps",
                 ]
@@ -643,10 +647,12 @@ def main(argv=None):
         a.sizes = a.sizes or [16, 64]
     a.sizes = a.sizes or [16, 64, 256, 1024]
     timer = Timer(a.min_reps, a.max_reps, a.budget)
+    a.load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     yy = yinyang(a, timer)
     rec = recurrent(a, timer)
     took = (time.perf_counter() - t0) / 60
+    a.load.append(os.getloadavg()[0])
     text = report(a, argv, yy, rec, took)
     print(text)
     path = a.results or (None if a.quick else os.path.join(HERE, "RESULTS.md"))
@@ -699,7 +705,8 @@ def report(a, argv, yy, rec, took):
         "## Networks: `bench/bench_network.py`",
         "",
         f"Command: `{_command(argv)}` (took {took:.1f} min)  ",
-        f"Machine: {machine_line()}  ",
+        f"Machine: {machine_line()}; 1-minute load average {a.load[0]:.1f} at the "
+        f"start, {a.load[1]:.1f} at the end  ",
         "Versions: " + ", ".join(versions),
         "",
         "Each peer runs in its own virtual environment through "

@@ -689,7 +689,7 @@ def _table(head, rows):
 
 
 def _notes(notes):
-    return [f"- {k}: {v}" for k, v in notes.items()]
+    return [f"- {k}: {v}" for k, v in notes.items()] + ([""] if notes else [])
 
 
 def report(a, argv, yy, rec, took):
@@ -709,6 +709,16 @@ def report(a, argv, yy, rec, took):
         f"start, {a.load[1]:.1f} at the end  ",
         "Versions: " + ", ".join(versions),
         "",
+        *(
+            [
+                "The machine was shared during this run (load average above, on "
+                f"{os.cpu_count()} cores): wall times are approximate (within about "
+                "2x between runs), spike-time comparisons are unaffected.",
+                "",
+            ]
+            if max(a.load) > 0.5 * (os.cpu_count() or 1)
+            else []
+        ),
         "Each peer runs in its own virtual environment through "
         "`bench/network_worker.py`; every library gets the same input spikes and "
         "weights. Wall time: median of the timed repetitions after a first call of "
@@ -735,7 +745,6 @@ def report(a, argv, yy, rec, took):
         _table(YY_HEAD, yy_rows),
         "",
         *_notes(yy_notes),
-        "",
         f"### eventax: one recurrent layer ({rp['n_inputs']} Poisson inputs at "
         f"{rp['rate_hz']:g} Hz, {rp['t_end']:g} ms)",
         "",
@@ -753,7 +762,6 @@ def report(a, argv, yy, rec, took):
         _table(REC_HEAD, rec_rows),
         "",
         *_notes(rec_notes),
-        "",
         "### How the peers are built, and what was observed",
         "",
         *observations(yf, rf),

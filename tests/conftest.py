@@ -35,3 +35,13 @@ def getkey():
         return jax.random.fold_in(base, next(counter))
 
     return _getkey
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled functions after each test module. Every executable holds
+    memory mappings of its machine code; one process that runs the whole suite
+    would otherwise pass the kernel's limit on mappings (vm.max_map_count, 65530)
+    and abort inside XLA's compiler."""
+    yield
+    jax.clear_caches()

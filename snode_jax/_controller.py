@@ -209,3 +209,49 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
             decision.state,
             diffrax.RESULTS.successful,
         )
+
+
+def controller_from_settings(controller, dt_init, dt_min, dt_max, rtol, atol):
+    """The layer's step controller, from its keyword settings or given whole."""
+    given = dict(dt_init=dt_init, dt_min=dt_min, dt_max=dt_max, rtol=rtol, atol=atol)
+    given = {k: v for k, v in given.items() if v is not None}
+    if controller is not None:
+        if given:
+            raise ValueError(
+                "Give the step settings either as `stepsize_controller` or as "
+                f"keywords, not both: got stepsize_controller and {sorted(given)}."
+            )
+        if not isinstance(controller, PredictiveController):
+            raise TypeError(
+                "`stepsize_controller` must be a PredictiveController (a diffrax "
+                "adaptive step-size controller with per-neuron steps), got "
+                f"{type(controller).__name__}."
+            )
+        return controller
+    dt_init = check_positive_float(
+        "dt_init", 0.1 if dt_init is None else dt_init, " (ms)"
+    )
+    dt_min = check_positive_float(
+        "dt_min", 0.001 if dt_min is None else dt_min, " (ms)"
+    )
+    if dt_min > dt_init:
+        raise ValueError(
+            f"`dt_min` must be <= `dt_init`, got dt_min={dt_min!r} and "
+            f"dt_init={dt_init!r}."
+        )
+    if dt_max is None:
+        dt_max = float("inf")
+    else:
+        dt_max = check_positive_float("dt_max", dt_max, " (ms)")
+        if dt_max < dt_init:
+            raise ValueError(
+                f"`dt_max` must be >= `dt_init`, got dt_max={dt_max!r} and "
+                f"dt_init={dt_init!r}."
+            )
+    return PredictiveController(
+        rtol=check_positive_float("rtol", 1e-6 if rtol is None else rtol),
+        atol=check_positive_float("atol", 1e-8 if atol is None else atol),
+        dtmin=dt_min,
+        dtmax=dt_max,
+        dt0=dt_init,
+    )

@@ -131,10 +131,7 @@ def integrate(
     adjoint = default_adjoint(integrator, throw) if adjoint is None else adjoint
     surrogate = ArctanSurrogate() if surrogate is None else surrogate
 
-    params = jax.tree.leaves((dynamics.parameters(), weight, inputs, state))
-    nonfinite = jnp.zeros((), bool)
-    for leaf in params:
-        nonfinite = nonfinite | ~jnp.all(jnp.isfinite(leaf))
+    nonfinite = any_nonfinite((dynamics.parameters(), weight, inputs, state))
     conditions = dict(dynamics.constraints(state))
     conditions["interval > 0"] = jnp.all(interval > 0) & jnp.all(jnp.isfinite(interval))
     conditions.update(integrator.conditions(dynamics, interval))
@@ -153,10 +150,9 @@ def integrate(
         lambda: ~jnp.all(jnp.isfinite(currents)),
     )
     result = update_result(result, nonfinite_current, RESULTS.nonfinite_current)
-    state_leaves = jax.tree.leaves((raw.final_state, raw.interval_states))
-    bad_state = jnp.any(jnp.isnan(raw.spike_times))
-    for leaf in state_leaves:
-        bad_state = bad_state | ~jnp.all(jnp.isfinite(leaf))
+    bad_state = jnp.any(jnp.isnan(raw.spike_times)) | any_nonfinite(
+        (raw.final_state, raw.interval_states)
+    )
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
     if raw.counters.num_imprecise_intervals is not None:
         imprecise = jnp.any(raw.counters.num_imprecise_intervals > 0)
@@ -196,16 +192,7 @@ def integrate(
         duration=jnp.sum(jnp.broadcast_to(interval, (inputs.shape[0],))),
     )
     if throw:
-        # A failed condition of the model, by name (unless NaN/inf is the cause).
-        name = type(dynamics).__name__
-        for condition, ok in conditions.items():
-            sol = eqx.error_if(
-                sol,
-                ~ok & ~nonfinite,
-                f"Invalid parameters or initial state of {name} found at run time: "
-                f"need {condition}.",
-            )
-        sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
+        sol = raise_on_failure(sol, dynamics, conditions, nonfinite)
     return sol
 
 
@@ -268,9 +255,7 @@ def integrate_events(
         conditions["interval > 0"] = jnp.all(lengths > 0) & jnp.all(
             jnp.isfinite(lengths)
         )
-    nonfinite = jnp.zeros((), bool)
-    for leaf in jax.tree.leaves(leaves):
-        nonfinite = nonfinite | ~jnp.all(jnp.isfinite(leaf))
+    nonfinite = any_nonfinite(leaves)
     schedule = EventSchedule(input_times, input_sources, boundaries, currents, t_end)
     if max_events is None:
         max_events = default_max_events(
@@ -291,9 +276,7 @@ def integrate_events(
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
     result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
-    bad_state = jnp.any(jnp.isnan(run.spike_times))
-    for leaf in jax.tree.leaves(run.final_state):
-        bad_state = bad_state | ~jnp.all(jnp.isfinite(leaf))
+    bad_state = jnp.any(jnp.isnan(run.spike_times)) | any_nonfinite(run.final_state)
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
     result = update_result(result, run.search_failed, RESULTS.crossing_search_failed)
     result = update_result(result, run.buffer_full, RESULTS.spike_buffer_full)
@@ -310,15 +293,7 @@ def integrate_events(
         duration=t_end,
     )
     if throw:
-        name = type(dynamics).__name__
-        for condition, ok in conditions.items():
-            sol = eqx.error_if(
-                sol,
-                ~ok & ~nonfinite,
-                f"Invalid parameters or initial state of {name} found at run time: "
-                f"need {condition}.",
-            )
-        sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
+        sol = raise_on_failure(sol, dynamics, conditions, nonfinite)
     return sol
 
 
@@ -347,3 +322,25 @@ def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):
     # the gathers in bounds meanwhile.
     sources = jnp.where(finite & (sources >= 0) & (sources < n_inputs), sources, 0)
     return times, sources, invalid
+
+
+def any_nonfinite(tree) -> Array:
+    """Whether any array leaf of `tree` holds a NaN or an inf (traced)."""
+    out = jnp.zeros((), bool)
+    for leaf in jax.tree.leaves(tree):
+        out = out | ~jnp.all(jnp.isfinite(leaf))
+    return out
+
+
+def raise_on_failure(sol, dynamics, conditions, nonfinite):
+    """`sol`, raising at run time on a failed named condition of the model (unless
+    NaN/inf input is the cause, reported as such) or an unsuccessful `result`."""
+    name = type(dynamics).__name__
+    for condition, ok in conditions.items():
+        sol = eqx.error_if(
+            sol,
+            ~ok & ~nonfinite,
+            f"Invalid parameters or initial state of {name} found at run time: "
+            f"need {condition}.",
+        )
+    return sol.result.error_if(sol, sol.result != RESULTS.successful)

@@ -7,23 +7,21 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._controller import PredictiveController
+from ._controller import PredictiveController, controller_from_settings
 from ._custom_types import Counts, State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
 from ._integrate import integrate, integrate_events
 from ._lif import ODELIFDynamics
 from ._misc import (
     check_interval,
-    check_positive_float,
     check_positive_int,
-    describe,
     is_concrete,
 )
 from ._root_find import BracketedNewton
 from ._runge_kutta import AbstractRungeKutta, Dopri5
 from ._solution import Solution
 from ._solver import Exact, ExactFlow, check_solver
-from ._spike_train import SpikeTrain
+from ._spike_train import SpikeTrain, check_event_dynamics, check_spike_train
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 
@@ -109,7 +107,7 @@ class SpikingODELayer(eqx.Module):
     ):
         self.n_inputs = check_positive_int("n_inputs", n_inputs)
         self.n_neurons = check_positive_int("n_neurons", n_neurons)
-        self.stepsize_controller = _controller(
+        self.stepsize_controller = controller_from_settings(
             stepsize_controller, dt_init, dt_min, dt_max, rtol, atol
         )
         self.max_steps = check_positive_int("max_steps", max_steps)
@@ -175,7 +173,7 @@ class SpikingODELayer(eqx.Module):
         self.delay = delay
         self.recurrent_weight = None
         if recurrent:
-            _check_event_dynamics(dynamics, "`recurrent=True`")
+            check_event_dynamics(dynamics, "`recurrent=True`")
             std_rec = float(np.sqrt(1.0 / self.n_neurons))
             self.recurrent_weight = std_rec * jax.random.normal(
                 r_key, (self.n_neurons, self.n_neurons), dtype
@@ -352,7 +350,7 @@ class SpikingODELayer(eqx.Module):
     def _run_events(
         self, inputs, interval, t_end, state, max_spikes, max_events, throw
     ) -> Solution:
-        dynamics = _check_event_dynamics(
+        dynamics = check_event_dynamics(
             self.dynamics,
             "spike-train inputs" if isinstance(inputs, SpikeTrain) else "recurrence",
         )
@@ -464,98 +462,3 @@ class SpikingODELayer(eqx.Module):
 
 _integrate_jit = eqx.filter_jit(integrate)
 _integrate_events_jit = eqx.filter_jit(integrate_events)
-
-
-def _check_event_dynamics(dynamics, what: str) -> AbstractExactFlowDynamics:
-    if not isinstance(dynamics, AbstractExactFlowDynamics):
-        raise ValueError(
-            f"{what} run on the event-driven engine, which needs a model with an "
-            "exact flow (an AbstractExactFlowDynamics: ODELIFDynamics, "
-            f"CubaLIFDynamics), got {type(dynamics).__name__}."
-        )
-    if isinstance(dynamics, ODELIFDynamics) and dynamics.t_ref is not None:
-        raise ValueError(
-            f"{what} run on the event-driven engine, which does not model the "
-            "refractory period of ODELIFDynamics: give `t_ref=None`."
-        )
-    return dynamics
-
-
-def check_spike_train(spikes: SpikeTrain, n_inputs: int, t_end) -> None:
-    """Python errors for what can be seen now: shapes, and concrete values."""
-    if spikes.times.ndim != 1:
-        raise ValueError(
-            "`inputs` must be one SpikeTrain with 1-D `times` and `sources`, got "
-            f"shape {spikes.times.shape}. For a batch, use jax.vmap over the leading "
-            "axis."
-        )
-    if jnp.shape(t_end) != ():
-        raise ValueError(
-            f"`t_end` must be a scalar (ms), got shape {jnp.shape(t_end)}."
-        )
-    if is_concrete(t_end):
-        value = float(t_end)
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
-    if is_concrete((spikes, t_end)):
-        times = np.asarray(spikes.times)
-        sources = np.asarray(spikes.sources)
-        late = np.isfinite(times) & (times > float(t_end))
-        if np.any(late):
-            raise ValueError(
-                f"Input spike `times` must be <= t_end = {float(t_end)!r} (ms) or "
-                f"+inf (padding), got {describe(times[late])}."
-            )
-        real = np.isfinite(times)
-        bad = real & ((sources < 0) | (sources >= n_inputs))
-        if np.any(bad):
-            raise ValueError(
-                f"Input spike `sources` must be input indices in [0, {n_inputs}), got "
-                f"{describe(sources[bad])}."
-            )
-
-
-def _controller(controller, dt_init, dt_min, dt_max, rtol, atol):
-    """The layer's step controller, from its keyword settings or given whole."""
-    given = dict(dt_init=dt_init, dt_min=dt_min, dt_max=dt_max, rtol=rtol, atol=atol)
-    given = {k: v for k, v in given.items() if v is not None}
-    if controller is not None:
-        if given:
-            raise ValueError(
-                "Give the step settings either as `stepsize_controller` or as "
-                f"keywords, not both: got stepsize_controller and {sorted(given)}."
-            )
-        if not isinstance(controller, PredictiveController):
-            raise TypeError(
-                "`stepsize_controller` must be a PredictiveController (a diffrax "
-                "adaptive step-size controller with per-neuron steps), got "
-                f"{type(controller).__name__}."
-            )
-        return controller
-    dt_init = check_positive_float(
-        "dt_init", 0.1 if dt_init is None else dt_init, " (ms)"
-    )
-    dt_min = check_positive_float(
-        "dt_min", 0.001 if dt_min is None else dt_min, " (ms)"
-    )
-    if dt_min > dt_init:
-        raise ValueError(
-            f"`dt_min` must be <= `dt_init`, got dt_min={dt_min!r} and "
-            f"dt_init={dt_init!r}."
-        )
-    if dt_max is None:
-        dt_max = float("inf")
-    else:
-        dt_max = check_positive_float("dt_max", dt_max, " (ms)")
-        if dt_max < dt_init:
-            raise ValueError(
-                f"`dt_max` must be >= `dt_init`, got dt_max={dt_max!r} and "
-                f"dt_init={dt_init!r}."
-            )
-    return PredictiveController(
-        rtol=check_positive_float("rtol", 1e-6 if rtol is None else rtol),
-        atol=check_positive_float("atol", 1e-8 if atol is None else atol),
-        dtmin=dt_min,
-        dtmax=dt_max,
-        dt0=dt_init,
-    )

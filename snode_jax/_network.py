@@ -13,11 +13,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._cuba import CubaLIFDynamics
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._integrate import sorted_events
-from ._layer import SpikingODELayer, check_spike_train
+from ._integrate import any_nonfinite, sorted_events
+from ._layer import SpikingODELayer
 from ._misc import check_positive_int
 from ._solution import RESULTS, Solution, update_result
-from ._spike_train import SpikeTrain
+from ._spike_train import SpikeTrain, check_spike_train
 
 
 class ReadoutSolution(eqx.Module):
@@ -173,12 +173,8 @@ def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0, throw) -> ReadoutS
     init = (jnp.zeros((), dtype), y0, v0, jnp.zeros((n,), dtype))
     (t, y, vmax, tmax), _ = lax.scan(body, init, (times, sources, next_times))
     y, vmax, tmax = segment(y, t, t_end, vmax, tmax)
-    nonfinite = jnp.zeros((), bool)
-    for leaf in jax.tree.leaves((dynamics.parameters(), weight, y0)):
-        nonfinite = nonfinite | ~jnp.all(jnp.isfinite(leaf))
-    bad_state = ~jnp.all(jnp.isfinite(vmax))
-    for leaf in jax.tree.leaves(y):
-        bad_state = bad_state | ~jnp.all(jnp.isfinite(leaf))
+    nonfinite = any_nonfinite((dynamics.parameters(), weight, y0))
+    bad_state = any_nonfinite((vmax, y))
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     ok_t_end = jnp.isfinite(t_end) & (t_end > 0)
     result = update_result(result, ~ok_t_end, RESULTS.invalid_parameters)

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from ._dynamics import AbstractExactFlowDynamics
+from ._lif import ODELIFDynamics
 from ._misc import describe, is_concrete
 
 
@@ -64,3 +66,53 @@ class SpikeTrain(eqx.Module):
     def num_events(self) -> int:
         """The length of the event axis (padding included)."""
         return self.times.shape[-1]
+
+
+def check_event_dynamics(dynamics, what: str) -> AbstractExactFlowDynamics:
+    """The model, if the event-driven engine can run it; else `ValueError`."""
+    if not isinstance(dynamics, AbstractExactFlowDynamics):
+        raise ValueError(
+            f"{what} run on the event-driven engine, which needs a model with an "
+            "exact flow (an AbstractExactFlowDynamics: ODELIFDynamics, "
+            f"CubaLIFDynamics), got {type(dynamics).__name__}."
+        )
+    if isinstance(dynamics, ODELIFDynamics) and dynamics.t_ref is not None:
+        raise ValueError(
+            f"{what} run on the event-driven engine, which does not model the "
+            "refractory period of ODELIFDynamics: give `t_ref=None`."
+        )
+    return dynamics
+
+
+def check_spike_train(spikes: SpikeTrain, n_inputs: int, t_end) -> None:
+    """Python errors for what can be seen now: shapes, and concrete values."""
+    if spikes.times.ndim != 1:
+        raise ValueError(
+            "`inputs` must be one SpikeTrain with 1-D `times` and `sources`, got "
+            f"shape {spikes.times.shape}. For a batch, use jax.vmap over the leading "
+            "axis."
+        )
+    if jnp.shape(t_end) != ():
+        raise ValueError(
+            f"`t_end` must be a scalar (ms), got shape {jnp.shape(t_end)}."
+        )
+    if is_concrete(t_end):
+        value = float(t_end)
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
+    if is_concrete((spikes, t_end)):
+        times = np.asarray(spikes.times)
+        sources = np.asarray(spikes.sources)
+        late = np.isfinite(times) & (times > float(t_end))
+        if np.any(late):
+            raise ValueError(
+                f"Input spike `times` must be <= t_end = {float(t_end)!r} (ms) or "
+                f"+inf (padding), got {describe(times[late])}."
+            )
+        real = np.isfinite(times)
+        bad = real & ((sources < 0) | (sources >= n_inputs))
+        if np.any(bad):
+            raise ValueError(
+                f"Input spike `sources` must be input indices in [0, {n_inputs}), got "
+                f"{describe(sources[bad])}."
+            )

@@ -1,0 +1,240 @@
+"""`snode_jax.sweep`: the grid, chunked and sharded sweeps against a Python loop of
+the closed-form reference, 4 host devices against 1, and argument errors."""
+
+import itertools
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+from snode_jax.sweep import grid, sweep, sweep_layer
+
+from .lif_reference import lif_reference
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+N_NEURONS, N_INPUTS, MAX_SPIKES, INTERVAL = 3, 2, 32, 2.0
+
+
+def _layer(t_ref=0.5):
+    dyn = sj.ODELIFDynamics(tau_mem=20.0, t_ref=t_ref)
+    return sj.SpikingODELayer(
+        N_INPUTS, N_NEURONS, dyn, dtype=jnp.float64, key=jax.random.key(0)
+    )
+
+
+def _inputs():
+    return np.random.default_rng(0).uniform(0.0, 1.5, (6, N_INPUTS))
+
+
+def _points():
+    weights = np.random.default_rng(1).uniform(0.2, 1.2, (3, N_NEURONS, N_INPUTS))
+    return grid(
+        {"weight": weights, "dynamics.tau_mem": [5.0, 10.0, 20.0, 40.0]},
+        **{"dynamics.t_ref": [0.0, 1.0]},
+    )
+
+
+def _reference(points, inputs):
+    counts, times = [], []
+    for w, tau, t_ref in zip(
+        points["weight"], points["dynamics.tau_mem"], points["dynamics.t_ref"]
+    ):
+        ref = lif_reference(w, inputs, INTERVAL, tau_mem=tau, t_ref=t_ref)
+        counts.append(ref.counts)
+        times.append(ref.padded_times(MAX_SPIKES))
+    return np.stack(counts), np.stack(times)
+
+
+def test_grid_order_matches_itertools_product():
+    a, b, c = [1, 2], np.array([10.0, 20.0, 30.0]), np.arange(8).reshape(4, 2)
+    g = grid({"a": a, "b": b}, c=c)
+    expected = list(itertools.product(range(2), range(3), range(4)))
+    assert len(g["a"]) == len(expected) == 24
+    for k, (i, j, m) in enumerate(expected):
+        assert g["a"][k] == a[i] and g["b"][k] == b[j]
+        np.testing.assert_array_equal(g["c"][k], c[m])
+    # Reshaping gives the grid back, first axis slowest.
+    np.testing.assert_array_equal(g["b"].reshape(2, 3, 4)[1, :, 0], b)
+
+
+@pytest.fixture(scope="module")
+def swept():
+    points = _points()
+    # 24 points in chunks of 5: four full chunks and one of 4 (one padded point).
+    out = sweep_layer(
+        _layer(),
+        _inputs(),
+        points,
+        interval=INTERVAL,
+        max_spikes=MAX_SPIKES,
+        chunk_size=5,
+    )
+    return points, out
+
+
+def test_sweep_layer_matches_reference_loop(swept):
+    points, out = swept
+    counts, times = _reference(points, _inputs())
+    assert out["counts"].shape == counts.shape == (24, 6, N_NEURONS)
+    assert int(counts.sum()) > 100  # the grid exercises many spikes
+    np.testing.assert_array_equal(out["counts"], counts)
+    assert np.array_equal(np.isinf(out["spike_times"]), np.isinf(times))
+    finite = np.isfinite(times)
+    # Closed form in float64 on both sides: agreement to rounding (ms).
+    np.testing.assert_allclose(out["spike_times"][finite], times[finite], atol=1e-10)
+
+
+def test_chunk_sizes_and_remainders_agree(swept):
+    points, out = swept
+    # One call (no padding) and chunks of 7 (3 padded points): the same counts, and
+    # spike times equal up to the last bits (vectorised lengths differ).
+    for chunk in (None, 7):
+        other = sweep_layer(
+            _layer(),
+            _inputs(),
+            points,
+            interval=INTERVAL,
+            max_spikes=MAX_SPIKES,
+            chunk_size=chunk,
+        )
+        np.testing.assert_array_equal(other["counts"], out["counts"])
+        np.testing.assert_allclose(other["spike_times"], out["spike_times"], rtol=1e-13)
+
+
+def test_sweep_generic_function_and_padding_dropped():
+    # A function that fails on anything but the given points: padding must be
+    # copies of real points, and dropped.
+    x = np.arange(1.0, 8.0)
+
+    def fn(p):
+        import equinox as eqx
+
+        y = eqx.error_if(p["x"], p["x"] <= 0, "padding reached fn")
+        return {"sq": y**2, "pair": jnp.stack([y, -y])}
+
+    out = sweep(fn, {"x": x}, chunk_size=3, progress=True)
+    np.testing.assert_array_equal(out["sq"], x**2)
+    np.testing.assert_array_equal(out["pair"], np.stack([x, -x], axis=1))
+
+
+_FOUR_DEVICES = textwrap.dedent(
+    """
+    import sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    from tests.test_sweep import _inputs, _layer, _points, INTERVAL, MAX_SPIKES
+    from snode_jax.sweep import sweep_layer
+
+    assert jax.device_count() == 4, jax.devices()
+    outs = {}
+    for name, devices in (("four", jax.devices()), ("one", jax.devices()[:1])):
+        out = sweep_layer(_layer(), _inputs(), _points(), interval=INTERVAL,
+                          max_spikes=MAX_SPIKES, chunk_size=2, devices=devices)
+        outs.update({f"{name}_{k}": v for k, v in out.items()})
+    np.savez(sys.argv[1], **outs)
+    """
+)
+
+
+def test_four_host_devices_match_one(tmp_path):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    )
+    env["PYTHONPATH"] = str(_ROOT)
+    env["JAX_PLATFORMS"] = "cpu"
+    path = tmp_path / "out.npz"
+    proc = subprocess.run(
+        [sys.executable, "-c", _FOUR_DEVICES, str(path)],
+        cwd=_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = dict(np.load(path))
+    # Bitwise: every device runs the same compiled per-device program on chunks of
+    # the same size (2 points per device per call: 3 calls of 8 points on 4
+    # devices, 12 calls of 2 on one).
+    for key in ("counts", "spike_times"):
+        np.testing.assert_array_equal(out[f"four_{key}"], out[f"one_{key}"])
+    counts, times = _reference(_points(), _inputs())
+    np.testing.assert_array_equal(out["four_counts"], counts)
+    finite = np.isfinite(times)
+    np.testing.assert_allclose(
+        out["four_spike_times"][finite], times[finite], atol=1e-10
+    )
+
+
+def test_per_neuron_parameters():
+    # One threshold per neuron per point, against the reference.
+    th = np.array([[0.8, 1.0, 1.3], [1.1, 0.9, 2.0]])
+    layer = _layer(t_ref=None)
+    out = sweep_layer(
+        layer,
+        _inputs(),
+        {"dynamics.v_threshold": th},
+        interval=INTERVAL,
+        max_spikes=MAX_SPIKES,
+        measure=lambda sol: sol.counts,
+    )
+    for k in range(2):
+        ref = lif_reference(layer.weight, _inputs(), INTERVAL, v_threshold=th[k])
+        np.testing.assert_array_equal(out[k], ref.counts)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"dynamics.tau": [1.0]}, "Cannot sweep 'dynamics.tau'.*'dynamics.tau_mem'"),
+        ({"bias": [1.0]}, "Cannot sweep 'bias'"),
+        ({"weight": np.ones((2, 4, 4))}, r"params\['weight'\].*got \(2, 4, 4\)"),
+        ({"dynamics.tau_mem": np.ones((2, 2))}, r"\(\), \(3,\)"),
+        (
+            {"dynamics.tau_mem": [1.0, 2.0], "weight": [1.0]},
+            "same leading size",
+        ),
+        ({"dynamics.tau_mem": [1.0, np.nan]}, "must be finite"),
+        ({"dynamics.tau_mem": 3.0}, "leading batch axis"),
+        ({}, "at least one array"),
+    ],
+)
+def test_bad_params_raise(params, match):
+    with pytest.raises(ValueError, match=match):
+        sweep_layer(_layer(), _inputs(), params, interval=INTERVAL)
+
+
+def test_missing_parameter_and_other_errors():
+    with pytest.raises(ValueError, match="dynamics has none.*t_ref"):
+        sweep_layer(
+            _layer(t_ref=None), _inputs(), {"dynamics.t_ref": [1.0]}, interval=1.0
+        )
+    with pytest.raises(ValueError, match="needs `interval`"):
+        sweep_layer(_layer(), _inputs(), {"weight": [1.0]})
+    with pytest.raises(TypeError, match="mapping"):
+        sweep_layer(_layer(), _inputs(), [1.0], interval=1.0)  # type: ignore
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive int, got 0"):
+        sweep(lambda p: p, {"x": np.ones(3)}, chunk_size=0)
+    with pytest.raises(ValueError, match="`devices`"):
+        sweep(lambda p: p, {"x": np.ones(3)}, devices=[])
+    with pytest.raises(ValueError, match="Axis 'a' must be a non-empty"):
+        grid(a=[])
+    with pytest.raises(ValueError, match="at least one axis"):
+        grid()
+
+
+def test_invalid_point_fails_at_run_time_naming_the_condition():
+    with pytest.raises(Exception, match="tau_mem > 0"):
+        sweep_layer(
+            _layer(), _inputs(), {"dynamics.tau_mem": [10.0, -1.0]}, interval=1.0
+        )

@@ -198,7 +198,9 @@ def sweep(
     # The function's loops carry per-device values that shard_map's varying-axis
     # types cannot infer through `lax.scan`/`while_loop` carries; nothing in
     # `jax.vmap(fn)` communicates across devices, so the check is off.
-    compiled = jax.jit(
+    # `eqx.filter_jit` rather than `jax.jit`: an error raised inside `fn` (a failed
+    # simulation) then prints its message rather than a callback traceback.
+    compiled = eqx.filter_jit(
         jax.shard_map(
             jax.vmap(fn),
             mesh=mesh,

@@ -1,0 +1,209 @@
+"""The `snode-jax` command line, run as `python -m snode_jax` in a subprocess (exit
+codes, messages, files written), with the sweep's rows checked against the
+closed-form LIF; argument errors that need no simulation also in-process."""
+
+import argparse
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from snode_jax.cli import main, parse_values
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(_ROOT), JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "snode_jax", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_help_exits_zero(tmp_path):
+    proc = _run("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: snode-jax")
+    assert all(f"    {c} " in proc.stdout for c in ("demo", "sweep", "bench"))
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [("demo", "raster"), ("sweep", "START:STOP:NUM"), ("bench", "bench_layer.py")],
+)
+def test_command_help_exits_zero(command, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: snode-jax {command}") and expected in out
+
+
+def _closed_form(drive, tau, t_ref, duration):
+    """Count, first and last spike (ms) of the LIF (v_rest = v_reset = 0, threshold
+    1, C = 1) from rest under a constant drive."""
+    v_inf = drive * tau
+    if v_inf <= 1.0:
+        return 0, np.inf, np.inf
+    free = tau * np.log(v_inf / (v_inf - 1.0))
+    period = t_ref + free
+    count = int(np.floor((duration - free) / period)) + 1
+    return count, free, free + (count - 1) * period
+
+
+def test_sweep_csv_rows_match_closed_form(tmp_path):
+    proc = _run(
+        "sweep",
+        "--param",
+        "drive=0:0.3:4",
+        "--param",
+        "tau_mem=10,25",
+        "--set",
+        "t_ref=1.5",
+        "--duration",
+        "150",
+        "--chunk-size",
+        "3",
+        "--out",
+        "rates.csv",
+        "--plot",
+        "rates.png",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "8 points" in proc.stdout
+    with open(tmp_path / "rates.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "drive",
+        "tau_mem",
+        "count",
+        "rate_hz",
+        "first_spike_ms",
+        "last_spike_ms",
+    ]
+    drives, taus = np.linspace(0, 0.3, 4), [10.0, 25.0]
+    assert [(float(r["drive"]), float(r["tau_mem"])) for r in rows] == [
+        (d, t) for d in drives for t in taus
+    ]
+    spiking = 0
+    for r in rows:
+        count, first, last = _closed_form(
+            float(r["drive"]), float(r["tau_mem"]), 1.5, 150.0
+        )
+        assert int(r["count"]) == count
+        assert float(r["rate_hz"]) == pytest.approx(count * 1000.0 / 150.0, rel=1e-15)
+        # float64 closed form on both sides: agreement to rounding.
+        for key, value in (("first_spike_ms", first), ("last_spike_ms", last)):
+            assert float(r[key]) == pytest.approx(value, rel=1e-12, abs=0)
+        spiking += count > 0
+    assert spiking >= 4
+    assert (tmp_path / "rates.png").stat().st_size > 5_000
+
+
+def test_sweep_config_toml_to_npz(tmp_path):
+    (tmp_path / "grid.toml").write_text(
+        'model = "lif"\nduration = 100.0\nout = "r.npz"\n'
+        "[grid]\n"
+        "drive = [0.08, 0.2]\n"
+        "tau_mem = {start = 10.0, stop = 30.0, num = 3}\n"
+        "[fixed]\nv_threshold = 1.0\n"
+    )
+    # A flag overrides the file: 50 ms instead of 100.
+    proc = _run(
+        "sweep", "--config", "grid.toml", "--duration", "50", "--no-progress",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = np.load(tmp_path / "r.npz")
+    assert out["drive"].shape == (6,)
+    for d, t, c in zip(out["drive"], out["tau_mem"], out["count"]):
+        assert c == _closed_form(d, t, 0.0, 50.0)[0]
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (("sweep", "--param", "tau_mem=abc"), 2, "--param.*'abc' is not a number"),
+        (("sweep", "--param", "drive=0:1:x"), 2, "NUM in '0:1:x'"),
+        (("sweep", "--param", "bogus=1,2"), 2, "bogus: not a parameter.*tau_mem"),
+        (("sweep",), 2, "nothing to sweep"),
+        (("sweep", "--param", "drive=1", "--out", "r.txt"), 2, ".csv or .npz"),
+        (("sweep", "--param", "drive=1", "--config", "none.toml"), 2, "none.toml"),
+        (("sweep", "--param", "drive=1", "--duration", "-3"), 2, "--duration"),
+        (("sweep", "--param", "drive=1", "--model", "hh"), 2, "invalid choice: 'hh'"),
+        (("sweep", "--param", "drive=1", "--set", "t_ref=1,2"), 2, "one value"),
+        (("sweep", "--param", "drive=1", "--set", "drive=2"), 2, "both as swept"),
+        (
+            ("sweep", "--param", "drive=1", "--param", "a=1", "--param", "b=1")
+            + ("--model", "izhikevich", "--param", "c=1", "--plot", "p.png"),
+            2,
+            "one or two swept",
+        ),
+        (("bench", "nonexistent"), 2, "invalid choice: 'nonexistent'"),
+        (("bench", "--reps", "0"), 2, "--reps must be >= 1"),
+        (("demo", "--intervals", "0"), 2, "--intervals must be >= 1"),
+        ((), 2, "required: COMMAND"),
+    ],
+)
+def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        status = main(list(args))
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    assert status == code
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_bad_arguments_exit_codes_in_subprocess(tmp_path):
+    proc = _run("sweep", "--param", "tau_mem=abc", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "argument --param" in proc.stderr and "'abc'" in proc.stderr
+    # A failed run: the model refuses the first value, the simulation a later one.
+    proc = _run("sweep", "--param", "tau_mem=-5,10", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "snode-jax sweep: error: `tau_mem` must be > 0" in proc.stderr
+    proc = _run(
+        "sweep", "--param", "tau_mem=10,-5", "--set", "drive=0.2", "--no-progress",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "snode-jax sweep: error:" in proc.stderr and "tau_mem > 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_parse_values():
+    np.testing.assert_array_equal(parse_values("10:50:5"), [10, 20, 30, 40, 50])
+    np.testing.assert_array_equal(parse_values("1,2.5, 4"), [1, 2.5, 4])
+    np.testing.assert_array_equal(parse_values("3"), [3.0])
+    for bad in ("", "1,,2", "1:2", "1:2:0", "1:2:3:4", "nan", "1:inf:3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_values(bad)
+
+
+def test_bench_builtin_and_script(capsys):
+    assert main(["bench", "--quick", "--reps", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "tutorial" in out and "8 x 64 x 100 x 32" in out
+    # A script of bench/, its own options after its name (--help: prints only).
+    assert main(["bench", "rk_step", "--help"]) == 0
+
+
+def test_demo_writes_png(tmp_path):
+    proc = _run("demo", "--out", "raster.png", "--intervals", "50", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Total spikes" in proc.stdout
+    data = (tmp_path / "raster.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000

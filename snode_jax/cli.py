@@ -288,6 +288,13 @@ def _sweep_settings(args) -> dict[str, Any]:
             f"--plot draws one or two swept parameters, got {len(grid)}: "
             f"{', '.join(grid)}"
         )
+    if settings["plot"] is not None:
+        for name, values in grid.items():
+            if len(np.unique(values)) != len(values):
+                raise _ArgumentError(
+                    f"--plot needs distinct values along each axis; {name} repeats "
+                    f"one: {values.tolist()}"
+                )
     settings["cls"] = cls
     return settings
 
@@ -358,18 +365,25 @@ def write_table(columns: dict[str, np.ndarray], path: str) -> None:
             f.write(",".join(repr(v.item()) for v in row) + "\n")
 
 
-def plot_sweep(columns: dict[str, np.ndarray], names: list[str], path: str) -> None:
+def plot_sweep(
+    columns: dict[str, np.ndarray], axes: dict[str, np.ndarray], path: str
+) -> None:
+    """The rate against one swept parameter (a line) or two (an image); `axes` are
+    the grid's axes in the order given (the first varies slowest)."""
     plt = _import_pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    rate = columns["rate_hz"]
+    names = list(axes)
+    shape = tuple(len(v) for v in axes.values())
+    rate = columns["rate_hz"].reshape(shape)
+    order = [np.argsort(v, kind="stable") for v in axes.values()]
     if len(names) == 1:
-        ax.plot(columns[names[0]], rate, ".-")
+        ax.plot(axes[names[0]][order[0]], rate[order[0]], ".-")
         ax.set_xlabel(names[0])
         ax.set_ylabel("rate (Hz)")
     else:
-        a, b = (np.unique(columns[n]) for n in names)
-        # grid(): the first name varies slowest.
-        mesh = ax.pcolormesh(b, a, rate.reshape(len(a), len(b)), shading="nearest")
+        a, b = (axes[n][o] for n, o in zip(names, order))
+        image = rate[order[0]][:, order[1]]
+        mesh = ax.pcolormesh(b, a, image, shading="nearest")
         fig.colorbar(mesh, ax=ax, label="rate (Hz)")
         ax.set_xlabel(names[1])
         ax.set_ylabel(names[0])
@@ -386,7 +400,6 @@ def _cmd_sweep(args) -> int:
     if settings["plot"] is not None:
         _import_pyplot()
     _set_dtype(settings["dtype"])
-    names = list(settings["grid"])
     t0 = time.perf_counter()
     columns = run_sweep(settings, progress)
     wall = time.perf_counter() - t0
@@ -395,7 +408,7 @@ def _cmd_sweep(args) -> int:
     n = len(columns["count"])
     print(f"{n} points, {settings['model']} model, {wall:.2f} s; wrote {out}")
     if settings["plot"] is not None:
-        plot_sweep(columns, names, str(settings["plot"]))
+        plot_sweep(columns, settings["grid"], str(settings["plot"]))
         print(f"wrote {settings['plot']}")
     return 0
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,17 +113,19 @@ def test_chunk_sizes_and_remainders_agree(swept):
 def test_sweep_generic_function_and_padding_dropped():
     # A function that fails on anything but the given points: padding must be
     # copies of real points, and dropped.
+    # Traced (and compiled) once for its three chunks.
     x = np.arange(1.0, 8.0)
+    traces = []
 
     def fn(p):
-        import equinox as eqx
-
+        traces.append(1)
         y = eqx.error_if(p["x"], p["x"] <= 0, "padding reached fn")
         return {"sq": y**2, "pair": jnp.stack([y, -y])}
 
     out = sweep(fn, {"x": x}, chunk_size=3, progress=True)
     np.testing.assert_array_equal(out["sq"], x**2)
     np.testing.assert_array_equal(out["pair"], np.stack([x, -x], axis=1))
+    assert len(traces) == 1
 
 
 _FOUR_DEVICES = textwrap.dedent(

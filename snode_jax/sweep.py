@@ -123,6 +123,12 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _place(x: np.ndarray, sharding) -> jax.Array:
+    # Each process supplies the blocks of its own devices (all of them in a
+    # single process), so this also builds global arrays across hosts.
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def _progress_bar(total: int, desc: str):
     try:
         from tqdm.auto import tqdm
@@ -134,14 +140,14 @@ def _progress_bar(total: int, desc: str):
 
 
 def sweep(
-    fn: Callable[[PyTree[Any]], PyTree[ArrayLike]],
+    fn: Callable[..., PyTree[ArrayLike]],
     params: PyTree[ArrayLike],
-    *,
+    *args: Any,
     chunk_size: int | None = None,
     devices: Sequence[Any] | None = None,
     progress: bool = False,
 ) -> PyTree[np.ndarray]:
-    """Evaluate `fn` at every point of a batch of parameters.
+    """Evaluate `fn(point, *args)` at every point of a batch of parameters.
 
     Each call of the compiled function evaluates `chunk_size` points on every
     device (`jax.vmap(fn)` under `jax.shard_map` over a 1-D mesh of `devices`); the
@@ -156,6 +162,9 @@ def sweep(
         their leading axis) returning a PyTree of arrays.
     - `params`: a PyTree of arrays sharing a leading axis: one entry per point
         (e.g. from [`grid`][]).
+    - `*args`: what every point shares (PyTrees, e.g. a layer and its inputs):
+        passed to `fn` unbatched, and placed once on every device rather than
+        compiled into the program as constants.
     - `chunk_size`: points per device per call (default: the whole batch in one
         call). Results do not depend on the number of devices at a fixed
         `chunk_size` (bitwise on CPU); a different `chunk_size` changes the array
@@ -195,6 +204,14 @@ def sweep(
 
     mesh = Mesh(np.asarray(devices), (_AXIS,))
     sharding = NamedSharding(mesh, P(_AXIS))
+    replicated = NamedSharding(mesh, P())
+    # The arrays of `args` travel as (replicated) inputs; the rest is static.
+    shared, static = eqx.partition(args, eqx.is_array)
+    shared = jax.tree.map(lambda x: _place(np.asarray(x), replicated), shared)
+
+    def batched(point, shared):
+        return jax.vmap(lambda p: fn(p, *eqx.combine(shared, static)))(point)
+
     # The function's loops carry per-device values that shard_map's varying-axis
     # types cannot infer through `lax.scan`/`while_loop` carries; nothing in
     # `jax.vmap(fn)` communicates across devices, so the check is off.
@@ -202,31 +219,27 @@ def sweep(
     # simulation) then prints its message rather than a callback traceback.
     compiled = eqx.filter_jit(
         jax.shard_map(
-            jax.vmap(fn),
+            batched,
             mesh=mesh,
-            in_specs=P(_AXIS),
+            in_specs=(P(_AXIS), P()),
             out_specs=P(_AXIS),
             check_vma=False,
         )
     )
 
     def place(start):
-        def one(a):
-            block = a[start : start + per_call]
-            return jax.make_array_from_callback(
-                block.shape, sharding, lambda idx: block[idx]
-            )
-
-        return jax.tree.map(one, host)
+        return jax.tree.map(
+            lambda a: _place(a[start : start + per_call], sharding), host
+        )
 
     bar = _progress_bar(n_points, "sweep") if progress else None
     outputs = []
     try:
         # Dispatch the next chunk before copying the previous one back, so the
         # host copy overlaps the devices' work.
-        pending = compiled(place(0))
+        pending = compiled(place(0), shared)
         for k in itertools.count(1):
-            nxt = compiled(place(k * per_call)) if k < n_calls else None
+            nxt = compiled(place(k * per_call), shared) if k < n_calls else None
             outputs.append(jax.tree.map(_to_host, pending))
             if bar is not None:
                 bar.update(min(per_call, n_points - (k - 1) * per_call))
@@ -336,7 +349,7 @@ def sweep_layer(
     if measure is None:
         measure = _default_measure
 
-    def one(point):
+    def one(point, layer, inputs):
         def get(path):
             def where(tree):
                 for part in path.split("."):
@@ -353,7 +366,15 @@ def sweep_layer(
             new = eqx.tree_at(get(path), new, value)
         return measure(new.simulate(inputs, interval, max_spikes))
 
-    return sweep(one, values, chunk_size=chunk_size, devices=devices, progress=progress)
+    return sweep(
+        one,
+        values,
+        layer,
+        inputs,
+        chunk_size=chunk_size,
+        devices=devices,
+        progress=progress,
+    )
 
 
 def _default_measure(sol: Solution):

@@ -117,14 +117,16 @@ def test_sweep_generic_function_and_padding_dropped():
     x = np.arange(1.0, 8.0)
     traces = []
 
-    def fn(p):
-        traces.append(1)
+    def fn(p, scale, name):
+        traces.append(name)
         y = eqx.error_if(p["x"], p["x"] <= 0, "padding reached fn")
-        return {"sq": y**2, "pair": jnp.stack([y, -y])}
+        return {"sq": y**2, "pair": jnp.stack([y, -y]) * scale}
 
-    out = sweep(fn, {"x": x}, chunk_size=3, progress=True)
+    # Shared arguments: an array (placed on the devices) and a static string.
+    scale = jnp.array([1.0, 10.0])
+    out = sweep(fn, {"x": x}, scale, "s", chunk_size=3, progress=True)
     np.testing.assert_array_equal(out["sq"], x**2)
-    np.testing.assert_array_equal(out["pair"], np.stack([x, -x], axis=1))
+    np.testing.assert_array_equal(out["pair"], np.stack([x, -10 * x], axis=1))
     assert len(traces) == 1
 
 

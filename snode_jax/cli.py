@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"point: the swept parameters, {', '.join(OUTPUT_COLUMNS)} "
         "(spike times in ms, inf without spikes).",
         epilog="VALUES: START:STOP:NUM (NUM evenly spaced values, ends included), "
-        "V1,V2,..., or V. Parameters: drive, and the model's own (lif: tau_mem, "
+        "V1,V2,..., or V. Parameters: drive (the constant current, default 1), and the model's own (lif: tau_mem, "
         "v_rest, v_threshold, v_reset, C_mem, t_ref). A TOML --config holds the "
         "same settings: model, duration, max_spikes, chunk_size, dtype, out, plot, "
         "a [grid] table (NAME = [values] | 'START:STOP:NUM' | {start, stop, num}) "

@@ -474,10 +474,11 @@ def _param(name: str, node, field: str, n: int, positive: bool = False):
     return np.broadcast_to(value, (n,))
 
 
-def _compact(x: np.ndarray, dtype) -> np.ndarray:
-    """A scalar when every neuron has the same value, else one per neuron."""
+def _compact(x: np.ndarray, dtype) -> float | np.ndarray:
+    """A Python float when every neuron has the same value (as a parameter given
+    as a number), else one value per neuron."""
     x = np.asarray(x, dtype)
-    return x[0] if np.all(x == x[0]) else x
+    return float(x[0]) if np.all(x == x[0]) else x
 
 
 def _population_size(name: str, node, n_weight: int | None) -> int:

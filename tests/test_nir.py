@@ -677,3 +677,31 @@ def test_export_refuses_models_without_a_nir_node(getkey):
         TypeError, match="SpikingODELayer, LeakyReadout or SpikingODENetwork"
     ):
         to_nir(sj.ODELIFDynamics())  # pyright: ignore[reportArgumentType]
+
+
+def test_integrator_readout_round_trip():
+    """`I` (dv/dt = r I): each spike adds `r W` to `v`, so with non-negative
+    weights the maximum voltage is the sum of the jumps; it exports back as `I`."""
+    r, weight = np.array([2.0, 0.5]), np.array([[0.1, 0.3], [0.2, 0.05]])
+    graph = nir.NIRGraph(
+        nodes={
+            "in": nir.Input(input_type={"input": np.array([2])}),
+            "w": nir.Linear(weight=weight),
+            "i": nir.I(r=r),
+            "out": nir.Output(output_type={"output": np.array([2])}),
+        },
+        edges=[("in", "w"), ("w", "i"), ("i", "out")],
+        metadata={},
+    )
+    readout = from_nir(graph, dtype=jnp.float32)
+    assert isinstance(readout, sj.LeakyReadout)
+    assert isinstance(readout.dynamics, sj.IFDynamics)
+    assert readout.weight.dtype == jnp.float32
+    train = sj.SpikeTrain(jnp.array([1.0, 2.0, 2.0, 7.0]), jnp.array([0, 1, 0, 1]))
+    sol = readout.simulate(train, t_end=10.0)
+    want = r * (weight @ np.array([2.0, 2.0]))
+    np.testing.assert_allclose(sol.max_voltage, want, rtol=1e-6)
+    np.testing.assert_allclose(sol.max_time, [7.0, 7.0])
+    again = to_nir(readout)
+    np.testing.assert_allclose(again.nodes["i_0"].r, r, rtol=1e-15)
+    np.testing.assert_allclose(again.nodes["linear_0"].weight, weight, rtol=1e-6)

@@ -35,7 +35,9 @@ input current):
 | `LI(tau, r, v_leak)`, `CubaLI(...)`, `I(r)` | as `LIF`, `CubaLIF`, `IF` without firing | [`LeakyReadout`][] with the model above | as above |
 | `Delay(delay)` in a recurrent loop | `y(t) = x(t - delay)` | `SpikingODELayer(..., delay=)` | `delay = s delay` |
 
-All of them spike when `v` reaches `v_threshold` and then set `v = v_reset`. In
+All of them spike when `v` reaches `v_threshold` and then set `v = v_reset` (NIR
+writes `v > v_threshold`; in continuous time the two differ only when a jump lands
+exactly on the threshold, which fires here). In
 each row `W` is the `Linear` weight feeding the node (input or recurrent), row
 `k` scaled by neuron `k`'s factor. The dense-input current of a layer (`weight @
 x_k`, which NIR graphs do not carry) is NIR's current `I`: that is what fixes

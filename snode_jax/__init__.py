@@ -17,6 +17,7 @@ from ._dynamics import (
     AbstractExactFlowDynamics as AbstractExactFlowDynamics,
     IntervalReplay as IntervalReplay,
 )
+from ._if import IFDynamics as IFDynamics, IFState as IFState
 from ._integrate import (
     integrate as integrate,
     integrate_events as integrate_events,

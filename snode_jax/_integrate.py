@@ -19,6 +19,7 @@ from ._dynamics import (
     AbstractExactFlowDynamics,
 )
 from ._events import EventSchedule, default_max_events, simulate_events
+from ._feedforward import simulate_feedforward
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
 from ._solution import RESULTS, Solution, update_result
@@ -261,17 +262,29 @@ def integrate_events(
         max_events = default_max_events(
             input_times.shape[0], boundaries.shape[0], n, max_spikes
         )
-    run = simulate_events(
-        dynamics,
-        weight,
-        None if recurrent_weight is None else recurrent_weight.astype(dtype),
-        delay,
-        schedule,
-        state,
-        root_finder=root_finder,
-        max_spikes=max_spikes,
-        max_events=max_events,
-    )
+    if recurrent_weight is None:
+        # No coupling between the neurons: each keeps its own clock between inputs.
+        run = simulate_feedforward(
+            dynamics,
+            weight,
+            schedule,
+            state,
+            root_finder=root_finder,
+            max_spikes=max_spikes,
+            max_events=max_events,
+        )
+    else:
+        run = simulate_events(
+            dynamics,
+            weight,
+            recurrent_weight.astype(dtype),
+            delay,
+            schedule,
+            state,
+            root_finder=root_finder,
+            max_spikes=max_spikes,
+            max_events=max_events,
+        )
     invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     result = update_result(result, invalid, RESULTS.invalid_parameters)

@@ -78,7 +78,7 @@ class LeakyReadout(eqx.Module):
         if not isinstance(dynamics, AbstractExactFlowDynamics):
             raise TypeError(
                 "`dynamics` of a readout must be an AbstractExactFlowDynamics "
-                f"(ODELIFDynamics, CubaLIFDynamics), got {type(dynamics).__name__}."
+                f"(ODELIFDynamics, CubaLIFDynamics, IFDynamics), got {type(dynamics).__name__}."
             )
         dynamics.check_n_neurons(self.n_outputs)
         self.dynamics = dynamics

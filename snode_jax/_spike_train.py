@@ -74,7 +74,7 @@ def check_event_dynamics(dynamics, what: str) -> AbstractExactFlowDynamics:
         raise ValueError(
             f"{what} run on the event-driven engine, which needs a model with an "
             "exact flow (an AbstractExactFlowDynamics: ODELIFDynamics, "
-            f"CubaLIFDynamics), got {type(dynamics).__name__}."
+            f"CubaLIFDynamics, IFDynamics), got {type(dynamics).__name__}."
         )
     if isinstance(dynamics, ODELIFDynamics) and dynamics.t_ref is not None:
         raise ValueError(

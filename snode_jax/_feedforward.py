@@ -1,0 +1,269 @@
+"""The event-driven engine for a population without recurrence: every neuron keeps
+its own clock between the events that drive it.
+
+Without recurrent weights the neurons of a population do not affect one another:
+only the input spikes and the held input currents, which reach all of them at known
+times, couple their clocks. So the population is advanced from one input event to
+the next, and inside that stretch every neuron walks through its own threshold
+crossings (located on the exact flow and bracketed by its one interior maximum),
+firing and resetting at each, all neurons at once. Each iteration of the loop does:
+
+1. `advance`: every neuron behind the next input event goes to its next crossing
+   before that event, fires there and resets, or, if it has none, to the event.
+2. `at the event`, once every neuron is there: the interval of held current starts,
+   one input spike's weights are added (`dynamics.jump`), and, once no jump is left
+   at that instant, every neuron at or above threshold fires (the instant rule of
+   [`simulate_events`][], whose results this engine reproduces).
+
+An iteration thus costs one crossing search over the population, and a run takes
+about as many iterations as there are input events plus the largest number of
+spikes of one neuron between two of them, instead of one per spike of any neuron.
+The loop is an `equinox.internal.while_loop` of kind `"checkpointed"`; each crossing
+time carries the implicit-function derivative of its threshold condition, and each
+neuron's clock carries the derivative of its last event, so the gradient is the
+same as that of [`simulate_events`][].
+"""
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from ._custom_types import State
+from ._dynamics import AbstractExactFlowDynamics
+from ._events import EventRun, EventSchedule
+from ._root_find import BracketedNewton
+
+
+class FeedforwardState(eqx.Module):
+    """The loop carry."""
+
+    t: Float[Array, ""]
+    tau: Float[Array, " n_neurons"]
+    y: State
+    interval_index: Int[Array, ""]
+    next_input: Int[Array, ""]
+    fire_shift: Float[Array, " n_neurons"]
+    spike_times: Float[Array, "n_neurons max_spikes"]
+    num_spikes: Int[Array, " n_neurons"]
+    counts: Int[Array, "intervals n_neurons"]
+    num_events: Int[Array, ""]
+    buffer_full: Bool[Array, ""]
+    search_failed: Bool[Array, ""]
+
+
+def simulate_feedforward(
+    dynamics: AbstractExactFlowDynamics,
+    weight: Float[Array, "n_neurons n_inputs"],
+    schedule: EventSchedule,
+    state: State,
+    *,
+    root_finder: BracketedNewton,
+    max_spikes: int,
+    max_events: int,
+) -> EventRun:
+    """Run a population without recurrence over `[0, schedule.t_end]`.
+
+    **Arguments:** as [`simulate_events`][] without `recurrent_weight` and `delay`.
+    `max_events` bounds the iterations (one per input event or interval start,
+    plus one per round of crossings between two of them).
+
+    **Returns:** an [`EventRun`][]. A neuron that would fire once more than
+    `max_spikes` stops the run with `buffer_full`; the other neurons may then have
+    been advanced past that time.
+    """
+    n = weight.shape[0]
+    dtype = weight.dtype
+    t_end = schedule.t_end
+    num_inputs = schedule.input_times.shape[0]
+    num_intervals = schedule.boundaries.shape[0]
+    inf = jnp.asarray(jnp.inf, dtype)
+    rows = jnp.arange(n, dtype=jnp.int32)
+
+    def upcoming(s: FeedforwardState):
+        i = jnp.minimum(s.next_input, num_inputs - 1)
+        t_in = jnp.where(s.next_input < num_inputs, schedule.input_times[i], inf)
+        k = jnp.minimum(s.interval_index + 1, num_intervals - 1)
+        t_switch = jnp.where(
+            s.interval_index + 1 < num_intervals, schedule.boundaries[k], inf
+        )
+        return t_in, t_switch
+
+    def fire_due(s: FeedforwardState):
+        return dynamics.threshold(s.y) >= 0
+
+    def record(s: FeedforwardState, spiking, times, y_fired):
+        """Record `spiking` neurons at `times` with post-spike state `y_fired`;
+        a neuron with a full buffer stops the run instead."""
+        full = jnp.any(spiking & (s.num_spikes >= max_spikes))
+        spiking = spiking & ~full
+        col = jnp.minimum(s.num_spikes, max_spikes - 1)
+        old = s.spike_times[rows, col]
+        spike_times = s.spike_times.at[rows, col].set(jnp.where(spiking, times, old))
+        y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), y_fired, s.y)
+        counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
+        return eqx.tree_at(
+            lambda s: (s.y, s.spike_times, s.num_spikes, s.counts, s.buffer_full),
+            s,
+            (
+                y,
+                spike_times,
+                s.num_spikes + spiking.astype(jnp.int32),
+                counts,
+                s.buffer_full | full,
+            ),
+        )
+
+    def fire_at_instant(s: FeedforwardState) -> FeedforwardState:
+        # Every neuron is at the clock `s.t`. Once no jump is left at this instant,
+        # those at or above threshold fire, each at its own time `s.t + shift`
+        # (equal in value; see `simulate_events`).
+        t_in, _ = upcoming(s)
+        settled = t_in > s.t
+        spiking = fire_due(s) & settled
+        current = schedule.currents[s.interval_index]
+        shift = s.fire_shift
+        f_pre = dynamics.vector_field(s.t, s.y, current)
+        y_fire = jax.tree.map(lambda a, f: a + shift * f, s.y, f_pre)
+        reset = dynamics.reset(y_fire)
+        f_reset = dynamics.vector_field(s.t, reset, current)
+        reset = jax.tree.map(lambda a, f: a - shift * f, reset, f_reset)
+        s = record(s, spiking, s.t + shift, reset)
+        return eqx.tree_at(
+            lambda s: s.fire_shift, s, jnp.where(settled, 0, s.fire_shift)
+        )
+
+    def at_event(s: FeedforwardState, t_next) -> FeedforwardState:
+        # Every neuron has reached `t_next`: start the interval, add one jump and
+        # fire once settled.
+        # The clock keeps its derivative while it stays at one instant: a second
+        # input there carries its own time's derivative in `offset` below.
+        s = eqx.tree_at(lambda s: s.t, s, jnp.where(t_next > s.t, t_next, s.t))
+        t_in, t_switch = upcoming(s)
+        switch_due = (t_switch <= s.t).astype(jnp.int32)
+        s = eqx.tree_at(lambda s: s.interval_index, s, s.interval_index + switch_due)
+        is_input = t_in <= s.t
+        i = jnp.minimum(s.next_input, num_inputs - 1)
+        amount = jnp.where(is_input, weight[:, schedule.input_sources[i]], 0)
+        y_plus = dynamics.jump(s.y, amount)
+        # The jump's own time (equal to `s.t`, with the input time's derivative;
+        # see `simulate_events`).
+        offset = jnp.where(is_input, t_in - s.t, 0)
+        offset = offset - lax.stop_gradient(offset)
+        current = schedule.currents[s.interval_index]
+        f_minus = dynamics.vector_field(s.t, s.y, current)
+        f_plus = dynamics.vector_field(s.t, y_plus, current)
+        y = jax.tree.map(
+            lambda yp, fm, fp: yp + offset * (fm - fp), y_plus, f_minus, f_plus
+        )
+        lifted = is_input & (dynamics.threshold(y) >= 0)
+        s = eqx.tree_at(
+            lambda s: (s.y, s.next_input, s.fire_shift),
+            s,
+            (
+                y,
+                s.next_input + is_input.astype(jnp.int32),
+                jnp.where(lifted, offset, s.fire_shift),
+            ),
+        )
+        return fire_at_instant(s)
+
+    def advance(s: FeedforwardState, t_next):
+        # Every neuron behind `t_next` goes to its first crossing before it (and
+        # fires there) or to `t_next`. Decisions are taken on constants.
+        current = schedule.currents[s.interval_index]
+        behind = s.tau < t_next
+        const = lax.stop_gradient((dynamics, s.y, current, t_next - s.tau))
+        dyn_c, y_c, current_c, span_c = const
+        span_c = jnp.where(behind, span_c, 0)
+
+        def margin(h):
+            return dyn_c.threshold(dyn_c.exact_flow(y_c, current_c, h))
+
+        g_start = dyn_c.threshold(y_c)
+        g_end = margin(span_c)
+        t_peak, has_peak = dyn_c.peak_in_step(y_c, current_c, span_c)
+        g_peak = margin(t_peak)
+        before_peak = has_peak & (g_peak >= 0)
+        crosses = behind & (g_start < 0) & (before_peak | (g_end >= 0))
+        upper = jnp.where(before_peak, t_peak, span_c)
+        g_upper = jnp.where(before_peak, g_peak, g_end)
+        found, converged, _ = root_finder.search(
+            margin, jnp.zeros_like(span_c), upper, g_start, g_upper, crosses, t_end
+        )
+        # A crossing at `t_next` itself is left to the instant there (after the
+        # jumps at that instant), as in `simulate_events`.
+        crossing = crosses & (found < span_c)
+        h_own = jnp.where(crossing, found, 0)
+        _, slope = jax.jvp(margin, (h_own,), (jnp.ones_like(h_own),))
+        g = dynamics.threshold(dynamics.exact_flow(s.y, current, h_own))
+        safe_slope = jnp.where(slope != 0, slope, 1)
+        h_cross = h_own - (g - lax.stop_gradient(g)) / safe_slope
+        h = jnp.where(crossing, h_cross, jnp.where(behind, t_next - s.tau, 0))
+        y_flow = dynamics.exact_flow(s.y, current, h)
+        y_flow = jax.tree.map(lambda a, b: jnp.where(behind, a, b), y_flow, s.y)
+        tau = jnp.where(crossing, s.tau + h_cross, jnp.where(behind, t_next, s.tau))
+        s = eqx.tree_at(
+            lambda s: (s.y, s.tau, s.search_failed),
+            s,
+            (y_flow, tau, s.search_failed | jnp.any(crosses & ~converged)),
+        )
+        s = record(s, crossing, tau, dynamics.reset(s.y))
+        return s, jnp.any(crossing)
+
+    def active(s: FeedforwardState):
+        t_in, t_switch = upcoming(s)
+        due = (jnp.minimum(t_in, t_switch) <= s.t) | jnp.any(fire_due(s))
+        return (s.t < t_end) | due
+
+    def cond_fun(s: FeedforwardState):
+        return active(s) & ~s.buffer_full & ~s.search_failed
+
+    def body_fun(s: FeedforwardState) -> FeedforwardState:
+        t_in, t_switch = upcoming(s)
+        t_next = jnp.minimum(jnp.minimum(t_in, t_switch), t_end)
+        s, crossed = advance(s, t_next)
+        # Once no neuron crossed on the way, all are at `t_next`.
+        s = lax.cond(
+            crossed | s.buffer_full,
+            lambda s: s,
+            lambda s: at_event(s, t_next),
+            s,
+        )
+        return eqx.tree_at(lambda s: s.num_events, s, s.num_events + 1)
+
+    zero = jnp.zeros((), jnp.int32)
+    t0 = jnp.zeros((), dtype)
+    init = FeedforwardState(
+        t=t0,
+        tau=jnp.zeros((n,), dtype),
+        y=state,
+        interval_index=zero,
+        next_input=zero,
+        fire_shift=jnp.zeros((n,), dtype),
+        spike_times=jnp.full((n, max_spikes), jnp.inf, dtype),
+        num_spikes=jnp.zeros((n,), jnp.int32),
+        counts=jnp.zeros((num_intervals, n), jnp.int32),
+        num_events=zero,
+        buffer_full=jnp.zeros((), bool),
+        search_failed=jnp.zeros((), bool),
+    )
+    # A neuron starting at or above threshold fires at time 0 (after any input at
+    # time 0, which the loop delivers first).
+    init = fire_at_instant(init)
+    final = eqxi.while_loop(
+        cond_fun, body_fun, init, max_steps=max_events, kind="checkpointed"
+    )
+    unfinished = active(final) & ~final.buffer_full & ~final.search_failed
+    return EventRun(
+        spike_times=final.spike_times,
+        num_spikes=final.num_spikes,
+        counts=final.counts,
+        final_state=final.y,
+        num_events=final.num_events,
+        buffer_full=final.buffer_full,
+        search_failed=final.search_failed,
+        unfinished=unfinished,
+    )

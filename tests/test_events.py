@@ -33,9 +33,7 @@ def _layer(n_in, n, dyn, weight, **kwargs):
     ids=["lif", "cuba"],
 )
 @pytest.mark.parametrize("engine", ["global", "per-neuron"])
-def test_recurrent_layer_without_recurrent_weights_matches_interval_engine(
-    dyn, engine
-):
+def test_recurrent_layer_without_recurrent_weights_matches_interval_engine(dyn, engine):
     """A recurrent layer runs dense inputs on the event engine (held currents as
     events); with zero recurrent weights it must give the feed-forward layer's
     spikes, which come from the interval engine (closed-form walk / exact-flow

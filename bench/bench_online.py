@@ -5,10 +5,14 @@ float64) three steppers advance one 1 ms interval of held input per call, each c
 followed by `block_until_ready`, called in turn (interleaved) so that load on a
 shared machine hits all of them alike:
 
-- `OnlineLayer.step`: the library's runner (NumPy-free: `x` is a device array of the
-  layer's dtype, as for the baseline);
-- `filter_jit(layer.step)`: the layer's pure `step` under `eqx.filter_jit`, for
-  reference (what the runner did before it compiled its step on flat arrays);
+- `OnlineLayer.step`: the library's runner, `x` a device array of the layer's
+  dtype (as for the baseline), and a second runner given NumPy rows (the host to
+  device copy included);
+- the compiled step alone: the jitted function `OnlineLayer.step` calls, on the
+  runner's flat arrays (what a call adds around it is the difference);
+- `filter_jit(layer.step)`: the layer's pure `step` under `eqx.filter_jit`, with
+  the interval checked and both arguments converted by JAX on every call, for
+  reference (the runner's step before it was compiled on flat arrays);
 - the baseline: `jax.jit` of the closed-form held-current update with spike and
   reset (time to the first crossing, the period between spikes, the count, the
   voltage at the end), taking the weight, the voltage, `x` and the interval as
@@ -24,6 +28,7 @@ over the timed sequence are checked against the float64 closed form
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -37,6 +42,7 @@ import numpy as np  # noqa: E402
 from common import lif_reference, machine_line, write_section  # noqa: E402
 
 import snode_jax as sj  # noqa: E402
+from snode_jax._misc import check_interval  # noqa: E402
 
 INTERVAL = 1.0
 N_INPUTS = 32
@@ -61,6 +67,15 @@ def closed_form_step(weight, v, x, interval):
     return jnp.where(fires, v_fired, v_free), count.astype(v.dtype)
 
 
+LABELS = {
+    "online": "OnlineLayer.step",
+    "online NumPy x": "OnlineLayer.step, NumPy x",
+    "program": "compiled step alone",
+    "filter_jit": "filter_jit(layer.step)",
+    "closed form": "closed form",
+}
+
+
 _filter_jit_step = eqx.filter_jit(lambda layer, s, x, dt: layer.step(s, x, dt))
 
 
@@ -76,17 +91,30 @@ def run(n_neurons, dtype, calls, seed=0):
     weight = layer.weight
 
     online = sj.OnlineLayer(layer)
+    online_np = sj.OnlineLayer(layer)
+    program = sj.OnlineLayer(layer)._compiled  # the runner's jitted step
+    arrays, state_leaves = online._arrays, online._state_leaves
     state = layer.init_state()
     v = layer.init_state().v
-    counts = {"online": [], "filter_jit": [], "closed form": []}
+    counts = {k: [] for k in LABELS}
 
     def call_online(k):
         c = online.step(xs[k], INTERVAL)
         return c
 
+    def call_online_np(k):
+        return online_np.step(inputs[k], INTERVAL)
+
+    def call_program(k):
+        nonlocal state_leaves
+        state_leaves, c, _ = program(arrays, state_leaves, xs[k], dt)
+        return c
+
     def call_filter_jit(k):
         nonlocal state
-        state, c = _filter_jit_step(layer, state, xs[k], dt)
+        check_interval(INTERVAL)
+        x, interval = jnp.asarray(xs[k]), jnp.asarray(INTERVAL, dtype)
+        state, c = _filter_jit_step(layer, state, x, interval)
         return c
 
     def call_closed_form(k):
@@ -96,6 +124,8 @@ def run(n_neurons, dtype, calls, seed=0):
 
     fns = {
         "online": call_online,
+        "online NumPy x": call_online_np,
+        "program": call_program,
         "filter_jit": call_filter_jit,
         "closed form": call_closed_form,
     }
@@ -137,21 +167,23 @@ def main():
     args = p.parse_args()
     calls = 200 if args.quick else args.calls
     rows = []
+    t_start = time.perf_counter()
     for n in args.sizes:
         for dtype in (np.float32, np.float64):
             r = run(n, dtype, calls)
             rows.append((n, np.dtype(dtype).name, r))
-            med, ratio = r["median_us"], r["ratio"]
+            summary = ", ".join(
+                f"{LABELS[k]} {r['median_us'][k]:.1f} us ({r['ratio'][k]:.2f}x)"
+                for k in LABELS
+            )
             print(
-                f"n={n:5d} {np.dtype(dtype).name}: online {med['online']:.1f} us "
-                f"({ratio['online']:.2f}x), filter_jit(step) {med['filter_jit']:.1f} "
-                f"us ({ratio['filter_jit']:.2f}x), closed form "
-                f"{med['closed form']:.1f} us; count mismatches {r['wrong']} of "
-                f"{r['ref_spikes']} spikes",
+                f"n={n} {np.dtype(dtype).name}: {summary}; count mismatches "
+                f"{r['wrong']} of {r['ref_spikes']} spikes",
                 flush=True,
             )
     if args.quick:
         return
+    minutes = (time.perf_counter() - t_start) / 60
     cmd = "python bench/bench_online.py" + (
         f" --calls {args.calls}" if args.calls != 3000 else ""
     )
@@ -159,31 +191,43 @@ def main():
         "## Online stepping: `OnlineLayer.step` vs a jitted closed-form step "
         "(`bench/bench_online.py`)",
         "",
-        f"Command: `{cmd}`  ",
-        f"Machine: {machine_line()} (shared with other jobs)",
+        f"Command: `{cmd}` (took {minutes:.1f} min)  ",
+        f"Machine: {machine_line()}, shared with other jobs (load average "
+        f"{os.getloadavg()[0]:.1f} at the end of the run)",
         "",
         f"One interval of 1 ms per call, {N_INPUTS} inputs, x ~ N(0, 1) * 0.5, "
         f"LIF tau_mem = {TAU:g} ms, threshold {V_TH:g}, reset {V_RESET:g}. "
         f"{calls - 1} timed calls per stepper and setting after a first (compiling) "
         "call, the steppers called in turn, each call blocked on its result; "
-        "median time per call, and the median over calls of the ratio to the "
-        "closed-form call next to it. *Closed form*: `jax.jit` of the hand-written "
-        "held-current update with spike and reset (weight, voltage, x, interval "
-        "as arguments). *filter_jit(layer.step)*: the layer's pure step under "
-        "`eqx.filter_jit`. Count mismatches: (call, neuron) cells that differ from "
-        "the float64 closed form (`tests/lif_reference.py`).",
+        "median time per call (us), and in brackets the median over calls of the "
+        "ratio to the closed-form call made next to it. *Closed form*: `jax.jit` of "
+        "the hand-written held-current update with spike and reset (weight, "
+        "voltage, x, interval as arguments). *OnlineLayer.step* gets `x` as a "
+        "device array of the layer's dtype, like the closed form; *NumPy x* a NumPy "
+        "row (the copy to the device included). *Compiled step alone*: the jitted "
+        "function OnlineLayer.step calls, on its flat arrays (the rest of a call "
+        "is the difference). *filter_jit(layer.step)*: the "
+        "layer's pure step under `eqx.filter_jit`, with the interval checked and "
+        "converted per call (the runner's step before it was compiled on flat "
+        "arrays). Count mismatches: (call, neuron) cells that differ from the "
+        "float64 closed form (`tests/lif_reference.py`), for OnlineLayer.step / "
+        "filter_jit(layer.step) / closed form (in float32 the hand-written closed "
+        "form, rounding too, has some as well).",
         "",
-        "| neurons | dtype | OnlineLayer.step (us) | ratio | filter_jit(layer.step) "
-        "(us) | ratio | closed form (us) | first call online / closed form (s) "
-        "| count mismatches online / filter_jit / closed form (of spikes) |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---|",
+        "| neurons | dtype | "
+        + " | ".join(LABELS.values())
+        + " | first call: OnlineLayer / closed form (s) | count mismatches "
+        "(of reference spikes) |",
+        "|---:|---|" + "---:|" * len(LABELS) + "---|---|",
     ]
     for n, dname, r in rows:
         med, ratio, first, wrong = r["median_us"], r["ratio"], r["first_s"], r["wrong"]
+        cells = " | ".join(
+            f"{med[k]:.1f}" + ("" if k == "closed form" else f" ({ratio[k]:.2f}x)")
+            for k in LABELS
+        )
         lines.append(
-            f"| {n} | {dname} | {med['online']:.1f} | {ratio['online']:.2f} | "
-            f"{med['filter_jit']:.1f} | {ratio['filter_jit']:.2f} | "
-            f"{med['closed form']:.1f} | {first['online']:.2f} / "
+            f"| {n} | {dname} | {cells} | {first['online']:.2f} / "
             f"{first['closed form']:.2f} | {wrong['online']} / {wrong['filter_jit']}"
             f" / {wrong['closed form']} (of {r['ref_spikes']}) |"
         )

@@ -182,7 +182,7 @@ class OnlineLayer:
         state_leaves, counts, ok = self._compiled(
             self._arrays, self._state_leaves, x, interval
         )
-        if not ok.item():  # (`.item()` costs a third of `bool()`: 7 vs 20 us)
+        if not np.asarray(ok):  # (the cheapest read measured; `bool(ok)`: +15 us)
             # Rerun with the error raised (the failure is deterministic).
             _reporting_step(self._layer, self.state, x, interval)
             raise RuntimeError(

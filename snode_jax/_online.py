@@ -207,12 +207,15 @@ class OnlineLayer:
         return array
 
     def _input_array(self, x) -> Array | np.ndarray:
-        # Cast on the host (NumPy, the same rounding as the cast inside the step)
-        # so that every input dtype meets the one compiled step.
+        # Cast here (NumPy inputs on the host), with the rounding of the cast
+        # inside the step, so that every input dtype meets the one compiled step.
         if not isinstance(x, jax.Array):
             x = np.asarray(x)
         if x.dtype != self._dtype:
-            if x.dtype.kind not in "biuf":
+            real = x.dtype == bool or any(
+                jnp.issubdtype(x.dtype, kind) for kind in (jnp.integer, jnp.floating)
+            )
+            if not real:
                 raise TypeError(f"`x` must be real numbers, got dtype {x.dtype}.")
             x = x.astype(self._dtype)
         if x.shape != self._input_shape:

@@ -159,9 +159,11 @@ def test_bad_x_raises(runner, shape):
         runner.step(jnp.ones(shape))
 
 
-def test_complex_x_raises(runner):
+def test_non_real_x_raises(runner):
     with pytest.raises(TypeError, match=r"`x` must be real numbers, got dtype compl"):
         runner.step(np.ones(3) * 1j)
+    with pytest.raises(TypeError, match=r"`x` must be real numbers, got dtype <U1"):
+        runner.step(np.array(["1", "0", "1"]))
 
 
 def test_failed_step_raises_and_keeps_state(runner):

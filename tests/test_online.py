@@ -13,6 +13,7 @@ import pytest
 import snode_jax as sj
 
 from .helpers import random_lif_config, reference_for
+from .lif_reference import lif_reference
 
 N_INPUTS, N_NEURONS, N_INTERVALS = 5, 8, 12
 V_ATOL = 1e-9  # float64 voltages against the closed form, as in test_lif_exact.py
@@ -84,6 +85,24 @@ def test_online_step_equals_closed_form_and_simulate(dtype):
     if dtype == jnp.float64:  # (float32 against the closed form: test_lif_exact.py)
         np.testing.assert_array_equal(counts, ref.counts)
         np.testing.assert_allclose(voltages, ref.interval_v, rtol=0, atol=V_ATOL)
+
+
+def test_online_step_carries_a_state_of_two_arrays():
+    # The LIF with a refractory period: the state is (v, refractory time left), and
+    # a refractory period running into the next interval must survive the step.
+    layer = sj.SpikingODELayer(
+        4, 6, sj.ODELIFDynamics(t_ref=1.7), key=jax.random.key(1)
+    )
+    x = np.random.default_rng(3).standard_normal((15, 4)) * 5
+    ref = lif_reference(layer.weight, x, 0.5, t_ref=1.7)
+    assert ref.counts.sum() > 10 and (ref.final_refractory > 0).any()
+    online = sj.OnlineLayer(layer)
+    counts = np.stack([np.asarray(online.step(x[k], 0.5)) for k in range(15)])
+    np.testing.assert_array_equal(counts, ref.counts)
+    np.testing.assert_allclose(online.state.v, ref.final_v, rtol=0, atol=V_ATOL)
+    np.testing.assert_allclose(
+        online.state.refractory, ref.final_refractory, rtol=0, atol=V_ATOL
+    )
 
 
 def _step_compilations(records) -> int:

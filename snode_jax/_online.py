@@ -1,25 +1,76 @@
 """A stateful, step-by-step runner around a layer."""
 
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._custom_types import Counts, State
 from ._layer import SpikingODELayer
 from ._misc import check_interval
+from ._solution import RESULTS
 
 
 @eqx.filter_jit
-def _online_step(layer, state, x, interval):
-    # Module level: one compilation per layer structure, shared by every runner.
+def _reporting_step(layer, state, x, interval):
+    # Reruns a step that failed, with `throw=True`, to raise its error (naming the
+    # failed condition or the RESULTS item) as cleanly as any other entry point.
     return layer.step(state, x, interval)
+
+
+# jax's PyTreeDef is bound as a variable, which type checkers refuse as a type.
+_TreeDef: TypeAlias = Any
+_StepLeaves = tuple[Array, ...]
+_CompiledStep = Callable[
+    [list[Array], _StepLeaves, Array | np.ndarray, Array],
+    tuple[_StepLeaves, Counts, Bool[Array, ""]],
+]
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_step(
+    array_def: _TreeDef,
+    static: SpikingODELayer,
+    state_def: _TreeDef,
+) -> _CompiledStep:
+    """The jitted step for one layer structure: a pure function of the layer's array
+    leaves, the state's leaves, `x` and the interval, everything else closed over.
+
+    Cached per structure, so runners of layers that differ only in their arrays
+    (a layer and its trained version) share one compilation.
+    """
+
+    # The step runs with `throw=False` and returns whether it succeeded; a failed
+    # step is rerun by `_reporting_step` to raise. (An error check inside a plain
+    # `jax.jit` arrives as an opaque runtime error; `eqx.filter_jit`, which raises
+    # it cleanly, partitions and hashes the whole layer on every call, which was
+    # most of the cost of a step: bench/RESULTS.md.) The state is not donated:
+    # its buffers are small, and `state` hands them out to the caller.
+    def online_step(arrays, state_leaves, x, interval):
+        layer = eqx.combine(jax.tree.unflatten(array_def, arrays), static)
+        state = jax.tree.unflatten(state_def, state_leaves)
+        sol = layer._run(x[None], interval, state, None, throw=False, keep=False)
+        ok = sol.result == RESULTS.successful
+        return tuple(jax.tree.leaves(sol.final_state)), sol.counts[0], ok
+
+    return jax.jit(online_step)
 
 
 class OnlineLayer:
     """Stateful, step-by-step runner around a [`SpikingODELayer`][].
 
     The step is compiled once per layer structure (on first use, shared by all
-    runners) and reused, so each call is cheap.
+    runners of layers that differ only in their arrays) and reused. Each call does
+    only what must happen per call: a shape check of `x`, a check of `interval`
+    (skipped when it is the same Python float as the previous call's), and one
+    call of the compiled step on the flat arrays of the layer and the state, which
+    are flattened once (when the runner is built, `layer` is set or `reset` runs).
 
     ```python
     online = OnlineLayer(layer)
@@ -27,29 +78,154 @@ class OnlineLayer:
     counts = online.step(x, interval=1.0)
     online.voltage
     ```
+
+    **Arguments:**
+
+    - `layer`: a feed-forward [`SpikingODELayer`][] (a recurrent layer's spikes in
+        flight are not part of its state: use `simulate`).
+
+    **Raises:**
+
+    `TypeError` if `layer` is not a feed-forward `SpikingODELayer`.
     """
 
     def __init__(self, layer: SpikingODELayer):
+        self.layer = layer
+        self.reset()
+
+    @property
+    def layer(self) -> SpikingODELayer:
+        """The layer being run. Setting it (e.g. to a trained version) keeps the
+        state, which must fit the new layer."""
+        return self._layer
+
+    @layer.setter
+    def layer(self, layer: SpikingODELayer) -> None:
         if not isinstance(layer, SpikingODELayer):
             raise TypeError(
                 f"`layer` must be a SpikingODELayer, got {type(layer).__name__}."
             )
-        self.layer = layer
-        self.state = layer.init_state()
+        if layer.recurrent_weight is not None:
+            raise TypeError(
+                "`OnlineLayer` steps a feed-forward layer; a recurrent layer's spikes "
+                "in flight are not part of its state: use `simulate`."
+            )
+        state = self.state if hasattr(self, "_state_leaves") else None
+        if state is not None:
+            layer._check_state(state)  # the current state must fit the new layer
+        arrays, static = eqx.partition(layer, eqx.is_array)
+        array_leaves, array_def = jax.tree.flatten(arrays)
+        state_def = jax.tree.structure(layer.init_state())
+        self._layer = layer
+        self._arrays = array_leaves
+        self._compiled = _compiled_step(array_def, static, state_def)
+        self._state_def = state_def
+        self._input_shape = (layer.n_inputs,)
+        self._dtype = np.dtype(layer.dtype)
+        self._last_interval = math.nan  # the last Python-float interval checked
+        self._last_interval_array = None
+        if state is not None:
+            self.state = state  # in the new layer's dtype
+
+    @property
+    def state(self) -> State:
+        """The current state of the neurons (as from `layer.init_state()`)."""
+        return jax.tree.unflatten(self._state_def, self._state_leaves)
+
+    @state.setter
+    def state(self, state: State) -> None:
+        state = self._layer._check_state(state)
+        # Cast once here rather than in every step: the compiled step would cast
+        # to the layer's dtype anyway (the same rounding), and a state of another
+        # dtype would otherwise cost a second compilation.
+        self._state_leaves = tuple(
+            jnp.asarray(leaf, self._dtype) for leaf in jax.tree.leaves(state)
+        )
 
     def reset(self, state: State | None = None) -> None:
-        """Return to the resting state (or to `state`)."""
-        self.state = self.layer.init_state() if state is None else state
+        """Return to the resting state (or to `state`).
 
-    def step(self, x, interval: float = 1.0) -> Counts:
-        """Advance one interval with constant input `x`; returns the counts."""
-        check_interval(interval)  # here: inside the compiled step it is traced
-        x = jnp.asarray(x)  # its shape is checked by `layer.step` while tracing
-        dt = jnp.asarray(interval, self.layer.dtype)
-        self.state, counts = _online_step(self.layer, self.state, x, dt)
+        **Raises:**
+
+        `ValueError` if `state` is not a state of the layer's model with one value
+        per neuron.
+        """
+        self.state = self._layer.init_state() if state is None else state
+
+    def step(
+        self,
+        x: Float[ArrayLike, " n_inputs"],
+        interval: float | Float[ArrayLike, ""] = 1.0,
+    ) -> Counts:
+        """Advance one interval with constant input `x`.
+
+        **Arguments:**
+
+        - `x`: the input held over the interval, shape `(n_inputs,)`; cast to the
+            layer's dtype.
+        - `interval`: its length (ms), finite and `> 0`.
+
+        **Returns:**
+
+        The spike counts of the interval, shape `(n_neurons,)`, exact integers in
+        the layer's dtype. The runner's `state` moves to the interval's end.
+
+        **Raises:**
+
+        `ValueError` for a bad `interval` or shape of `x`; the runtime error of
+        [`SpikingODELayer.step`][] (NaN/inf input, invalid parameters or initial
+        state, an exhausted step budget, ...) if the interval failed, leaving the
+        state where it was.
+        """
+        interval = self._interval_array(interval)
+        x = self._input_array(x)
+        state_leaves, counts, ok = self._compiled(
+            self._arrays, self._state_leaves, x, interval
+        )
+        if not np.asarray(ok):  # (the cheapest read measured; `bool(ok)`: +15 us)
+            # Rerun with the error raised (the failure is deterministic).
+            _reporting_step(self._layer, self.state, x, interval)
+            raise RuntimeError(
+                "An `OnlineLayer` step failed, and rerunning it with `throw=True` did "
+                "not reproduce the failure."
+            )
+        self._state_leaves = state_leaves
         return counts
+
+    def _interval_array(self, interval) -> Array:
+        # A Python float equal to the last one was checked and converted already
+        # (NaN never compares equal, so it is always checked).
+        if type(interval) is float and interval == self._last_interval:
+            return self._last_interval_array  # pyright: ignore[reportReturnType]
+        check_interval(interval)
+        if isinstance(interval, jax.Array):
+            array = interval.astype(self._dtype)  # (no-op if it has the dtype)
+        else:  # cast on the host: no eager XLA operation
+            array = jax.device_put(np.asarray(interval, self._dtype))
+        if type(interval) is float:
+            self._last_interval, self._last_interval_array = interval, array
+        return array
+
+    def _input_array(self, x) -> Array | np.ndarray:
+        # Cast here (NumPy inputs on the host), with the rounding of the cast
+        # inside the step, so that every input dtype meets the one compiled step.
+        if not isinstance(x, jax.Array):
+            x = np.asarray(x)
+        if x.dtype != self._dtype:
+            real = x.dtype == bool or any(
+                jnp.issubdtype(x.dtype, kind) for kind in (jnp.integer, jnp.floating)
+            )
+            if not real:
+                raise TypeError(f"`x` must be real numbers, got dtype {x.dtype}.")
+            x = x.astype(self._dtype)
+        if x.shape != self._input_shape:
+            raise ValueError(
+                f"`x` must have shape (n_inputs,) = ({self._input_shape[0]},), got "
+                f"{x.shape}."
+            )
+        return x
 
     @property
     def voltage(self) -> Float[Array, " n_neurons"]:
         """Membrane voltage of every neuron now."""
-        return self.layer.dynamics.voltage(self.state)
+        return self._layer.dynamics.voltage(self.state)

@@ -32,7 +32,8 @@ def _layer(n_in, n, dyn, weight, **kwargs):
     [sj.ODELIFDynamics(tau_mem=12.0, v_rest=-0.1), sj.CubaLIFDynamics(8.0, 3.0)],
     ids=["lif", "cuba"],
 )
-def test_recurrent_layer_without_recurrent_weights_matches_interval_engine(dyn):
+@pytest.mark.parametrize("engine", ["global", "per-neuron"])
+def test_recurrent_layer_without_recurrent_weights_matches_interval_engine(dyn, engine):
     """A recurrent layer runs dense inputs on the event engine (held currents as
     events); with zero recurrent weights it must give the feed-forward layer's
     spikes, which come from the interval engine (closed-form walk / exact-flow
@@ -44,7 +45,15 @@ def test_recurrent_layer_without_recurrent_weights_matches_interval_engine(dyn):
     rec = _layer(3, 5, dyn, w, recurrent=True, delay=0.0)
     rec = eqx.tree_at(lambda m: m.recurrent_weight, rec, jnp.zeros((5, 5)))
     a = ff.simulate(x, 0.7, max_spikes=64)
-    b = rec.simulate(x, 0.7, max_spikes=64)
+    if engine == "global":
+        b = rec.simulate(x, 0.7, max_spikes=64)
+    else:
+        # No recurrent weights at all: the engine with one clock per neuron, its
+        # held currents started at the interval boundaries.
+        b = sj.integrate_events(
+            dyn, ff.weight, ff.init_state(), inputs=x, interval=0.7, max_spikes=64
+        )
+        assert b.result == sj.RESULTS.successful
     assert int(jnp.sum(a.counts)) > 10
     np.testing.assert_array_equal(np.asarray(a.counts), np.asarray(b.counts))
     fin = np.isfinite(np.asarray(a.spike_times))

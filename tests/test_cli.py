@@ -210,3 +210,10 @@ def test_demo_writes_png(tmp_path):
     assert "Total spikes" in proc.stdout
     data = (tmp_path / "raster.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_bench_names_every_script():
+    from snode_jax.cli import BENCH_SCRIPTS
+
+    scripts = {p.name for p in (_ROOT / "bench").glob("bench_*.py")} | {"compare.py"}
+    assert set(BENCH_SCRIPTS.values()) == scripts

@@ -327,12 +327,13 @@ class SpikingODELayer(eqx.Module):
             right-continuous, like `interval_states`). Differentiable, and usable
             under `jit` and `vmap` (traced values outside the range, or not
             ascending, are reported as `RESULTS.invalid_save_times`). On dense
-            inputs each save time reruns the one interval it falls in, from that
-            interval's start state, up to the save time (exact for the closed
-            forms; within the solver's tolerance on the Runge-Kutta path, whose
-            rerun takes its own steps); on the event-driven engine the recorded
-            spikes are replayed on the exact flow (one pass over input spikes,
-            spikes and save times; a recurrent layer then needs `delay > 0`).
+            inputs the intervals are split at the save times and the layer runs
+            once more over the finer schedule (exact for the closed forms; within
+            the solver's tolerance on the Runge-Kutta path, whose second run
+            restarts its steps at each save time); on the event-driven engine the
+            recorded spikes are replayed on the exact flow (one pass over input
+            spikes, spikes and save times; a recurrent layer then needs
+            `delay > 0`).
         - `throw`: raise if the result is not successful (step or event budget or
             spike buffer exhausted, NaN/inf input, invalid parameters or input
             spikes). With `False`, inspect `sol.result` instead.

@@ -182,9 +182,11 @@ def dense_saved_states(
     # The piece ends on that crossing, which its rounding (or on the Runge-Kutta
     # path, its own steps) may place just after the end; then it holds the state
     # at the threshold, one spike short.
-    recorded = lax.stop_gradient(sol.spike_times)
-    upto = jnp.sum(recorded[None] <= times[:, None, None], axis=-1)
-    on_spike = jnp.any(recorded[None] == times[:, None, None], axis=-1)
+    recorded = lax.stop_gradient(sol.spike_times)  # ascending per neuron
+    upto = jax.vmap(lambda row: jnp.searchsorted(row, times, side="right"))(recorded)
+    last = jnp.take_along_axis(recorded, jnp.maximum(upto - 1, 0), axis=1)
+    on_spike = ((upto > 0) & (last == times[None])).T  # (save, neuron)
+    upto = upto.T
     seen = jnp.cumsum(lax.stop_gradient(run.counts), axis=0)[piece]
     short = on_spike & ~at_zero[:, None] & (seen == upto - 1)
     y = jax.vmap(lambda s, m: _where(m, _post_reset(dynamics, s), s))(y, short)
@@ -272,7 +274,7 @@ def event_saved_states(
     w_rec = jnp.zeros((n, n), dtype) if recurrent_weight is None else recurrent_weight
 
     def body(carry, event):
-        t, y, interval = carry
+        t, y, interval, saved = carry
         t_event, kind, i = event
         real = jnp.isfinite(t_event)
         t_new = jnp.where(real, t_event, t)
@@ -290,15 +292,15 @@ def event_saved_states(
         y = _where(fires, dynamics.reset(y), y)
         switch = real & (kind == _SWITCH)
         interval = jnp.where(switch, jnp.clip(i, 0, currents.shape[0] - 1), interval)
-        return (t_new, y, interval), y
+        # Only the save times' states are kept (S x n, not one per event).
+        slot = jnp.where(real & (kind == _SAVE), i, num_save)  # out of range: none
+        saved = jax.tree.map(lambda b, a: b.at[slot].set(a, mode="drop"), saved, y)
+        return (t_new, y, interval, saved), None
 
-    init = (jnp.zeros((), dtype), state0, jnp.zeros((), jnp.int32))
-    _, ys = lax.scan(body, init, (times, kinds, index))
-    # Where each save time went in the sorted list.
-    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
-    save_start = sum(p[0].shape[0] for p in parts[:3])
-    where_saved = inverse[save_start : save_start + num_save]
-    return jax.tree.map(lambda a: a[where_saved], ys)
+    saved = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_save,) + a.shape), state0)
+    init = (jnp.zeros((), dtype), state0, jnp.zeros((), jnp.int32), saved)
+    (_, _, _, saved), _ = lax.scan(body, init, (times, kinds, index))
+    return saved
 
 
 def with_saved_states(sol: Solution, save_times, states, result=None) -> Solution:

@@ -19,6 +19,7 @@ from ._misc import (
 )
 from ._root_find import BracketedNewton
 from ._runge_kutta import AbstractRungeKutta, Dopri5
+from ._save import check_save_times, integrate_events_saving, integrate_saving
 from ._solution import Solution
 from ._solver import Exact, ExactFlow, check_solver
 from ._spike_train import SpikeTrain, check_event_dynamics, check_spike_train
@@ -240,10 +241,31 @@ class SpikingODELayer(eqx.Module):
                 )
         return state
 
-    def _run(self, inputs, interval, state, max_spikes, throw, keep=True) -> Solution:
+    def _run(
+        self, inputs, interval, state, max_spikes, throw, keep=True, save_times=None
+    ) -> Solution:
         inputs = self._check_inputs(inputs)
         check_interval(interval, inputs.shape[0])
         state = self.init_state() if state is None else self._check_state(state)
+        if save_times is not None:
+            duration = jnp.sum(
+                jnp.broadcast_to(jnp.asarray(interval, self.dtype), (inputs.shape[0],))
+            )
+            return _integrate_saving_jit(
+                self.dynamics,
+                self.solver,
+                self.weight,
+                inputs,
+                jnp.asarray(interval),
+                state,
+                check_save_times(save_times, duration),
+                stepsize_controller=self.stepsize_controller,
+                root_finder=self.root_finder,
+                max_steps=self.max_steps,
+                max_spikes=max_spikes,
+                surrogate=self.surrogate,
+                throw=throw,
+            )
         return _integrate_jit(
             self.dynamics,
             self.solver,
@@ -275,6 +297,7 @@ class SpikingODELayer(eqx.Module):
         t_end: float | Float[Array, ""] | None = None,
         state: State | None = None,
         max_events: int | None = None,
+        save_times: Float[Array, " save"] | None = None,
         throw: bool = True,
     ) -> Solution:
         """Simulate the layer and record spike times.
@@ -297,6 +320,20 @@ class SpikingODELayer(eqx.Module):
         - `state`: initial state; default the resting state.
         - `max_events`: event budget of an event-driven run (spike-train inputs or
             a recurrent layer); default a bound only a full spike buffer can reach.
+        - `save_times`: times (ms, ascending, in `[0, duration]`) at which to return
+            the neuron state, as `sol.saved_states` (leading axis: the save times)
+            next to `sol.save_times`; default None (not computed). At a spike time
+            of a neuron its state just after the reset (states are
+            right-continuous, like `interval_states`). Differentiable, and usable
+            under `jit` and `vmap` (traced values outside the range, or not
+            ascending, are reported as `RESULTS.invalid_save_times`). On dense
+            inputs the intervals are split at the save times and the layer runs
+            once more over the finer schedule (exact for the closed forms; within
+            the solver's tolerance on the Runge-Kutta path, whose second run
+            restarts its steps at each save time); on the event-driven engine the
+            recorded spikes are replayed on the exact flow (one pass over input
+            spikes, spikes and save times; a recurrent layer then needs
+            `delay > 0`).
         - `throw`: raise if the result is not successful (step or event budget or
             spike buffer exhausted, NaN/inf input, invalid parameters or input
             spikes). With `False`, inspect `sol.result` instead.
@@ -334,7 +371,14 @@ class SpikingODELayer(eqx.Module):
             raise ValueError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
         if isinstance(inputs, SpikeTrain) or self.recurrent_weight is not None:
             return self._run_events(
-                inputs, interval, t_end, state, int(max_spikes), max_events, throw
+                inputs,
+                interval,
+                t_end,
+                state,
+                int(max_spikes),
+                max_events,
+                throw,
+                save_times,
             )
         for name, value in (("t_end", t_end), ("max_events", max_events)):
             if value is not None:
@@ -345,10 +389,20 @@ class SpikingODELayer(eqx.Module):
                 )
         if interval is None:
             raise ValueError("Dense `inputs` need `interval` (ms).")
-        return self._run(inputs, interval, state, int(max_spikes), throw)
+        return self._run(
+            inputs, interval, state, int(max_spikes), throw, save_times=save_times
+        )
 
     def _run_events(
-        self, inputs, interval, t_end, state, max_spikes, max_events, throw
+        self,
+        inputs,
+        interval,
+        t_end,
+        state,
+        max_spikes,
+        max_events,
+        throw,
+        save_times=None,
     ) -> Solution:
         dynamics = check_event_dynamics(
             self.dynamics,
@@ -372,6 +426,23 @@ class SpikingODELayer(eqx.Module):
             if t_end is None:
                 raise ValueError("A SpikeTrain input needs `t_end` (ms, > 0).")
             check_spike_train(inputs, self.n_inputs, t_end)
+            if save_times is not None:
+                if recurrent_weight is not None and self.delay <= 0:
+                    raise ValueError(_ZERO_DELAY_SAVE)
+                return _integrate_events_saving_jit(
+                    dynamics,
+                    self.weight,
+                    state,
+                    check_save_times(save_times, jnp.asarray(t_end, self.dtype)),
+                    spikes=inputs,
+                    t_end=t_end,
+                    recurrent_weight=recurrent_weight,
+                    delay=self.delay,
+                    root_finder=self.root_finder,
+                    max_spikes=max_spikes,
+                    max_events=max_events,
+                    throw=throw,
+                )
             return _integrate_events_jit(
                 dynamics,
                 self.weight,
@@ -394,6 +465,26 @@ class SpikingODELayer(eqx.Module):
             raise ValueError("Dense `inputs` need `interval` (ms).")
         inputs = self._check_inputs(inputs)
         check_interval(interval, inputs.shape[0])
+        if save_times is not None:
+            if self.delay <= 0:
+                raise ValueError(_ZERO_DELAY_SAVE)
+            duration = jnp.sum(
+                jnp.broadcast_to(jnp.asarray(interval, self.dtype), (inputs.shape[0],))
+            )
+            return _integrate_events_saving_jit(
+                dynamics,
+                self.weight,
+                state,
+                check_save_times(save_times, duration),
+                inputs=inputs,
+                interval=jnp.asarray(interval),
+                recurrent_weight=recurrent_weight,
+                delay=self.delay,
+                root_finder=self.root_finder,
+                max_spikes=max_spikes,
+                max_events=max_events,
+                throw=throw,
+            )
         return _integrate_events_jit(
             dynamics,
             self.weight,
@@ -462,3 +553,11 @@ class SpikingODELayer(eqx.Module):
 
 _integrate_jit = eqx.filter_jit(integrate)
 _integrate_events_jit = eqx.filter_jit(integrate_events)
+_integrate_saving_jit = eqx.filter_jit(integrate_saving)
+_integrate_events_saving_jit = eqx.filter_jit(integrate_events_saving)
+
+_ZERO_DELAY_SAVE = (
+    "`save_times` on a recurrent layer needs `delay > 0` (got delay=0.0): with zero "
+    "delay, spikes cascade within one instant in an order the spike record does "
+    "not keep, so the state there cannot be replayed from it."
+)

@@ -65,6 +65,10 @@ class RESULTS(eqx.Enumeration):
         "negative or past `t_end` (only +inf pads), or the source of a spike is not "
         "an input index of the layer (0 <= source < n_inputs)."
     )
+    invalid_save_times = (
+        "`save_times` is invalid, found at run time: a time is NaN, negative or past "
+        "the end of the simulation, or the times are not ascending."
+    )
     gradient_rerun_mismatch = (
         "The backward pass of the adaptive path reran an interval and got other "
         "spike counts than the forward pass, so its derivative is not that of the "
@@ -100,6 +104,11 @@ class Solution(eqx.Module):
     - `result`: a [`RESULTS`][] item.
     - `interval`: the interval length (ms), or one length per interval.
     - `duration`: the simulated time (ms).
+    - `save_times`: the times (ms) given to `simulate(..., save_times=...)`, or
+        None.
+    - `saved_states`: the neuron state at each of `save_times` (leading axis: the
+        save times; `dynamics.voltage(...)` of it gives the membrane voltages), or
+        None. At a spike time of a neuron its state just after the reset.
     """
 
     counts: Counts
@@ -111,6 +120,8 @@ class Solution(eqx.Module):
     result: RESULTS
     interval: Float[Array, "*time"]
     duration: Float[Array, ""]
+    save_times: Float[Array, " save"] | None = None
+    saved_states: State | None = None
 
     @property
     def steps_per_second(self) -> Float[Array, " n_neurons"]:

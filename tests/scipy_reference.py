@@ -46,6 +46,56 @@ def simulate_reference(
     return np.asarray(times), np.asarray(ends)
 
 
+def states_at_reference(
+    rhs, threshold, reset, y0, currents, interval, save_times, rtol=1e-12, atol=1e-12
+):
+    """As `simulate_reference`, and the state at each of `save_times` (ascending, in
+    `[0, len(currents) * interval]`), from each segment's dense output (DOP853's
+    7th-order interpolant). A save time equal to a spike time gets the state after
+    the reset. Returns `(spike_times, states)`, states of shape `(len(save_times),
+    len(y0))`."""
+    y = np.asarray(y0, np.float64)
+    save_times = np.asarray(save_times, np.float64)
+    states = np.full((len(save_times), len(y)), np.nan)
+    times = []
+    done = save_times <= 0
+    states[done] = y
+
+    def event(_, yy):
+        return threshold(yy)
+
+    event.terminal = True
+    event.direction = 1
+    for k, current in enumerate(currents):
+        t, t_end = k * interval, (k + 1) * interval
+        while t < t_end:
+            sol = solve_ivp(
+                lambda _, yy: rhs(yy, current),
+                (t, t_end),
+                y,
+                method="DOP853",
+                rtol=rtol,
+                atol=atol,
+                events=event,
+                dense_output=True,
+            )
+            spiked = sol.status == 1
+            t_stop = float(sol.t_events[0][0]) if spiked else t_end
+            y_stop = sol.y_events[0][0] if spiked else sol.y[:, -1]
+            if spiked:
+                times.append(t_stop)
+                y_stop = reset(y_stop)
+            inside = ~done & (save_times < t_stop)
+            for j in np.flatnonzero(inside):
+                states[j] = sol.sol(save_times[j])
+            at_stop = ~done & (save_times == t_stop)
+            states[at_stop] = y_stop
+            done = done | inside | at_stop
+            t, y = t_stop, np.asarray(y_stop, np.float64)
+    assert done.all(), "save times past the end"
+    return np.asarray(times), states
+
+
 def adex_rhs(p):
     def rhs(y, current):
         v, w = y

@@ -1,0 +1,273 @@
+"""Plots of simulations: spike rasters, membrane-voltage traces, firing-rate curves.
+
+Needs matplotlib (`pip install "snode_jax[plot]"`), imported when a function is
+called. Every function draws on `ax` (default: the current axes, `plt.gca()`),
+returns it, and never calls `plt.show()`.
+"""
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+from jaxtyping import ArrayLike, Float
+
+from ._dynamics import AbstractDynamics
+from ._misc import describe
+from ._solution import Solution
+from ._spike_train import SpikeTrain
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError(
+            "snode_jax.plot needs matplotlib, which is not installed: "
+            'pip install "snode_jax[plot]" (or pip install "matplotlib>=3.8").'
+        ) from e
+    return plt
+
+
+def _axes(ax):
+    plt = _pyplot()
+    return plt.gca() if ax is None else ax
+
+
+def _neuron_index(neurons, n: int, bounded: bool = True) -> np.ndarray:
+    """`neurons` (None: all `n`) as an int array of indices in `[0, n)` (or, not
+    `bounded`, any index >= 0)."""
+    if neurons is None:
+        return np.arange(n)
+    index = np.atleast_1d(np.asarray(neurons))
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(
+            f"`neurons` must be a sequence of neuron indices (ints), got {neurons!r}."
+        )
+    bad = (index < 0) | ((index >= n) if bounded else False)
+    if np.any(bad):
+        allowed = f"in [0, {n})" if bounded else ">= 0"
+        raise ValueError(
+            f"`neurons` must be neuron indices {allowed}, got {describe(index[bad])}."
+        )
+    return index
+
+
+def _check_times(times: np.ndarray, what: str) -> None:
+    bad = np.isnan(times) | (times < 0)
+    if np.any(bad):
+        raise ValueError(
+            f"{what} must be >= 0 (ms), or +inf for padding; got {describe(times[bad])}."
+        )
+
+
+def raster(
+    spikes: Solution | SpikeTrain | Float[ArrayLike, "n_neurons max_spikes"],
+    *,
+    ax: "Axes | None" = None,
+    t_end: float | None = None,
+    neurons: Sequence[int] | None = None,
+    **scatter_kwargs: Any,
+) -> "Axes":
+    """A spike raster: one mark per spike, at its time (ms) and neuron (or source).
+
+    **Arguments:**
+
+    - `spikes`: a [`Solution`][] (its `spike_times`), a [`SpikeTrain`][] (times and
+        sources), or an array `(n_neurons, max_spikes)` of spike times padded with
+        `+inf`. One simulation, not a batch.
+    - `ax`: the matplotlib `Axes` to draw on; default the current axes.
+    - `t_end`: the right end of the time axis (ms); default the solution's
+        duration, else the last spike.
+    - `neurons`: the neurons (or sources) to show, by index; default all. They
+        keep their index on the vertical axis.
+    - `scatter_kwargs`: passed to `ax.scatter` (defaults: `marker="|"`, `s=40`,
+        `color="black"`, `linewidths=1`).
+
+    **Returns:** the `Axes`.
+
+    **Raises:** `ValueError` for a batch, a wrong shape, NaN or negative times, or
+    neuron indices out of range.
+    """
+    duration = None
+    if isinstance(spikes, Solution):
+        duration = spikes.duration
+        spikes = spikes.spike_times
+    if isinstance(spikes, SpikeTrain):
+        times = np.asarray(spikes.times, float)
+        sources = np.asarray(spikes.sources)
+        if times.ndim != 1:
+            raise ValueError(
+                "`spikes` must be one SpikeTrain with 1-D times, got shape "
+                f"{times.shape} (a batch? plot one element)."
+            )
+        _check_times(times, "Spike times")
+        real = np.isfinite(times)
+        rows, times = sources[real], times[real]
+        n = int(rows.max()) + 1 if len(rows) else 0
+        bounded = False  # a train does not say how many sources there are
+    else:
+        grid = np.asarray(spikes, float)
+        if grid.ndim != 2:
+            raise ValueError(
+                "`spikes` must be a Solution, a SpikeTrain or an array (n_neurons, "
+                f"max_spikes) of spike times, got shape {grid.shape} (a batch? plot "
+                "one element)."
+            )
+        _check_times(grid, "Spike times")
+        n = grid.shape[0]
+        rows = np.broadcast_to(np.arange(n)[:, None], grid.shape)
+        real = np.isfinite(grid)
+        rows, times = rows[real], grid[real]
+        bounded = True
+    shown = _neuron_index(neurons, n, bounded)
+    keep = np.isin(rows, shown)
+    rows, times = rows[keep], times[keep]
+    ax = _axes(ax)
+    style: dict[str, Any] = dict(marker="|", s=40, color="black", linewidths=1)
+    style.update(scatter_kwargs)
+    ax.scatter(times, rows, **style)
+    if t_end is None:
+        t_end = float(np.max(np.asarray(duration))) if duration is not None else None
+    if t_end is None:
+        t_end = float(times.max()) if len(times) else 1.0
+    ax.set_xlim(0.0, float(t_end))
+    low, high = (shown.min(), shown.max()) if len(shown) else (0, 0)
+    ax.set_ylim(low - 0.5, high + 0.5)
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("neuron")
+    return ax
+
+
+def voltage_traces(
+    solution: Solution,
+    dynamics_or_layer: Any,
+    *,
+    neurons: Sequence[int] | None = None,
+    ax: "Axes | None" = None,
+    threshold: bool = True,
+    spike_marks: bool = True,
+    **plot_kwargs: Any,
+) -> "Axes":
+    """Membrane voltage against time, from a run with `save_times`: one line per
+    neuron through the saved voltages, the threshold as a dashed line, and a mark
+    on the threshold at each spike time.
+
+    **Arguments:**
+
+    - `solution`: from `layer.simulate(..., save_times=...)`.
+    - `dynamics_or_layer`: the model (an `AbstractDynamics`), or the
+        `SpikingODELayer` that ran; its `voltage` reads the voltage from the saved
+        states, and the threshold voltage is `voltage(y) - threshold(y)` (for
+        the models here `v_threshold`, or `v_peak`).
+    - `neurons`: the neurons to draw, by index; default all.
+    - `ax`: the matplotlib `Axes`; default the current axes.
+    - `threshold`, `spike_marks`: draw the threshold line, and the spike marks.
+    - `plot_kwargs`: passed to `ax.plot` for the voltage lines.
+
+    The saved states are right-continuous: at a save time equal to a spike time the
+    voltage is the reset value; the spike shows as a mark on the threshold line.
+
+    **Returns:** the `Axes`.
+
+    **Raises:** `ValueError` if the solution has no saved states, is a batch, or
+    `neurons` is out of range; `TypeError` for a model that is not one.
+    """
+    if solution.saved_states is None or solution.save_times is None:
+        raise ValueError(
+            "`solution` has no saved states: simulate with `save_times=` (e.g. "
+            "`save_times=jnp.linspace(0, duration, 500)`)."
+        )
+    dynamics = getattr(dynamics_or_layer, "dynamics", dynamics_or_layer)
+    if not isinstance(dynamics, AbstractDynamics):
+        raise TypeError(
+            "`dynamics_or_layer` must be a model (AbstractDynamics) or a layer with "
+            f"`.dynamics`, got {type(dynamics_or_layer).__name__}."
+        )
+    save_times = np.asarray(solution.save_times)
+    if save_times.ndim != 1:
+        raise ValueError(
+            f"`solution` must be one simulation, got save times of shape "
+            f"{save_times.shape} (a batch? plot one element)."
+        )
+    states = solution.saved_states
+    volts = np.asarray(jax.vmap(dynamics.voltage)(states))
+    margins = np.asarray(jax.vmap(dynamics.threshold)(states))
+    # The threshold voltage, per neuron (constant in time for a voltage threshold).
+    v_threshold = (volts - margins)[0] if len(save_times) else np.zeros(volts.shape[1])
+    shown = _neuron_index(neurons, volts.shape[1])
+    ax = _axes(ax)
+    spike_times = np.asarray(solution.spike_times)
+    for i in shown:
+        (line,) = ax.plot(save_times, volts[:, i], label=f"neuron {i}", **plot_kwargs)
+        color = line.get_color()
+        if threshold:
+            ax.axhline(
+                float(v_threshold[i]), color=color, linestyle="--", linewidth=0.8
+            )
+        own = spike_times[i][np.isfinite(spike_times[i])]
+        if spike_marks and len(own):
+            ax.scatter(
+                own,
+                np.full(own.shape, v_threshold[i]),
+                marker="^",
+                color=color,
+                zorder=3,
+            )
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("membrane voltage")
+    return ax
+
+
+def rate_curve(
+    drive: Float[ArrayLike, " points"],
+    rate: Float[ArrayLike, " points"],
+    *,
+    ax: "Axes | None" = None,
+    label: str | None = None,
+    xlabel: str = "input current",
+    ylabel: str = "firing rate (Hz)",
+    **plot_kwargs: Any,
+) -> "Axes":
+    """A firing-rate curve (an f-I curve): `rate` against `drive`, as a line with
+    markers.
+
+    **Arguments:**
+
+    - `drive`: the drive of each point (input current, input rate, ...), 1-D.
+    - `rate`: the firing rate at each point (e.g. Hz: `1000 * counts / duration_ms`),
+        same shape.
+    - `ax`: the matplotlib `Axes`; default the current axes.
+    - `label`: a legend entry for this curve (then the legend is drawn).
+    - `xlabel`, `ylabel`: the axis labels.
+    - `plot_kwargs`: passed to `ax.plot` (default `marker="o"`).
+
+    **Returns:** the `Axes`.
+
+    **Raises:** `ValueError` for shapes that are not equal and 1-D, or values that
+    are not finite.
+    """
+    x = np.asarray(drive, float)
+    y = np.asarray(rate, float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(
+            "`drive` and `rate` must be 1-D arrays of equal length, got shapes "
+            f"{x.shape} and {y.shape}."
+        )
+    for name, values in (("drive", x), ("rate", y)):
+        if not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"`{name}` must be finite, got {describe(values[~np.isfinite(values)])}."
+            )
+    ax = _axes(ax)
+    style: dict[str, Any] = dict(marker="o")
+    style.update(plot_kwargs)
+    ax.plot(x, y, label=label, **style)
+    if label is not None:
+        ax.legend()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax

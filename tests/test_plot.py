@@ -1,0 +1,187 @@
+"""`snode_jax.plot`: figures rendered to PNG headless, and the data they show."""
+
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import snode_jax as sj  # noqa: E402
+from snode_jax import plot  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def save_png(ax, path):
+    ax.figure.savefig(path, dpi=50)
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000
+    plt.close(ax.figure)
+
+
+@pytest.fixture(scope="module")
+def run():
+    """Three LIF neurons under held input, with the voltage saved on a grid."""
+    layer = sj.SpikingODELayer(
+        1, 3, sj.ODELIFDynamics(tau_mem=20.0), key=jax.random.key(0)
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[0.03], [0.08], [0.15]]))
+    inputs = np.ones((4, 1))
+    save = jnp.linspace(0.0, 40.0, 101)
+    sol = layer.simulate(inputs, 10.0, max_spikes=16, save_times=save)
+    return layer, sol
+
+
+def test_raster_of_solution(run, tmp_path):
+    _, sol = run
+    fig, ax = plt.subplots()
+    out = plot.raster(sol, ax=ax)
+    assert out is ax
+    (points,) = ax.collections
+    times = np.asarray(sol.spike_times)
+    rows, cols = np.nonzero(np.isfinite(times))
+    assert len(rows) >= 5
+    np.testing.assert_array_equal(
+        points.get_offsets(), np.stack([times[rows, cols], rows], axis=1)
+    )
+    assert ax.get_xlim() == (0.0, 40.0)  # the duration
+    save_png(ax, tmp_path / "raster.png")
+
+
+def test_raster_of_spike_train_and_array(tmp_path):
+    train = sj.SpikeTrain(jnp.array([3.0, jnp.inf, 1.0, 2.5]), jnp.array([2, 0, 0, 2]))
+    ax = plot.raster(train, ax=plt.subplots()[1], color="red")
+    np.testing.assert_array_equal(
+        ax.collections[0].get_offsets(), [[3.0, 2], [1.0, 0], [2.5, 2]]
+    )
+    assert ax.get_xlim() == (0.0, 3.0)  # the last spike
+    save_png(ax, tmp_path / "train.png")
+    times = np.array([[1.0, 4.0, np.inf], [np.inf, np.inf, np.inf], [0.5, 2.0, 6.0]])
+    ax = plot.raster(times, ax=plt.subplots()[1], t_end=10.0, neurons=[2])
+    np.testing.assert_array_equal(
+        ax.collections[0].get_offsets(), [[0.5, 2], [2.0, 2], [6.0, 2]]
+    )
+    assert ax.get_xlim() == (0.0, 10.0)
+    save_png(ax, tmp_path / "array.png")
+
+
+def test_raster_errors(run):
+    _, sol = run
+    with pytest.raises(ValueError, match=r"neuron indices in \[0, 3\), got \[3\]"):
+        plot.raster(sol, neurons=[3])
+    with pytest.raises(ValueError, match=r"Spike times must be >= 0 .*nan"):
+        plot.raster(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 1\) \(a batch"):
+        plot.raster(np.ones((2, 3, 1)))
+    plt.close("all")
+
+
+def test_voltage_traces(run, tmp_path):
+    layer, sol = run
+    fig, ax = plt.subplots()
+    out = plot.voltage_traces(sol, layer, ax=ax, neurons=[1, 2])
+    assert out is ax
+    lines = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    thresholds = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(lines) == 2 and len(thresholds) == 2
+    for line, i in zip(lines, [1, 2]):
+        np.testing.assert_array_equal(line.get_xdata(), sol.save_times)
+        np.testing.assert_array_equal(line.get_ydata(), sol.saved_states.v[:, i])
+    for line in thresholds:  # horizontal, at v_threshold = 1
+        np.testing.assert_array_equal(line.get_ydata(), [1.0, 1.0])
+    # Spike marks: at each spike time of the neuron, on the threshold.
+    for marks, i in zip(ax.collections, [1, 2]):
+        times = np.asarray(sol.spike_times[i])
+        times = times[np.isfinite(times)]
+        assert len(times) >= 1
+        np.testing.assert_array_equal(
+            marks.get_offsets(), np.stack([times, np.ones_like(times)], axis=1)
+        )
+    save_png(ax, tmp_path / "voltage.png")
+    # The model alone works as well as the layer.
+    ax = plot.voltage_traces(sol, layer.dynamics, ax=plt.subplots()[1])
+    assert len([ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]) == 3
+    plt.close("all")
+
+
+def test_voltage_traces_threshold_of_adex_like_models():
+    # The threshold line comes from the model's threshold function (AdEx: v_peak).
+    dyn = sj.AdExDynamics(v_peak=-45.0)
+    states = sj.AdExState(v=jnp.array([[-70.0], [-60.0]]), w=jnp.zeros((2, 1)))
+    sol = sj.Solution(
+        counts=jnp.zeros((1, 1)),
+        spike_times=jnp.full((1, 2), jnp.inf),
+        num_spikes=jnp.zeros((1,), int),
+        final_state=jax.tree.map(lambda a: a[-1], states),
+        interval_states=None,
+        stats={},
+        result=sj.RESULTS.successful,
+        interval=jnp.asarray(1.0),
+        duration=jnp.asarray(1.0),
+        save_times=jnp.array([0.0, 1.0]),
+        saved_states=states,
+    )
+    ax = plot.voltage_traces(sol, dyn, ax=plt.subplots()[1])
+    (threshold,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    np.testing.assert_array_equal(threshold.get_ydata(), [-45.0, -45.0])
+    assert not ax.collections  # no spikes, no marks
+    plt.close("all")
+
+
+def test_voltage_traces_errors(run):
+    layer, sol = run
+    bare = eqx.tree_at(
+        lambda s: (s.save_times, s.saved_states),
+        sol,
+        (None, None),
+        is_leaf=lambda x: x is None,
+    )
+    with pytest.raises(
+        ValueError, match="no saved states: simulate with `save_times=`"
+    ):
+        plot.voltage_traces(bare, layer)
+    with pytest.raises(TypeError, match="must be a model"):
+        plot.voltage_traces(sol, "lif")
+    with pytest.raises(ValueError, match=r"in \[0, 3\), got \[-1\]"):
+        plot.voltage_traces(sol, layer, neurons=[-1])
+    plt.close("all")
+
+
+def test_rate_curve(tmp_path):
+    # The f-I curve of the LIF has a closed form: rate = 1000 / (tau log(I tau /
+    # (I tau - 1))) Hz above the rheobase I = 1 / tau (threshold 1, C = 1).
+    tau = 20.0
+    drive = np.linspace(0.06, 0.3, 7)
+    rate = 1000.0 / (tau * np.log(drive * tau / (drive * tau - 1.0)))
+    fig, ax = plt.subplots()
+    out = plot.rate_curve(drive, rate, ax=ax, label="LIF", color="C1")
+    assert out is ax
+    (line,) = ax.get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), drive)
+    np.testing.assert_array_equal(line.get_ydata(), rate)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["LIF"]
+    assert ax.get_ylabel() == "firing rate (Hz)"
+    save_png(ax, tmp_path / "rate.png")
+    with pytest.raises(ValueError, match=r"equal length, got shapes \(7,\) and \(6,\)"):
+        plot.rate_curve(drive, rate[:-1])
+    with pytest.raises(ValueError, match="`rate` must be finite"):
+        plot.rate_curve(drive, np.where(drive > 0.1, rate, np.nan))
+    plt.close("all")
+
+
+def test_default_axes_is_current():
+    fig, ax = plt.subplots()
+    assert plot.rate_curve([1.0, 2.0], [3.0, 4.0]) is ax
+    plt.close("all")
+
+
+def test_missing_matplotlib(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"snode_jax\[plot\]"):
+        plot.rate_curve([1.0], [2.0])

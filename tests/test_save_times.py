@@ -1,0 +1,472 @@
+"""`simulate(..., save_times=)`: the neuron state at given times, against closed
+forms (LIF), SciPy's DOP853 with resets (CubaLIF, AdEx) and the independent event
+simulator (spike-train inputs), with its errors, gradients, `jit` and `vmap`."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snode_jax as sj
+
+from .lif_reference import lif_reference
+from .network_reference import simulate_layer
+from .scipy_reference import adex_rhs, states_at_reference
+
+KEY = jax.random.key(0)
+TAU = 20.0
+# Every call of a test module passes this many save times (a grid, or spike times
+# padded with the end time), so that the module compiles each path once.
+NUM_SAVE = 64
+
+
+def padded(times, end):
+    """`times` sorted, then repeated `end` up to `NUM_SAVE` entries."""
+    times = np.sort(np.asarray(times, float))
+    assert len(times) <= NUM_SAVE
+    return np.concatenate([times, np.full(NUM_SAVE - len(times), end)])
+
+
+def with_weight(layer, weight):
+    return eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, float))
+
+
+def lif_voltage_at(ref, inputs, weight, interval, t, v_reset=0.0):
+    """Closed-form LIF voltage at time `t` (post-reset at a spike): from the latest
+    of the interval start and the last spike at or before `t`, `v(t) = v_inf + (v0
+    - v_inf) exp(-(t - t0) / tau)` with the interval's held current."""
+    currents = np.asarray(inputs) @ np.asarray(weight).T
+    n = currents.shape[1]
+    if t <= 0:
+        return np.zeros(n)
+    k = min(int(np.ceil(t / interval)) - 1, currents.shape[0] - 1)
+    start = k * interval
+    v0 = ref.interval_v[k - 1] if k > 0 else np.zeros(n)
+    out = np.empty(n)
+    for i in range(n):
+        spikes = ref.spike_times[i]
+        spikes = spikes[(spikes > start) & (spikes <= t)]
+        t0, vi = (spikes[-1], v_reset) if len(spikes) else (start, v0[i])
+        v_inf = currents[k, i] * TAU
+        out[i] = v_inf + (vi - v_inf) * np.exp(-(t - t0) / TAU)
+    return out
+
+
+# -- dense inputs ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lif_case():
+    rng = np.random.default_rng(1)
+    n, n_in, steps, interval = 4, 3, 6, 5.0
+    weight = rng.uniform(0.0, 0.06, (n, n_in))
+    inputs = rng.uniform(0.0, 2.0, (steps, n_in))
+    layer = with_weight(
+        sj.SpikingODELayer(n_in, n, sj.ODELIFDynamics(TAU), key=KEY), weight
+    )
+    ref = lif_reference(weight, inputs, interval, tau_mem=TAU)
+    return layer, inputs, interval, ref
+
+
+def test_lif_closed_form(lif_case):
+    layer, inputs, interval, ref = lif_case
+    assert sum(len(s) for s in ref.spike_times) >= 6  # spikes inside intervals
+    # A grid (with every interval boundary and both ends) and off-grid times.
+    grid = np.arange(0.0, interval * len(inputs) + 0.25, 0.5)  # boundaries too
+    save = np.sort(np.concatenate([grid, [0.3, 7.77, 12.5001]]))
+    sol = layer.simulate(inputs, interval, max_spikes=32, save_times=save)
+    assert sol.saved_states.v.shape == (len(save), 4)
+    np.testing.assert_array_equal(sol.save_times, save)
+    expected = np.stack(
+        [lif_voltage_at(ref, inputs, layer.weight, interval, t) for t in save]
+    )
+    # Closed form against closed form in float64: rounding only.
+    np.testing.assert_allclose(sol.saved_states.v, expected, rtol=0, atol=1e-12)
+    # At interval ends: `interval_states` (up to rounding: the second run's
+    # intervals are split at the save times).
+    ends = np.searchsorted(save, interval * np.arange(1, len(inputs) + 1))
+    np.testing.assert_allclose(
+        sol.saved_states.v[ends], sol.interval_states.v, rtol=0, atol=1e-13
+    )
+
+
+def at_own_spikes(sol, saved_v, save):
+    """The saved voltage of each neuron at each of its own recorded spike times."""
+    out = []
+    spikes = np.asarray(sol.spike_times)
+    for i in range(spikes.shape[0]):
+        own = spikes[i][np.isfinite(spikes[i])]
+        rows = np.searchsorted(save, own)
+        np.testing.assert_array_equal(save[rows], own)
+        out.append(np.asarray(saved_v)[rows, i])
+    return np.concatenate(out)
+
+
+def test_lif_at_spike_times_post_reset(lif_case):
+    layer, inputs, interval, _ = lif_case
+    end = interval * len(inputs)
+    sol = layer.simulate(inputs, interval, max_spikes=32, save_times=padded([], end))
+    spikes = np.asarray(sol.spike_times)
+    save = padded(np.unique(spikes[np.isfinite(spikes)]), end)
+    at = layer.simulate(inputs, interval, max_spikes=32, save_times=save)
+    v = at_own_spikes(at, at.saved_states.v, save)
+    assert len(v) >= 6
+    # Right after the reset: v_reset = 0 (flowed for no time at all); just before
+    # it the voltage is at the threshold, 1.
+    np.testing.assert_allclose(v, 0.0, atol=1e-12)
+
+
+def test_refractory_lif_at_spike_times():
+    dyn = sj.ODELIFDynamics(TAU, t_ref=2.0)
+    layer = with_weight(sj.SpikingODELayer(1, 2, dyn, key=KEY), [[0.08], [0.2]])
+    inputs = np.ones((3, 1))
+    sol = layer.simulate(inputs, 10.0, max_spikes=16, save_times=padded([], 30.0))
+    times = np.asarray(sol.spike_times[1])
+    times = times[np.isfinite(times)]
+    assert len(times) >= 3
+    # At each spike, and halfway through the refractory period after it.
+    times = times[times + 1.0 <= 30.0]
+    save = padded(np.concatenate([times, times + 1.0]), 30.0)
+    at = layer.simulate(inputs, 10.0, max_spikes=16, save_times=save)
+    on, mid = np.searchsorted(save, times), np.searchsorted(save, times + 1.0)
+    # The membrane is held at v_reset = 0 throughout; the refractory period starts
+    # at the spike (2 ms left) and 1 ms is left halfway.
+    np.testing.assert_allclose(at.saved_states.v[on, 1], 0.0, atol=1e-12)
+    np.testing.assert_allclose(at.saved_states.refractory[on, 1], 2.0, atol=1e-12)
+    np.testing.assert_allclose(at.saved_states.v[mid, 1], 0.0, atol=1e-12)
+    np.testing.assert_allclose(at.saved_states.refractory[mid, 1], 1.0, atol=1e-12)
+
+
+def cuba_rhs(tau_mem, tau_syn):
+    def rhs(y, current):
+        v, i = y
+        return [-v / tau_mem + i, (current - i) / tau_syn]
+
+    return rhs, lambda y: y[0] - 1.0, lambda y: np.array([0.0, y[1]])
+
+
+ADEX = dict(
+    C=281.0,
+    g_L=30.0,
+    E_L=-70.6,
+    V_T=-50.4,
+    Delta_T=2.0,
+    tau_w=144.0,
+    a=4.0,
+    b=80.5,
+    v_reset=-70.6,
+    v_peak=-40.4,
+)
+
+
+def model_case(model):
+    """A layer of two neurons, each driven by its own input (identity weights), over
+    three intervals of held input: its settings, and the SciPy reference's."""
+    if model == "cuba":
+        dyn, rhs = sj.CubaLIFDynamics(tau_mem=10.0, tau_syn=4.0), cuba_rhs(10.0, 4.0)
+        currents = np.array([[0.0, 0.16], [0.25, 0.05], [0.12, 0.3]])
+        interval, y0, names = 10.0, [0.0, 0.0], ("v", "i_syn")
+        kwargs = {}
+    else:
+        dyn, rhs = sj.AdExDynamics(), adex_rhs(ADEX)
+        currents = np.array([[600.0, 1000.0], [900.0, 300.0], [1200.0, 800.0]])
+        interval, y0, names = 40.0, [-70.6, 0.0], ("v", "w")
+        kwargs = dict(
+            solver=sj.Dopri5(),
+            rtol=1e-11,
+            atol=1e-11,
+            dt_min=1e-6,
+            dt_init=0.01,
+            max_steps=20000,
+        )
+    n = currents.shape[1]
+    layer = with_weight(sj.SpikingODELayer(n, n, dyn, key=KEY, **kwargs), np.eye(n))
+    return layer, currents, interval, rhs, y0, names
+
+
+@pytest.mark.parametrize("model", ["cuba", "adex"])
+def test_against_scipy(model):
+    layer, currents, interval, rhs, y0, names = model_case(model)
+    n = currents.shape[1]
+    # CubaLIF (exact flow): rounding, and the reference's rtol 1e-12. AdEx: the
+    # second run restarts its steps at each save time; it and the reference carry
+    # global errors of order rtol times the growth through the upswing to v_peak
+    # (measured: 4e-10 relative).
+    tol = 1e-9 if model == "cuba" else 1e-8
+    duration = interval * len(currents)
+    save = np.linspace(0.0, duration, NUM_SAVE)
+    sol = layer.simulate(currents, interval, max_spikes=64, save_times=save)
+    spikes = np.asarray(sol.spike_times)
+    on_spikes = padded(np.unique(spikes[np.isfinite(spikes)]), duration)
+    at = layer.simulate(currents, interval, max_spikes=64, save_times=on_spikes)
+    v_reset = 0.0 if model == "cuba" else -70.6
+    # At the spike times: just after the reset.
+    v = at_own_spikes(at, at.saved_states.v, on_spikes)
+    np.testing.assert_allclose(v, v_reset, atol=1e-9)
+    for i in range(n):
+        times, states = states_at_reference(*rhs, y0, currents[:, i], interval, save)
+        assert len(times) == np.isfinite(spikes[i]).sum() > 0
+        for j, name in enumerate(names):
+            got = np.asarray(getattr(sol.saved_states, name))[:, i]
+            scale = np.maximum(1.0, np.abs(states[:, j]))
+            err = np.abs(got - states[:, j]) / scale
+            np.testing.assert_array_less(err, tol)
+
+
+# -- the event-driven engine -------------------------------------------------------
+
+
+def reference_states(model, W, times, sources, save, W_rec=None, delay=0.0, **p):
+    """The independent event simulator run up to each save time: its state at the
+    end of `[0, t]` (a crossing at exactly `t` counts, so after the reset)."""
+    out_v, out_i = [], []
+    for t in save:
+        keep = times <= t
+        if t == 0:
+            out_v.append(np.zeros(W.shape[0]))
+            out_i.append(np.zeros(W.shape[0]))
+            continue
+        r = simulate_layer(
+            W, times[keep], sources[keep], t, model, W_rec=W_rec, delay=delay, **p
+        )
+        out_v.append(r.final_v)
+        out_i.append(r.final_i)
+    return np.array(out_v), np.array(out_i)
+
+
+@pytest.fixture(scope="module")
+def spike_case():
+    rng = np.random.default_rng(3)
+    n_in, n, t_end = 5, 4, 30.0
+    times = np.sort(rng.uniform(0.0, 25.0, 40))
+    times[7] = times[6]  # two input spikes at one instant
+    sources = rng.integers(0, n_in, 40)
+    W = rng.uniform(-0.2, 0.9, (n, n_in))
+    return n_in, n, t_end, times, sources, W
+
+
+@pytest.mark.parametrize("model", ["lif", "cuba"])
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_events_against_reference(spike_case, model, recurrent):
+    n_in, n, t_end, times, sources, W = spike_case
+    W_rec = np.random.default_rng(4).uniform(-0.3, 0.4, (n, n))
+    if model == "cuba":
+        W, W_rec = W * 0.1, W_rec * 0.1
+        dyn = sj.CubaLIFDynamics(tau_mem=TAU, tau_syn=5.0)
+    else:
+        W = W * 0.3
+        dyn = sj.ODELIFDynamics(TAU)
+    layer = sj.SpikingODELayer(
+        n_in, n, dyn, key=KEY, recurrent=recurrent, delay=0.7 if recurrent else 0.0
+    )
+    layer = with_weight(layer, W)
+    if recurrent:
+        layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.asarray(W_rec))
+    else:
+        W_rec = None
+    save = padded(np.concatenate([np.linspace(0.0, t_end, 31), times[:5]]), t_end)
+    train = sj.SpikeTrain(jnp.asarray(times), jnp.asarray(sources))
+    sol = layer.simulate(train, t_end=t_end, max_spikes=32, save_times=save)
+    assert np.isfinite(sol.spike_times).sum() >= 4
+    ref_v, ref_i = reference_states(
+        model,
+        W,
+        times,
+        sources,
+        save,
+        W_rec=W_rec,
+        delay=0.7 if recurrent else 0.0,
+        tau_mem=TAU,
+        tau_syn=5.0,
+    )
+    # Both follow the exact flow from event to event: rounding, and spike times
+    # that agree to ~1e-13 ms.
+    np.testing.assert_allclose(sol.saved_states.v, ref_v, rtol=0, atol=1e-10)
+    if model == "cuba":
+        np.testing.assert_allclose(sol.saved_states.i_syn, ref_i, rtol=0, atol=1e-10)
+    # The last save time is the end: the final state.
+    np.testing.assert_allclose(sol.saved_states.v[-1], sol.final_state.v, atol=1e-12)
+    # At each recorded spike time of a neuron: after its reset.
+    spikes = np.asarray(sol.spike_times)
+    on_spikes = padded(np.unique(spikes[np.isfinite(spikes)]), t_end)
+    at = layer.simulate(train, t_end=t_end, max_spikes=32, save_times=on_spikes)
+    np.testing.assert_allclose(
+        at_own_spikes(at, at.saved_states.v, on_spikes), 0.0, atol=1e-12
+    )
+
+
+def test_recurrent_dense_inputs_closed_form(lif_case):
+    # A recurrent layer runs dense inputs on the event engine too; with zero
+    # recurrent weights it is the feed-forward LIF of the closed form.
+    layer, inputs, interval, ref = lif_case
+    rec = sj.SpikingODELayer(
+        layer.n_inputs,
+        layer.n_neurons,
+        layer.dynamics,
+        recurrent=True,
+        delay=0.5,
+        key=KEY,
+    )
+    rec = eqx.tree_at(
+        lambda m: (m.weight, m.recurrent_weight),
+        rec,
+        (layer.weight, jnp.zeros_like(rec.recurrent_weight)),
+    )
+    save = np.linspace(0.0, interval * len(inputs), NUM_SAVE)
+    sol = rec.simulate(inputs, interval, max_spikes=32, save_times=save)
+    expected = np.stack(
+        [lif_voltage_at(ref, inputs, layer.weight, interval, t) for t in save]
+    )
+    np.testing.assert_allclose(sol.saved_states.v, expected, rtol=0, atol=1e-11)
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "save, match",
+    [
+        ([1.0, np.nan], r"`save_times` must be finite .*nan"),
+        ([-0.5, 1.0], r"`save_times` must be >= 0 .*-0.5"),
+        ([1.0, 31.0], r"`save_times` must lie in \[0, 30.0\] .*31.0"),
+        ([2.0, 1.0], r"ascending, got save_times\[0\] = 2.0 > save_times\[1\] = 1.0"),
+        ([[1.0]], r"1-D array .*shape \(1, 1\)"),
+    ],
+)
+def test_errors(lif_case, spike_case, save, match):
+    layer, inputs, interval, _ = lif_case
+    with pytest.raises(ValueError, match=match):
+        layer.simulate(inputs, interval, save_times=np.asarray(save))
+    n_in, n, t_end, times, sources, W = spike_case
+    ev = sj.SpikingODELayer(n_in, n, key=KEY)
+    train = sj.SpikeTrain(jnp.asarray(times), jnp.asarray(sources))
+    with pytest.raises(ValueError, match=match):
+        ev.simulate(train, t_end=t_end, save_times=np.asarray(save))
+
+
+def test_zero_delay_recurrent_error():
+    layer = sj.SpikingODELayer(2, 3, recurrent=True, key=KEY)
+    train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))
+    with pytest.raises(ValueError, match=r"needs `delay > 0`"):
+        layer.simulate(train, t_end=5.0, save_times=jnp.array([1.0]))
+    with pytest.raises(ValueError, match=r"needs `delay > 0`"):
+        layer.simulate(np.ones((2, 2)), 1.0, save_times=jnp.array([1.0]))
+
+
+def test_traced_invalid_save_times(lif_case):
+    layer, inputs, interval, _ = lif_case
+
+    @eqx.filter_jit
+    def run(save, throw):
+        return layer.simulate(inputs, interval, save_times=save, throw=throw)
+
+    for bad in ([1.0, 40.0], [3.0, 2.0], [-1.0, 2.0], [np.nan, 2.0]):
+        sol = run(jnp.asarray(bad), False)
+        assert sol.result == sj.RESULTS.invalid_save_times
+        with pytest.raises(Exception, match="`save_times` is invalid"):
+            run(jnp.asarray(bad), True)
+    assert run(jnp.asarray([1.0, 30.0]), False).result == sj.RESULTS.successful
+
+
+# -- gradients, jit, vmap ----------------------------------------------------------
+
+
+def central_difference(f, x, eps):
+    x = np.asarray(x, float)
+    out = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[idx] = eps
+        out[idx] = (f(x + step) - f(x - step)) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("case", ["lif", "adex", "events"])
+def test_gradient_against_finite_differences(lif_case, spike_case, case):
+    if case == "lif":
+        layer, inputs, interval, _ = lif_case
+        save = jnp.linspace(1.0, 29.0, NUM_SAVE)
+
+        def loss(w):
+            sol = with_weight(layer, w).simulate(
+                inputs, interval, max_spikes=32, save_times=save
+            )
+            return jnp.sum(sol.saved_states.v * jnp.arange(1, NUM_SAVE + 1)[:, None])
+
+        w0, eps, tol = layer.weight, 1e-6, 1e-6
+    elif case == "adex":
+        layer, inputs, interval, *_ = model_case("adex")
+        grid = np.linspace(0.0, 120.0, NUM_SAVE)
+        sol = layer.simulate(inputs, interval, max_spikes=64, save_times=grid)
+        spikes = np.asarray(sol.spike_times)
+        spikes = spikes[np.isfinite(spikes)]
+        # Away from the upswings, where v(t) moves by tens of mV per ms and a
+        # finite difference would step across a spike.
+        far = np.min(np.abs(grid[:, None] - spikes[None]), axis=1) > 1.0
+        save = jnp.asarray(padded(grid[far], grid[far][-1]))
+
+        def loss(w):
+            sol = with_weight(layer, w).simulate(
+                inputs, interval, max_spikes=64, save_times=save
+            )
+            return jnp.sum(sol.saved_states.v) + jnp.sum(sol.saved_states.w)
+
+        # The weights scale currents of ~1000 pA: a step of 1e-5 (0.01 pA) keeps
+        # the truncation error (~eps^2) and the solver's noise (~rtol |v| / eps)
+        # below 1e-6 relative.
+        w0, eps, tol = layer.weight, 1e-5, 1e-5
+    else:
+        n_in, n, t_end, times, sources, W = spike_case
+        layer = with_weight(
+            sj.SpikingODELayer(n_in, n, sj.CubaLIFDynamics(tau_mem=TAU), key=KEY),
+            W * 0.1,
+        )
+        train = sj.SpikeTrain(jnp.asarray(times), jnp.asarray(sources))
+        save = jnp.linspace(2.0, 30.0, NUM_SAVE)
+
+        def loss(w):
+            sol = with_weight(layer, w).simulate(
+                train, t_end=t_end, max_spikes=32, save_times=save
+            )
+            return jnp.sum(sol.saved_states.v * jnp.arange(1, NUM_SAVE + 1)[:, None])
+
+        w0, eps, tol = layer.weight, 1e-6, 1e-6
+    grad = jax.grad(loss)(jnp.asarray(w0))
+    fd = central_difference(lambda w: float(loss(jnp.asarray(w))), w0, eps)
+    assert np.abs(fd).max() > 0.1
+    np.testing.assert_allclose(grad, fd, rtol=tol, atol=tol * np.abs(fd).max())
+
+
+def test_jit_and_vmap(lif_case, spike_case):
+    layer, inputs, interval, _ = lif_case
+    save = jnp.linspace(0.0, 30.0, NUM_SAVE)
+    # Under jit: a batch of inputs, and a batch of save times, against one
+    # (eager) run each.
+    batch = np.stack([inputs, inputs[::-1], 0.5 * inputs])
+    saves = jnp.stack([save, save * 0.5, save * 0.25])
+    run = eqx.filter_jit(
+        jax.vmap(lambda x, s: layer.simulate(x, interval, max_spikes=32, save_times=s))
+    )
+    batched = run(batch, saves)
+    for b in range(3):
+        one = layer.simulate(batch[b], interval, max_spikes=32, save_times=saves[b])
+        np.testing.assert_allclose(
+            batched.saved_states.v[b], one.saved_states.v, atol=1e-12
+        )
+    n_in, n, t_end, times, sources, W = spike_case
+    ev = with_weight(sj.SpikingODELayer(n_in, n, key=KEY), W * 0.3)
+    trains = sj.SpikeTrain(
+        jnp.stack([times, times * 0.9]), jnp.stack([sources, sources[::-1]])
+    )
+    ev_run = eqx.filter_jit(
+        jax.vmap(
+            lambda tr: ev.simulate(tr, t_end=t_end, max_spikes=32, save_times=save)
+        )
+    )(trains)
+    for b in range(2):
+        tr = sj.SpikeTrain(trains.times[b], trains.sources[b])
+        one = ev.simulate(tr, t_end=t_end, max_spikes=32, save_times=save)
+        np.testing.assert_allclose(
+            ev_run.saved_states.v[b], one.saved_states.v, atol=1e-12
+        )

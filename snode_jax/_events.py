@@ -98,6 +98,78 @@ def default_max_events(num_inputs: int, num_intervals: int, n: int, max_spikes: 
     return 2 * (num_inputs + num_intervals + 2 * n * max_spikes) + 4
 
 
+def locate_crossings(
+    dynamics: AbstractExactFlowDynamics,
+    y: State,
+    current,
+    span,
+    active,
+    root_finder: BracketedNewton,
+    t_end,
+):
+    """Per neuron, on constants: whether its flow from `y` under `current` crosses
+    threshold within `span`, and where (`inf` if not). The first crossing lies
+    before an interior maximum above threshold, else (the flow rises past its
+    minimum, or monotonically) before the end.
+
+    **Returns:** `(crosses, found, converged, margin)`, `margin(h)` the threshold
+    function of the constant flow (for the slope of the implicit derivative).
+    """
+    dyn_c, y_c, current_c, span_c = lax.stop_gradient((dynamics, y, current, span))
+
+    def margin(h):
+        return dyn_c.threshold(dyn_c.exact_flow(y_c, current_c, h))
+
+    g_start = dyn_c.threshold(y_c)
+    g_end = margin(span_c)
+    t_peak, has_peak = dyn_c.peak_in_step(y_c, current_c, span_c)
+    g_peak = margin(t_peak)
+    before_peak = has_peak & (g_peak >= 0)
+    crosses = active & (g_start < 0) & (before_peak | (g_end >= 0))
+    upper = jnp.where(before_peak, t_peak, span_c)
+    g_upper = jnp.where(before_peak, g_peak, g_end)
+    found, converged, _ = root_finder.search(
+        margin, jnp.zeros_like(span_c), upper, g_start, g_upper, crosses, t_end
+    )
+    return crosses, jnp.where(crosses, found, jnp.inf), converged, margin
+
+
+def implicit_crossing(
+    dynamics: AbstractExactFlowDynamics, y: State, current, h, margin
+):
+    """The crossing times `h` (located on constants) with the implicit-function
+    derivative of the root of `g(h; y, p) = 0`: equal to `h` in value."""
+    _, slope = jax.jvp(margin, (h,), (jnp.ones_like(h),))
+    g = dynamics.threshold(dynamics.exact_flow(y, current, h))
+    safe_slope = jnp.where(slope != 0, slope, 1)
+    return h - (g - lax.stop_gradient(g)) / safe_slope
+
+
+def jump_at(dynamics: AbstractExactFlowDynamics, t, y: State, amount, offset, current):
+    """`y` after the jump `amount` at the clock `t`, where the jump's own time is
+    `t + offset` (`offset` zero in value, with a derivative): moving the jump by dt
+    moves the state after it by dt (f(y-) - f(y+)), f the vector field."""
+    y_plus = dynamics.jump(y, amount)
+    f_minus = dynamics.vector_field(t, y, current)
+    f_plus = dynamics.vector_field(t, y_plus, current)
+    return jax.tree.map(
+        lambda yp, fm, fp: yp + offset * (fm - fp), y_plus, f_minus, f_plus
+    )
+
+
+def reset_at(dynamics: AbstractExactFlowDynamics, t, y: State, shift, current):
+    """The reset state at the clock `t` of neurons firing at their own time
+    `t + shift` (`shift` zero in value): to first order the state there is
+    `y + shift f(y)`, and the reset state flows back to the clock, `- shift
+    f(reset)`. Both terms carry the derivative of each neuron's own spike time
+    into everything after it."""
+    f_pre = dynamics.vector_field(t, y, current)
+    y_fire = jax.tree.map(lambda a, f: a + shift * f, y, f_pre)
+    reset = dynamics.reset(y_fire)
+    f_reset = dynamics.vector_field(t, reset, current)
+    return jax.tree.map(lambda a, f: a - shift * f, reset, f_reset)
+
+
 def simulate_events(
     dynamics: AbstractExactFlowDynamics,
     weight: Float[Array, "n_neurons n_inputs"],
@@ -177,20 +249,15 @@ def simulate_events(
             amount_rec = recurrent_weight[:, s.log_sources[d]]
             amount = jnp.where(is_input, amount, amount_rec)
         jumps = is_input | is_delivery
-        # Adding an exact zero leaves the state as it is.
-        y_plus = dynamics.jump(s.y, jnp.where(jumps, amount, 0))
         # The event's own time: equal to `s.t` in value, but its derivative is that
         # of this input (or delivered spike) time, which `s.t` need not carry (a
-        # second spike at one instant, an input at time 0). Moving the jump by dt
-        # moves the state after it by dt (f(y-) - f(y+)), f the vector field.
+        # second spike at one instant, an input at time 0). Adding an exact zero
+        # leaves the state as it is.
         offset = jnp.where(jumps, jnp.where(is_input, t_in, t_rec) - s.t, 0)
         offset = offset - lax.stop_gradient(offset)  # zero, with a derivative
         current = schedule.currents[s.interval_index]
-        f_minus = dynamics.vector_field(s.t, s.y, current)
-        f_plus = dynamics.vector_field(s.t, y_plus, current)
-        y = jax.tree.map(
-            lambda yp, fm, fp: yp + offset * (fm - fp), y_plus, f_minus, f_plus
-        )
+        amount = jnp.where(jumps, amount, 0)
+        y = jump_at(dynamics, s.t, s.y, amount, offset, current)
         # A neuron this jump lifts to threshold fires at the jump's time.
         lifted = jumps & (dynamics.threshold(y) >= 0)
         return eqx.tree_at(
@@ -217,17 +284,9 @@ def simulate_events(
         times = s.t + s.fire_shift
         spike_times = s.spike_times.at[rows, col].set(jnp.where(spiking, times, old))
         # The state is that at the clock `s.t`; a neuron firing at its own time
-        # `s.t + shift` (equal in value) is reset there: to first order its state
-        # there is `y + shift f(y)`, and the reset state flows back to the clock,
-        # `- shift f(reset)`. Both terms are zero in value and carry the derivative
-        # of that neuron's own spike time into everything after it.
+        # `s.t + shift` (equal in value) is reset there.
         current = schedule.currents[s.interval_index]
-        shift = s.fire_shift
-        f_pre = dynamics.vector_field(s.t, s.y, current)
-        y_fire = jax.tree.map(lambda a, f: a + shift * f, s.y, f_pre)
-        reset = dynamics.reset(y_fire)
-        f_reset = dynamics.vector_field(s.t, reset, current)
-        reset = jax.tree.map(lambda a, f: a - shift * f, reset, f_reset)
+        reset = reset_at(dynamics, s.t, s.y, s.fire_shift, current)
         y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
         counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
         num_spikes = s.num_spikes + spiking.astype(jnp.int32)
@@ -272,27 +331,12 @@ def simulate_events(
         t_next = jnp.minimum(jnp.minimum(t_in, t_rec), jnp.minimum(t_switch, t_end))
         current = schedule.currents[s.interval_index]
         # Which neurons cross before `t_next`, and when: decisions on constants.
-        const = lax.stop_gradient((dynamics, s.y, current, t_next - s.t))
-        dyn_c, y_c, current_c, span_c = const
+        # (No neuron is at threshold here: it would have fired.)
+        span_c = lax.stop_gradient(t_next - s.t)
         span = jnp.broadcast_to(span_c, (n,))
-
-        def margin(h):
-            return dyn_c.threshold(dyn_c.exact_flow(y_c, current_c, h))
-
-        g_start = dyn_c.threshold(y_c)
-        g_end = margin(span)
-        t_peak, has_peak = dyn_c.peak_in_step(y_c, current_c, span)
-        g_peak = margin(t_peak)
-        # The first crossing lies before an interior maximum above threshold, else
-        # (the flow rises past its minimum, or monotonically) before the end.
-        before_peak = has_peak & (g_peak >= 0)
-        crosses = before_peak | (g_end >= 0)
-        upper = jnp.where(before_peak, t_peak, span)
-        g_upper = jnp.where(before_peak, g_peak, g_end)
-        found, converged, _ = root_finder.search(
-            margin, jnp.zeros_like(span), upper, g_start, g_upper, crosses, t_end
+        crosses, found, converged, margin = locate_crossings(
+            dynamics, s.y, current, span, True, root_finder, t_end
         )
-        found = jnp.where(crosses, found, inf)
         lane = jnp.argmin(found)
         first = found[lane]
         any_cross = jnp.any(crosses)
@@ -302,10 +346,7 @@ def simulate_events(
         # with its own derivative).
         h_star = jnp.where(any_cross, first, 0)
         h_own = jnp.where(crosses, found, h_star)  # each crossing neuron's own root
-        _, slope = jax.jvp(margin, (h_own,), (jnp.ones_like(h_own),))
-        g = dynamics.threshold(dynamics.exact_flow(s.y, current, h_own))
-        safe_slope = jnp.where(slope != 0, slope, 1)
-        h_cross = h_own - (g - lax.stop_gradient(g)) / safe_slope
+        h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
         to_crossing = any_cross & (first < span_c)
         t_new = jnp.where(to_crossing, s.t + h_cross[lane], t_next)
         h_new = t_new - s.t

@@ -33,7 +33,14 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._events import EventRun, EventSchedule
+from ._events import (
+    EventRun,
+    EventSchedule,
+    implicit_crossing,
+    jump_at,
+    locate_crossings,
+    reset_at,
+)
 from ._root_find import BracketedNewton
 
 
@@ -124,13 +131,8 @@ def simulate_feedforward(
         settled = t_in > s.t
         spiking = fire_due(s) & settled
         current = schedule.currents[s.interval_index]
-        shift = s.fire_shift
-        f_pre = dynamics.vector_field(s.t, s.y, current)
-        y_fire = jax.tree.map(lambda a, f: a + shift * f, s.y, f_pre)
-        reset = dynamics.reset(y_fire)
-        f_reset = dynamics.vector_field(s.t, reset, current)
-        reset = jax.tree.map(lambda a, f: a - shift * f, reset, f_reset)
-        s = record(s, spiking, s.t + shift, reset)
+        reset = reset_at(dynamics, s.t, s.y, s.fire_shift, current)
+        s = record(s, spiking, s.t + s.fire_shift, reset)
         return eqx.tree_at(
             lambda s: s.fire_shift, s, jnp.where(settled, 0, s.fire_shift)
         )
@@ -147,17 +149,12 @@ def simulate_feedforward(
         is_input = t_in <= s.t
         i = jnp.minimum(s.next_input, num_inputs - 1)
         amount = jnp.where(is_input, weight[:, schedule.input_sources[i]], 0)
-        y_plus = dynamics.jump(s.y, amount)
         # The jump's own time (equal to `s.t`, with the input time's derivative;
         # see `simulate_events`).
         offset = jnp.where(is_input, t_in - s.t, 0)
         offset = offset - lax.stop_gradient(offset)
         current = schedule.currents[s.interval_index]
-        f_minus = dynamics.vector_field(s.t, s.y, current)
-        f_plus = dynamics.vector_field(s.t, y_plus, current)
-        y = jax.tree.map(
-            lambda yp, fm, fp: yp + offset * (fm - fp), y_plus, f_minus, f_plus
-        )
+        y = jump_at(dynamics, s.t, s.y, amount, offset, current)
         lifted = is_input & (dynamics.threshold(y) >= 0)
         s = eqx.tree_at(
             lambda s: (s.y, s.next_input, s.fire_shift),
@@ -175,32 +172,15 @@ def simulate_feedforward(
         # fires there) or to `t_next`. Decisions are taken on constants.
         current = schedule.currents[s.interval_index]
         behind = s.tau < t_next
-        const = lax.stop_gradient((dynamics, s.y, current, t_next - s.tau))
-        dyn_c, y_c, current_c, span_c = const
-        span_c = jnp.where(behind, span_c, 0)
-
-        def margin(h):
-            return dyn_c.threshold(dyn_c.exact_flow(y_c, current_c, h))
-
-        g_start = dyn_c.threshold(y_c)
-        g_end = margin(span_c)
-        t_peak, has_peak = dyn_c.peak_in_step(y_c, current_c, span_c)
-        g_peak = margin(t_peak)
-        before_peak = has_peak & (g_peak >= 0)
-        crosses = behind & (g_start < 0) & (before_peak | (g_end >= 0))
-        upper = jnp.where(before_peak, t_peak, span_c)
-        g_upper = jnp.where(before_peak, g_peak, g_end)
-        found, converged, _ = root_finder.search(
-            margin, jnp.zeros_like(span_c), upper, g_start, g_upper, crosses, t_end
+        span_c = lax.stop_gradient(jnp.where(behind, t_next - s.tau, 0))
+        crosses, found, converged, margin = locate_crossings(
+            dynamics, s.y, current, span_c, behind, root_finder, t_end
         )
         # A crossing at `t_next` itself is left to the instant there (after the
         # jumps at that instant), as in `simulate_events`.
         crossing = crosses & (found < span_c)
         h_own = jnp.where(crossing, found, 0)
-        _, slope = jax.jvp(margin, (h_own,), (jnp.ones_like(h_own),))
-        g = dynamics.threshold(dynamics.exact_flow(s.y, current, h_own))
-        safe_slope = jnp.where(slope != 0, slope, 1)
-        h_cross = h_own - (g - lax.stop_gradient(g)) / safe_slope
+        h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
         h = jnp.where(crossing, h_cross, jnp.where(behind, t_next - s.tau, 0))
         y_flow = dynamics.exact_flow(s.y, current, h)
         y_flow = jax.tree.map(lambda a, b: jnp.where(behind, a, b), y_flow, s.y)

@@ -282,7 +282,10 @@ class RerunAdjoint(AbstractAdjoint):
             dynamics, currents, interval, starts, seen, counts = res
             n = currents.shape[1]
             dtype = currents.dtype
-            ct_times = ct.spike_times
+            # Without a spike buffer the run's `spike_times` is an empty
+            # `(n, 0)` array and the rerun records none (`times` is `None`): that
+            # cotangent carries nothing, and the rerun's output has no leaf for it.
+            ct_spike_times = None if cfg.max_spikes is None else ct.spike_times
             num_intervals = currents.shape[0]
             t_starts = interval_starts(interval, num_intervals)
             uniform = jnp.ndim(interval) == 0
@@ -317,7 +320,7 @@ class RerunAdjoint(AbstractAdjoint):
                     lambda p, y: one_interval(p, y, num), params, y0
                 )
                 (d_dyn, d_current, d_length, d_start), ct_y = vjp(
-                    (ct_y, ct_count, ct_times)
+                    (ct_y, ct_count, ct_spike_times)
                 )
                 # The rerun must take the forward pass's decisions; if it does not
                 # (its counts differ), its derivative is not that of the forward

@@ -262,3 +262,118 @@ def test_forward_mode_is_not_available():
 
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(final_v, (layer.weight,), (jnp.ones_like(layer.weight),))
+
+
+# -- runs without a spike buffer ---------------------------------------------------
+# `forward` and `step` record no spike times (`max_spikes=None`): the run's
+# `spike_times` is then an empty `(n, 0)` array, and its cotangent must not reach
+# the rerun of the backward pass, which records none. The tests above all go
+# through `simulate`, which always has a buffer.
+
+BUFFERLESS = ["adex", "izhikevich", "qif"]
+
+
+def stepped(layer, x, interval):
+    """The state after every interval and the spike counts, by chaining `step`
+    from rest (so the gradient also flows through each step's start state)."""
+
+    def one(state, xk):
+        state, c = layer.step(state, xk, interval)
+        return state, (state, c)
+
+    _, (states, counts) = jax.lax.scan(one, layer.init_state(), x)
+    return states, counts
+
+
+def stepped_loss(layer, x, interval, coefs):
+    states, counts = stepped(layer, x, interval)
+    pairs = zip(jax.tree.leaves(coefs), jax.tree.leaves(states))
+    return sum(jnp.sum(c * a) for c, a in pairs), jnp.sum(counts, axis=0)
+
+
+@eqx.filter_jit
+def stepped_value_and_grad(layer, x, interval, coefs):
+    def loss(diff):
+        weight, dynamics, x = diff
+        return stepped_loss(_with(layer, weight, dynamics), x, interval, coefs)
+
+    diff = (layer.weight, layer.dynamics, x)
+    return eqx.filter_value_and_grad(loss, has_aux=True)(diff)
+
+
+@eqx.filter_jit
+def stepped_loss_at(layer, theta, unravel, interval, coefs):
+    weight, dynamics, x = unravel(theta)
+    return stepped_loss(_with(layer, weight, dynamics), x, interval, coefs)
+
+
+@pytest.mark.parametrize("name", BUFFERLESS)
+def test_step_gradients_without_spike_buffer_match_finite_differences(name):
+    """A loss on the states after each interval, run by `step` (no spike buffer),
+    against a five-point central difference along a random direction scaled to each
+    value (a relative step `FD_STEP` of every weight, parameter and input). Same
+    numerics as `test_gradients_match_finite_differences`, so the same tolerance,
+    relative to the sum of the magnitudes of the directional derivative's terms."""
+    layer = make_layer(name)
+    interval = MODELS[name][3]
+    x = make_inputs()
+    states, counts = stepped(layer, x, interval)
+    assert np.asarray(jnp.sum(counts, axis=0)).min() >= 2  # the resets are in it
+    keys = iter(jax.random.split(jax.random.key(5), 8))
+    coefs = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape), states)
+
+    (value, num), grads = stepped_value_and_grad(layer, x, interval, coefs)
+    diff = (layer.weight, layer.dynamics, x)
+    theta, unravel = ravel_pytree(eqx.filter(diff, eqx.is_array))
+    static = eqx.filter(diff, eqx.is_array, inverse=True)
+    grad = np.asarray(ravel_pytree(eqx.filter(grads, eqx.is_array))[0])
+    assert grad.shape == theta.shape and np.all(np.isfinite(grad))
+
+    u = np.random.default_rng(6).standard_normal(theta.size)
+    direction = u * np.where(theta != 0, np.abs(np.asarray(theta)), 1.0)
+
+    def at(s):
+        th = theta + s * direction
+        val, num_th = stepped_loss_at(
+            layer, th, lambda t: eqx.combine(unravel(t), static), interval, coefs
+        )
+        np.testing.assert_array_equal(num_th, num)  # spike structure unchanged
+        return float(val)
+
+    h = FD_STEP
+    f = [at(k * h) for k in (-2, -1, 1, 2)]
+    fd = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
+    terms = grad * direction
+    scale = np.sum(np.abs(terms))
+    assert scale > 0
+    err = abs(np.sum(terms) - fd) / scale
+    print(f"{name}: relative error {err:.2e}")
+    assert err <= RTOL_FD, (np.sum(terms), fd, err)
+
+
+@eqx.filter_jit
+def forward_count_grads(layer, x, interval, coefs):
+    def loss(diff):
+        weight, dynamics, x = diff
+        return jnp.sum(coefs * _with(layer, weight, dynamics).forward(x, interval))
+
+    return eqx.filter_grad(loss)((layer.weight, layer.dynamics, x))
+
+
+@pytest.mark.parametrize("name", BUFFERLESS)
+def test_forward_count_gradients_equal_those_with_spike_buffer(name):
+    """The surrogate gradient of the counts from `forward` (no spike buffer) is
+    that of the same counts from `simulate(max_spikes=...)`, whose spike-time
+    cotangents are zero here: the same rerun, only without a buffer."""
+    layer = make_layer(name)
+    interval = MODELS[name][3]
+    x = make_inputs(7)
+    coefs = coefficients(layer, x, interval, seed=8, counts=True)
+    g_forward = forward_count_grads(layer, x, interval, coefs[3])
+    _, (num, _), g_simulate = loss_and_grads(layer, x, interval, coefs)
+    assert np.asarray(num).min() >= 1
+    flat_forward = np.asarray(ravel_pytree(eqx.filter(g_forward, eqx.is_array))[0])
+    flat_simulate = np.asarray(ravel_pytree(eqx.filter(g_simulate, eqx.is_array))[0])
+    assert np.all(np.isfinite(flat_forward))
+    assert np.linalg.norm(flat_forward) > 0
+    np.testing.assert_allclose(flat_forward, flat_simulate, rtol=1e-12, atol=0)

@@ -270,7 +270,8 @@ def test_forward_mode_is_not_available():
 # the rerun of the backward pass, which records none. The tests above all go
 # through `simulate`, which always has a buffer.
 
-BUFFERLESS = ["adex", "izhikevich", "qif"]
+# The code path (RerunAdjoint's backward pass) is the same for every adaptive
+# model: one model per test keeps their compilations out of the suite's time.
 
 
 def stepped(layer, x, interval):
@@ -307,7 +308,7 @@ def stepped_loss_at(layer, theta, unravel, interval, coefs):
     return stepped_loss(_with(layer, weight, dynamics), x, interval, coefs)
 
 
-@pytest.mark.parametrize("name", BUFFERLESS)
+@pytest.mark.parametrize("name", ["adex"])
 def test_step_gradients_without_spike_buffer_match_finite_differences(name):
     """A loss on the states after each interval, run by `step` (no spike buffer),
     against a five-point central difference along a random direction scaled to each
@@ -360,7 +361,7 @@ def forward_count_grads(layer, x, interval, coefs):
     return eqx.filter_grad(loss)((layer.weight, layer.dynamics, x))
 
 
-@pytest.mark.parametrize("name", BUFFERLESS)
+@pytest.mark.parametrize("name", ["qif"])
 def test_forward_count_gradients_equal_those_with_spike_buffer(name):
     """The surrogate gradient of the counts from `forward` (no spike buffer) is
     that of the same counts from `simulate(max_spikes=...)`, whose spike-time

@@ -308,7 +308,7 @@ def stepped_loss_at(layer, theta, unravel, interval, coefs):
     return stepped_loss(_with(layer, weight, dynamics), x, interval, coefs)
 
 
-@pytest.mark.parametrize("name", ["adex"])
+@pytest.mark.parametrize("name", ["qif"])
 def test_step_gradients_without_spike_buffer_match_finite_differences(name):
     """A loss on the states after each interval, run by `step` (no spike buffer),
     against a five-point central difference along a random direction scaled to each

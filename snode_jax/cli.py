@@ -48,6 +48,7 @@ BENCH_SCRIPTS = {
     "forward_ab": "bench_forward_ab.py",
     "network": "bench_network.py",
     "online": "bench_online.py",
+    "engines": "bench_engines.py",
     "compare": "compare.py",
 }
 

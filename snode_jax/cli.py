@@ -48,6 +48,7 @@ BENCH_SCRIPTS = {
     "forward_ab": "bench_forward_ab.py",
     "network": "bench_network.py",
     "online": "bench_online.py",
+    "engines": "bench_engines.py",
     "compare": "compare.py",
 }
 
@@ -166,6 +167,9 @@ def _config_values(name: str, value: Any, path: str) -> np.ndarray:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if isinstance(value, list) and value:
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise _ArgumentError(f"{what}: {v!r} is not a number")
         return np.array([_number(str(v), what) for v in value])
     raise _ArgumentError(
         f"{what} must be a list of numbers, a string START:STOP:NUM or a table "
@@ -186,6 +190,22 @@ _CONFIG_KEYS = {
 }
 
 
+_IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _check_output(flag: str, path: str, suffixes: tuple[str, ...] | None = None):
+    """Refuse an output path before any work: its folder must exist, and for an
+    image its suffix must be one matplotlib writes."""
+    target = pathlib.Path(path)
+    if suffixes is not None and target.suffix.lower() not in suffixes:
+        raise _ArgumentError(f"{flag} {path}: must end in one of {', '.join(suffixes)}")
+    folder = target.parent
+    if not folder.is_dir():
+        raise _ArgumentError(
+            f"{flag} {path}: the folder {str(folder)!r} does not exist"
+        )
+
+
 def _load_config(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
@@ -203,7 +223,10 @@ def _load_config(path: str) -> dict[str, Any]:
     for table in ("grid", "fixed"):
         if not isinstance(data.get(table, {}), dict):
             raise _ArgumentError(f"--config {path}: [{table}] must be a table")
-    grid = {k: _config_values(k, v, path) for k, v in data.get("grid", {}).items()}
+    try:
+        grid = {k: _config_values(k, v, path) for k, v in data.get("grid", {}).items()}
+    except argparse.ArgumentTypeError as e:
+        raise _ArgumentError(f"--config {e}") from None
     fixed = {}
     for k, v in data.get("fixed", {}).items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -234,6 +257,14 @@ def _sweep_settings(args) -> dict[str, Any]:
     for key, default in defaults.items():
         flag = getattr(args, key)
         settings[key] = flag if flag is not None else config.get(key, default)
+    for flag, pairs in (("--param", args.param), ("--set", args.set)):
+        names = [name for name, _ in pairs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise _ArgumentError(
+                f"{flag} {', '.join(repeated)} given more than once; give each "
+                "parameter once (a list of values: NAME=V1,V2,...)"
+            )
     grid = dict(config.get("grid", {}))
     grid.update(dict(args.param))
     fixed = dict(config.get("fixed", {}))
@@ -284,6 +315,9 @@ def _sweep_settings(args) -> dict[str, Any]:
     out = str(settings["out"])
     if pathlib.Path(out).suffix not in (".csv", ".npz"):
         raise _ArgumentError(f"--out {out}: must end in .csv or .npz")
+    _check_output("--out", out)
+    if settings["plot"] is not None:
+        _check_output("--plot", str(settings["plot"]), _IMAGE_SUFFIXES)
     if settings["plot"] is not None and len(grid) > 2:
         raise _ArgumentError(
             f"--plot draws one or two swept parameters, got {len(grid)}: "
@@ -420,6 +454,7 @@ def _cmd_sweep(args) -> int:
 def _cmd_demo(args) -> int:
     if args.intervals < 1:
         raise _ArgumentError(f"--intervals must be >= 1, got {args.intervals}")
+    _check_output("--out", str(args.out), _IMAGE_SUFFIXES)
     plt = _import_pyplot()
     import jax
     import jax.numpy as jnp

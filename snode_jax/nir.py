@@ -449,6 +449,11 @@ def _weight(name: str, node, n_out: int | None, n_in: int) -> np.ndarray:
             f"NIR node {name!r} ({_type(node)}): `weight` must have shape {want}, got "
             f"{w.shape}."
         )
+    if not np.all(np.isfinite(w)):
+        raise ValueError(
+            f"NIR node {name!r} ({_type(node)}): `weight` must be finite, got "
+            f"{describe(w)}."
+        )
     if _type(node) == "Affine":
         bias = _f64(node.bias)
         if np.any(bias != 0):
@@ -531,7 +536,13 @@ def _import_population(name: str, node, n: int, s: float, dtype):
         r = P("r", True)
         return IFDynamics(C_mem=c(s / r), **fire), r
     except ValueError as e:
-        raise ValueError(f"NIR node {name!r} ({kind}): {e}") from None
+        # A model's own check (e.g. v_reset < v_threshold); `_param`'s messages
+        # name the node already.
+        prefix = f"NIR node {name!r} ({kind}): "
+        message = str(e)
+        raise ValueError(
+            message if message.startswith(prefix) else prefix + message
+        ) from None
 
 
 def from_nir(

@@ -107,6 +107,11 @@ def raster(
         _check_times(times, "Spike times")
         real = np.isfinite(times)
         rows, times = sources[real], times[real]
+        if np.any(rows < 0):
+            raise ValueError(
+                "`spikes`: a SpikeTrain's sources must be >= 0, got "
+                f"{describe(np.unique(rows[rows < 0]))}."
+            )
         n = int(rows.max()) + 1 if len(rows) else 0
         bounded = False  # a train does not say how many sources there are
     else:
@@ -134,6 +139,8 @@ def raster(
         t_end = float(np.max(np.asarray(duration))) if duration is not None else None
     if t_end is None:
         t_end = float(times.max()) if len(times) else 1.0
+    elif not (np.isfinite(t_end) and t_end > 0):
+        raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
     ax.set_xlim(0.0, float(t_end))
     low, high = (shown.min(), shown.max()) if len(shown) else (0, 0)
     ax.set_ylim(low - 0.5, high + 0.5)

@@ -39,6 +39,7 @@ from jaxtyping import ArrayLike, PyTree
 from ._layer import SpikingODELayer
 from ._misc import check_positive_int
 from ._solution import Solution
+from ._spike_train import SpikeTrain
 
 _AXIS = "batch"
 
@@ -345,6 +346,12 @@ def sweep_layer(
     for path, v in values.items():
         if not np.all(np.isfinite(v)):
             raise ValueError(f"`params[{path!r}]` must be finite, got NaN or inf.")
+    if isinstance(inputs, SpikeTrain):
+        raise TypeError(
+            "`sweep_layer` takes dense `inputs` (T, n_inputs), got a SpikeTrain: "
+            "sweep a spike-driven run with `sweep(fn, params, ...)` and a function "
+            "calling `layer.simulate(train, t_end=...)`."
+        )
     inputs = jnp.asarray(inputs, layer.dtype)
     if measure is None:
         measure = _default_measure

@@ -139,6 +139,7 @@ def test_sweep_config_toml_to_npz(tmp_path):
         (("sweep",), 2, "nothing to sweep"),
         (("sweep", "--param", "drive=1", "--out", "r.txt"), 2, ".csv or .npz"),
         (("sweep", "--param", "drive=1", "--config", "none.toml"), 2, "none.toml"),
+        (("sweep", "--config", "bad.toml"), 2, r"bad.toml: grid.tau_mem: 'x' is not a"),
         (("sweep", "--param", "drive=1", "--duration", "-3"), 2, "--duration"),
         (("sweep", "--param", "drive=1", "--model", "hh"), 2, "invalid choice: 'hh'"),
         (("sweep", "--param", "drive=1", "--set", "t_ref=1,2"), 2, "one value"),
@@ -149,6 +150,15 @@ def test_sweep_config_toml_to_npz(tmp_path):
             2,
             "one or two swept",
         ),
+        (
+            ("sweep", "--param", "tau_mem=10,20", "--param", "tau_mem=30"),
+            2,
+            "--param tau_mem given more than once",
+        ),
+        (("sweep", "--set", "drive=1", "--set", "drive=2"), 2, "--set drive given"),
+        (("sweep", "--param", "drive=1", "--out", "no/such/r.csv"), 2, "--out no/"),
+        (("sweep", "--param", "drive=1", "--plot", "p.txt"), 2, "--plot p.txt: must"),
+        (("demo", "--out", "demo.txt"), 2, "--out demo.txt: must end in"),
         (("bench", "nonexistent"), 2, "invalid choice: 'nonexistent'"),
         (("bench", "--reps", "0"), 2, "--reps must be >= 1"),
         (("demo", "--intervals", "0"), 2, "--intervals must be >= 1"),
@@ -163,6 +173,8 @@ def test_sweep_config_toml_to_npz(tmp_path):
 )
 def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # A grid whose list holds something other than a number.
+    (tmp_path / "bad.toml").write_text('model = "lif"\n[grid]\ntau_mem = [5, "x"]\n')
     try:
         status = main(list(args))
     except SystemExit as e:  # argparse's own errors

@@ -592,7 +592,7 @@ def test_unsupported_parameters_and_shapes():
                 inp, nir.Affine(weight=np.ones((3, 2)), bias=np.ones(3)), _lif(3), out
             )
         )
-    bad = _lif(3)
+    bad = bad_r = _lif(3)
     bad.r = np.array([1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match=r"'n2' \(LIF\): `r` must be finite and > 0"):
         from_nir(_chain(inp, nir.Linear(weight=np.ones((3, 2))), bad, out))
@@ -602,6 +602,14 @@ def test_unsupported_parameters_and_shapes():
         from_nir(_chain(inp, nir.Linear(weight=np.ones((3, 2))), bad, out))
     with pytest.raises(ValueError, match=r"'n1' \(Linear\): `weight` must have shape"):
         from_nir(_chain(inp, nir.Linear(weight=np.ones((3, 5))), _lif(3), out))
+    w = np.ones((3, 2))
+    w[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"'n1' \(Linear\): `weight` must be finite"):
+        from_nir(_chain(inp, nir.Linear(weight=w), _lif(3), out))
+    # The node is named once.
+    with pytest.raises(ValueError, match=r"^NIR node 'n2' \(LIF\): `r`") as e:
+        from_nir(_chain(inp, nir.Linear(weight=np.ones((3, 2))), bad_r, out))
+    assert str(e.value).count("NIR node") == 1
     with pytest.raises(ValueError, match="time_scale"):
         from_nir(
             _chain(inp, nir.Linear(weight=np.ones((3, 2))), _lif(3), out), time_scale=0

@@ -79,6 +79,11 @@ def test_raster_errors(run):
         plot.raster(np.array([[1.0, np.nan]]))
     with pytest.raises(ValueError, match=r"shape \(2, 3, 1\) \(a batch"):
         plot.raster(np.ones((2, 3, 1)))
+    with pytest.raises(ValueError, match=r"sources must be >= 0, got \[-1\]"):
+        plot.raster(sj.SpikeTrain(np.array([1.0, 2.0]), np.array([-1, 0])))
+    for bad in (-1.0, np.nan):
+        with pytest.raises(ValueError, match="`t_end` must be finite and > 0"):
+            plot.raster(sol, t_end=bad)
     plt.close("all")
 
 

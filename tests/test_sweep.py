@@ -226,6 +226,9 @@ def test_missing_parameter_and_other_errors():
         )
     with pytest.raises(ValueError, match="needs `interval`"):
         sweep_layer(_layer(), _inputs(), {"weight": [1.0]})
+    train = sj.SpikeTrain(np.array([1.0]), np.array([0]))
+    with pytest.raises(TypeError, match="dense `inputs`.*got a SpikeTrain"):
+        sweep_layer(_layer(), train, {"weight": [1.0]}, interval=1.0)
     with pytest.raises(TypeError, match="mapping"):
         sweep_layer(_layer(), _inputs(), [1.0], interval=1.0)  # type: ignore
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int, got 0"):

@@ -91,6 +91,22 @@ class EventRun(eqx.Module):
     unfinished: Bool[Array, ""]
 
 
+def finished_run(final, active) -> EventRun:
+    """The [`EventRun`][] of either engine's final loop carry; `active` says whether
+    the loop still had work when it stopped (only a spent budget leaves it so)."""
+    unfinished = active & ~final.buffer_full & ~final.search_failed
+    return EventRun(
+        spike_times=final.spike_times,
+        num_spikes=final.num_spikes,
+        counts=final.counts,
+        final_state=final.y,
+        num_events=final.num_events,
+        buffer_full=final.buffer_full,
+        search_failed=final.search_failed,
+        unfinished=unfinished,
+    )
+
+
 def default_max_events(num_inputs: int, num_intervals: int, n: int, max_spikes: int):
     """An event budget that a run can exhaust only by overflowing its spike buffer:
     each input spike, interval start and delivery is one jump or switch, each spike
@@ -411,14 +427,4 @@ def simulate_events(
     final = eqxi.while_loop(
         cond_fun, body_fun, init, max_steps=max_events, kind="checkpointed"
     )
-    unfinished = active(final) & ~final.buffer_full & ~final.search_failed
-    return EventRun(
-        spike_times=final.spike_times,
-        num_spikes=final.num_spikes,
-        counts=final.counts,
-        final_state=final.y,
-        num_events=final.num_events,
-        buffer_full=final.buffer_full,
-        search_failed=final.search_failed,
-        unfinished=unfinished,
-    )
+    return finished_run(final, active(final))

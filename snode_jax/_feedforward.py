@@ -36,6 +36,7 @@ from ._dynamics import AbstractExactFlowDynamics
 from ._events import (
     EventRun,
     EventSchedule,
+    finished_run,
     implicit_crossing,
     jump_at,
     locate_crossings,
@@ -236,14 +237,4 @@ def simulate_feedforward(
     final = eqxi.while_loop(
         cond_fun, body_fun, init, max_steps=max_events, kind="checkpointed"
     )
-    unfinished = active(final) & ~final.buffer_full & ~final.search_failed
-    return EventRun(
-        spike_times=final.spike_times,
-        num_spikes=final.num_spikes,
-        counts=final.counts,
-        final_state=final.y,
-        num_events=final.num_events,
-        buffer_full=final.buffer_full,
-        search_failed=final.search_failed,
-        unfinished=unfinished,
-    )
+    return finished_run(final, active(final))

@@ -1,17 +1,18 @@
 """The closed-form event walk: each neuron steps from spike to spike through an
 interval of held input, for models whose crossings are known in closed form."""
 
+import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 
 from ._dynamics import AbstractClosedFormDynamics
-from ._records import Counters, IntervalOutcome
+from ._records import Counters, IntervalOutcome, SpikeBuffer
 from ._scan import AbstractIntegrator
 
 # Crossings handled before entering the loop: at typical rates most intervals hold at
 # most this many spikes per neuron, and an unconditional multiply-compare is cheaper
 # than a loop iteration.
-_PEEL = 1
+_PEEL = 3
 
 # The largest piece count of one interval (an int32 loop bound).
 _MAX_PIECES = 2.0**31 - 1
@@ -22,8 +23,6 @@ def _walk(
     constants,
     y,
     current,
-    t_start,
-    buffer,
     max_steps: int,
 ) -> IntervalOutcome:
     """Walk from event to event through one piece using the model's closed form.
@@ -35,22 +34,20 @@ def _walk(
     zeros = jnp.zeros(current.shape, jnp.int32)
 
     def body(carry):
-        ev, pending, count, buffer = carry
-        if buffer is not None:
-            buffer = buffer.record(pending, t_start + dynamics.crossing_time(ev))
+        ev, pending, count = carry
         ev = dynamics.fire(ev, pending)
         count = count + pending
         # A neuron has used `count + 1` steps once it moves on to its next segment.
         pending = dynamics.crossing_pending(ev) & (count + 1 < max_steps)
-        return ev, pending, count, buffer
+        return ev, pending, count
 
     pending = dynamics.crossing_pending(ev) & (max_steps > 1)
-    carry = (ev, pending, zeros, buffer)
+    carry = (ev, pending, zeros)
     for _ in range(_PEEL):  # most intervals need no loop at all
         carry = body(carry)
     # The loop is entered only when some neuron has more spikes in the interval.
     # (The integrator is never vmapped, see `run_folded`, so this is a real branch.)
-    ev, _, count, buffer = lax.cond(
+    ev, _, count = lax.cond(
         jnp.any(carry[1]),
         lambda c: lax.while_loop(lambda c: jnp.any(c[1]), body, c),
         lambda c: c,
@@ -61,8 +58,30 @@ def _walk(
     counters = Counters(count + 1, count, num_imprecise_intervals=imprecise)
     no_fail = jnp.zeros(count.shape, bool)
     return IntervalOutcome(
-        dynamics.interval_end(ev), count, buffer, counters, exhausted, no_fail
+        dynamics.interval_end(ev), count, None, counters, exhausted, no_fail
     )
+
+
+def _record(dynamics, y, current, t_start, interval, count, buffer: SpikeBuffer):
+    """Append the interval's `count` spikes per neuron to `buffer`: spike `m` at
+    `first + m * period` of the interval's closed form
+    ([`AbstractClosedFormDynamics.replay_interval`][], the times the derivatives
+    are taken of). Most neurons fire at most `_PEEL` times in an interval; the loop
+    over further spikes runs only as long as some neuron has more."""
+    rep = dynamics.replay_interval(y, current, interval, count)
+
+    def spike(m, buffer):
+        time = t_start + rep.first + m.astype(rep.first.dtype) * rep.period
+        return buffer.record(count > m, time)
+
+    for m in range(_PEEL):
+        buffer = spike(jnp.asarray(m), buffer)
+    _, buffer = lax.while_loop(
+        lambda c: c[0] < jnp.max(count),
+        lambda c: (c[0] + 1, spike(c[0], c[1])),
+        (jnp.asarray(_PEEL), buffer),
+    )
+    return buffer
 
 
 class ClosedFormWalk(AbstractIntegrator):
@@ -102,28 +121,32 @@ class ClosedFormWalk(AbstractIntegrator):
 
     def interval(self, dynamics, constants, y, current, t_start, interval, buffer):
         assert isinstance(dynamics, AbstractClosedFormDynamics)
-        n_pieces, piece, consts = constants
-        dtype = current.dtype
+        # The walk counts; the spike times are written afterwards, outside its
+        # branches and loops (a buffer carried through them is copied each time).
+        out = self._count(dynamics, constants, y, current)
+        if buffer is None:
+            return out
+        buffer = _record(dynamics, y, current, t_start, interval, out.count, buffer)
+        return eqx.tree_at(lambda o: o.buffer, out, buffer, is_leaf=lambda x: x is None)
 
-        def one_piece(y, buffer, t0):
-            return _walk(dynamics, consts, y, current, t0, buffer, self.max_steps)
+    def _count(self, dynamics, constants, y, current) -> IntervalOutcome:
+        n_pieces, _, consts = constants
+
+        def one_piece(y):
+            return _walk(dynamics, consts, y, current, self.max_steps)
 
         def pieces(_):
-            def body(j, acc: IntervalOutcome):
-                t0 = t_start + j.astype(dtype) * piece
-                out = one_piece(acc.y, acc.buffer, t0)
+            def body(_, acc: IntervalOutcome):
+                out = one_piece(acc.y)
                 return IntervalOutcome(
                     out.y,
                     acc.count + out.count,
-                    out.buffer,
+                    None,
                     acc.counters + out.counters,
                     acc.exhausted | out.exhausted,
                     acc.root_fail | out.root_fail,
                 )
 
-            first = one_piece(y, buffer, t_start)
-            return lax.fori_loop(1, n_pieces, body, first)
+            return lax.fori_loop(1, n_pieces, body, one_piece(y))
 
-        return lax.cond(
-            n_pieces == 1, lambda _: one_piece(y, buffer, t_start), pieces, None
-        )
+        return lax.cond(n_pieces == 1, lambda _: one_piece(y), pieces, None)

@@ -347,13 +347,25 @@ def any_nonfinite(tree) -> Array:
 
 def raise_on_failure(sol, dynamics, conditions, nonfinite):
     """`sol`, raising at run time on a failed named condition of the model (unless
-    NaN/inf input is the cause, reported as such) or an unsuccessful `result`."""
+    NaN/inf input is the cause, reported as such) or an unsuccessful `result`.
+
+    One check for all of them: each check threads the whole solution through a
+    branch, a copy of every output."""
     name = type(dynamics).__name__
-    for condition, ok in conditions.items():
-        sol = eqx.error_if(
-            sol,
-            ~ok & ~nonfinite,
-            f"Invalid parameters or initial state of {name} found at run time: "
-            f"need {condition}.",
-        )
-    return sol.result.error_if(sol, sol.result != RESULTS.successful)
+    messages = [
+        f"Invalid parameters or initial state of {name} found at run time: "
+        f"need {condition}."
+        for condition in conditions
+    ]
+    failed = jnp.stack([~jnp.asarray(ok) & ~nonfinite for ok in conditions.values()])
+    # The first failed condition, else the result's own message.
+    index = jnp.where(
+        jnp.any(failed),
+        jnp.argmax(failed),
+        len(messages) + sol.result._value,
+    )
+    pred = jnp.any(failed) | (sol.result != RESULTS.successful)
+
+    return eqx.branched_error_if(
+        sol, pred, index, messages + list(RESULTS._index_to_message)
+    )

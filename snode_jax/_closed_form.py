@@ -1,6 +1,8 @@
 """The closed-form event walk: each neuron steps from spike to spike through an
 interval of held input, for models whose crossings are known in closed form."""
 
+import dataclasses
+
 import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
@@ -96,6 +98,9 @@ class ClosedFormWalk(AbstractIntegrator):
     """
 
     max_steps: int = 4096
+    # Whether intervals are walked in pieces: decided per interval (None), or
+    # fixed for a run of equal intervals (see `variants`).
+    pieces: bool | None = eqx.field(static=True, default=None)
 
     def zero_counters(self, n: int) -> Counters:
         z = jnp.zeros((n,), jnp.int32)
@@ -118,6 +123,16 @@ class ClosedFormWalk(AbstractIntegrator):
         piece = interval / n_pieces
         constants = dynamics.interval_constants(piece)
         return n_pieces.astype(jnp.int32), piece, constants
+
+    def variants(self, constants):
+        if self.pieces is not None:
+            return None
+        n_pieces = constants[0]
+        return (
+            n_pieces == 1,
+            dataclasses.replace(self, pieces=False),
+            dataclasses.replace(self, pieces=True),
+        )
 
     def interval(self, dynamics, constants, y, current, t_start, interval, buffer):
         assert isinstance(dynamics, AbstractClosedFormDynamics)
@@ -149,4 +164,6 @@ class ClosedFormWalk(AbstractIntegrator):
 
             return lax.fori_loop(1, n_pieces, body, one_piece(y))
 
-        return lax.cond(n_pieces == 1, lambda _: one_piece(y), pieces, None)
+        if self.pieces is None:
+            return lax.cond(n_pieces == 1, lambda _: one_piece(y), pieces, None)
+        return pieces(None) if self.pieces else one_piece(y)

@@ -41,6 +41,16 @@ class AbstractIntegrator(eqx.Module):
         del dynamics, interval
         return {}
 
+    def variants(
+        self, constants: PyTree[Array]
+    ) -> "tuple[Array, AbstractIntegrator, AbstractIntegrator] | None":
+        """Optionally `(pred, a, b)`: integrators specialised on a run-time property
+        of the constants of a run whose intervals all have the same length (`a`
+        where `pred` holds, else `b`), so that a branch taken once per run is not
+        taken in every interval. None by default."""
+        del constants
+        return None
+
     @abc.abstractmethod
     def interval(
         self,
@@ -78,11 +88,15 @@ def run_intervals(
     interval,
     state: State,
     cfg: RunConfig,
+    *,
+    specialise: bool = True,
 ) -> RawRun:
     """The forward pass: a scan over the intervals, the integrator inside each.
 
     `interval` is a scalar (every interval has this length, ms) or one length per
-    interval.
+    interval. With `specialise`, the integrator's [`AbstractIntegrator.variants`][]
+    are compiled as two scans and one is run (not under `vmap` with a batched
+    interval: both would run).
     """
     dtype = currents.dtype
     num_intervals, n_neurons = currents.shape
@@ -91,6 +105,14 @@ def run_intervals(
         buffer = SpikeBuffer.empty(n_neurons, cfg.max_spikes, dtype)
     uniform = jnp.ndim(interval) == 0
     constants = integrator.prepare(dynamics, interval) if uniform else None
+    variants = integrator.variants(constants) if uniform and specialise else None
+    if variants is not None:
+        pred, a, b = variants
+        return lax.cond(
+            pred,
+            lambda: run_intervals(a, dynamics, currents, interval, state, cfg),
+            lambda: run_intervals(b, dynamics, currents, interval, state, cfg),
+        )
     lengths = jnp.broadcast_to(interval, (num_intervals,))
     starts = interval_starts(interval, num_intervals)
 
@@ -159,7 +181,15 @@ def run_folded(
         if any(jax.tree.leaves(itv_b)) or any(jax.tree.leaves(shared_batched)):
             axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
             out = jax.vmap(
-                lambda d, c, i, s: run_intervals(integrator, d, c, i, s, cfg),
+                lambda d, c, i, s: run_intervals(
+                    integrator,
+                    d,
+                    c,
+                    i,
+                    s,
+                    cfg,
+                    specialise=not any(jax.tree.leaves(itv_b)),
+                ),
                 in_axes=axes,
             )(dynamics, currents, interval, state)
             return out, jax.tree.map(lambda _: True, out)

@@ -194,6 +194,8 @@ def test_intervals_of_different_lengths(solver):
 
     # Gradients of spike times through the non-uniform schedule (closed form vs
     # adaptive path agree; each is checked against finite differences elsewhere).
+    # Compiled once, each: the finite differences reuse the compiled run.
+    @jax.jit
     def loss(w):
         s = sj.integrate(
             dyn,
@@ -217,6 +219,7 @@ def test_intervals_of_different_lengths(solver):
 
     # And through the lengths themselves: each moves its own interval's end and the
     # start of every later one.
+    @jax.jit
     def loss_lengths(ls):
         s = sj.integrate(
             dyn,

@@ -2,6 +2,7 @@
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -145,8 +146,10 @@ def integrate(
     # The currents cannot overflow if |x| |W| summed over inputs stays finite (a
     # few scalars); only then are all T x n of them checked.
     bound = jnp.max(jnp.abs(inputs)) * jnp.max(jnp.sum(jnp.abs(weight), axis=1))
+    # (`unvmap_all`: under `vmap` the branch stays a branch, taken for the whole
+    # batch, instead of becoming a select that always checks.)
     nonfinite_current = ~nonfinite & lax.cond(
-        jnp.isfinite(bound),
+        eqxi.unvmap_all(jnp.isfinite(bound)),
         lambda: jnp.zeros((), bool),
         lambda: ~jnp.all(jnp.isfinite(currents)),
     )
@@ -347,10 +350,8 @@ def any_nonfinite(tree) -> Array:
 
 def raise_on_failure(sol, dynamics, conditions, nonfinite):
     """`sol`, raising at run time on a failed named condition of the model (unless
-    NaN/inf input is the cause, reported as such) or an unsuccessful `result`.
-
-    One check for all of them: each check threads the whole solution through a
-    branch, a copy of every output."""
+    NaN/inf input is the cause, reported as such) or an unsuccessful `result`,
+    with one check for all of them."""
     name = type(dynamics).__name__
     messages = [
         f"Invalid parameters or initial state of {name} found at run time: "
@@ -365,7 +366,21 @@ def raise_on_failure(sol, dynamics, conditions, nonfinite):
         len(messages) + sol.result._value,
     )
     pred = jnp.any(failed) | (sol.result != RESULTS.successful)
-
-    return eqx.branched_error_if(
-        sol, pred, index, messages + list(RESULTS._index_to_message)
+    # The check is threaded on a scalar zero, which every output then adds (an
+    # elementwise add that fuses into whatever produces the output): threading the
+    # solution itself through the check's branch would copy every array.
+    token = eqx.branched_error_if(
+        jnp.zeros((), jnp.int32),
+        pred,
+        index,
+        messages + list(RESULTS._index_to_message),
     )
+
+    def tie(a):
+        if not eqx.is_array(a):
+            return a
+        if a.dtype == jnp.bool_:
+            return a | (token != 0)
+        return a + token.astype(a.dtype)
+
+    return jax.tree.map(tie, sol)

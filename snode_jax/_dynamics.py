@@ -139,14 +139,13 @@ class AbstractClosedFormDynamics(AbstractExactFlowDynamics):
     - `interval_constants(interval)`: quantities fixed for the whole simulation;
     - `interval_start(y, current, constants)`: the event state at the interval start;
     - `crossing_pending(ev)`: whether the next crossing happens before the end;
-    - `crossing_time(ev)`: when (ms from the interval start) it happens;
     - `fire(ev, mask)`: move past that crossing and reset, where `mask` holds;
     - `interval_end(ev)`: the state at the interval end.
 
-    Gradients use `replay_interval`: given how many spikes the interval holds (fixed
-    by the forward pass), it writes the interval out in closed form, differentiably.
-    The class is for one-dimensional models with a fixed reset, whose spikes under
-    constant input are periodic after the first one.
+    Spike times and gradients use `replay_interval`: given how many spikes the
+    interval holds (counted by the walk), it writes the interval out in closed form,
+    differentiably. The class is for one-dimensional models with a fixed reset,
+    whose spikes under constant input are periodic after the first one.
     """
 
     @abc.abstractmethod
@@ -164,9 +163,6 @@ class AbstractClosedFormDynamics(AbstractExactFlowDynamics):
 
     @abc.abstractmethod
     def crossing_pending(self, ev: PyTree[Array]) -> NeuronBool: ...
-
-    @abc.abstractmethod
-    def crossing_time(self, ev: PyTree[Array]) -> NeuronFloat: ...
 
     @abc.abstractmethod
     def fire(self, ev: PyTree[Array], mask: NeuronBool) -> PyTree[Array]: ...

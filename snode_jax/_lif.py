@@ -245,11 +245,6 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
             pending = pending & ~(ev.blocked_start | ev.spike_block)
         return pending
 
-    def crossing_time(self, ev: _LIFEvents):
-        # s / u_threshold = exp(-(T - t*) / tau), so t* = T + tau log(s / u_threshold).
-        ratio = ev.s / jnp.where(ev.u_threshold > 0, ev.u_threshold, 1)
-        return ev.interval + ev.tau * jnp.log(ratio)
-
     def fire(self, ev: _LIFEvents, mask) -> _LIFEvents:
         s = jnp.where(mask, ev.s * ev.gain, ev.s)
         if ev.spike_block is None:

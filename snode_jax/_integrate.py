@@ -366,15 +366,15 @@ def raise_on_failure(sol, dynamics, conditions, nonfinite):
         len(messages) + sol.result._value,
     )
     pred = jnp.any(failed) | (sol.result != RESULTS.successful)
+    # Under `vmap` the error shows the largest index over the batch: the messages
+    # are listed in reverse, so that it is the first failed condition of any
+    # sample (then the result), and a sample that did not fail takes -1.
+    messages = messages + list(RESULTS._index_to_message)
+    index = jnp.where(pred, len(messages) - 1 - index, -1)
     # The check is threaded on a scalar zero, which every output then adds (an
     # elementwise add that fuses into whatever produces the output): threading the
     # solution itself through the check's branch would copy every array.
-    token = eqx.branched_error_if(
-        jnp.zeros((), jnp.int32),
-        pred,
-        index,
-        messages + list(RESULTS._index_to_message),
-    )
+    token = eqx.branched_error_if(jnp.zeros((), jnp.int32), pred, index, messages[::-1])
 
     def tie(a):
         if not eqx.is_array(a):

@@ -468,3 +468,23 @@ def test_spike_buffer_exactly_full_is_fine(layer):
     sol = layer.simulate(x, 1.0, max_spikes=most)
     assert sol.result == sj.RESULTS.successful
     assert_padded_times_close(sol.spike_times, ref.padded_times(most), 1e-9)
+
+
+def test_checked_run_leaves_outputs_bitwise_unchanged():
+    # A successful run with `throw=True` returns exactly what `throw=False` returns,
+    # bit for bit. Neuron 0 is refractory for the whole run, so its voltage is held
+    # at its initial value exactly: -0.0, sign bit included.
+    layer = sj.SpikingODELayer(
+        N_IN, 2, sj.ODELIFDynamics(t_ref=0.05), key=_KEY, dtype=jnp.float64
+    )
+    state = sj.LIFState(jnp.asarray([-0.0, 0.5]), jnp.asarray([5.0, 0.0]))
+    x = jnp.ones((2, N_IN))
+    checked = layer.simulate(x, 1.0, max_spikes=8, state=state)
+    unchecked = layer.simulate(x, 1.0, max_spikes=8, state=state, throw=False)
+    assert unchecked.result == sj.RESULTS.successful
+    assert np.signbit(np.asarray(unchecked.final_state.v)[0])
+    assert np.signbit(np.asarray(checked.final_state.v)[0])
+    leaves_c, leaves_u = jax.tree.leaves(checked), jax.tree.leaves(unchecked)
+    assert len(leaves_c) == len(leaves_u)
+    for a, b in zip(leaves_c, leaves_u):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()

@@ -358,6 +358,24 @@ def test_invalid_parameter_traced(layer, name, value, condition):
         jax.block_until_ready(_filter_jit_forward(bad, x))
 
 
+def test_invalid_parameter_in_part_of_a_batch(layer):
+    # Under vmap, one sample with an invalid traced parameter and one valid sample:
+    # the error still names the failed condition (not the valid sample's result).
+    x = jnp.ones((T, N_IN))
+
+    def run(tau):
+        lyr = eqx.tree_at(lambda lyr: lyr.dynamics.tau_mem, layer, tau)
+        return lyr.simulate(x, 1.0, max_spikes=8)
+
+    for taus in ([-1.0, 20.0], [20.0, -1.0]):
+        with pytest.raises(
+            eqx.EquinoxRuntimeError,
+            match="Invalid parameters or initial state of ODELIFDynamics .*: "
+            "need tau_mem > 0\\.",
+        ):
+            jax.block_until_ready(eqx.filter_jit(jax.vmap(run))(jnp.asarray(taus)))
+
+
 def test_invalid_interval_and_state_traced(layer):
     x = jnp.ones((T, N_IN))
     # (A Python float would be static under filter_jit and checked eagerly.)

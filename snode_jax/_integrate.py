@@ -371,7 +371,7 @@ def raise_on_failure(sol, dynamics, conditions, nonfinite):
     # sample (then the result), and a sample that did not fail takes -1.
     messages = messages + list(RESULTS._index_to_message)
     index = jnp.where(pred, len(messages) - 1 - index, -1)
-    # The check is threaded on a scalar zero, which every output then adds (an
+    # The check is threaded on a scalar zero, which every output then subtracts (an
     # elementwise add that fuses into whatever produces the output): threading the
     # solution itself through the check's branch would copy every array.
     token = eqx.branched_error_if(jnp.zeros((), jnp.int32), pred, index, messages[::-1])
@@ -381,6 +381,6 @@ def raise_on_failure(sol, dynamics, conditions, nonfinite):
             return a
         if a.dtype == jnp.bool_:
             return a | (token != 0)
-        return a + token.astype(a.dtype)
+        return a - token.astype(a.dtype)  # x - 0 is x, -0.0 included
 
     return jax.tree.map(tie, sol)

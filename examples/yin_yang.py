@@ -49,7 +49,10 @@ training silences more (about two thirds of 100 by the end of a 100-epoch run).
 `--bump B` (Göltz et al.) adds `B` to the input weights of every spiking neuron
 that fired on no sample of the batch, after each Adam step (`bump_silent`); the
 number of hidden neurons silent on the whole validation set is printed after
-every epoch (`silent hidden`) and kept in the metrics (`silent_hidden`).
+every epoch (`silent hidden`) and kept in the metrics (`silent_hidden`). With
+`--bump-threshold F`, as in Göltz et al. (`F = 0.3`), a hidden layer in which more
+than a fraction `F` of the batch's (sample, neuron) pairs is silent has every
+neuron bumped that is silent on some sample (`spared`).
 
 **Further options.** `--clip C` scales the gradient down to a global norm of at
 most `C` before Adam (`optax.clip_by_global_norm`); `--tau0` and `--alpha` set the
@@ -193,8 +196,11 @@ def _predict(scores, any_fired, readout: str):
 def batch_loss(net, trains: sj.SpikeTrain, labels, readout: str = "ttfs", loss=LOSS):
     """Mean loss over the samples that ran to the end (TTFS: with the loss
     constants `loss = (tau0, tau1, alpha)`); aux: (accuracy over those, number of
-    failed samples, per layer whether each neuron fired on some sample that ran to
-    the end, `None` for a non-spiking readout)."""
+    failed samples, activity). The activity has per layer (`None` for a non-spiking
+    readout) a dict over the samples that ran to the end: `"active"`, whether each
+    neuron fired on some sample; `"partly_silent"`, whether it was silent on some
+    sample; `"silent_fraction"`, the fraction of (sample, neuron) pairs without a
+    spike."""
     scores, fired, ok, neuron_fired = jax.vmap(_run, in_axes=(None, 0))(net, trains)
     per_sample = jax.vmap(_sample_loss, in_axes=(0, 0, None, None))(
         scores, labels, readout, loss
@@ -204,10 +210,38 @@ def batch_loss(net, trains: sj.SpikeTrain, labels, readout: str = "ttfs", loss=L
     mean_loss = jnp.sum(jnp.where(ok, per_sample, 0.0)) / denom
     predicted = jax.vmap(_predict, in_axes=(0, 0, None))(scores, fired, readout)
     accuracy = jnp.sum(ok & (predicted == labels)) / denom
-    active = [
-        None if f is None else jnp.any(f & ok[:, None], axis=0) for f in neuron_fired
+    activity = [
+        None
+        if f is None
+        else dict(
+            active=jnp.any(f & ok[:, None], axis=0),
+            partly_silent=jnp.any(~f & ok[:, None], axis=0),
+            silent_fraction=jnp.sum(~f & ok[:, None]) / (denom * f.shape[1]),
+        )
+        for f in neuron_fired
     ]
-    return mean_loss, (accuracy, jnp.sum(~ok), active)
+    return mean_loss, (accuracy, jnp.sum(~ok), activity)
+
+
+def spared(activity, threshold: float | None = None):
+    """Which neurons weight bumping leaves alone, per layer (`bump_silent`'s
+    `active`), from the `activity` of `batch_loss`. Bumped are the neurons silent on
+    the whole batch; with `threshold`, in a hidden layer whose fraction of silent
+    (sample, neuron) pairs exceeds `threshold`, also every neuron silent on some
+    sample (the rule of Göltz et al., there with threshold 0.3). The output layer
+    only ever has its wholly silent neurons bumped: a wrong output neuron that stays
+    silent is what the loss asks for."""
+    masks = []
+    last = len(activity) - 1
+    for i, act in enumerate(activity):
+        if act is None:
+            masks.append(None)
+        elif threshold is None or i == last:
+            masks.append(act["active"])
+        else:
+            too_quiet = act["silent_fraction"] > threshold
+            masks.append(act["active"] & ~(too_quiet & act["partly_silent"]))
+    return masks
 
 
 def bump_silent(net: sj.SpikingODENetwork, active, bump: float):
@@ -267,10 +301,11 @@ def train_step(
     readout: str = "ttfs",
     bump: float = 0.0,
     loss=LOSS,
+    bump_threshold: float | None = None,
 ):
     """One Adam step on a batch (loss constants `loss = (tau0, tau1, alpha)`), then
     (with `bump > 0`) weight bumping of the neurons that stayed silent on the whole
-    batch (`bump_silent`); returns the new network and optimiser state, the loss,
+    batch (`bump_silent`; with `bump_threshold`, the rule of `spared`); returns the new network and optimiser state, the loss,
     batch accuracy and the number of failed samples."""
     TRACE_COUNT["train_step"] += 1  # runs only while tracing
     params, rest = eqx.partition(net, trainable(net))
@@ -278,13 +313,13 @@ def train_step(
     def loss_of_params(params):
         return batch_loss(eqx.combine(params, rest), trains, labels, readout, loss)
 
-    (loss, (accuracy, failed, active)), grads = jax.value_and_grad(
+    (loss, (accuracy, failed, activity)), grads = jax.value_and_grad(
         loss_of_params, has_aux=True
     )(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     net = eqx.combine(eqx.apply_updates(params, updates), rest)
     if not (isinstance(bump, (int, float)) and bump == 0):
-        net = bump_silent(net, active, bump)
+        net = bump_silent(net, spared(activity, bump_threshold), bump)
     return net, opt_state, loss, accuracy, failed
 
 
@@ -369,6 +404,7 @@ def train(
     readout: str = "ttfs",
     schedule: str = "paper",
     bump: float = 0.0,
+    bump_threshold: float | None = None,
     clip: float | None = None,
     tau0: float = TAU0,
     alpha: float = ALPHA,
@@ -416,6 +452,7 @@ def train(
             else "cosine to 0 over the run"
         ),
         bump=bump,
+        bump_threshold=bump_threshold,
         clip=clip,
         dtype=str(jnp.dtype(DTYPE)),
     )
@@ -448,6 +485,7 @@ def train(
                 readout,
                 jnp.asarray(bump, DTYPE),
                 (tau0, TAU1, alpha),
+                bump_threshold,
             )
             losses.append(float(loss))
             accs.append(float(acc))
@@ -533,6 +571,15 @@ def main(argv=None):
         "every spiking neuron that fired on no sample of the batch (0: off)",
     )
     parser.add_argument(
+        "--bump-threshold",
+        type=float,
+        default=None,
+        help="with --bump: when more than this fraction of the hidden layer's "
+        "(sample, neuron) pairs of a batch is silent, bump every hidden neuron "
+        "silent on some sample (Göltz et al.: 0.3); default: only neurons silent "
+        "on the whole batch",
+    )
+    parser.add_argument(
         "--clip",
         type=float,
         default=None,
@@ -557,6 +604,8 @@ def main(argv=None):
         parser.error(f"--lr must be positive, got {args.lr}")
     if not (math.isfinite(args.bump) and args.bump >= 0):
         parser.error(f"--bump must be non-negative, got {args.bump}")
+    if args.bump_threshold is not None and not (0 <= args.bump_threshold < 1):
+        parser.error(f"--bump-threshold must be in [0, 1), got {args.bump_threshold}")
     if not (math.isfinite(args.tau0) and args.tau0 > 0):
         parser.error(f"--tau0 must be positive, got {args.tau0}")
     if not (math.isfinite(args.alpha) and args.alpha >= 0):
@@ -577,6 +626,7 @@ def main(argv=None):
         readout=args.readout,
         schedule=args.schedule,
         bump=args.bump,
+        bump_threshold=args.bump_threshold,
         clip=args.clip,
         tau0=args.tau0,
         alpha=args.alpha,

@@ -81,8 +81,9 @@ def test_weight_bumping_raises_only_silent_neurons(example, optimizer):
     opt_state = optimizer.init(eqx.filter(net, example.trainable(net)))
 
     batch_loss = eqx.filter_jit(example.batch_loss)
-    _, (_, failed, active) = batch_loss(net, trains, y)
+    _, (_, failed, activity) = batch_loss(net, trains, y)
     assert int(failed) == 0
+    active = example.spared(activity)
     assert jnp.array_equal(active[0], ~silent)  # the negative rows are silent
     assert bool(jnp.all(active[1]))  # every output neuron fires on some sample
 
@@ -106,7 +107,8 @@ def test_weight_bumping_raises_only_silent_neurons(example, optimizer):
     # Bumped often enough, a silent neuron fires again.
     revived = net
     for _ in range(40):
-        _, (_, _, active) = batch_loss(revived, trains, y)
+        _, (_, _, activity) = batch_loss(revived, trains, y)
+        active = example.spared(activity)
         if bool(jnp.all(active[0])):
             break
         revived = example.bump_silent(revived, active, bump)
@@ -122,3 +124,29 @@ def test_bump_and_clip_reject_bad_values(example):
         example.bump_silent(net, active[:1], 0.1)
     with pytest.raises(ValueError, match="`clip` must be a positive float"):
         example.make_optimizer(1e-2, 1, 1, clip=0.0)
+
+
+def test_spared_follows_the_bumping_rule(example):
+    """Hidden neurons: (fires on some sample, silent on some sample) = (yes, no),
+    (yes, yes), (no, yes); half of the pairs silent. Output neurons: (yes, yes),
+    (no, yes)."""
+    hidden = dict(
+        active=jnp.array([True, True, False]),
+        partly_silent=jnp.array([False, True, True]),
+        silent_fraction=jnp.array(0.5),
+    )
+    output = dict(
+        active=jnp.array([True, False]),
+        partly_silent=jnp.array([True, True]),
+        silent_fraction=jnp.array(0.75),
+    )
+    activity = [hidden, output]
+    # Default: only the neurons silent on every sample are bumped.
+    for threshold in (None, 0.6):
+        h, o = example.spared(activity, threshold)
+        assert h.tolist() == [True, True, False] and o.tolist() == [True, False]
+    # Half silent > 0.3: every hidden neuron silent on some sample is bumped; the
+    # output layer keeps the whole-batch rule.
+    h, o = example.spared(activity, 0.3)
+    assert h.tolist() == [True, False, False] and o.tolist() == [True, False]
+    assert example.spared([None, output], 0.3)[0] is None

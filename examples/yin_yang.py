@@ -42,6 +42,22 @@ want. The initial output weights have a positive mean so that output neurons fir
 from the start. A sample with no output spike at all counts as an error in the
 accuracy.
 
+**Silent hidden neurons and weight bumping.** A hidden neuron that fires on no
+sample has no spike time, hence no gradient, and stays silent for good. With the
+initial weights about a third of the hidden neurons are silent on every sample, and
+training silences more (about two thirds of 100 by the end of a 100-epoch run).
+`--bump B` (Göltz et al.) adds `B` to the input weights of every spiking neuron
+that fired on no sample of the batch, after each Adam step (`bump_silent`); the
+number of hidden neurons silent on the whole validation set is printed after
+every epoch (`silent hidden`) and kept in the metrics (`silent_hidden`). With
+`--bump-threshold F`, as in Göltz et al. (`F = 0.3`), a hidden layer in which more
+than a fraction `F` of the batch's (sample, neuron) pairs is silent has every
+neuron bumped that is silent on some sample (`spared`).
+
+**Further options.** `--clip C` scales the gradient down to a global norm of at
+most `C` before Adam (`optax.clip_by_global_norm`); `--tau0` and `--alpha` set the
+loss temperature and the weight of the regulariser.
+
 **Failed samples.** A sample whose run fills a neuron's spike buffer
 (`max_spikes`) stops early with `sj.RESULTS.spike_buffer_full`; such samples are
 counted, shown in the progress bar (`failed`) and the metrics, and left out of the
@@ -81,6 +97,7 @@ MAX_SPIKES = (8, 64)
 
 # Loss (Wunderlich & Pehle 2021, Yin-Yang).
 TAU0, TAU1, ALPHA = 0.5, 6.4, 3e-3
+LOSS = (TAU0, TAU1, ALPHA)
 
 # Initial weights, (mean, std), in units of the membrane `tau_mem dv/dt = -v + i`.
 HIDDEN_INIT = (1.5, 0.78)
@@ -131,28 +148,41 @@ def encode(features) -> sj.SpikeTrain:
     )
 
 
-def _forward(net: sj.SpikingODENetwork, train: sj.SpikeTrain):
+def _run(net: sj.SpikingODENetwork, train: sj.SpikeTrain):
     """One sample: the output scores (first spike times, `t_end` for silent neurons,
-    or maximum voltages), whether any output neuron fired (TTFS), and whether every
-    layer ran to its end."""
+    or maximum voltages), whether any output neuron fired (TTFS), whether every
+    layer ran to its end, and per spiking layer which neurons fired."""
     budgets = MAX_SPIKES if isinstance(net.layers[-1], sj.SpikingODELayer) else 8
     nsol = net.simulate(train, t_end=T_END, max_spikes=budgets, throw=False)
     ok = jnp.array(True)
+    neuron_fired = []
     for layer_sol in nsol.layers:
         if isinstance(layer_sol, sj.Solution):
             ok = ok & (layer_sol.result == sj.RESULTS.successful)
+            neuron_fired.append(layer_sol.num_spikes > 0)
+        else:
+            neuron_fired.append(None)
     out = nsol.output
     if isinstance(out, sj.Solution):
         first = sj.first_spike_times(out)
         fired = jnp.isfinite(first)
-        return jnp.where(fired, first, T_END), jnp.any(fired), ok
-    return out.max_voltage, jnp.array(True), ok
+        return jnp.where(fired, first, T_END), jnp.any(fired), ok, neuron_fired
+    return out.max_voltage, jnp.array(True), ok, neuron_fired
 
 
-def _sample_loss(scores, label, readout: str):
+def _forward(net: sj.SpikingODENetwork, train: sj.SpikeTrain):
+    """One sample: the output scores (first spike times, `t_end` for silent neurons,
+    or maximum voltages), whether any output neuron fired (TTFS), and whether every
+    layer ran to its end."""
+    scores, any_fired, ok, _ = _run(net, train)
+    return scores, any_fired, ok
+
+
+def _sample_loss(scores, label, readout: str, loss=LOSS):
     if readout == "ttfs":
-        ce = optax.softmax_cross_entropy_with_integer_labels(-scores / TAU0, label)
-        return ce + ALPHA * (jnp.exp(scores[label] / TAU1) - 1.0)
+        tau0, tau1, alpha = loss
+        ce = optax.softmax_cross_entropy_with_integer_labels(-scores / tau0, label)
+        return ce + alpha * (jnp.exp(scores[label] / tau1) - 1.0)
     return optax.softmax_cross_entropy_with_integer_labels(scores, label)
 
 
@@ -163,17 +193,91 @@ def _predict(scores, any_fired, readout: str):
     return jnp.argmax(scores)
 
 
-def batch_loss(net, trains: sj.SpikeTrain, labels, readout: str = "ttfs"):
-    """Mean loss over the samples that ran to the end; aux: (accuracy over those,
-    number of failed samples)."""
-    scores, fired, ok = jax.vmap(_forward, in_axes=(None, 0))(net, trains)
-    per_sample = jax.vmap(_sample_loss, in_axes=(0, 0, None))(scores, labels, readout)
+def batch_loss(net, trains: sj.SpikeTrain, labels, readout: str = "ttfs", loss=LOSS):
+    """Mean loss over the samples that ran to the end (TTFS: with the loss
+    constants `loss = (tau0, tau1, alpha)`); aux: (accuracy over those, number of
+    failed samples, activity). The activity has per layer (`None` for a non-spiking
+    readout) a dict over the samples that ran to the end: `"active"`, whether each
+    neuron fired on some sample; `"partly_silent"`, whether it was silent on some
+    sample; `"silent_fraction"`, the fraction of (sample, neuron) pairs without a
+    spike."""
+    scores, fired, ok, neuron_fired = jax.vmap(_run, in_axes=(None, 0))(net, trains)
+    per_sample = jax.vmap(_sample_loss, in_axes=(0, 0, None, None))(
+        scores, labels, readout, loss
+    )
     n_ok = jnp.sum(ok)
     denom = jnp.maximum(n_ok, 1)
-    loss = jnp.sum(jnp.where(ok, per_sample, 0.0)) / denom
+    mean_loss = jnp.sum(jnp.where(ok, per_sample, 0.0)) / denom
     predicted = jax.vmap(_predict, in_axes=(0, 0, None))(scores, fired, readout)
     accuracy = jnp.sum(ok & (predicted == labels)) / denom
-    return loss, (accuracy, jnp.sum(~ok))
+    activity = [
+        None
+        if f is None
+        else dict(
+            active=jnp.any(f & ok[:, None], axis=0),
+            partly_silent=jnp.any(~f & ok[:, None], axis=0),
+            silent_fraction=jnp.sum(~f & ok[:, None]) / (denom * f.shape[1]),
+        )
+        for f in neuron_fired
+    ]
+    return mean_loss, (accuracy, jnp.sum(~ok), activity)
+
+
+def spared(activity, threshold: float | None = None):
+    """Which neurons weight bumping leaves alone, per layer (`bump_silent`'s
+    `active`), from the `activity` of `batch_loss`. Bumped are the neurons silent on
+    the whole batch; with `threshold`, in a hidden layer whose fraction of silent
+    (sample, neuron) pairs exceeds `threshold`, also every neuron silent on some
+    sample (the rule of Göltz et al., there with threshold 0.3). The output layer
+    only ever has its wholly silent neurons bumped: a wrong output neuron that stays
+    silent is what the loss asks for."""
+    masks = []
+    last = len(activity) - 1
+    for i, act in enumerate(activity):
+        if act is None:
+            masks.append(None)
+        elif threshold is None or i == last:
+            masks.append(act["active"])
+        else:
+            too_quiet = act["silent_fraction"] > threshold
+            masks.append(act["active"] & ~(too_quiet & act["partly_silent"]))
+    return masks
+
+
+def bump_silent(net: sj.SpikingODENetwork, active, bump: float):
+    """Weight bumping (Göltz et al. 2021): every spiking neuron that fired on no
+    sample of the batch gets `bump` added to each of its input weights, so that it
+    crosses threshold again (a silent neuron has no spike time, hence no gradient,
+    and would otherwise stay silent for good). Other neurons are left alone.
+
+    **Arguments:**
+
+    - `net`: the network.
+    - `active`: per layer, a boolean `(n_neurons,)` array, whether each neuron fired
+        on some sample of the batch, or `None` for a layer that is not bumped (a
+        non-spiking readout).
+    - `bump`: the increment, a non-negative float (or a scalar array, so that
+        `train_step` compiles once for all values).
+
+    **Returns:**
+
+    The network with the silent neurons' input weights raised.
+    """
+    if isinstance(bump, (int, float)) and not (math.isfinite(bump) and bump >= 0):
+        raise ValueError(f"`bump` must be a non-negative float, got {bump!r}.")
+    if len(active) != len(net.layers):
+        raise ValueError(
+            f"`active` must have one entry per layer ({len(net.layers)}), got "
+            f"{len(active)}."
+        )
+    weights = [
+        layer.weight
+        if act is None
+        else layer.weight
+        + jnp.where(act, 0.0, bump).astype(layer.weight.dtype)[:, None]
+        for layer, act in zip(net.layers, active)
+    ]
+    return eqx.tree_at(lambda n: [layer.weight for layer in n.layers], net, weights)
 
 
 def trainable(net: sj.SpikingODENetwork):
@@ -188,49 +292,84 @@ def trainable(net: sj.SpikingODENetwork):
 
 
 @eqx.filter_jit
-def train_step(net, opt_state, optimizer, trains, labels, readout: str = "ttfs"):
-    """One Adam step on a batch; returns the new network and optimiser state, the
-    loss, batch accuracy and the number of failed samples."""
+def train_step(
+    net,
+    opt_state,
+    optimizer,
+    trains,
+    labels,
+    readout: str = "ttfs",
+    bump: float = 0.0,
+    loss=LOSS,
+    bump_threshold: float | None = None,
+):
+    """One Adam step on a batch (loss constants `loss = (tau0, tau1, alpha)`), then
+    (with `bump > 0`) weight bumping of the neurons that stayed silent on the whole
+    batch (`bump_silent`; with `bump_threshold`, the rule of `spared`); returns the new network and optimiser state, the loss,
+    batch accuracy and the number of failed samples."""
     TRACE_COUNT["train_step"] += 1  # runs only while tracing
     params, rest = eqx.partition(net, trainable(net))
 
     def loss_of_params(params):
-        return batch_loss(eqx.combine(params, rest), trains, labels, readout)
+        return batch_loss(eqx.combine(params, rest), trains, labels, readout, loss)
 
-    (loss, (accuracy, failed)), grads = jax.value_and_grad(
+    (loss, (accuracy, failed, activity)), grads = jax.value_and_grad(
         loss_of_params, has_aux=True
     )(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     net = eqx.combine(eqx.apply_updates(params, updates), rest)
+    if not (isinstance(bump, (int, float)) and bump == 0):
+        net = bump_silent(net, spared(activity, bump_threshold), bump)
     return net, opt_state, loss, accuracy, failed
 
 
 @eqx.filter_jit
 def _eval_batch(net, trains, labels, readout: str):
-    scores, fired, ok = jax.vmap(_forward, in_axes=(None, 0))(net, trains)
+    scores, fired, ok, neuron_fired = jax.vmap(_run, in_axes=(None, 0))(net, trains)
     predicted = jax.vmap(_predict, in_axes=(0, 0, None))(scores, fired, readout)
-    return jnp.sum(ok & (predicted == labels)), jnp.sum(~ok)
+    hidden_active = jnp.any(neuron_fired[0], axis=0)
+    return jnp.sum(ok & (predicted == labels)), jnp.sum(~ok), hidden_active
 
 
-def evaluate(net, features, labels, readout: str = "ttfs", batch_size: int = 500):
-    """(accuracy, failed samples) on a whole set; failed samples count as errors."""
+def evaluate(
+    net,
+    features,
+    labels,
+    readout: str = "ttfs",
+    batch_size: int = 500,
+    with_silent: bool = False,
+):
+    """(accuracy, failed samples) on a whole set; failed samples count as errors.
+    With `with_silent`, also the number of hidden neurons that fire on no sample of
+    the set."""
     correct = failed = 0
+    active = np.zeros(net.layers[0].weight.shape[0], bool)
     for start in range(0, len(labels), batch_size):
         x = features[start : start + batch_size]
         y = jnp.asarray(labels[start : start + batch_size])
-        c, f = _eval_batch(net, encode(x), y, readout)
+        c, f, a = _eval_batch(net, encode(x), y, readout)
         correct += int(c)
         failed += int(f)
+        active |= np.asarray(a)
+    if with_silent:
+        return correct / len(labels), failed, int(np.sum(~active))
     return correct / len(labels), failed
 
 
 SCHEDULES = ("paper", "cosine")
 
 
-def make_optimizer(lr: float, steps_per_epoch: int, epochs: int, schedule="paper"):
+def make_optimizer(
+    lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+    schedule="paper",
+    clip: float | None = None,
+):
     """Adam. `"paper"`: the learning rate falls by 0.95 every 5 epochs (the paper's
     300-epoch run); `"cosine"`: it falls to 0 along a cosine over the whole run (for
-    short runs, which would otherwise end at the initial rate)."""
+    short runs, which would otherwise end at the initial rate). With `clip`, the
+    gradient is first scaled down to a global norm of at most `clip`."""
     if schedule == "paper":
         rate = optax.exponential_decay(
             lr, transition_steps=5 * steps_per_epoch, decay_rate=0.95, staircase=True
@@ -239,7 +378,11 @@ def make_optimizer(lr: float, steps_per_epoch: int, epochs: int, schedule="paper
         rate = optax.cosine_decay_schedule(lr, decay_steps=epochs * steps_per_epoch)
     else:
         raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}.")
-    return optax.adam(rate)
+    if clip is None:
+        return optax.adam(rate)
+    if not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"`clip` must be a positive float or None, got {clip!r}.")
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(rate))
 
 
 def _batches(rng, n: int, batch_size: int):
@@ -260,6 +403,11 @@ def train(
     train_size: int | None = None,
     readout: str = "ttfs",
     schedule: str = "paper",
+    bump: float = 0.0,
+    bump_threshold: float | None = None,
+    clip: float | None = None,
+    tau0: float = TAU0,
+    alpha: float = ALPHA,
     out: str | None = None,
     progress: bool = True,
 ) -> dict:
@@ -274,7 +422,7 @@ def train(
     steps_per_epoch = len(y_train) // batch_size
 
     net = make_network(jax.random.key(seed), hidden, readout)
-    optimizer = make_optimizer(lr, steps_per_epoch, epochs, schedule)
+    optimizer = make_optimizer(lr, steps_per_epoch, epochs, schedule, clip)
     opt_state = optimizer.init(eqx.filter(net, trainable(net)))
     rng = np.random.default_rng(seed)
 
@@ -293,9 +441,9 @@ def train(
         tau_mem=TAU_MEM,
         tau_syn=TAU_SYN,
         max_spikes=MAX_SPIKES,
-        tau0=TAU0,
+        tau0=tau0,
         tau1=TAU1,
-        alpha=ALPHA,
+        alpha=alpha,
         hidden_init=HIDDEN_INIT,
         output_init=OUTPUT_INIT if readout == "ttfs" else READOUT_INIT,
         lr_schedule=(
@@ -303,10 +451,16 @@ def train(
             if schedule == "paper"
             else "cosine to 0 over the run"
         ),
+        bump=bump,
+        bump_threshold=bump_threshold,
+        clip=clip,
         dtype=str(jnp.dtype(DTYPE)),
     )
-    val_acc, val_failed = evaluate(net, x_val, y_val, readout)
-    print(f"epoch 0: validation accuracy {val_acc:.3f} (failed {val_failed})")
+    val_acc, val_failed, silent = evaluate(net, x_val, y_val, readout, with_silent=True)
+    print(
+        f"epoch 0: validation accuracy {val_acc:.3f} (failed {val_failed}); "
+        f"{silent} of {hidden} hidden neurons silent on the validation set"
+    )
     best = dict(epoch=0, val_accuracy=val_acc)
     best_net = net
     history = []
@@ -323,7 +477,15 @@ def train(
         for idx in bar:
             trains = encode(x_train[idx])
             net, opt_state, loss, acc, failed = train_step(
-                net, opt_state, optimizer, trains, jnp.asarray(y_train[idx]), readout
+                net,
+                opt_state,
+                optimizer,
+                trains,
+                jnp.asarray(y_train[idx]),
+                readout,
+                jnp.asarray(bump, DTYPE),
+                (tau0, TAU1, alpha),
+                bump_threshold,
             )
             losses.append(float(loss))
             accs.append(float(acc))
@@ -332,7 +494,9 @@ def train(
                 loss=f"{losses[-1]:.3f}", acc=f"{accs[-1]:.3f}", failed=failed_total
             )
         train_time = time.perf_counter() - t0
-        val_acc, val_failed = evaluate(net, x_val, y_val, readout)
+        val_acc, val_failed, silent = evaluate(
+            net, x_val, y_val, readout, with_silent=True
+        )
         epoch_time = time.perf_counter() - t0
         row = dict(
             epoch=epoch,
@@ -341,6 +505,7 @@ def train(
             train_failed=failed_total,
             val_accuracy=val_acc,
             val_failed=val_failed,
+            silent_hidden=silent,
             train_time_s=train_time,
             epoch_time_s=epoch_time,
             time_per_batch_s=train_time / max(len(losses), 1),
@@ -353,7 +518,8 @@ def train(
         print(
             f"epoch {epoch}: loss {row['train_loss']:.4f}, train accuracy "
             f"{row['train_accuracy']:.3f}, failed {failed_total}; validation "
-            f"accuracy {val_acc:.3f} (failed {val_failed}); {epoch_time:.1f} s "
+            f"accuracy {val_acc:.3f} (failed {val_failed}); silent hidden {silent}; "
+            f"{epoch_time:.1f} s "
             f"({row['time_per_batch_s']:.2f} s per batch)"
         )
         if out is not None:
@@ -397,11 +563,55 @@ def main(argv=None):
         help="learning-rate schedule: the paper's (x0.95 every 5 epochs) or a "
         "cosine decay to 0 over the run",
     )
+    parser.add_argument(
+        "--bump",
+        type=float,
+        default=0.0,
+        help="weight bumping: after each step, add this to the input weights of "
+        "every spiking neuron that fired on no sample of the batch (0: off)",
+    )
+    parser.add_argument(
+        "--bump-threshold",
+        type=float,
+        default=None,
+        help="with --bump: when more than this fraction of the hidden layer's "
+        "(sample, neuron) pairs of a batch is silent, bump every hidden neuron "
+        "silent on some sample (Göltz et al.: 0.3); default: only neurons silent "
+        "on the whole batch",
+    )
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=None,
+        help="clip the gradient to this global norm before Adam (default: no clip)",
+    )
+    parser.add_argument(
+        "--tau0",
+        type=float,
+        default=TAU0,
+        help=f"loss temperature in ms (default {TAU0})",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=ALPHA,
+        help=f"weight of the early-label-spike regulariser (default {ALPHA})",
+    )
     parser.add_argument("--out", default=None, help="directory for results")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be positive, got {args.lr}")
+    if not (math.isfinite(args.bump) and args.bump >= 0):
+        parser.error(f"--bump must be non-negative, got {args.bump}")
+    if args.bump_threshold is not None and not (0 <= args.bump_threshold < 1):
+        parser.error(f"--bump-threshold must be in [0, 1), got {args.bump_threshold}")
+    if not (math.isfinite(args.tau0) and args.tau0 > 0):
+        parser.error(f"--tau0 must be positive, got {args.tau0}")
+    if not (math.isfinite(args.alpha) and args.alpha >= 0):
+        parser.error(f"--alpha must be non-negative, got {args.alpha}")
+    if args.clip is not None and not (math.isfinite(args.clip) and args.clip > 0):
+        parser.error(f"--clip must be positive, got {args.clip}")
     for name in ("epochs", "batch_size", "hidden", "train_size"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -415,6 +625,11 @@ def main(argv=None):
         train_size=args.train_size,
         readout=args.readout,
         schedule=args.schedule,
+        bump=args.bump,
+        bump_threshold=args.bump_threshold,
+        clip=args.clip,
+        tau0=args.tau0,
+        alpha=args.alpha,
         out=args.out,
         progress=not args.no_progress,
     )

@@ -1,5 +1,7 @@
 """The Yin-Yang example (`examples/yin_yang.py`) trains: a few steps on a small
-subset lower the loss, and its training step compiles once."""
+subset lower the loss, its training step compiles once, and weight bumping raises
+the weights of silent neurons only. The tests share one compilation of the
+training step (same shapes, same optimizer object, `bump` passed as an array)."""
 
 import importlib.util
 import pathlib
@@ -24,12 +26,16 @@ def example():
     return module
 
 
-def test_training_reduces_loss_and_compiles_once(example):
+@pytest.fixture(scope="module")
+def optimizer(example):
+    return example.make_optimizer(1e-2, steps_per_epoch=1, epochs=1)
+
+
+def test_training_reduces_loss_and_compiles_once(example, optimizer):
     x, y = yin_yang(split="train")
     x, y = x[:64], jnp.asarray(y[:64])
     trains = example.encode(x)
     net = example.make_network(jax.random.key(0), 20)
-    optimizer = example.make_optimizer(1e-2, steps_per_epoch=1, epochs=1)
     opt_state = optimizer.init(eqx.filter(net, example.trainable(net)))
 
     traces_before = example.TRACE_COUNT["train_step"]
@@ -37,7 +43,7 @@ def test_training_reduces_loss_and_compiles_once(example):
     for _ in range(6):
         # Each step returns the loss of the parameters it starts from.
         net, opt_state, loss, accuracy, failed = example.train_step(
-            net, opt_state, optimizer, trains, y
+            net, opt_state, optimizer, trains, y, "ttfs", jnp.float32(0)
         )
         assert int(failed) == 0
         assert jnp.isfinite(loss) and 0 <= float(accuracy) <= 1
@@ -51,3 +57,96 @@ def test_training_reduces_loss_and_compiles_once(example):
 
 def test_train_step_is_filter_jit(example):
     assert isinstance(example.train_step, type(eqx.filter_jit(lambda: None)))
+
+
+def test_weight_bumping_raises_only_silent_neurons(example, optimizer):
+    """A hidden neuron whose input weights are all negative never reaches the
+    (positive) threshold: its voltage stays at or below 0. It has no spike time, so
+    its weights get no gradient, and Adam leaves them unchanged; weight bumping adds
+    exactly `bump` to each of them and leaves every other weight as Adam set it."""
+    x, y = yin_yang(split="train")
+    x, y = x[:64], jnp.asarray(y[:64])
+    trains = example.encode(x)
+    net = example.make_network(jax.random.key(1), 20)
+    silent = jnp.zeros(20, bool).at[jnp.array([1, 4, 15])].set(True)
+    w0 = net.layers[0].weight
+    net = eqx.tree_at(
+        lambda n: (n.layers[0].weight, n.layers[1].weight),
+        net,
+        (
+            jnp.where(silent[:, None], -jnp.abs(w0) - 0.1, jnp.abs(w0) + 0.5),
+            jnp.abs(net.layers[1].weight) + 1.0,
+        ),
+    )
+    opt_state = optimizer.init(eqx.filter(net, example.trainable(net)))
+
+    batch_loss = eqx.filter_jit(example.batch_loss)
+    _, (_, failed, activity) = batch_loss(net, trains, y)
+    assert int(failed) == 0
+    active = example.spared(activity)
+    assert jnp.array_equal(active[0], ~silent)  # the negative rows are silent
+    assert bool(jnp.all(active[1]))  # every output neuron fires on some sample
+
+    # `bump` as an array: one compilation serves both values (the one of the test
+    # above, when it ran first).
+    bump = 0.25
+    traces_before = example.TRACE_COUNT["train_step"]
+    step = example.train_step
+    plain, *_ = step(net, opt_state, optimizer, trains, y, "ttfs", jnp.float32(0))
+    bumped, *_ = step(net, opt_state, optimizer, trains, y, "ttfs", jnp.float32(bump))
+    assert example.TRACE_COUNT["train_step"] - traces_before <= 1
+    w_in, w_plain, w_bumped = (n.layers[0].weight for n in (net, plain, bumped))
+    # Silent rows: no gradient, so Adam leaves them; bumping adds exactly `bump`.
+    assert jnp.array_equal(w_plain[silent], w_in[silent])
+    assert jnp.array_equal(w_bumped[silent], w_in[silent] + bump)
+    # Active rows moved (they have a gradient), the same with and without bumping.
+    assert not jnp.array_equal(w_plain[~silent], w_in[~silent])
+    assert jnp.array_equal(w_bumped[~silent], w_plain[~silent])
+    assert jnp.array_equal(bumped.layers[1].weight, plain.layers[1].weight)
+
+    # Bumped often enough, a silent neuron fires again.
+    revived = net
+    for _ in range(40):
+        _, (_, _, activity) = batch_loss(revived, trains, y)
+        active = example.spared(activity)
+        if bool(jnp.all(active[0])):
+            break
+        revived = example.bump_silent(revived, active, bump)
+    assert bool(jnp.all(active[0]))
+
+
+def test_bump_and_clip_reject_bad_values(example):
+    net = example.make_network(jax.random.key(0), 4)
+    active = [jnp.ones(4, bool), jnp.ones(3, bool)]
+    with pytest.raises(ValueError, match="`bump` must be a non-negative float"):
+        example.bump_silent(net, active, -1.0)
+    with pytest.raises(ValueError, match="one entry per layer"):
+        example.bump_silent(net, active[:1], 0.1)
+    with pytest.raises(ValueError, match="`clip` must be a positive float"):
+        example.make_optimizer(1e-2, 1, 1, clip=0.0)
+
+
+def test_spared_follows_the_bumping_rule(example):
+    """Hidden neurons: (fires on some sample, silent on some sample) = (yes, no),
+    (yes, yes), (no, yes); half of the pairs silent. Output neurons: (yes, yes),
+    (no, yes)."""
+    hidden = dict(
+        active=jnp.array([True, True, False]),
+        partly_silent=jnp.array([False, True, True]),
+        silent_fraction=jnp.array(0.5),
+    )
+    output = dict(
+        active=jnp.array([True, False]),
+        partly_silent=jnp.array([True, True]),
+        silent_fraction=jnp.array(0.75),
+    )
+    activity = [hidden, output]
+    # Default: only the neurons silent on every sample are bumped.
+    for threshold in (None, 0.6):
+        h, o = example.spared(activity, threshold)
+        assert h.tolist() == [True, True, False] and o.tolist() == [True, False]
+    # Half silent > 0.3: every hidden neuron silent on some sample is bumped; the
+    # output layer keeps the whole-batch rule.
+    h, o = example.spared(activity, 0.3)
+    assert h.tolist() == [True, False, False] and o.tolist() == [True, False]
+    assert example.spared([None, output], 0.3)[0] is None

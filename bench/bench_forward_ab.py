@@ -4,8 +4,8 @@ Run it once per checkout, in alternating processes, and compare the printed JSON
 `PYTHONPATH=<checkout> python bench/bench_forward_ab.py`. Times `eqx.filter_jit`
 forward passes of (a) 4096 AdEx / Izhikevich neurons on Tsit5 (rtol 3e-7), 5
 intervals of 20 ms with drives of 300-1500 pA / 3-15, and (b) the exact LIF at
-64 x 256 neurons x 100 intervals x 32 inputs under `jax.vmap`; minimum over the
-repetitions, in seconds.
+64 x 256 neurons x 100 intervals x 32 inputs under `jax.vmap`, `forward` and
+`simulate(max_spikes=128)`; minimum over the repetitions, in seconds.
 """
 
 import json
@@ -63,6 +63,15 @@ def main():
             jax.vmap(lambda lyr, x: lyr.forward(x, 1.0), (None, 0))
         )
         out["lif_" + jnp.dtype(dtype).name] = best_time(forward, layer, xb, reps=11)
+        simulate = eqx.filter_jit(
+            jax.vmap(
+                lambda lyr, x: lyr.simulate(x, 1.0, max_spikes=128).spike_times,
+                (None, 0),
+            )
+        )
+        out["lif_simulate_" + jnp.dtype(dtype).name] = best_time(
+            simulate, layer, xb, reps=11
+        )
     print(json.dumps(out))
 
 

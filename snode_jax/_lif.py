@@ -63,7 +63,6 @@ class _LIFEvents(eqx.Module):
     gain: Array
     s: Array
     tau: Array
-    interval: Array
     # Refractory bookkeeping (None without a refractory period).
     blocked_start: Array | None  # refractory through the whole interval
     rho_carry: Array | None  # refractory time left at the end, for those
@@ -236,7 +235,7 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
                 refractory_gain,
             )
             gain = gain * refractory_gain
-        return _LIFEvents(v_inf, u_threshold, gain, s, tau, interval, *refr)
+        return _LIFEvents(v_inf, u_threshold, gain, s, tau, *refr)
 
     def crossing_pending(self, ev: _LIFEvents):
         pending = (ev.u_threshold > 0) & (ev.s <= ev.u_threshold)

@@ -5,6 +5,7 @@ neuron axis."""
 import abc
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -45,9 +46,10 @@ class AbstractIntegrator(eqx.Module):
         self, constants: PyTree[Array]
     ) -> "tuple[Array, AbstractIntegrator, AbstractIntegrator] | None":
         """Optionally `(pred, a, b)`: integrators specialised on a run-time property
-        of the constants of a run whose intervals all have the same length (`a`
-        where `pred` holds, else `b`), so that a branch taken once per run is not
-        taken in every interval. None by default."""
+        of the constants of a run whose intervals all have the same length, so that
+        a branch taken once per run is not taken in every interval. `a` runs where
+        `pred` holds (for every run of a `vmap`ped batch), else `b`, which must be
+        right whether or not `pred` holds. None by default."""
         del constants
         return None
 
@@ -88,15 +90,13 @@ def run_intervals(
     interval,
     state: State,
     cfg: RunConfig,
-    *,
-    specialise: bool = True,
 ) -> RawRun:
     """The forward pass: a scan over the intervals, the integrator inside each.
 
     `interval` is a scalar (every interval has this length, ms) or one length per
-    interval. With `specialise`, the integrator's [`AbstractIntegrator.variants`][]
-    are compiled as two scans and one is run (not under `vmap` with a batched
-    interval: both would run).
+    interval. The integrator's [`AbstractIntegrator.variants`][] are compiled as
+    two scans and one is run (`pred` is reduced over a `vmap`ped batch, so that the
+    branch stays a branch instead of a select that runs both).
     """
     dtype = currents.dtype
     num_intervals, n_neurons = currents.shape
@@ -105,11 +105,11 @@ def run_intervals(
         buffer = SpikeBuffer.empty(n_neurons, cfg.max_spikes, dtype)
     uniform = jnp.ndim(interval) == 0
     constants = integrator.prepare(dynamics, interval) if uniform else None
-    variants = integrator.variants(constants) if uniform and specialise else None
+    variants = integrator.variants(constants) if uniform else None
     if variants is not None:
         pred, a, b = variants
         return lax.cond(
-            pred,
+            eqxi.unvmap_all(pred),
             lambda: run_intervals(a, dynamics, currents, interval, state, cfg),
             lambda: run_intervals(b, dynamics, currents, interval, state, cfg),
         )
@@ -181,15 +181,7 @@ def run_folded(
         if any(jax.tree.leaves(itv_b)) or any(jax.tree.leaves(shared_batched)):
             axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
             out = jax.vmap(
-                lambda d, c, i, s: run_intervals(
-                    integrator,
-                    d,
-                    c,
-                    i,
-                    s,
-                    cfg,
-                    specialise=not any(jax.tree.leaves(itv_b)),
-                ),
+                lambda d, c, i, s: run_intervals(integrator, d, c, i, s, cfg),
                 in_axes=axes,
             )(dynamics, currents, interval, state)
             return out, jax.tree.map(lambda _: True, out)

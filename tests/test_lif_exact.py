@@ -12,6 +12,7 @@ value per neuron); scalar and mixed layouts have their own test.
 import functools
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -342,3 +343,30 @@ def test_float32_layer_casts_inputs(input_dtype):
     state, counts = layer.step(layer.init_state(), x[0], cfg.interval)
     assert state.v.dtype == jnp.float32
     assert counts.dtype == jnp.float32
+
+
+def test_batch_of_runs_with_short_and_long_intervals():
+    """Under `vmap`, a run whose intervals are walked whole (1 ms) and one whose
+    intervals must be walked in pieces (8000 ms = 800 tau_mem: `exp(-800)` is below
+    the smallest float64) share one batch; each must give the reference's spikes."""
+    dyn = sj.ODELIFDynamics(tau_mem=10.0)
+    layer = sj.SpikingODELayer(2, 4, dyn, dtype=jnp.float64, key=jax.random.key(0))
+    weight = jnp.asarray([[1.2, 0.0], [0.0, 1.5], [2.0, 1.0], [0.3, -0.1]])
+    layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+    # v_inf = 10 W x: 5-81 in the short run (up to several spikes per ms), 0.1-1.06
+    # in the long one (one neuron above threshold, a spike every ~25-30 ms).
+    x = np.random.default_rng(4).uniform(0.5, 1.0, (2, 3, 2))
+    x[0] *= 3.0
+    x[1] /= 25.0
+    intervals = np.array([1.0, 8000.0])
+    sols = jax.vmap(lambda xb, itv: layer.simulate(xb, itv, max_spikes=MAX_SPIKES))(
+        jnp.asarray(x), jnp.asarray(intervals)
+    )
+    for b in range(2):
+        ref = reference_for(layer, x[b], intervals[b])
+        np.testing.assert_array_equal(np.asarray(sols.counts[b]), ref.counts)
+        assert_padded_times_close(
+            sols.spike_times[b], ref.padded_times(MAX_SPIKES), TIME_ATOL
+        )
+    assert int(np.sum(np.asarray(sols.counts[0]))) > 3
+    assert int(np.sum(np.asarray(sols.counts[1]))) > 20

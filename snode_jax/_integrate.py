@@ -353,26 +353,24 @@ def raise_on_failure(sol, dynamics, conditions, nonfinite):
     NaN/inf input is the cause, reported as such) or an unsuccessful `result`,
     with one check for all of them."""
     name = type(dynamics).__name__
-    messages = [
+    conditions_failed = [
         f"Invalid parameters or initial state of {name} found at run time: "
         f"need {condition}."
         for condition in conditions
     ]
+    messages = conditions_failed + list(RESULTS._index_to_message)
     failed = jnp.stack([~jnp.asarray(ok) & ~nonfinite for ok in conditions.values()])
-    # The first failed condition, else the result's own message.
-    index = jnp.where(
-        jnp.any(failed),
-        jnp.argmax(failed),
-        len(messages) + sol.result._value,
-    )
     pred = jnp.any(failed) | (sol.result != RESULTS.successful)
+    # The first failed condition, else the result's own message.
+    first = jnp.where(
+        jnp.any(failed), jnp.argmax(failed), len(conditions_failed) + sol.result._value
+    )
     # Under `vmap` the error shows the largest index over the batch: the messages
     # are listed in reverse, so that it is the first failed condition of any
     # sample (then the result), and a sample that did not fail takes -1.
-    messages = messages + list(RESULTS._index_to_message)
-    index = jnp.where(pred, len(messages) - 1 - index, -1)
-    # The check is threaded on a scalar zero, which every output then subtracts (an
-    # elementwise add that fuses into whatever produces the output): threading the
+    index = jnp.where(pred, len(messages) - 1 - first, -1)
+    # The check is threaded on a scalar zero, which every output then subtracts (a
+    # subtraction that fuses into whatever produces the output): threading the
     # solution itself through the check's branch would copy every array.
     token = eqx.branched_error_if(jnp.zeros((), jnp.int32), pred, index, messages[::-1])
 

@@ -19,7 +19,12 @@ from ._dynamics import (
     AbstractDynamics,
     AbstractExactFlowDynamics,
 )
-from ._events import EventSchedule, default_max_events, simulate_events
+from ._events import (
+    EventSchedule,
+    default_max_events,
+    default_max_events_feedforward,
+    simulate_events,
+)
 from ._feedforward import simulate_feedforward
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
@@ -262,9 +267,12 @@ def integrate_events(
     nonfinite = any_nonfinite(leaves)
     schedule = EventSchedule(input_times, input_sources, boundaries, currents, t_end)
     if max_events is None:
-        max_events = default_max_events(
-            input_times.shape[0], boundaries.shape[0], n, max_spikes
+        budget = (
+            default_max_events_feedforward
+            if recurrent_weight is None
+            else default_max_events
         )
+        max_events = budget(input_times.shape[0], boundaries.shape[0], n, max_spikes)
     if recurrent_weight is None:
         # No coupling between the neurons: each keeps its own clock between inputs.
         run = simulate_feedforward(

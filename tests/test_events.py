@@ -138,6 +138,35 @@ def test_runaway_zero_delay_loop_is_reported_not_hung():
         layer.simulate(train, t_end=2.0, max_spikes=50, max_events=20)
 
 
+def test_feedforward_default_budget_is_tight_and_only_a_full_buffer_exhausts_it():
+    """Without recurrence the default event budget counts one iteration per input
+    event and one per round of crossings between two events, at most
+    `min(n, stretches) * max_spikes` rounds. Three neurons each fire `m` times in a
+    stretch of their own: a buffer of `m` must run to the end inside the default
+    budget, using nearly all of it (the bound is tight); a buffer of `m - 1`
+    stops on the buffer, not on the budget."""
+    dyn = sj.CubaLIFDynamics(tau_mem=8.0, tau_syn=3.0)
+    layer = _layer(3, 3, dyn, 4.0 * np.eye(3))
+    train = _train([1.0, 30.0, 60.0], [0, 1, 2])
+    wide = layer.simulate(train, t_end=90.0, max_spikes=64)
+    m = int(wide.num_spikes[0])
+    assert m >= 5
+    np.testing.assert_array_equal(np.asarray(wide.num_spikes), [m, m, m])
+    # Each neuron's spikes lie in its own stretch.
+    times = np.asarray(wide.spike_times)
+    assert times[0, m - 1] < 30.0 and 30.0 < times[1, 0] and times[1, m - 1] < 60.0
+    sol = layer.simulate(train, t_end=90.0, max_spikes=m)
+    assert sol.result == sj.RESULTS.successful
+    np.testing.assert_array_equal(np.asarray(sol.spike_times), times[:, :m])
+    budget = int(sol.stats["max_events"])
+    used = int(sol.stats["num_events"])
+    assert used <= budget
+    assert used >= 3 * m + 3  # three rounds of m, plus the three input events
+    assert budget - used <= 5, (budget, used)
+    short = layer.simulate(train, t_end=90.0, max_spikes=m - 1, throw=False)
+    assert short.result == sj.RESULTS.spike_buffer_full
+
+
 def test_crossing_between_events_and_at_the_end():
     """A CubaLIF driven by one input spike crosses threshold later, by its flow; a
     crossing is located to the closed form's root (found here by bisection in

@@ -71,16 +71,19 @@ def simulate_feedforward(
     root_finder: BracketedNewton,
     max_spikes: int,
     max_events: int,
+    silence: bool = False,
 ) -> EventRun:
     """Run a population without recurrence over `[0, schedule.t_end]`.
 
     **Arguments:** as [`simulate_events`][] without `recurrent_weight` and `delay`.
     `max_events` bounds the iterations (one per input event or interval start,
-    plus one per round of crossings between two of them).
+    plus one per round of crossings between two of them). `silence`: a neuron that
+    has fired `max_spikes` times fires no more (its membrane keeps integrating,
+    without threshold), instead of stopping the run.
 
-    **Returns:** an [`EventRun`][]. A neuron that would fire once more than
-    `max_spikes` stops the run with `buffer_full`; the other neurons may then have
-    been advanced past that time.
+    **Returns:** an [`EventRun`][]. Without `silence`, a neuron that would fire once
+    more than `max_spikes` stops the run with `buffer_full`; the other neurons may
+    then have been advanced past that time.
     """
     n = weight.shape[0]
     dtype = weight.dtype
@@ -99,12 +102,19 @@ def simulate_feedforward(
         )
         return t_in, t_switch
 
+    def spent(s: FeedforwardState):
+        # With `silence`, a neuron that has fired `max_spikes` times fires no more.
+        if silence:
+            return s.num_spikes >= max_spikes
+        return jnp.zeros((n,), bool)
+
     def fire_due(s: FeedforwardState):
-        return dynamics.threshold(s.y) >= 0
+        return (dynamics.threshold(s.y) >= 0) & ~spent(s)
 
     def record(s: FeedforwardState, spiking, times, y_fired):
         """Record `spiking` neurons at `times` with post-spike state `y_fired`;
-        a neuron with a full buffer stops the run instead."""
+        a neuron with a full buffer stops the run instead (with `silence` none is
+        asked to: `spent` neurons neither cross nor fire)."""
         full = jnp.any(spiking & (s.num_spikes >= max_spikes))
         spiking = spiking & ~full
         col = jnp.minimum(s.num_spikes, max_spikes - 1)
@@ -175,7 +185,7 @@ def simulate_feedforward(
         behind = s.tau < t_next
         span_c = lax.stop_gradient(jnp.where(behind, t_next - s.tau, 0))
         crosses, found, converged, margin = locate_crossings(
-            dynamics, s.y, current, span_c, behind, root_finder, t_end
+            dynamics, s.y, current, span_c, behind & ~spent(s), root_finder, t_end
         )
         # A crossing at `t_next` itself is left to the instant there (after the
         # jumps at that instant), as in `simulate_events`.

@@ -219,6 +219,7 @@ def integrate_events(
     root_finder: BracketedNewton | None = None,
     max_spikes: int = 64,
     max_events: int | None = None,
+    after_max_spikes: str = "fail",
     throw: bool = False,
 ) -> Solution:
     """Simulate a population event by event (see `snode_jax._events`): driven by
@@ -231,9 +232,23 @@ def integrate_events(
     are exact integers (stored in the float dtype) without a surrogate gradient.
     Invalid values found at run time are reported in the solution's `result`, and
     with `throw=True` raise.
+
+    `after_max_spikes`: `"fail"` (default), a neuron that would fire once more than
+    `max_spikes` stops the run with `RESULTS.spike_buffer_full`; `"silence"`, it
+    fires no more and the run goes on (neurons that fire at most `max_spikes`
+    times, such as the single-spike neurons of time-to-first-spike networks). Only
+    without recurrence, where no other neuron can depend on the spikes it would
+    have fired.
     """
     if (spikes is None) == (inputs is None):
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
+    silence = check_after_max_spikes(after_max_spikes)
+    if silence and recurrent_weight is not None:
+        raise ValueError(
+            "`after_max_spikes='silence'` needs a layer without recurrence (a "
+            "silenced neuron's missing spikes would change the others); got a "
+            "`recurrent_weight`."
+        )
     dtype = weight.dtype
     dynamics = jax.tree.map(lambda p: p.astype(dtype), dynamics)
     state = jax.tree.map(lambda a: jnp.asarray(a, dtype), state)
@@ -283,6 +298,7 @@ def integrate_events(
             root_finder=root_finder,
             max_spikes=max_spikes,
             max_events=max_events,
+            silence=silence,
         )
     else:
         run = simulate_events(
@@ -319,6 +335,20 @@ def integrate_events(
     if throw:
         sol = raise_on_failure(sol, dynamics, conditions, nonfinite)
     return sol
+
+
+AFTER_MAX_SPIKES = ("fail", "silence")
+
+
+def check_after_max_spikes(after_max_spikes) -> bool:
+    """Whether `after_max_spikes` asks neurons to fall silent after `max_spikes`
+    spikes (`"silence"`) rather than to stop the run (`"fail"`)."""
+    if after_max_spikes not in AFTER_MAX_SPIKES:
+        raise ValueError(
+            f"`after_max_spikes` must be one of {AFTER_MAX_SPIKES}, got "
+            f"{after_max_spikes!r}."
+        )
+    return after_max_spikes == "silence"
 
 
 def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):

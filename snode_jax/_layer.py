@@ -10,7 +10,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._controller import PredictiveController, controller_from_settings
 from ._custom_types import Counts, State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
-from ._integrate import integrate, integrate_events
+from ._integrate import check_after_max_spikes, integrate, integrate_events
 from ._lif import ODELIFDynamics
 from ._misc import (
     check_interval,
@@ -298,6 +298,7 @@ class SpikingODELayer(eqx.Module):
         state: State | None = None,
         max_events: int | None = None,
         save_times: Float[Array, " save"] | None = None,
+        after_max_spikes: str = "fail",
         throw: bool = True,
     ) -> Solution:
         """Simulate the layer and record spike times.
@@ -334,6 +335,17 @@ class SpikingODELayer(eqx.Module):
             recorded spikes are replayed on the exact flow (one pass over input
             spikes, spikes and save times; a recurrent layer then needs
             `delay > 0`).
+        - `after_max_spikes`: what a neuron's `max_spikes + 1`-th spike does on
+            the event-driven engine. `"fail"` (default): the run stops there with
+            `RESULTS.spike_buffer_full`. `"silence"`: the neuron fires no more (its
+            membrane goes on integrating, without threshold) and the run goes on,
+            as for the single-spike neurons of time-to-first-spike networks
+            (`max_spikes=1`): such a layer's first spike times, and their
+            gradients, are those of the unlimited neuron, at the cost of one
+            iteration per spike kept instead of per spike fired. `counts` and
+            `num_spikes` then count the spikes fired. Only for `SpikeTrain` inputs
+            to a layer without recurrence (where no neuron can depend on the spikes
+            a silenced one would have fired).
         - `throw`: raise if the result is not successful (step or event budget or
             spike buffer exhausted, NaN/inf input, invalid parameters or input
             spikes). With `False`, inspect `sol.result` instead.
@@ -369,6 +381,16 @@ class SpikingODELayer(eqx.Module):
             raise TypeError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
         if max_spikes < 0:
             raise ValueError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
+        if check_after_max_spikes(after_max_spikes) and not (
+            isinstance(inputs, SpikeTrain) and self.recurrent_weight is None
+        ):
+            got = "a recurrent layer" if self.recurrent_weight is not None else ""
+            if not isinstance(inputs, SpikeTrain):
+                got += (" with " if got else "") + "dense inputs"
+            raise ValueError(
+                "`after_max_spikes='silence'` applies to SpikeTrain inputs of a "
+                f"layer without recurrence; got {got}."
+            )
         if isinstance(inputs, SpikeTrain) or self.recurrent_weight is not None:
             return self._run_events(
                 inputs,
@@ -379,6 +401,7 @@ class SpikingODELayer(eqx.Module):
                 max_events,
                 throw,
                 save_times,
+                after_max_spikes,
             )
         for name, value in (("t_end", t_end), ("max_events", max_events)):
             if value is not None:
@@ -403,6 +426,7 @@ class SpikingODELayer(eqx.Module):
         max_events,
         throw,
         save_times=None,
+        after_max_spikes="fail",
     ) -> Solution:
         dynamics = check_event_dynamics(
             self.dynamics,
@@ -441,6 +465,7 @@ class SpikingODELayer(eqx.Module):
                     root_finder=self.root_finder,
                     max_spikes=max_spikes,
                     max_events=max_events,
+                    after_max_spikes=after_max_spikes,
                     throw=throw,
                 )
             return _integrate_events_jit(
@@ -454,6 +479,7 @@ class SpikingODELayer(eqx.Module):
                 root_finder=self.root_finder,
                 max_spikes=max_spikes,
                 max_events=max_events,
+                after_max_spikes=after_max_spikes,
                 throw=throw,
             )
         if t_end is not None:

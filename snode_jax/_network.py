@@ -255,12 +255,15 @@ class SpikingODENetwork(eqx.Module):
         t_end: float | Float[Array, ""],
         max_spikes: int | Sequence[int] = 64,
         max_events: int | None = None,
+        after_max_spikes: str | Sequence[str] = "fail",
         throw: bool = True,
     ) -> NetworkSolution:
         """Run the layers in turn over `[0, t_end]` on the input spikes `inputs`.
 
-        **Arguments:** as [`SpikingODELayer.simulate`][]; `max_spikes` may give one
-        value per spiking layer.
+        **Arguments:** as [`SpikingODELayer.simulate`][]; `max_spikes` and
+        `after_max_spikes` may give one value per spiking layer (for example
+        `max_spikes=(8, 1), after_max_spikes=("fail", "silence")` for a
+        time-to-first-spike output layer whose neurons fire once).
 
         **Returns:** a [`NetworkSolution`][].
         """
@@ -276,6 +279,15 @@ class SpikingODENetwork(eqx.Module):
                     f"`max_spikes` must be an int or one per spiking layer "
                     f"({len(spiking)}), got {max_spikes!r}."
                 )
+        if isinstance(after_max_spikes, str):
+            limits = [after_max_spikes] * len(spiking)
+        else:
+            limits = list(after_max_spikes)
+            if len(limits) != len(spiking):
+                raise ValueError(
+                    f"`after_max_spikes` must be a str or one per spiking layer "
+                    f"({len(spiking)}), got {after_max_spikes!r}."
+                )
         solutions = []
         train = inputs
         for layer in self.layers:
@@ -287,6 +299,7 @@ class SpikingODENetwork(eqx.Module):
                 t_end=t_end,
                 max_spikes=budgets.pop(0),
                 max_events=max_events,
+                after_max_spikes=limits.pop(0),
                 throw=throw,
             )
             solutions.append(sol)

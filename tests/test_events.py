@@ -449,3 +449,89 @@ def test_network_result_reports_an_upstream_failure_and_empty_trains_run():
     empty = net.simulate(_train([], []), t_end=5.0, max_spikes=2)
     assert empty.result == sj.RESULTS.successful
     assert int(jnp.sum(empty.layers[0].num_spikes)) == 0
+
+
+# -- neurons that fall silent after max_spikes ------------------------------------
+
+
+def _silence_setup():
+    rng = np.random.default_rng(7)
+    n_in, n = 6, 5
+    dyn = sj.CubaLIFDynamics(tau_mem=10.0, tau_syn=4.0)
+    w = rng.uniform(0.05, 0.3, size=(n, n_in))
+    times = np.sort(rng.uniform(0.0, 30.0, size=12))
+    sources = rng.integers(0, n_in, size=12)
+    return _layer(n_in, n, dyn, w), _train(times, sources)
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_silenced_neurons_keep_their_first_spikes(keep):
+    """`after_max_spikes="silence"` keeps each neuron's first `keep` spikes exactly
+    (the neurons are independent, so a neuron's first spikes do not depend on what
+    it would fire later), ends successfully although neurons stay driven above
+    threshold, and counts only the spikes fired."""
+    layer, train = _silence_setup()
+    wide = layer.simulate(train, t_end=40.0, max_spikes=64)
+    fired = np.asarray(wide.num_spikes)
+    assert fired.min() >= 1 and fired.max() > keep + 2  # neurons fire on
+    sol = layer.simulate(train, t_end=40.0, max_spikes=keep, after_max_spikes="silence")
+    assert sol.result == sj.RESULTS.successful
+    np.testing.assert_array_equal(
+        np.asarray(sol.spike_times), np.asarray(wide.spike_times[:, :keep])
+    )
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), np.minimum(fired, keep))
+    np.testing.assert_array_equal(
+        np.asarray(jnp.sum(sol.counts, axis=0)), np.minimum(fired, keep)
+    )
+    # Fewer iterations: one round per spike kept.
+    assert int(sol.stats["num_events"]) < int(wide.stats["num_events"])
+    # Without silence the same buffer stops the run.
+    full = layer.simulate(train, t_end=40.0, max_spikes=keep, throw=False)
+    assert full.result == sj.RESULTS.spike_buffer_full
+
+
+def test_silenced_first_spike_gradient_matches_finite_differences():
+    """The gradient of a first-spike-time loss through silenced single-spike neurons
+    is that of the first spikes: central differences in float64."""
+    layer, train = _silence_setup()
+
+    def loss(w, silence):
+        m = eqx.tree_at(lambda m: m.weight, layer, w)
+        kwargs = dict(max_spikes=1, after_max_spikes="silence") if silence else {}
+        sol = m.simulate(train, t_end=40.0, **kwargs)
+        first = sol.spike_times[:, 0]
+        return jnp.sum(jnp.where(jnp.isfinite(first), first**2, 0.0))
+
+    w = layer.weight
+    grad = np.asarray(jax.grad(loss)(w, True))
+    np.testing.assert_allclose(grad, np.asarray(jax.grad(loss)(w, False)), rtol=1e-12)
+    eps = 1e-6
+    # The sources of the first two input spikes, which come before any spike.
+    s0, s1 = (int(k) for k in train.sources[:2])
+    for i, j in [(0, s0), (2, s0), (4, s1)]:
+        up = loss(w.at[i, j].add(eps), True)
+        down = loss(w.at[i, j].add(-eps), True)
+        fd = float(up - down) / (2 * eps)
+        assert abs(grad[i, j]) > 1e-3
+        np.testing.assert_allclose(grad[i, j], fd, rtol=1e-6)
+
+
+def test_silence_is_refused_where_it_does_not_apply():
+    layer, train = _silence_setup()
+    with pytest.raises(ValueError, match="after_max_spikes.*'stop'"):
+        layer.simulate(train, t_end=40.0, after_max_spikes="stop")
+    rec = _layer(2, 2, sj.ODELIFDynamics(), np.ones((2, 2)), recurrent=True, delay=0.5)
+    with pytest.raises(ValueError, match="after_max_spikes.*recurrent layer"):
+        rec.simulate(_train([1.0], [0]), t_end=5.0, after_max_spikes="silence")
+    with pytest.raises(ValueError, match="after_max_spikes.*dense inputs"):
+        layer.simulate(jnp.ones((3, 6)), 1.0, after_max_spikes="silence")
+    with pytest.raises(ValueError, match="after_max_spikes.*recurrent_weight"):
+        sj.integrate_events(
+            rec.dynamics,
+            rec.weight,
+            rec.init_state(),
+            spikes=_train([1.0], [0]),
+            t_end=5.0,
+            recurrent_weight=rec.recurrent_weight,
+            after_max_spikes="silence",
+        )

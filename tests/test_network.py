@@ -702,3 +702,46 @@ def test_padding_sources_are_ignored():
     np.testing.assert_array_equal(
         np.asarray(sol.spike_times)[:, :2], [[1.0, 2.0]] * N_LAYER
     )
+
+
+def test_network_with_single_spike_output_layer():
+    """`after_max_spikes` per spiking layer: a time-to-first-spike output layer whose
+    neurons fire once gives the first spike times (and their gradient) of the
+    unlimited network, with fewer events; a wrong-length tuple is refused."""
+    key = jax.random.key(11)
+    k1, k2 = jax.random.split(key)
+    dyn = sj.CubaLIFDynamics(tau_mem=10.0, tau_syn=4.0)
+    hidden = sj.SpikingODELayer(3, 12, dyn, dtype=jnp.float64, key=k1)
+    hidden = eqx.tree_at(
+        lambda m: m.weight, hidden, 0.3 + 0.12 * jax.random.normal(k1, (12, 3))
+    )
+    out = sj.SpikingODELayer(12, 2, dyn, dtype=jnp.float64, key=k2)
+    out = eqx.tree_at(
+        lambda m: m.weight, out, 0.1 + 0.03 * jax.random.normal(k2, (2, 12))
+    )
+    net = sj.SpikingODENetwork([hidden, out])
+    train = sj.SpikeTrain(jnp.array([1.0, 4.0, 6.0]), jnp.array([0, 1, 2]))
+
+    def first(net, **kwargs):
+        sol = net.simulate(train, t_end=40.0, **kwargs)
+        t = sj.first_spike_times(sol.output)
+        return jnp.sum(jnp.where(jnp.isfinite(t), t, 0.0)), sol
+
+    (_, wide), g_wide = eqx.filter_value_and_grad(first, has_aux=True)(
+        net, max_spikes=64
+    )
+    (_, once), g_once = eqx.filter_value_and_grad(first, has_aux=True)(
+        net, max_spikes=(64, 1), after_max_spikes=("fail", "silence")
+    )
+    assert int(jnp.min(wide.output.num_spikes)) >= 3  # the outputs fire on
+    np.testing.assert_array_equal(
+        np.asarray(once.output.spike_times[:, 0]),
+        np.asarray(wide.output.spike_times[:, 0]),
+    )
+    np.testing.assert_array_equal(np.asarray(once.output.num_spikes), [1, 1])
+    assert int(once.output.stats["num_events"]) < int(wide.output.stats["num_events"])
+    for a, b in zip(jax.tree.leaves(g_once), jax.tree.leaves(g_wide)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=0)
+    assert float(jnp.max(jnp.abs(g_once.layers[0].weight))) > 0
+    with pytest.raises(ValueError, match="after_max_spikes.*one per spiking layer"):
+        net.simulate(train, t_end=40.0, after_max_spikes=("fail",))

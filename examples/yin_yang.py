@@ -34,12 +34,15 @@ neuromorphic deep learning with first-spike times", Nature Machine Intelligence 
     loss = cross_entropy(logits = -t / tau0, label = k) + alpha * (exp(t_k / tau1) - 1)
 
 The class is the output neuron that fires first. **Silent output neurons**: a
-neuron that does not fire by `t_end` (60 ms) counts as firing at `t_end` in the
-loss. Its time then has no gradient (there is no spike to move), but the
-cross-entropy still acts through the other neurons' times: with the correct neuron
-silent it makes the wrong ones fire later, and silent wrong neurons are what we
-want. The initial output weights have a positive mean so that output neurons fire
-from the start. A sample with no output spike at all counts as an error in the
+wrong neuron that does not fire by `t_end` (60 ms) counts as firing at `t_end` in
+the loss (its time has no gradient; there is no spike to move). A sample whose
+label neuron does not fire is left out of the loss, as in EventProp's
+implementation, and counted (`silent label`, per epoch): its cross-entropy would
+only push the other output neurons later, and runs that kept such samples (with
+the label at `t_end`) collapsed after 150 epochs of the paper's schedule, the
+output neurons falling silent one after another on their own classes. The initial
+output weights have a positive mean so that output neurons fire from the start.
+Such a sample, and one with no output spike at all, counts as an error in the
 accuracy.
 
 **Silent hidden neurons and weight bumping.** A hidden neuron that fires on no
@@ -207,20 +210,33 @@ def _predict(scores, any_fired, readout: str):
 
 
 def batch_loss(net, trains: sj.SpikeTrain, labels, readout: str = "ttfs", loss=LOSS):
-    """Mean loss over the samples that ran to the end (TTFS: with the loss
-    constants `loss = (tau0, tau1, alpha)`); aux: (accuracy over those, number of
-    failed samples, activity). The activity has per layer (`None` for a non-spiking
-    readout) a dict over the samples that ran to the end: `"active"`, whether each
-    neuron fired on some sample; `"partly_silent"`, whether it was silent on some
-    sample; `"silent_fraction"`, the fraction of (sample, neuron) pairs without a
-    spike."""
+    """Mean loss over the samples that ran to the end and, with the TTFS readout,
+    whose label neuron fired (loss constants `loss = (tau0, tau1, alpha)`); aux:
+    (accuracy over the samples that ran to the end, number of failed samples,
+    activity, number of those with a silent label neuron). The activity has per
+    layer (`None` for a non-spiking readout) a dict over the samples that ran to
+    the end: `"active"`, whether each neuron fired on some sample;
+    `"partly_silent"`, whether it was silent on some sample; `"silent_fraction"`,
+    the fraction of (sample, neuron) pairs without a spike."""
     scores, fired, ok, neuron_fired = jax.vmap(_run, in_axes=(None, 0))(net, trains)
     per_sample = jax.vmap(_sample_loss, in_axes=(0, 0, None, None))(
         scores, labels, readout, loss
     )
     n_ok = jnp.sum(ok)
     denom = jnp.maximum(n_ok, 1)
-    mean_loss = jnp.sum(jnp.where(ok, per_sample, 0.0)) / denom
+    if readout == "ttfs":
+        # As in EventProp's implementation, a sample whose label neuron did not
+        # fire is left out of the loss: its label time has no gradient, and its
+        # cross-entropy would only push the other output neurons later, towards
+        # silence on their own classes too (runs that kept these samples
+        # collapsed, one output neuron silenced after another).
+        label_fired = jnp.take_along_axis(neuron_fired[-1], labels[:, None], 1)[:, 0]
+    else:
+        label_fired = jnp.ones_like(ok)
+    used = ok & label_fired
+    mean_loss = jnp.sum(jnp.where(used, per_sample, 0.0)) / jnp.maximum(
+        jnp.sum(used), 1
+    )
     predicted = jax.vmap(_predict, in_axes=(0, 0, None))(scores, fired, readout)
     accuracy = jnp.sum(ok & (predicted == labels)) / denom
     activity = [
@@ -233,7 +249,7 @@ def batch_loss(net, trains: sj.SpikeTrain, labels, readout: str = "ttfs", loss=L
         )
         for f in neuron_fired
     ]
-    return mean_loss, (accuracy, jnp.sum(~ok), activity)
+    return mean_loss, (accuracy, jnp.sum(~ok), activity, jnp.sum(ok & ~label_fired))
 
 
 def spared(activity, threshold: float | None = None):
@@ -318,22 +334,24 @@ def train_step(
 ):
     """One Adam step on a batch (loss constants `loss = (tau0, tau1, alpha)`), then
     (with `bump > 0`) weight bumping of the neurons that stayed silent on the whole
-    batch (`bump_silent`; with `bump_threshold`, the rule of `spared`); returns the new network and optimiser state, the loss,
-    batch accuracy and the number of failed samples."""
+    batch (`bump_silent`; with `bump_threshold`, the rule of `spared`); returns the
+    new network and optimiser state, the loss, batch accuracy, the number of failed
+    samples and the number of samples with a silent label neuron (left out of the
+    loss)."""
     TRACE_COUNT["train_step"] += 1  # runs only while tracing
     params, rest = eqx.partition(net, trainable(net))
 
     def loss_of_params(params):
         return batch_loss(eqx.combine(params, rest), trains, labels, readout, loss)
 
-    (loss, (accuracy, failed, activity)), grads = jax.value_and_grad(
+    (loss, (accuracy, failed, activity, silent_label)), grads = jax.value_and_grad(
         loss_of_params, has_aux=True
     )(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     net = eqx.combine(eqx.apply_updates(params, updates), rest)
     if not (isinstance(bump, (int, float)) and bump == 0):
         net = bump_silent(net, spared(activity, bump_threshold), bump)
-    return net, opt_state, loss, accuracy, failed
+    return net, opt_state, loss, accuracy, failed, silent_label
 
 
 @eqx.filter_jit
@@ -481,7 +499,7 @@ def train(
     t_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        losses, accs, failed_total = [], [], 0
+        losses, accs, failed_total, silent_label_total = [], [], 0, 0
         bar = tqdm(
             list(_batches(rng, len(y_train), batch_size)),
             desc=f"epoch {epoch}/{epochs}",
@@ -490,7 +508,7 @@ def train(
         )
         for idx in bar:
             trains = encode(x_train[idx])
-            net, opt_state, loss, acc, failed = train_step(
+            net, opt_state, loss, acc, failed, silent_label = train_step(
                 net,
                 opt_state,
                 optimizer,
@@ -504,6 +522,7 @@ def train(
             losses.append(float(loss))
             accs.append(float(acc))
             failed_total += int(failed)
+            silent_label_total += int(silent_label)
             bar.set_postfix(
                 loss=f"{losses[-1]:.3f}", acc=f"{accs[-1]:.3f}", failed=failed_total
             )
@@ -517,6 +536,7 @@ def train(
             train_loss=float(np.mean(losses)),
             train_accuracy=float(np.mean(accs)),
             train_failed=failed_total,
+            train_silent_label=silent_label_total,
             val_accuracy=val_acc,
             val_failed=val_failed,
             silent_hidden=silent,
@@ -531,7 +551,8 @@ def train(
             best_net = net
         print(
             f"epoch {epoch}: loss {row['train_loss']:.4f}, train accuracy "
-            f"{row['train_accuracy']:.3f}, failed {failed_total}; validation "
+            f"{row['train_accuracy']:.3f}, failed {failed_total}, silent label "
+            f"{silent_label_total}; validation "
             f"accuracy {val_acc:.3f} (failed {val_failed}); silent hidden {silent}; "
             f"{epoch_time:.1f} s "
             f"({row['time_per_batch_s']:.2f} s per batch)"

@@ -9,6 +9,7 @@ import pathlib
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax  # noqa: F401  (the example's dependencies, in the test extra)
 import pytest
 import tqdm  # noqa: F401
@@ -42,7 +43,7 @@ def test_training_reduces_loss_and_compiles_once(example, optimizer):
     losses = []
     for _ in range(6):
         # Each step returns the loss of the parameters it starts from.
-        net, opt_state, loss, accuracy, failed = example.train_step(
+        net, opt_state, loss, accuracy, failed, _ = example.train_step(
             net, opt_state, optimizer, trains, y, "ttfs", jnp.float32(0)
         )
         assert int(failed) == 0
@@ -81,7 +82,7 @@ def test_weight_bumping_raises_only_silent_neurons(example, optimizer):
     opt_state = optimizer.init(eqx.filter(net, example.trainable(net)))
 
     batch_loss = eqx.filter_jit(example.batch_loss)
-    _, (_, failed, activity) = batch_loss(net, trains, y)
+    _, (_, failed, activity, _) = batch_loss(net, trains, y)
     assert int(failed) == 0
     active = example.spared(activity)
     assert jnp.array_equal(active[0], ~silent)  # the negative rows are silent
@@ -107,7 +108,7 @@ def test_weight_bumping_raises_only_silent_neurons(example, optimizer):
     # Bumped often enough, a silent neuron fires again.
     revived = net
     for _ in range(40):
-        _, (_, _, activity) = batch_loss(revived, trains, y)
+        _, (_, _, activity, _) = batch_loss(revived, trains, y)
         active = example.spared(activity)
         if bool(jnp.all(active[0])):
             break
@@ -150,3 +151,45 @@ def test_spared_follows_the_bumping_rule(example):
     h, o = example.spared(activity, 0.3)
     assert h.tolist() == [True, False, False] and o.tolist() == [True, False]
     assert example.spared([None, output], 0.3)[0] is None
+
+
+def test_samples_with_a_silent_label_neuron_are_left_out_of_the_loss(example):
+    """Output neuron 0 cannot fire (all its input weights negative): samples of
+    class 0 are counted and left out of the loss. Two batches that differ only in
+    their class-0 samples have the same loss and gradient, one that differs in
+    other samples does not, and a batch of class 0 alone has loss 0 and no
+    gradient (one batch shape: one compilation)."""
+    x, y = yin_yang(split="train")
+    x, y = x[:200], np.asarray(y[:200])
+    zero, others = np.flatnonzero(y == 0), np.flatnonzero(y != 0)
+    net = example.make_network(jax.random.key(2), 20)
+    w_out = net.layers[1].weight
+    net = eqx.tree_at(
+        lambda n: n.layers[1].weight, net, w_out.at[0].set(-jnp.abs(w_out[0]) - 0.1)
+    )
+    value_and_grad = eqx.filter_jit(
+        eqx.filter_value_and_grad(example.batch_loss, has_aux=True)
+    )
+
+    def run(idx):
+        return value_and_grad(net, example.encode(x[idx]), jnp.asarray(y[idx]))
+
+    a = np.concatenate([others[:16], zero[:16]])
+    b = np.concatenate([others[:16], zero[16:32]])  # other class-0 samples
+    c = np.concatenate([others[16:32], zero[:16]])  # other samples of classes 1, 2
+    (loss_a, (acc_a, failed, _, silent_a)), grad_a = run(a)
+    (loss_b, (_, _, _, silent_b)), grad_b = run(b)
+    (loss_c, _), grad_c = run(c)
+    # Every class-0 sample is counted, and maybe a few others whose label neuron
+    # is silent at this initialisation (the same ones in `a` and `b`).
+    assert int(failed) == 0 and int(silent_a) >= 16 and int(silent_b) == int(silent_a)
+    assert float(acc_a) <= 0.5
+    assert float(loss_a) == float(loss_b) and float(loss_a) != float(loss_c)
+    for ga, gb in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
+        np.testing.assert_array_equal(np.asarray(ga), np.asarray(gb))
+    assert not np.array_equal(
+        np.asarray(grad_a.layers[1].weight), np.asarray(grad_c.layers[1].weight)
+    )
+    (loss_z, (_, _, _, silent_z)), grad_z = run(zero[:32])
+    assert float(loss_z) == 0.0 and int(silent_z) == 32
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grad_z))

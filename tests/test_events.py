@@ -485,6 +485,18 @@ def test_silenced_neurons_keep_their_first_spikes(keep):
     )
     # Fewer iterations: one round per spike kept.
     assert int(sol.stats["num_events"]) < int(wide.stats["num_events"])
+    # The saved states replay the recorded spikes on the exact flow (a second
+    # path): silenced neurons, some left above threshold, are not reset again.
+    saved = layer.simulate(
+        train,
+        t_end=40.0,
+        max_spikes=keep,
+        after_max_spikes="silence",
+        save_times=jnp.array([40.0]),
+    )
+    np.testing.assert_allclose(
+        np.asarray(saved.saved_states.v[-1]), np.asarray(sol.final_state.v), atol=1e-12
+    )
     # Without silence the same buffer stops the run.
     full = layer.simulate(train, t_end=40.0, max_spikes=keep, throw=False)
     assert full.result == sj.RESULTS.spike_buffer_full

@@ -268,26 +268,23 @@ class SpikingODENetwork(eqx.Module):
         **Returns:** a [`NetworkSolution`][].
         """
         spiking = [layer for layer in self.layers if isinstance(layer, SpikingODELayer)]
-        if isinstance(max_spikes, (int, np.integer)) and not isinstance(
+        is_int = isinstance(max_spikes, (int, np.integer)) and not isinstance(
             max_spikes, bool
-        ):
-            budgets = [int(max_spikes)] * len(spiking)
-        else:
-            budgets = list(max_spikes)  # pyright: ignore[reportArgumentType]
-            if len(budgets) != len(spiking):
-                raise ValueError(
-                    f"`max_spikes` must be an int or one per spiking layer "
-                    f"({len(spiking)}), got {max_spikes!r}."
-                )
-        if isinstance(after_max_spikes, str):
-            limits = [after_max_spikes] * len(spiking)
-        else:
-            limits = list(after_max_spikes)
-            if len(limits) != len(spiking):
-                raise ValueError(
-                    f"`after_max_spikes` must be a str or one per spiking layer "
-                    f"({len(spiking)}), got {after_max_spikes!r}."
-                )
+        )
+        budgets = _per_layer(
+            "max_spikes",
+            int(max_spikes) if is_int else max_spikes,  # pyright: ignore[reportArgumentType]
+            is_int,
+            "an int",
+            len(spiking),
+        )
+        limits = _per_layer(
+            "after_max_spikes",
+            after_max_spikes,
+            isinstance(after_max_spikes, str),
+            "a str",
+            len(spiking),
+        )
         solutions = []
         train = inputs
         for layer in self.layers:
@@ -305,6 +302,18 @@ class SpikingODENetwork(eqx.Module):
             solutions.append(sol)
             train = sol.spike_train()
         return NetworkSolution(tuple(solutions))
+
+
+def _per_layer(name: str, value, is_single: bool, single: str, n: int) -> list:
+    """`value` repeated for each of the `n` spiking layers, or its `n` entries."""
+    if is_single:
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(
+            f"`{name}` must be {single} or one per spiking layer ({n}), got {value!r}."
+        )
+    return values
 
 
 def first_spike_times(sol: Solution) -> Float[Array, "*batch n_neurons"]:

@@ -122,9 +122,7 @@ def default_max_events_feedforward(
     `t_end`), plus one per round of crossings between two of them. The rounds of one
     stretch between events are as many as the most spikes of one neuron there, so
     over the run at most `min(n, stretches) * max_spikes`, one more overflowing the
-    buffer. Tight, because the checkpointed loop's memory and its backward pass grow
-    with the budget (a budget from `n * max_spikes` made a 200-neuron gradient 2.7
-    times slower)."""
+    buffer."""
     stretches = num_inputs + num_intervals + 1
     return stretches + min(n, stretches) * max_spikes + 2
 

@@ -18,10 +18,12 @@ firing and resetting at each, all neurons at once. Each iteration of the loop do
 An iteration thus costs one crossing search over the population, and a run takes
 about as many iterations as there are input events plus the largest number of
 spikes of one neuron between two of them, instead of one per spike of any neuron.
-The loop is an `equinox.internal.while_loop` of kind `"checkpointed"`; each crossing
-time carries the implicit-function derivative of its threshold condition, and each
-neuron's clock carries the derivative of its last event, so the gradient is the
-same as that of [`simulate_events`][].
+The loop decides and computes on values only (a plain `lax` while loop). It
+records, for every spike, whether it was a crossing or fired at an event instant,
+and the gradient comes from replaying those records ([`with_replay_gradient`][]):
+each crossing time with the implicit-function derivative of its threshold
+condition, each instant spike with the time of the input that lifted it, the same
+gradient as that of [`simulate_events`][].
 """
 
 import equinox as eqx
@@ -37,11 +39,9 @@ from ._events import (
     EventRun,
     EventSchedule,
     finished_run,
-    implicit_crossing,
-    jump_at,
     locate_crossings,
-    reset_at,
 )
+from ._replay import with_replay_gradient
 from ._root_find import BracketedNewton
 
 
@@ -53,8 +53,8 @@ class FeedforwardState(eqx.Module):
     y: State
     interval_index: Int[Array, ""]
     next_input: Int[Array, ""]
-    fire_shift: Float[Array, " n_neurons"]
     spike_times: Float[Array, "n_neurons max_spikes"]
+    instant: Bool[Array, "n_neurons max_spikes"]
     num_spikes: Int[Array, " n_neurons"]
     counts: Int[Array, "intervals n_neurons"]
     num_events: Int[Array, ""]
@@ -85,6 +85,12 @@ def simulate_feedforward(
     more than `max_spikes` stops the run with `buffer_full`; the other neurons may
     then have been advanced past that time.
     """
+    # The loop decides and computes on values only; derivatives come from the
+    # replay of its records (`with_replay_gradient`).
+    args = (dynamics, weight, schedule, state)
+    dynamics, weight, schedule, state = jax.tree.map(
+        lambda x: lax.stop_gradient(x) if eqx.is_inexact_array(x) else x, args
+    )
     n = weight.shape[0]
     dtype = weight.dtype
     t_end = schedule.t_end
@@ -111,23 +117,35 @@ def simulate_feedforward(
     def fire_due(s: FeedforwardState):
         return (dynamics.threshold(s.y) >= 0) & ~spent(s)
 
-    def record(s: FeedforwardState, spiking, times, y_fired):
-        """Record `spiking` neurons at `times` with post-spike state `y_fired`;
-        a neuron with a full buffer stops the run instead (with `silence` none is
-        asked to: `spent` neurons neither cross nor fire)."""
+    def record(s: FeedforwardState, spiking, times, y_fired, instant: bool):
+        """Record `spiking` neurons at `times` with post-spike state `y_fired`
+        (`instant`: fired at an event instant, not at a crossing); a neuron with a
+        full buffer stops the run instead (with `silence` none is asked to: `spent`
+        neurons neither cross nor fire)."""
         full = jnp.any(spiking & (s.num_spikes >= max_spikes))
         spiking = spiking & ~full
         col = jnp.minimum(s.num_spikes, max_spikes - 1)
         old = s.spike_times[rows, col]
         spike_times = s.spike_times.at[rows, col].set(jnp.where(spiking, times, old))
+        kinds = s.instant.at[rows, col].set(
+            jnp.where(spiking, instant, s.instant[rows, col])
+        )
         y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), y_fired, s.y)
         counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
         return eqx.tree_at(
-            lambda s: (s.y, s.spike_times, s.num_spikes, s.counts, s.buffer_full),
+            lambda s: (
+                s.y,
+                s.spike_times,
+                s.instant,
+                s.num_spikes,
+                s.counts,
+                s.buffer_full,
+            ),
             s,
             (
                 y,
                 spike_times,
+                kinds,
                 s.num_spikes + spiking.astype(jnp.int32),
                 counts,
                 s.buffer_full | full,
@@ -139,69 +157,48 @@ def simulate_feedforward(
         # those at or above threshold fire, each at its own time `s.t + shift`
         # (equal in value; see `simulate_events`).
         t_in, _ = upcoming(s)
-        settled = t_in > s.t
-        spiking = fire_due(s) & settled
-        current = schedule.currents[s.interval_index]
-        reset = reset_at(dynamics, s.t, s.y, s.fire_shift, current)
-        s = record(s, spiking, s.t + s.fire_shift, reset)
-        return eqx.tree_at(
-            lambda s: s.fire_shift, s, jnp.where(settled, 0, s.fire_shift)
-        )
+        spiking = fire_due(s) & (t_in > s.t)
+        return record(s, spiking, s.t, dynamics.reset(s.y), True)
 
     def at_event(s: FeedforwardState, t_next) -> FeedforwardState:
         # Every neuron has reached `t_next`: start the interval, add one jump and
         # fire once settled.
-        # The clock keeps its derivative while it stays at one instant: a second
-        # input there carries its own time's derivative in `offset` below.
-        s = eqx.tree_at(lambda s: s.t, s, jnp.where(t_next > s.t, t_next, s.t))
+        s = eqx.tree_at(lambda s: s.t, s, jnp.maximum(t_next, s.t))
         t_in, t_switch = upcoming(s)
         switch_due = (t_switch <= s.t).astype(jnp.int32)
         s = eqx.tree_at(lambda s: s.interval_index, s, s.interval_index + switch_due)
         is_input = t_in <= s.t
         i = jnp.minimum(s.next_input, num_inputs - 1)
         amount = jnp.where(is_input, weight[:, schedule.input_sources[i]], 0)
-        # The jump's own time (equal to `s.t`, with the input time's derivative;
-        # see `simulate_events`).
-        offset = jnp.where(is_input, t_in - s.t, 0)
-        offset = offset - lax.stop_gradient(offset)
-        current = schedule.currents[s.interval_index]
-        y = jump_at(dynamics, s.t, s.y, amount, offset, current)
-        lifted = is_input & (dynamics.threshold(y) >= 0)
         s = eqx.tree_at(
-            lambda s: (s.y, s.next_input, s.fire_shift),
+            lambda s: (s.y, s.next_input),
             s,
-            (
-                y,
-                s.next_input + is_input.astype(jnp.int32),
-                jnp.where(lifted, offset, s.fire_shift),
-            ),
+            (dynamics.jump(s.y, amount), s.next_input + is_input.astype(jnp.int32)),
         )
         return fire_at_instant(s)
 
     def advance(s: FeedforwardState, t_next):
         # Every neuron behind `t_next` goes to its first crossing before it (and
-        # fires there) or to `t_next`. Decisions are taken on constants.
+        # fires there) or to `t_next`.
         current = schedule.currents[s.interval_index]
         behind = s.tau < t_next
-        span_c = lax.stop_gradient(jnp.where(behind, t_next - s.tau, 0))
-        crosses, found, converged, margin = locate_crossings(
-            dynamics, s.y, current, span_c, behind & ~spent(s), root_finder, t_end
+        span = jnp.where(behind, t_next - s.tau, 0)
+        crosses, found, converged, _ = locate_crossings(
+            dynamics, s.y, current, span, behind & ~spent(s), root_finder, t_end
         )
         # A crossing at `t_next` itself is left to the instant there (after the
         # jumps at that instant), as in `simulate_events`.
-        crossing = crosses & (found < span_c)
-        h_own = jnp.where(crossing, found, 0)
-        h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
-        h = jnp.where(crossing, h_cross, jnp.where(behind, t_next - s.tau, 0))
+        crossing = crosses & (found < span)
+        h = jnp.where(crossing, found, span)
         y_flow = dynamics.exact_flow(s.y, current, h)
         y_flow = jax.tree.map(lambda a, b: jnp.where(behind, a, b), y_flow, s.y)
-        tau = jnp.where(crossing, s.tau + h_cross, jnp.where(behind, t_next, s.tau))
+        tau = jnp.where(crossing, s.tau + found, jnp.where(behind, t_next, s.tau))
         s = eqx.tree_at(
             lambda s: (s.y, s.tau, s.search_failed),
             s,
             (y_flow, tau, s.search_failed | jnp.any(crosses & ~converged)),
         )
-        s = record(s, crossing, tau, dynamics.reset(s.y))
+        s = record(s, crossing, tau, dynamics.reset(s.y), False)
         return s, jnp.any(crossing)
 
     def active(s: FeedforwardState):
@@ -233,8 +230,8 @@ def simulate_feedforward(
         y=state,
         interval_index=zero,
         next_input=zero,
-        fire_shift=jnp.zeros((n,), dtype),
         spike_times=jnp.full((n, max_spikes), jnp.inf, dtype),
+        instant=jnp.zeros((n, max_spikes), bool),
         num_spikes=jnp.zeros((n,), jnp.int32),
         counts=jnp.zeros((num_intervals, n), jnp.int32),
         num_events=zero,
@@ -244,7 +241,13 @@ def simulate_feedforward(
     # A neuron starting at or above threshold fires at time 0 (after any input at
     # time 0, which the loop delivers first).
     init = fire_at_instant(init)
-    final = eqxi.while_loop(
-        cond_fun, body_fun, init, max_steps=max_events, kind="checkpointed"
+    final = eqxi.while_loop(cond_fun, body_fun, init, max_steps=max_events, kind="lax")
+    run = finished_run(final, active(final))
+    spike_times, final_state = with_replay_gradient(
+        args,
+        (run.spike_times, run.final_state),
+        (final.spike_times, final.instant, final.num_spikes),
     )
-    return finished_run(final, active(final))
+    return eqx.tree_at(
+        lambda r: (r.spike_times, r.final_state), run, (spike_times, final_state)
+    )

@@ -406,6 +406,38 @@ def test_input_time_gradients_at_time_zero_and_simultaneous_inputs(times):
     np.testing.assert_allclose(np.asarray(jax.grad(loss)(t)), fd, rtol=rtol)
 
 
+@pytest.mark.parametrize(
+    "times, weights",
+    [([0.0, jnp.inf], [2.0, 0.0]), ([5.0, 5.0], [0.2, 0.3])],
+    ids=["input at 0", "two inputs at one instant"],
+)
+def test_instant_spike_carries_its_input_time_into_later_spikes(times, weights):
+    """A tonic LIF (rest 1.5 above threshold 1, reset 0) is lifted to threshold by
+    an input and fires at once; its later spikes follow at the period
+    `tau ln 3` after it, so every spike time moves one-for-one with the lifting
+    input (closed form: derivative 1). At t = 0 the clock itself has no derivative
+    and at a shared instant it has the first input's: the derivative reaches the
+    later spikes only through the reset at the spike's own time. With two inputs at
+    one instant, moving both moves everything: their derivatives sum to 1."""
+    layer = _layer(2, 1, sj.ODELIFDynamics(tau_mem=10.0, v_rest=1.5), [weights])
+    sources = jnp.array([0, 1])
+
+    def spikes(t):
+        return layer.simulate(
+            sj.SpikeTrain(t, sources), t_end=40.0, max_spikes=4
+        ).spike_times[0]
+
+    t = jnp.asarray(times, jnp.float64)
+    period = 10.0 * np.log(3.0)
+    first = times[0] if weights[0] >= 1 else times[1]
+    np.testing.assert_allclose(
+        np.asarray(spikes(t)), first + period * np.arange(4), rtol=1e-12
+    )
+    jac = np.asarray(jax.jacrev(spikes)(t))
+    total = jac[:, 0] + np.where(np.isfinite(times[1]), jac[:, 1], 0)
+    np.testing.assert_allclose(total, np.ones(4), rtol=1e-9)
+
+
 def test_readout_applies_simultaneous_jumps_together():
     """+1.5 and -1.5 at one instant into a delta-synapse readout: the voltage there
     is 0 whichever order they come in."""

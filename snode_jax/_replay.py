@@ -1,0 +1,249 @@
+"""Derivatives of the feed-forward event engine by replaying its recorded events.
+
+[`simulate_feedforward`][] decides everything on values: which neuron crosses
+threshold, where (a root search), and when an input lifts a neuron to threshold.
+Its derivatives need none of that search again: given the recorded spikes, each
+neuron's trajectory is a fixed sequence of actions on its own clock, one per step,
+
+- `cross`: its next spike is a crossing: follow the exact flow to it (the time with
+  the implicit-function derivative of the threshold condition) and reset;
+- `fire`: its next spike is at the instant it has reached, once no input is left
+  there: reset at that spike's own time (that of the input that lifted it);
+- `event`: otherwise follow the flow to the next input spike, interval start or the
+  end, start the interval and add that input's weights,
+
+the same operations (`implicit_crossing`, `jump_at`, `reset_at`) that the engine of
+[`simulate_events`][] differentiates, so that the derivative is the same. Every
+neuron takes one step per input spike, interval start, the end and recorded spike;
+the replay is a checkpointed while loop (reverse mode) that stops once every neuron
+is through, with no root search, and its checkpoints hold only the neurons' states
+(the replayed spike times go to a write-only buffer). It runs only in the backward
+pass of [`with_replay_gradient`][], whose value is the engine's own output.
+"""
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from ._custom_types import State
+from ._dynamics import AbstractExactFlowDynamics
+from ._events import EventSchedule, implicit_crossing, jump_at, reset_at
+
+
+class _ReplayState(eqx.Module):
+    clock: Float[Array, " n_neurons"]
+    y: State
+    interval: Int[Array, " n_neurons"]
+    next_input: Int[Array, " n_neurons"]
+    slot: Int[Array, " n_neurons"]
+    shift: Float[Array, " n_neurons"]
+
+
+def replay_steps(num_inputs: int, num_intervals: int, max_spikes: int) -> int:
+    """Steps that every neuron's replay fits in: one per input spike, interval
+    start (the first is at 0 and takes none), the end, and recorded spike."""
+    return num_inputs + num_intervals + max_spikes
+
+
+def replay_feedforward(
+    dynamics: AbstractExactFlowDynamics,
+    weight: Float[Array, "n_neurons n_inputs"],
+    schedule: EventSchedule,
+    state: State,
+    spike_times: Float[Array, "n_neurons max_spikes"],
+    instant: Bool[Array, "n_neurons max_spikes"],
+    num_spikes: Int[Array, " n_neurons"],
+) -> tuple[tuple[Float[Array, "n_neurons max_spikes"], State], Bool[Array, ""]]:
+    """The spike times and final state of the recorded run, recomputed along its
+    recorded actions with derivatives (values equal to the engine's up to rounding),
+    and whether the replay failed to reproduce the records in its steps.
+
+    `spike_times`, `instant` (the spike fired at an event instant rather than at a
+    crossing) and `num_spikes` are the engine's records, used as constants.
+    """
+    n, max_spikes = spike_times.shape
+    dtype = spike_times.dtype
+    num_inputs = schedule.input_times.shape[0]
+    num_intervals = schedule.boundaries.shape[0]
+    rows = jnp.arange(n, dtype=jnp.int32)
+    inf = jnp.asarray(jnp.inf, dtype)
+    recorded, instant, num_spikes = lax.stop_gradient(
+        (spike_times, instant, num_spikes)
+    )
+    t_end = schedule.t_end
+    t_end_c = lax.stop_gradient(t_end)
+    dyn_c = lax.stop_gradient(dynamics)
+
+    def upcoming(s: _ReplayState):
+        i = jnp.minimum(s.next_input, num_inputs - 1)
+        t_in = jnp.where(s.next_input < num_inputs, schedule.input_times[i], inf)
+        k = jnp.minimum(s.interval + 1, num_intervals - 1)
+        t_switch = jnp.where(
+            s.interval + 1 < num_intervals, schedule.boundaries[k], inf
+        )
+        return i, t_in, t_switch
+
+    def working(s: _ReplayState):
+        # A neuron has work left while a recorded spike or an event is ahead.
+        clock_c = lax.stop_gradient(s.clock)
+        _, t_in, t_switch = lax.stop_gradient(upcoming(s))
+        due = jnp.minimum(t_in, t_switch) <= clock_c
+        return (s.slot < num_spikes) | (clock_c < t_end_c) | due
+
+    def step(s: _ReplayState, _):
+        clock_c = lax.stop_gradient(s.clock)
+        slot = jnp.minimum(s.slot, max_spikes - 1)
+        has_spike = s.slot < num_spikes
+        spike_c = recorded[rows, slot]
+        is_instant = instant[rows, slot]
+        i, t_in, t_switch = upcoming(s)
+        t_in_c, t_switch_c = lax.stop_gradient((t_in, t_switch))
+        t_next = jnp.minimum(jnp.minimum(t_in, t_switch), t_end)
+        t_next_c = lax.stop_gradient(t_next)
+        settled = t_in_c > clock_c
+        do_fire = has_spike & is_instant & (spike_c == clock_c) & settled
+        # A crossing comes before the next event (the engine leaves one located at
+        # the event itself to the instant there: an `instant` spike).
+        do_cross = has_spike & ~is_instant & (spike_c <= t_next_c)
+        due = jnp.minimum(t_in_c, t_switch_c) <= clock_c
+        do_event = ~do_fire & ~do_cross & ((clock_c < t_end_c) | due)
+        current = schedule.currents[s.interval, rows]
+
+        # cross: to the recorded crossing, with its implicit derivative.
+        y_c, current_c = lax.stop_gradient((s.y, current))
+
+        def margin(h):
+            return dyn_c.threshold(dyn_c.exact_flow(y_c, current_c, h))
+
+        h_c = jnp.where(do_cross, spike_c - clock_c, 0)
+        h_cross = implicit_crossing(dynamics, s.y, current, h_c, margin)
+        y_cross = dynamics.reset(dynamics.exact_flow(s.y, current, h_cross))
+        t_cross = s.clock + h_cross
+        t_cross = spike_c + (t_cross - lax.stop_gradient(t_cross))
+
+        # fire: at the instant reached, at the spike's own time.
+        y_fire = reset_at(dynamics, s.clock, s.y, s.shift, current)
+        t_fire = s.clock + s.shift
+
+        # event: to the next input, interval start or the end; start the interval
+        # and add one input's weights (see `simulate_feedforward`'s `at_event`).
+        behind = t_next_c > clock_c
+        h = jnp.where(behind, t_next - s.clock, 0)
+        y_flow = dynamics.exact_flow(s.y, current, h)
+        y_flow = jax.tree.map(lambda a, b: jnp.where(behind, a, b), y_flow, s.y)
+        clock = jnp.where(behind, t_next, s.clock)
+        clock_now = lax.stop_gradient(clock)
+        interval = s.interval + (t_switch_c <= clock_now).astype(jnp.int32)
+        is_input = t_in_c <= clock_now
+        source = schedule.input_sources[i]
+        amount = jnp.where(is_input, weight[rows, source], 0)
+        offset = jnp.where(is_input, t_in - clock, 0)
+        offset = offset - lax.stop_gradient(offset)
+        current_event = schedule.currents[interval, rows]
+        y_event = jump_at(dynamics, clock, y_flow, amount, offset, current_event)
+        lifted = is_input & (dyn_c.threshold(lax.stop_gradient(y_event)) >= 0)
+        shift = jnp.where(lifted, offset, jnp.where(behind, 0, s.shift))
+
+        def pick(cross, fire, event, rest):
+            return jnp.where(
+                do_cross,
+                cross,
+                jnp.where(do_fire, fire, jnp.where(do_event, event, rest)),
+            )
+
+        spiked = do_cross | do_fire
+        new = _ReplayState(
+            clock=pick(t_cross, s.clock, clock, s.clock),
+            y=jax.tree.map(
+                lambda a, b, c, d: pick(a, b, c, d), y_cross, y_fire, y_event, s.y
+            ),
+            interval=jnp.where(do_event, interval, s.interval),
+            next_input=s.next_input + (do_event & is_input).astype(jnp.int32),
+            slot=s.slot + spiked.astype(jnp.int32),
+            shift=pick(s.shift, jnp.zeros_like(s.shift), shift, s.shift),
+        )
+        time = jnp.where(do_cross, t_cross, t_fire)
+        return new, (time, jnp.where(spiked, s.slot, max_spikes))
+
+    zero = jnp.zeros((n,), jnp.int32)
+    init = _ReplayState(
+        clock=jnp.zeros((n,), dtype),
+        y=state,
+        interval=zero,
+        next_input=zero,
+        slot=zero,
+        shift=jnp.zeros((n,), dtype),
+    )
+
+    def cond_fun(carry):
+        return jnp.any(working(carry[0]))
+
+    def body_fun(carry):
+        s, replayed = carry
+        s, (time, slot) = step(s, None)
+        # Column `max_spikes` collects the steps without a spike (never read).
+        return s, replayed.at[rows, slot].set(time)
+
+    replayed = jnp.full((n, max_spikes + 1), jnp.inf, dtype)
+    length = replay_steps(num_inputs, num_intervals, max_spikes)
+    final, replayed = eqxi.while_loop(
+        cond_fun,
+        body_fun,
+        (init, replayed),
+        max_steps=length,
+        buffers=lambda carry: carry[1],
+        kind="checkpointed",
+    )
+    # The bound holds by construction: work left means the replay parted from the
+    # engine's records.
+    return (replayed[:, :max_spikes], final.y), jnp.any(working(final))
+
+
+@eqx.filter_custom_vjp
+def with_replay_gradient(args, values, records):
+    """`values` (the engine's spike times and final state, computed without
+    derivatives), whose gradient with respect to `args` (`dynamics, weight,
+    schedule, state`) is that of their replay along the engine's `records`
+    (`spike_times, instant, num_spikes`)."""
+    del args, records
+    return values
+
+
+@with_replay_gradient.def_fwd
+def _with_replay_gradient_fwd(perturbed, args, values, records):
+    del perturbed, args, records
+    return values, None
+
+
+@with_replay_gradient.def_bwd
+def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, records):
+    del residuals
+    differentiated, fixed = eqx.partition(args, perturbed)
+
+    def replay(differentiated):
+        dynamics, weight, schedule, state = eqx.combine(differentiated, fixed)
+        return replay_feedforward(dynamics, weight, schedule, state, *records)
+
+    # Unrecorded slots (`inf`) and outputs that were not differentiated carry no
+    # cotangent.
+    grad_values = jax.tree.map(
+        lambda g, v: jnp.zeros_like(v) if g is None and v is not None else g,
+        grad_values,
+        values,
+        is_leaf=lambda x: x is None,
+    )
+    grad_times, grad_state = grad_values
+    grad_times = jnp.where(jnp.isfinite(values[0]), grad_times, 0)
+    _, vjp, parted = eqx.filter_vjp(replay, differentiated, has_aux=True)
+    (grad_args,) = vjp((grad_times, grad_state))
+    # (A run with non-finite values is reported as such; its replay may stall.)
+    finite = jnp.all(jnp.isfinite(jnp.where(jnp.isinf(values[0]), 0, values[0])))
+    return eqx.error_if(
+        grad_args,
+        parted & finite,
+        "The gradient's replay of the event-driven run did not reproduce its "
+        "recorded spikes (an internal error).",
+    )

@@ -193,3 +193,56 @@ def test_samples_with_a_silent_label_neuron_are_left_out_of_the_loss(example):
     (loss_z, (_, _, _, silent_z)), grad_z = run(zero[:32])
     assert float(loss_z) == 0.0 and int(silent_z) == 32
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grad_z))
+
+
+def _load_summary():
+    path = _PATH.parent / "yin_yang_summary.py"
+    spec = importlib.util.spec_from_file_location("yin_yang_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_run(folder, seed, tests_acc, finished=True):
+    import json
+
+    epochs = [
+        dict(
+            epoch=k + 1,
+            train_accuracy=0.9 + 0.01 * k,
+            train_silent_label=[3, 7, 1][k],
+            silent_hidden=10 + k,
+            epoch_time_s=[30.0, 2.0, 4.0][k],
+        )
+        for k in range(3)
+    ]
+    metrics = dict(
+        config=dict(seed=seed, epochs=3),
+        epochs=epochs,
+        best=dict(epoch=2, val_accuracy=0.95),
+    )
+    if finished:
+        metrics["test"] = dict(accuracy=tests_acc, failed=0, epoch=2)
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_summary_table_and_mean(tmp_path, capsys):
+    """`examples/yin_yang_summary.py` reads the runs' metrics: one row per run
+    (best epoch's training accuracy, last epoch's silent hidden count, the epoch
+    times), and the mean and sample standard deviation of the test accuracies."""
+    summary = _load_summary()
+    _write_run(tmp_path / "a", 0, 0.97)
+    _write_run(tmp_path / "b", 1, 0.98)
+    summary.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    assert (
+        "| 0 | 2 | 0.950 | 0.970 | 0.910 / 0.920 | 12 | 7 | 4.0 | 2.0 | 30.0 | 36 |"
+        in out
+    )
+    assert "| 1 | 2 | 0.950 | 0.980 |" in out
+    # mean 97.5 %, sample std of (0.97, 0.98) = 0.707 points
+    assert "mean 97.50 %, std 0.71 %" in out
+    _write_run(tmp_path / "c", 2, 0.99, finished=False)
+    with pytest.raises(SystemExit, match="did not finish"):
+        summary.main([str(tmp_path / "c")])

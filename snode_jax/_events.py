@@ -157,8 +157,15 @@ def locate_crossings(
     crosses = active & (g_start < 0) & (before_peak | (g_end >= 0))
     upper = jnp.where(before_peak, t_peak, span_c)
     g_upper = jnp.where(before_peak, g_peak, g_end)
+    # `t_end` only scales the search's tolerance: a constant here.
     found, converged, _ = root_finder.search(
-        margin, jnp.zeros_like(span_c), upper, g_start, g_upper, crosses, t_end
+        margin,
+        jnp.zeros_like(span_c),
+        upper,
+        g_start,
+        g_upper,
+        crosses,
+        lax.stop_gradient(t_end),
     )
     return crosses, jnp.where(crosses, found, jnp.inf), converged, margin
 

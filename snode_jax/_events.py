@@ -56,6 +56,19 @@ class EventSchedule(eqx.Module):
     currents: Float[Array, "intervals n_neurons"]
     t_end: Float[Array, ""]
 
+    def upcoming(self, next_input, interval):
+        """For the read position `next_input` and the current `interval` (scalars,
+        or one per neuron): the clamped input index, the next input spike's time
+        and the next interval's start (`inf` where none is left)."""
+        inf = jnp.asarray(jnp.inf, self.input_times.dtype)
+        num_inputs = self.input_times.shape[0]
+        num_intervals = self.boundaries.shape[0]
+        i = jnp.minimum(next_input, num_inputs - 1)
+        t_in = jnp.where(next_input < num_inputs, self.input_times[i], inf)
+        k = jnp.minimum(interval + 1, num_intervals - 1)
+        t_switch = jnp.where(interval + 1 < num_intervals, self.boundaries[k], inf)
+        return i, t_in, t_switch
+
 
 class EventState(eqx.Module):
     """The loop carry."""
@@ -249,12 +262,7 @@ def simulate_events(
     rows = jnp.arange(n, dtype=jnp.int32)
 
     def upcoming(s: EventState):
-        i = jnp.minimum(s.next_input, num_inputs - 1)
-        t_in = jnp.where(s.next_input < num_inputs, schedule.input_times[i], inf)
-        k = jnp.minimum(s.interval_index + 1, num_intervals - 1)
-        t_switch = jnp.where(
-            s.interval_index + 1 < num_intervals, schedule.boundaries[k], inf
-        )
+        _, t_in, t_switch = schedule.upcoming(s.next_input, s.interval_index)
         if recurrent:
             d = jnp.minimum(s.next_delivery, log_size - 1)
             t_rec = jnp.where(

@@ -96,16 +96,10 @@ def simulate_feedforward(
     t_end = schedule.t_end
     num_inputs = schedule.input_times.shape[0]
     num_intervals = schedule.boundaries.shape[0]
-    inf = jnp.asarray(jnp.inf, dtype)
     rows = jnp.arange(n, dtype=jnp.int32)
 
     def upcoming(s: FeedforwardState):
-        i = jnp.minimum(s.next_input, num_inputs - 1)
-        t_in = jnp.where(s.next_input < num_inputs, schedule.input_times[i], inf)
-        k = jnp.minimum(s.interval_index + 1, num_intervals - 1)
-        t_switch = jnp.where(
-            s.interval_index + 1 < num_intervals, schedule.boundaries[k], inf
-        )
+        _, t_in, t_switch = schedule.upcoming(s.next_input, s.interval_index)
         return t_in, t_switch
 
     def spent(s: FeedforwardState):

@@ -69,7 +69,6 @@ def replay_feedforward(
     num_inputs = schedule.input_times.shape[0]
     num_intervals = schedule.boundaries.shape[0]
     rows = jnp.arange(n, dtype=jnp.int32)
-    inf = jnp.asarray(jnp.inf, dtype)
     recorded, instant, num_spikes = lax.stop_gradient(
         (spike_times, instant, num_spikes)
     )
@@ -78,13 +77,7 @@ def replay_feedforward(
     dyn_c = lax.stop_gradient(dynamics)
 
     def upcoming(s: _ReplayState):
-        i = jnp.minimum(s.next_input, num_inputs - 1)
-        t_in = jnp.where(s.next_input < num_inputs, schedule.input_times[i], inf)
-        k = jnp.minimum(s.interval + 1, num_intervals - 1)
-        t_switch = jnp.where(
-            s.interval + 1 < num_intervals, schedule.boundaries[k], inf
-        )
-        return i, t_in, t_switch
+        return schedule.upcoming(s.next_input, s.interval)
 
     def working(s: _ReplayState):
         # A neuron has work left while a recorded spike or an event is ahead.

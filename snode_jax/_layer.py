@@ -450,6 +450,9 @@ class SpikingODELayer(eqx.Module):
             if t_end is None:
                 raise ValueError("A SpikeTrain input needs `t_end` (ms, > 0).")
             check_spike_train(inputs, self.n_inputs, t_end)
+            # An array, not a static argument: another `t_end` reuses the compiled
+            # run.
+            t_end_array = jnp.asarray(t_end, self.dtype)
             if save_times is not None:
                 if recurrent_weight is not None and self.delay <= 0:
                     raise ValueError(_ZERO_DELAY_SAVE)
@@ -457,9 +460,9 @@ class SpikingODELayer(eqx.Module):
                     dynamics,
                     self.weight,
                     state,
-                    check_save_times(save_times, jnp.asarray(t_end, self.dtype)),
+                    check_save_times(save_times, t_end_array),
                     spikes=inputs,
-                    t_end=t_end,
+                    t_end=t_end_array,
                     recurrent_weight=recurrent_weight,
                     delay=self.delay,
                     root_finder=self.root_finder,
@@ -473,7 +476,7 @@ class SpikingODELayer(eqx.Module):
                 self.weight,
                 state,
                 spikes=inputs,
-                t_end=t_end,
+                t_end=t_end_array,
                 recurrent_weight=recurrent_weight,
                 delay=self.delay,
                 root_finder=self.root_finder,

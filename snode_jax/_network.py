@@ -125,6 +125,8 @@ class LeakyReadout(eqx.Module):
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(f"`inputs` must be a SpikeTrain, got {type(inputs)}.")
         check_spike_train(inputs, self.n_inputs, t_end)
+        # `t_end` as an array: another value reuses the compiled readout.
+        t_end = jnp.asarray(t_end, self.weight.dtype)
         return _readout(
             self.dynamics, self.weight, inputs, t_end, self.init_state(), throw
         )

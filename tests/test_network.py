@@ -745,3 +745,35 @@ def test_network_with_single_spike_output_layer():
     assert float(jnp.max(jnp.abs(g_once.layers[0].weight))) > 0
     with pytest.raises(ValueError, match="after_max_spikes.*one per spiking layer"):
         net.simulate(train, t_end=40.0, after_max_spikes=("fail",))
+
+
+def test_another_t_end_reuses_the_compiled_run():
+    """`t_end` reaches the compiled event run as an array: a run over another
+    duration reuses it and still stops at its own end (spike counts against the
+    reference over each duration; the synaptic current makes spikes come after
+    the last input)."""
+    from snode_jax._layer import _integrate_events_jit
+
+    dyn = sj.CubaLIFDynamics(tau_mem=10.0, tau_syn=5.0)
+    layer = sj.SpikingODELayer(2, 3, dyn, key=jax.random.key(3))
+    weight = jnp.array([[1.0, 0.0], [0.6, 0.6], [0.0, 0.5]])
+    layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+    train = sj.SpikeTrain(jnp.array([0.5, 1.0, 2.0]), jnp.array([0, 1, 0]))
+    _integrate_events_jit._cached.clear_cache()
+    totals = []
+    for t_end in (3.0, 12.0):
+        sol = layer.simulate(train, t_end=t_end, max_spikes=8)
+        ref = simulate_layer(
+            np.asarray(weight),
+            np.asarray(train.times),
+            np.asarray(train.sources),
+            t_end,
+            model="cuba",
+            tau_mem=10.0,
+            tau_syn=5.0,
+            C_mem=dyn.C_mem,
+        )
+        np.testing.assert_array_equal(np.asarray(sol.num_spikes), ref.counts)
+        totals.append(int(ref.counts.sum()))
+    assert _integrate_events_jit._cached._cache_size() == 1
+    assert totals[1] > totals[0]

@@ -14,6 +14,7 @@ from ._adaptive import AbstractLoopDerivative, AdaptiveLoop
 from ._closed_form import ClosedFormWalk
 from ._crossing import expand
 from ._dynamics import AbstractClosedFormDynamics
+from ._misc import running_max, running_sum
 from ._records import Counters, RawRun, SpikeBuffer
 from ._scan import AbstractIntegrator, RunConfig, interval_starts, run_folded
 from ._solution import RESULTS
@@ -50,7 +51,7 @@ def _gather_spike_times(first, period, counts, num_spikes, starts, max_spikes):
     """Spike `j` of neuron `i` from its interval's first spike and period."""
     num_intervals, n = counts.shape
     # (T, n): the slot of each interval's first spike.
-    before = jnp.cumsum(counts, axis=0) - counts
+    before = running_sum(counts, axis=0) - counts
     # Which interval each slot's spike came from: every interval with spikes marks
     # its first slot (these are distinct), and a running maximum along the slots
     # fills in the rest. (One scatter of T x n marks, where a binary search per slot
@@ -62,7 +63,7 @@ def _gather_spike_times(first, period, counts, num_spikes, starts, max_spikes):
     cols = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (num_intervals, n))
     marks = jnp.zeros((n, max_spikes), jnp.int32)
     marks = marks.at[cols, target].max(k, mode="drop")
-    k = lax.cummax(marks, axis=1)  # (n, max_spikes)
+    k = running_max(marks, axis=1)  # (n, max_spikes)
     rows = jnp.arange(n, dtype=jnp.int32)[:, None]
     slots = jnp.arange(max_spikes, dtype=jnp.int32)[None, :]
     m = (slots - before[k, rows]).astype(first.dtype)
@@ -281,7 +282,7 @@ class RerunAdjoint(AbstractAdjoint):
                 lambda s, e: jnp.concatenate([s[None], e[:-1]]), state, ends
             )
             counts = raw.counts.astype(jnp.int32)
-            seen = jnp.cumsum(counts, axis=0) - counts  # spikes before each interval
+            seen = running_sum(counts, axis=0) - counts  # spikes before each interval
             if not cfg.keep_interval_states:
                 raw = eqx.tree_at(lambda r: r.interval_states, raw, None)
             return raw, (dynamics, currents, interval, starts, seen, counts)

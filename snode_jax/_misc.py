@@ -1,9 +1,23 @@
 """Small argument-checking helpers shared by the modules."""
 
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
+
+
+def running_sum(x, axis: int = 0):
+    """`jnp.cumsum` of an integer array, as a parallel prefix scan: XLA on CPU
+    lowers `cumsum` to a window reduction whose cost grows with the square of the
+    length of `axis` (4x slower at 300 slots, 2x at 1600 intervals)."""
+    assert jnp.issubdtype(jnp.result_type(x), jnp.integer)
+    return lax.associative_scan(jnp.add, x, axis=axis)
+
+
+def running_max(x, axis: int = 0):
+    """`lax.cummax` as a parallel prefix scan (see `running_sum`)."""
+    return lax.associative_scan(jnp.maximum, x, axis=axis)
 
 
 def is_concrete(x) -> bool:

@@ -31,7 +31,7 @@ from ._custom_types import State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
 from ._integrate import integrate, integrate_events
 from ._lif import LIFState, ODELIFDynamics
-from ._misc import describe, is_concrete
+from ._misc import describe, is_concrete, running_max, running_sum
 from ._solution import RESULTS, Solution
 
 
@@ -172,7 +172,7 @@ def dense_saved_states(
     assert run.interval_states is not None
     # The piece of each save time: that of the first equal mark.
     rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
-    latest_new = lax.cummax(jnp.where(new, jnp.arange(new.shape[0]), -1))
+    latest_new = running_max(jnp.where(new, jnp.arange(new.shape[0]), -1))
     piece_of_sorted = jnp.zeros_like(pieces).at[pieces].set(jnp.arange(pieces.shape[0]))
     rep = latest_new[rank[num_intervals:]]
     at_zero = rep < 0
@@ -187,7 +187,7 @@ def dense_saved_states(
     last = jnp.take_along_axis(recorded, jnp.maximum(upto - 1, 0), axis=1)
     on_spike = ((upto > 0) & (last == times[None])).T  # (save, neuron)
     upto = upto.T
-    seen = jnp.cumsum(lax.stop_gradient(run.counts), axis=0)[piece]
+    seen = running_sum(lax.stop_gradient(run.counts).astype(jnp.int32), axis=0)[piece]
     short = on_spike & ~at_zero[:, None] & (seen == upto - 1)
     y = jax.vmap(lambda s, m: _where(m, _post_reset(dynamics, s), s))(y, short)
     y = jax.tree.map(lambda a, s0: jnp.where(at_zero[:, None], s0[None], a), y, state0)

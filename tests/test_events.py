@@ -2,6 +2,8 @@
 interval engine on dense inputs, the readout's exact maximum, the instant rule's
 corner cases, budgets, and argument errors."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -184,10 +186,17 @@ def test_crossing_between_events_and_at_the_end():
     for _ in range(200):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if v(mid) < 1.0 else (lo, mid)
-    sol = layer.simulate(_train([2.0], [0]), t_end=30.0, max_spikes=4)
+
+    # `t_end` as an array: a Python float is a static argument of the compiled run,
+    # an array is not, so both runs share one compilation.
+    def run(t_end):
+        t_end = jnp.asarray(t_end, jnp.float64)
+        return layer.simulate(_train([2.0], [0]), t_end=t_end, max_spikes=4)
+
+    sol = run(30.0)
     assert int(sol.num_spikes[0]) >= 1
     np.testing.assert_allclose(float(sol.spike_times[0, 0]), 2.0 + hi, atol=1e-12)
-    early = layer.simulate(_train([2.0], [0]), t_end=2.0 + 0.5 * hi, max_spikes=4)
+    early = run(2.0 + 0.5 * hi)
     assert int(early.num_spikes[0]) == 0
 
 
@@ -204,7 +213,15 @@ def test_readout_max_voltage_is_exact_and_differentiable():
     ro = sj.LeakyReadout(
         n_in, n_out, sj.CubaLIFDynamics(tm, ts), key=_KEY, dtype=jnp.float64
     )
-    sol = ro.simulate(train, t_end=t_end)
+
+    # One compilation for the run, its gradient and the finite differences.
+    @eqx.filter_jit
+    @eqx.filter_value_and_grad(has_aux=True)
+    def loss(ro):
+        sol = ro.simulate(train, t_end=t_end)
+        return jnp.sum(sol.max_voltage**2), sol
+
+    (_, sol), g = loss(ro)
     # Brute force: the closed form on a fine grid, each input a two-exponential
     # kernel (superposition holds: the readout never resets).
     # The voltage has kinks at the input times (the synaptic current jumps), where
@@ -225,15 +242,12 @@ def test_readout_max_voltage_is_exact_and_differentiable():
         np.asarray(sol.max_time), grid[v.argmax(axis=1)], atol=2e-3
     )
 
-    def loss(ro):
-        return jnp.sum(ro.simulate(train, t_end=t_end).max_voltage ** 2)
-
-    g = eqx.filter_grad(loss)(ro)
     eps = 1e-6
     for i, j in [(0, 0), (1, 2), (2, 3)]:
 
         def f(d, i=i, j=j):
-            return loss(eqx.tree_at(lambda r: r.weight, ro, ro.weight.at[i, j].add(d)))
+            m = eqx.tree_at(lambda r: r.weight, ro, ro.weight.at[i, j].add(d))
+            return loss(m)[0][0]
 
         fd = (f(eps) - f(-eps)) / (2 * eps)
         np.testing.assert_allclose(float(g.weight[i, j]), float(fd), rtol=1e-6)
@@ -362,19 +376,41 @@ def test_tied_crossings_each_get_their_own_derivative():
     layer = _layer(1, 2, sj.CubaLIFDynamics(20.0, 5.0), [[0.6], [0.6]])
     train = _train([1.0], [0])
 
-    def first(w):
+    # One compilation for the spike times, their Jacobian and the finite
+    # differences (the times come along as the Jacobian's auxiliary output).
+    @jax.jit
+    @functools.partial(jax.jacrev, has_aux=True)
+    def jac_and_first(w):
         lay = eqx.tree_at(lambda m: m.weight, layer, w[:, None])
-        return lay.simulate(train, t_end=40.0, max_spikes=4).spike_times[:, 0]
+        t = lay.simulate(train, t_end=40.0, max_spikes=4).spike_times[:, 0]
+        return t, t
 
     w = jnp.array([0.6, 0.6])
-    t = first(w)
+    jac, t = jac_and_first(w)
     assert float(t[0]) == float(t[1]) and np.isfinite(float(t[0]))
-    jac = np.asarray(jax.jacrev(first)(w))
-    fd = np.stack([_central(lambda v, i=i: first(v)[i], w) for i in range(2)])
+    jac = np.asarray(jac)
+    fd = np.stack(
+        [_central(lambda v, i=i: jac_and_first(v)[1][i], w) for i in range(2)]
+    )
     # Finite differences carry the search's tolerance (4 ulp of t_end, ~4e-14 ms)
     # divided by the step: ~1e-7 absolute.
     np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-7)
     assert jac[0, 1] == 0 and jac[1, 0] == 0 and jac[0, 0] < 0
+
+
+# One compilation for the loss, its gradient and the finite differences of every
+# case below (the layer is an argument, the times are traced).
+@eqx.filter_jit
+@eqx.filter_value_and_grad
+def _input_time_loss(t, layer):
+    sol = layer.simulate(
+        sj.SpikeTrain(t, jnp.array([0, 1, 2])), t_end=40.0, max_spikes=8
+    )
+    st = sol.spike_times
+    state = sol.final_state
+    return jnp.sum(jnp.where(jnp.isfinite(st), st, 0.0)) + jnp.sum(
+        state.v + state.i_syn
+    )
 
 
 @pytest.mark.parametrize(
@@ -386,15 +422,9 @@ def test_input_time_gradients_at_time_zero_and_simultaneous_inputs(times):
     run is differentiable there): central differences, float64. With three equal
     times both neurons also fire at one instant (a tie)."""
     layer = _cuba_pair()
-    sources = jnp.array([0, 1, 2])
 
     def loss(t):
-        sol = layer.simulate(sj.SpikeTrain(t, sources), t_end=40.0, max_spikes=8)
-        st = sol.spike_times
-        state = sol.final_state
-        return jnp.sum(jnp.where(jnp.isfinite(st), st, 0.0)) + jnp.sum(
-            state.v + state.i_syn
-        )
+        return _input_time_loss(t, layer)[0]
 
     t = jnp.array(times)
     if times[0] == 0.0:  # one-sided at 0: move later only
@@ -403,7 +433,19 @@ def test_input_time_gradients_at_time_zero_and_simultaneous_inputs(times):
         rtol = 1e-5
     else:
         fd, rtol = _central(loss, t), 1e-6
-    np.testing.assert_allclose(np.asarray(jax.grad(loss)(t)), fd, rtol=rtol)
+    np.testing.assert_allclose(np.asarray(_input_time_loss(t, layer)[1]), fd, rtol=rtol)
+
+
+def _spikes(t, layer):
+    spikes = layer.simulate(
+        sj.SpikeTrain(t, jnp.array([0, 1])), t_end=40.0, max_spikes=4
+    ).spike_times[0]
+    return spikes, spikes
+
+
+# The spike times come along as the Jacobian's auxiliary output: one compilation
+# for both cases below (the layer is an argument).
+_spikes_jacobian = eqx.filter_jit(jax.jacrev(_spikes, has_aux=True))
 
 
 @pytest.mark.parametrize(
@@ -420,20 +462,14 @@ def test_instant_spike_carries_its_input_time_into_later_spikes(times, weights):
     later spikes only through the reset at the spike's own time. With two inputs at
     one instant, moving both moves everything: their derivatives sum to 1."""
     layer = _layer(2, 1, sj.ODELIFDynamics(tau_mem=10.0, v_rest=1.5), [weights])
-    sources = jnp.array([0, 1])
-
-    def spikes(t):
-        return layer.simulate(
-            sj.SpikeTrain(t, sources), t_end=40.0, max_spikes=4
-        ).spike_times[0]
-
     t = jnp.asarray(times, jnp.float64)
+    jac, spikes = _spikes_jacobian(t, layer)
     period = 10.0 * np.log(3.0)
     first = times[0] if weights[0] >= 1 else times[1]
     np.testing.assert_allclose(
-        np.asarray(spikes(t)), first + period * np.arange(4), rtol=1e-12
+        np.asarray(spikes), first + period * np.arange(4), rtol=1e-12
     )
-    jac = np.asarray(jax.jacrev(spikes)(t))
+    jac = np.asarray(jac)
     total = jac[:, 0] + np.where(np.isfinite(times[1]), jac[:, 1], 0)
     np.testing.assert_allclose(total, np.ones(4), rtol=1e-9)
 
@@ -546,15 +582,20 @@ def test_silenced_first_spike_gradient_matches_finite_differences():
         first = sol.spike_times[:, 0]
         return jnp.sum(jnp.where(jnp.isfinite(first), first**2, 0.0))
 
+    # `silence` is static: one compilation each, and the finite differences reuse
+    # the first one's loss.
+    value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(loss))
     w = layer.weight
-    grad = np.asarray(jax.grad(loss)(w, True))
-    np.testing.assert_allclose(grad, np.asarray(jax.grad(loss)(w, False)), rtol=1e-12)
+    grad = np.asarray(value_and_grad(w, True)[1])
+    np.testing.assert_allclose(
+        grad, np.asarray(value_and_grad(w, False)[1]), rtol=1e-12
+    )
     eps = 1e-6
     # The sources of the first two input spikes, which come before any spike.
     s0, s1 = (int(k) for k in train.sources[:2])
     for i, j in [(0, s0), (2, s0), (4, s1)]:
-        up = loss(w.at[i, j].add(eps), True)
-        down = loss(w.at[i, j].add(-eps), True)
+        up = value_and_grad(w.at[i, j].add(eps), True)[0]
+        down = value_and_grad(w.at[i, j].add(-eps), True)[0]
         fd = float(up - down) / (2 * eps)
         assert abs(grad[i, j]) > 1e-3
         np.testing.assert_allclose(grad[i, j], fd, rtol=1e-6)
@@ -591,13 +632,16 @@ def test_recurrent_layer_gradient_with_respect_to_t_end():
     )
     train = _train([1.0, 4.0], [0, 0])
 
+    # One compilation for the gradient and the finite differences.
+    @jax.jit
+    @jax.value_and_grad
     def loss(t_end):
         sol = layer.simulate(train, t_end=t_end, max_spikes=16)
         return jnp.sum(sol.final_state.v) + jnp.sum(sol.final_state.i_syn)
 
     t_end = jnp.asarray(30.0)
-    grad = float(jax.grad(loss)(t_end))
+    grad = float(loss(t_end)[1])
     eps = 1e-6
-    fd = float((loss(t_end + eps) - loss(t_end - eps)) / (2 * eps))
+    fd = float((loss(t_end + eps)[0] - loss(t_end - eps)[0]) / (2 * eps))
     assert abs(grad) > 1e-4
     np.testing.assert_allclose(grad, fd, rtol=1e-6)

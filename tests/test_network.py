@@ -661,7 +661,9 @@ def test_event_budget():
         run(busy, inp, T_END, MAX_SPIKES, True, 3)
     sol = run(busy, inp, T_END, MAX_SPIKES, False, 3)
     assert sol.result == sj.RESULTS.max_events_reached
-    ok = run(busy, inp, T_END, MAX_SPIKES, True, BUDGET)
+    # Called as the recurrent cases above call it (same structure, same arguments):
+    # their compiled run serves.
+    ok = run(busy, inp, T_END, MAX_SPIKES, max_events=BUDGET)
     assert ok.result == sj.RESULTS.successful
     ref = simulate_layer(W, times, sources, T_END, **reference_kwargs(spec))
     assert_matches_reference(ok, ref, "usual budget")

@@ -1,7 +1,8 @@
 """The Yin-Yang example (`examples/yin_yang.py`) trains: a few steps on a small
 subset lower the loss, its training step compiles once, and weight bumping raises
 the weights of silent neurons only. The tests share one compilation of the
-training step (same shapes, same optimizer object, `bump` passed as an array)."""
+training step (same shapes, same optimizer object, `bump` passed as an array), and
+one compilation of the loss and its gradient (same batch shape)."""
 
 import importlib.util
 import pathlib
@@ -32,9 +33,19 @@ def optimizer(example):
     return example.make_optimizer(1e-2, steps_per_epoch=1, epochs=1)
 
 
+@pytest.fixture(scope="module")
+def value_and_grad(example):
+    """The batch loss and its gradient, compiled once for the module: every batch
+    below has `BATCH` samples (the forward-only checks use the value)."""
+    return eqx.filter_jit(eqx.filter_value_and_grad(example.batch_loss, has_aux=True))
+
+
+BATCH = 64
+
+
 def test_training_reduces_loss_and_compiles_once(example, optimizer):
     x, y = yin_yang(split="train")
-    x, y = x[:64], jnp.asarray(y[:64])
+    x, y = x[:BATCH], jnp.asarray(y[:BATCH])
     trains = example.encode(x)
     net = example.make_network(jax.random.key(0), 20)
     opt_state = optimizer.init(eqx.filter(net, example.trainable(net)))
@@ -60,13 +71,13 @@ def test_train_step_is_filter_jit(example):
     assert isinstance(example.train_step, type(eqx.filter_jit(lambda: None)))
 
 
-def test_weight_bumping_raises_only_silent_neurons(example, optimizer):
+def test_weight_bumping_raises_only_silent_neurons(example, optimizer, value_and_grad):
     """A hidden neuron whose input weights are all negative never reaches the
     (positive) threshold: its voltage stays at or below 0. It has no spike time, so
     its weights get no gradient, and Adam leaves them unchanged; weight bumping adds
     exactly `bump` to each of them and leaves every other weight as Adam set it."""
     x, y = yin_yang(split="train")
-    x, y = x[:64], jnp.asarray(y[:64])
+    x, y = x[:BATCH], jnp.asarray(y[:BATCH])
     trains = example.encode(x)
     net = example.make_network(jax.random.key(1), 20)
     silent = jnp.zeros(20, bool).at[jnp.array([1, 4, 15])].set(True)
@@ -81,7 +92,9 @@ def test_weight_bumping_raises_only_silent_neurons(example, optimizer):
     )
     opt_state = optimizer.init(eqx.filter(net, example.trainable(net)))
 
-    batch_loss = eqx.filter_jit(example.batch_loss)
+    def batch_loss(net, trains, y):
+        return value_and_grad(net, trains, y)[0]
+
     _, (_, failed, activity, _) = batch_loss(net, trains, y)
     assert int(failed) == 0
     active = example.spared(activity)
@@ -153,36 +166,38 @@ def test_spared_follows_the_bumping_rule(example):
     assert example.spared([None, output], 0.3)[0] is None
 
 
-def test_samples_with_a_silent_label_neuron_are_left_out_of_the_loss(example):
+def test_samples_with_a_silent_label_neuron_are_left_out_of_the_loss(
+    example, value_and_grad
+):
     """Output neuron 0 cannot fire (all its input weights negative): samples of
     class 0 are counted and left out of the loss. Two batches that differ only in
     their class-0 samples have the same loss and gradient, one that differs in
     other samples does not, and a batch of class 0 alone has loss 0 and no
     gradient (one batch shape: one compilation)."""
     x, y = yin_yang(split="train")
-    x, y = x[:200], np.asarray(y[:200])
+    x, y = x[:400], np.asarray(y[:400])
+    half = BATCH // 2
     zero, others = np.flatnonzero(y == 0), np.flatnonzero(y != 0)
     net = example.make_network(jax.random.key(2), 20)
     w_out = net.layers[1].weight
     net = eqx.tree_at(
         lambda n: n.layers[1].weight, net, w_out.at[0].set(-jnp.abs(w_out[0]) - 0.1)
     )
-    value_and_grad = eqx.filter_jit(
-        eqx.filter_value_and_grad(example.batch_loss, has_aux=True)
-    )
 
     def run(idx):
         return value_and_grad(net, example.encode(x[idx]), jnp.asarray(y[idx]))
 
-    a = np.concatenate([others[:16], zero[:16]])
-    b = np.concatenate([others[:16], zero[16:32]])  # other class-0 samples
-    c = np.concatenate([others[16:32], zero[:16]])  # other samples of classes 1, 2
+    assert len(zero) >= BATCH and len(others) >= BATCH
+    a = np.concatenate([others[:half], zero[:half]])
+    b = np.concatenate([others[:half], zero[half:BATCH]])  # other class-0 samples
+    c = np.concatenate([others[half:BATCH], zero[:half]])  # other classes 1, 2
     (loss_a, (acc_a, failed, _, silent_a)), grad_a = run(a)
     (loss_b, (_, _, _, silent_b)), grad_b = run(b)
     (loss_c, _), grad_c = run(c)
     # Every class-0 sample is counted, and maybe a few others whose label neuron
     # is silent at this initialisation (the same ones in `a` and `b`).
-    assert int(failed) == 0 and int(silent_a) >= 16 and int(silent_b) == int(silent_a)
+    assert int(failed) == 0 and int(silent_a) >= half
+    assert int(silent_b) == int(silent_a)
     assert float(acc_a) <= 0.5
     assert float(loss_a) == float(loss_b) and float(loss_a) != float(loss_c)
     for ga, gb in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
@@ -190,8 +205,8 @@ def test_samples_with_a_silent_label_neuron_are_left_out_of_the_loss(example):
     assert not np.array_equal(
         np.asarray(grad_a.layers[1].weight), np.asarray(grad_c.layers[1].weight)
     )
-    (loss_z, (_, _, _, silent_z)), grad_z = run(zero[:32])
-    assert float(loss_z) == 0.0 and int(silent_z) == 32
+    (loss_z, (_, _, _, silent_z)), grad_z = run(zero[:BATCH])
+    assert float(loss_z) == 0.0 and int(silent_z) == BATCH
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grad_z))
 
 

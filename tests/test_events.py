@@ -187,10 +187,7 @@ def test_crossing_between_events_and_at_the_end():
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if v(mid) < 1.0 else (lo, mid)
 
-    # `t_end` as an array: a Python float is a static argument of the compiled run,
-    # an array is not, so both runs share one compilation.
-    def run(t_end):
-        t_end = jnp.asarray(t_end, jnp.float64)
+    def run(t_end):  # (both durations share one compiled run)
         return layer.simulate(_train([2.0], [0]), t_end=t_end, max_spikes=4)
 
     sol = run(30.0)

@@ -98,8 +98,9 @@ def outputs(layer, x, interval):
 
 def coefficients(layer, x, interval, seed=1, counts=False):
     """Random weights for every spike slot and every state component (and, with
-    `counts`, for the spike counts only)."""
-    out, _ = outputs(layer, x, interval)
+    `counts`, for the spike counts only). Only their shapes are needed: traced, not
+    compiled or run."""
+    out, _ = eqx.filter_eval_shape(outputs, layer, x, interval)
     keys = iter(jax.random.split(jax.random.key(seed), 64))
     coefs = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape), out)
     zero = jax.tree.map(jnp.zeros_like, coefs)
@@ -133,9 +134,15 @@ def loss_and_grads(layer, x, interval, coefs):
 
 
 @eqx.filter_jit
-def loss_at(layer, theta, unravel, interval, coefs):
-    weight, dynamics, x = unravel(theta)
-    return weighted(_with(layer, weight, dynamics), x, interval, coefs)
+def loss_at(layer, thetas, unravel, interval, coefs):
+    """The weighted loss at a batch of flattened `(weight, dynamics, x)`: all the
+    points of the finite differences in one compiled, batched run."""
+
+    def one(theta):
+        weight, dynamics, x = unravel(theta)
+        return weighted(_with(layer, weight, dynamics), x, interval, coefs)
+
+    return jax.vmap(one)(thetas)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -160,17 +167,18 @@ def test_gradients_match_finite_differences(name):
     def rebuild(th):
         return eqx.combine(unravel(th), static)
 
-    def at(th):
-        value, (num_th, _) = loss_at(layer, th, rebuild, interval, coefs)
-        # The spike structure must not change, or the difference is not a derivative.
-        np.testing.assert_array_equal(num_th, num)
-        return float(value)
-
-    fd = np.zeros_like(grad)
-    for i in range(theta.size):
-        h = FD_STEP * (abs(float(theta[i])) or 1.0)  # zero-valued: 1 mV or 1 pA
-        f = [at(theta.at[i].add(k * h)) for k in (-2, -1, 1, 2)]
-        fd[i] = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
+    theta = np.asarray(theta)
+    h = FD_STEP * np.where(theta != 0, np.abs(theta), 1.0)  # zero: 1 mV or 1 pA
+    steps = np.array([-2, -1, 1, 2])
+    # Point (i, k): theta with entry i moved by steps[k] * h[i].
+    points = theta + np.eye(theta.size)[:, None, :] * (steps[:, None] * h)[None]
+    points = np.moveaxis(points, 1, 0).reshape(-1, theta.size)
+    values, (num_th, _) = loss_at(layer, jnp.asarray(points), rebuild, interval, coefs)
+    # The spike structure must not change, or the difference is not a derivative.
+    for n_k in np.asarray(num_th):
+        np.testing.assert_array_equal(n_k, num)
+    f = np.asarray(values).reshape(4, theta.size)
+    fd = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
     scale = np.max(np.abs(fd))
     assert scale > 0
     # Relative, and for entries below 1% of the largest relative to that 1%: the

@@ -432,7 +432,10 @@ def test_gradient_against_finite_differences(lif_case, spike_case, case):
             return jnp.sum(sol.saved_states.v * jnp.arange(1, NUM_SAVE + 1)[:, None])
 
         w0, eps, tol = layer.weight, 1e-6, 1e-6
-    grad = jax.grad(loss)(jnp.asarray(w0))
+    # One compiled gradient: eager, it compiles the forward and backward passes of
+    # the jitted run one by one (AdEx: 17 -> 13 s). The differences reuse the
+    # run compiled for the forward values.
+    grad = jax.jit(jax.grad(loss))(jnp.asarray(w0))
     fd = central_difference(lambda w: float(loss(jnp.asarray(w))), w0, eps)
     assert np.abs(fd).max() > 0.1
     np.testing.assert_allclose(grad, fd, rtol=tol, atol=tol * np.abs(fd).max())

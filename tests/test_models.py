@@ -70,7 +70,9 @@ def test_adex_against_scipy():
     layer = constant_current_layer(
         sj.AdExDynamics(), currents, max_steps=20000, **TIGHT
     )
-    sol = compare(layer, adex_rhs(ADEX), [ADEX["E_L"], 0.0], currents, 200.0, 1, "vw")
+    # 20 intervals of 10 ms: the shapes of the piecewise-input test below, which
+    # reuses this compilation.
+    sol = compare(layer, adex_rhs(ADEX), [ADEX["E_L"], 0.0], currents, 10.0, 20, "vw")
     assert np.asarray(sol.counts).sum() > 10
     # Per-neuron step sizes: the silent neuron takes far fewer steps than the fastest.
     steps = np.asarray(sol.stats["num_steps"])
@@ -142,15 +144,15 @@ def test_large_population_crossings_located_in_subsets():
 
 
 def test_adex_piecewise_input_against_scipy():
-    # 20 intervals of 10 ms with changing current (pA).
+    # 20 intervals of 10 ms with changing current (pA): one input, interval k drives
+    # with pattern[k]. Four neurons of weight 1 and `max_spikes=200`, as in
+    # `test_adex_against_scipy`, whose compilation this reuses.
     rng = np.random.default_rng(0)
     pattern = rng.uniform(300, 1500, size=20)
-    layer = sj.SpikingODELayer(
-        20, 1, sj.AdExDynamics(), key=jax.random.key(0), max_steps=20000, **TIGHT
+    layer = constant_current_layer(
+        sj.AdExDynamics(), [1.0] * 4, max_steps=20000, **TIGHT
     )
-    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.ones((1, 20)))
-    x = np.diag(pattern)  # interval k drives with pattern[k]
-    sol = layer.simulate(x, 10.0, max_spikes=100)
+    sol = layer.simulate(pattern[:, None], 10.0, max_spikes=200)
     ref_times, _ = simulate_reference(
         *adex_rhs(ADEX), [ADEX["E_L"], 0.0], list(pattern), 10.0
     )

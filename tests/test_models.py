@@ -187,31 +187,25 @@ def test_qif_against_scipy():
     assert counts[0] == 0 and counts[-1] > counts[-2] > 0
 
 
-def isi_stats(layer, current=10.0, duration=300.0):
-    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray([[current]]))
-    sol = layer.simulate(np.ones((1, 1)), duration, max_spikes=400)
+def isi_stats(pattern, current=10.0, duration=300.0):
+    # The layer (two neurons, one input) and settings of the SciPy comparison
+    # above, whose compilation this reuses.
+    layer = constant_current_layer(
+        sj.IzhikevichDynamics.pattern(pattern),
+        [current, current],
+        max_steps=20000,
+        **TIGHT,
+    )
+    sol = layer.simulate(np.ones((1, 1)), duration, max_spikes=200)
     t = np.asarray(sol.spike_times[0])
     return np.diff(t[np.isfinite(t)])
 
 
-def izh_layer(pattern):
-    return sj.SpikingODELayer(
-        1,
-        1,
-        sj.IzhikevichDynamics.pattern(pattern),
-        solver=sj.Dopri5(),
-        rtol=1e-8,
-        atol=1e-8,
-        max_steps=50000,
-        key=jax.random.key(0),
-    )
-
-
 def test_izhikevich_firing_patterns():
-    rs = isi_stats(izh_layer("regular_spiking"))
-    fs = isi_stats(izh_layer("fast_spiking"))
-    ib = isi_stats(izh_layer("intrinsically_bursting"))
-    ch = isi_stats(izh_layer("chattering"))
+    rs = isi_stats("regular_spiking")
+    fs = isi_stats("fast_spiking")
+    ib = isi_stats("intrinsically_bursting")
+    ch = isi_stats("chattering")
     # Regular spiking: tonic, adapting (ISIs lengthen), no bursts.
     assert len(rs) > 5 and rs[-1] > 1.5 * rs[0] and rs.min() > 10.0
     # Fast spiking: tonic firing sustained above 100 Hz, far above RS at this drive.

@@ -33,9 +33,16 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from ._crossing import first_lanes, take_lanes
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._root_find import BracketedNewton
+
+# Crossings are searched on subsets of neurons of this size: at least _MIN_CHUNK,
+# and at least 1/_CHUNK_DIVISOR of the population (more subsets if more neurons
+# cross).
+_MIN_CHUNK = 32
+_CHUNK_DIVISOR = 16
 
 
 class EventSchedule(eqx.Module):
@@ -170,16 +177,49 @@ def locate_crossings(
     crosses = active & (g_start < 0) & (before_peak | (g_end >= 0))
     upper = jnp.where(before_peak, t_peak, span_c)
     g_upper = jnp.where(before_peak, g_peak, g_end)
+    # Few neurons cross before one event: the search runs on compact subsets of
+    # `chunk` neurons (as many as needed), not on the whole population. Each
+    # neuron's search is its own, so the results are those of one search over all.
+    n = span_c.shape[0]
+    chunk = max(_MIN_CHUNK, n // _CHUNK_DIVISOR)
     # `t_end` only scales the search's tolerance: a constant here.
-    found, converged, _ = root_finder.search(
-        margin,
-        jnp.zeros_like(span_c),
-        upper,
-        g_start,
-        g_upper,
-        crosses,
-        lax.stop_gradient(t_end),
-    )
+    tol_scale = lax.stop_gradient(t_end)
+    if chunk >= n:  # a small population: one search over all of it
+        found, converged, _ = root_finder.search(
+            margin, jnp.zeros_like(span_c), upper, g_start, g_upper, crosses, tol_scale
+        )
+        return crosses, jnp.where(crosses, found, jnp.inf), converged, margin
+
+    def next_chunk(carry):
+        remaining, found, converged = carry
+        idx = first_lanes(remaining, chunk)  # index n: no neuron
+        real = idx < n
+        j = jnp.minimum(idx, n - 1)
+        dyn_j = take_lanes(dyn_c, j)
+        y_j = jax.tree.map(lambda a: a[j], y_c)
+        current_j = current_c[j]
+
+        def margin_j(h):
+            return dyn_j.threshold(dyn_j.exact_flow(y_j, current_j, h))
+
+        found_j, converged_j, _ = root_finder.search(
+            margin_j,
+            jnp.zeros((chunk,), span_c.dtype),
+            upper[j],
+            g_start[j],
+            g_upper[j],
+            real & crosses[j],
+            tol_scale,
+        )
+
+        def put(full, new):  # padding (index n) is dropped
+            return full.at[idx].set(new, mode="drop")
+
+        remaining = put(remaining, jnp.zeros((chunk,), bool))
+        return remaining, put(found, found_j), put(converged, converged_j)
+
+    init = (crosses, upper, jnp.ones((n,), bool))
+    _, found, converged = lax.while_loop(lambda c: jnp.any(c[0]), next_chunk, init)
     return crosses, jnp.where(crosses, found, jnp.inf), converged, margin
 
 

@@ -15,7 +15,8 @@ firing and resetting at each, all neurons at once. Each iteration of the loop do
    at that instant, every neuron at or above threshold fires (the instant rule of
    [`simulate_events`][], whose results this engine reproduces).
 
-An iteration thus costs one crossing search over the population, and a run takes
+An iteration thus costs one crossing search (over the neurons that cross, in compact
+subsets), and a run takes
 about as many iterations as there are input events plus the largest number of
 spikes of one neuron between two of them, instead of one per spike of any neuron.
 The loop decides and computes on values only (a plain `lax` while loop). It

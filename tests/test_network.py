@@ -779,3 +779,28 @@ def test_another_t_end_reuses_the_compiled_run():
         totals.append(int(ref.counts.sum()))
     assert _integrate_events_jit._cached._cache_size() == 1
     assert totals[1] > totals[0]
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["feedforward", "recurrent"])
+def test_large_population_crossings_searched_in_subsets(recurrent):
+    """120 CubaLIF neurons driven by the same few input spikes, most of them
+    crossing threshold between the same two events: more than one subset of the
+    crossing search (at least 32 neurons each), on both engines; every spike time
+    against the reference."""
+    n = 120
+    rng = np.random.default_rng(7)
+    W = rng.uniform(0.3, 0.8, (n, 2))
+    spec = dict(model="cuba", tau_mem=10.0, tau_syn=5.0)
+    # Weak inhibition: no runaway loop, every spike still delivered.
+    W_rec = -rng.uniform(0.0, 0.01, (n, n)) if recurrent else None
+    times, sources = [1.0, 2.0, 20.0], [0, 1, 0]
+    kwargs = dict(W_rec=W_rec, delay=1.0) if recurrent else {}
+    ref = simulate_layer(W, times, sources, T_END, **spec, **kwargs)
+    dyn = sj.CubaLIFDynamics(tau_mem=10.0, tau_syn=5.0)
+    layer = make_layer(2, n, dyn, W, **kwargs)
+    sol = run(layer, spike_train(times, sources), T_END, MAX_SPIKES)
+    # Most neurons fire their first spike between the second input and the third.
+    first = np.array([t[0] for t in ref.spike_times if len(t)])
+    assert np.sum((first > 2.0) & (first < 20.0)) > 64
+    assert_matches_reference(sol, ref, f"recurrent={recurrent}")
+    assert sol.result == sj.RESULTS.successful

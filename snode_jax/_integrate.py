@@ -138,7 +138,22 @@ def integrate(
     adjoint = default_adjoint(integrator, throw) if adjoint is None else adjoint
     surrogate = ArctanSurrogate() if surrogate is None else surrogate
 
-    nonfinite = any_nonfinite((dynamics.parameters(), weight, inputs, state))
+    # A weight that is NaN or inf makes some current nonfinite (x is finite, or
+    # reported on its own): a run with fewer currents than weights checks the
+    # currents, and scans the weight only when one is not finite, to tell a bad
+    # weight from an overflowing product (one pass over the weight, per step of an
+    # online runner, cost four times the product).
+    few_currents = currents.size <= weight.size
+    if few_currents:
+        bad_current = ~jnp.all(jnp.isfinite(currents))
+        nonfinite = any_nonfinite((dynamics.parameters(), inputs, state))
+        nonfinite = nonfinite | lax.cond(
+            eqxi.unvmap_any(bad_current),
+            lambda: any_nonfinite(weight),
+            lambda: jnp.zeros((), bool),
+        )
+    else:
+        nonfinite = any_nonfinite((dynamics.parameters(), weight, inputs, state))
     conditions = dict(dynamics.constraints(state))
     conditions["interval > 0"] = jnp.all(interval > 0) & jnp.all(jnp.isfinite(interval))
     conditions.update(integrator.conditions(dynamics, interval))
@@ -148,16 +163,19 @@ def integrate(
 
     raw = adjoint.run(integrator, dynamics, currents, interval, state, cfg, surrogate)
 
-    # The currents cannot overflow if |x| |W| summed over inputs stays finite (a
-    # few scalars); only then are all T x n of them checked.
-    bound = jnp.max(jnp.abs(inputs)) * jnp.max(jnp.sum(jnp.abs(weight), axis=1))
-    # (`unvmap_all`: under `vmap` the branch stays a branch, taken for the whole
-    # batch, instead of becoming a select that always checks.)
-    nonfinite_current = ~nonfinite & lax.cond(
-        eqxi.unvmap_all(jnp.isfinite(bound)),
-        lambda: jnp.zeros((), bool),
-        lambda: ~jnp.all(jnp.isfinite(currents)),
-    )
+    if few_currents:
+        nonfinite_current = ~nonfinite & bad_current
+    else:
+        # The currents cannot overflow if |x| |W| summed over inputs stays finite
+        # (a few scalars); only then are all T x n of them checked.
+        bound = jnp.max(jnp.abs(inputs)) * jnp.max(jnp.sum(jnp.abs(weight), axis=1))
+        # (`unvmap_all`: under `vmap` the branch stays a branch, taken for the whole
+        # batch, instead of becoming a select that always checks.)
+        nonfinite_current = ~nonfinite & lax.cond(
+            eqxi.unvmap_all(jnp.isfinite(bound)),
+            lambda: jnp.zeros((), bool),
+            lambda: ~jnp.all(jnp.isfinite(currents)),
+        )
     result = update_result(result, nonfinite_current, RESULTS.nonfinite_current)
     bad_state = jnp.any(jnp.isnan(raw.spike_times)) | any_nonfinite(
         (raw.final_state, raw.interval_states)

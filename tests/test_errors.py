@@ -323,10 +323,29 @@ def test_nonfinite_parameter_traced(layer, name):
         jax.block_until_ready(_filter_jit_forward(bad, x))
 
 
-def test_nonfinite_weight_traced(layer):
-    bad = eqx.tree_at(lambda lyr: lyr.weight, layer, layer.weight.at[0, 0].set(jnp.nan))
-    assert (
-        _filter_jit_result(bad, jnp.ones((T, N_IN)), 1.0) == sj.RESULTS.nonfinite_input
+@pytest.mark.parametrize("steps", [1, 8])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nonfinite_weight_traced(layer, steps, value):
+    # One interval has fewer currents than weights (4 x 1 against 4 x 3: the
+    # currents are checked, the weight only once one is not finite); eight have
+    # more (the weight is checked directly). A zero input still reports the weight.
+    bad = eqx.tree_at(lambda lyr: lyr.weight, layer, layer.weight.at[0, 0].set(value))
+    for x in (jnp.ones((steps, N_IN)), jnp.zeros((steps, N_IN))):
+        assert _filter_jit_result(bad, x, 1.0) == sj.RESULTS.nonfinite_input
+        # (The finite layer over eight intervals of ones may fill its buffer.)
+        good = _filter_jit_result(layer, x, 1.0)
+        assert good != sj.RESULTS.nonfinite_input
+        assert good != sj.RESULTS.nonfinite_current
+    # Under vmap, per batch element: only the run with the bad weight reports it.
+    weights = jnp.stack([layer.weight, bad.weight])
+
+    def result(w):
+        lyr = eqx.tree_at(lambda m: m.weight, layer, w)
+        return lyr.simulate(jnp.ones((steps, N_IN)), 1.0, 8, throw=False).result
+
+    results = jax.vmap(result)(weights)
+    np.testing.assert_array_equal(
+        np.asarray(results == sj.RESULTS.nonfinite_input), [False, True]
     )
 
 

@@ -76,11 +76,14 @@ def test_long_refractory_period_gradients_are_finite(dtype, tau_mem, t_ref):
 # -- overflow is reported as what it is -------------------------------------------------
 
 
+@pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("solver", [sj.Exact(), sj.Dopri5()], ids=type)
-def test_overflowing_current_is_reported(solver):
-    # Finite inputs and weights whose product overflows float32.
+def test_overflowing_current_is_reported(solver, steps):
+    # Finite inputs and weights whose product overflows float32 (one interval: no
+    # more currents than weights, which are then checked only after the currents;
+    # three: the weights first).
     layer = _one(sj.ODELIFDynamics(), jnp.float32, weight=4.0, solver=solver)
-    x = np.full((3, 1), 3e38, np.float32)
+    x = np.full((steps, 1), 3e38, np.float32)
     sol = layer.simulate(x, 1.0, max_spikes=8, throw=False)
     assert sol.result == sj.RESULTS.nonfinite_current
     with pytest.raises(eqx.EquinoxRuntimeError, match="current `weight @ x` overflow"):

@@ -57,6 +57,30 @@ def first_lanes(mask, size):
     return jnp.full((size,), n, jnp.int32).at[slot].set(lanes, mode="drop")
 
 
+def on_subsets(mask, chunk: int, solve, init):
+    """`init` with, for every lane where `mask` holds, the result of `solve` written
+    in. `solve(j, real)` works on `chunk` lanes at a time: `j` their indices, `real`
+    which of them are lanes of `mask` (the others pad the subset); it returns a
+    pytree shaped like `init` with leading axis `chunk`. Subsets are taken in lane
+    order, as many as needed."""
+    n = mask.shape[0]
+
+    def next_chunk(carry):
+        remaining, found = carry
+        idx = first_lanes(remaining, chunk)  # index n: no lane
+        part = solve(jnp.minimum(idx, n - 1), idx < n)
+
+        def put(full, new):  # padding (index n) is dropped
+            return full.at[idx].set(new, mode="drop")
+
+        found = jax.tree.map(put, found, part)
+        remaining = put(remaining, jnp.zeros((chunk,), bool))
+        return remaining, found
+
+    _, found = lax.while_loop(lambda c: jnp.any(c[0]), next_chunk, (mask, init))
+    return found
+
+
 def take_lanes(dynamics: AbstractDynamics, j):
     """The model restricted to the neurons `j` (per-neuron parameters given one
     value per neuron are taken; scalars and shared parameters stay)."""
@@ -194,12 +218,8 @@ def locate_crossings(
     n = crossed.shape[0]
     chunk = min(n, max(_MIN_CHUNK, n // _CHUNK_DIVISOR))
 
-    def next_chunk(carry):
-        remaining, found = carry
-        idx = first_lanes(remaining, chunk)  # index n: no neuron
-        real = idx < n
-        j = jnp.minimum(idx, n - 1)
-        part = _locate_subset(
+    def locate(j, real):
+        return _locate_subset(
             stepper,
             root_finder,
             take_lanes(dynamics, j),
@@ -208,13 +228,5 @@ def locate_crossings(
             interval,
         )
 
-        def put(full, new):  # padding (index n) is dropped
-            return full.at[idx].set(new, mode="drop")
-
-        found = jax.tree.map(put, found, part)
-        remaining = put(remaining, jnp.zeros((chunk,), bool))
-        return remaining, found
-
     init = Crossings(steps.t1, steps.y1, steps.t, jnp.ones((n,), bool))
-    _, found = lax.while_loop(lambda c: jnp.any(c[0]), next_chunk, (crossed, init))
-    return found
+    return on_subsets(crossed, chunk, locate, init)

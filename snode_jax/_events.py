@@ -33,7 +33,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._crossing import first_lanes, take_lanes
+from ._crossing import on_subsets, take_lanes
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._root_find import BracketedNewton
@@ -190,11 +190,7 @@ def locate_crossings(
         )
         return crosses, jnp.where(crosses, found, jnp.inf), converged, margin
 
-    def next_chunk(carry):
-        remaining, found, converged = carry
-        idx = first_lanes(remaining, chunk)  # index n: no neuron
-        real = idx < n
-        j = jnp.minimum(idx, n - 1)
+    def search(j, real):
         dyn_j = take_lanes(dyn_c, j)
         y_j = jax.tree.map(lambda a: a[j], y_c)
         current_j = current_c[j]
@@ -211,15 +207,9 @@ def locate_crossings(
             real & crosses[j],
             tol_scale,
         )
+        return found_j, converged_j
 
-        def put(full, new):  # padding (index n) is dropped
-            return full.at[idx].set(new, mode="drop")
-
-        remaining = put(remaining, jnp.zeros((chunk,), bool))
-        return remaining, put(found, found_j), put(converged, converged_j)
-
-    init = (crosses, upper, jnp.ones((n,), bool))
-    _, found, converged = lax.while_loop(lambda c: jnp.any(c[0]), next_chunk, init)
+    found, converged = on_subsets(crosses, chunk, search, (upper, jnp.ones((n,), bool)))
     return crosses, jnp.where(crosses, found, jnp.inf), converged, margin
 
 

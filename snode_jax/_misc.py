@@ -10,7 +10,8 @@ from jax.core import Tracer
 def running_sum(x, axis: int = 0):
     """`jnp.cumsum` of an integer array, as a parallel prefix scan: XLA on CPU
     lowers `cumsum` to a window reduction whose cost grows with the square of the
-    length of `axis` (4x slower at 300 slots, 2x at 1600 intervals)."""
+    length of `axis` (measured on CPU: 4x slower over 1967 spike slots of 256
+    neurons, 2x over 1600 intervals)."""
     assert jnp.issubdtype(jnp.result_type(x), jnp.integer)
     return lax.associative_scan(jnp.add, x, axis=axis)
 

@@ -26,6 +26,7 @@ from ._events import (
     simulate_events,
 )
 from ._feedforward import simulate_feedforward
+from ._misc import input_currents
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
 from ._solution import RESULTS, Solution, update_result
@@ -119,7 +120,7 @@ def integrate(
     inputs = inputs.astype(dtype)
     interval = jnp.asarray(interval, dtype)
     state = jax.tree.map(lambda a: jnp.asarray(a, dtype), state)
-    currents = inputs @ weight.T
+    currents = input_currents(inputs, weight)
     cfg = RunConfig(max_spikes, keep_interval_states)
     root_finder = BracketedNewton() if root_finder is None else root_finder
     if not isinstance(stepsize_controller, PredictiveController):
@@ -290,7 +291,7 @@ def integrate_events(
         ends = jnp.cumsum(lengths)
         boundaries = jnp.concatenate([jnp.zeros((1,), dtype), ends[:-1]])
         t_end = ends[-1]
-        currents = inputs @ weight.T
+        currents = input_currents(inputs, weight)
         input_times = jnp.full((1,), jnp.inf, dtype)
         input_sources = jnp.zeros((1,), jnp.int32)
         leaves.append(inputs)

@@ -21,6 +21,14 @@ def running_max(x, axis: int = 0):
     return lax.associative_scan(jnp.maximum, x, axis=axis)
 
 
+def input_currents(inputs, weight):
+    """`inputs @ weight.T` (rows: intervals), as one `dot_general` contracting the
+    input axis of both. Written with the transpose, XLA's CPU backend copies the
+    transposed weight into a loop fusion on every call: 4096 x 32 weights, one
+    interval, 54 -> 27 us per call (measured with dispatch)."""
+    return lax.dot_general(inputs, weight, (((inputs.ndim - 1,), (1,)), ((), ())))
+
+
 def is_concrete(x) -> bool:
     """True when `x` holds a value now (not a tracer inside `jit`/`grad`/`vmap`)."""
     return not any(isinstance(leaf, Tracer) for leaf in jax.tree.leaves(x))

@@ -138,6 +138,11 @@ def test_bump_and_clip_reject_bad_values(example):
         example.bump_silent(net, active[:1], 0.1)
     with pytest.raises(ValueError, match="`clip` must be a positive float"):
         example.make_optimizer(1e-2, 1, 1, clip=0.0)
+    for average in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"`average` must be in \[0, 1\)"):
+            example.train(average=average)
+    with pytest.raises(ValueError, match="`lift` must be a non-negative float"):
+        example.train(lift=-1.0)
 
 
 def test_spared_follows_the_bumping_rule(example):
@@ -208,6 +213,84 @@ def test_samples_with_a_silent_label_neuron_are_left_out_of_the_loss(
     (loss_z, (_, _, _, silent_z)), grad_z = run(zero[:BATCH])
     assert float(loss_z) == 0.0 and int(silent_z) == BATCH
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grad_z))
+
+
+def test_lift_raises_silent_label_neurons_by_their_peak_voltage(example):
+    """With `lift > 0` a sample whose label neuron stays silent adds `lift` times
+    the neuron's distance to threshold (threshold minus peak voltage) to the loss.
+    Ground truth for the peak: the output layer's own voltage, saved on a 0.01 ms
+    grid (the sampled maximum lies below the exact one by at most the grid step
+    times the slope, about 1e-3). Checked on a batch with a few such samples (the
+    subset branch) and one where all are (the full branch); the gradient of the
+    term raises the silent neuron's weights from every hidden neuron that fired."""
+    x, y = yin_yang(split="train")
+    x, y = x[:400], np.asarray(y[:400])
+    net = example.make_network(jax.random.key(3), 20)
+    w_out = net.layers[1].weight
+    # Neuron 0 gets 5% of its input: below threshold, but not flat.
+    net = eqx.tree_at(lambda n: n.layers[1].weight, net, w_out.at[0].mul(0.05))
+    loss_and_grad = eqx.filter_jit(
+        eqx.filter_value_and_grad(example.batch_loss, has_aux=True)
+    )
+    grid = jnp.linspace(0.0, example.T_END, 6001, dtype=example.DTYPE)
+
+    def sampled_peak(train):
+        nsol = net.simulate(
+            train,
+            t_end=example.T_END,
+            max_spikes=example.MAX_SPIKES,
+            after_max_spikes=example.AFTER_MAX_SPIKES,
+            throw=False,
+        )
+        out = net.layers[1].simulate(
+            nsol.layers[0].spike_train(),
+            t_end=example.T_END,
+            max_spikes=1,
+            after_max_spikes="silence",
+            save_times=grid,
+            throw=False,
+        )
+        return jnp.max(out.saved_states.v, axis=0), nsol.layers[1].num_spikes > 0
+
+    zero, others = np.flatnonzero(y == 0), np.flatnonzero(y != 0)
+    mixed = np.concatenate([others[: BATCH - 12], zero[:12]])
+    for idx in (mixed, zero[:BATCH]):
+        trains = example.encode(x[idx])
+        labels = jnp.asarray(y[idx])
+        (plain, (_, _, _, n_silent)), _ = loss_and_grad(net, trains, labels)
+        (lifted, _), grad = loss_and_grad(
+            net, trains, labels, "ttfs", example.LOSS, jnp.float32(5.0)
+        )
+        peak, fired = jax.vmap(sampled_peak)(trains)
+        label_peak = np.asarray(peak)[np.arange(BATCH), y[idx]]
+        silent = ~np.asarray(fired)[np.arange(BATCH), y[idx]]
+        assert int(n_silent) == silent.sum() and silent.sum() >= 12
+        assert np.all(label_peak[silent] < 1.0)
+        expected = 5.0 * np.sum(1.0 - label_peak[silent]) / BATCH
+        # Each sampled peak is low by at most ~1e-3; float32 sums.
+        assert float(lifted) - float(plain) <= expected + 1e-4
+        assert (
+            float(lifted) - float(plain)
+            >= expected - 5.0 * 1.5e-3 * silent.sum() / BATCH
+        )
+    # All class 0: the loss is the lift term alone; raising the weights of neuron 0
+    # lowers it (its peak input comes from the hidden neurons that fired).
+    g0 = np.asarray(grad.layers[1].weight[0])
+    assert np.all(g0 <= 0) and np.any(g0 < 0)
+    assert not np.any(np.asarray(grad.layers[1].weight[1:]))
+
+
+def test_average_weights_is_a_moving_average_of_the_trained_weights(example):
+    a = example.make_network(jax.random.key(0), 4)
+    b = example.make_network(jax.random.key(1), 4)
+    avg = example.average_weights(a, b, jnp.float32(0.9))
+    for la, lb, lv in zip(a.layers, b.layers, avg.layers):
+        np.testing.assert_allclose(
+            np.asarray(lv.weight),
+            0.9 * np.asarray(la.weight) + 0.1 * np.asarray(lb.weight),
+            rtol=1e-6,
+        )
+        assert lv.dynamics is lb.dynamics or eqx.tree_equal(lv.dynamics, lb.dynamics)
 
 
 def _load_summary():

@@ -31,7 +31,7 @@ from ._custom_types import State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
 from ._integrate import integrate, integrate_events
 from ._lif import LIFState, ODELIFDynamics
-from ._misc import describe, is_concrete, running_max, running_sum
+from ._misc import describe, input_currents, is_concrete, running_max, running_sum
 from ._solution import RESULTS, Solution
 
 
@@ -402,7 +402,7 @@ def integrate_events_saving(
         inputs = inputs.astype(dtype)
         lengths = jnp.broadcast_to(jnp.asarray(interval, dtype), (inputs.shape[0],))
         boundaries = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(lengths)[:-1]])
-        currents = inputs @ weight.T
+        currents = input_currents(inputs, weight)
         input_times = jnp.full((1,), jnp.inf, dtype)
         input_sources = jnp.zeros((1,), jnp.int32)
     save_times = save_times.astype(dtype)

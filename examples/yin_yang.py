@@ -79,7 +79,10 @@ default 0, the last weights), what is evaluated on the validation split after
 every epoch, and kept when best, is an exponential moving average of the weights
 over the training steps with decay `D` per step (`average_weights`; 0.99 is about
 5 epochs of 19 steps): the selection then picks a region of the run rather than
-the step that was luckiest on 1000 validation samples.
+the step that was luckiest on 1000 validation samples. The average starts at the
+initial weights, without a bias correction, so the first epochs' validation
+figures lag the training (after one epoch of 19 steps at 0.99, 83 % of the
+average is still the initial weights).
 
 Validation accuracy is measured after every epoch and the best parameters are kept;
 the test accuracy of those is reported once, at the end. With `--out DIR` the best
@@ -562,6 +565,11 @@ def train(
         raise ValueError(f"`average` must be in [0, 1), got {average!r}.")
     if not (math.isfinite(lift) and lift >= 0):
         raise ValueError(f"`lift` must be a non-negative float, got {lift!r}.")
+    if lift > 0 and readout != "ttfs":
+        raise ValueError(
+            f"`lift` applies to the 'ttfs' readout only, got lift={lift!r} with "
+            f"readout={readout!r}."
+        )
     x_train, y_train = yin_yang(split="train")
     if train_size is not None:
         x_train, y_train = x_train[:train_size], y_train[:train_size]

@@ -143,6 +143,8 @@ def test_bump_and_clip_reject_bad_values(example):
             example.train(average=average)
     with pytest.raises(ValueError, match="`lift` must be a non-negative float"):
         example.train(lift=-1.0)
+    with pytest.raises(ValueError, match="`lift` applies to the 'ttfs' readout"):
+        example.train(lift=1.0, readout="max-voltage")
 
 
 def test_spared_follows_the_bumping_rule(example):

@@ -26,7 +26,7 @@ from ._events import (
     simulate_events,
 )
 from ._feedforward import simulate_feedforward
-from ._misc import input_currents
+from ._misc import input_currents, time_order
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
 from ._solution import RESULTS, Solution, update_result
@@ -381,7 +381,7 @@ def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):
     if times.shape[-1] == 0:
         times = jnp.full((1,), jnp.inf, dtype)
         sources = jnp.zeros((1,), jnp.int32)
-    order = jnp.argsort(times)
+    order = time_order(times)
     times = times[order]
     sources = sources[order]
     finite = jnp.isfinite(times)

@@ -1,5 +1,6 @@
 """Small argument-checking helpers shared by the modules."""
 
+import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -19,6 +20,55 @@ def running_sum(x, axis: int = 0):
 def running_max(x, axis: int = 0):
     """`lax.cummax` as a parallel prefix scan (see `running_sum`)."""
     return lax.associative_scan(jnp.maximum, x, axis=axis)
+
+
+# Prefix lengths `time_order` sorts (besides the whole array): the smallest that
+# holds every entry before the `+inf` padding is used.
+_SORT_PREFIXES = (16, 64, 256, 1024, 4096)
+
+
+def time_order(times):
+    """`jnp.argsort(times)` (stable, as int32) of a 1-D array of times padded with
+    `+inf`, sorting only a prefix that holds its other entries: the entries first,
+    in their order, then the padding, then a stable sort of the smallest of
+    `_SORT_PREFIXES` (or the whole array) that holds the entries. Under `vmap` the
+    prefix is the one that holds the entries of every run of the batch (of all
+    batch axes together), so that the choice stays a branch instead of a select
+    that runs every sort.
+
+    XLA's CPU sort costs about as much per `+inf` as per spike: the spike train of a
+    200-neuron layer with room for 8 spikes each has 1600 entries, of which a
+    sample of a Yin-Yang network uses about 55. The order is that of
+    `jnp.argsort`, except that NaN times (which the caller rejects) come before the
+    padding instead of after it."""
+    (n,) = times.shape
+    prefixes = [p for p in _SORT_PREFIXES if p < n] + [n]
+    if len(prefixes) == 1:
+        return jnp.argsort(times).astype(jnp.int32)
+    pad = times == jnp.inf
+    num = jnp.sum(~pad)
+    position = jnp.where(
+        pad,
+        num + running_sum(pad.astype(jnp.int32)) - 1,
+        running_sum((~pad).astype(jnp.int32)) - 1,
+    )
+    compact = (
+        jnp.zeros((n,), jnp.int32)
+        .at[position]
+        .set(jnp.arange(n, dtype=jnp.int32), unique_indices=True)
+    )
+
+    def sort_prefix(length):
+        def sort():
+            head = compact[:length]
+            return jnp.concatenate([head[jnp.argsort(times[head])], compact[length:]])
+
+        return sort
+
+    # The smallest prefix that holds the entries of every run (`unvmap_any`, not
+    # a maximum: a batch may be empty).
+    branch = sum(eqxi.unvmap_any(num > p).astype(jnp.int32) for p in prefixes[:-1])
+    return lax.switch(branch, [sort_prefix(p) for p in prefixes])
 
 
 def input_currents(inputs, weight):

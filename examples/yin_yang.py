@@ -20,7 +20,9 @@ non-spiking readout on its maximum voltage instead.
 hidden neurons; inputs at `10 + 30 x` ms, bias spike at 20 ms; hidden weights
 `N(1.5, 0.78)`, output weights `N(0.93, 0.1)`; loss temperature `tau0 = 0.5 ms`,
 regulariser `alpha = 3e-3`, `tau1 = 6.4 ms`; Adam, learning rate `1e-2`, batch 256,
-learning rate times 0.95 every 5 epochs, 300 epochs. The weights are in the
+learning rate times 0.95 every 5 epochs, 300 epochs. One addition: weight
+bumping of neurons silent on a whole batch, `--bump 1e-3` (below; `--bump 0` is
+EventProp's recipe exactly). The weights are in the
 paper's units: its membrane is `tau_mem dv/dt = -v + i_syn`, which is
 `sj.CubaLIFDynamics` with `C_mem = tau_mem`. The hidden weights have a positive
 mean so that hidden neurons fire from the start (with zero-mean weights most stay
@@ -55,9 +57,11 @@ one with no output spike at all, counts as an error in the accuracy.
 **Silent hidden neurons and weight bumping.** A hidden neuron that fires on no
 sample has no spike time, hence no gradient, and stays silent for good. With the
 initial weights about a third of the hidden neurons are silent on every sample, and
-training silences more (about two thirds of 100 by the end of a 100-epoch run).
-`--bump B` (Göltz et al.) adds `B` to the input weights of every spiking neuron
-that fired on no sample of the batch, after each Adam step (`bump_silent`); the
+without bumping training silences more (about 150 of 200 by the end of the paper's
+schedule). `--bump B` (Göltz et al.; default `1e-3`) adds `B` to the input weights
+of every spiking neuron that fired on no sample of the batch, after each Adam step
+(`bump_silent`): every hidden neuron then stays in use, and the test accuracy over
+5 seeds rose from 97.1 % to 97.7 % (examples/RESULTS.md); the
 number of hidden neurons silent on the whole validation set is printed after
 every epoch (`silent hidden`) and kept in the metrics (`silent_hidden`). With
 `--bump-threshold F`, as in Göltz et al. (`F = 0.3`), a hidden layer in which more
@@ -128,6 +132,11 @@ LOSS = (TAU0, TAU1, ALPHA)
 HIDDEN_INIT = (1.5, 0.78)
 OUTPUT_INIT = (0.93, 0.1)
 READOUT_INIT = (0.2, 0.37)  # the EventProp paper's max-voltage readout (MNIST)
+
+# Default of `--bump`: after each step, the input weights of every spiking neuron
+# silent on the whole batch go up by this much (`bump_silent`). Not in EventProp's
+# recipe; with it every hidden neuron stays in use (examples/RESULTS.md).
+BUMP = 1e-3
 
 # Defaults of `--lift` (weight of a silent label neuron's distance to threshold in
 # the loss, `batch_loss`) and `--average` (decay per step of the moving average of
@@ -546,7 +555,7 @@ def train(
     train_size: int | None = None,
     readout: str = "ttfs",
     schedule: str = "paper",
-    bump: float = 0.0,
+    bump: float = BUMP,
     bump_threshold: float | None = None,
     clip: float | None = None,
     tau0: float = TAU0,
@@ -735,9 +744,10 @@ def main(argv=None):
     parser.add_argument(
         "--bump",
         type=float,
-        default=0.0,
+        default=BUMP,
         help="weight bumping: after each step, add this to the input weights of "
-        "every spiking neuron that fired on no sample of the batch (0: off)",
+        f"every spiking neuron that fired on no sample of the batch (0: off; "
+        f"default {BUMP})",
     )
     parser.add_argument(
         "--bump-threshold",

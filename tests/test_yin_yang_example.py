@@ -346,3 +346,46 @@ def test_summary_table_and_mean(tmp_path, capsys):
     _write_run(tmp_path / "c", 2, 0.99, finished=False)
     with pytest.raises(SystemExit, match="did not finish"):
         summary.main([str(tmp_path / "c")])
+
+
+def test_profile_counts_what_the_network_does(tmp_path, monkeypatch, example):
+    """`examples/yin_yang_profile.py` on a saved run: the hidden spikes per sample
+    are those of the network's own simulation, every layer's loop takes at least
+    one iteration per input event, and every timing is a positive number."""
+    import json
+
+    monkeypatch.syspath_prepend(str(_PATH.parent))
+    spec = importlib.util.spec_from_file_location(
+        "yin_yang_profile", _PATH.parent / "yin_yang_profile.py"
+    )
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    run = tmp_path / "run"
+    run.mkdir()
+    net = example.make_network(jax.random.key(5), 12, "ttfs")
+    eqx.tree_serialise_leaves(run / "best.eqx", net)
+    config = dict(seed=5, hidden=12, readout="ttfs")
+    (run / "metrics.json").write_text(json.dumps(dict(config=config)))
+    batch = 16
+    row = profile.profile(str(run), reps=1, batch=batch)
+    features, _ = yin_yang(split="train")
+    trains = example.encode(features[:batch])
+    hidden = jax.vmap(
+        lambda t: (
+            net.layers[0]
+            .simulate(
+                t, t_end=example.T_END, max_spikes=example.MAX_SPIKES[0], throw=False
+            )
+            .num_spikes
+        )
+    )(trains)
+    assert row["hidden_spikes_per_sample"] == pytest.approx(
+        float(jnp.mean(jnp.sum(hidden, axis=1)))
+    )
+    assert row["hidden_spikes_per_sample"] > 0
+    assert row["hidden_iterations"][0] >= 5  # 5 input spikes per sample
+    # The output layer takes one iteration per hidden spike at least.
+    assert row["output_iterations"][0] >= int(jnp.max(jnp.sum(hidden, axis=1)))
+    for key in ("value_and_grad", "forward", "hidden_forward", "output_forward"):
+        seconds, first = row[key]
+        assert 0 < seconds <= first

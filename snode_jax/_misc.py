@@ -23,8 +23,11 @@ def running_max(x, axis: int = 0):
 
 
 # Prefix lengths `time_order` sorts (besides the whole array): the smallest that
-# holds every entry before the `+inf` padding is used.
-_SORT_PREFIXES = (16, 64, 256, 1024, 4096)
+# holds every entry before the `+inf` padding is used. Shorter arrays are sorted
+# whole: each prefix is one more branch to compile (about 0.2 s each, with its
+# gradient), and a sort of a few hundred entries is cheap.
+_SORT_PREFIXES = (64, 256, 1024, 4096)
+_SORT_WHOLE_BELOW = 512
 
 
 def time_order(times):
@@ -34,7 +37,8 @@ def time_order(times):
     `_SORT_PREFIXES` (or the whole array) that holds the entries. Under `vmap` the
     prefix is the one that holds the entries of every run of the batch (of all
     batch axes together), so that the choice stays a branch instead of a select
-    that runs every sort.
+    that runs every sort. Arrays shorter than `_SORT_WHOLE_BELOW` are sorted
+    whole.
 
     XLA's CPU sort costs about as much per `+inf` as per spike: the spike train of a
     200-neuron layer with room for 8 spikes each has 1600 entries, of which a
@@ -42,9 +46,9 @@ def time_order(times):
     `jnp.argsort`, except that NaN times (which the caller rejects) come before the
     padding instead of after it."""
     (n,) = times.shape
-    prefixes = [p for p in _SORT_PREFIXES if p < n] + [n]
-    if len(prefixes) == 1:
+    if n < _SORT_WHOLE_BELOW:
         return jnp.argsort(times).astype(jnp.int32)
+    prefixes = [p for p in _SORT_PREFIXES if p < n] + [n]
     pad = times == jnp.inf
     num = jnp.sum(~pad)
     position = jnp.where(

@@ -41,7 +41,7 @@ the loss (its time has no gradient; there is no spike to move). A sample whose
 label neuron does not fire is left out of the loss, as in EventProp's
 implementation, and counted (`silent label`, per epoch): its cross-entropy would
 only push the other output neurons later, and runs that kept such samples (with
-the label at `t_end`) collapsed after 150 epochs of the paper's schedule, the
+the label at `t_end`) collapsed after 160 epochs of the paper's schedule, the
 output neurons falling silent one after another on their own classes. With
 `--lift L` (`L > 0`; default 0, EventProp's rule), such a sample adds `L` times its
 label neuron's distance to threshold, `v_threshold - max_t v(t)`, to the loss: the

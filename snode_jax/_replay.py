@@ -234,9 +234,17 @@ def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, r
     (grad_args,) = vjp((grad_times, grad_state))
     # (A run with non-finite values is reported as such; its replay may stall.)
     finite = jnp.all(jnp.isfinite(jnp.where(jnp.isinf(values[0]), 0, values[0])))
+    # A run with a NaN input time is reported as invalid (its `result`), and the
+    # replay need not follow it: it gets no gradient (zero, as a run with another
+    # invalid input time gets), rather than an error from the replay.
+    _, _, schedule, _ = args
+    valid = ~jnp.any(jnp.isnan(schedule.input_times))
+    grad_args = jax.tree.map(
+        lambda g: jnp.where(valid, g, jnp.zeros_like(g)), grad_args
+    )
     return eqx.error_if(
         grad_args,
-        parted & finite,
+        parted & finite & valid,
         "The gradient's replay of the event-driven run did not reproduce its "
         "recorded spikes (an internal error).",
     )

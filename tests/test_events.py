@@ -442,6 +442,38 @@ def test_invalid_spikes_under_jit_are_reported():
         assert res == sj.RESULTS.invalid_input_spikes, (times, sources)
 
 
+def test_a_run_with_invalid_input_spikes_has_zero_gradient_not_an_error():
+    """With `throw=False` a run with an invalid input train is reported in its
+    `result`; a loss that leaves it out has a zero (finite) gradient with respect
+    to the input times and the weights, for a NaN time too (whose replay used to
+    raise an internal error), while a valid train's gradient is not zero."""
+    layer = _cuba_pair()
+
+    @eqx.filter_jit
+    @functools.partial(eqx.filter_value_and_grad, has_aux=True)
+    def loss(args):
+        layer, times = args
+        sol = layer.simulate(
+            sj.SpikeTrain(times, jnp.array([0, 1, 2])),
+            t_end=40.0,
+            max_spikes=8,
+            throw=False,
+        )
+        ok = sol.result == sj.RESULTS.successful
+        t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+        return jnp.where(ok, jnp.sum(t), 0.0), sol.result
+
+    (value, result), (g_layer, g_times) = loss((layer, jnp.array([1.0, 2.0, 3.0])))
+    assert result == sj.RESULTS.successful and float(value) > 0
+    assert np.any(np.asarray(g_times) != 0) and np.any(np.asarray(g_layer.weight) != 0)
+    for times in ([1.0, np.nan, 3.0], [1.0, -2.0, 3.0], [1.0, 50.0, 3.0]):
+        (value, result), (g_layer, g_times) = loss((layer, jnp.array(times)))
+        assert result == sj.RESULTS.invalid_input_spikes, times
+        assert float(value) == 0.0
+        np.testing.assert_array_equal(np.asarray(g_times), 0.0)
+        np.testing.assert_array_equal(np.asarray(g_layer.weight), 0.0)
+
+
 # -- derivatives at ties and simultaneous events ----------------------------------
 
 

@@ -200,7 +200,7 @@ def test_crossing_between_events_and_at_the_end():
 # -- input order -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [1, 17, 511, 512, 1600, 5000])
+@pytest.mark.parametrize("n", [1, 17, 511, 1600, 5000])
 def test_time_order_is_a_stable_argsort(n):
     """The input spikes are put in time order by sorting only a prefix that holds
     the spikes (padding `+inf` after them): the order must be `argsort`'s, stable
@@ -210,16 +210,18 @@ def test_time_order_is_a_stable_argsort(n):
     from snode_jax._misc import time_order
 
     rng = np.random.default_rng(n)
+    batched = jax.jit(jax.vmap(time_order))  # one compilation per length
+    single = jax.jit(time_order)
     for fill in (0.0, 0.02, 0.1, 0.3, 1.0):
         t = rng.integers(-3, 10, (6, n)).astype(np.float32)  # many ties
         t[rng.random((6, n)) < 0.05] = -np.inf
         t[rng.random((6, n)) >= fill] = np.inf
         t[0] = np.inf  # one run of the batch with no spike at all
         want = np.argsort(t, axis=-1, kind="stable")
-        got = jax.jit(jax.vmap(time_order))(jnp.asarray(t))
+        got = batched(jnp.asarray(t))
         np.testing.assert_array_equal(np.asarray(got), want)
         for row in (1, 5):
-            got = jax.jit(time_order)(jnp.asarray(t[row]))
+            got = single(jnp.asarray(t[row]))
             np.testing.assert_array_equal(np.asarray(got), want[row])
     # An empty batch runs (no prefix to choose).
     assert jax.vmap(time_order)(jnp.zeros((0, n))).shape == (0, n)
@@ -260,19 +262,17 @@ def test_padding_does_not_change_a_run_or_its_gradient():
 
         return jax.vmap(one)(t, src)
 
-    run = jax.jit(first_times)
-    a = run(jnp.asarray(times), jnp.asarray(sources))
-    b = run(jnp.asarray(padded_times), jnp.asarray(padded_sources))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert np.isfinite(float(a[1, 0]))
-
     def loss(t, src):
         s = first_times(t, src)
-        return jnp.sum(jnp.where(jnp.isfinite(s), s, 0.0))
+        return jnp.sum(jnp.where(jnp.isfinite(s), s, 0.0)), s
 
-    grad = jax.jit(jax.grad(loss))
-    ga = np.asarray(grad(jnp.asarray(times), jnp.asarray(sources)))
-    gb = np.asarray(grad(jnp.asarray(padded_times), jnp.asarray(padded_sources)))
+    # The spike times as the value's aux: one compilation per shape.
+    grad = jax.jit(jax.grad(loss, has_aux=True))
+    ga, a = grad(jnp.asarray(times), jnp.asarray(sources))
+    gb, b = grad(jnp.asarray(padded_times), jnp.asarray(padded_sources))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.isfinite(float(a[1, 0]))
+    ga, gb = np.asarray(ga), np.asarray(gb)
     np.testing.assert_array_equal(gb[:, slots], ga)
     assert not np.any(gb[:, np.setdiff1d(np.arange(pad + 3), slots)])
     # Run 1 has one input spike at 4 ms: its first spike comes 4 ms after the

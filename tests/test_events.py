@@ -169,6 +169,24 @@ def test_feedforward_default_budget_is_tight_and_only_a_full_buffer_exhausts_it(
     assert short.result == sj.RESULTS.spike_buffer_full
 
 
+def _cuba_single_crossing(tm, ts, w):
+    """When a CubaLIF at rest (threshold 1) driven by one input spike of weight `w`
+    at time 0 first crosses threshold: the root of its closed form
+    `v(t) = w tm ts / (tm - ts) (exp(-t / tm) - exp(-t / ts))` before its peak,
+    by bisection in NumPy."""
+
+    def v(t):
+        return w * tm * ts / (tm - ts) * (np.exp(-t / tm) - np.exp(-t / ts))
+
+    peak = tm * ts / (tm - ts) * np.log(tm / ts)
+    assert v(peak) > 1.1
+    lo, hi = 0.0, peak
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if v(mid) < 1.0 else (lo, mid)
+    return hi
+
+
 def test_crossing_between_events_and_at_the_end():
     """A CubaLIF driven by one input spike crosses threshold later, by its flow; a
     crossing is located to the closed form's root (found here by bisection in
@@ -176,16 +194,8 @@ def test_crossing_between_events_and_at_the_end():
     tm, ts, w = 10.0, 5.0, 0.5
     layer = _layer(1, 1, sj.CubaLIFDynamics(tau_mem=tm, tau_syn=ts), [[w]])
 
-    def v(t):  # v(0) = 0, i(0) = w
-        return w * tm * ts / (tm - ts) * (np.exp(-t / tm) - np.exp(-t / ts))
-
     # The peak of v: at t = ln(tm/ts) tm ts / (tm - ts), v = 1.25 > threshold.
-    peak = tm * ts / (tm - ts) * np.log(tm / ts)
-    assert v(peak) > 1.1
-    lo, hi = 0.0, peak
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if v(mid) < 1.0 else (lo, mid)
+    hi = _cuba_single_crossing(tm, ts, w)
 
     def run(t_end):  # (both durations share one compiled run)
         return layer.simulate(_train([2.0], [0]), t_end=t_end, max_spikes=4)
@@ -277,14 +287,7 @@ def test_padding_does_not_change_a_run_or_its_gradient():
     assert not np.any(gb[:, np.setdiff1d(np.arange(pad + 3), slots)])
     # Run 1 has one input spike at 4 ms: its first spike comes 4 ms after the
     # single-spike crossing of the closed form (located by bisection).
-
-    def v(t):
-        return w * tm * ts / (tm - ts) * (np.exp(-t / tm) - np.exp(-t / ts))
-
-    lo, hi = 0.0, tm * ts / (tm - ts) * np.log(tm / ts)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if v(mid) < 1.0 else (lo, mid)
+    hi = _cuba_single_crossing(tm, ts, w)
     np.testing.assert_allclose(float(a[1, 0]), 4.0 + hi, atol=1e-12)
     # Moving that input spike moves the output spike with it.
     np.testing.assert_allclose(ga[1, 0], 1.0, atol=1e-9)

@@ -71,33 +71,117 @@ def _gather_spike_times(first, period, counts, num_spikes, starts, max_spikes):
     return jnp.where(slots < num_spikes[:, None], t, jnp.inf)
 
 
-def _replay(dynamics, currents, interval, state, counts, num_spikes, cfg, surrogate):
-    """The run written out in closed form with every interval's spike count held at
-    its forward value: differentiable, and equal to the forward pass."""
+def _intervals_in_closed_form(surrogate, counts, dynamics, currents, interval, starts):
+    """Every interval written out in closed form from its own start state, with its
+    spike count held at its forward value: the end states, the first spikes and
+    periods, and the (zero-valued) surrogate terms of the counts. Neurons and
+    intervals are independent here: this is one elementwise computation over
+    `(time, n_neurons)`, not a scan."""
     lengths = jnp.broadcast_to(interval, (currents.shape[0],))
 
-    def one_interval(y, xs):
-        current, length, count = xs
+    def one_interval(y, current, length, count):
         rep = dynamics.replay_interval(y, current, length, count)
         spiked = count >= 1
         decisions = surrogate_zero(rep.next_margin, surrogate) + jnp.where(
             spiked, surrogate_zero(rep.last_margin, surrogate), 0.0
         )
-        keep = rep.y_end if cfg.keep_interval_states else None
-        return rep.y_end, (rep.first, rep.period, decisions, keep)
+        return rep.y_end, rep.first, rep.period, decisions
 
-    y, (first, period, decisions, states) = lax.scan(
-        one_interval, state, (currents, lengths, counts)
+    return jax.vmap(one_interval)(starts, currents, lengths, counts)
+
+
+def _chain_tangents(jac, direct, t_state):
+    """The tangents of the interval start states: `t_start[0] = t_state`, and the
+    end of interval `k` (the start of `k + 1`) is `direct[k] + sum_j jac[j][k] *
+    t_start[k][j]`, per neuron, where `jac[j]` is the derivative of the end state
+    in the `j`-th leaf of the start state and `direct` the tangent of the end
+    state from everything else. Returns the start and end tangents, stacked over
+    the intervals, and the final one."""
+    leaves, treedef = jax.tree.flatten(t_state)
+
+    def step(t, xs):
+        d, cols = xs
+        d_leaves = treedef.flatten_up_to(d)
+        ends = []
+        for i, d_i in enumerate(d_leaves):
+            total = d_i
+            for j, t_j in enumerate(t):
+                total = total + treedef.flatten_up_to(cols[j])[i] * t_j
+            ends.append(total)
+        return ends, (t, ends)
+
+    final, (starts, ends) = lax.scan(step, leaves, (direct, jac))
+    unflat = lambda x: jax.tree.unflatten(treedef, x)
+    return unflat(starts), unflat(ends), unflat(final)
+
+
+def _closed_form_tangents(
+    dynamics,
+    currents,
+    interval,
+    state,
+    tangents,
+    starts,
+    counts,
+    num_spikes,
+    cfg,
+    surrogate,
+):
+    """The tangents of the run (soft counts, spike times, final state, interval
+    states) for `tangents` of `(dynamics, currents, interval, state)`, with every
+    interval's count held fixed, linearised at the forward run's interval `starts`.
+
+    Each interval's closed form depends on the earlier ones only through its start
+    state, so its derivatives are taken for all intervals at once: one tangent from
+    the parameters, current and length, and one per leaf of the state (each neuron's
+    own, the model being per neuron). Only the chain of start-state tangents through
+    the intervals is a scan, of one multiply-add per state leaf pair and neuron; its
+    transpose (reverse mode) is as cheap."""
+    f = lambda d, c, i, y: _intervals_in_closed_form(surrogate, counts, d, c, i, y)
+    t_dyn, t_cur, t_int, t_state = tangents
+    zero_starts = jax.tree.map(jnp.zeros_like, starts)
+    primal_out, direct = jax.jvp(
+        f, (dynamics, currents, interval, starts), (t_dyn, t_cur, t_int, zero_starts)
     )
-    soft_counts = counts.astype(currents.dtype) + decisions
-    if cfg.max_spikes is None:
-        spike_times = jnp.zeros((currents.shape[1], 0), currents.dtype)
-    else:
-        starts = interval_starts(interval, currents.shape[0])
-        spike_times = _gather_spike_times(
-            first, period, counts, num_spikes, starts, cfg.max_spikes
+    f_y = lambda y: f(dynamics, currents, interval, y)
+    start_leaves, start_def = jax.tree.flatten(starts)
+    columns = []
+    for j in range(len(start_leaves)):
+        unit = [
+            jnp.ones_like(x) if k == j else jnp.zeros_like(x)
+            for k, x in enumerate(start_leaves)
+        ]
+        columns.append(
+            jax.jvp(f_y, (starts,), (jax.tree.unflatten(start_def, unit),))[1]
         )
-    return soft_counts, spike_times, y, states
+    y_jac = [c[0] for c in columns]
+    t_starts, t_ends, t_final = _chain_tangents(y_jac, direct[0], t_state)
+    t_start_leaves = jax.tree.leaves(t_starts)
+
+    def through_start(k):
+        out = direct[k]
+        for col, t_j in zip(columns, t_start_leaves):
+            out = out + col[k] * t_j
+        return out
+
+    t_first, t_period, t_counts = through_start(1), through_start(2), through_start(3)
+    if cfg.max_spikes is None:
+        t_times = jnp.zeros((currents.shape[1], 0), currents.dtype)
+    else:
+        _, first, period, _ = primal_out
+        num_intervals = currents.shape[0]
+
+        def gather(first, period, interval):
+            starts_t = interval_starts(interval, num_intervals)
+            return _gather_spike_times(
+                first, period, counts, num_spikes, starts_t, cfg.max_spikes
+            )
+
+        _, t_times = jax.jvp(
+            gather, (first, period, interval), (t_first, t_period, t_int)
+        )
+    t_states = t_ends if cfg.keep_interval_states else None
+    return t_counts, t_times, t_final, t_states
 
 
 @eqx.filter_custom_jvp
@@ -110,23 +194,40 @@ def _closed_form_run(dynamics, currents, interval, state, *, walk, cfg, surrogat
 def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate):
     # The forward values come from the event walk; the tangents from the closed form
     # with the spike structure held fixed (the implicit-function derivative of every
-    # crossing time, through every reset).
-    raw = _closed_form_run(*primals, walk=walk, cfg=cfg, surrogate=surrogate)
-    counts = jax.lax.stop_gradient(raw.counts).astype(jnp.int32)
-    num_spikes = raw.num_spikes
-
-    def replay(dynamics, currents, interval, state):
-        return _replay(
-            dynamics, currents, interval, state, counts, num_spikes, cfg, surrogate
+    # crossing time, through every reset), linearised at the walk's interval states.
+    dynamics, currents, interval, state = primals
+    keep = RunConfig(cfg.max_spikes, keep_interval_states=True)
+    raw = _closed_form_run(*primals, walk=walk, cfg=keep, surrogate=surrogate)
+    ends = lax.stop_gradient(raw.interval_states)
+    num_intervals = currents.shape[0]
+    starts = jax.tree.map(
+        lambda s, e: jnp.concatenate([s[None], e])[:num_intervals],
+        lax.stop_gradient(state),
+        ends,
+    )
+    if not cfg.keep_interval_states:
+        raw = eqx.tree_at(
+            lambda r: r.interval_states, raw, None, is_leaf=lambda x: x is None
         )
-
+    counts = jax.lax.stop_gradient(raw.counts).astype(jnp.int32)
     tangents = jax.tree.map(
         lambda t, p: jnp.zeros_like(p) if t is None and p is not None else t,
         tangents,
         primals,
         is_leaf=lambda x: x is None,
     )
-    _, (t_counts, t_times, t_final, t_states) = jax.jvp(replay, primals, tangents)
+    t_counts, t_times, t_final, t_states = _closed_form_tangents(
+        dynamics,
+        currents,
+        interval,
+        state,
+        tangents,
+        starts,
+        counts,
+        raw.num_spikes,
+        cfg,
+        surrogate,
+    )
     no_tangent = Counters(None, None)  # pyright: ignore[reportArgumentType]
     t_raw = RawRun(t_counts, t_times, None, t_final, t_states, no_tangent, None, None)  # pyright: ignore[reportArgumentType]
     return raw, t_raw

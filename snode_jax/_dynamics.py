@@ -179,7 +179,10 @@ class AbstractClosedFormDynamics(AbstractExactFlowDynamics):
     def replay_interval(
         self, y: State, current: NeuronFloat, interval, count
     ) -> "IntervalReplay":
-        """The interval written out in closed form with `count` spikes per neuron."""
+        """The interval written out in closed form with `count` spikes per neuron.
+        Each neuron's entries depend on that neuron's state alone (the derivatives
+        in the start state are taken for all neurons at once, one state leaf at a
+        time)."""
 
 
 class IntervalReplay(eqx.Module):

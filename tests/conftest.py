@@ -3,7 +3,9 @@
 import itertools
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import jax
 import pytest
@@ -23,6 +25,31 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "snode"))
+
+_CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """Compiled programs go to a persistent cache in a temporary directory for
+    this run, shared by the xdist workers, every test module (the compiled
+    functions are dropped after each, see below) and the examples the tests run in
+    subprocesses: a program compiled again (another worker, another test building
+    the same function) is loaded instead of compiled. Set `JAX_COMPILATION_CACHE_DIR`
+    to keep a cache of your own."""
+    if _CACHE not in os.environ:
+        os.environ[_CACHE] = tempfile.mkdtemp(prefix="snode-jax-test-cache-")
+        config._snode_owns_cache = True  # removed at the end by this process
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE])
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs",
+        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+    )
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_snode_owns_cache", False):
+        shutil.rmtree(os.environ.pop(_CACHE), ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Forward-pass timings for A/B comparisons of two checkouts of the library.
 
 Run it once per checkout, in alternating processes, and compare the printed JSON:
-`PYTHONPATH=<checkout> python bench/bench_forward_ab.py`. Times `eqx.filter_jit`
+`PYTHONPATH=<checkout> python bench/bench_forward_ab.py` (in an environment without
+an editable install of snode_jax, which would take precedence over `PYTHONPATH`; the
+printed `snode_jax` path says which was imported). Times `eqx.filter_jit`
 forward passes of (a) 4096 AdEx / Izhikevich neurons on Tsit5 (rtol 3e-7), 5
 intervals of 20 ms with drives of 300-1500 pA / 3-15, and (b) the exact LIF at
 64 x 256 neurons x 100 intervals x 32 inputs under `jax.vmap`, `forward` and

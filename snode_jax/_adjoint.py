@@ -198,12 +198,12 @@ def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate):
     dynamics, currents, interval, state = primals
     keep = RunConfig(cfg.max_spikes, keep_interval_states=True)
     raw = _closed_form_run(*primals, walk=walk, cfg=keep, surrogate=surrogate)
-    ends = lax.stop_gradient(raw.interval_states)
+    # Not cut from the primals: the starts are differentiable through this rule
+    # itself, so that the tangents can be differentiated again (second order).
+    ends = raw.interval_states
     num_intervals = currents.shape[0]
     starts = jax.tree.map(
-        lambda s, e: jnp.concatenate([s[None], e])[:num_intervals],
-        lax.stop_gradient(state),
-        ends,
+        lambda s, e: jnp.concatenate([s[None], e])[:num_intervals], state, ends
     )
     if not cfg.keep_interval_states:
         raw = eqx.tree_at(

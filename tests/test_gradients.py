@@ -16,6 +16,7 @@ import math
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -771,3 +772,49 @@ def test_surrogate_grads_by_hand(surrogate):
             err_msg=name,
         )
     assert grads["v_reset"][0] == 0.0 and grads["v_reset"][2] == 0.0
+
+
+@pytest.mark.parametrize("t_ref", [None, 0.4])
+def test_second_derivatives_match_finite_differences_of_the_gradient(t_ref):
+    """Hessian-vector products of a loss of spike times and the final voltage, with
+    respect to the weight, every model parameter, the inputs, the interval and the
+    initial state, over three intervals (the tangents carried from one interval's
+    start state to the next are differentiated again): equal to central differences
+    of the library's own gradient along the same direction. The Hessian's rounding
+    is that of the gradient divided by the step, about 1e-10 relative here."""
+    n = 4
+    dyn = sj.ODELIFDynamics(
+        tau_mem=jnp.linspace(10.0, 25.0, n),
+        v_rest=0.0,
+        v_threshold=1.0,
+        v_reset=0.1,
+        C_mem=1.0,
+        t_ref=t_ref,
+    )
+    layer = sj.SpikingODELayer(3, n, dyn, key=jax.random.key(0))
+    layer = eqx.tree_at(lambda lay: lay.weight, layer, 3.0 * layer.weight)
+    x = jax.random.uniform(jax.random.key(1), (3, 3))
+    state = layer.init_state()
+    if t_ref is not None:  # inside the refractory period (perturbed both ways)
+        state = eqx.tree_at(lambda s: s.refractory, state, jnp.full(n, 0.2))
+    args = (layer, x, jnp.asarray(1.0), state)
+    params, static = eqx.partition(args, eqx.is_inexact_array)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def loss(p):
+        lay, x, interval, state = eqx.combine(unravel(p), static)
+        sol = lay.simulate(x, interval, max_spikes=8, state=state)
+        times = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+        return jnp.sum(sol.final_state.v) + jnp.sum(times)
+
+    grad = jax.jit(jax.grad(loss))
+    v = jax.random.normal(jax.random.key(3), flat.shape)
+    hvp = jax.jit(lambda p: jax.jvp(grad, (p,), (v,))[1])(flat)
+    step = 1e-5
+    fd = (grad(flat + step * v) - grad(flat - step * v)) / (2 * step)
+    # several spikes in the run, so that resets and the chain take part
+    assert (
+        int(jnp.sum(jnp.isfinite(layer.simulate(x, 1.0, max_spikes=8).spike_times)))
+        >= 3
+    )
+    np.testing.assert_allclose(hvp, fd, rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(fd))))

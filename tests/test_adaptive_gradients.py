@@ -27,6 +27,10 @@ import snode_jax as sj
 
 jax.config.update("jax_enable_x64", True)  # also done by conftest.py
 
+# The tests share compiled gradients (`loss_and_grads` below, one per model): under
+# pytest-xdist they run on one worker.
+pytestmark = pytest.mark.xdist_group(__name__)
+
 TOL = 1e-12  # rtol = atol of the solver
 FD_STEP = 1e-5  # relative step of the central differences
 RTOL_FD = 1e-6  # 3e4 TOL + TOL / FD_STEP, with a margin: see the docstring

@@ -20,11 +20,6 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-jax.config.update(
-    "jax_disable_most_optimizations",
-    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower()
-    in ("y", "yes", "t", "true", "on", "1"),
-)
 
 _ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
@@ -97,13 +92,9 @@ def pytest_collection_modifyitems(config, items):
         if defs is None:
             continue
         module = item.nodeid.split("::")[0]
-        shared = [
-            name
+        if any(
+            d.scope == "module" and d.baseid == module
             for name in item.fixturenames
-            if any(
-                d.scope == "module" and d.baseid == module
-                for d in defs.name2fixturedefs.get(name, ())
-            )
-        ]
-        if shared:
+            for d in defs.name2fixturedefs.get(name, ())
+        ):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))

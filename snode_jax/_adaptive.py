@@ -1,9 +1,6 @@
 """The adaptive loop: per-neuron step control through an interval of held input,
 with every crossing located inside its step and the neuron reset there."""
 
-import abc
-from typing import TypeVar
-
 import equinox as eqx
 import jax
 import jax.lax as lax
@@ -13,14 +10,12 @@ from jaxtyping import Array, Bool, Float, Int
 from ._controller import PredictiveController, PredictiveState
 from ._crossing import Crossings, StepCrossings, locate_crossings
 from ._custom_types import State
-from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
+from ._dynamics import AbstractExactFlowDynamics
 from ._misc import where_tree
 from ._records import Counters, IntervalOutcome, SpikeBuffer
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator
 from ._solver import AbstractStepper, ExactStepper, propose
-
-_T = TypeVar("_T")
 
 # After a reset, the first step is at least this fraction of the largest step taken
 # since the previous reset.
@@ -112,47 +107,6 @@ class StepOutcome(eqx.Module):
     controller_state: PredictiveState
 
 
-class AbstractLoopDerivative(eqx.Module):
-    """How the adaptive loop is differentiated: the loop takes its decisions (step
-    sizes, acceptance, crossings) and then keeps some values; a derivative rule
-    says what the decisions see and how the kept values get their tangents."""
-
-    @abc.abstractmethod
-    def decision_inputs(self, x: _T) -> _T:
-        """What the decisions are computed from (`x` itself, or constants)."""
-
-    @abc.abstractmethod
-    def kept_values(
-        self,
-        loop: "AdaptiveLoop",
-        dynamics: AbstractDynamics,
-        current,
-        interval,
-        st: AdaptiveState,
-        out: StepOutcome,
-    ) -> tuple[Array, State, Array, State]:
-        """`(t1, y1, t_star, y_star)`: the step's end time and state, and the
-        crossing time and state, as the loop keeps them."""
-
-    @abc.abstractmethod
-    def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
-        """The loop itself."""
-
-
-class ForwardOnly(AbstractLoopDerivative):
-    """No derivative: a plain `lax.while_loop` keeping the decided values."""
-
-    def decision_inputs(self, x: _T) -> _T:
-        return x
-
-    def kept_values(self, loop, dynamics, current, interval, st, out):
-        return out.t1, out.y1, out.crossings.t_star, out.crossings.y_star
-
-    def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
-        del max_steps
-        return lax.while_loop(cond_fun, body_fun, init)
-
-
 class AdaptiveLoop(AbstractIntegrator):
     """Integrates any model with per-neuron adaptive steps: each neuron has its own
     step size (one fast neuron does not shrink everyone's steps), each accepted step
@@ -165,14 +119,14 @@ class AdaptiveLoop(AbstractIntegrator):
     - `controller`: the step-size controller.
     - `root_finder`: the crossing search.
     - `max_steps`: step attempts per neuron per interval.
-    - `derivative`: how the loop is differentiated (default: not at all).
+
+    The loop itself has no derivative: [`RerunAdjoint`][] differentiates it.
     """
 
     stepper: AbstractStepper
     controller: PredictiveController
     root_finder: BracketedNewton
     max_steps: int = eqx.field(static=True)
-    derivative: AbstractLoopDerivative = ForwardOnly()
 
     def prepare(self, dynamics, interval):
         return None
@@ -246,69 +200,17 @@ class AdaptiveLoop(AbstractIntegrator):
             prop.controller_state,
         )
 
-    def interval(self, dynamics, constants, y, current, t_start, interval, buffer):
-        del constants
+    def running(self, interval, st: AdaptiveState) -> Bool[Array, " n"]:
+        """Per neuron, whether it is still integrating."""
+        return (st.t < interval) & (st.attempts < self.max_steps)
+
+    def start(self, y, current, buffer: SpikeBuffer | None) -> AdaptiveState:
+        """The loop's state at the start of an interval from state `y`."""
         n = current.shape[0]
         dtype = current.dtype
         zeros = jnp.zeros((n,), jnp.int32)
-        derivative = self.derivative
         controller = self.controller
-
-        def cond_fun(st: AdaptiveState):
-            return jnp.any((st.t < interval) & (st.attempts < self.max_steps))
-
-        def body_fun(st: AdaptiveState) -> AdaptiveState:
-            fixed = derivative.decision_inputs((dynamics, current, interval, st))
-            out = self.decide(*fixed)
-            t1, y1, t_star, y_star = derivative.kept_values(
-                self, dynamics, current, interval, st, out
-            )
-            y_new = where_tree(
-                out.crossed, dynamics.reset(y_star), where_tree(out.accept, y1, st.y)
-            )
-            t_new = jnp.where(out.crossed, t_star, jnp.where(out.accept, t1, st.t))
-            h_new = jnp.where(out.active, out.h_next, st.h)
-            # After a reset the neuron is back in its slow regime: restart from a
-            # step near the largest one it took before the spike, not from the small
-            # one that crossed the upswing (the controller rejects it if too large).
-            h_new = jnp.where(
-                out.crossed, jnp.maximum(h_new, _RESTART * st.h_big), h_new
-            )
-            # Each neuron's step history since its last reset (a reset clears it):
-            # the largest accepted step, for the restart above, and the controller's.
-            taken = lax.stop_gradient(out.t1 - st.t)
-            h_big = jnp.where(out.accept, jnp.maximum(st.h_big, taken), st.h_big)
-            h_big = jnp.where(out.crossed, 0.0, h_big)
-            cstate = where_tree(out.active, out.controller_state, st.controller_state)
-            cstate = where_tree(out.crossed, fresh, cstate)
-            buffer = st.buffer
-            if buffer is not None:
-                buffer = buffer.record(out.crossed, t_start + t_star)
-            # An accepted step that did not advance the time (dt_min below the
-            # resolution of t) would repeat forever: counted, and reported.
-            stalled = out.accept & ~out.crossed & (out.t1 <= st.t)
-            counters = st.counters + Counters(
-                num_steps=out.accept.astype(jnp.int32),
-                num_crossings=out.crossed.astype(jnp.int32),
-                num_rejected_steps=(out.active & ~out.accept).astype(jnp.int32),
-                num_dt_min_steps=(out.accept & out.at_dt_min).astype(jnp.int32),
-                num_stalled_steps=stalled.astype(jnp.int32),
-            )
-            return AdaptiveState(
-                t=t_new,
-                y=y_new,
-                h=h_new,
-                count=st.count + out.crossed,
-                counters=counters,
-                attempts=st.attempts + out.active,
-                buffer=buffer,
-                root_fail=st.root_fail | (out.crossed & ~out.crossings.ok),
-                h_big=h_big,
-                controller_state=cstate,
-            )
-
-        fresh = controller.init_state((n,), dtype)
-        init = AdaptiveState(
+        return AdaptiveState(
             t=jnp.zeros((n,), dtype),
             y=y,
             h=jnp.full((n,), min(controller.dt0, controller.dtmax), dtype),
@@ -318,9 +220,72 @@ class AdaptiveLoop(AbstractIntegrator):
             buffer=buffer,
             root_fail=jnp.zeros((n,), bool),
             h_big=jnp.zeros((n,), dtype),
-            controller_state=fresh,
+            controller_state=controller.init_state((n,), dtype),
         )
-        final = derivative.while_loop(cond_fun, body_fun, init, self.max_steps)
+
+    def advance(
+        self, dynamics, current, interval, t_start, st: AdaptiveState
+    ) -> tuple[AdaptiveState, StepOutcome]:
+        """One iteration of the loop: every running neuron attempts a step (see
+        [`decide`][]), and the state moves on; also returns what was decided."""
+        out = self.decide(dynamics, current, interval, st)
+        t1, y1 = out.t1, out.y1
+        t_star, y_star = out.crossings.t_star, out.crossings.y_star
+        y_new = where_tree(
+            out.crossed, dynamics.reset(y_star), where_tree(out.accept, y1, st.y)
+        )
+        t_new = jnp.where(out.crossed, t_star, jnp.where(out.accept, t1, st.t))
+        h_new = jnp.where(out.active, out.h_next, st.h)
+        # After a reset the neuron is back in its slow regime: restart from a step
+        # near the largest one it took before the spike, not from the small one
+        # that crossed the upswing (the controller rejects it if too large).
+        h_new = jnp.where(out.crossed, jnp.maximum(h_new, _RESTART * st.h_big), h_new)
+        # Each neuron's step history since its last reset (a reset clears it): the
+        # largest accepted step, for the restart above, and the controller's.
+        taken = lax.stop_gradient(out.t1 - st.t)
+        h_big = jnp.where(out.accept, jnp.maximum(st.h_big, taken), st.h_big)
+        h_big = jnp.where(out.crossed, 0.0, h_big)
+        fresh = self.controller.init_state(st.t.shape, st.t.dtype)
+        cstate = where_tree(out.active, out.controller_state, st.controller_state)
+        cstate = where_tree(out.crossed, fresh, cstate)
+        buffer = st.buffer
+        if buffer is not None:
+            buffer = buffer.record(out.crossed, t_start + t_star)
+        # An accepted step that did not advance the time (dt_min below the
+        # resolution of t) would repeat forever: counted, and reported.
+        stalled = out.accept & ~out.crossed & (out.t1 <= st.t)
+        counters = st.counters + Counters(
+            num_steps=out.accept.astype(jnp.int32),
+            num_crossings=out.crossed.astype(jnp.int32),
+            num_rejected_steps=(out.active & ~out.accept).astype(jnp.int32),
+            num_dt_min_steps=(out.accept & out.at_dt_min).astype(jnp.int32),
+            num_stalled_steps=stalled.astype(jnp.int32),
+        )
+        new = AdaptiveState(
+            t=t_new,
+            y=y_new,
+            h=h_new,
+            count=st.count + out.crossed,
+            counters=counters,
+            attempts=st.attempts + out.active,
+            buffer=buffer,
+            root_fail=st.root_fail | (out.crossed & ~out.crossings.ok),
+            h_big=h_big,
+            controller_state=cstate,
+        )
+        return new, out
+
+    def interval(self, dynamics, constants, y, current, t_start, interval, buffer):
+        del constants
+
+        def cond_fun(st: AdaptiveState):
+            return jnp.any(self.running(interval, st))
+
+        def body_fun(st: AdaptiveState) -> AdaptiveState:
+            return self.advance(dynamics, current, interval, t_start, st)[0]
+
+        init = self.start(y, current, buffer)
+        final = lax.while_loop(cond_fun, body_fun, init)
         return IntervalOutcome(
             final.y,
             final.count,

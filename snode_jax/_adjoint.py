@@ -2,29 +2,24 @@
 fixed, or the adaptive loop rerun interval by interval in reverse."""
 
 import abc
-from typing import TypeVar
+import math
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+from jaxtyping import Array
 
-from ._adaptive import AbstractLoopDerivative, AdaptiveLoop
+from ._adaptive import AdaptiveLoop, AdaptiveState, StepOutcome
 from ._closed_form import ClosedFormWalk
-from ._crossing import expand
+from ._crossing import Crossings, expand
+from ._custom_types import State
 from ._dynamics import AbstractClosedFormDynamics
-from ._misc import running_max, running_sum
-from ._records import Counters, RawRun, SpikeBuffer
+from ._misc import running_max, running_sum, where_tree
+from ._records import Counters, RawRun
 from ._scan import AbstractIntegrator, RunConfig, interval_starts, run_folded
 from ._solution import RESULTS
 from ._surrogate import AbstractSurrogate, surrogate_zero
-
-_T = TypeVar("_T")
-
-# Checkpoints of the differentiable adaptive loop (per interval): its steps are
-# recomputed from them in the backward pass.
-_CHECKPOINTS = 32
 
 
 class AbstractAdjoint(eqx.Module):
@@ -285,17 +280,16 @@ def _per_lane(dynamics, n):
     return jax.tree.map(lane, dynamics, dynamics.per_neuron_mask())
 
 
-def _crossing_tangents(dynamics, current, y_s, out):
+def _crossing_tangents(dynamics, current, y_s, crossed, c):
     """The crossing time and state of `out`, unchanged in value, with the tangents
     of the implicit-function theorem: with `y_s` the solver's state at (or, past a
     blow-up, just below) the crossing, `dt* = -dg(y_s) / (grad g . f)` and
     `dy* = dy_s + f dt*`."""
-    c = out.crossings
     g_s = dynamics.threshold(y_s)
     f_s = lax.stop_gradient(dynamics.vector_field(c.s_eval, y_s, current))
     _, g_dot = jax.jvp(dynamics.threshold, (y_s,), (f_s,))
     g_dot = lax.stop_gradient(g_dot)
-    usable = out.crossed & (g_dot > 0) & jnp.isfinite(g_dot)
+    usable = crossed & (g_dot > 0) & jnp.isfinite(g_dot)
     safe_dot = jnp.where(usable, g_dot, 1)
     f_s = jax.tree.map(lambda f: jnp.where(expand(usable, f), f, 0), f_s)
     dt = jnp.where(usable, -(g_s - lax.stop_gradient(g_s)) / safe_dot, 0.0)
@@ -309,52 +303,221 @@ def _crossing_tangents(dynamics, current, y_s, out):
     return t_star, y_star
 
 
-class ImplicitCrossings(AbstractLoopDerivative):
-    """The adaptive loop made reverse-mode differentiable: the decisions (step
-    sizes, acceptance, the search) are taken on constants; each accepted step is
-    differentiated as the solver computed it, and each crossing time by the
-    implicit-function theorem at the state where the search found it. The loop is
-    checkpointed (recomputed between checkpoints in the backward pass)."""
+class _StepRecord(eqx.Module):
+    """What the backward pass keeps of one iteration of the adaptive loop: the time,
+    next step, state and spike count it started from, and its decisions."""
 
-    def decision_inputs(self, x: _T) -> _T:
-        return lax.stop_gradient(x)
+    t: Array
+    h: Array
+    y: State
+    count: Array
+    accept: Array
+    crossed: Array
+    reaches_end: Array
+    crossings: Crossings
 
-    def kept_values(self, loop, dynamics, current, interval, st, out):
-        n = current.shape[0]
-        lanes = _per_lane(dynamics, n)
-        # The step's end as a function of the (differentiated) interval length.
-        t1 = jnp.where(out.reaches_end, interval, st.t + st.h)
-        # One step per lane, differentiated where its end is kept: to the step's
-        # end, or to the crossing (below it, if the step blew up).
-        end = jnp.where(out.crossed, out.crossings.s_eval, t1)
-        length = end - st.t
-        per_neuron = (lanes.per_neuron_mask(), True, True, True, True)
-        dyn, t_u, y_u, cur_u, length = _keep_tangent(
-            out.accept, (lanes, st.t, st.y, current, length), per_neuron
+
+def _record(st: AdaptiveState, out: StepOutcome) -> _StepRecord:
+    return _StepRecord(
+        st.t,
+        st.h,
+        st.y,
+        st.count,
+        out.accept,
+        out.crossed,
+        out.reaches_end,
+        out.crossings,
+    )
+
+
+def _linearised_iteration(loop: AdaptiveLoop, rec: _StepRecord, params, t, y):
+    """One iteration of the loop as a differentiable function of the parameters
+    `(dynamics, current, interval, t_start)` and the time and state it starts from,
+    with its decisions (`rec`) held fixed: `(t, y)` after it, and the run time of
+    the spike it records (where it crosses). Each accepted step is differentiated as
+    the solver computed it; each crossing time by the implicit-function theorem at
+    the state where the search found it."""
+    dynamics, current, interval, t_start = params
+    n = current.shape[0]
+    lanes = _per_lane(dynamics, n)
+    # The step's end as a function of the (differentiated) interval length.
+    t1 = jnp.where(rec.reaches_end, interval, t + rec.h)
+    # One step per lane, differentiated where its end is kept: to the step's end,
+    # or to the crossing (below it, if the step blew up).
+    end = jnp.where(rec.crossed, rec.crossings.s_eval, t1)
+    length = end - t
+    per_neuron = (lanes.per_neuron_mask(), True, True, True, True)
+    dyn, t_u, y_u, cur_u, length = _keep_tangent(
+        rec.accept, (lanes, t, y, current, length), per_neuron
+    )
+    y1 = loop.stepper.step(dyn, t_u, t_u + length, y_u, cur_u)[0]
+    t_star, y_star = _crossing_tangents(dyn, cur_u, y1, rec.crossed, rec.crossings)
+    y_new = where_tree(
+        rec.crossed, dynamics.reset(y_star), where_tree(rec.accept, y1, y)
+    )
+    t_new = jnp.where(rec.crossed, t_star, jnp.where(rec.accept, t1, t))
+    return t_new, y_new, t_start + t_star
+
+
+def _segment_length(max_steps: int) -> int:
+    """Iterations per segment of the backward pass: about the square root of the
+    budget, so that the checkpoints (one per segment) and the records of one
+    segment take about the same memory."""
+    return max(1, math.isqrt(max_steps - 1) + 1) if max_steps > 1 else 1
+
+
+def _interval_backward(
+    loop: AdaptiveLoop, surrogate, params, y0, num, ct_y, ct_count, ct_times
+):
+    """The cotangents of one interval of the adaptive loop: of its parameters
+    `(dynamics, current, interval, t_start)` and of its start state `y0`, given
+    those of its end state `ct_y`, of its soft counts `ct_count` and of the spike
+    buffer `ct_times` (`None` without one; this interval's spikes go to slots `num`
+    on); also its spike counts, to check against the forward run's.
+
+    The loop is rerun (without derivatives, so taking the forward run's decisions)
+    from `y0`, keeping a checkpoint every `S` iterations (`S` from
+    [`_segment_length`][]) and the record of every iteration of the current
+    segment. The segments are then pulled back last to first, one iteration's VJP
+    at a time, rerunning each earlier segment from its checkpoint. Rerun and
+    backward sweep are one loop body each, whatever the number of segments.
+    """
+    dynamics, current, interval, t_start = params
+    n = current.shape[0]
+    dtype = current.dtype
+
+    seg = _segment_length(loop.max_steps)
+    num_segments = -(-loop.max_steps // seg)
+
+    def advance(st):
+        return loop.advance(dynamics, current, interval, t_start, st)
+
+    def checkpoint(st: AdaptiveState):
+        return eqx.tree_at(lambda s: s.counters, st, None)
+
+    def restore(st) -> AdaptiveState:
+        return eqx.tree_at(
+            lambda s: s.counters,
+            st,
+            loop.zero_counters(n),
+            is_leaf=lambda x: x is None,
         )
-        y1 = loop.stepper.step(dyn, t_u, t_u + length, y_u, cur_u)[0]
-        t_star, y_star = _crossing_tangents(dyn, cur_u, y1, out)
-        return t1, y1, t_star, y_star
 
-    def while_loop(self, cond_fun, body_fun, init: _T, max_steps: int) -> _T:
-        # Reverse-mode differentiable, recomputing between checkpoints (equinox's
-        # checkpointed while loop, the one diffrax's adjoints use).
-        return eqxi.while_loop(
-            cond_fun,
-            body_fun,
+    init = loop.start(y0, current, None)
+    _, out_shape = jax.eval_shape(advance, init)
+    stacked = lambda size: lambda x: jnp.zeros((size, *x.shape), x.dtype)
+    recs = jax.tree.map(stacked(seg), _record(init, out_shape))
+    ckpts = jax.tree.map(stacked(num_segments), checkpoint(init))
+
+    def rerun(i, limit, st, recs, ckpts):
+        """Iterations `i` to `limit` (or the loop's end) from `st`."""
+
+        def cond(c):
+            i, st, _, _ = c
+            return (i < limit) & jnp.any(loop.running(interval, st))
+
+        def body(c):
+            i, st, recs, ckpts = c
+            k, slot = i // seg, i % seg
+            ckpts = jax.tree.map(
+                lambda a, x: a.at[k].set(jnp.where(slot == 0, x, a[k])),
+                ckpts,
+                checkpoint(st),
+            )
+            new, out = advance(st)
+            recs = jax.tree.map(lambda a, x: a.at[slot].set(x), recs, _record(st, out))
+            return i + 1, new, recs, ckpts
+
+        return lax.while_loop(cond, body, (i, st, recs, ckpts))
+
+    def spike_cotangent(rec: _StepRecord):
+        if ct_times is None:
+            return jnp.zeros((n,), dtype)
+        cap = ct_times.shape[1]
+        slot = num + rec.count
+        stored = rec.crossed & (slot < cap)
+        picked = jnp.take_along_axis(
+            ct_times, jnp.clip(slot, 0, max(cap - 1, 0))[:, None], axis=1
+        )[:, 0]
+        return jnp.where(stored, picked, 0)
+
+    def sweep(lo, hi, recs, cts):
+        """Pulls the cotangents back through iterations `hi - 1` down to `lo`."""
+
+        def cond(c):
+            return c[0] >= lo
+
+        def body(c):
+            i, ct_t, ct_y, ct_p = c
+            rec = jax.tree.map(lambda a: a[i % seg], recs)
+            _, vjp = jax.vjp(
+                lambda p, t, y: _linearised_iteration(loop, rec, p, t, y),
+                params,
+                rec.t,
+                rec.y,
+            )
+            d_p, ct_t, ct_y = vjp((ct_t, ct_y, spike_cotangent(rec)))
+            return i - 1, ct_t, ct_y, jax.tree.map(jnp.add, ct_p, d_p)
+
+        return lax.while_loop(cond, body, (hi - 1, *cts))[1:]
+
+    def soft_count(p, y):
+        return surrogate_zero(p[0].threshold(y), surrogate)
+
+    def outer_cond(c):
+        return c[1] >= 0
+
+    def outer_body(c):
+        first, j, total, count, recs, ckpts, cts = c
+        # The first pass runs the whole interval from its start; later ones rerun
+        # segment `j` from its checkpoint.
+        start = jax.tree.map(
+            lambda a, b: jnp.where(first, a, b),
             init,
-            max_steps=max_steps,
-            kind="checkpointed",
-            checkpoints=min(max_steps, _CHECKPOINTS),
+            restore(jax.tree.map(lambda a: a[j], ckpts)),
         )
+        i0 = jnp.where(first, 0, j * seg)
+        limit = jnp.where(first, loop.max_steps, (j + 1) * seg)
+        i_end, end, recs, ckpts = rerun(i0, limit, start, recs, ckpts)
+        total = jnp.where(first, i_end, total)
+        count = jnp.where(first, end.count, count)
+        j = jnp.where(first, (total - 1) // seg, j)
+        # The end state's cotangent from the soft counts (first pass only).
+        _, vjp = jax.vjp(soft_count, params, end.y)
+        d_p, d_y = vjp(ct_count)
+        ct_t, ct_y, ct_p = cts
+        ct_y = jax.tree.map(lambda a, b: jnp.where(first, a + b, a), ct_y, d_y)
+        ct_p = jax.tree.map(lambda a, b: jnp.where(first, a + b, a), ct_p, d_p)
+        hi = jnp.minimum(total, (j + 1) * seg)
+        cts = sweep(jnp.maximum(j, 0) * seg, hi, recs, (ct_t, ct_y, ct_p))
+        return jnp.zeros((), bool), j - 1, total, count, recs, ckpts, cts
+
+    zero = jnp.zeros((), jnp.int32)
+    cts = (jnp.zeros((n,), dtype), ct_y, jax.tree.map(jnp.zeros_like, params))
+    init_c = (
+        jnp.ones((), bool),
+        zero,
+        zero,
+        jnp.zeros((n,), jnp.int32),
+        recs,
+        ckpts,
+        cts,
+    )
+    _, _, _, count, _, _, (_, ct_y0, ct_params) = lax.while_loop(
+        outer_cond, outer_body, init_c
+    )
+    return ct_params, ct_y0, count
 
 
 class RerunAdjoint(AbstractAdjoint):
     """Reverse mode for the adaptive loop. The forward pass keeps each interval's
     starting state. The backward pass walks the intervals in reverse: it reruns
-    each one with the differentiable loop ([`ImplicitCrossings`][]) and pulls the
-    cotangents back through it, so memory grows with intervals, and within an
-    interval with the loop's checkpoints.
+    each one, taking the same decisions (step sizes, acceptance, crossings), and
+    pulls the cotangents back through its iterations one at a time: each accepted
+    step differentiated as the solver computed it, each crossing time by the
+    implicit-function theorem (see `_interval_backward`). Memory grows with the
+    intervals, and within an interval with about twice the square root of
+    `max_steps` iterations' states.
 
     The rerun must reproduce the forward spike counts (it takes the same decisions
     from the same state). Where it does not, its derivative is not that of the
@@ -366,9 +529,6 @@ class RerunAdjoint(AbstractAdjoint):
 
     def run(self, integrator, dynamics, currents, interval, state, cfg, surrogate):
         assert isinstance(integrator, AdaptiveLoop)
-        rerun_loop = eqx.tree_at(
-            lambda loop: loop.derivative, integrator, ImplicitCrossings()
-        )
 
         @jax.custom_vjp
         def run(dynamics, currents, interval, state):
@@ -390,7 +550,6 @@ class RerunAdjoint(AbstractAdjoint):
 
         def bwd(res, ct):
             dynamics, currents, interval, starts, seen, counts = res
-            n = currents.shape[1]
             dtype = currents.dtype
             # Without a spike buffer the run's `spike_times` is an empty
             # `(n, 0)` array and the rerun records none (`times` is `None`): that
@@ -399,22 +558,6 @@ class RerunAdjoint(AbstractAdjoint):
             num_intervals = currents.shape[0]
             t_starts = interval_starts(interval, num_intervals)
             uniform = jnp.ndim(interval) == 0
-
-            def one_interval(params, y, num):
-                dynamics, current, length, t_start = params
-                buffer = None
-                if cfg.max_spikes is not None:
-                    # Only the slots written in this interval matter: their values
-                    # are recomputed, the other slots pass through untouched.
-                    buffer = SpikeBuffer(jnp.zeros((n, cfg.max_spikes), dtype), num)
-                out = rerun_loop.interval(
-                    dynamics, None, y, current, t_start, length, buffer
-                )
-                soft = out.count.astype(dtype) + surrogate_zero(
-                    dynamics.threshold(out.y), surrogate
-                )
-                times = None if out.buffer is None else out.buffer.times
-                return out.y, soft, times
 
             def step(carry, xs):
                 ct_y, ct_dyn, ct_interval, later = carry
@@ -426,16 +569,20 @@ class RerunAdjoint(AbstractAdjoint):
                 # recorded from it): it is k * interval, or the sum of the earlier
                 # lengths.
                 params = (dynamics, current, length, t_starts[k])
-                (_, soft, _), vjp = jax.vjp(
-                    lambda p, y: one_interval(p, y, num), params, y0
-                )
-                (d_dyn, d_current, d_length, d_start), ct_y = vjp(
-                    (ct_y, ct_count, ct_spike_times)
+                (d_dyn, d_current, d_length, d_start), ct_y, count = _interval_backward(
+                    integrator,
+                    surrogate,
+                    params,
+                    y0,
+                    num,
+                    ct_y,
+                    ct_count,
+                    ct_spike_times,
                 )
                 # The rerun must take the forward pass's decisions; if it does not
                 # (its counts differ), its derivative is not that of the forward
                 # run, and saying so beats a silently wrong gradient.
-                same = jnp.all(jnp.round(lax.stop_gradient(soft)) == counts[k])
+                same = jnp.all(count == counts[k])
                 nan_if_differs = lambda a: jnp.where(same, a, jnp.nan)
                 grads = (d_dyn, d_current, d_length, d_start, ct_y)
                 grads = jax.tree.map(nan_if_differs, grads)

@@ -132,7 +132,8 @@ def table(rows):
 
 def run_adaptive(configs, reps):
     """AdEx on the adaptive path (Dopri5, rtol = atol = 1e-6), float64: the
-    backward pass reruns every interval with the differentiable loop."""
+    backward pass reruns every interval and pulls the gradient back one step at a
+    time."""
     rows = []
     dtype = np.float64
     for n_intervals, interval in configs:
@@ -190,8 +191,8 @@ def main():
                 "intervals ('drive' column: the interval in ms). Loss: mean spike "
                 "time + 1e-3 mean final v^2 + 1e-3 * total (surrogate) count; "
                 "gradient w.r.t. the weight and all ten AdEx parameters. The backward "
-                "pass reruns each interval with the differentiable loop. Columns as "
-                "in the LIF table above.",
+                "pass reruns each interval and pulls the gradient back through its "
+                "steps one at a time. Columns as in the LIF table above.",
                 "",
                 table(rows),
             ]

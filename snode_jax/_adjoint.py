@@ -2,7 +2,6 @@
 fixed, or the adaptive loop rerun interval by interval in reverse."""
 
 import abc
-import math
 
 import equinox as eqx
 import jax
@@ -17,6 +16,7 @@ from ._custom_types import State
 from ._dynamics import AbstractClosedFormDynamics
 from ._misc import running_max, running_sum, where_tree
 from ._records import Counters, RawRun
+from ._reverse import reverse_segments
 from ._scan import AbstractIntegrator, RunConfig, interval_starts, run_folded
 from ._solution import RESULTS
 from ._surrogate import AbstractSurrogate, surrogate_zero
@@ -359,13 +359,6 @@ def _linearised_iteration(loop: AdaptiveLoop, rec: _StepRecord, params, t, y):
     return t_new, y_new, t_start + t_star
 
 
-def _segment_length(max_steps: int) -> int:
-    """Iterations per segment of the backward pass: about the square root of the
-    budget, so that the checkpoints (one per segment) and the records of one
-    segment take about the same memory."""
-    return max(1, math.isqrt(max_steps - 1) + 1) if max_steps > 1 else 1
-
-
 def _interval_backward(
     loop: AdaptiveLoop, surrogate, params, y0, num, ct_y, ct_count, ct_times
 ):
@@ -375,60 +368,20 @@ def _interval_backward(
     buffer `ct_times` (`None` without one; this interval's spikes go to slots `num`
     on); also its spike counts, to check against the forward run's.
 
-    The loop is rerun (without derivatives, so taking the forward run's decisions)
-    from `y0`, keeping a checkpoint every `S` iterations (`S` from
-    [`_segment_length`][]) and the record of every iteration of the current
-    segment. The segments are then pulled back last to first, one iteration's VJP
-    at a time, rerunning each earlier segment from its checkpoint. Rerun and
-    backward sweep are one loop body each, whatever the number of segments.
+    The loop is rerun without derivatives (so taking the forward run's decisions)
+    and pulled back one iteration at a time ([`reverse_segments`][]).
     """
     dynamics, current, interval, t_start = params
     n = current.shape[0]
     dtype = current.dtype
 
-    seg = _segment_length(loop.max_steps)
-    num_segments = -(-loop.max_steps // seg)
-
     def advance(st):
-        return loop.advance(dynamics, current, interval, t_start, st)
+        new, out = loop.advance(dynamics, current, interval, t_start, st)
+        return new, _record(st, out)
 
-    def checkpoint(st: AdaptiveState):
-        return eqx.tree_at(lambda s: s.counters, st, None)
-
-    def restore(st) -> AdaptiveState:
-        return eqx.tree_at(
-            lambda s: s.counters,
-            st,
-            loop.zero_counters(n),
-            is_leaf=lambda x: x is None,
-        )
-
-    init = loop.start(y0, current, None)
-    _, out_shape = jax.eval_shape(advance, init)
-    stacked = lambda size: lambda x: jnp.zeros((size, *x.shape), x.dtype)
-    recs = jax.tree.map(stacked(seg), _record(init, out_shape))
-    ckpts = jax.tree.map(stacked(num_segments), checkpoint(init))
-
-    def rerun(i, limit, st, recs, ckpts):
-        """Iterations `i` to `limit` (or the loop's end) from `st`."""
-
-        def cond(c):
-            i, st, _, _ = c
-            return (i < limit) & jnp.any(loop.running(interval, st))
-
-        def body(c):
-            i, st, recs, ckpts = c
-            k, slot = i // seg, i % seg
-            ckpts = jax.tree.map(
-                lambda a, x: a.at[k].set(jnp.where(slot == 0, x, a[k])),
-                ckpts,
-                checkpoint(st),
-            )
-            new, out = advance(st)
-            recs = jax.tree.map(lambda a, x: a.at[slot].set(x), recs, _record(st, out))
-            return i + 1, new, recs, ckpts
-
-        return lax.while_loop(cond, body, (i, st, recs, ckpts))
+    def linearised(p, x, rec):
+        t_new, y_new, spike = _linearised_iteration(loop, rec, p, *x)
+        return (t_new, y_new), spike
 
     def spike_cotangent(rec: _StepRecord):
         if ct_times is None:
@@ -441,72 +394,36 @@ def _interval_backward(
         )[:, 0]
         return jnp.where(stored, picked, 0)
 
-    def sweep(lo, hi, recs, cts):
-        """Pulls the cotangents back through iterations `hi - 1` down to `lo`."""
+    def end_cotangent(end: AdaptiveState):
+        # The soft counts' surrogate term, from the end state.
+        def soft_count(p, y):
+            return surrogate_zero(p[0].threshold(y), surrogate)
 
-        def cond(c):
-            return c[0] >= lo
-
-        def body(c):
-            i, ct_t, ct_y, ct_p = c
-            rec = jax.tree.map(lambda a: a[i % seg], recs)
-            _, vjp = jax.vjp(
-                lambda p, t, y: _linearised_iteration(loop, rec, p, t, y),
-                params,
-                rec.t,
-                rec.y,
-            )
-            d_p, ct_t, ct_y = vjp((ct_t, ct_y, spike_cotangent(rec)))
-            return i - 1, ct_t, ct_y, jax.tree.map(jnp.add, ct_p, d_p)
-
-        return lax.while_loop(cond, body, (hi - 1, *cts))[1:]
-
-    def soft_count(p, y):
-        return surrogate_zero(p[0].threshold(y), surrogate)
-
-    def outer_cond(c):
-        return c[1] >= 0
-
-    def outer_body(c):
-        first, j, total, count, recs, ckpts, cts = c
-        # The first pass runs the whole interval from its start; later ones rerun
-        # segment `j` from its checkpoint.
-        start = jax.tree.map(
-            lambda a, b: jnp.where(first, a, b),
-            init,
-            restore(jax.tree.map(lambda a: a[j], ckpts)),
-        )
-        i0 = jnp.where(first, 0, j * seg)
-        limit = jnp.where(first, loop.max_steps, (j + 1) * seg)
-        i_end, end, recs, ckpts = rerun(i0, limit, start, recs, ckpts)
-        total = jnp.where(first, i_end, total)
-        count = jnp.where(first, end.count, count)
-        j = jnp.where(first, (total - 1) // seg, j)
-        # The end state's cotangent from the soft counts (first pass only).
         _, vjp = jax.vjp(soft_count, params, end.y)
         d_p, d_y = vjp(ct_count)
-        ct_t, ct_y, ct_p = cts
-        ct_y = jax.tree.map(lambda a, b: jnp.where(first, a + b, a), ct_y, d_y)
-        ct_p = jax.tree.map(lambda a, b: jnp.where(first, a + b, a), ct_p, d_p)
-        hi = jnp.minimum(total, (j + 1) * seg)
-        cts = sweep(jnp.maximum(j, 0) * seg, hi, recs, (ct_t, ct_y, ct_p))
-        return jnp.zeros((), bool), j - 1, total, count, recs, ckpts, cts
+        return d_p, (jnp.zeros((n,), dtype), d_y)
 
-    zero = jnp.zeros((), jnp.int32)
-    cts = (jnp.zeros((n,), dtype), ct_y, jax.tree.map(jnp.zeros_like, params))
-    init_c = (
-        jnp.ones((), bool),
-        zero,
-        zero,
-        jnp.zeros((n,), jnp.int32),
-        recs,
-        ckpts,
-        cts,
+    ct_params, (_, ct_y0), end, _ = reverse_segments(
+        advance,
+        lambda st: jnp.any(loop.running(interval, st)),
+        linearised,
+        lambda rec: (rec.t, rec.y),
+        spike_cotangent,
+        params,
+        loop.start(y0, current, None),
+        (jnp.zeros((n,), dtype), ct_y),
+        loop.max_steps,
+        end_cotangent=end_cotangent,
+        # The solver-work counters are not needed to rerun a segment.
+        checkpoint=lambda st: eqx.tree_at(lambda s: s.counters, st, None),
+        restore=lambda st: eqx.tree_at(
+            lambda s: s.counters,
+            st,
+            loop.zero_counters(n),
+            is_leaf=lambda x: x is None,
+        ),
     )
-    _, _, _, count, _, _, (_, ct_y0, ct_params) = lax.while_loop(
-        outer_cond, outer_body, init_c
-    )
-    return ct_params, ct_y0, count
+    return ct_params, ct_y0, end.count
 
 
 class RerunAdjoint(AbstractAdjoint):

@@ -14,15 +14,15 @@ neuron's trajectory is a fixed sequence of actions on its own clock, one per ste
 
 the same operations (`implicit_crossing`, `jump_at`, `reset_at`) that the engine of
 [`simulate_events`][] differentiates, so that the derivative is the same. Every
-neuron takes one step per input spike, interval start, the end and recorded spike;
-the replay is a checkpointed while loop (reverse mode) that stops once every neuron
-is through, with no root search, and its checkpoints hold only the neurons' states
-(the replayed spike times go to a write-only buffer). It runs only in the backward
-pass of [`with_replay_gradient`][], whose value is the engine's own output.
+neuron takes one step per input spike, interval start, the end and recorded spike,
+until every neuron is through, with no root search. The replay runs only in the
+backward pass of [`with_replay_gradient`][] (whose value is the engine's own
+output): without derivatives, then pulled back one step at a time
+([`reverse_segments`][]); its checkpoints and records hold only the neurons'
+states.
 """
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._events import EventSchedule, implicit_crossing, jump_at, reset_at
+from ._reverse import reverse_segments
 
 
 class _ReplayState(eqx.Module):
@@ -48,26 +49,23 @@ def replay_steps(num_inputs: int, num_intervals: int, max_spikes: int) -> int:
     return num_inputs + num_intervals + max_spikes
 
 
-def replay_feedforward(
+def _replay_step(
     dynamics: AbstractExactFlowDynamics,
     weight: Float[Array, "n_neurons n_inputs"],
     schedule: EventSchedule,
-    state: State,
     spike_times: Float[Array, "n_neurons max_spikes"],
     instant: Bool[Array, "n_neurons max_spikes"],
     num_spikes: Int[Array, " n_neurons"],
-) -> tuple[tuple[Float[Array, "n_neurons max_spikes"], State], Bool[Array, ""]]:
-    """The spike times and final state of the recorded run, recomputed along its
-    recorded actions with derivatives (values equal to the engine's up to rounding),
-    and whether the replay failed to reproduce the records in its steps.
-
-    `spike_times`, `instant` (the spike fired at an event instant rather than at a
-    crossing) and `num_spikes` are the engine's records, used as constants.
+):
+    """`(step, working)` of the replay along the engine's records (`spike_times`,
+    `instant`: the spike fired at an event instant rather than at a crossing, and
+    `num_spikes`, used as constants): `step(s)` is `(s_next, (time, slot))`, one
+    action per neuron, with the replayed spike time of the neurons that spiked and
+    their buffer slot (`max_spikes` for the others); `working(s)` says which
+    neurons have work left.
     """
     n, max_spikes = spike_times.shape
-    dtype = spike_times.dtype
-    num_inputs = schedule.input_times.shape[0]
-    num_intervals = schedule.boundaries.shape[0]
+
     rows = jnp.arange(n, dtype=jnp.int32)
     recorded, instant, num_spikes = lax.stop_gradient(
         (spike_times, instant, num_spikes)
@@ -86,7 +84,7 @@ def replay_feedforward(
         due = jnp.minimum(t_in, t_switch) <= clock_c
         return (s.slot < num_spikes) | (clock_c < t_end_c) | due
 
-    def step(s: _ReplayState, _):
+    def step(s: _ReplayState):
         clock_c = lax.stop_gradient(s.clock)
         slot = jnp.minimum(s.slot, max_spikes - 1)
         has_spike = s.slot < num_spikes
@@ -161,6 +159,45 @@ def replay_feedforward(
         time = jnp.where(do_cross, t_cross, t_fire)
         return new, (time, jnp.where(spiked, s.slot, max_spikes))
 
+    return step, working
+
+
+def replay_vjp(args, perturbed, records, grad_times, grad_state):
+    """The cotangents of `args` (`dynamics, weight, schedule, state`; those marked
+    in `perturbed`, `None` for the others) from those of the recorded run's spike
+    times and final state, through its replay; and whether the replay failed to
+    reproduce the records in its steps.
+
+    Every neuron replays its records step by step: each step's derivative is that
+    of `step` above (its actions held fixed), pulled back one step at a time
+    ([`reverse_segments`][]).
+    """
+    differentiated, fixed = eqx.partition(args, perturbed)
+    dynamics, weight, schedule, state = args
+    spike_times, instant, num_spikes = records
+    n, max_spikes = spike_times.shape
+    dtype = spike_times.dtype
+    num_inputs = schedule.input_times.shape[0]
+    num_intervals = schedule.boundaries.shape[0]
+    rows = jnp.arange(n, dtype=jnp.int32)
+    step, working = _replay_step(dynamics, weight, schedule, *records)
+
+    def advance(s):
+        new, (_, slot) = step(s)
+        return new, (s, slot)
+
+    def linearised(p, x, rec):
+        dyn, w, sched, _ = eqx.combine(p, fixed)
+        clock, y, shift = x
+        s = eqx.tree_at(lambda s: (s.clock, s.y, s.shift), rec[0], (clock, y, shift))
+        new, (time, _) = _replay_step(dyn, w, sched, *records)[0](s)
+        return (new.clock, new.y, new.shift), time
+
+    def time_cotangent(rec):
+        slot = rec[1]
+        picked = grad_times[rows, jnp.minimum(slot, max_spikes - 1)]
+        return jnp.where(slot < max_spikes, picked, 0)
+
     zero = jnp.zeros((n,), jnp.int32)
     init = _ReplayState(
         clock=jnp.zeros((n,), dtype),
@@ -170,29 +207,33 @@ def replay_feedforward(
         slot=zero,
         shift=jnp.zeros((n,), dtype),
     )
-
-    def cond_fun(carry):
-        return jnp.any(working(carry[0]))
-
-    def body_fun(carry):
-        s, replayed = carry
-        s, (time, slot) = step(s, None)
-        # Column `max_spikes` collects the steps without a spike (never read).
-        return s, replayed.at[rows, slot].set(time)
-
-    replayed = jnp.full((n, max_spikes + 1), jnp.inf, dtype)
-    length = replay_steps(num_inputs, num_intervals, max_spikes)
-    final, replayed = eqxi.while_loop(
-        cond_fun,
-        body_fun,
-        (init, replayed),
-        max_steps=length,
-        buffers=lambda carry: carry[1],
-        kind="checkpointed",
+    zeros = jnp.zeros((n,), dtype)
+    grad_args, (_, grad_init, _), end, _ = reverse_segments(
+        advance,
+        lambda s: jnp.any(working(s)),
+        linearised,
+        lambda rec: (rec[0].clock, rec[0].y, rec[0].shift),
+        time_cotangent,
+        differentiated,
+        init,
+        (zeros, grad_state, zeros),
+        replay_steps(num_inputs, num_intervals, max_spikes),
     )
+    # The initial state's own cotangent (where it is differentiated).
+    if differentiated[3] is not None:
+        grad_args = eqx.tree_at(
+            lambda g: g[3],
+            grad_args,
+            jax.tree.map(
+                lambda g, d: None if g is None else g + d,
+                grad_args[3],
+                grad_init,
+                is_leaf=lambda x: x is None,
+            ),
+        )
     # The bound holds by construction: work left means the replay parted from the
     # engine's records.
-    return (replayed[:, :max_spikes], final.y), jnp.any(working(final))
+    return grad_args, jnp.any(working(end))
 
 
 @eqx.filter_custom_vjp
@@ -214,12 +255,6 @@ def _with_replay_gradient_fwd(perturbed, args, values, records):
 @with_replay_gradient.def_bwd
 def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, records):
     del residuals
-    differentiated, fixed = eqx.partition(args, perturbed)
-
-    def replay(differentiated):
-        dynamics, weight, schedule, state = eqx.combine(differentiated, fixed)
-        return replay_feedforward(dynamics, weight, schedule, state, *records)
-
     # Unrecorded slots (`inf`) and outputs that were not differentiated carry no
     # cotangent.
     grad_values = jax.tree.map(
@@ -230,8 +265,7 @@ def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, r
     )
     grad_times, grad_state = grad_values
     grad_times = jnp.where(jnp.isfinite(values[0]), grad_times, 0)
-    _, vjp, parted = eqx.filter_vjp(replay, differentiated, has_aux=True)
-    (grad_args,) = vjp((grad_times, grad_state))
+    grad_args, parted = replay_vjp(args, perturbed, records, grad_times, grad_state)
     # (A run with non-finite values is reported as such; its replay may stall.)
     finite = jnp.all(jnp.isfinite(jnp.where(jnp.isinf(values[0]), 0, values[0])))
     # A run with a NaN input time is reported as invalid (its `result`), and the

@@ -261,6 +261,11 @@ def integrate_events(
     """
     if (spikes is None) == (inputs is None):
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
+    if max_spikes < 1:
+        raise ValueError(
+            "An event-driven run records every spike to deliver it: "
+            f"`max_spikes` must be >= 1, got {max_spikes!r}."
+        )
     silence = check_after_max_spikes(after_max_spikes)
     if silence and recurrent_weight is not None:
         raise ValueError(

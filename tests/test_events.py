@@ -399,6 +399,15 @@ def test_argument_errors():
         layer.simulate(_train([[1.0]], [[0]]), t_end=5.0)
     with pytest.raises(ValueError, match="`max_spikes` must be >= 1"):
         layer.simulate(_train([1.0], [0]), t_end=5.0, max_spikes=0)
+    with pytest.raises(ValueError, match="`max_spikes` must be >= 1, got 0"):
+        sj.integrate_events(
+            layer.dynamics,
+            layer.weight,
+            layer.init_state(),
+            spikes=_train([1.0], [0]),
+            t_end=5.0,
+            max_spikes=0,
+        )
     with pytest.raises(ValueError, match="`t_end` .* applies to event-driven"):
         layer.simulate(np.ones((2, 2)), 1.0, t_end=3.0)
     with pytest.raises(TypeError, match="use `simulate`"):

@@ -261,11 +261,7 @@ def integrate_events(
     """
     if (spikes is None) == (inputs is None):
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
-    if max_spikes < 1:
-        raise ValueError(
-            "An event-driven run records every spike to deliver it: "
-            f"`max_spikes` must be >= 1, got {max_spikes!r}."
-        )
+    check_event_max_spikes(max_spikes)
     silence = check_after_max_spikes(after_max_spikes)
     if silence and recurrent_weight is not None:
         raise ValueError(
@@ -359,6 +355,15 @@ def integrate_events(
     if throw:
         sol = raise_on_failure(sol, dynamics, conditions, nonfinite)
     return sol
+
+
+def check_event_max_spikes(max_spikes) -> None:
+    """An event-driven run needs a slot for every spike it delivers."""
+    if max_spikes < 1:
+        raise ValueError(
+            "An event-driven run records every spike to deliver it: "
+            f"`max_spikes` must be >= 1, got {max_spikes!r}."
+        )
 
 
 AFTER_MAX_SPIKES = ("fail", "silence")

@@ -10,7 +10,12 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._controller import PredictiveController, controller_from_settings
 from ._custom_types import Counts, State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
-from ._integrate import check_after_max_spikes, integrate, integrate_events
+from ._integrate import (
+    check_after_max_spikes,
+    check_event_max_spikes,
+    integrate,
+    integrate_events,
+)
 from ._lif import ODELIFDynamics
 from ._misc import (
     check_interval,
@@ -432,11 +437,7 @@ class SpikingODELayer(eqx.Module):
             self.dynamics,
             "spike-train inputs" if isinstance(inputs, SpikeTrain) else "recurrence",
         )
-        if max_spikes < 1:
-            raise ValueError(
-                "An event-driven run records every spike to deliver it: "
-                f"`max_spikes` must be >= 1, got {max_spikes!r}."
-            )
+        check_event_max_spikes(max_spikes)
         if max_events is not None:
             max_events = check_positive_int("max_events", max_events)
         state = self.init_state() if state is None else self._check_state(state)

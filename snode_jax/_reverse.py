@@ -20,16 +20,14 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 
+from ._misc import where_tree
+
 
 def segment_length(max_steps: int) -> int:
     """Iterations per segment: about the square root of the budget, so that the
     checkpoints (one per segment) and the records of one segment take about the
     same memory."""
     return math.isqrt(max_steps - 1) + 1 if max_steps > 1 else 1
-
-
-def _where(pred, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
 def reverse_segments(
@@ -90,7 +88,7 @@ def reverse_segments(
             new, rec = advance(st)
             slot = jnp.where(go, slot, seg)
             recs = jax.tree.map(lambda a, x: a.at[slot].set(x), recs, rec)
-            return i + go, _where(go, new, st), recs, ckpts
+            return i + go, where_tree(go, new, st), recs, ckpts
 
         cond = lambda c: eqxi.unvmap_any(moves(c[0], c[1]))
         return lax.while_loop(cond, body, (i, st, recs, ckpts))
@@ -104,8 +102,8 @@ def reverse_segments(
             rec = jax.tree.map(lambda a: a[jnp.where(go, i % seg, seg)], recs)
             _, vjp = jax.vjp(lambda p, x: linearised(p, x, rec), params, point(rec))
             d_p, d_x = vjp((ct_x, out_cotangent(rec)))
-            ct_p = _where(go, jax.tree.map(jnp.add, ct_p, d_p), ct_p)
-            return i - go, _where(go, d_x, ct_x), ct_p
+            ct_p = where_tree(go, jax.tree.map(jnp.add, ct_p, d_p), ct_p)
+            return i - go, where_tree(go, d_x, ct_x), ct_p
 
         cond = lambda c: eqxi.unvmap_any(c[0] >= lo)
         return lax.while_loop(cond, body, (hi - 1, *cts))[1:]
@@ -115,12 +113,12 @@ def reverse_segments(
         # The first pass runs the whole loop from `init`; later ones rerun
         # segment `j` from its checkpoint. (A sample that is through, `j < 0`,
         # runs neither.)
-        start = _where(first, init, restore(jax.tree.map(lambda a: a[j], ckpts)))
+        start = where_tree(first, init, restore(jax.tree.map(lambda a: a[j], ckpts)))
         i0 = jnp.where(first, 0, j * seg)
         limit = jnp.where(first, max_steps, jnp.where(j >= 0, (j + 1) * seg, i0))
         i_end, st, recs, ckpts = rerun(i0, limit, start, recs, ckpts)
         total = jnp.where(first, i_end, total)
-        end = _where(first, st, end)
+        end = where_tree(first, st, end)
         j = jnp.where(first, (total - 1) // seg, j)
         if end_cotangent is not None:
             d_p, d_x = end_cotangent(st)

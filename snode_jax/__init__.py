@@ -4,7 +4,6 @@ from ._adex import AdExDynamics as AdExDynamics, AdExState as AdExState
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     ClosedFormAdjoint as ClosedFormAdjoint,
-    RerunAdjoint as RerunAdjoint,
 )
 from ._controller import (
     PredictiveController as PredictiveController,
@@ -42,6 +41,7 @@ from ._network import (
 )
 from ._online import OnlineLayer as OnlineLayer
 from ._qif import QIFDynamics as QIFDynamics, QIFState as QIFState
+from ._rerun_adjoint import RerunAdjoint as RerunAdjoint
 from ._root_find import (
     BracketedNewton as BracketedNewton,
     bisect_crossing as bisect_crossing,

@@ -10,7 +10,7 @@ import optimistix as optx
 from jaxtyping import Array, Float
 
 from ._adaptive import AdaptiveLoop
-from ._adjoint import AbstractAdjoint, ClosedFormAdjoint, RerunAdjoint
+from ._adjoint import AbstractAdjoint, ClosedFormAdjoint
 from ._closed_form import ClosedFormWalk
 from ._controller import PredictiveController
 from ._custom_types import State
@@ -27,6 +27,7 @@ from ._events import (
 )
 from ._feedforward import simulate_feedforward
 from ._misc import input_currents, time_order
+from ._rerun_adjoint import RerunAdjoint
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
 from ._solution import RESULTS, Solution, update_result

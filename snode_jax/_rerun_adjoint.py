@@ -1,0 +1,297 @@
+"""Reverse mode for the adaptive loop: each interval rerun without derivatives and
+pulled back one iteration at a time, its decisions held fixed."""
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._adaptive import AdaptiveLoop, AdaptiveState, StepOutcome
+from ._adjoint import AbstractAdjoint
+from ._crossing import Crossings, expand
+from ._custom_types import State
+from ._misc import running_sum, where_tree
+from ._reverse import reverse_segments
+from ._scan import RunConfig, interval_starts, run_folded
+from ._solution import RESULTS
+from ._surrogate import surrogate_zero
+
+
+def _keep_tangent(mask, tree, per_neuron):
+    """`tree` unchanged in value, its tangents kept on the lanes where `mask` holds
+    and cut on the others (before any arithmetic: a lane that overflowed then gives
+    no `0 * inf` in reverse mode). Only the leaves marked in `per_neuron` are
+    per-lane; the others pass through."""
+
+    def keep(a):
+        if not eqx.is_inexact_array(a) or jnp.ndim(a) == 0:
+            return a
+        return jnp.where(expand(mask, a), a, lax.stop_gradient(a))
+
+    def keep_subtree(lane, subtree):
+        return jax.tree.map(keep, subtree) if lane else subtree
+
+    return jax.tree.map(keep_subtree, per_neuron, tree)
+
+
+def _per_lane(dynamics, n):
+    """The model with every scalar per-neuron parameter broadcast to one value per
+    neuron (so that each lane owns its tangent)."""
+
+    def lane(p, per_neuron):
+        if per_neuron and eqx.is_inexact_array(p) and jnp.ndim(p) == 0:
+            return jnp.broadcast_to(p, (n,))
+        return p
+
+    return jax.tree.map(lane, dynamics, dynamics.per_neuron_mask())
+
+
+def _crossing_tangents(dynamics, current, y_s, crossed, c):
+    """The crossing time and state of `out`, unchanged in value, with the tangents
+    of the implicit-function theorem: with `y_s` the solver's state at (or, past a
+    blow-up, just below) the crossing, `dt* = -dg(y_s) / (grad g . f)` and
+    `dy* = dy_s + f dt*`."""
+    g_s = dynamics.threshold(y_s)
+    f_s = lax.stop_gradient(dynamics.vector_field(c.s_eval, y_s, current))
+    _, g_dot = jax.jvp(dynamics.threshold, (y_s,), (f_s,))
+    g_dot = lax.stop_gradient(g_dot)
+    usable = crossed & (g_dot > 0) & jnp.isfinite(g_dot)
+    safe_dot = jnp.where(usable, g_dot, 1)
+    f_s = jax.tree.map(lambda f: jnp.where(expand(usable, f), f, 0), f_s)
+    dt = jnp.where(usable, -(g_s - lax.stop_gradient(g_s)) / safe_dot, 0.0)
+    t_star = c.t_star + dt
+    y_star = jax.tree.map(
+        lambda v, s, f: v + (s - lax.stop_gradient(s)) + expand(dt, f) * f,
+        c.y_star,
+        y_s,
+        f_s,
+    )
+    return t_star, y_star
+
+
+class _StepRecord(eqx.Module):
+    """What the backward pass keeps of one iteration of the adaptive loop: the time,
+    next step, state and spike count it started from, and its decisions."""
+
+    t: Array
+    h: Array
+    y: State
+    count: Array
+    accept: Array
+    crossed: Array
+    reaches_end: Array
+    crossings: Crossings
+
+
+def _record(st: AdaptiveState, out: StepOutcome) -> _StepRecord:
+    return _StepRecord(
+        st.t,
+        st.h,
+        st.y,
+        st.count,
+        out.accept,
+        out.crossed,
+        out.reaches_end,
+        out.crossings,
+    )
+
+
+def _linearised_iteration(loop: AdaptiveLoop, rec: _StepRecord, params, t, y):
+    """One iteration of the loop as a differentiable function of the parameters
+    `(dynamics, current, interval, t_start)` and the time and state it starts from,
+    with its decisions (`rec`) held fixed: `(t, y)` after it, and the run time of
+    the spike it records (where it crosses). Each accepted step is differentiated as
+    the solver computed it; each crossing time by the implicit-function theorem at
+    the state where the search found it."""
+    dynamics, current, interval, t_start = params
+    n = current.shape[0]
+    lanes = _per_lane(dynamics, n)
+    # The step's end as a function of the (differentiated) interval length.
+    t1 = jnp.where(rec.reaches_end, interval, t + rec.h)
+    # One step per lane, differentiated where its end is kept: to the step's end,
+    # or to the crossing (below it, if the step blew up).
+    end = jnp.where(rec.crossed, rec.crossings.s_eval, t1)
+    length = end - t
+    per_neuron = (lanes.per_neuron_mask(), True, True, True, True)
+    dyn, t_u, y_u, cur_u, length = _keep_tangent(
+        rec.accept, (lanes, t, y, current, length), per_neuron
+    )
+    y1 = loop.stepper.step(dyn, t_u, t_u + length, y_u, cur_u)[0]
+    t_star, y_star = _crossing_tangents(dyn, cur_u, y1, rec.crossed, rec.crossings)
+    y_new = where_tree(
+        rec.crossed, dynamics.reset(y_star), where_tree(rec.accept, y1, y)
+    )
+    t_new = jnp.where(rec.crossed, t_star, jnp.where(rec.accept, t1, t))
+    return t_new, y_new, t_start + t_star
+
+
+def _interval_backward(
+    loop: AdaptiveLoop, surrogate, params, y0, num, ct_y, ct_count, ct_times
+):
+    """The cotangents of one interval of the adaptive loop: of its parameters
+    `(dynamics, current, interval, t_start)` and of its start state `y0`, given
+    those of its end state `ct_y`, of its soft counts `ct_count` and of the spike
+    buffer `ct_times` (`None` without one; this interval's spikes go to slots `num`
+    on); also its spike counts, to check against the forward run's.
+
+    The loop is rerun without derivatives (so taking the forward run's decisions)
+    and pulled back one iteration at a time ([`reverse_segments`][]).
+    """
+    dynamics, current, interval, t_start = params
+    n = current.shape[0]
+    dtype = current.dtype
+
+    def advance(st):
+        new, out = loop.advance(dynamics, current, interval, t_start, st)
+        return new, _record(st, out)
+
+    def linearised(p, x, rec):
+        t_new, y_new, spike = _linearised_iteration(loop, rec, p, *x)
+        return (t_new, y_new), spike
+
+    def spike_cotangent(rec: _StepRecord):
+        if ct_times is None:
+            return jnp.zeros((n,), dtype)
+        cap = ct_times.shape[1]
+        slot = num + rec.count
+        stored = rec.crossed & (slot < cap)
+        picked = jnp.take_along_axis(
+            ct_times, jnp.clip(slot, 0, max(cap - 1, 0))[:, None], axis=1
+        )[:, 0]
+        return jnp.where(stored, picked, 0)
+
+    def end_cotangent(end: AdaptiveState):
+        # The soft counts' surrogate term, from the end state.
+        def soft_count(p, y):
+            return surrogate_zero(p[0].threshold(y), surrogate)
+
+        _, vjp = jax.vjp(soft_count, params, end.y)
+        d_p, d_y = vjp(ct_count)
+        return d_p, (jnp.zeros((n,), dtype), d_y)
+
+    ct_params, (_, ct_y0), end, _ = reverse_segments(
+        advance,
+        lambda st: jnp.any(loop.running(interval, st)),
+        linearised,
+        lambda rec: (rec.t, rec.y),
+        spike_cotangent,
+        params,
+        loop.start(y0, current, None),
+        (jnp.zeros((n,), dtype), ct_y),
+        loop.max_steps,
+        end_cotangent=end_cotangent,
+        # The solver-work counters are not needed to rerun a segment.
+        checkpoint=lambda st: eqx.tree_at(lambda s: s.counters, st, None),
+        restore=lambda st: eqx.tree_at(
+            lambda s: s.counters,
+            st,
+            loop.zero_counters(n),
+            is_leaf=lambda x: x is None,
+        ),
+    )
+    return ct_params, ct_y0, end.count
+
+
+class RerunAdjoint(AbstractAdjoint):
+    """Reverse mode for the adaptive loop. The forward pass keeps each interval's
+    starting state. The backward pass walks the intervals in reverse: it reruns
+    each one, taking the same decisions (step sizes, acceptance, crossings), and
+    pulls the cotangents back through its iterations one at a time: each accepted
+    step differentiated as the solver computed it, each crossing time by the
+    implicit-function theorem (see `_interval_backward`). Memory grows with the
+    intervals, and within an interval with about twice the square root of
+    `max_steps` iterations' states.
+
+    The rerun must reproduce the forward spike counts (it takes the same decisions
+    from the same state). Where it does not, its derivative is not that of the
+    forward run: the gradient is NaN, and with `throw=True` the backward pass raises
+    `RESULTS.gradient_rerun_mismatch`.
+    """
+
+    throw: bool = eqx.field(static=True, default=True)
+
+    def run(self, integrator, dynamics, currents, interval, state, cfg, surrogate):
+        assert isinstance(integrator, AdaptiveLoop)
+
+        @jax.custom_vjp
+        def run(dynamics, currents, interval, state):
+            return run_folded(integrator, dynamics, currents, interval, state, cfg)
+
+        def fwd(dynamics, currents, interval, state):
+            # Differentiated: the interval states are kept (they are the residuals).
+            fwd_cfg = RunConfig(cfg.max_spikes, keep_interval_states=True)
+            raw = run_folded(integrator, dynamics, currents, interval, state, fwd_cfg)
+            ends = raw.interval_states
+            starts = jax.tree.map(
+                lambda s, e: jnp.concatenate([s[None], e[:-1]]), state, ends
+            )
+            counts = raw.counts.astype(jnp.int32)
+            seen = running_sum(counts, axis=0) - counts  # spikes before each interval
+            if not cfg.keep_interval_states:
+                raw = eqx.tree_at(lambda r: r.interval_states, raw, None)
+            return raw, (dynamics, currents, interval, starts, seen, counts)
+
+        def bwd(res, ct):
+            dynamics, currents, interval, starts, seen, counts = res
+            dtype = currents.dtype
+            # Without a spike buffer the run's `spike_times` is an empty
+            # `(n, 0)` array and the rerun records none (`times` is `None`): that
+            # cotangent carries nothing, and the rerun's output has no leaf for it.
+            ct_spike_times = None if cfg.max_spikes is None else ct.spike_times
+            num_intervals = currents.shape[0]
+            t_starts = interval_starts(interval, num_intervals)
+            uniform = jnp.ndim(interval) == 0
+
+            def step(carry, xs):
+                ct_y, ct_dyn, ct_interval, later = carry
+                k, current, y0, num, ct_count, ct_state = xs
+                if ct_state is not None:
+                    ct_y = jax.tree.map(jnp.add, ct_y, ct_state)
+                length = interval if uniform else interval[k]
+                # The interval's start time is differentiated too (spike times are
+                # recorded from it): it is k * interval, or the sum of the earlier
+                # lengths.
+                params = (dynamics, current, length, t_starts[k])
+                (d_dyn, d_current, d_length, d_start), ct_y, count = _interval_backward(
+                    integrator,
+                    surrogate,
+                    params,
+                    y0,
+                    num,
+                    ct_y,
+                    ct_count,
+                    ct_spike_times,
+                )
+                # The rerun must take the forward pass's decisions; if it does not
+                # (its counts differ), its derivative is not that of the forward
+                # run, and saying so beats a silently wrong gradient.
+                same = jnp.all(count == counts[k])
+                nan_if_differs = lambda a: jnp.where(same, a, jnp.nan)
+                grads = (d_dyn, d_current, d_length, d_start, ct_y)
+                grads = jax.tree.map(nan_if_differs, grads)
+                if self.throw:
+                    grads = eqx.error_if(
+                        grads, ~same, RESULTS[RESULTS.gradient_rerun_mismatch]
+                    )
+                d_dyn, d_current, d_length, d_start, ct_y = grads
+                ct_dyn = jax.tree.map(jnp.add, ct_dyn, d_dyn)
+                if uniform:
+                    ct_interval = ct_interval + d_length + k.astype(dtype) * d_start
+                else:
+                    # Interval k's length moves the start of every later interval.
+                    ct_interval = ct_interval.at[k].add(d_length + later)
+                    later = later + d_start
+                return (ct_y, ct_dyn, ct_interval, later), d_current
+
+            zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
+            ks = jnp.arange(num_intervals)
+            xs = (ks, currents, starts, seen, ct.counts, ct.interval_states)
+            init = (ct.final_state, *zeros, jnp.zeros((), dtype))
+            (ct_state, ct_dyn, ct_interval, _), ct_currents = lax.scan(
+                step, init, xs, reverse=True
+            )
+            return ct_dyn, ct_currents, ct_interval, ct_state
+
+        run.defvjp(fwd, bwd)
+        return run(dynamics, currents, interval, state)

@@ -668,9 +668,9 @@ def _silence_setup():
 
 @pytest.mark.parametrize("keep", [1, 3])
 def test_silenced_neurons_keep_their_first_spikes(keep):
-    """`after_max_spikes="silence"` keeps each neuron's first `keep` spikes exactly
-    (the neurons are independent, so a neuron's first spikes do not depend on what
-    it would fire later), ends successfully although neurons stay driven above
+    """`after_max_spikes="silence"` keeps each neuron's first `keep` spikes (the
+    neurons are independent, so a neuron's first spikes do not depend on what it
+    would fire later), ends successfully although neurons stay driven above
     threshold, and counts only the spikes fired."""
     layer, train = _silence_setup()
     wide = layer.simulate(train, t_end=40.0, max_spikes=64)
@@ -678,8 +678,13 @@ def test_silenced_neurons_keep_their_first_spikes(keep):
     assert fired.min() >= 1 and fired.max() > keep + 2  # neurons fire on
     sol = layer.simulate(train, t_end=40.0, max_spikes=keep, after_max_spikes="silence")
     assert sol.result == sj.RESULTS.successful
-    np.testing.assert_array_equal(
-        np.asarray(sol.spike_times), np.asarray(wide.spike_times[:, :keep])
+    # The same operations on the same values: equal up to the rounding of two
+    # differently compiled programs (a few ulp; a wrong spike is off by far more).
+    np.testing.assert_allclose(
+        np.asarray(sol.spike_times),
+        np.asarray(wide.spike_times[:, :keep]),
+        rtol=4 * np.finfo(np.float64).eps,
+        atol=0,
     )
     np.testing.assert_array_equal(np.asarray(sol.num_spikes), np.minimum(fired, keep))
     np.testing.assert_array_equal(

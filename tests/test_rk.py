@@ -78,11 +78,24 @@ def _check_stats(sol, cfg, dt_min):
 def test_tight_tolerance_matches_reference(cfg, solver):
     layer = cfg.layer(per_neuron=True, solver=solver, rtol=1e-12, atol=1e-12)
     ref = _reference(cfg)
-    sol = layer.simulate(cfg.inputs(), cfg.interval, max_spikes=MAX_SPIKES)
+    x = cfg.inputs()
+    sol = layer.simulate(x, cfg.interval, max_spikes=MAX_SPIKES)
     np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
-    assert_padded_times_close(sol.spike_times, ref.padded_times(MAX_SPIKES), 1e-9)
-    np.testing.assert_allclose(sol.final_state.v, ref.final_v, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(sol.interval_states.v, ref.interval_v, rtol=0, atol=1e-9)
+    time_tol = 1e-9
+    assert_padded_times_close(sol.spike_times, ref.padded_times(MAX_SPIKES), time_tol)
+    # A spike time off by dt moves the voltage after it (v = v_inf - (v_inf -
+    # v_reset) exp(-(t - t_spike) / tau_mem)) by (v_inf - v) / tau_mem * dt: the
+    # voltages are checked to the spike times' tolerance times that slope.
+    p = cfg.params_as(per_neuron=True)
+    v_inf = p["v_rest"] + (x @ cfg.weight().T) * p["tau_mem"] / p["C_mem"]  # (T, n)
+    slope = np.abs(v_inf - ref.interval_v) / p["tau_mem"]
+    np.testing.assert_array_less(
+        np.abs(np.asarray(sol.interval_states.v) - ref.interval_v),
+        time_tol * (1 + slope),
+    )
+    np.testing.assert_array_less(
+        np.abs(np.asarray(sol.final_state.v) - ref.final_v), time_tol * (1 + slope[-1])
+    )
     _check_stats(sol, cfg, layer.dt_min)
 
 

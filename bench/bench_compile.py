@@ -1,0 +1,142 @@
+"""Compile time against run time under XLA's two CPU fusion emitters.
+
+XLA's flags are read once, when JAX starts its backend: each setting runs in a
+child process of this script (`--child`), and this process writes the table. For
+each workload, the gradient program of `bench/bench_grad.py` (the exact LIF
+path: 256 neurons, 100 intervals of 1 ms, float32; the adaptive path: AdEx on
+Dopri5, 256 neurons, 10 intervals of 10 ms, float64) is traced and lowered once,
+compiled, and run `--reps` times (median). The child processes alternate between
+the settings, `--rounds` times each.
+
+    python bench/bench_compile.py          # writes the bench_compile section
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+FLAG = "--xla_cpu_use_fusion_emitters=false"
+SETTINGS = {"default (fusion emitters)": "", "older emitters": FLAG}
+
+
+def child(reps: int) -> dict:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import equinox as eqx
+    import jax.numpy as jnp
+    import numpy as np
+
+    import snode_jax as sj
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_grad
+
+    def measure(grad, layer, x):
+        jitted = jax.jit(lambda m, x: grad(m, x))
+        t0 = time.perf_counter()
+        lowered = jitted.lower(layer, x)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        jax.block_until_ready(compiled(layer, x))
+        runs = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(compiled(layer, x))
+            runs.append(time.perf_counter() - t)
+        return dict(lower=t1 - t0, compile=t2 - t1, run=statistics.median(runs))
+
+    out = {}
+    layer, x, _, grad = bench_grad.make(100, 0.3, jnp.float32, 116)
+    out["exact LIF, float32"] = measure(grad, layer, x)
+
+    n, n_in = bench_grad.N_NEURONS, bench_grad.N_INPUTS
+    rng = np.random.default_rng(0)
+    layer = sj.SpikingODELayer(
+        n_in,
+        n,
+        sj.AdExDynamics(),
+        solver=sj.Dopri5(),
+        dt_init=0.01,
+        dt_min=1e-6,
+        max_steps=20000,
+        key=jax.random.key(0),
+    )
+    weight = rng.uniform(0.0, 50.0, (n, n_in))
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, jnp.float64))
+    x = jnp.asarray(rng.uniform(0.5, 1.0, (10, n_in)), jnp.float64)
+
+    def loss(layer, x):
+        sol = layer.simulate(x, 10.0, max_spikes=8)
+        t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+        v = sol.final_state.v
+        return jnp.mean(t) + jnp.mean(v**2) * 1e-3 + 1e-3 * jnp.sum(sol.counts)
+
+    grad = eqx.filter_jit(eqx.filter_value_and_grad(loss))
+    out["adaptive AdEx (Dopri5), float64"] = measure(grad, layer, x)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--child", action="store_true")
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(child(a.reps)))
+        return
+    from common import machine_line, write_section
+
+    results = {name: [] for name in SETTINGS}
+    for _ in range(a.rounds):
+        for name, flags in SETTINGS.items():
+            env = dict(os.environ)
+            env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), flags]).strip()
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--child"]
+                + ["--reps", str(a.reps)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(name, results[name][-1], file=sys.stderr, flush=True)
+    workloads = list(results[next(iter(SETTINGS))][0])
+    lines = [
+        "## Compile time: XLA's CPU fusion emitters (`bench/bench_compile.py`)",
+        "",
+        f"Command: `python bench/bench_compile.py --reps {a.reps} --rounds "
+        f"{a.rounds}`  ",
+        f"Machine: {machine_line()}  ",
+        "The gradient programs of `bench/bench_grad.py` (exact LIF: 256 neurons, 100 "
+        "intervals of 1 ms, drive 0.3, float32; adaptive: AdEx on Dopri5, 256 "
+        "neurons, 10 intervals of 10 ms, float64), compiled with XLA's default CPU "
+        f"fusion emitters and with `XLA_FLAGS={FLAG}` (each in its own process, "
+        "alternating). Medians over the rounds; 'run' is the median of "
+        f"{a.reps} calls of the compiled gradient.",
+        "",
+        "| workload | emitters | trace + lower (s) | compile (s) | run (ms) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for w in workloads:
+        for name in SETTINGS:
+            rs = [r[w] for r in results[name]]
+            med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            lines.append(
+                f"| {w} | {name} | {med['lower']:.1f} | {med['compile']:.1f} | "
+                f"{med['run'] * 1e3:.1f} |"
+            )
+    text = "\n".join(lines)
+    print(text)
+    write_section("bench_compile", text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

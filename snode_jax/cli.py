@@ -50,6 +50,7 @@ BENCH_SCRIPTS = {
     "network": "bench_network.py",
     "online": "bench_online.py",
     "engines": "bench_engines.py",
+    "compile": "bench_compile.py",
     "compare": "compare.py",
 }
 

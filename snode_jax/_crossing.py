@@ -12,11 +12,18 @@ from ._misc import where_tree
 from ._root_find import BracketedNewton
 from ._solver import AbstractStepper, DiffraxStepper, ExactStepper
 
-# A crossing on a step's dense output is refined by a Newton step on the solver's own
-# solution; a refinement larger than this fraction of the step means the dense output
-# does not represent the step (e.g. it overshot into a blow-up), and the crossing is
-# searched on the solver's sub-steps instead.
+# A crossing on a step's dense output is refined by Newton steps on the solver's own
+# solution; a first refinement larger than this fraction of the step means the dense
+# output does not represent the step (e.g. it overshot into a blow-up), and the
+# crossing is searched on the solver's sub-steps instead.
 _TRUST = 0.01
+
+# A Newton step from a point off by `d` leaves an error of about `C d^2`, with
+# `C = |g''| / (2 g')` (1/ms) of the threshold function `g` along the solution. The
+# polish takes further Newton steps while `C d^2` could exceed the search tolerance
+# for `C` up to `_CURVATURE` (time scales down to 1 us), at most `_MAX_POLISH` in all.
+_CURVATURE = 1e3
+_MAX_POLISH = 4
 
 # Crossings are located on subsets of neurons of this size: at least _MIN_CHUNK, and
 # at least 1/_CHUNK_DIVISOR of the population (more subsets if more neurons cross).
@@ -152,22 +159,53 @@ def _locate_subset(
     y_star = sub_step(t_star)
     trusted = finite1
     if not isinstance(stepper, ExactStepper):
-        # The dense output is one order below the step: a Newton step on the solver's
-        # own solution makes the crossing time as accurate as the step; the state
-        # follows to first order in the (tiny) shift.
-        g_star = dyn.threshold(y_star)
-        f_star = dyn.vector_field(t_star, y_star, s.current)
-        _, g_dot = jax.jvp(dyn.threshold, (y_star,), (f_star,))
-        safe_dot = jnp.where(g_dot > 0, g_dot, 1)
-        newton = t_star - g_star / safe_dot
-        shift = newton - t_star
+        # The dense output is one order below the step: Newton steps on the solver's
+        # own solution make the crossing time as accurate as the step (one, unless
+        # the dense output was far off); the state follows to first order in the
+        # last (tiny) shift.
+
+        def newton(t_star, y_star):
+            g_star = dyn.threshold(y_star)
+            f_star = dyn.vector_field(t_star, y_star, s.current)
+            _, g_dot = jax.jvp(dyn.threshold, (y_star,), (f_star,))
+            safe_dot = jnp.where(g_dot > 0, g_dot, 1)
+            new = t_star - g_star / safe_dot
+            valid = (g_dot > 0) & jnp.isfinite(new) & (new > s.t) & (new <= s.upper)
+            return new - t_star, f_star, valid
+
+        shift, f_star, valid = newton(t_star, y_star)
         # The step and its dense output must agree on the crossing (to a small
         # fraction of the step); else, as in a step that overshot into a blow-up,
         # the dense output is not trusted.
-        trusted = trusted & (g_dot > 0) & jnp.isfinite(newton)
-        trusted = trusted & (newton > s.t) & (newton <= s.upper)
-        trusted = trusted & (jnp.abs(shift) <= _TRUST * s.step)
-        shift = jnp.where(trusted, shift, 0.0)
+        trusted = trusted & valid & (jnp.abs(shift) <= _TRUST * s.step)
+        # (Padding lanes do not move, so that they never keep the polish going.)
+        shift = jnp.where(trusted & lanes, shift, 0.0)
+        tol = root_finder.tolerance(t_star, interval)
+        far = lambda shift: jnp.abs(shift) * jnp.abs(shift) * _CURVATURE > tol
+
+        def again(c):
+            _, _, _, shift, k = c
+            return (k < _MAX_POLISH) & jnp.any(far(shift))
+
+        def polish(c):
+            t_star, y_star, f_star, shift, k = c
+            move = far(shift)
+            t_new = t_star + shift
+            y_new = sub_step(t_new)
+            shift_new, f_new, valid = newton(t_new, y_new)
+            # (A lane whose next step is not valid stops where it is.)
+            shift_new = jnp.where(valid, shift_new, 0.0)
+            return (
+                jnp.where(move, t_new, t_star),
+                where_tree(move, y_new, y_star),
+                where_tree(move, f_new, f_star),
+                jnp.where(move, shift_new, shift),
+                k + 1,
+            )
+
+        t_star, y_star, f_star, shift, _ = lax.while_loop(
+            again, polish, (t_star, y_star, f_star, shift, 1)
+        )
         t_star = t_star + shift
         y_star = jax.tree.map(lambda a, f: a + expand(shift, a) * f, y_star, f_star)
     # A step that blew up (NaN) or is not trusted: search on the solver's own

@@ -41,6 +41,15 @@ class BracketedNewton(eqx.Module):
         if self.atol is not None and not self.atol > 0:
             raise ValueError(f"`atol` must be > 0 (ms) or None, got {self.atol!r}.")
 
+    def _atol(self, dtype, interval):
+        if self.atol is None:
+            return 4 * jnp.finfo(dtype).eps * interval
+        return self.atol
+
+    def tolerance(self, t, interval):
+        """The search's tolerance (ms) at the crossing time `t`."""
+        return self._atol(jnp.result_type(t), interval) + self.rtol * jnp.abs(t)
+
     def search(
         self, fn, lower, upper, g_lower, g_upper, active, interval, value_and_slope=None
     ):
@@ -48,9 +57,7 @@ class BracketedNewton(eqx.Module):
         whether the search converged, and the lower end of the final bracket.
         `value_and_slope`, if given, returns `fn` and its slope (by default the slope
         comes from forward-mode autodiff of `fn`)."""
-        atol = self.atol
-        if atol is None:
-            atol = 4 * jnp.finfo(lower.dtype).eps * interval
+        atol = self._atol(lower.dtype, interval)
         return _bracket_search(
             fn,
             lower,

@@ -156,9 +156,10 @@ def _locate_subset(
 
     finite1 = all_finite(s.y1)
     t_star, ok, _ = search(on_dense, lanes & finite1)
-    y_star = sub_step(t_star)
     trusted = finite1
-    if not isinstance(stepper, ExactStepper):
+    if isinstance(stepper, ExactStepper):
+        y_star = sub_step(t_star)
+    else:
         # The dense output is one order below the step: Newton steps on the solver's
         # own solution make the crossing time as accurate as the step (one, unless
         # the dense output was far off); the state follows to first order in the
@@ -173,39 +174,48 @@ def _locate_subset(
             valid = (g_dot > 0) & jnp.isfinite(new) & (new > s.t) & (new <= s.upper)
             return new - t_star, f_star, valid
 
-        shift, f_star, valid = newton(t_star, y_star)
-        # The step and its dense output must agree on the crossing (to a small
-        # fraction of the step); else, as in a step that overshot into a blow-up,
-        # the dense output is not trusted.
-        trusted = trusted & valid & (jnp.abs(shift) <= _TRUST * s.step)
-        # (Padding lanes do not move, so that they never keep the polish going.)
-        shift = jnp.where(trusted & lanes, shift, 0.0)
         tol = root_finder.tolerance(t_star, interval)
         far = lambda shift: jnp.abs(shift) * jnp.abs(shift) * _CURVATURE > tol
 
         def again(c):
-            _, _, _, shift, k = c
-            return (k < _MAX_POLISH) & jnp.any(far(shift))
+            *_, shift, _, k = c
+            return (k == 0) | ((k < _MAX_POLISH) & jnp.any(far(shift)))
 
         def polish(c):
-            t_star, y_star, f_star, shift, k = c
-            move = far(shift)
+            # One sub-step (traced once): in the first round every lane's, to the
+            # dense output's root; then those of the lanes still far off.
+            t_star, y_star, f_star, shift, trusted, k = c
+            first = k == 0
+            move = first | far(shift)
             t_new = t_star + shift
             y_new = sub_step(t_new)
             shift_new, f_new, valid = newton(t_new, y_new)
-            # (A lane whose next step is not valid stops where it is.)
-            shift_new = jnp.where(valid, shift_new, 0.0)
+            # The step and its dense output must agree on the crossing (to a small
+            # fraction of the step); else, as in a step that overshot into a
+            # blow-up, the dense output is not trusted.
+            agree = valid & (jnp.abs(shift_new) <= _TRUST * s.step)
+            trusted = jnp.where(first, trusted & agree, trusted)
+            # Untrusted and padding lanes stay at the dense output's root; a lane
+            # whose next step is not valid stops where it is.
+            shift_new = jnp.where(valid & trusted & lanes, shift_new, 0.0)
             return (
                 jnp.where(move, t_new, t_star),
                 where_tree(move, y_new, y_star),
                 where_tree(move, f_new, f_star),
                 jnp.where(move, shift_new, shift),
+                trusted,
                 k + 1,
             )
 
-        t_star, y_star, f_star, shift, _ = lax.while_loop(
-            again, polish, (t_star, y_star, f_star, shift, 1)
+        start = (
+            t_star,
+            s.y,  # (placeholders until the first round)
+            jax.tree.map(jnp.zeros_like, s.y),
+            jnp.zeros_like(t_star),
+            trusted,
+            0,
         )
+        t_star, y_star, f_star, shift, trusted, _ = lax.while_loop(again, polish, start)
         t_star = t_star + shift
         y_star = jax.tree.map(lambda a, f: a + expand(shift, a) * f, y_star, f_star)
     # A step that blew up (NaN) or is not trusted: search on the solver's own

@@ -27,11 +27,7 @@ def child(reps: int) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import equinox as eqx
     import jax.numpy as jnp
-    import numpy as np
-
-    import snode_jax as sj
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_grad
@@ -55,29 +51,8 @@ def child(reps: int) -> dict:
     layer, x, _, grad = bench_grad.make(100, 0.3, jnp.float32, 116)
     out["exact LIF, float32"] = measure(grad, layer, x)
 
-    n, n_in = bench_grad.N_NEURONS, bench_grad.N_INPUTS
-    rng = np.random.default_rng(0)
-    layer = sj.SpikingODELayer(
-        n_in,
-        n,
-        sj.AdExDynamics(),
-        solver=sj.Dopri5(),
-        dt_init=0.01,
-        dt_min=1e-6,
-        max_steps=20000,
-        key=jax.random.key(0),
-    )
-    weight = rng.uniform(0.0, 50.0, (n, n_in))
-    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, jnp.float64))
-    x = jnp.asarray(rng.uniform(0.5, 1.0, (10, n_in)), jnp.float64)
-
-    def loss(layer, x):
-        sol = layer.simulate(x, 10.0, max_spikes=8)
-        t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
-        v = sol.final_state.v
-        return jnp.mean(t) + jnp.mean(v**2) * 1e-3 + 1e-3 * jnp.sum(sol.counts)
-
-    grad = eqx.filter_jit(eqx.filter_value_and_grad(loss))
+    layer, x = bench_grad.make_adaptive(10)
+    _, grad = bench_grad.adaptive_loss(10.0, 8)
     out["adaptive AdEx (Dopri5), float64"] = measure(grad, layer, x)
     return out
 

@@ -130,38 +130,47 @@ def table(rows):
     return "\n".join(lines)
 
 
+def make_adaptive(n_intervals):
+    """The AdEx layer (Dopri5, rtol = atol = 1e-6, float64) and its inputs."""
+    dtype = np.float64
+    rng = np.random.default_rng(0)
+    layer = sj.SpikingODELayer(
+        N_INPUTS,
+        N_NEURONS,
+        sj.AdExDynamics(),
+        solver=sj.Dopri5(),
+        dt_init=0.01,
+        dt_min=1e-6,
+        max_steps=20000,
+        key=jax.random.key(0),
+    )
+    weight = rng.uniform(0.0, 50.0, (N_NEURONS, N_INPUTS))  # ~600 pA on average
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, dtype))
+    x = jnp.asarray(rng.uniform(0.5, 1.0, (n_intervals, N_INPUTS)), dtype)
+    return layer, x
+
+
+def adaptive_loss(interval, max_spikes):
+    """`(forward, value_and_grad)` of the AdEx loss, jitted."""
+
+    def loss(layer, x):
+        sol = layer.simulate(x, interval, max_spikes=max_spikes)
+        t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+        v = sol.final_state.v
+        return jnp.mean(t) + jnp.mean(v**2) * 1e-3 + 1e-3 * jnp.sum(sol.counts)
+
+    return eqx.filter_jit(loss), eqx.filter_jit(eqx.filter_value_and_grad(loss))
+
+
 def run_adaptive(configs, reps):
     """AdEx on the adaptive path (Dopri5, rtol = atol = 1e-6), float64: the
     backward pass reruns every interval and pulls the gradient back one step at a
     time."""
     rows = []
-    dtype = np.float64
     for n_intervals, interval in configs:
-        rng = np.random.default_rng(0)
-        layer = sj.SpikingODELayer(
-            N_INPUTS,
-            N_NEURONS,
-            sj.AdExDynamics(),
-            solver=sj.Dopri5(),
-            dt_init=0.01,
-            dt_min=1e-6,
-            max_steps=20000,
-            key=jax.random.key(0),
-        )
-        weight = rng.uniform(0.0, 50.0, (N_NEURONS, N_INPUTS))  # ~600 pA on average
-        layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, dtype))
-        x = jnp.asarray(rng.uniform(0.5, 1.0, (n_intervals, N_INPUTS)), dtype)
+        layer, x = make_adaptive(n_intervals)
         probed = probe_counts(layer.simulate(x, interval, max_spikes=0, throw=False))
-        max_spikes = probed[2]
-
-        def loss(layer, x, interval=interval, max_spikes=max_spikes):
-            sol = layer.simulate(x, interval, max_spikes=max_spikes)
-            t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
-            v = sol.final_state.v
-            return jnp.mean(t) + jnp.mean(v**2) * 1e-3 + 1e-3 * jnp.sum(sol.counts)
-
-        fwd = eqx.filter_jit(loss)
-        grad = eqx.filter_jit(eqx.filter_value_and_grad(loss))
+        fwd, grad = adaptive_loss(interval, probed[2])
         rows.append(
             row("float64", n_intervals, interval, probed, fwd, grad, layer, x, reps)
         )

@@ -12,13 +12,14 @@ import tempfile
 # time, and these programs run briefly. Results differ from optimised code by
 # rounding only (measured: 1e-7 relative in float32 and 2e-16 in float64 on the
 # closed-form LIF, 1e-11 on adaptive steps), which every tolerance here allows for.
-# `JAX_DISABLE_MOST_OPTIMIZATIONS=0` tests the programs as users compile them.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # XLA's CPU fusion emitters are off as well: the older emitters compile these
 # loop-heavy programs in about 60 % of the time (measured: test_network.py and
 # test_gradients.py, 144 s -> 82 s on 2 cores; one AdEx gradient, 9.0 s -> 6.0 s)
 # and give the same gradients to the last bit there; the programs run ~1.5x slower.
-# A `xla_cpu_use_fusion_emitters` already in `XLA_FLAGS` is kept.
+# A `xla_cpu_use_fusion_emitters` already in `XLA_FLAGS` is kept:
+# `JAX_DISABLE_MOST_OPTIMIZATIONS=0 XLA_FLAGS=--xla_cpu_use_fusion_emitters=true`
+# tests the programs as users compile them.
 if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
         [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false"]

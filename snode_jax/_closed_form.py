@@ -4,17 +4,22 @@ interval of held input, for models whose crossings are known in closed form."""
 import dataclasses
 
 import equinox as eqx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
 
 from ._dynamics import AbstractClosedFormDynamics
-from ._records import Counters, IntervalOutcome, SpikeBuffer
+from ._records import Counters, IntervalOutcome
 from ._scan import AbstractIntegrator
 
 # Crossings handled before entering the loop: at typical rates most intervals hold at
 # most this many spikes per neuron, and an unconditional multiply-compare is cheaper
 # than a loop iteration.
 _PEEL = 3
+
+# Scatters into fewer elements than this index the flattened array (int32).
+_FLAT_INDEX_LIMIT = 2**31 - 1
 
 # The largest piece count of one interval (an int32 loop bound).
 _MAX_PIECES = 2.0**31 - 1
@@ -64,26 +69,103 @@ def _walk(
     )
 
 
-def _record(dynamics, y, current, t_start, interval, count, buffer: SpikeBuffer):
-    """Append the interval's `count` spikes per neuron to `buffer`: spike `m` at
-    `first + m * period` of the interval's closed form
-    ([`AbstractClosedFormDynamics.replay_interval`][], the times the derivatives
-    are taken of). Most neurons fire at most `_PEEL` times in an interval; the loop
-    over further spikes runs only as long as some neuron has more."""
-    rep = dynamics.replay_interval(y, current, interval, count)
+class SlotMarks(eqx.Module):
+    """The closed-form walk's spike record. Slot `j` of a neuron is for its spike
+    `j`; the walk writes only to the slot of each interval's first spike (of that
+    neuron), what the interval started from: its start time, its length (where
+    intervals differ in length), the current and the start state. The times of all
+    spikes are computed after the run ([`_slot_times`][]), from each interval's
+    closed form ([`AbstractClosedFormDynamics.replay_interval`][], the times the
+    derivatives are taken of): spike `m` of an interval at `first + m * period`.
 
-    def spike(m, buffer):
-        time = t_start + rep.first + m.astype(rep.first.dtype) * rep.period
-        return buffer.record(count > m, time)
+    One scatter per interval, however many spikes it holds, and a logarithm per
+    recorded spike instead of per neuron and interval.
 
-    for m in range(_PEEL):
-        buffer = spike(jnp.asarray(m), buffer)
-    _, buffer = lax.while_loop(
-        lambda c: c[0] < jnp.max(count),
-        lambda c: (c[0] + 1, spike(c[0], c[1])),
-        (jnp.asarray(_PEEL), buffer),
-    )
-    return buffer
+    **Fields:**
+
+    - `marks`: `(max_spikes, n_neurons, width)`; a slot's start time is `-1` where
+        no interval's first spike went.
+    - `num`: `(n_neurons,)` spikes so far (may exceed `max_spikes`).
+    - `uniform`: all intervals have the same length (not stored per slot).
+    """
+
+    marks: Float[Array, "max_spikes n_neurons width"]
+    num: Int[Array, " n_neurons"]
+    uniform: bool = eqx.field(static=True)
+
+    @staticmethod
+    def empty(state, max_spikes: int, dtype, uniform: bool) -> "SlotMarks":
+        leaves = jax.tree.leaves(state)
+        n = leaves[0].shape[0]
+        width = (2 if uniform else 3) + len(leaves)
+        marks = jnp.full((max_spikes, n, width), -1, dtype)
+        return SlotMarks(marks, jnp.zeros((n,), jnp.int32), uniform)
+
+    def mark(self, count, y, current, t_start, length) -> "SlotMarks":
+        """Record an interval that started at `t_start` from `y` with `current` and
+        held `count` spikes per neuron."""
+        cap, n, width = self.marks.shape
+        num = self.num + count
+        if cap == 0:
+            return SlotMarks(self.marks, num, self.uniform)
+        dtype = self.marks.dtype
+        columns = [t_start] + ([] if self.uniform else [length]) + [current]
+        columns = [jnp.broadcast_to(c, (n,)).astype(dtype) for c in columns]
+        row = jnp.stack(columns + jax.tree.leaves(y), axis=1)
+        keep = (count > 0) & (self.num < cap)
+        if n * cap < _FLAT_INDEX_LIMIT:
+            # One index per neuron into the flattened slots: XLA's CPU scatter
+            # takes about half as long with these as with (slot, neuron) pairs.
+            index = jnp.where(keep, self.num * n + jnp.arange(n), n * cap)
+            flat = self.marks.reshape(cap * n, width)
+            marks = flat.at[index].set(row, mode="drop").reshape(cap, n, width)
+        else:
+            index = jnp.where(keep, self.num, cap)  # cap is out of range: dropped
+            marks = self.marks.at[index, jnp.arange(n)].set(row, mode="drop")
+        return SlotMarks(marks, num, self.uniform)
+
+
+def _slot_times(dynamics, record: SlotMarks, state, interval):
+    """Every recorded spike's time, `(n_neurons, max_spikes)`, `+inf` padded, for a
+    run from `state` over intervals of length `interval`."""
+    cap, n, _ = record.marks.shape
+    dtype = record.marks.dtype
+    if cap == 0:
+        return jnp.zeros((n, 0), dtype)
+    treedef = jax.tree.structure(state)
+    first_leaf = 2 if record.uniform else 3
+
+    def fill(carry):
+        # Slot `j` of every neuron: it holds a spike of the latest interval whose
+        # first spike went to it or to a slot before it (the intervals of a neuron
+        # take consecutive slots, in order), spike `j - head` of that interval. Its
+        # time overwrites the slot's start time, in place. (A loop over the slots,
+        # not a gather over all of them at once: fused with a gather, XLA does not
+        # vectorise the closed form's logarithms.)
+        j, head, row, marks = carry
+        here = lax.dynamic_index_in_dim(marks, j, keepdims=False)
+        starts_here = here[:, 0] >= 0
+        head = jnp.where(starts_here, j, head)
+        row = jnp.where(starts_here[:, None], here, row)
+        length = interval if record.uniform else row[:, 1]
+        y = jax.tree.unflatten(
+            treedef, [row[:, first_leaf + i] for i in range(treedef.num_leaves)]
+        )
+        count = jnp.ones((n,), jnp.int32)
+        rep = dynamics.replay_interval(y, row[:, first_leaf - 1], length, count)
+        times = row[:, 0] + rep.first + (j - head).astype(dtype) * rep.period
+        zero = jnp.zeros((), jnp.int32)
+        marks = lax.dynamic_update_slice(marks, times[None, :, None], (j, zero, zero))
+        return j + 1, head, row, marks
+
+    # Slots past every neuron's count are not visited (they are padded below).
+    top = jnp.minimum(jnp.max(record.num), cap)
+    zero = jnp.zeros((n,), jnp.int32)
+    row = jnp.zeros(record.marks.shape[1:], dtype)
+    init = (jnp.zeros((), jnp.int32), zero, row, record.marks)
+    marks = lax.while_loop(lambda c: c[0] < top, fill, init)[3]
+    slot = jnp.arange(cap)[:, None]
+    return jnp.where(slot < record.num, marks[:, :, 0], jnp.inf).T
 
 
 class ClosedFormWalk(AbstractIntegrator):
@@ -134,14 +216,23 @@ class ClosedFormWalk(AbstractIntegrator):
             dataclasses.replace(self, pieces=True),
         )
 
+    def new_buffer(self, state, max_spikes, dtype, uniform):
+        return SlotMarks.empty(state, max_spikes, dtype, uniform)
+
+    def spike_times(self, dynamics, buffer, state, interval):
+        assert isinstance(dynamics, AbstractClosedFormDynamics)
+        assert isinstance(buffer, SlotMarks)
+        return _slot_times(dynamics, buffer, state, interval), buffer.num
+
     def interval(self, dynamics, constants, y, current, t_start, interval, buffer):
         assert isinstance(dynamics, AbstractClosedFormDynamics)
-        # The walk counts; the spike times are written afterwards, outside its
-        # branches and loops (a buffer carried through them is copied each time).
+        # The walk counts; the buffer is marked afterwards, outside its branches and
+        # loops (a buffer carried through them is copied each time).
         out = self._count(dynamics, constants, y, current)
         if buffer is None:
             return out
-        buffer = _record(dynamics, y, current, t_start, interval, out.count, buffer)
+        assert isinstance(buffer, SlotMarks)
+        buffer = buffer.mark(out.count, y, current, t_start, interval)
         return eqx.tree_at(lambda o: o.buffer, out, buffer, is_leaf=lambda x: x is None)
 
     def _count(self, dynamics, constants, y, current) -> IntervalOutcome:

@@ -179,9 +179,8 @@ def integrate(
             lambda: ~jnp.all(jnp.isfinite(currents)),
         )
     result = update_result(result, nonfinite_current, RESULTS.nonfinite_current)
-    bad_state = jnp.any(jnp.isnan(raw.spike_times)) | any_nonfinite(
-        (raw.final_state, raw.interval_states)
-    )
+    assert raw.nonfinite_state is not None
+    bad_state = jnp.any(jnp.isnan(raw.spike_times)) | jnp.any(raw.nonfinite_state)
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
     if raw.counters.num_imprecise_intervals is not None:
         imprecise = jnp.any(raw.counters.num_imprecise_intervals > 0)

@@ -4,7 +4,7 @@ interval and one whole run return."""
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._custom_types import State
 
@@ -70,7 +70,8 @@ class IntervalOutcome(eqx.Module):
 
     - `y`: the state at the end of the interval.
     - `count`: spikes per neuron in the interval.
-    - `buffer`: the spike buffer with this interval's spikes appended (or `None`).
+    - `buffer`: the integrator's spike record with this interval's spikes
+        appended (or `None`).
     - `counters`: this interval's solver work.
     - `exhausted`: per neuron, the step budget ran out before the interval end.
     - `root_fail`: per neuron, a crossing search did not converge.
@@ -78,7 +79,7 @@ class IntervalOutcome(eqx.Module):
 
     y: State
     count: Int[Array, " n_neurons"]
-    buffer: SpikeBuffer | None
+    buffer: PyTree[Array] | None
     counters: Counters
     exhausted: Bool[Array, " n_neurons"]
     root_fail: Bool[Array, " n_neurons"]
@@ -95,3 +96,7 @@ class RawRun(eqx.Module):
     counters: Counters
     exhausted: Bool[Array, " n_neurons"]  # the step budget ran out in some interval
     root_fail: Bool[Array, " n_neurons"]  # a crossing search did not converge
+    # A state entry (final, or of some interval end when they are kept) is NaN or
+    # inf. Checked during the run, so that interval states the caller does not use
+    # need not be stored for the check.
+    nonfinite_state: Bool[Array, " n_neurons"] | None = None

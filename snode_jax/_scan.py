@@ -10,7 +10,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox import AbstractVar
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float, Int, PyTree
 
 from ._custom_types import State
 from ._dynamics import AbstractDynamics
@@ -53,6 +53,26 @@ class AbstractIntegrator(eqx.Module):
         del constants
         return None
 
+    def new_buffer(
+        self, state: State, max_spikes: int, dtype, uniform: bool
+    ) -> PyTree[Array]:
+        """The spike record that [`AbstractIntegrator.interval`][] appends to,
+        empty, for a run from `state` (`uniform`: all its intervals have the same
+        length). By default a [`SpikeBuffer`][] of the spike times themselves."""
+        del uniform
+        n_neurons = jax.tree.leaves(state)[0].shape[0]
+        return SpikeBuffer.empty(n_neurons, max_spikes, dtype)
+
+    def spike_times(
+        self, dynamics: AbstractDynamics, buffer: PyTree[Array], state: State, interval
+    ) -> tuple[Float[Array, "n_neurons max_spikes"], Int[Array, " n_neurons"]]:
+        """From the record a run from `state` over intervals of length `interval`
+        (a scalar, or one per interval) filled: the spike times `(n_neurons,
+        max_spikes)`, ascending, `+inf` padded, and every neuron's spike count."""
+        del dynamics, state, interval
+        assert isinstance(buffer, SpikeBuffer)
+        return buffer.times, buffer.num
+
     @abc.abstractmethod
     def interval(
         self,
@@ -62,10 +82,11 @@ class AbstractIntegrator(eqx.Module):
         current,
         t_start,
         interval,
-        buffer: SpikeBuffer | None,
+        buffer: PyTree[Array] | None,
     ) -> IntervalOutcome:
         """Integrate one interval of length `interval` (ms) starting at `t_start`
-        (ms from the start of the run; used to record spike times)."""
+        (ms from the start of the run), appending its spikes to `buffer` (see
+        [`AbstractIntegrator.new_buffer`][]; None: no spike times are recorded)."""
 
 
 class RunConfig(eqx.Module):
@@ -101,9 +122,9 @@ def run_intervals(
     dtype = currents.dtype
     num_intervals, n_neurons = currents.shape
     buffer = None
-    if cfg.max_spikes is not None:
-        buffer = SpikeBuffer.empty(n_neurons, cfg.max_spikes, dtype)
     uniform = jnp.ndim(interval) == 0
+    if cfg.max_spikes is not None:
+        buffer = integrator.new_buffer(state, cfg.max_spikes, dtype, uniform)
     constants = integrator.prepare(dynamics, interval) if uniform else None
     variants = integrator.variants(constants) if uniform else None
     if variants is not None:
@@ -117,7 +138,7 @@ def run_intervals(
     starts = interval_starts(interval, num_intervals)
 
     def one_interval(carry, xs):
-        y, buffer, counters, exhausted, root_fail = carry
+        y, buffer, counters, exhausted, root_fail, bad = carry
         t_start, length, current = xs
         consts = constants if uniform else integrator.prepare(dynamics, length)
         out = integrator.interval(dynamics, consts, y, current, t_start, length, buffer)
@@ -127,19 +148,24 @@ def run_intervals(
             counters + out.counters,
             exhausted | out.exhausted,
             root_fail | out.root_fail,
+            bad | _nonfinite(out.y) if cfg.keep_interval_states else bad,
         )
         return carry, (out.count, out.y if cfg.keep_interval_states else None)
 
     no = jnp.zeros((n_neurons,), bool)
-    init = (state, buffer, integrator.zero_counters(n_neurons), no, no)
-    (y, buffer, counters, exhausted, root_fail), (counts, states) = lax.scan(
+    init = (state, buffer, integrator.zero_counters(n_neurons), no, no, no)
+    (y, buffer, counters, exhausted, root_fail, bad), (counts, states) = lax.scan(
         one_interval, init, (starts, lengths, currents)
     )
+    if not cfg.keep_interval_states:
+        bad = _nonfinite(y)
     if buffer is None:
         spike_times = jnp.zeros((n_neurons, 0), dtype)
         num_spikes = jnp.sum(counts, axis=0)
     else:
-        spike_times, num_spikes = buffer.times, buffer.num
+        spike_times, num_spikes = integrator.spike_times(
+            dynamics, buffer, state, interval
+        )
     return RawRun(
         counts.astype(dtype),
         spike_times,
@@ -149,7 +175,17 @@ def run_intervals(
         counters,
         exhausted,
         root_fail,
+        bad,
     )
+
+
+def _nonfinite(y: State) -> Array:
+    """Per neuron, whether some leaf of the state is NaN or inf."""
+    leaves = [~jnp.isfinite(leaf) for leaf in jax.tree.leaves(y)]
+    out = leaves[0]
+    for leaf in leaves[1:]:
+        out = out | leaf
+    return out
 
 
 def run_folded(
@@ -223,6 +259,7 @@ def run_folded(
             counters=jax.tree.map(unfold_last, raw.counters),
             exhausted=unfold_last(raw.exhausted),
             root_fail=unfold_last(raw.root_fail),
+            nonfinite_state=unfold_last(raw.nonfinite_state),
         )
         return out, jax.tree.map(lambda _: True, out)
 

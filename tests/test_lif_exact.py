@@ -28,6 +28,7 @@ from .helpers import (
     random_lif_config,
     reference_for,
 )
+from .lif_reference import lif_reference
 
 TIME_ATOL = 1e-9  # ms
 V_ATOL = 1e-9
@@ -370,3 +371,41 @@ def test_batch_of_runs_with_short_and_long_intervals():
         )
     assert int(np.sum(np.asarray(sols.counts[0]))) > 3
     assert int(np.sum(np.asarray(sols.counts[1]))) > 20
+
+
+# -- the spike record ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flat_index", [True, False], ids=["flat", "pairs"])
+@pytest.mark.parametrize("t_ref", [None, 0.05])
+def test_record_fills_mid_interval(monkeypatch, flat_index, t_ref):
+    """The record keeps each neuron's first `max_spikes` spikes when an interval holds
+    many of them (over 10 per ms here) and the buffer fills in the middle of one;
+    the counts stay exact and the run reports the full buffer. Checked with both
+    ways of indexing the record's slots (one flat index, or (slot, neuron) pairs,
+    used for records of 2**31 entries and more)."""
+    from snode_jax import _closed_form
+
+    if not flat_index:
+        monkeypatch.setattr(_closed_form, "_FLAT_INDEX_LIMIT", 0)
+    dyn = sj.ODELIFDynamics(tau_mem=10.0, t_ref=t_ref)
+    layer = sj.SpikingODELayer(1, 6, dyn, dtype=jnp.float64, key=jax.random.key(0))
+    # v_inf = 10 w x: silent, one spike in some intervals, then up to ~30 per ms.
+    weight = jnp.asarray([[0.05], [0.12], [0.5], [2.0], [8.0], [30.0]])
+    layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+    x = np.asarray([[1.0], [0.2], [1.5], [1.0], [0.0], [1.2], [1.0]])
+    max_spikes = 23 if flat_index else 22  # (a different shape: a fresh trace)
+    sol = layer.simulate(x, 1.0, max_spikes=max_spikes, throw=False)
+    assert sol.result == sj.RESULTS.spike_buffer_full
+    ref = lif_reference(
+        np.asarray(weight), x, 1.0, tau_mem=10.0, t_ref=0.0 if t_ref is None else t_ref
+    )
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), ref.counts.sum(axis=0))
+    totals = ref.counts.sum(axis=0)
+    assert totals[0] == 0 and 0 < totals[2] < max_spikes < totals[4]
+    assert ref.counts.max() > 10  # many spikes in one interval
+    # The buffer of neuron 4 fills in the middle of an interval.
+    ends = np.cumsum(ref.counts[:, 4])
+    assert not np.any(ends == max_spikes)
+    assert_padded_times_close(sol.spike_times, ref.padded_times(max_spikes), 1e-11)

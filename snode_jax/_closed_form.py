@@ -78,8 +78,10 @@ class SlotMarks(eqx.Module):
     closed form ([`AbstractClosedFormDynamics.replay_interval`][], the times the
     derivatives are taken of): spike `m` of an interval at `first + m * period`.
 
-    One scatter per interval, however many spikes it holds, and a logarithm per
-    recorded spike instead of per neuron and interval.
+    One scatter per interval, however many spikes it holds; the closed form is
+    evaluated per slot (up to the largest spike count), not per neuron and interval.
+    The record holds `2 + leaves` values per slot (`3 + leaves` where intervals
+    differ in length), where a buffer of times holds one.
 
     **Fields:**
 
@@ -127,13 +129,28 @@ class SlotMarks(eqx.Module):
 
 def _slot_times(dynamics, record: SlotMarks, state, interval):
     """Every recorded spike's time, `(n_neurons, max_spikes)`, `+inf` padded, for a
-    run from `state` over intervals of length `interval`."""
+    run from `state` over intervals of length `interval`.
+
+    One pass over the slots, up to the largest spike count: a slot where some
+    neuron's interval starts takes the closed form (two logarithms per neuron); a
+    slot that only continues intervals, a multiply-add."""
     cap, n, _ = record.marks.shape
     dtype = record.marks.dtype
     if cap == 0:
         return jnp.zeros((n, 0), dtype)
     treedef = jax.tree.structure(state)
     first_leaf = 2 if record.uniform else 3
+
+    def interval_times(here):
+        # The interval's first spike (absolute) and period. A count of 2, for which
+        # both are the model's values (see `IntervalReplay`), whatever the count.
+        length = interval if record.uniform else here[:, 1]
+        y = jax.tree.unflatten(
+            treedef, [here[:, first_leaf + i] for i in range(treedef.num_leaves)]
+        )
+        count = jnp.full((n,), 2, jnp.int32)
+        rep = dynamics.replay_interval(y, here[:, first_leaf - 1], length, count)
+        return here[:, 0] + rep.first, rep.period
 
     def fill(carry):
         # Slot `j` of every neuron: it holds a spike of the latest interval whose
@@ -142,28 +159,26 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
         # time overwrites the slot's start time, in place. (A loop over the slots,
         # not a gather over all of them at once: fused with a gather, XLA does not
         # vectorise the closed form's logarithms.)
-        j, head, row, marks = carry
+        j, head, first, period, marks = carry
         here = lax.dynamic_index_in_dim(marks, j, keepdims=False)
         starts_here = here[:, 0] >= 0
-        head = jnp.where(starts_here, j, head)
-        row = jnp.where(starts_here[:, None], here, row)
-        length = interval if record.uniform else row[:, 1]
-        y = jax.tree.unflatten(
-            treedef, [row[:, first_leaf + i] for i in range(treedef.num_leaves)]
+        new_first, new_period = lax.cond(
+            any_starts[j], interval_times, lambda _: (first, period), here
         )
-        count = jnp.ones((n,), jnp.int32)
-        rep = dynamics.replay_interval(y, row[:, first_leaf - 1], length, count)
-        times = row[:, 0] + rep.first + (j - head).astype(dtype) * rep.period
+        head = jnp.where(starts_here, j, head)
+        first = jnp.where(starts_here, new_first, first)
+        period = jnp.where(starts_here, new_period, period)
+        times = first + (j - head).astype(dtype) * period
         zero = jnp.zeros((), jnp.int32)
         marks = lax.dynamic_update_slice(marks, times[None, :, None], (j, zero, zero))
-        return j + 1, head, row, marks
+        return j + 1, head, first, period, marks
 
     # Slots past every neuron's count are not visited (they are padded below).
     top = jnp.minimum(jnp.max(record.num), cap)
-    zero = jnp.zeros((n,), jnp.int32)
-    row = jnp.zeros(record.marks.shape[1:], dtype)
-    init = (jnp.zeros((), jnp.int32), zero, row, record.marks)
-    marks = lax.while_loop(lambda c: c[0] < top, fill, init)[3]
+    any_starts = jnp.any(record.marks[:, :, 0] >= 0, axis=1)
+    zero = jnp.zeros((n,), dtype)
+    init = (jnp.zeros((), jnp.int32), jnp.zeros((n,), jnp.int32), zero, zero)
+    marks = lax.while_loop(lambda c: c[0] < top, fill, init + (record.marks,))[4]
     slot = jnp.arange(cap)[:, None]
     return jnp.where(slot < record.num, marks[:, :, 0], jnp.inf).T
 

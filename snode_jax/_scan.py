@@ -148,7 +148,7 @@ def run_intervals(
             counters + out.counters,
             exhausted | out.exhausted,
             root_fail | out.root_fail,
-            bad | _nonfinite(out.y) if cfg.keep_interval_states else bad,
+            (bad | _nonfinite(out.y)) if cfg.keep_interval_states else bad,
         )
         return carry, (out.count, out.y if cfg.keep_interval_states else None)
 

@@ -409,3 +409,27 @@ def test_record_fills_mid_interval(monkeypatch, flat_index, t_ref):
     ends = np.cumsum(ref.counts[:, 4])
     assert not np.any(ends == max_spikes)
     assert_padded_times_close(sol.spike_times, ref.padded_times(max_spikes), 1e-11)
+
+
+class _DummyPeriodLIF(sj.ODELIFDynamics):
+    """A closed-form model that uses what `IntervalReplay` allows: a dummy `period`
+    where the interval holds fewer than two spikes."""
+
+    def replay_interval(self, y, current, interval, count):
+        rep = super().replay_interval(y, current, interval, count)
+        return eqx.tree_at(
+            lambda r: r.period, rep, jnp.where(count >= 2, rep.period, 1.0)
+        )
+
+
+def test_record_needs_period_only_where_the_contract_gives_it():
+    layer = sj.SpikingODELayer(
+        1, 2, _DummyPeriodLIF(tau_mem=1.0), dtype=jnp.float64, key=jax.random.key(0)
+    )
+    weight = np.array([[3.0], [1.5]])  # two spikes per interval; one
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight))
+    x = np.ones((3, 1))
+    sol = layer.simulate(x, 1.0, max_spikes=8)
+    ref = lif_reference(weight, x, 1.0, tau_mem=1.0)
+    assert ref.counts[:, 0].min() == 2 and ref.counts[:, 1].max() == 1
+    assert_padded_times_close(sol.spike_times, ref.padded_times(8), 1e-12)

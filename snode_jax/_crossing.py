@@ -8,7 +8,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._custom_types import State
 from ._dynamics import AbstractDynamics
-from ._misc import where_tree
+from ._misc import all_finite, where_tree
 from ._root_find import BracketedNewton
 from ._solver import AbstractStepper, DiffraxStepper, ExactStepper
 
@@ -36,16 +36,6 @@ _ROW = 128
 def expand(x, like):
     """Broadcast a per-neuron array against a state leaf with trailing axes."""
     return jnp.reshape(x, x.shape + (1,) * (jnp.ndim(like) - jnp.ndim(x)))
-
-
-def all_finite(y) -> Bool[Array, " n"]:
-    """Per neuron: every state component is finite."""
-    leaves = jax.tree.leaves(y)
-    out = jnp.ones(jnp.shape(leaves[0])[:1], bool)
-    for leaf in leaves:
-        f = jnp.isfinite(leaf)
-        out = out & jnp.all(f.reshape(f.shape[:1] + (-1,)), axis=1)
-    return out
 
 
 def first_lanes(mask, size):

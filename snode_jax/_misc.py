@@ -8,6 +8,17 @@ import numpy as np
 from jax.core import Tracer
 
 
+def all_finite(y):
+    """Per neuron (the leading axis of every leaf): every state component is
+    finite."""
+    leaves = jax.tree.leaves(y)
+    out = jnp.ones(jnp.shape(leaves[0])[:1], bool)
+    for leaf in leaves:
+        f = jnp.isfinite(leaf)
+        out = out & jnp.all(f.reshape(f.shape[:1] + (-1,)), axis=1)
+    return out
+
+
 def running_sum(x, axis: int = 0):
     """`jnp.cumsum` of an integer array, as a parallel prefix scan: XLA on CPU
     lowers `cumsum` to a window reduction whose cost grows with the square of the

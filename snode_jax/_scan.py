@@ -14,6 +14,7 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from ._custom_types import State
 from ._dynamics import AbstractDynamics
+from ._misc import all_finite
 from ._records import Counters, IntervalOutcome, RawRun, SpikeBuffer
 
 
@@ -148,7 +149,7 @@ def run_intervals(
             counters + out.counters,
             exhausted | out.exhausted,
             root_fail | out.root_fail,
-            (bad | _nonfinite(out.y)) if cfg.keep_interval_states else bad,
+            (bad | ~all_finite(out.y)) if cfg.keep_interval_states else bad,
         )
         return carry, (out.count, out.y if cfg.keep_interval_states else None)
 
@@ -158,7 +159,7 @@ def run_intervals(
         one_interval, init, (starts, lengths, currents)
     )
     if not cfg.keep_interval_states:
-        bad = _nonfinite(y)
+        bad = ~all_finite(y)
     if buffer is None:
         spike_times = jnp.zeros((n_neurons, 0), dtype)
         num_spikes = jnp.sum(counts, axis=0)
@@ -177,15 +178,6 @@ def run_intervals(
         root_fail,
         bad,
     )
-
-
-def _nonfinite(y: State) -> Array:
-    """Per neuron, whether some leaf of the state is NaN or inf."""
-    leaves = [~jnp.isfinite(leaf) for leaf in jax.tree.leaves(y)]
-    out = leaves[0]
-    for leaf in leaves[1:]:
-        out = out | leaf
-    return out
 
 
 def run_folded(

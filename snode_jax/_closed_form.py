@@ -10,16 +10,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._dynamics import AbstractClosedFormDynamics
-from ._records import Counters, IntervalOutcome
+from ._records import Counters, IntervalOutcome, set_entries
 from ._scan import AbstractIntegrator
 
 # Crossings handled before entering the loop: at typical rates most intervals hold at
 # most this many spikes per neuron, and an unconditional multiply-compare is cheaper
 # than a loop iteration.
 _PEEL = 3
-
-# Scatters into fewer elements than this index the flattened array (int32).
-_FLAT_INDEX_LIMIT = 2**31 - 1
 
 # The largest piece count of one interval (an int32 loop bound).
 _MAX_PIECES = 2.0**31 - 1
@@ -106,7 +103,7 @@ class SlotMarks(eqx.Module):
     def mark(self, count, y, current, t_start, length) -> "SlotMarks":
         """Record an interval that started at `t_start` from `y` with `current` and
         held `count` spikes per neuron."""
-        cap, n, width = self.marks.shape
+        cap, n, _ = self.marks.shape
         num = self.num + count
         if cap == 0:
             return SlotMarks(self.marks, num, self.uniform)
@@ -115,15 +112,8 @@ class SlotMarks(eqx.Module):
         columns = [jnp.broadcast_to(c, (n,)).astype(dtype) for c in columns]
         row = jnp.stack(columns + jax.tree.leaves(y), axis=1)
         keep = (count > 0) & (self.num < cap)
-        if n * cap < _FLAT_INDEX_LIMIT:
-            # One index per neuron into the flattened slots: XLA's CPU scatter
-            # takes about half as long with these as with (slot, neuron) pairs.
-            index = jnp.where(keep, self.num * n + jnp.arange(n), n * cap)
-            flat = self.marks.reshape(cap * n, width)
-            marks = flat.at[index].set(row, mode="drop").reshape(cap, n, width)
-        else:
-            index = jnp.where(keep, self.num, cap)  # cap is out of range: dropped
-            marks = self.marks.at[index, jnp.arange(n)].set(row, mode="drop")
+        neurons = jnp.arange(n, dtype=jnp.int32)
+        marks = set_entries(self.marks, self.num, neurons, keep, row)
         return SlotMarks(marks, num, self.uniform)
 
 

@@ -8,7 +8,8 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._custom_types import State
 
-_INT32_MAX = 2**31 - 1
+# Scatters into fewer entries than this index the flattened array (an int32 index).
+FLAT_INDEX_LIMIT = 2**31 - 1
 
 
 class SpikeBuffer(eqx.Module):
@@ -34,17 +35,26 @@ class SpikeBuffer(eqx.Module):
         n, cap = self.times.shape
         if cap == 0:
             return SpikeBuffer(self.times, self.num + mask)
-        if n * cap < _INT32_MAX:
-            # One index per neuron into the flattened buffer: XLA's CPU scatter
-            # takes about half as long with these as with (row, column) pairs.
-            slot = jnp.arange(n, dtype=jnp.int32) * cap + self.num
-            keep = mask & (self.num < cap)
-            index = jnp.where(keep, slot, n * cap)  # n * cap is out of range: dropped
-            flat = self.times.reshape(-1).at[index].set(times, mode="drop")
-            return SpikeBuffer(flat.reshape(n, cap), self.num + mask)
-        index = jnp.where(mask, self.num, cap)  # cap is out of range: dropped
-        new_times = self.times.at[jnp.arange(n), index].set(times, mode="drop")
+        keep = mask & (self.num < cap)
+        rows = jnp.arange(n, dtype=jnp.int32)
+        new_times = set_entries(self.times, rows, self.num, keep, times)
         return SpikeBuffer(new_times, self.num + mask)
+
+
+def set_entries(array, rows, cols, keep, values):
+    """`array` with `array[rows[i], cols[i]] = values[i]` wherever `keep[i]` holds
+    (indices in range there, and distinct); the other entries are dropped. Trailing
+    axes of `array` are written whole."""
+    d0, d1 = array.shape[:2]
+    rest = array.shape[2:]
+    if d0 * d1 < FLAT_INDEX_LIMIT:
+        # One index per entry into the flattened array: XLA's CPU scatter takes
+        # about half as long with these as with (row, column) pairs.
+        index = jnp.where(keep, rows * d1 + cols, d0 * d1)  # out of range: dropped
+        flat = array.reshape((d0 * d1,) + rest).at[index].set(values, mode="drop")
+        return flat.reshape(array.shape)
+    rows = jnp.where(keep, rows, d0)  # out of range: dropped
+    return array.at[rows, cols].set(values, mode="drop")
 
 
 class Counters(eqx.Module):

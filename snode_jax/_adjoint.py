@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from ._closed_form import ClosedFormWalk
 from ._dynamics import AbstractClosedFormDynamics
-from ._misc import running_max, running_sum
+from ._misc import check_positive_int, running_max, running_sum
 from ._records import Counters, RawRun
 from ._scan import AbstractIntegrator, RunConfig, interval_starts, run_folded
 from ._surrogate import AbstractSurrogate, surrogate_zero
@@ -71,13 +71,18 @@ def _intervals_in_closed_form(surrogate, counts, dynamics, currents, interval, s
 
     def one_interval(y, current, length, count):
         rep = dynamics.replay_interval(y, current, length, count)
-        spiked = count >= 1
-        decisions = surrogate_zero(rep.next_margin, surrogate) + jnp.where(
-            spiked, surrogate_zero(rep.last_margin, surrogate), 0.0
-        )
-        return rep.y_end, rep.first, rep.period, decisions
+        return rep.y_end, rep.first, rep.period, rep.next_margin, rep.last_margin
 
-    return jax.vmap(one_interval)(starts, currents, lengths, counts)
+    y_end, first, period, next_margin, last_margin = jax.vmap(one_interval)(
+        starts, currents, lengths, counts
+    )
+    # The surrogate's custom derivative is applied outside the `vmap`: under
+    # `jax.checkpoint` (see `_closed_form_tangents`), JAX 0.10 fails to take the
+    # JVP of a `custom_jvp` inside a `vmap` (a `broadcast_in_dim` shape error).
+    decisions = surrogate_zero(next_margin, surrogate) + jnp.where(
+        counts >= 1, surrogate_zero(last_margin, surrogate), 0.0
+    )
+    return y_end, first, period, decisions
 
 
 def _chain_tangents(jac, direct, t_state):
@@ -105,6 +110,22 @@ def _chain_tangents(jac, direct, t_state):
     return unflat(starts), unflat(ends), unflat(final)
 
 
+# Values per chunk of `_closed_form_tangents` (intervals x neurons), when the
+# adjoint does not set the chunk: each elementwise pass over a chunk of 2^15 values
+# (256 kB in float64) stays in cache, and the chunks' temporaries reuse one buffer.
+_CHUNK_VALUES = 2**15
+_MIN_CHUNK_INTERVALS = 8
+
+
+def _chunk_intervals(num_intervals: int, n_neurons: int, chunk: int | None) -> int:
+    """Intervals per chunk: about `chunk` (default from `_CHUNK_VALUES`), evened out
+    so that the last chunk is padded by fewer intervals than there are chunks."""
+    if chunk is None:
+        chunk = max(_MIN_CHUNK_INTERVALS, _CHUNK_VALUES // max(n_neurons, 1))
+    num_chunks = -(-num_intervals // min(chunk, num_intervals))
+    return -(-num_intervals // num_chunks)
+
+
 def _closed_form_tangents(
     dynamics,
     currents,
@@ -115,50 +136,107 @@ def _closed_form_tangents(
     num_spikes,
     cfg,
     surrogate,
+    chunk,
 ):
     """The tangents of the run (soft counts, spike times, final state, interval
     states) for `tangents` of `(dynamics, currents, interval, state)`, with every
     interval's count held fixed, linearised at the forward run's interval `starts`.
 
     Each interval's closed form depends on the earlier ones only through its start
-    state, so its derivatives are taken for all intervals at once: one tangent from
+    state, so its derivatives are taken for many intervals at once: one tangent from
     the parameters, current and length, and one per leaf of the state (each neuron's
     own, the model being per neuron). Only the chain of start-state tangents through
-    the intervals is a scan, of one multiply-add per state leaf pair and neuron; its
-    transpose (reverse mode) is as cheap."""
-    f = lambda d, c, i, y: _intervals_in_closed_form(surrogate, counts, d, c, i, y)
+    the intervals is sequential, one multiply-add per state leaf pair and neuron;
+    its transpose (reverse mode) is as cheap.
+
+    The intervals go in chunks of `chunk` (a scan over the chunks carries the
+    start-state tangent), each chunk under `jax.checkpoint`: reverse mode keeps only
+    the chunk's inputs and recomputes its closed form, so the temporaries of the
+    elementwise derivatives are the size of one chunk, not of the whole run (at
+    1600 intervals of 256 neurons in float64, the gradient's buffers go from 99 to
+    41 MiB, and freshly mapped pages were most of its time)."""
     t_dyn, t_cur, t_int, t_state = tangents
-    zero_starts = jax.tree.map(jnp.zeros_like, starts)
-    primal_out, direct = jax.jvp(
-        f, (dynamics, currents, interval, starts), (t_dyn, t_cur, t_int, zero_starts)
-    )
-    f_y = lambda y: f(dynamics, currents, interval, y)
-    start_leaves, start_def = jax.tree.flatten(starts)
-    columns = []
-    for j in range(len(start_leaves)):
-        unit = [
-            jnp.ones_like(x) if k == j else jnp.zeros_like(x)
-            for k, x in enumerate(start_leaves)
-        ]
-        columns.append(
-            jax.jvp(f_y, (starts,), (jax.tree.unflatten(start_def, unit),))[1]
+    num_intervals = currents.shape[0]
+    size = _chunk_intervals(num_intervals, currents.shape[1], chunk)
+    num_chunks = -(-num_intervals // size)
+    pad = num_chunks * size - num_intervals
+
+    def split(x):  # (T, ...) -> (chunks, size, ...), padded at the end
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape((num_chunks, size) + x.shape[1:])
+
+    def unsplit(x):
+        return x.reshape((num_chunks * size,) + x.shape[2:])[:num_intervals]
+
+    state_def = jax.tree.structure(t_state)
+
+    def one_chunk(t_start, xs):
+        cur, t_c, lengths, t_lengths, starts_c, counts_c, real = xs
+        f = lambda d, c, i, y: _intervals_in_closed_form(
+            surrogate, counts_c, d, c, i, y
         )
-    y_jac = [c[0] for c in columns]
-    t_starts, t_ends, t_final = _chain_tangents(y_jac, direct[0], t_state)
-    t_start_leaves = jax.tree.leaves(t_starts)
+        zero_starts = jax.tree.map(jnp.zeros_like, starts_c)
+        primal_out, direct = jax.jvp(
+            f,
+            (dynamics, cur, lengths, starts_c),
+            (t_dyn, t_c, t_lengths, zero_starts),
+        )
+        f_y = lambda y: f(dynamics, cur, lengths, y)
+        start_leaves = jax.tree.leaves(starts_c)
+        columns = []
+        for j in range(len(start_leaves)):
+            unit = [
+                jnp.ones_like(x) if k == j else jnp.zeros_like(x)
+                for k, x in enumerate(start_leaves)
+            ]
+            columns.append(
+                jax.jvp(f_y, (starts_c,), (jax.tree.unflatten(state_def, unit),))[1]
+            )
 
-    def through_start(k):
-        out = direct[k]
-        for col, t_j in zip(columns, t_start_leaves):
-            out = out + col[k] * t_j
-        return out
+        # Padding past the last interval passes the tangent on unchanged.
+        def real_or(x, value):
+            return jnp.where(real.reshape(real.shape + (1,) * (x.ndim - 1)), x, value)
 
-    t_first, t_period, t_counts = through_start(1), through_start(2), through_start(3)
+        y_jac = [
+            jax.tree.unflatten(
+                state_def,
+                [
+                    real_or(x, float(i == j))
+                    for i, x in enumerate(state_def.flatten_up_to(col[0]))
+                ],
+            )
+            for j, col in enumerate(columns)
+        ]
+        direct_end = jax.tree.map(lambda x: real_or(x, 0.0), direct[0])
+        t_starts, t_ends, t_final = _chain_tangents(
+            y_jac, direct_end, jax.tree.unflatten(state_def, t_start)
+        )
+        t_start_leaves = jax.tree.leaves(t_starts)
+
+        def through_start(k):
+            out = direct[k]
+            for col, t_j in zip(columns, t_start_leaves):
+                out = out + col[k] * t_j
+            return out
+
+        _, first, period, _ = primal_out
+        tangents_out = (through_start(1), through_start(2), through_start(3), t_ends)
+        return jax.tree.leaves(t_final), (tangents_out, first, period)
+
+    real = jnp.ones((num_intervals,), bool)
+    per_interval = lambda x: jnp.broadcast_to(x, (num_intervals,))
+    xs = (currents, t_cur, per_interval(interval), per_interval(t_int))
+    xs = xs + (starts, counts, real)
+    t_final, outs = lax.scan(
+        jax.checkpoint(one_chunk, prevent_cse=False),
+        jax.tree.leaves(t_state),
+        jax.tree.map(split, xs),
+    )
+    (t_first, t_period, t_counts, t_ends), first, period = jax.tree.map(unsplit, outs)
+    t_final = jax.tree.unflatten(state_def, t_final)
     if cfg.max_spikes is None:
         t_times = jnp.zeros((currents.shape[1], 0), currents.dtype)
     else:
-        _, first, period, _ = primal_out
-        num_intervals = currents.shape[0]
 
         def gather(first, period, interval):
             starts_t = interval_starts(interval, num_intervals)
@@ -174,19 +252,23 @@ def _closed_form_tangents(
 
 
 @eqx.filter_custom_jvp
-def _closed_form_run(dynamics, currents, interval, state, *, walk, cfg, surrogate):
-    del surrogate
+def _closed_form_run(
+    dynamics, currents, interval, state, *, walk, cfg, surrogate, chunk
+):
+    del surrogate, chunk
     return run_folded(walk, dynamics, currents, interval, state, cfg)
 
 
 @_closed_form_run.def_jvp
-def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate):
+def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate, chunk):
     # The forward values come from the event walk; the tangents from the closed form
     # with the spike structure held fixed (the implicit-function derivative of every
     # crossing time, through every reset), linearised at the walk's interval states.
     dynamics, currents, interval, state = primals
     keep = RunConfig(cfg.max_spikes, keep_interval_states=True)
-    raw = _closed_form_run(*primals, walk=walk, cfg=keep, surrogate=surrogate)
+    raw = _closed_form_run(
+        *primals, walk=walk, cfg=keep, surrogate=surrogate, chunk=chunk
+    )
     # Not cut from the primals: the starts are differentiable through this rule
     # itself, so that the tangents can be differentiated again (second order).
     ends = raw.interval_states
@@ -215,6 +297,7 @@ def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate):
         raw.num_spikes,
         cfg,
         surrogate,
+        chunk,
     )
     no_tangent = Counters(None, None)  # pyright: ignore[reportArgumentType]
     t_raw = RawRun(t_counts, t_times, None, t_final, t_states, no_tangent, None, None)  # pyright: ignore[reportArgumentType]
@@ -225,7 +308,22 @@ class ClosedFormAdjoint(AbstractAdjoint):
     """Forward and reverse mode for the closed-form walk: the tangents come from
     the model's `replay_interval` with each interval's spike count held at its
     forward value; counts get the surrogate derivative of the margins of their two
-    threshold decisions."""
+    threshold decisions.
+
+    **Arguments:**
+
+    - `chunk_intervals`: how many intervals the derivatives are taken for at once
+        (reverse mode keeps one chunk's temporaries at a time and recomputes each
+        chunk's closed form). Default `None`: about 2^15 values per chunk, so 128
+        intervals of 256 neurons. Any positive integer gives the same derivatives,
+        to rounding.
+    """
+
+    chunk_intervals: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.chunk_intervals is not None:
+            check_positive_int("chunk_intervals", self.chunk_intervals)
 
     def run(self, integrator, dynamics, currents, interval, state, cfg, surrogate):
         assert isinstance(integrator, ClosedFormWalk)
@@ -238,4 +336,5 @@ class ClosedFormAdjoint(AbstractAdjoint):
             walk=integrator,
             cfg=cfg,
             surrogate=surrogate,
+            chunk=self.chunk_intervals,
         )

@@ -202,6 +202,23 @@ def library_outputs(layer, inputs, interval, max_spikes, state=None):
     )
 
 
+def integrate_chunked(layer, inputs, interval, state, max_spikes, chunk):
+    """`layer.simulate`, through `sj.integrate` with a closed-form adjoint that takes
+    `chunk` intervals at a time (`None`: its default)."""
+    return sj.integrate(
+        layer.dynamics,
+        layer.solver,
+        layer.weight,
+        inputs,
+        interval,
+        state,
+        stepsize_controller=layer.stepsize_controller,
+        max_spikes=max_spikes,
+        surrogate=layer.surrogate,
+        adjoint=sj.ClosedFormAdjoint(chunk_intervals=chunk),
+    )
+
+
 def weighted_loss(outputs, coefs):
     return sum(jnp.sum(coefs[k] * outputs[k]) for k in OUTPUTS)
 
@@ -467,6 +484,149 @@ def test_grads_wrt_state_and_interval_match_reference():
     assert_grads_close(actual, expected, RTOL_REFERENCE)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunked_derivatives_match_reference(chunk):
+    """The closed-form adjoint takes its derivatives a chunk of intervals at a time,
+    the last chunk padded (5 intervals in chunks of 2 or 3, padded by 1; or of 1).
+    Reverse mode (weight, every parameter, the initial state, the interval) and
+    forward mode along a random direction, against autodiff of the reference."""
+    case = CASES["per_neuron"]
+    v0 = np.array([0.6, -0.3, 0.4])
+    counts, margin = case.structure(v0=v0)
+    assert margin > MIN_MARGIN
+    assert counts.shape[0] == 5
+    coefs = case.coefs(seed=5)
+
+    def ref_loss(weight, params, v0, interval):
+        out = reference_outputs(
+            weight, params, case.inputs, interval, counts, MAX_SPIKES, v0=v0
+        )
+        return reference_loss(out, coefs)
+
+    ref_args = (
+        jnp.asarray(case.weight),
+        case.jnp_params(),
+        jnp.asarray(v0),
+        jnp.asarray(INTERVAL),
+    )
+    g = jax.grad(ref_loss, argnums=(0, 1, 2, 3))(*ref_args)
+    expected = {"weight": g[0], **g[1], "v0": g[2], "interval": g[3]}
+    directions = jax.tree.map(
+        lambda a: jax.random.normal(jax.random.key(6), jnp.shape(a), a.dtype),
+        ref_args,
+    )
+    expected_jvp = jax.jvp(ref_loss, ref_args, directions)[1]
+
+    def lib_loss(layer, v0, interval):
+        state = eqx.tree_at(lambda s: s.v, layer.init_state(), v0)
+        inputs = jnp.asarray(case.inputs)
+        sol = integrate_chunked(layer, inputs, interval, state, MAX_SPIKES, chunk)
+        t = sol.spike_times
+        out = dict(
+            times=jnp.where(jnp.isfinite(t), t, 0.0),
+            final=sol.final_state.v,
+            states=sol.interval_states.v,
+            counts=sol.counts,
+        )
+        return weighted_loss(out, coefs)
+
+    layer = case.layer()
+    g_layer, g_v0, g_interval = jax.jit(jax.grad(lib_loss, argnums=(0, 1, 2)))(
+        layer, jnp.asarray(v0), jnp.asarray(INTERVAL)
+    )
+    actual = {**param_grads(g_layer), "v0": g_v0, "interval": g_interval}
+    assert_grads_close(actual, expected, RTOL_REFERENCE)
+
+    # The same direction in the library's arguments.
+    d_weight, d_params, d_v0, d_interval = directions
+    d_layer = jax.tree.map(jnp.zeros_like, eqx.filter(layer, eqx.is_inexact_array))
+    d_layer = eqx.tree_at(lambda lyr: lyr.weight, d_layer, d_weight)
+    for name in PARAMS:
+        d_layer = eqx.tree_at(
+            lambda lyr, name=name: getattr(lyr.dynamics, name), d_layer, d_params[name]
+        )
+    params, static = eqx.partition(layer, eqx.is_inexact_array)
+    actual_jvp = jax.jit(
+        lambda p, v0, interval, dp, dv0, di: jax.jvp(
+            lambda p, v0, i: lib_loss(eqx.combine(p, static), v0, i),
+            (p, v0, interval),
+            (dp, dv0, di),
+        )[1]
+    )(params, jnp.asarray(v0), jnp.asarray(INTERVAL), d_layer, d_v0, d_interval)
+    np.testing.assert_allclose(actual_jvp, expected_jvp, rtol=RTOL_REFERENCE)
+
+
+def four_neurons(t_ref):
+    """Four LIF neurons (time constants 10-25 ms) driven hard enough to fire a few
+    times in three intervals of 1 ms: `(layer, inputs, state)`, the state inside
+    the refractory period (0.2 ms left) when there is one."""
+    n = 4
+    dyn = sj.ODELIFDynamics(
+        tau_mem=jnp.linspace(10.0, 25.0, n),
+        v_rest=0.0,
+        v_threshold=1.0,
+        v_reset=0.1,
+        C_mem=1.0,
+        t_ref=t_ref,
+    )
+    layer = sj.SpikingODELayer(3, n, dyn, key=jax.random.key(0))
+    layer = eqx.tree_at(lambda lay: lay.weight, layer, 3.0 * layer.weight)
+    x = jax.random.uniform(jax.random.key(1), (3, 3))
+    state = layer.init_state()
+    if t_ref is not None:  # inside the refractory period (perturbed both ways)
+        state = eqx.tree_at(lambda s: s.refractory, state, jnp.full(n, 0.2))
+    return layer, x, state
+
+
+@pytest.mark.parametrize("lengths", [1.0, (1.0, 0.7, 1.3)], ids=["uniform", "lengths"])
+def test_chunked_gradient_with_refractory_state_matches_finite_differences(lengths):
+    """Chunks of two intervals over three (the last padded) with a two-leaf state
+    (voltage and refractory time left), a neuron still refractory at the end, with
+    one interval length or one per interval: the gradient of a loss of every state
+    leaf at every interval end, and of the spike times, along random directions
+    (the lengths' included) equals central differences of the forward run."""
+    layer, x, state = four_neurons(t_ref=0.4)
+    n = layer.n_neurons
+    args = (layer, x, jnp.asarray(lengths), state)
+    params, static = eqx.partition(args, eqx.is_inexact_array)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    weights = jax.random.uniform(jax.random.key(2), (6, 3, n), minval=0.5)
+
+    def run(p):
+        lay, x, interval, state = eqx.combine(unravel(p), static)
+        return integrate_chunked(lay, x, interval, state, 8, chunk=2)
+
+    def loss(p):
+        sol = run(p)
+        times = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+        s = sol.interval_states
+        return (
+            jnp.sum(weights[0] * s.v)
+            + jnp.sum(weights[1] * s.refractory)
+            + jnp.sum(weights[2, 0] * sol.final_state.refractory)
+            + jnp.sum(times)
+        )
+
+    sol = run(flat)
+    assert int(jnp.sum(sol.counts)) >= 3
+    assert float(jnp.max(sol.final_state.refractory)) > 0  # refractory at the end
+    grad = jax.jit(jax.grad(loss))(flat)
+    value = jax.jit(loss)
+    step = 1e-6
+    for seed in (3, 4):
+        v = jax.random.normal(jax.random.key(seed), flat.shape)
+        fd = (value(flat + step * v) - value(flat - step * v)) / (2 * step)
+        np.testing.assert_allclose(grad @ v, fd, rtol=RTOL_FD)
+
+
+def test_chunk_intervals_must_be_positive():
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="`chunk_intervals` must be a positive"):
+            sj.ClosedFormAdjoint(chunk_intervals=bad)
+    with pytest.raises(TypeError, match="`chunk_intervals` must be a positive int"):
+        sj.ClosedFormAdjoint(chunk_intervals=2.5)  # pyright: ignore[reportArgumentType]
+
+
 # -- 2. library vs finite differences of its own forward values ------------------------
 
 
@@ -581,7 +741,10 @@ def test_forward_count_grads_without_jit():
 
     eager = param_grads(eqx.filter_grad(loss)(layer))
     jitted = library_grads(layer, jnp.asarray(case.inputs), coefs, INTERVAL, MAX_SPIKES)
-    assert_grads_close(eager, jitted, 1e-12)
+    # The same formulas, rounded in another order (op by op, or fused and the
+    # chunks' closed form recomputed): an element down to `tiny` = 1e-4 of the
+    # largest, summed from tens of terms, is off by up to 1e4 x tens of eps of it.
+    assert_grads_close(eager, jitted, 1e-11)
     assert_grads_close(eager, reference_grads(case_name, coefs), RTOL_REFERENCE)
 
 
@@ -774,36 +937,27 @@ def test_surrogate_grads_by_hand(surrogate):
     assert grads["v_reset"][0] == 0.0 and grads["v_reset"][2] == 0.0
 
 
-@pytest.mark.parametrize("t_ref", [None, 0.4])
-def test_second_derivatives_match_finite_differences_of_the_gradient(t_ref):
+@pytest.mark.parametrize(
+    "t_ref, chunk",
+    [(None, None), (0.4, None), (0.4, 2)],
+    ids=["", "t_ref", "t_ref-chunk2"],
+)
+def test_second_derivatives_match_finite_differences_of_the_gradient(t_ref, chunk):
     """Hessian-vector products of a loss of spike times and the final voltage, with
     respect to the weight, every model parameter, the inputs, the interval and the
     initial state, over three intervals (the tangents carried from one interval's
-    start state to the next are differentiated again): equal to central differences
-    of the library's own gradient along the same direction. The Hessian's rounding
-    is that of the gradient divided by the step, about 1e-10 relative here."""
-    n = 4
-    dyn = sj.ODELIFDynamics(
-        tau_mem=jnp.linspace(10.0, 25.0, n),
-        v_rest=0.0,
-        v_threshold=1.0,
-        v_reset=0.1,
-        C_mem=1.0,
-        t_ref=t_ref,
-    )
-    layer = sj.SpikingODELayer(3, n, dyn, key=jax.random.key(0))
-    layer = eqx.tree_at(lambda lay: lay.weight, layer, 3.0 * layer.weight)
-    x = jax.random.uniform(jax.random.key(1), (3, 3))
-    state = layer.init_state()
-    if t_ref is not None:  # inside the refractory period (perturbed both ways)
-        state = eqx.tree_at(lambda s: s.refractory, state, jnp.full(n, 0.2))
+    start state to the next are differentiated again, also across chunks of two
+    intervals): equal to central differences of the library's own gradient along
+    the same direction. The Hessian's rounding is that of the gradient divided by
+    the step, about 1e-10 relative here."""
+    layer, x, state = four_neurons(t_ref)
     args = (layer, x, jnp.asarray(1.0), state)
     params, static = eqx.partition(args, eqx.is_inexact_array)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
 
     def loss(p):
         lay, x, interval, state = eqx.combine(unravel(p), static)
-        sol = lay.simulate(x, interval, max_spikes=8, state=state)
+        sol = integrate_chunked(lay, x, interval, state, 8, chunk)
         times = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
         return jnp.sum(sol.final_state.v) + jnp.sum(times)
 

@@ -3,6 +3,7 @@ order by an integrator; and the batching rule that folds a vmapped batch into th
 neuron axis."""
 
 import abc
+from typing import Any, cast
 
 import equinox as eqx
 import equinox.internal as eqxi
@@ -112,6 +113,7 @@ def run_intervals(
     interval,
     state: State,
     cfg: RunConfig,
+    batch_major: bool = False,
 ) -> RawRun:
     """The forward pass: a scan over the intervals, the integrator inside each.
 
@@ -119,9 +121,19 @@ def run_intervals(
     interval. The integrator's [`AbstractIntegrator.variants`][] are compiled as
     two scans and one is run (`pred` is reduced over a `vmap`ped batch, so that the
     branch stays a branch instead of a select that runs both).
+
+    With `batch_major` (a batch folded by [`run_folded`][]), `currents` is `(B, T,
+    n)` and the population is the `B * n` neurons of the batch, run by run. Interval
+    `k` reads its currents at `[:, k]`, and `counts` and `interval_states` come back
+    as `(B, T, n)`, written in place at `[:, k]`: neither the currents nor these
+    outputs are copied into (or out of) time-major order.
     """
     dtype = currents.dtype
-    num_intervals, n_neurons = currents.shape
+    if batch_major:
+        size, num_intervals, n_each = currents.shape
+        n_neurons = size * n_each
+    else:
+        num_intervals, n_neurons = currents.shape
     buffer = None
     uniform = jnp.ndim(interval) == 0
     if cfg.max_spikes is not None:
@@ -132,17 +144,30 @@ def run_intervals(
         pred, a, b = variants
         return lax.cond(
             eqxi.unvmap_all(pred),
-            lambda: run_intervals(a, dynamics, currents, interval, state, cfg),
-            lambda: run_intervals(b, dynamics, currents, interval, state, cfg),
+            lambda: run_intervals(
+                a, dynamics, currents, interval, state, cfg, batch_major
+            ),
+            lambda: run_intervals(
+                b, dynamics, currents, interval, state, cfg, batch_major
+            ),
         )
     lengths = jnp.broadcast_to(interval, (num_intervals,))
     starts = interval_starts(interval, num_intervals)
 
     def one_interval(carry, xs):
-        y, buffer, counters, exhausted, root_fail, bad = carry
+        y, buffer, counters, exhausted, root_fail, bad, stacked = carry
         t_start, length, current = xs
+        if batch_major:  # interval `current` of every run: (B, n) -> (B * n,)
+            k = current
+            current = lax.dynamic_index_in_dim(currents, k, 1, False).reshape(-1)
         consts = constants if uniform else integrator.prepare(dynamics, length)
         out = integrator.interval(dynamics, consts, y, current, t_start, length, buffer)
+        ys = (out.count.astype(jnp.int32), out.y if cfg.keep_interval_states else None)
+        if batch_major:  # written in place at [:, k], not stacked and transposed
+            put = lambda acc, x: lax.dynamic_update_index_in_dim(
+                acc, x.reshape((size, n_each) + x.shape[1:]), k, 1
+            )
+            stacked, ys = jax.tree.map(put, stacked, ys), (None, None)
         carry = (
             out.y,
             out.buffer,
@@ -150,19 +175,38 @@ def run_intervals(
             exhausted | out.exhausted,
             root_fail | out.root_fail,
             (bad | ~all_finite(out.y)) if cfg.keep_interval_states else bad,
+            stacked,
         )
-        return carry, (out.count, out.y if cfg.keep_interval_states else None)
+        return carry, ys
 
     no = jnp.zeros((n_neurons,), bool)
-    init = (state, buffer, integrator.zero_counters(n_neurons), no, no, no)
-    (y, buffer, counters, exhausted, root_fail, bad), (counts, states) = lax.scan(
-        one_interval, init, (starts, lengths, currents)
+    # Batch-major: counts and interval states, (B, T, n), written in place.
+    stacked: tuple[Any, Any] = (None, None)
+    if batch_major:
+
+        def empty(x, dtype):
+            return jnp.zeros((size, num_intervals, n_each) + jnp.shape(x)[1:], dtype)
+
+        stacked = (
+            empty(no, jnp.int32),
+            jax.tree.map(lambda x: empty(x, x.dtype), state)
+            if cfg.keep_interval_states
+            else None,
+        )
+        xs = (starts, lengths, jnp.arange(num_intervals))
+    else:
+        xs = (starts, lengths, currents)
+    init = (state, buffer, integrator.zero_counters(n_neurons), no, no, no, stacked)
+    (y, buffer, counters, exhausted, root_fail, bad, stacked), ys = lax.scan(
+        one_interval, init, xs
     )
+    counts, states = stacked if batch_major else ys
+    counts = cast(Array, counts)
     if not cfg.keep_interval_states:
         bad = ~all_finite(y)
     if buffer is None:
         spike_times = jnp.zeros((n_neurons, 0), dtype)
-        num_spikes = jnp.sum(counts, axis=0)
+        num_spikes = jnp.sum(counts, axis=-2).reshape(-1)
     else:
         spike_times, num_spikes = integrator.spike_times(
             dynamics, buffer, state, interval
@@ -231,9 +275,12 @@ def run_folded(
             return fold(x, batched) if per_neuron else x
 
         dynamics_f = jax.tree.map(fold_param, dynamics, dyn_b, per_neuron)
-        currents_f = fold(currents, cur_b)
+        if not cur_b:
+            currents = jnp.broadcast_to(currents, (size,) + currents.shape)
         state_f = jax.tree.map(fold, state, st_b)
-        raw = run_intervals(integrator, dynamics_f, currents_f, interval, state_f, cfg)
+        raw = run_intervals(
+            integrator, dynamics_f, currents, interval, state_f, cfg, batch_major=True
+        )
 
         def unfold_last(x):  # (..., B * n) -> (B, ..., n)
             x = jnp.reshape(x, x.shape[:-1] + (size, n))
@@ -243,11 +290,11 @@ def run_folded(
             return jnp.reshape(x, (size, n) + x.shape[1:])
 
         out = RawRun(
-            counts=unfold_last(raw.counts),
+            counts=raw.counts,
             spike_times=unfold_first(raw.spike_times),
             num_spikes=unfold_last(raw.num_spikes),
             final_state=jax.tree.map(unfold_last, raw.final_state),
-            interval_states=jax.tree.map(unfold_last, raw.interval_states),
+            interval_states=raw.interval_states,
             counters=jax.tree.map(unfold_last, raw.counters),
             exhausted=unfold_last(raw.exhausted),
             root_fail=unfold_last(raw.root_fail),

@@ -110,18 +110,25 @@ def _chain_tangents(jac, direct, t_state):
     return unflat(starts), unflat(ends), unflat(final)
 
 
-# Values per chunk of `_closed_form_tangents` (intervals x neurons), when the
-# adjoint does not set the chunk: each elementwise pass over a chunk of 2^15 values
-# (256 kB in float64) stays in cache, and the chunks' temporaries reuse one buffer.
+# Intervals per chunk of `_closed_form_tangents` when the adjoint does not set it:
+# at most `_CHUNK_INTERVALS`, fewer for layers of over 256 neurons (about
+# `_CHUNK_VALUES` values, at least `_MIN_CHUNK_INTERVALS` intervals). A chunk of
+# 2^15 values (256 kB in float64) stays in cache, and the chunks' temporaries reuse
+# one buffer. The cap holds under `jax.vmap` too, where the rule sees one sample's
+# neurons only.
 _CHUNK_VALUES = 2**15
+_CHUNK_INTERVALS = 128
 _MIN_CHUNK_INTERVALS = 8
 
 
 def _chunk_intervals(num_intervals: int, n_neurons: int, chunk: int | None) -> int:
-    """Intervals per chunk: about `chunk` (default from `_CHUNK_VALUES`), evened out
+    """Intervals per chunk: about `chunk` (default: see `_CHUNK_VALUES`), evened out
     so that the last chunk is padded by fewer intervals than there are chunks."""
+    if num_intervals == 0:
+        return 1
     if chunk is None:
-        chunk = max(_MIN_CHUNK_INTERVALS, _CHUNK_VALUES // max(n_neurons, 1))
+        by_size = _CHUNK_VALUES // max(n_neurons, 1)
+        chunk = max(_MIN_CHUNK_INTERVALS, min(_CHUNK_INTERVALS, by_size))
     num_chunks = -(-num_intervals // min(chunk, num_intervals))
     return -(-num_intervals // num_chunks)
 
@@ -162,6 +169,10 @@ def _closed_form_tangents(
     pad = num_chunks * size - num_intervals
 
     def split(x):  # (T, ...) -> (chunks, size, ...), padded at the end
+        # (with zeros: the model's closed form must be finite on a zero state,
+        # current and length with no spike, as the LIF's is, for the padding is
+        # masked out below and 0 * inf would be NaN. Zeros, unlike copies of the
+        # last interval, cost no copy of the inputs.)
         x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
         return x.reshape((num_chunks, size) + x.shape[1:])
 
@@ -223,19 +234,18 @@ def _closed_form_tangents(
         tangents_out = (through_start(1), through_start(2), through_start(3), t_ends)
         return jax.tree.leaves(t_final), (tangents_out, first, period)
 
-    real = jnp.ones((num_intervals,), bool)
     per_interval = lambda x: jnp.broadcast_to(x, (num_intervals,))
-    xs = (currents, t_cur, per_interval(interval), per_interval(t_int))
-    xs = xs + (starts, counts, real)
+    xs = (currents, t_cur, per_interval(interval), per_interval(t_int), starts, counts)
+    real = jnp.arange(num_chunks * size).reshape(num_chunks, size) < num_intervals
     t_final, outs = lax.scan(
         jax.checkpoint(one_chunk, prevent_cse=False),
         jax.tree.leaves(t_state),
-        jax.tree.map(split, xs),
+        jax.tree.map(split, xs) + (real,),
     )
     (t_first, t_period, t_counts, t_ends), first, period = jax.tree.map(unsplit, outs)
     t_final = jax.tree.unflatten(state_def, t_final)
-    if cfg.max_spikes is None:
-        t_times = jnp.zeros((currents.shape[1], 0), currents.dtype)
+    if cfg.max_spikes is None or num_intervals == 0:  # no spike times to move
+        t_times = jnp.zeros((currents.shape[1], cfg.max_spikes or 0), currents.dtype)
     else:
 
         def gather(first, period, interval):
@@ -314,9 +324,10 @@ class ClosedFormAdjoint(AbstractAdjoint):
 
     - `chunk_intervals`: how many intervals the derivatives are taken for at once
         (reverse mode keeps one chunk's temporaries at a time and recomputes each
-        chunk's closed form). Default `None`: about 2^15 values per chunk, so 128
-        intervals of 256 neurons. Any positive integer gives the same derivatives,
-        to rounding.
+        chunk's closed form). Default `None`: 128, fewer for layers of over 256
+        neurons (about 2^15 values per chunk, at least 8 intervals). Under
+        `jax.vmap` a chunk holds that many intervals of every sample. Any positive
+        integer gives the same derivatives, to rounding.
     """
 
     chunk_intervals: int | None = eqx.field(static=True, default=None)

@@ -619,6 +619,27 @@ def test_chunked_gradient_with_refractory_state_matches_finite_differences(lengt
         np.testing.assert_allclose(grad @ v, fd, rtol=RTOL_FD)
 
 
+def test_derivatives_of_a_run_of_no_intervals():
+    """With no interval the final state is the initial one: its gradient passes
+    straight through, the weight gets none (reverse and forward mode)."""
+    layer = sj.SpikingODELayer(3, 4, sj.ODELIFDynamics(), key=jax.random.key(0))
+    coefs = jnp.arange(1.0, 5.0)
+
+    def loss(weight, v0):
+        lyr = eqx.tree_at(lambda lay: lay.weight, layer, weight)
+        state = eqx.tree_at(lambda s: s.v, lyr.init_state(), v0)
+        sol = integrate_chunked(lyr, jnp.zeros((0, 3)), 1.0, state, 4, None)
+        assert sol.spike_times.shape == (4, 4)
+        return jnp.sum(coefs * sol.final_state.v)
+
+    args = (layer.weight, jnp.full(4, 0.3))
+    g_weight, g_v0 = jax.grad(loss, argnums=(0, 1))(*args)
+    np.testing.assert_array_equal(g_weight, 0.0)
+    np.testing.assert_array_equal(g_v0, coefs)
+    directions = (jnp.ones_like(layer.weight), jnp.ones(4))
+    assert float(jax.jvp(loss, args, directions)[1]) == float(jnp.sum(coefs))
+
+
 def test_chunk_intervals_must_be_positive():
     for bad in (0, -2):
         with pytest.raises(ValueError, match="`chunk_intervals` must be a positive"):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from ._closed_form import ClosedFormWalk
 from ._dynamics import AbstractClosedFormDynamics
-from ._misc import check_positive_int, running_max, running_sum
+from ._misc import check_positive_int, running_max, running_sum, where_tree
 from ._records import Counters, RawRun
 from ._scan import AbstractIntegrator, RunConfig, interval_starts, run_folded
 from ._surrogate import AbstractSurrogate, surrogate_zero
@@ -205,20 +205,17 @@ def _closed_form_tangents(
             )
 
         # Padding past the last interval passes the tangent on unchanged.
-        def real_or(x, value):
-            return jnp.where(real.reshape(real.shape + (1,) * (x.ndim - 1)), x, value)
-
         y_jac = [
             jax.tree.unflatten(
                 state_def,
                 [
-                    real_or(x, float(i == j))
+                    where_tree(real, x, float(i == j))
                     for i, x in enumerate(state_def.flatten_up_to(col[0]))
                 ],
             )
             for j, col in enumerate(columns)
         ]
-        direct_end = jax.tree.map(lambda x: real_or(x, 0.0), direct[0])
+        direct_end = jax.tree.map(lambda x: where_tree(real, x, 0.0), direct[0])
         t_starts, t_ends, t_final = _chain_tangents(
             y_jac, direct_end, jax.tree.unflatten(state_def, t_start)
         )

@@ -8,7 +8,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._custom_types import State
 from ._dynamics import AbstractDynamics
-from ._misc import all_finite, where_tree
+from ._misc import all_finite, expand, where_tree
 from ._root_find import BracketedNewton
 from ._solver import AbstractStepper, DiffraxStepper, ExactStepper
 
@@ -31,11 +31,6 @@ _MIN_CHUNK = 64
 _CHUNK_DIVISOR = 32
 # Lanes per row of the two-level prefix sum that picks them.
 _ROW = 128
-
-
-def expand(x, like):
-    """Broadcast a per-neuron array against a state leaf with trailing axes."""
-    return jnp.reshape(x, x.shape + (1,) * (jnp.ndim(like) - jnp.ndim(x)))
 
 
 def first_lanes(mask, size):

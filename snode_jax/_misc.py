@@ -147,11 +147,13 @@ def check_interval(interval, num_intervals: int | None = None):
             )
 
 
+def expand(x, like):
+    """Broadcast a per-neuron array against a state leaf with trailing axes."""
+    return jnp.reshape(x, x.shape + (1,) * (jnp.ndim(like) - jnp.ndim(x)))
+
+
 def where_tree(pred, on_true, on_false):
     """`jnp.where` leaf by leaf, broadcasting a per-neuron `pred` over leaves."""
-
-    def _where(a, b):
-        p = jnp.reshape(pred, pred.shape + (1,) * (jnp.ndim(a) - jnp.ndim(pred)))
-        return jnp.where(p, a, b)
-
-    return jax.tree.map(_where, on_true, on_false)
+    return jax.tree.map(
+        lambda a, b: jnp.where(expand(pred, a), a, b), on_true, on_false
+    )

@@ -9,9 +9,9 @@ from jaxtyping import Array
 
 from ._adaptive import AdaptiveLoop, AdaptiveState, StepOutcome
 from ._adjoint import AbstractAdjoint
-from ._crossing import Crossings, expand
+from ._crossing import Crossings
 from ._custom_types import State
-from ._misc import running_sum, where_tree
+from ._misc import expand, running_sum, where_tree
 from ._reverse import reverse_segments
 from ._scan import RunConfig, interval_starts, run_folded
 from ._solution import RESULTS

@@ -156,21 +156,31 @@ def table(rows):
 
 def scaling(reps):
     """Exact `forward` (layer passed as an argument), float32: time per
-    neuron-interval over layer sizes (batch 1) and batch sizes (256 neurons)."""
+    neuron-interval over layer sizes (batch 1) and batch sizes (256 neurons), and
+    the same net of the cost of a call: a function under the same
+    `eqx.filter_jit` with the same arguments that does nothing (adds two numbers)."""
     rows = []
     shapes = [(1, n) for n in (16, 64, 256, 1024, 4096, 16384)]
     shapes += [(b, 256) for b in (4, 16, 64, 256)]
     for batch, n in shapes:
         layer, x = workload(batch, n, 100, 32, np.float32)
         f, _ = functions(layer)["exact"]
-        _, times = interleaved_timings({"f": f}, {"f": (layer, x)}, reps)
-        wall = statistics.median(times["f"])
-        rows.append((batch, n, wall * 1e3, wall * 1e9 / (batch * n * 100)))
+        call = eqx.filter_jit(lambda lay, xb: xb[0, 0, 0] + lay.weight[0, 0])
+        fns = {"f": f, "call": call}
+        _, times = interleaved_timings(fns, {k: (layer, x) for k in fns}, reps)
+        wall, floor = (statistics.median(times[k]) for k in ("f", "call"))
+        per = batch * n * 100
+        rows.append((batch, n, wall * 1e3, floor * 1e3, wall * 1e9 / per))
+        rows[-1] += ((wall - floor) * 1e9 / per,)
     lines = [
-        "| batch | neurons | median wall (ms) | ns per neuron-interval |",
-        "|---:|---:|---:|---:|",
+        "| batch | neurons | median wall (ms) | call alone (ms) "
+        "| ns per neuron-interval | net of the call (ns) |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {b} | {n} | {ms:.3f} | {ns:.2f} |" for b, n, ms, ns in rows]
+    lines += [
+        f"| {b} | {n} | {ms:.3f} | {c:.3f} | {ns:.2f} | {net:.2f} |"
+        for b, n, ms, c, ns, net in rows
+    ]
     return "\n".join(lines)
 
 
@@ -210,7 +220,9 @@ def main():
             table(rows),
             "",
             "Scaling of exact `forward` (layer passed as an argument, float32, 100 "
-            "intervals x 32 inputs):",
+            "intervals x 32 inputs). *Call alone*: a function that adds two numbers, "
+            "under the same `eqx.filter_jit` with the same arguments (flattening "
+            "the layer and dispatching the call), timed in turn with `forward`:",
             "",
             scaling(a.reps),
         ]

@@ -8,7 +8,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from ._controller import PredictiveController, PredictiveState
-from ._crossing import Crossings, StepCrossings, locate_crossings
+from ._crossing import (
+    Crossings,
+    StepCrossings,
+    locate_crossings,
+    on_subsets,
+    subset_size,
+    take_lanes,
+)
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._misc import where_tree
@@ -34,13 +41,8 @@ def _interior_peak(
     """`(t_peak, g_peak, has_peak)`: per neuron, where the threshold function on the
     dense output of a step from `t` to `t1` has an interior maximum (its slope is
     positive at `t` and negative at `t1`), found by bisection on the slope, and its
-    value there; only on `candidates`, and only when some candidate has one."""
-
-    def g(s):
-        return dynamics.threshold(stepper.evaluate(dynamics, dense, s))
-
-    def slope(s):
-        return jax.jvp(g, (s,), (jnp.ones_like(s),))[1]
+    value there; only on `candidates`. Few neurons have one in a step: the
+    bisection runs on compact subsets of them (`on_subsets`)."""
 
     def slope_along(y, direction):
         return jax.jvp(dynamics.threshold, (y,), (direction,))[1]
@@ -48,22 +50,31 @@ def _interior_peak(
     d0, d1 = stepper.end_directions(dynamics, dense, t, t1)
     has_peak = candidates & (slope_along(y0, d0) > 0) & (slope_along(y1, d1) < 0)
 
-    def search(_):
+    def search(j, real):
+        del real  # (padding lanes repeat a real one; their results are dropped)
+        dyn = take_lanes(dynamics, j)
+        dense_j = jax.tree.map(lambda a: a[j], dense)
+
+        def g(s):
+            return dyn.threshold(stepper.evaluate(dyn, dense_j, s))
+
+        def slope(s):
+            return jax.jvp(g, (s,), (jnp.ones_like(s),))[1]
+
         def body(_, bracket):
             lo, hi = bracket
             mid = lo + 0.5 * (hi - lo)
             rising = slope(mid) > 0
             return jnp.where(rising, mid, lo), jnp.where(rising, hi, mid)
 
-        lo, hi = lax.fori_loop(0, _PEAK_ITERS, body, (t, t1))
+        lo, hi = lax.fori_loop(0, _PEAK_ITERS, body, (t[j], t1[j]))
         t_peak = lo + 0.5 * (hi - lo)
         return t_peak, g(t_peak)
 
-    def none(_):
-        return t1, jnp.full_like(t, -jnp.inf)
-
-    t_peak, g_peak = lax.cond(jnp.any(has_peak), search, none, None)
-    return t_peak, jnp.where(has_peak, g_peak, -jnp.inf), has_peak
+    n = t.shape[0]
+    init = (t1, jnp.full_like(t, -jnp.inf))
+    t_peak, g_peak = on_subsets(has_peak, subset_size(n), search, init)
+    return t_peak, g_peak, has_peak
 
 
 def _zero_counters(n: int) -> Counters:

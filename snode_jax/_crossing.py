@@ -237,6 +237,12 @@ def _locate_subset(
     return lax.cond(jnp.any(untrusted), on_sub_steps, as_is, None)
 
 
+def subset_size(n: int) -> int:
+    """The number of lanes of each compact subset a search over `n` neurons takes
+    at a time (see `on_subsets`)."""
+    return min(n, max(_MIN_CHUNK, n // _CHUNK_DIVISOR))
+
+
 def locate_crossings(
     stepper: AbstractStepper,
     root_finder: BracketedNewton,
@@ -249,7 +255,7 @@ def locate_crossings(
     end). Few neurons cross in one step: they are located on a compact subset of
     `chunk` neurons at a time (as many subsets as needed)."""
     n = crossed.shape[0]
-    chunk = min(n, max(_MIN_CHUNK, n // _CHUNK_DIVISOR))
+    chunk = subset_size(n)
 
     def locate(j, real):
         return _locate_subset(

@@ -216,8 +216,9 @@ def test_brief_overshoot_found_on_runge_kutta_path(solver, relative):
 def test_brief_overshoots_of_some_neurons_of_a_population():
     """Of 300 neurons, 100 at scattered places rise 1e-6 above threshold and fall
     back inside one step, 100 stay 1e-6 below, 100 get no input: the interior
-    maxima are searched on subsets of the neurons that have one (two subsets of 64
-    here), and each is found, or not, as on the exact flow."""
+    maxima are searched on subsets of 64 of the neurons that have one (up to 200 in
+    one step here: several subsets), and each is found, or not, as on the exact
+    flow."""
     n = 300
     perm = np.random.default_rng(3).permutation(n)
     above, below = perm[:100], perm[100:200]

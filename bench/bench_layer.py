@@ -169,9 +169,8 @@ def scaling(reps):
         fns = {"f": f, "call": call}
         _, times = interleaved_timings(fns, {k: (layer, x) for k in fns}, reps)
         wall, floor = (statistics.median(times[k]) for k in ("f", "call"))
-        per = batch * n * 100
-        rows.append((batch, n, wall * 1e3, floor * 1e3, wall * 1e9 / per))
-        rows[-1] += ((wall - floor) * 1e9 / per,)
+        ns = 1e9 / (batch * n * 100)
+        rows.append((batch, n, wall * 1e3, floor * 1e3, wall * ns, (wall - floor) * ns))
     lines = [
         "| batch | neurons | median wall (ms) | call alone (ms) "
         "| ns per neuron-interval | net of the call (ns) |",

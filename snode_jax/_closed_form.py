@@ -1,8 +1,6 @@
 """The closed-form event walk: each neuron steps from spike to spike through an
 interval of held input, for models whose crossings are known in closed form."""
 
-import dataclasses
-
 import equinox as eqx
 import jax
 import jax.lax as lax
@@ -28,11 +26,15 @@ def _walk(
     y,
     current,
     max_steps: int,
+    n_pieces,
 ) -> IntervalOutcome:
-    """Walk from event to event through one piece using the model's closed form.
+    """Walk from event to event through one interval using the model's closed form:
+    through `n_pieces` equal pieces (of the length `constants` are for), each from
+    the end of the one before.
 
-    Each neuron takes one step per spike plus one to the end; deciding whether a
-    spike happens costs a multiply and a compare.
+    Each neuron takes one step per spike plus one to the end of each piece (its
+    budget is `max_steps` per piece); deciding whether a spike happens costs a
+    multiply and a compare.
     """
     ev = dynamics.interval_start(y, current, constants)
     zeros = jnp.zeros(current.shape, jnp.int32)
@@ -49,17 +51,64 @@ def _walk(
     carry = (ev, pending, zeros)
     for _ in range(_PEEL):  # most intervals need no loop at all
         carry = body(carry)
-    # The loop is entered only when some neuron has more spikes in the interval.
-    # (The integrator is never vmapped, see `run_folded`, so this is a real branch.)
-    ev, _, count = lax.cond(
-        jnp.any(carry[1]),
-        lambda c: lax.while_loop(lambda c: jnp.any(c[1]), body, c),
-        lambda c: c,
-        carry,
+
+    # The loop is entered only when some neuron has more spikes in the interval's
+    # first piece, or the interval has more pieces. (The integrator is never
+    # vmapped, see `run_folded`, so this is a real branch.) In each iteration a
+    # neuron with a spike pending fires; one without moves on to its next piece,
+    # if any (its count `in_piece` starts again).
+    def more(c):
+        _, pending, _, _, piece, _, _ = c
+        return pending | (piece < n_pieces - 1)
+
+    def step(c):
+        ev, pending, count, in_piece, piece, exhausted, imprecise = c
+        turn = ~pending & (piece < n_pieces - 1)
+        # The piece just finished: what it leaves pending, and how precisely it
+        # counted (as for the last piece, below).
+        exhausted = exhausted | (turn & dynamics.crossing_pending(ev))
+        imprecise = imprecise + (turn & dynamics.count_uncertain(ev, in_piece))
+        following = dynamics.next_piece(ev, current, constants)
+        ev, _, count = body((ev, pending, count))
+        # (Entries that are scalars are fixed by the interval's constants alone;
+        # so are those `next_piece` keeps.)
+        ev = jax.tree.map(
+            lambda a, b: b if a is b or not jnp.ndim(b) else jnp.where(turn, a, b),
+            following,
+            ev,
+        )
+        in_piece = jnp.where(turn, 0, in_piece + pending)
+        piece = piece + turn
+        pending = dynamics.crossing_pending(ev) & (in_piece + 1 < max_steps)
+        return ev, pending, count, in_piece, piece, exhausted, imprecise
+
+    def loop(carry):
+        ev, pending, count = carry
+        no = jnp.zeros(count.shape, bool)
+        c = (ev, pending, count, count, zeros, no, zeros)
+        c = lax.while_loop(lambda c: jnp.any(more(c)), step, c)
+        ev, _, count, in_piece, _, exhausted, imprecise = c
+        # What the pieces before the last add, in one integer per neuron: whether
+        # one left a crossing pending (bit 0), and how many counted imprecisely
+        # (the last piece's imprecision is taken below as if its count were the
+        # interval's, so corrected here).
+        imprecise = (
+            imprecise
+            + dynamics.count_uncertain(ev, in_piece)
+            - dynamics.count_uncertain(ev, count)
+        )
+        return ev, count, 2 * imprecise + exhausted
+
+    def no_loop(carry):
+        ev, _, count = carry
+        return ev, count, zeros
+
+    ev, count, earlier = lax.cond(
+        jnp.any(carry[1]) | (n_pieces > 1), loop, no_loop, carry
     )
-    exhausted = dynamics.crossing_pending(ev)
-    imprecise = dynamics.count_uncertain(ev, count).astype(jnp.int32)
-    counters = Counters(count + 1, count, num_imprecise_intervals=imprecise)
+    exhausted = ((earlier & 1) > 0) | dynamics.crossing_pending(ev)
+    imprecise = (earlier >> 1) + dynamics.count_uncertain(ev, count)
+    counters = Counters(count + n_pieces, count, num_imprecise_intervals=imprecise)
     no_fail = jnp.zeros(count.shape, bool)
     return IntervalOutcome(
         dynamics.interval_end(ev), count, None, counters, exhausted, no_fail
@@ -185,9 +234,6 @@ class ClosedFormWalk(AbstractIntegrator):
     """
 
     max_steps: int = 4096
-    # Whether intervals are walked in pieces: decided per interval (None), or
-    # fixed for a run of equal intervals (see `variants`).
-    pieces: bool | None = eqx.field(static=True, default=None)
 
     def zero_counters(self, n: int) -> Counters:
         z = jnp.zeros((n,), jnp.int32)
@@ -211,16 +257,6 @@ class ClosedFormWalk(AbstractIntegrator):
         constants = dynamics.interval_constants(piece)
         return n_pieces.astype(jnp.int32), piece, constants
 
-    def variants(self, constants):
-        if self.pieces is not None:
-            return None
-        n_pieces = constants[0]
-        return (
-            n_pieces == 1,
-            dataclasses.replace(self, pieces=False),
-            dataclasses.replace(self, pieces=True),
-        )
-
     def new_buffer(self, state, max_spikes, dtype, uniform):
         return SlotMarks.empty(state, max_spikes, dtype, uniform)
 
@@ -242,24 +278,4 @@ class ClosedFormWalk(AbstractIntegrator):
 
     def _count(self, dynamics, constants, y, current) -> IntervalOutcome:
         n_pieces, _, consts = constants
-
-        def one_piece(y):
-            return _walk(dynamics, consts, y, current, self.max_steps)
-
-        def pieces(_):
-            def body(_, acc: IntervalOutcome):
-                out = one_piece(acc.y)
-                return IntervalOutcome(
-                    out.y,
-                    acc.count + out.count,
-                    None,
-                    acc.counters + out.counters,
-                    acc.exhausted | out.exhausted,
-                    acc.root_fail | out.root_fail,
-                )
-
-            return lax.fori_loop(1, n_pieces, body, one_piece(y))
-
-        if self.pieces is None:
-            return lax.cond(n_pieces == 1, lambda _: one_piece(y), pieces, None)
-        return pieces(None) if self.pieces else one_piece(y)
+        return _walk(dynamics, consts, y, current, self.max_steps, n_pieces)

@@ -170,6 +170,15 @@ class AbstractClosedFormDynamics(AbstractExactFlowDynamics):
     @abc.abstractmethod
     def interval_end(self, ev: PyTree[Array]) -> State: ...
 
+    def next_piece(
+        self, ev: PyTree[Array], current: NeuronFloat, constants: PyTree[Array]
+    ) -> PyTree[Array]:
+        """The event state at the start of an interval's next piece (see
+        `max_event_span`), from `ev` at the end of this one. By default the state
+        at the end, started again: `interval_start(interval_end(ev), current,
+        constants)`."""
+        return self.interval_start(self.interval_end(ev), current, constants)
+
     @abc.abstractmethod
     def count_uncertain(self, ev: PyTree[Array], count) -> NeuronBool:
         """Whether the rounding of the walk (which accumulates over the `count`

@@ -237,6 +237,13 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
             gain = gain * refractory_gain
         return _LIFEvents(v_inf, u_threshold, gain, s, tau, *refr)
 
+    def next_piece(self, ev: _LIFEvents, current, constants) -> _LIFEvents:
+        if ev.spike_block is not None:  # refractory: the state at the end decides
+            return super().next_piece(ev, current, constants)
+        # `s` is the distance below the asymptote `v_inf`, which the current fixes
+        # for the whole interval: one piece later it has decayed by `decay`.
+        return eqx.tree_at(lambda e: e.s, ev, ev.s * constants[0])
+
     def crossing_pending(self, ev: _LIFEvents):
         pending = (ev.u_threshold > 0) & (ev.s <= ev.u_threshold)
         if ev.blocked_start is not None:

@@ -6,7 +6,6 @@ import abc
 from typing import Any, cast
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -43,17 +42,6 @@ class AbstractIntegrator(eqx.Module):
         [`AbstractDynamics.constraints`][]); none by default."""
         del dynamics, interval
         return {}
-
-    def variants(
-        self, constants: PyTree[Array]
-    ) -> "tuple[Array, AbstractIntegrator, AbstractIntegrator] | None":
-        """Optionally `(pred, a, b)`: integrators specialised on a run-time property
-        of the constants of a run whose intervals all have the same length, so that
-        a branch taken once per run is not taken in every interval. `a` runs where
-        `pred` holds (for every run of a `vmap`ped batch), else `b`, which must be
-        right whether or not `pred` holds. None by default."""
-        del constants
-        return None
 
     def new_buffer(
         self, state: State, max_spikes: int, dtype, uniform: bool
@@ -118,9 +106,7 @@ def run_intervals(
     """The forward pass: a scan over the intervals, the integrator inside each.
 
     `interval` is a scalar (every interval has this length, ms) or one length per
-    interval. The integrator's [`AbstractIntegrator.variants`][] are compiled as
-    two scans and one is run (`pred` is reduced over a `vmap`ped batch, so that the
-    branch stays a branch instead of a select that runs both).
+    interval.
 
     With `batch_major` (a batch folded by [`run_folded`][]), `currents` is `(B, T,
     n)` and the population is the `B * n` neurons of the batch, run by run. Interval
@@ -139,18 +125,6 @@ def run_intervals(
     if cfg.max_spikes is not None:
         buffer = integrator.new_buffer(state, cfg.max_spikes, dtype, uniform)
     constants = integrator.prepare(dynamics, interval) if uniform else None
-    variants = integrator.variants(constants) if uniform else None
-    if variants is not None:
-        pred, a, b = variants
-        return lax.cond(
-            eqxi.unvmap_all(pred),
-            lambda: run_intervals(
-                a, dynamics, currents, interval, state, cfg, batch_major
-            ),
-            lambda: run_intervals(
-                b, dynamics, currents, interval, state, cfg, batch_major
-            ),
-        )
     lengths = jnp.broadcast_to(interval, (num_intervals,))
     starts = interval_starts(interval, num_intervals)
 

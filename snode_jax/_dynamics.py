@@ -140,7 +140,9 @@ class AbstractClosedFormDynamics(AbstractExactFlowDynamics):
     - `interval_start(y, current, constants)`: the event state at the interval start;
     - `crossing_pending(ev)`: whether the next crossing happens before the end;
     - `fire(ev, mask)`: move past that crossing and reset, where `mask` holds;
-    - `interval_end(ev)`: the state at the interval end.
+    - `interval_end(ev)`: the state at the interval end;
+    - `next_piece(ev, current, constants)` (optional): the event state at the start
+      of a long interval's next piece.
 
     Spike times and gradients use `replay_interval`: given how many spikes the
     interval holds (counted by the walk), it writes the interval out in closed form,

@@ -146,3 +146,40 @@ def test_refractory_errors():
     bad = sj.LIFState(jnp.zeros(2), jnp.array([-1.0, 0.0]))
     sol = layer.simulate(jnp.ones((2, 2)), 1.0, max_spikes=4, state=bad, throw=False)
     assert sol.result == sj.RESULTS.invalid_parameters
+
+
+@pytest.mark.parametrize("t_ref", [0.5, 5.0, 70.0])
+def test_refractory_intervals_walked_in_pieces_match_closed_form(t_ref):
+    """Intervals of 75 tau_mem are walked in three pieces (each at most 30
+    tau_mem), each from the state the one before ends in, the refractory period
+    carried across (70 ms outlasts a whole piece)."""
+    params = (2.0, 0.0, 1.0, 0.0, 1.0)  # tau_mem, v_rest, v_threshold, v_reset, C
+    interval = 150.0
+    layer = sj.SpikingODELayer(
+        4,
+        12,
+        sj.ODELIFDynamics(*params, t_ref=t_ref),
+        dtype=jnp.float64,
+        key=jax.random.key(1),
+    )
+    x = np.random.default_rng(2).uniform(0.0, 1.5, (6, 4))
+    x[1::2] = 0  # the input is off in every other interval
+    ref = lif_reference(layer.weight, x, interval, *params, t_ref=t_ref)
+    assert ref.counts.sum() > 20
+    max_spikes = int(ref.counts.sum(0).max()) + 1
+    sol = layer.simulate(x, interval, max_spikes=max_spikes)
+    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+    expected = ref.padded_times(max_spikes)
+    fin = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(sol.spike_times)), fin)
+    # Times up to 900 ms: float64 rounding of a few ulp of that, far below 1e-9.
+    assert (
+        np.max(np.abs(np.asarray(sol.spike_times)[fin] - expected[fin]), initial=0)
+        <= 1e-9
+    )
+    np.testing.assert_allclose(
+        np.asarray(sol.interval_states.v), ref.interval_v, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        np.asarray(sol.final_state.refractory), ref.final_refractory, atol=1e-9
+    )

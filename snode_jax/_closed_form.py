@@ -52,42 +52,51 @@ def _walk(
     for _ in range(_PEEL):  # most intervals need no loop at all
         carry = body(carry)
 
-    # The loop is entered only when some neuron has more spikes in the interval's
+    # A loop is entered only when some neuron has more spikes in the interval's
     # first piece, or the interval has more pieces. (The integrator is never
-    # vmapped, see `run_folded`, so this is a real branch.) In each iteration a
-    # neuron with a spike pending fires; one without moves on to its next piece,
-    # if any (its count `in_piece` starts again).
-    def more(c):
-        _, pending, _, _, piece, _, _ = c
-        return pending | (piece < n_pieces - 1)
+    # vmapped, see `run_folded`, so these are real branches.)
+    def spikes(carry):
+        # The rest of a piece's spikes, one per iteration for each neuron that has
+        # one pending (`carry`'s count is the piece's).
+        return lax.while_loop(lambda c: jnp.any(c[1]), body, carry)
 
-    def step(c):
-        ev, pending, count, in_piece, piece, exhausted, imprecise = c
-        turn = ~pending & (piece < n_pieces - 1)
-        # The piece just finished: what it leaves pending, and how precisely it
-        # counted (as for the last piece, below).
-        exhausted = exhausted | (turn & dynamics.crossing_pending(ev))
-        imprecise = imprecise + (turn & dynamics.count_uncertain(ev, in_piece))
-        following = dynamics.next_piece(ev, current, constants)
-        ev, _, count = body((ev, pending, count))
-        # (Entries that are scalars are fixed by the interval's constants alone;
-        # so are those `next_piece` keeps.)
-        ev = jax.tree.map(
-            lambda a, b: b if a is b or not jnp.ndim(b) else jnp.where(turn, a, b),
-            following,
-            ev,
-        )
-        in_piece = jnp.where(turn, 0, in_piece + pending)
-        piece = piece + turn
-        pending = dynamics.crossing_pending(ev) & (in_piece + 1 < max_steps)
-        return ev, pending, count, in_piece, piece, exhausted, imprecise
+    def no_loop(carry):
+        ev, _, count = carry
+        return ev, count, zeros
 
-    def loop(carry):
-        ev, pending, count = carry
-        no = jnp.zeros(count.shape, bool)
-        c = (ev, pending, count, count, zeros, no, zeros)
-        c = lax.while_loop(lambda c: jnp.any(more(c)), step, c)
-        ev, _, count, in_piece, _, exhausted, imprecise = c
+    def one_piece(carry):
+        ev, _, count = spikes(carry)
+        return ev, count, zeros
+
+    def pieces(carry):
+        # Piece after piece, every neuron in the same one: its spikes, then, but
+        # after the last, what it leaves (a crossing still pending: the budget ran
+        # out; how precisely it counted), and the next piece, whose count starts
+        # again. The per-piece work is done once per piece, not once per spike.
+        def step(c):
+            piece, ev, pending, in_piece, count, exhausted, imprecise = c
+            ev, _, in_piece = spikes((ev, pending, in_piece))
+            count = count + in_piece
+            turn = piece < n_pieces - 1
+            exhausted = exhausted | (turn & dynamics.crossing_pending(ev))
+            imprecise = imprecise + (turn & dynamics.count_uncertain(ev, in_piece))
+            following = dynamics.next_piece(ev, current, constants)
+            # (Entries that are scalars are fixed by the interval's constants
+            # alone; so are those `next_piece` keeps.)
+            ev = jax.tree.map(
+                lambda a, b: b if a is b or not jnp.ndim(b) else jnp.where(turn, a, b),
+                following,
+                ev,
+            )
+            pending = turn & dynamics.crossing_pending(ev) & (max_steps > 1)
+            in_piece = jnp.where(turn, 0, in_piece)
+            return piece + 1, ev, pending, in_piece, count, exhausted, imprecise
+
+        ev, pending, in_piece = carry
+        no = jnp.zeros(in_piece.shape, bool)
+        c = (jnp.zeros((), n_pieces.dtype), ev, pending, in_piece, zeros, no, zeros)
+        c = lax.while_loop(lambda c: c[0] < n_pieces, step, c)
+        _, ev, _, in_piece, count, exhausted, imprecise = c
         # What the pieces before the last add, in one integer per neuron: whether
         # one left a crossing pending (bit 0), and how many counted imprecisely
         # (the last piece's imprecision is taken below as if its count were the
@@ -99,13 +108,8 @@ def _walk(
         )
         return ev, count, 2 * imprecise + exhausted
 
-    def no_loop(carry):
-        ev, _, count = carry
-        return ev, count, zeros
-
-    ev, count, earlier = lax.cond(
-        jnp.any(carry[1]) | (n_pieces > 1), loop, no_loop, carry
-    )
+    branch = jnp.where(n_pieces > 1, 2, jnp.where(jnp.any(carry[1]), 1, 0))
+    ev, count, earlier = lax.switch(branch, (no_loop, one_piece, pieces), carry)
     exhausted = ((earlier & 1) > 0) | dynamics.crossing_pending(ev)
     imprecise = (earlier >> 1) + dynamics.count_uncertain(ev, count)
     counters = Counters(count + n_pieces, count, num_imprecise_intervals=imprecise)

@@ -16,6 +16,9 @@ from ._scan import AbstractIntegrator
 # than a loop iteration.
 _PEEL = 3
 
+# Spikes per neuron per iteration of the walk's loop, once it is entered.
+_UNROLL = 4
+
 # The largest piece count of one interval (an int32 loop bound).
 _MAX_PIECES = 2.0**31 - 1
 
@@ -56,9 +59,16 @@ def _walk(
     # first piece, or the interval has more pieces. (The integrator is never
     # vmapped, see `run_folded`, so these are real branches.)
     def spikes(carry):
-        # The rest of a piece's spikes, one per iteration for each neuron that has
-        # one pending (`carry`'s count is the piece's).
-        return lax.while_loop(lambda c: jnp.any(c[1]), body, carry)
+        # The rest of a piece's spikes, `_UNROLL` per iteration for each neuron
+        # that has them pending (`carry`'s count is the piece's): one pass over the
+        # neurons' state per iteration, and the steps of a neuron with nothing
+        # pending change nothing.
+        def steps(c):
+            for _ in range(_UNROLL):
+                c = body(c)
+            return c
+
+        return lax.while_loop(lambda c: jnp.any(c[1]), steps, carry)
 
     def no_loop(carry):
         ev, _, count = carry

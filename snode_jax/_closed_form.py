@@ -232,8 +232,8 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     zero = jnp.zeros((n,), dtype)
     init = (jnp.zeros((), jnp.int32), jnp.zeros((n,), jnp.int32), zero, zero)
     marks = lax.while_loop(lambda c: c[0] < top, fill, init + (record.marks,))[4]
-    slot = jnp.arange(cap)[:, None]
-    return jnp.where(slot < record.num, marks[:, :, 0], jnp.inf).T
+    slot = jnp.arange(cap)[None, :]
+    return jnp.where(slot < record.num[:, None], marks[:, :, 0].T, jnp.inf)
 
 
 class ClosedFormWalk(AbstractIntegrator):

@@ -216,7 +216,7 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
         here = lax.dynamic_index_in_dim(marks, j, keepdims=False)
         starts_here = here[:, 0] >= 0
         new_first, new_period = lax.cond(
-            any_starts[j], interval_times, lambda _: (first, period), here
+            jnp.any(starts_here), interval_times, lambda _: (first, period), here
         )
         head = jnp.where(starts_here, j, head)
         first = jnp.where(starts_here, new_first, first)
@@ -228,7 +228,6 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
 
     # Slots past every neuron's count are not visited (they are padded below).
     top = jnp.minimum(jnp.max(record.num), cap)
-    any_starts = jnp.any(record.marks[:, :, 0] >= 0, axis=1)
     zero = jnp.zeros((n,), dtype)
     init = (jnp.zeros((), jnp.int32), jnp.zeros((n,), jnp.int32), zero, zero)
     marks = lax.while_loop(lambda c: c[0] < top, fill, init + (record.marks,))[4]

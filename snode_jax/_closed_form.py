@@ -70,26 +70,29 @@ def _walk(
 
         return lax.while_loop(lambda c: jnp.any(c[1]), steps, carry)
 
+    nothing = jnp.zeros(current.shape, bool)
+
     def no_loop(carry):
         ev, _, count = carry
-        return ev, count, zeros
+        return ev, count, nothing
 
     def one_piece(carry):
         ev, _, count = spikes(carry)
-        return ev, count, zeros
+        return ev, count, nothing
 
     def pieces(carry):
         # Piece after piece, every neuron in the same one: its spikes, then, but
-        # after the last, what it leaves (a crossing still pending: the budget ran
-        # out; how precisely it counted), and the next piece, whose count starts
-        # again. The per-piece work is done once per piece, not once per spike.
+        # after the last, whether it leaves a crossing pending (its budget ran
+        # out), and the next piece, whose count starts again. The per-piece work
+        # is done once per piece, not once per spike. (How precisely the interval
+        # counted is judged below from its whole count: the rounding of each
+        # spike's product carries into the next piece.)
         def step(c):
-            piece, ev, pending, in_piece, count, exhausted, imprecise = c
+            piece, ev, pending, in_piece, count, exhausted = c
             ev, _, in_piece = spikes((ev, pending, in_piece))
             count = count + in_piece
             turn = piece < n_pieces - 1
             exhausted = exhausted | (turn & dynamics.crossing_pending(ev))
-            imprecise = imprecise + (turn & dynamics.count_uncertain(ev, in_piece))
             following = dynamics.next_piece(ev, current, constants)
             # (Entries that are scalars are fixed by the interval's constants
             # alone; so are those `next_piece` keeps.)
@@ -100,28 +103,19 @@ def _walk(
             )
             pending = turn & dynamics.crossing_pending(ev) & (max_steps > 1)
             in_piece = jnp.where(turn, 0, in_piece)
-            return piece + 1, ev, pending, in_piece, count, exhausted, imprecise
+            return piece + 1, ev, pending, in_piece, count, exhausted
 
         ev, pending, in_piece = carry
-        no = jnp.zeros(in_piece.shape, bool)
-        c = (jnp.zeros((), n_pieces.dtype), ev, pending, in_piece, zeros, no, zeros)
+        c = (jnp.zeros((), n_pieces.dtype), ev, pending, in_piece, zeros, nothing)
         c = lax.while_loop(lambda c: c[0] < n_pieces, step, c)
-        _, ev, _, in_piece, count, exhausted, imprecise = c
-        # What the pieces before the last add, in one integer per neuron: whether
-        # one left a crossing pending (bit 0), and how many counted imprecisely
-        # (the last piece's imprecision is taken below as if its count were the
-        # interval's, so corrected here).
-        imprecise = (
-            imprecise
-            + dynamics.count_uncertain(ev, in_piece)
-            - dynamics.count_uncertain(ev, count)
-        )
-        return ev, count, 2 * imprecise + exhausted
+        _, ev, _, _, count, exhausted = c
+        # Whether a piece before the last left a crossing pending.
+        return ev, count, exhausted
 
     branch = jnp.where(n_pieces > 1, 2, jnp.where(jnp.any(carry[1]), 1, 0))
-    ev, count, earlier = lax.switch(branch, (no_loop, one_piece, pieces), carry)
-    exhausted = ((earlier & 1) > 0) | dynamics.crossing_pending(ev)
-    imprecise = (earlier >> 1) + dynamics.count_uncertain(ev, count)
+    ev, count, exhausted = lax.switch(branch, (no_loop, one_piece, pieces), carry)
+    exhausted = exhausted | dynamics.crossing_pending(ev)
+    imprecise = dynamics.count_uncertain(ev, count).astype(jnp.int32)
     counters = Counters(count + n_pieces, count, num_imprecise_intervals=imprecise)
     no_fail = jnp.zeros(count.shape, bool)
     return IntervalOutcome(
@@ -243,7 +237,8 @@ class ClosedFormWalk(AbstractIntegrator):
 
     **Arguments:**
 
-    - `max_steps`: steps per neuron per interval (one per spike plus one).
+    - `max_steps`: steps per neuron per interval, or per piece of an interval walked
+        in pieces (one per spike plus one).
     """
 
     max_steps: int = 4096

@@ -60,7 +60,8 @@ class SpikingODELayer(eqx.Module):
         step settings at once (then give none of `dt_init`, `dt_min`, `dt_max`,
         `rtol`, `atol`).
     - `max_steps`: step budget per neuron per interval (the closed-form LIF path
-        takes one step per spike plus one).
+        takes one step per spike plus one; it walks an interval longer than 30
+        times the smallest `tau_mem` in equal pieces, with this budget for each).
     - `max_root_iters`: iteration budget of the crossing search (default 200); or
     - `root_finder`: a [`BracketedNewton`][] (then no `max_root_iters`).
     - `surrogate`: the surrogate derivative given to spike counts (their values stay

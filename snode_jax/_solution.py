@@ -14,7 +14,8 @@ class RESULTS(eqx.Enumeration):
     successful = ""
     max_steps_reached = (
         "The step budget ran out: some neuron needed more than `max_steps` solver "
-        "steps within one interval, so the interval was not integrated to its end. "
+        "steps within one interval (on the closed-form path, within one piece of "
+        "a long interval), so the interval was not integrated to its end. "
         "Increase `max_steps`."
     )
     spike_buffer_full = (

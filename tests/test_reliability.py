@@ -2,6 +2,8 @@
 refractory periods in the gradients, the step floor far from t = 0, interval
 lengths the closed-form walk cannot count, and tonically firing neurons."""
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -265,3 +267,27 @@ def test_float32_count_precision_is_reported():
     ref = lif_reference(np.ones((1, 1)), x, 1.0)
     f32 = _one(dyn, jnp.float32).forward(x, 1.0)
     np.testing.assert_array_equal(np.asarray(f32), ref.counts)
+
+
+def test_float32_count_precision_over_an_interval_in_pieces_is_reported():
+    """An interval of 1000 tau_mem is walked in 34 pieces of under 3000 spikes each.
+    The rounding of each spike's product carries from piece to piece, so the
+    precision of the count is judged from the interval's whole count (about 99,500
+    spikes): float32 reports it, once per interval; float64 counts as the closed
+    form (first spike at tau log((v_inf - v0) / (v_inf - th)), then one per period
+    tau log((v_inf - v_reset) / (v_inf - th))), interval after interval."""
+    dyn = sj.ODELIFDynamics(tau_mem=1.0)
+    x = np.full((3, 1), 100.0)
+    f32 = _one(dyn, jnp.float32).simulate(x, 1000.0, max_spikes=0, throw=False)
+    assert f32.result == sj.RESULTS.count_precision_lost
+    assert int(f32.stats["num_imprecise_intervals"][0]) == 3
+    v_inf, v, expected = 100.0, 0.0, []
+    period = math.log(v_inf / (v_inf - 1.0))
+    for _ in range(3):
+        first = math.log((v_inf - v) / (v_inf - 1.0))
+        count = math.floor((1000.0 - first) / period) + 1
+        last = first + (count - 1) * period
+        v = v_inf - v_inf * math.exp(-(1000.0 - last))
+        expected.append(count)
+    f64 = _one(dyn, jnp.float64).forward(x, 1000.0)  # raises unless successful
+    np.testing.assert_array_equal(np.asarray(f64)[:, 0], expected)

@@ -184,7 +184,8 @@ class AbstractClosedFormDynamics(AbstractExactFlowDynamics):
     @abc.abstractmethod
     def count_uncertain(self, ev: PyTree[Array], count) -> NeuronBool:
         """Whether the rounding of the walk (which accumulates over the `count`
-        spikes of the piece) may have changed the count."""
+        spikes of the interval, all its pieces included) may have changed the
+        count."""
 
     @abc.abstractmethod
     def replay_interval(

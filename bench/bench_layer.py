@@ -247,7 +247,10 @@ def main():
             "(not vmapped: it reads the currents in place, as `forward` does under "
             "`vmap`, and pays no transposes into and out of a vmapped scan). Counts are compared with the "
             "float64 closed form for every (batch, interval, neuron); the floor scan "
-            "and Euler are not exact.",
+            "and Euler are not exact. The third workload has four times the input: "
+            "its neurons often fire more than three times in an interval, so the "
+            "walk runs its loop (the first two rarely do), and `simulate`'s buffer "
+            "holds every spike (the next power of two above the largest count).",
             "",
             table(rows),
             "",

@@ -27,22 +27,16 @@ def random_config(rng, trial):
     return (tau, v_rest, theta, v_reset, C), interval, t_ref, scale
 
 
-@pytest.mark.parametrize("trial", range(12))
-def test_refractory_matches_closed_form(trial):
-    rng = np.random.default_rng(100 + trial)
-    params, interval, t_ref, scale = random_config(rng, trial)
-    layer = sj.SpikingODELayer(
-        5, 8, sj.ODELIFDynamics(*params, t_ref=t_ref), key=jax.random.key(trial)
-    )
-    x = rng.standard_normal((25, 5)) * scale
-    ref = lif_reference(layer.weight, x, interval, *params, t_ref=t_ref)
+def _simulate_against(ref, layer, x, interval):
+    """`layer.simulate` against the closed-form reference `ref`: counts exactly,
+    spike times, interval voltages and the final refractory state to 1e-9 (ms,
+    float64). Returns the solution."""
     max_spikes = int(ref.counts.sum(0).max()) + 1
     sol = layer.simulate(x, interval, max_spikes=max_spikes)
     np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
     expected = ref.padded_times(max_spikes)
     fin = np.isfinite(expected)
     np.testing.assert_array_equal(np.isfinite(np.asarray(sol.spike_times)), fin)
-    # Same 1e-9 ms / 1e-9 bounds as the LIF without refractoriness (float64).
     assert (
         np.max(np.abs(np.asarray(sol.spike_times)[fin] - expected[fin]), initial=0)
         <= 1e-9
@@ -53,6 +47,20 @@ def test_refractory_matches_closed_form(trial):
     np.testing.assert_allclose(
         np.asarray(sol.final_state.refractory), ref.final_refractory, atol=1e-9
     )
+    return sol
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_refractory_matches_closed_form(trial):
+    rng = np.random.default_rng(100 + trial)
+    params, interval, t_ref, scale = random_config(rng, trial)
+    layer = sj.SpikingODELayer(
+        5, 8, sj.ODELIFDynamics(*params, t_ref=t_ref), key=jax.random.key(trial)
+    )
+    x = rng.standard_normal((25, 5)) * scale
+    ref = lif_reference(layer.weight, x, interval, *params, t_ref=t_ref)
+    # Same 1e-9 ms / 1e-9 bounds as the LIF without refractoriness (float64).
+    sol = _simulate_against(ref, layer, x, interval)
     # forward agrees, and the refractory period is respected.
     np.testing.assert_array_equal(np.asarray(layer.forward(x, interval)), ref.counts)
     for row in np.asarray(sol.spike_times):
@@ -166,20 +174,5 @@ def test_refractory_intervals_walked_in_pieces_match_closed_form(t_ref):
     x[1::2] = 0  # the input is off in every other interval
     ref = lif_reference(layer.weight, x, interval, *params, t_ref=t_ref)
     assert ref.counts.sum() > 20
-    max_spikes = int(ref.counts.sum(0).max()) + 1
-    sol = layer.simulate(x, interval, max_spikes=max_spikes)
-    np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
-    expected = ref.padded_times(max_spikes)
-    fin = np.isfinite(expected)
-    np.testing.assert_array_equal(np.isfinite(np.asarray(sol.spike_times)), fin)
     # Times up to 900 ms: float64 rounding of a few ulp of that, far below 1e-9.
-    assert (
-        np.max(np.abs(np.asarray(sol.spike_times)[fin] - expected[fin]), initial=0)
-        <= 1e-9
-    )
-    np.testing.assert_allclose(
-        np.asarray(sol.interval_states.v), ref.interval_v, atol=1e-9
-    )
-    np.testing.assert_allclose(
-        np.asarray(sol.final_state.refractory), ref.final_refractory, atol=1e-9
-    )
+    _simulate_against(ref, layer, x, interval)

@@ -3,6 +3,7 @@ neuron, and `adaptive_step`, which puts a solver and the step controller togethe
 (The Runge-Kutta pairs written out for speed are in `_runge_kutta.py`.)"""
 
 import abc
+import functools as ft
 
 import diffrax
 import equinox as eqx
@@ -97,6 +98,19 @@ def _vector_field(t, y, args):
 _TERM = diffrax.ODETerm(_vector_field)
 
 
+@eqx.filter_jit
+def _diffrax_step(solver, dyn, t0, t1, y0, cur):
+    args = (dyn, cur)
+    state = solver.init(_TERM, t0, t1, y0, args)
+    y1, y_error, dense, _, result = solver.step(
+        _TERM, t0, t1, y0, args, state, made_jump=False
+    )
+    # A failed implicit solve: an infinite error rejects the step.
+    failed = result != diffrax.RESULTS.successful
+    y_error = jax.tree.map(lambda e: jnp.where(failed, jnp.inf, e), y_error)
+    return y1, y_error, dict(t0=t0, t1=t1, **dense)
+
+
 class DiffraxStepper(AbstractStepper):
     """A diffrax solver with an error estimate, vmapped over neurons: each neuron is
     its own ODE `diffrax.ODETerm` with the model's vector field, stepped through the
@@ -105,19 +119,7 @@ class DiffraxStepper(AbstractStepper):
     solver: diffrax.AbstractAdaptiveSolver
 
     def step(self, dynamics, t0, t1, y0, current):
-        solver = self.solver
-
-        def one(dyn, t0, t1, y0, cur):
-            args = (dyn, cur)
-            state = solver.init(_TERM, t0, t1, y0, args)
-            y1, y_error, dense, _, result = solver.step(
-                _TERM, t0, t1, y0, args, state, made_jump=False
-            )
-            # A failed implicit solve: an infinite error rejects the step.
-            failed = result != diffrax.RESULTS.successful
-            y_error = jax.tree.map(lambda e: jnp.where(failed, jnp.inf, e), y_error)
-            return y1, y_error, dict(t0=t0, t1=t1, **dense)
-
+        one = ft.partial(_diffrax_step, self.solver)
         axes = lane_axes(dynamics)
         return jax.vmap(one, in_axes=(axes, 0, 0, 0, 0))(dynamics, t0, t1, y0, current)
 

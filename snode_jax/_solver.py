@@ -98,6 +98,11 @@ def _vector_field(t, y, args):
 _TERM = diffrax.ODETerm(_vector_field)
 
 
+# One neuron's diffrax step. Module-level and jitted, so that its trace is cached
+# (by the solver, the model's static fields and the shapes): the loop's step, the
+# crossing search's sub-steps and the backward pass's rerun trace the solver once
+# between them, instead of once each (an implicit solver's step takes ~0.5 s to
+# trace). Inside a jitted run it is inlined: the compiled program is the same.
 @eqx.filter_jit
 def _diffrax_step(solver, dyn, t0, t1, y0, cur):
     args = (dyn, cur)

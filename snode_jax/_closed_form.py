@@ -85,8 +85,8 @@ def _walk(
         # after the last, whether it leaves a crossing pending (its budget ran
         # out), and the next piece, whose count starts again. The per-piece work
         # is done once per piece, not once per spike. (How precisely the interval
-        # counted is judged below from its whole count: the rounding of each
-        # spike's product carries into the next piece.)
+        # counted is judged below from its whole count: the rounding at each
+        # spike carries into the next piece.)
         def step(c):
             piece, ev, pending, in_piece, count, exhausted = c
             ev, _, in_piece = spikes((ev, pending, in_piece))

@@ -215,14 +215,15 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         return 30.0 * jnp.min(self.tau_mem)
 
     def interval_constants(self, interval):
-        refractory_gain = None
+        # exp(t_ref / tau) and exp(t_ref / tau) - 1 (to full precision).
+        refractory_gains = None
         if self.t_ref is not None:
             ratio = self.t_ref / self.tau_mem
-            refractory_gain = (jnp.exp(ratio), jnp.expm1(ratio))
-        return jnp.exp(-interval / self.tau_mem), interval, refractory_gain
+            refractory_gains = (jnp.exp(ratio), jnp.expm1(ratio))
+        return jnp.exp(-interval / self.tau_mem), interval, refractory_gains
 
     def interval_start(self, y: LIFState, current, constants) -> _LIFEvents:
-        decay, interval, refractory_gain = constants
+        decay, interval, refractory_gains = constants
         v_inf = self.v_rest + current * (self.tau_mem / self.C_mem)
         u_threshold = v_inf - self.v_threshold
         # Only used where a crossing happens, i.e. where u_threshold > 0.
@@ -232,7 +233,8 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         tau = jnp.broadcast_to(self.tau_mem, s.shape)
         refr = (None,) * 6
         if self.t_ref is not None:
-            assert y.refractory is not None
+            assert y.refractory is not None and refractory_gains is not None
+            exp_ratio, expm1_ratio = refractory_gains
             # Free evolution starts when the refractory period ends.
             s = s * jnp.exp(jnp.minimum(y.refractory, interval) / tau)
             no_block = jnp.zeros(s.shape, bool)
@@ -242,10 +244,9 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
                 y.v,
                 no_block,
                 jnp.ones_like(s),
-                refractory_gain[0],
+                exp_ratio,
             )
-            # (1 + g) exp(t_ref / tau) - 1, with exp(t_ref / tau) - 1 to full precision.
-            exp_ratio, expm1_ratio = refractory_gain
+            # (1 + g) exp(t_ref / tau) - 1.
             gain_minus_one = gain_minus_one * exp_ratio + expm1_ratio
         return _LIFEvents(v_inf, u_threshold, gain_minus_one, s, tau, *refr)
 

@@ -2,8 +2,6 @@
 refractory periods in the gradients, the step floor far from t = 0, interval
 lengths the closed-form walk cannot count, and tonically firing neurons."""
 
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -269,15 +267,31 @@ def test_float32_count_precision_is_reported():
     np.testing.assert_array_equal(np.asarray(f32), ref.counts)
 
 
+def _closed_form_counts(v_inf, interval, n_intervals, v_reset=0.0):
+    """Counts of LIF neurons (tau_mem 1, threshold 1, starting at 0) held at
+    asymptotes `v_inf` over `n_intervals` intervals, in float64 from the closed form:
+    first spike at tau log((v_inf - v0) / (v_inf - th)), then one per period
+    tau log((v_inf - v_reset) / (v_inf - th)), interval after interval."""
+    v_inf = np.asarray(v_inf, np.float64)
+    v_reset = np.float64(v_reset)
+    v, expected = np.zeros_like(v_inf), []
+    period = np.log((v_inf - v_reset) / (v_inf - 1.0))
+    for _ in range(n_intervals):
+        first = np.log((v_inf - v) / (v_inf - 1.0))
+        count = np.floor((interval - first) / period).astype(int) + 1
+        last = first + (count - 1) * period
+        v = v_inf - (v_inf - v_reset) * np.exp(-(interval - last))
+        expected.append(count)
+    return np.array(expected)
+
+
 def test_float32_counts_of_thousands_of_spikes_match_the_closed_form():
     """Up to ~4000 spikes per interval in float32, unreported as imprecise, count as
     the closed form: each reset adds `s * (gain - 1)` to the walk's `s`, so the
     rounding of a gain close to 1 does not enter `s` once per spike in one direction
     (multiplying by the gain miscounted 34 of these 9000 neuron-intervals). The
     asymptote is the weight itself (input 1, tau_mem = C_mem = 1), the same number
-    here and in the float64 closed form: first spike at
-    tau log((v_inf - v0) / (v_inf - th)), then one per period
-    tau log((v_inf - v_reset) / (v_inf - th)), interval after interval."""
+    here and in the float64 closed form."""
     n, interval = 3000, 20.0
     rng = np.random.default_rng(0)
     w = (10 ** rng.uniform(np.log10(1.5), np.log10(200.0), n)).astype(np.float32)
@@ -286,15 +300,7 @@ def test_float32_counts_of_thousands_of_spikes_match_the_closed_form():
     )
     layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(w[:, None]))
     counts = np.asarray(layer.forward(np.ones((3, 1), np.float32), interval))
-    v_inf, v, expected = w.astype(np.float64), np.zeros(n), []
-    period = np.log(v_inf / (v_inf - 1.0))
-    for _ in range(3):
-        first = np.log((v_inf - v) / (v_inf - 1.0))
-        count = np.floor((interval - first) / period).astype(int) + 1
-        last = first + (count - 1) * period
-        v = v_inf - v_inf * np.exp(-(interval - last))
-        expected.append(count)
-    expected = np.array(expected)
+    expected = _closed_form_counts(w, interval, 3)
     assert expected.max() > 3000 and expected.min() >= 10
     np.testing.assert_array_equal(counts, expected)
 
@@ -315,34 +321,23 @@ def test_float32_rounding_that_drifts_one_way_is_reported():
     assert sol.result == sj.RESULTS.count_precision_lost
     np.testing.assert_array_equal(np.asarray(sol.stats["num_imprecise_intervals"]), 1)
     # The closed form in float64 from the same float32 numbers (v_inf = w).
-    v_inf = w.astype(np.float64)
-    first = np.log(v_inf / (v_inf - 1.0))
-    period = np.log((v_inf - np.float64(v_reset)) / (v_inf - 1.0))
-    expected = np.floor((interval - first) / period).astype(int) + 1
+    expected = _closed_form_counts(w, interval, 1, v_reset)
     assert set(np.unique(expected)) == {78, 79}
-    off = np.asarray(sol.counts)[0] != expected
+    off = np.asarray(sol.counts) != expected
     assert off.sum() > 0.1 * n
 
 
 def test_float32_count_precision_over_an_interval_in_pieces_is_reported():
     """An interval of 1000 tau_mem is walked in 34 pieces of under 3000 spikes each.
-    The rounding of each spike's product carries from piece to piece, so the
-    precision of the count is judged from the interval's whole count (about 99,500
-    spikes): float32 reports it, once per interval; float64 counts as the closed
-    form (first spike at tau log((v_inf - v0) / (v_inf - th)), then one per period
-    tau log((v_inf - v_reset) / (v_inf - th))), interval after interval."""
+    The rounding at each spike carries from piece to piece, so the precision of the
+    count is judged from the interval's whole count (about 99,500 spikes): float32
+    reports it, once per interval; float64 counts as the closed form, interval
+    after interval."""
     dyn = sj.ODELIFDynamics(tau_mem=1.0)
     x = np.full((3, 1), 100.0)
     f32 = _one(dyn, jnp.float32).simulate(x, 1000.0, max_spikes=0, throw=False)
     assert f32.result == sj.RESULTS.count_precision_lost
     assert int(f32.stats["num_imprecise_intervals"][0]) == 3
-    v_inf, v, expected = 100.0, 0.0, []
-    period = math.log(v_inf / (v_inf - 1.0))
-    for _ in range(3):
-        first = math.log((v_inf - v) / (v_inf - 1.0))
-        count = math.floor((1000.0 - first) / period) + 1
-        last = first + (count - 1) * period
-        v = v_inf - v_inf * math.exp(-(1000.0 - last))
-        expected.append(count)
+    expected = _closed_form_counts(100.0, 1000.0, 3)
     f64 = _one(dyn, jnp.float64).forward(x, 1000.0)  # raises unless successful
     np.testing.assert_array_equal(np.asarray(f64)[:, 0], expected)

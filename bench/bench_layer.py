@@ -59,10 +59,10 @@ def floor_scan(dynamics, weight, inputs, interval):
     the exact LIF costs if no neuron fires twice in an interval).
 
     It takes the whole batch `(B, T, n_inputs)` as one population and reads each
-    interval's currents where the matmul put them, as `forward` does under
-    `jax.vmap` (a vmapped scan would first transpose the currents to time-major
-    order and fill its output with zeros: about a third of its time here). The
-    counts are stacked in time order and transposed once to `(B, T, n)`."""
+    interval's currents where the matmul put them (a vmapped scan would first
+    transpose the currents to time-major order and fill its output with zeros:
+    about a third of its time here). The counts are stacked in time order and
+    transposed once to `(B, T, n)`."""
     currents = inputs @ weight.T
     dtype = inputs.dtype
     tau = jnp.asarray(dynamics.tau_mem, dtype)
@@ -244,8 +244,10 @@ def main():
             "(Euler dt = 0.1 ms passed the same way, in the same dtype; `simulate` to "
             "`forward`). The floor scan is the input matmul plus one multiply-add, "
             "compare and reset per neuron and interval, on the whole batch at once "
-            "(not vmapped: it reads the currents in place, as `forward` does under "
-            "`vmap`, and pays no transposes into and out of a vmapped scan). Counts are compared with the "
+            "(not vmapped: it reads interval `k`'s currents at `[:, k]` of the "
+            "matmul's `(B, T, n)` output, and pays no transposes into and out of a "
+            "vmapped scan; read time-major after one transpose, as `forward` now "
+            "reads them, it took the same time). Counts are compared with the "
             "float64 closed form for every (batch, interval, neuron); the floor scan "
             "and Euler are not exact. The third workload has four times the input: "
             "its neurons often fire more than three times in an interval, so the "

@@ -109,10 +109,12 @@ def run_intervals(
     interval.
 
     With `batch_major` (a batch folded by [`run_folded`][]), `currents` is `(B, T,
-    n)` and the population is the `B * n` neurons of the batch, run by run. Interval
-    `k` reads its currents at `[:, k]`, and `counts` and `interval_states` come back
-    as `(B, T, n)`, written in place at `[:, k]`: neither the currents nor these
-    outputs are copied into (or out of) time-major order.
+    n)` and the population is the `B * n` neurons of the batch, run by run. The
+    currents are transposed once to time-major `(T, B * n)`, so that interval `k`
+    reads one contiguous row (a strided read of `[:, k]` in every interval made the
+    whole forward pass about 2x slower in float32 on a 2-core x86 CPU); `counts`
+    and `interval_states` come back as `(B, T, n)`, written in place at `[:, k]`
+    (not stacked time-major and transposed).
     """
     dtype = currents.dtype
     if batch_major:
@@ -130,10 +132,7 @@ def run_intervals(
 
     def one_interval(carry, xs):
         y, buffer, counters, exhausted, root_fail, bad, stacked = carry
-        t_start, length, current = xs
-        if batch_major:  # interval `current` of every run: (B, n) -> (B * n,)
-            k = current
-            current = lax.dynamic_index_in_dim(currents, k, 1, False).reshape(-1)
+        t_start, length, current, k = xs
         consts = constants if uniform else integrator.prepare(dynamics, length)
         out = integrator.interval(dynamics, consts, y, current, t_start, length, buffer)
         ys = (out.count.astype(jnp.int32), out.y if cfg.keep_interval_states else None)
@@ -167,9 +166,11 @@ def run_intervals(
             if cfg.keep_interval_states
             else None,
         )
-        xs = (starts, lengths, jnp.arange(num_intervals))
+        # Interval `k` of every run, (B, n) -> (B * n,): row `k`.
+        currents = jnp.moveaxis(currents, 0, 1).reshape(num_intervals, n_neurons)
+        xs = (starts, lengths, currents, jnp.arange(num_intervals))
     else:
-        xs = (starts, lengths, currents)
+        xs = (starts, lengths, currents, None)
     init = (state, buffer, integrator.zero_counters(n_neurons), no, no, no, stacked)
     (y, buffer, counters, exhausted, root_fail, bad, stacked), ys = lax.scan(
         one_interval, init, xs

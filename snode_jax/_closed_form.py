@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._dynamics import AbstractClosedFormDynamics
-from ._records import Counters, IntervalOutcome, set_entries
+from ._records import FLAT_INDEX_LIMIT, Counters, IntervalOutcome
 from ._scan import AbstractIntegrator
 
 # Crossings handled before entering the loop: at typical rates most intervals hold at
@@ -139,13 +139,15 @@ class SlotMarks(eqx.Module):
 
     **Fields:**
 
-    - `marks`: `(max_spikes, n_neurons, width)`; a slot's start time is `-1` where
-        no interval's first spike went.
+    - `marks`: `(width, max_spikes, n_neurons)`; a slot's start time is `-1` where
+        no interval's first spike went. (Each entry of a slot is one contiguous row
+        of the neurons: the pass over the slots reads them, and writes the times,
+        without strides.)
     - `num`: `(n_neurons,)` spikes so far (may exceed `max_spikes`).
     - `uniform`: all intervals have the same length (not stored per slot).
     """
 
-    marks: Float[Array, "max_spikes n_neurons width"]
+    marks: Float[Array, "width max_spikes n_neurons"]
     num: Int[Array, " n_neurons"]
     uniform: bool = eqx.field(static=True)
 
@@ -154,23 +156,31 @@ class SlotMarks(eqx.Module):
         leaves = jax.tree.leaves(state)
         n = leaves[0].shape[0]
         width = (2 if uniform else 3) + len(leaves)
-        marks = jnp.full((max_spikes, n, width), -1, dtype)
+        marks = jnp.full((width, max_spikes, n), -1, dtype)
         return SlotMarks(marks, jnp.zeros((n,), jnp.int32), uniform)
 
     def mark(self, count, y, current, t_start, length) -> "SlotMarks":
         """Record an interval that started at `t_start` from `y` with `current` and
         held `count` spikes per neuron."""
-        cap, n, _ = self.marks.shape
+        width, cap, n = self.marks.shape
         num = self.num + count
         if cap == 0:
             return SlotMarks(self.marks, num, self.uniform)
         dtype = self.marks.dtype
         columns = [t_start] + ([] if self.uniform else [length]) + [current]
         columns = [jnp.broadcast_to(c, (n,)).astype(dtype) for c in columns]
-        row = jnp.stack(columns + jax.tree.leaves(y), axis=1)
+        row = jnp.stack(columns + jax.tree.leaves(y))  # (width, n)
         keep = (count > 0) & (self.num < cap)
         neurons = jnp.arange(n, dtype=jnp.int32)
-        marks = set_entries(self.marks, self.num, neurons, keep, row)
+        if cap * n < FLAT_INDEX_LIMIT:
+            # One index per neuron into the flattened (slot, neuron) plane (see
+            # `set_entries`); the entries of a slot are written whole.
+            index = jnp.where(keep, self.num * n + neurons, cap * n)  # out: dropped
+            flat = self.marks.reshape(width, cap * n)
+            flat = flat.at[:, index].set(row, mode="drop")
+            return SlotMarks(flat.reshape(width, cap, n), num, self.uniform)
+        slots = jnp.where(keep, self.num, cap)  # out of range: dropped
+        marks = self.marks.at[:, slots, neurons].set(row, mode="drop")
         return SlotMarks(marks, num, self.uniform)
 
 
@@ -181,7 +191,7 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     One pass over the slots, up to the largest spike count: a slot where some
     neuron's interval starts takes the closed form (two logarithms per neuron); a
     slot that only continues intervals, a multiply-add."""
-    cap, n, _ = record.marks.shape
+    _, cap, n = record.marks.shape
     dtype = record.marks.dtype
     if cap == 0:
         return jnp.zeros((n, 0), dtype)
@@ -191,13 +201,13 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     def interval_times(here):
         # The interval's first spike (absolute) and period. A count of 2, for which
         # both are the model's values (see `IntervalReplay`), whatever the count.
-        length = interval if record.uniform else here[:, 1]
+        length = interval if record.uniform else here[1]
         y = jax.tree.unflatten(
-            treedef, [here[:, first_leaf + i] for i in range(treedef.num_leaves)]
+            treedef, [here[first_leaf + i] for i in range(treedef.num_leaves)]
         )
         count = jnp.full((n,), 2, jnp.int32)
-        rep = dynamics.replay_interval(y, here[:, first_leaf - 1], length, count)
-        return here[:, 0] + rep.first, rep.period
+        rep = dynamics.replay_interval(y, here[first_leaf - 1], length, count)
+        return here[0] + rep.first, rep.period
 
     def fill(carry):
         # Slot `j` of every neuron: it holds a spike of the latest interval whose
@@ -207,8 +217,8 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
         # not a gather over all of them at once: fused with a gather, XLA does not
         # vectorise the closed form's logarithms.)
         j, head, first, period, marks = carry
-        here = lax.dynamic_index_in_dim(marks, j, keepdims=False)
-        starts_here = here[:, 0] >= 0
+        here = lax.dynamic_index_in_dim(marks, j, 1, keepdims=False)  # (width, n)
+        starts_here = here[0] >= 0
         new_first, new_period = lax.cond(
             jnp.any(starts_here), interval_times, lambda _: (first, period), here
         )
@@ -217,7 +227,7 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
         period = jnp.where(starts_here, new_period, period)
         times = first + (j - head).astype(dtype) * period
         zero = jnp.zeros((), jnp.int32)
-        marks = lax.dynamic_update_slice(marks, times[None, :, None], (j, zero, zero))
+        marks = lax.dynamic_update_slice(marks, times[None, None], (zero, j, zero))
         return j + 1, head, first, period, marks
 
     # Slots past every neuron's count are not visited (they are padded below).
@@ -226,7 +236,7 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     init = (jnp.zeros((), jnp.int32), jnp.zeros((n,), jnp.int32), zero, zero)
     marks = lax.while_loop(lambda c: c[0] < top, fill, init + (record.marks,))[4]
     slot = jnp.arange(cap)[None, :]
-    return jnp.where(slot < record.num[:, None], marks[:, :, 0].T, jnp.inf)
+    return jnp.where(slot < record.num[:, None], marks[0].T, jnp.inf)
 
 
 class ClosedFormWalk(AbstractIntegrator):

@@ -2,7 +2,8 @@
 
 For a layer of 256 LIF neurons driven over T intervals, times (interleaved, medians,
 one process) a jitted forward loss and the jitted value-and-gradient of the same
-loss with respect to the weight and every dynamics parameter. The loss uses spike
+loss with respect to the weight and every dynamics parameter; for a batch, the loss
+is the mean over `jax.vmap` of the samples' losses, as in a training step. The loss uses spike
 times, final voltages and (surrogate) counts. Memory is XLA's own accounting of the
 compiled program (arguments + outputs + temporaries). float32 and float64.
 
@@ -28,17 +29,28 @@ import snode_jax as sj  # noqa: E402
 N_NEURONS, N_INPUTS, INTERVAL = 256, 32, 1.0
 
 
-def make(n_intervals, drive, dtype, max_spikes):
+def inputs(n_intervals, drive, dtype, batch):
+    """`(T, inputs)`, or `(batch, T, inputs)` for a batch over 1."""
+    rng = np.random.default_rng(0)
+    shape = (n_intervals, N_INPUTS) if batch == 1 else (batch, n_intervals, N_INPUTS)
+    return (rng.standard_normal(shape) * 0.5 + drive).astype(dtype)
+
+
+def make(n_intervals, drive, dtype, max_spikes, batch=1):
     layer = sj.SpikingODELayer(
         N_INPUTS, N_NEURONS, sj.ODELIFDynamics(), dtype=dtype, key=jax.random.key(0)
     )
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal((n_intervals, N_INPUTS)) * 0.5 + drive).astype(dtype)
+    x = inputs(n_intervals, drive, dtype, batch)
 
-    def loss(layer, x):
+    def one(layer, x):
         sol = layer.simulate(x, INTERVAL, max_spikes=max_spikes)
         t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
         return jnp.mean(t) + jnp.mean(sol.final_state.v**2) + 1e-3 * jnp.sum(sol.counts)
+
+    def loss(layer, x):
+        if batch == 1:
+            return one(layer, x)
+        return jnp.mean(jax.vmap(one, in_axes=(None, 0))(layer, x))
 
     fwd = eqx.filter_jit(loss)
     grad = eqx.filter_jit(eqx.filter_value_and_grad(loss))
@@ -81,10 +93,10 @@ def probe_counts(sol):
     return spikes, steps, max(int(np.max(np.asarray(sol.num_spikes))), 1)
 
 
-def row(dtype_name, n_intervals, drive, probed, fwd, grad, layer, x, reps):
+def row(dtype_name, batch, n_intervals, drive, probed, fwd, grad, layer, x, reps):
     """One table row: the configuration, the probe's counts and the measurements."""
     t_f, t_g, *rest = measure(fwd, grad, layer, x, reps)
-    r = (dtype_name, n_intervals, drive, *probed, t_f * 1e3, t_g * 1e3, *rest)
+    r = (dtype_name, batch, n_intervals, drive, *probed, t_f * 1e3, t_g * 1e3, *rest)
     print(r, flush=True)
     return r
 
@@ -92,7 +104,7 @@ def row(dtype_name, n_intervals, drive, probed, fwd, grad, layer, x, reps):
 def run(configs, reps):
     rows = []
     for dtype in (np.float32, np.float64):
-        for n_intervals, drive in configs:
+        for n_intervals, drive, batch in configs:
             probe = sj.SpikingODELayer(
                 N_INPUTS,
                 N_NEURONS,
@@ -100,32 +112,31 @@ def run(configs, reps):
                 dtype=dtype,
                 key=jax.random.key(0),
             )
-            rng = np.random.default_rng(0)
-            x = (rng.standard_normal((n_intervals, N_INPUTS)) * 0.5 + drive).astype(
-                dtype
-            )
-            probed = probe_counts(
-                probe.simulate(x, INTERVAL, max_spikes=0, throw=False)
-            )
-            layer, x, fwd, grad = make(n_intervals, drive, dtype, probed[2])
+            x = inputs(n_intervals, drive, dtype, batch)
+            run_probe = lambda x: probe.simulate(x, INTERVAL, max_spikes=0, throw=False)
+            if batch > 1:
+                run_probe = jax.vmap(run_probe)
+            probed = probe_counts(run_probe(x))
+            layer, x, fwd, grad = make(n_intervals, drive, dtype, probed[2], batch)
             name = np.dtype(dtype).name
             rows.append(
-                row(name, n_intervals, drive, probed, fwd, grad, layer, x, reps)
+                row(name, batch, n_intervals, drive, probed, fwd, grad, layer, x, reps)
             )
     return rows
 
 
 def table(rows):
     lines = [
-        "| dtype | intervals | drive | spikes | solver steps | max_spikes | forward (ms) "
-        "| value+grad (ms) | backward / forward | memory fwd (MiB) | memory grad (MiB) "
-        "| grad compile (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| dtype | batch | intervals | drive | spikes | solver steps | max_spikes "
+        "| forward (ms) | value+grad (ms) | backward / forward | memory fwd (MiB) "
+        "| memory grad (MiB) | grad compile (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.2f} "
-            f"| {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.2f} | {r[11]:.1f} |"
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} "
+            f"| {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.2f} | {r[11]:.2f} "
+            f"| {r[12]:.1f} |"
         )
     return "\n".join(lines)
 
@@ -172,7 +183,7 @@ def run_adaptive(configs, reps):
         probed = probe_counts(layer.simulate(x, interval, max_spikes=0, throw=False))
         fwd, grad = adaptive_loss(interval, probed[2])
         rows.append(
-            row("float64", n_intervals, interval, probed, fwd, grad, layer, x, reps)
+            row("float64", 1, n_intervals, interval, probed, fwd, grad, layer, x, reps)
         )
     return rows
 
@@ -184,7 +195,7 @@ def main():
     p.add_argument("--reps", type=int, default=9)
     a = p.parse_args()
     if a.quick:
-        print(table(run([(20, 0.0)], 3)))
+        print(table(run([(20, 0.0, 1), (20, 0.0, 4)], 3)))
         return
     if a.adaptive:
         rows = run_adaptive([(10, 10.0), (40, 10.0)], a.reps)
@@ -209,7 +220,8 @@ def main():
         print(text)
         write_section("bench_grad_adaptive", text)
         return
-    configs = [(100, 0.0), (100, 0.3), (100, 1.0), (400, 0.3), (1600, 0.3)]
+    configs = [(100, 0.0, 1), (100, 0.3, 1), (100, 1.0, 1), (400, 0.3, 1)]
+    configs += [(1600, 0.3, 1), (100, 0.3, 64)]
     rows = run(configs, a.reps)
     text = "\n".join(
         [
@@ -220,7 +232,9 @@ def main():
             f"Layer of {N_NEURONS} LIF neurons, {N_INPUTS} inputs, 1 ms intervals, "
             "inputs N(drive, 0.5^2). Loss: mean spike time + mean final v^2 + "
             "1e-3 * total (surrogate) count; gradient w.r.t. the weight and all five "
-            "dynamics parameters. 'backward / forward' is the median over interleaved "
+            "dynamics parameters. 'batch': samples per call; above 1 the loss is the "
+            "mean over `jax.vmap` of the samples' losses (a training step). "
+            "'backward / forward' is the median over interleaved "
             "repetitions of (value_and_grad - forward) / forward. Memory is XLA's "
             "accounting of the compiled program (arguments + outputs + temporaries); "
             "'solver steps' is the total over neurons (one per spike plus one per "

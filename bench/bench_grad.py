@@ -193,7 +193,15 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--adaptive", action="store_true", help="AdEx, adaptive path")
     p.add_argument("--reps", type=int, default=9)
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="call snode_jax.keep_freed_memory() first; the LIF table goes to its "
+        "own section (bench_grad_kept)",
+    )
     a = p.parse_args()
+    if a.keep_freed_memory and not sj.keep_freed_memory():
+        raise SystemExit("keep_freed_memory() did nothing here (not glibc)")
     if a.quick:
         print(table(run([(20, 0.0, 1), (20, 0.0, 4)], 3)))
         return
@@ -223,11 +231,12 @@ def main():
     configs = [(100, 0.0, 1), (100, 0.3, 1), (100, 1.0, 1), (400, 0.3, 1)]
     configs += [(1600, 0.3, 1), (100, 0.3, 64)]
     rows = run(configs, a.reps)
+    kept = " --keep-freed-memory" if a.keep_freed_memory else ""
     text = "\n".join(
         [
-            "## Gradients: backward vs forward (`bench/bench_grad.py`)",
+            "## Gradients: backward vs forward (`bench/bench_grad.py" + kept + "`)",
             "",
-            f"Command: `python bench/bench_grad.py --reps {a.reps}`  ",
+            f"Command: `python bench/bench_grad.py --reps {a.reps}{kept}`  ",
             f"Machine: {machine_line()}  ",
             f"Layer of {N_NEURONS} LIF neurons, {N_INPUTS} inputs, 1 ms intervals, "
             "inputs N(drive, 0.5^2). Loss: mean spike time + mean final v^2 + "
@@ -238,13 +247,20 @@ def main():
             "repetitions of (value_and_grad - forward) / forward. Memory is XLA's "
             "accounting of the compiled program (arguments + outputs + temporaries); "
             "'solver steps' is the total over neurons (one per spike plus one per "
-            "interval on the exact path).",
+            "interval on the exact path)."
+            + (
+                " Run after `snode_jax.keep_freed_memory()`: glibc keeps the memory "
+                "XLA frees for the next call, instead of mapping fresh pages for "
+                "every call's temporaries (the table above is without it)."
+                if kept
+                else ""
+            ),
             "",
             table(rows),
         ]
     )
     print(text)
-    write_section("bench_grad", text)
+    write_section("bench_grad_kept" if kept else "bench_grad", text)
 
 
 if __name__ == "__main__":

@@ -200,8 +200,13 @@ def main():
         "own section (bench_grad_kept)",
     )
     a = p.parse_args()
+    if a.keep_freed_memory and a.adaptive:
+        p.error("--keep-freed-memory measures the LIF table only, not --adaptive")
     if a.keep_freed_memory and not sj.keep_freed_memory():
-        raise SystemExit("keep_freed_memory() did nothing here (not glibc)")
+        raise SystemExit(
+            "keep_freed_memory() returned False: not glibc, or glibc refused the "
+            "setting"
+        )
     if a.quick:
         print(table(run([(20, 0.0, 1), (20, 0.0, 4)], 3)))
         return
@@ -246,12 +251,16 @@ def main():
             "'backward / forward' is the median over interleaved "
             "repetitions of (value_and_grad - forward) / forward. Memory is XLA's "
             "accounting of the compiled program (arguments + outputs + temporaries); "
-            "'solver steps' is the total over neurons (one per spike plus one per "
-            "interval on the exact path)."
+            "'spikes' and 'solver steps' are totals over neurons and samples (one "
+            "step per spike plus one per interval on the exact path)."
             + (
                 " Run after `snode_jax.keep_freed_memory()`: glibc keeps the memory "
                 "XLA frees for the next call, instead of mapping fresh pages for "
-                "every call's temporaries (the table above is without it)."
+                "every call's temporaries (the table above is without it). The two "
+                "tables come from two runs, at different times: differences smaller "
+                "than the run-to-run noise of this machine (20-50 %) mean nothing. "
+                "Rows whose gradient program holds under 32 MiB (the 'memory grad' "
+                "column) do not depend on the setting."
                 if kept
                 else ""
             ),

@@ -5,6 +5,8 @@ import ctypes.util
 import platform
 import sys
 
+from ._misc import check_positive_int
+
 # `mallopt` parameters of glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -27,13 +29,15 @@ def keep_freed_memory(threshold: int = _MAX_THRESHOLD) -> bool:
     a 2-core x86 machine took 257 ms (float32) and 532 ms (float64) without this
     setting, 229 ms and 343 ms with it (`bench/bench_grad.py`, `bench/RESULTS.md`).
 
-    Sets glibc's mmap threshold to `threshold` bytes (smaller blocks come from the
-    heap, where freed memory is reused) and its trim threshold to the same (freed
-    memory at the top of the heap is kept, up to that much). It applies to the whole
-    process from this call on, and the process then keeps its peak memory rather than
-    giving it back. Nothing in this library calls it: call it once at the start of a
-    training script. (The environment variables `MALLOC_MMAP_THRESHOLD_` and
-    `MALLOC_TRIM_THRESHOLD_` do the same from before the process starts.)
+    Sets glibc's trim threshold to `threshold` bytes (freed memory at the top of the
+    heap is kept, up to that much) and its mmap threshold to the same (smaller blocks
+    come from the heap, where freed memory is reused). Blocks of `threshold` bytes or
+    more (at most 2 GiB: `mallopt` takes a C int) are still mapped freshly; the
+    environment variables `MALLOC_TRIM_THRESHOLD_` and `MALLOC_MMAP_THRESHOLD_`, set
+    before the process starts, do the same without that cap. It applies to the whole
+    process from this call on, and the process then keeps its peak memory rather
+    than giving it back. Nothing in this library calls it: call it once at the start
+    of a training script.
 
     **Arguments:**
 
@@ -41,21 +45,19 @@ def keep_freed_memory(threshold: int = _MAX_THRESHOLD) -> bool:
 
     **Returns:**
 
-    True if both settings were made; False where the C library is not glibc (or
-    refused them), and nothing changed.
+    True if both settings were made. False where the C library is not glibc (nothing
+    changed), or where glibc refused a setting (some releases cap the mmap threshold
+    at 32 MiB; the trim threshold is then set, the mmap one not).
 
     **Raises:**
 
-    `ValueError` for a `threshold` that is not an int in that range.
+    `TypeError` for a `threshold` that is not an int, `ValueError` for one outside
+    that range.
     """
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, int)
-        or not 1 <= threshold <= _MAX_THRESHOLD
-    ):
+    threshold = check_positive_int("threshold", threshold)
+    if threshold > _MAX_THRESHOLD:
         raise ValueError(
-            f"`threshold` must be an int number of bytes from 1 to 2**31 - 1, got "
-            f"{threshold!r}."
+            f"`threshold` must be at most 2**31 - 1 bytes (a C int), got {threshold!r}."
         )
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
@@ -66,6 +68,5 @@ def keep_freed_memory(threshold: int = _MAX_THRESHOLD) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, threshold)
-    )
+    trim = bool(mallopt(_M_TRIM_THRESHOLD, threshold))
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and trim

@@ -1,21 +1,39 @@
 """`keep_freed_memory`: its argument checks, and, on glibc, that a block above
-glibc's default mmap threshold then comes from the heap (in a fresh process each
-way: the setting is the process's)."""
+glibc's default mmap threshold then comes from the heap and stays there once freed
+(in a fresh process each way: the setting is the process's)."""
 
+import os
 import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import snode_jax as sj
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2**31, 1.5, True, "4096"])
-def test_keep_freed_memory_rejects_a_bad_threshold(bad):
-    with pytest.raises(ValueError, match="`threshold` must be an int") as info:
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (2**31, ValueError),
+        (1.5, TypeError),
+        (True, TypeError),
+        ("4096", TypeError),
+        (None, TypeError),
+    ],
+)
+def test_keep_freed_memory_rejects_a_bad_threshold(bad, error):
+    with pytest.raises(error, match="`threshold` must be") as info:
         sj.keep_freed_memory(bad)
     assert repr(bad) in str(info.value)
+
+
+def test_keep_freed_memory_takes_a_numpy_int(monkeypatch):
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))  # (changes nothing)
+    assert sj.keep_freed_memory(np.int64(2**20)) is False
 
 
 _MAPPED = """
@@ -38,7 +56,9 @@ if sys.argv[1] == "keep":
     assert sj.keep_freed_memory() is True
 before = libc.mallinfo2().hblkhd
 block = np.ones(2**23)  # 64 MiB
-print(libc.mallinfo2().hblkhd - before)
+mapped = libc.mallinfo2().hblkhd - before
+del block
+print(mapped, libc.mallinfo2().arena)
 """
 
 
@@ -54,19 +74,32 @@ def _glibc_with_mallinfo2():
     not _glibc_with_mallinfo2(), reason="glibc 2.33 or newer only (mallinfo2)"
 )
 def test_keep_freed_memory_serves_large_blocks_from_the_heap():
-    def mapped(mode):
+    # glibc's own environment settings would change the default.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+    }
+
+    def run(mode):
         out = subprocess.run(
             [sys.executable, "-c", _MAPPED, mode],
             capture_output=True,
             text=True,
             check=True,
+            env=env,
         )
-        return int(out.stdout.split()[-1])
+        mapped, heap = out.stdout.split()[-2:]
+        return int(mapped), int(heap)
 
     # By default glibc maps a 64 MiB block from the kernel (fresh pages on every
-    # allocation); once the setting is made it comes from the heap.
-    assert mapped("default") >= 2**26
-    assert mapped("keep") < 2**20
+    # allocation) and unmaps it when it is freed; once the setting is made, the
+    # block comes from the heap, which keeps it after it is freed (the trim
+    # threshold), for the next allocation.
+    mapped, heap = run("default")
+    assert mapped >= 2**26 and heap < 2**26
+    mapped, heap = run("keep")
+    assert mapped < 2**20 and heap >= 2**26
 
 
 def test_keep_freed_memory_elsewhere_changes_nothing(monkeypatch):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._dynamics import AbstractClosedFormDynamics
-from ._records import FLAT_INDEX_LIMIT, Counters, IntervalOutcome
+from ._records import Counters, IntervalOutcome, set_entries
 from ._scan import AbstractIntegrator
 
 # Crossings handled before entering the loop: at typical rates most intervals hold at
@@ -162,7 +162,7 @@ class SlotMarks(eqx.Module):
     def mark(self, count, y, current, t_start, length) -> "SlotMarks":
         """Record an interval that started at `t_start` from `y` with `current` and
         held `count` spikes per neuron."""
-        width, cap, n = self.marks.shape
+        _, cap, n = self.marks.shape
         num = self.num + count
         if cap == 0:
             return SlotMarks(self.marks, num, self.uniform)
@@ -172,15 +172,8 @@ class SlotMarks(eqx.Module):
         row = jnp.stack(columns + jax.tree.leaves(y))  # (width, n)
         keep = (count > 0) & (self.num < cap)
         neurons = jnp.arange(n, dtype=jnp.int32)
-        if cap * n < FLAT_INDEX_LIMIT:
-            # One index per neuron into the flattened (slot, neuron) plane (see
-            # `set_entries`); the entries of a slot are written whole.
-            index = jnp.where(keep, self.num * n + neurons, cap * n)  # out: dropped
-            flat = self.marks.reshape(width, cap * n)
-            flat = flat.at[:, index].set(row, mode="drop")
-            return SlotMarks(flat.reshape(width, cap, n), num, self.uniform)
-        slots = jnp.where(keep, self.num, cap)  # out of range: dropped
-        marks = self.marks.at[:, slots, neurons].set(row, mode="drop")
+        # The slot's entries (the leading axis) are written whole.
+        marks = set_entries(self.marks, self.num, neurons, keep, row, leading=1)
         return SlotMarks(marks, num, self.uniform)
 
 

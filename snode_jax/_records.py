@@ -41,20 +41,24 @@ class SpikeBuffer(eqx.Module):
         return SpikeBuffer(new_times, self.num + mask)
 
 
-def set_entries(array, rows, cols, keep, values):
-    """`array` with `array[rows[i], cols[i]] = values[i]` wherever `keep[i]` holds
-    (indices in range there, and distinct); the other entries are dropped. Trailing
-    axes of `array` are written whole."""
-    d0, d1 = array.shape[:2]
-    rest = array.shape[2:]
+def set_entries(array, rows, cols, keep, values, leading: int = 0):
+    """`array` with `array[..., rows[i], cols[i], ...] = values[..., i, ...]` wherever
+    `keep[i]` holds (indices in range there, and distinct); the other entries are
+    dropped. `rows` and `cols` index the axes after the first `leading` ones; those
+    leading axes and the trailing ones are written whole."""
+    lead = array.shape[:leading]
+    d0, d1 = array.shape[leading : leading + 2]
+    rest = array.shape[leading + 2 :]
+    whole = (slice(None),) * leading
     if d0 * d1 < FLAT_INDEX_LIMIT:
-        # One index per entry into the flattened array: XLA's CPU scatter takes
-        # about half as long with these as with (row, column) pairs.
+        # One index per entry into the flattened (row, column) plane: XLA's CPU
+        # scatter takes about half as long with these as with (row, column) pairs.
         index = jnp.where(keep, rows * d1 + cols, d0 * d1)  # out of range: dropped
-        flat = array.reshape((d0 * d1,) + rest).at[index].set(values, mode="drop")
+        flat = array.reshape(lead + (d0 * d1,) + rest)
+        flat = flat.at[whole + (index,)].set(values, mode="drop")
         return flat.reshape(array.shape)
     rows = jnp.where(keep, rows, d0)  # out of range: dropped
-    return array.at[rows, cols].set(values, mode="drop")
+    return array.at[whole + (rows, cols)].set(values, mode="drop")
 
 
 class Counters(eqx.Module):

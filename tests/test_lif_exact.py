@@ -383,11 +383,11 @@ def test_record_fills_mid_interval(monkeypatch, flat_index, t_ref):
     many of them (over 10 per ms here) and the buffer fills in the middle of one;
     the counts stay exact and the run reports the full buffer. Checked with both
     ways of indexing the record's slots (one flat index, or (slot, neuron) pairs,
-    used for records of 2**31 entries and more; `SlotMarks.mark`)."""
-    from snode_jax import _closed_form
+    used for records of 2**31 entries and more; `set_entries`)."""
+    from snode_jax import _records
 
     if not flat_index:
-        monkeypatch.setattr(_closed_form, "FLAT_INDEX_LIMIT", 0)
+        monkeypatch.setattr(_records, "FLAT_INDEX_LIMIT", 0)
     dyn = sj.ODELIFDynamics(tau_mem=10.0, t_ref=t_ref)
     layer = sj.SpikingODELayer(1, 6, dyn, dtype=jnp.float64, key=jax.random.key(0))
     # v_inf = 10 w x: silent, one spike in some intervals, then up to ~30 per ms.

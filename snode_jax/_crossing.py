@@ -10,7 +10,7 @@ from ._custom_types import State
 from ._dynamics import AbstractDynamics
 from ._misc import all_finite, expand, where_tree
 from ._root_find import BracketedNewton
-from ._solver import AbstractStepper, DiffraxStepper, ExactStepper
+from ._solver import AbstractStepper, ExactStepper
 
 # A crossing on a step's dense output is refined by Newton steps on the solver's own
 # solution; a first refinement larger than this fraction of the step means the dense
@@ -128,10 +128,8 @@ def _locate_subset(
     def sub_step(time):
         return stepper.step(dyn, s.t, time, s.y, s.current)[0]
 
-    def search(fn, active, value_and_slope=None):
-        return root_finder.search(
-            fn, s.t, s.upper, s.g0, s.g_upper, active, interval, value_and_slope
-        )
+    def search(fn, active):
+        return root_finder.search(fn, s.t, s.upper, s.g0, s.g_upper, active, interval)
 
     # On the step's dense output (cheap to evaluate; the exact flow itself for an
     # exact solver), then one solver sub-step to the crossing.
@@ -204,26 +202,26 @@ def _locate_subset(
         t_star = t_star + shift
         y_star = jax.tree.map(lambda a, f: a + expand(shift, a) * f, y_star, f_star)
     # A step that blew up (NaN) or is not trusted: search on the solver's own
-    # sub-steps, and take the state from just below the crossing.
+    # sub-steps, and take the state from just below the crossing (the search's own
+    # sub-step there).
     untrusted = lanes & ~trusted
 
     def on_sub_step(time):
-        return dyn.threshold(sub_step(time))
-
-    def slope_along_field(time):
-        # The slope of the sub-step's end along the vector field there: diffrax's
-        # steps run their stages in a loop that has no forward-mode derivative. Near
-        # a blow-up it is only approximate (the bracket keeps the search safe, but
-        # it may need more iterations); this library's own steps are differentiated.
+        # The threshold at the sub-step's end, its slope along the vector field
+        # there, and the state. The slope is the flow's: exact for an exact solver,
+        # close to the sub-step's own for a Runge-Kutta one (only approximate near a
+        # blow-up, where the bracket keeps the search safe, at the cost of more
+        # iterations). Not differentiating through the solver keeps the compiled
+        # program small (diffrax's steps have no forward-mode derivative anyway).
         y_time = sub_step(time)
         f = dyn.vector_field(time, y_time, s.current)
-        return jax.jvp(dyn.threshold, (y_time,), (f,))
-
-    slope = slope_along_field if isinstance(stepper, DiffraxStepper) else None
+        g, g_dot = jax.jvp(dyn.threshold, (y_time,), (f,))
+        return g, g_dot, y_time
 
     def on_sub_steps(_):
-        t_b, ok_b, below_b = search(on_sub_step, untrusted, slope)
-        y_b = sub_step(below_b)
+        t_b, ok_b, below_b, y_b = root_finder.search_with_state(
+            on_sub_step, s.t, s.upper, s.g0, s.g_upper, untrusted, interval, s.y
+        )
         return Crossings(
             jnp.where(untrusted, t_b, t_star),
             where_tree(untrusted, y_b, y_star),

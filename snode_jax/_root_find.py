@@ -8,7 +8,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 
 from ._custom_types import NeuronBool, NeuronFloat
-from ._misc import check_positive_int
+from ._misc import check_positive_int, where_tree
 
 
 class BracketedNewton(eqx.Module):
@@ -58,7 +58,7 @@ class BracketedNewton(eqx.Module):
         `value_and_slope`, if given, returns `fn` and its slope (by default the slope
         comes from forward-mode autodiff of `fn`)."""
         atol = self._atol(lower.dtype, interval)
-        return _bracket_search(
+        t, converged, below, _ = _bracket_search(
             fn,
             lower,
             upper,
@@ -69,6 +69,38 @@ class BracketedNewton(eqx.Module):
             atol=atol,
             max_iters=self.max_steps,
             value_and_slope=value_and_slope,
+        )
+        return t, converged, below
+
+    def search_with_state(
+        self,
+        value_slope_state,
+        lower,
+        upper,
+        g_lower,
+        g_upper,
+        active,
+        interval,
+        state_lower,
+    ):
+        """`(t, converged, below, state)`: as `search`, with `value_slope_state(t)`
+        returning the function, its slope and the state at `t` (a pytree of
+        per-neuron leaves), and `state` the state at `below` (the search's own
+        evaluation there, so the caller need not compute it again; `state_lower`,
+        the state at `lower`, where the lower end never moved)."""
+        atol = self._atol(lower.dtype, interval)
+        return _bracket_search(
+            None,
+            lower,
+            upper,
+            g_lower,
+            g_upper,
+            active,
+            rtol=self.rtol,
+            atol=atol,
+            max_iters=self.max_steps,
+            value_and_slope=value_slope_state,
+            state_lower=state_lower,
         )
 
 
@@ -116,7 +148,7 @@ def bisect_crossing(
     from a state that blew up, counts as past threshold); `converged` is False for
     an active neuron whose bracket was still too wide after `max_iters`.
     """
-    t, converged, _ = _bracket_search(
+    t, converged, *_ = _bracket_search(
         fn,
         lower,
         upper,
@@ -142,8 +174,11 @@ def _bracket_search(
     atol,
     max_iters,
     value_and_slope=None,
+    state_lower=None,
 ):
-    """[`bisect_crossing`][], also returning the lower end of the final bracket."""
+    """[`bisect_crossing`][], also returning the lower end of the final bracket and,
+    with `state_lower`, the state there (else `None`; see
+    `BracketedNewton.search_with_state`)."""
 
     def jvp_slope(s):
         # `fn` acts lane by lane, so a tangent of ones gives each lane's slope.
@@ -159,12 +194,16 @@ def _bracket_search(
         mid = lo + 0.5 * (hi - lo)
         return ((hi - lo) <= tol_fn(hi)) | (mid <= lo) | (mid >= hi)
 
+    # The bracket's seven per-neuron values travel as one (7, n) array: XLA's CPU
+    # compiler emits a kernel for each array the loop carries, so one array makes
+    # one kernel of their update, not seven (a smaller program to compile).
     def cond_fun(carry):
-        it, *_, done = carry
+        it, _, done, _ = carry
         return (it < max_iters) & jnp.any(~done)
 
     def body_fun(carry):
-        it, lo, hi, glo, ghi, dlo, dhi, step_old, done = carry
+        it, packed, done, ylo = carry
+        lo, hi, glo, ghi, dlo, dhi, step_old = packed
         # Newton from the end nearer the root (smaller |g|; NaN counts as far).
         from_low = jnp.abs(glo) <= jnp.where(jnp.isnan(ghi), jnp.inf, jnp.abs(ghi))
         x = jnp.where(from_low, lo, hi)
@@ -189,7 +228,10 @@ def _bracket_search(
         use_newton = use_newton & (small | fast)
         mid = lo + 0.5 * (hi - lo)
         c = jnp.where(use_newton, newton, mid)
-        gc, dgc = value_and_slope(c)
+        if state_lower is None:
+            gc, dgc = value_and_slope(c)
+        else:
+            gc, dgc, yc = value_and_slope(c)
         upper_side = ~(gc < 0)  # NaN (a blown-up state) counts as past threshold
         to_lo = (~done) & ~upper_side
         to_hi = (~done) & upper_side
@@ -197,12 +239,15 @@ def _bracket_search(
         lo = jnp.where(to_lo | exact, c, lo)
         glo = jnp.where(to_lo | exact, gc, glo)
         dlo = jnp.where(to_lo | exact, dgc, dlo)
+        if state_lower is not None:
+            ylo = where_tree(to_lo | exact, yc, ylo)
         hi = jnp.where(to_hi, c, hi)
         ghi = jnp.where(to_hi, gc, ghi)
         dhi = jnp.where(to_hi, dgc, dhi)
         step_old = jnp.where(done, step_old, jnp.where(use_newton, c - x, hi - lo))
         done = done | exact | done_fn(lo, hi)
-        return it + 1, lo, hi, glo, ghi, dlo, dhi, step_old, done
+        packed = jnp.stack([lo, hi, glo, ghi, dlo, dhi, step_old])
+        return it + 1, packed, done, ylo
 
     # Slopes at the ends are not known yet (zero: the secant is used instead). No
     # function evaluation happens before the loop, so a search with no active
@@ -211,6 +256,8 @@ def _bracket_search(
     dlo = dhi = jnp.zeros_like(lower)
     done0 = (~active) | done_fn(lower, upper)
     step0 = upper - lower
-    carry = (0, lower, upper, glo, ghi, dlo, dhi, step0, done0)
-    _, lo, hi, *_, done = lax.while_loop(cond_fun, body_fun, carry)
-    return hi, done | ~active, lo
+    packed = jnp.stack([lower, upper, glo, ghi, dlo, dhi, step0])
+    carry = (0, packed, done0, state_lower)
+    _, packed, done, ylo = lax.while_loop(cond_fun, body_fun, carry)
+    lo, hi = packed[0], packed[1]
+    return hi, done | ~active, lo, ylo

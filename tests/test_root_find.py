@@ -223,3 +223,47 @@ def test_float32():
     assert np.all(np.asarray(converged))
     assert np.all(np.asarray(fn(t)) >= 0)
     np.testing.assert_allclose(t, np.log(2.0) / 3.0, rtol=4e-7)
+
+
+def test_search_returns_the_state_at_the_lower_end():
+    """`BracketedNewton.search_with_state`: the fourth output is the state that
+    `value_slope_state` gave at the final lower end `below` (bit for bit), or
+    `state_lower` where the lower end never moved (an inactive lane)."""
+
+    def value_slope_state(t):
+        # The LIF case, with a state of two leaves (one with a trailing axis) that
+        # differs at every time.
+        g, dg = jax.jvp(_lif, (t,), (jnp.ones_like(t),))
+        state = {"v": g + 1.0, "w": jnp.stack([jnp.sin(t), t * t], axis=-1)}
+        return g, dg, state
+
+    lower = jnp.array([0.0, 0.1, 0.2, 0.0])
+    upper = jnp.array([1.0, 0.9, 0.6, 1.0])
+    active = jnp.array([True, True, True, False])
+    g_lower, _, start = value_slope_state(lower)
+    g_upper, _, _ = value_slope_state(upper)
+    start = {"v": start["v"] + 7.0, "w": start["w"] - 3.0}  # marked: never computed
+    search = jax.jit(
+        lambda lo, hi: sj.BracketedNewton(atol=1e-12).search_with_state(
+            value_slope_state, lo, hi, g_lower, g_upper, active, 1.0, start
+        )
+    )
+    t, converged, below, state = search(lower, upper)
+    assert np.all(np.asarray(converged))
+    root = 0.5 * np.log(3.0)
+    np.testing.assert_allclose(t[:3], root, rtol=0, atol=1e-12)
+    assert np.all(np.asarray(below[:3]) < root) and np.all(np.asarray(below[:3]) > 0.2)
+    _, _, expected = value_slope_state(below)
+    for key in ("v", "w"):
+        np.testing.assert_array_equal(state[key][:3], expected[key][:3])
+        np.testing.assert_array_equal(state[key][3], start[key][3])
+    # `search` with the same function's value and slope: the same search.
+    two = lambda t: value_slope_state(t)[:2]
+    t2, converged2, below2 = jax.jit(
+        lambda lo, hi: sj.BracketedNewton(atol=1e-12).search(
+            None, lo, hi, g_lower, g_upper, active, 1.0, two
+        )
+    )(lower, upper)
+    np.testing.assert_array_equal(t2, t)
+    np.testing.assert_array_equal(below2, below)
+    np.testing.assert_array_equal(converged2, converged)

@@ -10,7 +10,7 @@ from ._custom_types import State
 from ._dynamics import AbstractDynamics
 from ._misc import all_finite, expand, where_tree
 from ._root_find import BracketedNewton
-from ._solver import AbstractStepper, ExactStepper
+from ._solver import AbstractStepper, DiffraxStepper, ExactStepper
 
 # A crossing on a step's dense output is refined by Newton steps on the solver's own
 # solution; a first refinement larger than this fraction of the step means the dense
@@ -207,15 +207,25 @@ def _locate_subset(
     untrusted = lanes & ~trusted
 
     def on_sub_step(time):
-        # The threshold at the sub-step's end, its slope along the vector field
-        # there, and the state. The slope is the flow's: exact for an exact solver,
-        # close to the sub-step's own for a Runge-Kutta one (only approximate near a
-        # blow-up, where the bracket keeps the search safe, at the cost of more
-        # iterations). Not differentiating through the solver keeps the compiled
-        # program small (diffrax's steps have no forward-mode derivative anyway).
-        y_time = sub_step(time)
-        f = dyn.vector_field(time, y_time, s.current)
-        g, g_dot = jax.jvp(dyn.threshold, (y_time,), (f,))
+        # The threshold at the sub-step's end, its slope in the end time, and the
+        # state there (which the search keeps at its bracket's lower end, so that
+        # no further sub-step is needed). This library's steps are differentiated
+        # forward-mode: near a blow-up the flow's slope along the vector field can
+        # exceed the sub-step's by orders of magnitude, and Newton steps that small
+        # stall the search. diffrax's steps run their stages in a loop that has no
+        # forward-mode derivative: for them, the slope along the vector field.
+        if isinstance(stepper, DiffraxStepper):
+            y_time = sub_step(time)
+            f = dyn.vector_field(time, y_time, s.current)
+            g, g_dot = jax.jvp(dyn.threshold, (y_time,), (f,))
+            return g, g_dot, y_time
+
+        def threshold_and_state(time):
+            y_time = sub_step(time)
+            return dyn.threshold(y_time), y_time
+
+        ones = jnp.ones_like(time)
+        (g, y_time), (g_dot, _) = jax.jvp(threshold_and_state, (time,), (ones,))
         return g, g_dot, y_time
 
     def on_sub_steps(_):

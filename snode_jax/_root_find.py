@@ -225,7 +225,12 @@ def _bracket_search(
         use_newton = (dgx != 0) & jnp.isfinite(newton)
         use_newton = use_newton & (newton > lo) & (newton < hi)
         fast = jnp.abs(newton - x) <= 0.5 * jnp.abs(step_old)
-        use_newton = use_newton & (small | fast)
+        # A half-tolerance step only once in a row: where the slope is far too
+        # steep (the vector field's slope near a blow-up, standing in for a
+        # sub-step's), Newton's steps stay tiny and half-tolerance steps would
+        # creep towards a root far away; bisect instead.
+        creeping = small & (jnp.abs(step_old) <= 2 * half_tol)
+        use_newton = use_newton & ((small & ~creeping) | fast)
         mid = lo + 0.5 * (hi - lo)
         c = jnp.where(use_newton, newton, mid)
         if state_lower is None:

@@ -2,6 +2,7 @@
 refractory periods in the gradients, the step floor far from t = 0, interval
 lengths the closed-form walk cannot count, and tonically firing neurons."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -341,3 +342,23 @@ def test_float32_count_precision_over_an_interval_in_pieces_is_reported():
     expected = _closed_form_counts(100.0, 1000.0, 3)
     f64 = _one(dyn, jnp.float64).forward(x, 1000.0)  # raises unless successful
     np.testing.assert_array_equal(np.asarray(f64)[:, 0], expected)
+
+
+@pytest.mark.parametrize("solver", ["dopri5", "diffrax_tsit5"])
+def test_crossing_search_converges_deep_in_the_blow_up(solver):
+    """AdEx with v_peak = 0 at the default tolerances (float64): crossings deep in
+    the exponential blow-up are searched on the solver's sub-steps. With diffrax's
+    steps the search's slope is the vector field's, up to 10^4 times the sub-step's
+    own there: Newton's steps are then tiny, and half-tolerance steps used to creep
+    towards the root until the search's budget ran out (crossing_search_failed).
+    Every run succeeds, with SciPy DOP853's spike count."""
+    stepper = sj.Dopri5() if solver == "dopri5" else diffrax.Tsit5()
+    params = dict(ADEX, v_peak=0.0)
+    for weight in (800.0, 2000.0, 5000.0):
+        layer = _one(sj.AdExDynamics(**params), weight=weight, solver=stepper)
+        sol = layer.simulate(np.ones((4, 1)), 25.0, max_spikes=64, throw=False)
+        assert sol.result == sj.RESULTS.successful, (weight, sol.result)
+        ref_times, _ = simulate_reference(
+            *adex_rhs(params), [params["E_L"], 0.0], [weight] * 4, 25.0
+        )
+        assert int(sol.counts.sum()) == len(ref_times) > 0

@@ -125,10 +125,10 @@ def bisect_crossing(
     Numerical Recipes' `rtsafe`: a Newton step is taken from the bracket end with
     the smaller |g| only if it stays inside the bracket and at most halves the step
     before it, else the bracket is bisected; near the root a step of half the
-    tolerance closes the bracket. Convergence is quadratic for smooth crossings
-    and never worse than bisection. Where the function is monotone in the bracket
-    (the LIF flow, a solver's dense output over a small step) the crossing found
-    is the earliest one.
+    tolerance closes the bracket (one such step in a row: after it, a bisection).
+    Convergence is quadratic for smooth crossings and never worse than bisection.
+    Where the function is monotone in the bracket (the LIF flow, a solver's dense
+    output over a small step) the crossing found is the earliest one.
 
     **Arguments:**
 

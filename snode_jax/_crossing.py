@@ -128,9 +128,6 @@ def _locate_subset(
     def sub_step(time):
         return stepper.step(dyn, s.t, time, s.y, s.current)[0]
 
-    def search(fn, active):
-        return root_finder.search(fn, s.t, s.upper, s.g0, s.g_upper, active, interval)
-
     # On the step's dense output (cheap to evaluate; the exact flow itself for an
     # exact solver), then one solver sub-step to the crossing.
     def on_dense(time):
@@ -138,7 +135,9 @@ def _locate_subset(
         return dyn.threshold(stepper.evaluate(dyn, s.dense, time))
 
     finite1 = all_finite(s.y1)
-    t_star, ok, _ = search(on_dense, lanes & finite1)
+    t_star, ok, _ = root_finder.search(
+        on_dense, s.t, s.upper, s.g0, s.g_upper, lanes & finite1, interval
+    )
     trusted = finite1
     if isinstance(stepper, ExactStepper):
         y_star = sub_step(t_star)

@@ -57,19 +57,8 @@ class BracketedNewton(eqx.Module):
         whether the search converged, and the lower end of the final bracket.
         `value_and_slope`, if given, returns `fn` and its slope (by default the slope
         comes from forward-mode autodiff of `fn`)."""
-        atol = self._atol(lower.dtype, interval)
-        t, converged, below, _ = _bracket_search(
-            fn,
-            lower,
-            upper,
-            g_lower,
-            g_upper,
-            active,
-            rtol=self.rtol,
-            atol=atol,
-            max_iters=self.max_steps,
-            value_and_slope=value_and_slope,
-        )
+        bracket = (lower, upper, g_lower, g_upper, active, interval)
+        t, converged, below, _ = self._search(fn, value_and_slope, None, bracket)
         return t, converged, below
 
     def search_with_state(
@@ -88,18 +77,22 @@ class BracketedNewton(eqx.Module):
         per-neuron leaves), and `state` the state at `below` (the search's own
         evaluation there, so the caller need not compute it again; `state_lower`,
         the state at `lower`, where the lower end never moved)."""
-        atol = self._atol(lower.dtype, interval)
+        bracket = (lower, upper, g_lower, g_upper, active, interval)
+        return self._search(None, value_slope_state, state_lower, bracket)
+
+    def _search(self, fn, value_and_slope, state_lower, bracket):
+        lower, upper, g_lower, g_upper, active, interval = bracket
         return _bracket_search(
-            None,
+            fn,
             lower,
             upper,
             g_lower,
             g_upper,
             active,
             rtol=self.rtol,
-            atol=atol,
+            atol=self._atol(lower.dtype, interval),
             max_iters=self.max_steps,
-            value_and_slope=value_slope_state,
+            value_and_slope=value_and_slope,
             state_lower=state_lower,
         )
 

@@ -17,7 +17,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 FLAG = "--xla_cpu_use_fusion_emitters=false"
 SETTINGS = {"default (fusion emitters)": "", "older emitters": FLAG}
@@ -31,21 +30,13 @@ def child(reps: int) -> dict:
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_grad
+    from common import compile_then_run
 
     def measure(grad, layer, x):
-        jitted = jax.jit(lambda m, x: grad(m, x))
-        t0 = time.perf_counter()
-        lowered = jitted.lower(layer, x)
-        t1 = time.perf_counter()
-        compiled = lowered.compile()
-        t2 = time.perf_counter()
-        jax.block_until_ready(compiled(layer, x))
-        runs = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            jax.block_until_ready(compiled(layer, x))
-            runs.append(time.perf_counter() - t)
-        return dict(lower=t1 - t0, compile=t2 - t1, run=statistics.median(runs))
+        lower, compile_s, run, _ = compile_then_run(
+            lambda m, x: grad(m, x), (layer, x), reps
+        )
+        return dict(lower=lower, compile=compile_s, run=run)
 
     out = {}
     layer, x, _, grad = bench_grad.make(100, 0.3, jnp.float32, 116)

@@ -107,6 +107,24 @@ def interleaved_timings(fns: dict, args: dict, reps: int):
     return compile_s, times
 
 
+def compile_then_run(fn, args, reps: int):
+    """`jax.jit(fn)` traced and lowered, compiled, then called `reps` times on
+    `args`: `(lower s, compile s, median call s, first call's value)`."""
+    jitted = jax.jit(fn)
+    t0 = time.perf_counter()
+    lowered = jitted.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    value = block(compiled(*args))
+    runs = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        block(compiled(*args))
+        runs.append(time.perf_counter() - t)
+    return t1 - t0, t2 - t1, statistics.median(runs), value
+
+
 def median_ratio(times, key, base):
     return statistics.median(
         a / b for a, b in zip(times[key], times[base], strict=True)
@@ -124,6 +142,7 @@ def machine_line() -> str:
 __all__ = [
     "euler_lif",
     "euler_spike_times",
+    "compile_then_run",
     "interleaved_timings",
     "lif_reference",
     "machine_line",

@@ -32,6 +32,7 @@ from ._lif import (
     ODELIFDynamics as ODELIFDynamics,
     lif_vector_field as lif_vector_field,
 )
+from ._loop_kernels import single_kernel_loops as single_kernel_loops
 from ._memory import keep_freed_memory as keep_freed_memory
 from ._network import (
     LeakyReadout as LeakyReadout,

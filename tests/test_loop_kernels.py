@@ -1,8 +1,9 @@
-"""`single_kernel_loops`: its argument checks and how it merges `XLA_FLAGS`; and, in
-fresh processes (the setting is the process's, read when JAX's backend starts),
-that it takes effect before the first computation, that the library's loops are
-then compiled into one kernel with results that match the closed form and SciPy,
-and that it changes nothing once the backend has started."""
+"""`single_kernel_loops`: its argument checks and the flag it appends to `XLA_FLAGS`;
+and, in fresh processes (the setting is the process's, read when JAX's backend
+starts), that it takes effect before the backend starts, that the library's loops
+are then compiled into one kernel (none without it) with results that match the
+closed form and SciPy, that its size limit holds, and that it changes nothing once
+the backend has started or where `XLA_FLAGS` names a file."""
 
 import json
 import os
@@ -22,7 +23,13 @@ from .test_models import ADEX
 
 @pytest.mark.parametrize(
     "bad, error",
-    [(0, ValueError), (2**16 - 1, ValueError), (1.5, TypeError), (True, TypeError)],
+    [
+        (0, ValueError),
+        (2**16 - 1, ValueError),
+        (2**63, ValueError),  # XLA reads an int64 (and would fail every compile)
+        (1.5, TypeError),
+        (True, TypeError),
+    ],
 )
 def test_single_kernel_loops_rejects_a_bad_size(bad, error):
     before = os.environ.get("XLA_FLAGS")
@@ -33,23 +40,19 @@ def test_single_kernel_loops_rejects_a_bad_size(bad, error):
 
 
 @pytest.mark.parametrize(
-    "flags, expected",
+    "flags",
     [
-        ("", f"--xla_backend_extra_options={_OPTION}=65536"),
-        (
-            "--xla_cpu_enable_fast_math=false",
-            f"--xla_cpu_enable_fast_math=false --xla_backend_extra_options={_OPTION}"
-            "=65536",
-        ),
-        # Other extra options stay; an earlier value of this one is replaced.
-        (
-            f"--xla_backend_extra_options=a=1,{_OPTION}=5,b=2 --xla_dump_to=/tmp/d",
-            f"--xla_backend_extra_options=a=1,b=2,{_OPTION}=65536 --xla_dump_to=/tmp/d",
-        ),
+        "",
+        "--xla_cpu_enable_fast_math=false",
+        # Other extra options stay as they are, quoted or not; an earlier value of
+        # this one is overridden by the last flag.
+        '--xla_backend_extra_options="a,b" --xla_dump_to=/tmp/d',
+        f"--xla_backend_extra_options=a=1,{_OPTION}=5",
     ],
 )
-def test_single_kernel_loops_merges_xla_flags(flags, expected):
-    assert _with_option(flags, 2**16) == expected
+def test_single_kernel_loops_appends_its_own_flag(flags):
+    option = f"--xla_backend_extra_options={_OPTION}=65536"
+    assert _with_option(flags, 2**16) == f"{flags} {option}".strip()
 
 
 _CHILD = """
@@ -61,40 +64,74 @@ import jax.numpy as jnp
 import numpy as np
 import snode_jax as sj
 
-if sys.argv[1] == "late":
+mode = sys.argv[1]
+out = {}
+if mode in ("late", "late_probe"):
     jnp.ones(2).block_until_ready()  # the backend starts first
+    if mode == "late_probe":  # as where JAX does not tell: the probe decides
+        sj._loop_kernels._backend_started = lambda: False
     before = os.environ.get("XLA_FLAGS")
-    on = sj.single_kernel_loops()
-    print(json.dumps({"on": on, "unchanged": os.environ.get("XLA_FLAGS") == before}))
+    out["on"] = sj.single_kernel_loops()
+    out["unchanged"] = os.environ.get("XLA_FLAGS") == before
+    print(json.dumps(out))
+    sys.exit()
+if mode == "file":
+    before = os.environ.get("XLA_FLAGS")
+    out["on"] = sj.single_kernel_loops()
+    out["unchanged"] = os.environ.get("XLA_FLAGS") == before
+    out["runs"] = float(jnp.sum(jnp.ones(3)))
+    print(json.dumps(out))
     sys.exit()
 
-on = sj.single_kernel_loops()
-out = {"on": on, "flags": os.environ["XLA_FLAGS"]}
-# The exact LIF path.
-layer = sj.SpikingODELayer(3, 5, key=jax.random.key(0), dtype=jnp.float64)
+def whole(f, *args):
+    text = jax.jit(f).lower(*args).compile().as_text()
+    return text.count('xla_cpu_small_call="true"')
+
+def loop(x):
+    def body(c, _):
+        return jnp.where(c > 1, 0.0, c * 0.5 + 0.75), None
+    return jax.lax.scan(body, x, None, length=8)[0]
+
+if mode == "limit":
+    out["on"] = sj.single_kernel_loops(2**16)
+    # Loops of 16 KiB and of 1 MiB of float32 buffers.
+    out["small"] = whole(loop, jnp.ones(4096, jnp.float32))
+    out["large"] = whole(loop, jnp.ones(2**18, jnp.float32))
+    print(json.dumps(out))
+    sys.exit()
+
+if mode == "on":
+    out["on"] = sj.single_kernel_loops()
+    out["flags"] = os.environ["XLA_FLAGS"]
+    out["again"] = sj.single_kernel_loops()
+    out["other"] = sj.single_kernel_loops(2**20)
+# The exact LIF path, 256 neurons (its loops are over XLA's own 1 KiB limit).
+layer = sj.SpikingODELayer(3, 256, key=jax.random.key(0), dtype=jnp.float64)
 x = np.random.default_rng(0).uniform(0.0, 1.5, (40, 3))
-run = jax.jit(lambda x: layer.simulate(x, 1.0, max_spikes=256))
-text = run.lower(x).compile().as_text()
-out["whole"] = text.count('xla_cpu_small_call="true"')
-sol = run(x)
-out["weight"] = np.asarray(layer.weight).tolist()
-out["counts"] = np.asarray(sol.counts).tolist()
-out["times"] = np.where(np.isfinite(sol.spike_times), sol.spike_times, -1).tolist()
-# The adaptive path (Dopri5): one AdEx neuron.
-params = json.loads(sys.argv[2])
-adex = sj.SpikingODELayer(1, 1, sj.AdExDynamics(**params), key=jax.random.key(0),
-                          rtol=1e-10, atol=1e-10)
-adex = eqx.tree_at(lambda m: m.weight, adex, jnp.full((1, 1), 800.0))
-sol = adex.simulate(np.ones((4, 1)), 25.0, max_spikes=32)
-out["adex_ok"] = bool(sol.result == sj.RESULTS.successful)
-t = np.asarray(sol.spike_times[0])
-out["adex_times"] = t[np.isfinite(t)].tolist()
+run = lambda x: layer.simulate(x, 1.0, max_spikes=256)
+out["whole"] = whole(run, x)
+if mode == "on":
+    sol = jax.jit(run)(x)
+    out["weight"] = np.asarray(layer.weight).tolist()
+    out["counts"] = np.asarray(sol.counts).tolist()
+    out["times"] = np.where(np.isfinite(sol.spike_times), sol.spike_times, -1).tolist()
+    # The adaptive path (Dopri5): one AdEx neuron.
+    params = json.loads(sys.argv[2])
+    adex = sj.SpikingODELayer(1, 1, sj.AdExDynamics(**params), key=jax.random.key(0),
+                              rtol=1e-10, atol=1e-10, dtype=jnp.float64)
+    adex = eqx.tree_at(lambda m: m.weight, adex, jnp.full((1, 1), 800.0))
+    sol = adex.simulate(np.ones((4, 1)), 25.0, max_spikes=32)
+    out["adex_ok"] = bool(sol.result == sj.RESULTS.successful)
+    t = np.asarray(sol.spike_times[0])
+    out["adex_times"] = t[np.isfinite(t)].tolist()
 print(json.dumps(out))
 """
 
 
-def _child(*args):
+def _child(*args, flags=None):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if flags is not None:
+        env["XLA_FLAGS"] = flags
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, *args],
         env=env,
@@ -107,15 +144,21 @@ def _child(*args):
 
 
 def test_single_kernel_loops_compiles_the_loops_whole():
-    out = _child("early", json.dumps(ADEX))
+    out = _child("on", json.dumps(ADEX))
     assert out["on"] is True
-    assert f"{_OPTION}={2**40}" in out["flags"]
-    # The interval scan and the walk's loops, each compiled into one kernel.
+    assert out["flags"].endswith(f"{_OPTION}={2**40}")
+    # A second call: the same setting is in effect, another is not.
+    assert out["again"] is True
+    assert out["other"] is False
+    # Loops of `simulate` compiled into one kernel, where XLA by default compiles
+    # none of them (the same program in a process without the setting).
     assert out["whole"] >= 1
+    assert _child("off")["whole"] == 0
+
     weight = np.asarray(out["weight"])
     x = np.random.default_rng(0).uniform(0.0, 1.5, (40, 3))
     ref = lif_reference(weight, x, 1.0)
-    assert ref.counts.sum() > 10
+    assert ref.counts.sum() > 100
     np.testing.assert_array_equal(np.asarray(out["counts"]), ref.counts)
     times = np.asarray(out["times"])
     expected = ref.padded_times(256)
@@ -134,6 +177,21 @@ def test_single_kernel_loops_compiles_the_loops_whole():
     np.testing.assert_allclose(out["adex_times"], ref_times, rtol=0, atol=1e-6)
 
 
-def test_single_kernel_loops_changes_nothing_once_jax_runs():
-    out = _child("late")
+def test_single_kernel_loops_takes_its_size_limit():
+    out = _child("limit")
+    assert out == {"on": True, "small": 1, "large": 0}
+
+
+@pytest.mark.parametrize("mode", ["late", "late_probe"])
+@pytest.mark.parametrize("flags", [None, "--xla_cpu_enable_fast_math=false"])
+def test_single_kernel_loops_changes_nothing_once_jax_runs(mode, flags):
+    out = _child(mode, flags=flags)
     assert out == {"on": False, "unchanged": True}
+
+
+def test_single_kernel_loops_leaves_a_file_of_flags_alone(tmp_path):
+    # XLA_FLAGS naming a file: XLA reads the flags from it.
+    path = tmp_path / "flags.txt"
+    path.write_text("--xla_cpu_enable_fast_math=false\n")
+    out = _child("file", flags=str(path))
+    assert out == {"on": False, "unchanged": True, "runs": 3.0}

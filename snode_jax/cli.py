@@ -51,6 +51,7 @@ BENCH_SCRIPTS = {
     "online": "bench_online.py",
     "engines": "bench_engines.py",
     "compile": "bench_compile.py",
+    "loop_kernels": "bench_loop_kernels.py",
     "compare": "compare.py",
 }
 

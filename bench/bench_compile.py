@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 FLAG = "--xla_cpu_use_fusion_emitters=false"
@@ -57,23 +56,17 @@ def main():
     if a.child:
         print(json.dumps(child(a.reps)))
         return
-    from common import machine_line, write_section
+    from common import alternate_children, machine_line, write_section
 
-    results = {name: [] for name in SETTINGS}
-    for _ in range(a.rounds):
-        for name, flags in SETTINGS.items():
-            env = dict(os.environ)
-            env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), flags]).strip()
-            proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--child"]
-                + ["--reps", str(a.reps)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(name, results[name][-1], file=sys.stderr, flush=True)
+    def env(flags):
+        return {
+            **os.environ,
+            "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), flags]).strip(),
+        }
+
+    args = ["--child", "--reps", str(a.reps)]
+    runs = {name: (args, env(flags)) for name, flags in SETTINGS.items()}
+    results = alternate_children(__file__, runs, a.rounds)
     workloads = list(results[next(iter(SETTINGS))][0])
     lines = [
         "## Compile time: XLA's CPU fusion emitters (`bench/bench_compile.py`)",

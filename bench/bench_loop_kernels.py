@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 
@@ -91,20 +90,10 @@ def main():
     if a.child:
         print(json.dumps(child(a.child, a.reps)))
         return
-    from common import machine_line, write_section
+    from common import alternate_children, machine_line, write_section
 
-    results = {"off": [], "on": []}
-    for _ in range(a.rounds):
-        for setting in results:
-            proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--child", setting]
-                + ["--reps", str(a.reps)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results[setting].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(setting, results[setting][-1], file=sys.stderr, flush=True)
+    runs = {s: (["--child", s, "--reps", str(a.reps)], None) for s in ("off", "on")}
+    results = alternate_children(__file__, runs, a.rounds)
     rows = [
         "| workload | without (ms) | with (ms) | with / without |",
         "|---|---:|---:|---:|",

@@ -4,9 +4,11 @@ Holds the fixed-step Euler LIF baseline written in JAX, a timing helper, and the
 import of the closed-form reference that the tests use.
 """
 
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -125,6 +127,27 @@ def compile_then_run(fn, args, reps: int):
     return t1 - t0, t2 - t1, statistics.median(runs), value
 
 
+def alternate_children(script: str, settings: dict, rounds: int) -> dict:
+    """Run `script` in a fresh Python process once per setting, `rounds` times,
+    alternating between the settings (for settings a process reads once, such as
+    XLA's flags). `settings` maps a name to `(args, env)` (`env` None: this
+    process's environment). Returns each name's list of what its children printed
+    last, as JSON."""
+    results = {name: [] for name in settings}
+    for _ in range(rounds):
+        for name, (args, env) in settings.items():
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(script), *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(name, results[name][-1], file=sys.stderr, flush=True)
+    return results
+
+
 def median_ratio(times, key, base):
     return statistics.median(
         a / b for a, b in zip(times[key], times[base], strict=True)
@@ -142,6 +165,7 @@ def machine_line() -> str:
 __all__ = [
     "euler_lif",
     "euler_spike_times",
+    "alternate_children",
     "compile_then_run",
     "interleaved_timings",
     "lif_reference",

@@ -1,6 +1,8 @@
 """The closed-form event walk: each neuron steps from spike to spike through an
 interval of held input, for models whose crossings are known in closed form."""
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.lax as lax
@@ -245,6 +247,7 @@ class ClosedFormWalk(AbstractIntegrator):
     """
 
     max_steps: int = 4096
+    tiled: ClassVar[bool] = True
 
     def zero_counters(self, n: int) -> Counters:
         z = jnp.zeros((n,), jnp.int32)

@@ -3,7 +3,7 @@ order by an integrator; and the batching rule that folds a vmapped batch into th
 neuron axis."""
 
 import abc
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -27,6 +27,8 @@ class AbstractIntegrator(eqx.Module):
     """
 
     max_steps: AbstractVar[int]
+    # Whether a folded batch is run tile by tile (see `TILE_BYTES`).
+    tiled: ClassVar[bool] = False
 
     @abc.abstractmethod
     def prepare(self, dynamics: AbstractDynamics, interval) -> PyTree[Array]:
@@ -94,6 +96,26 @@ def interval_starts(interval, num_intervals: int):
     return jnp.concatenate([jnp.zeros((1,), interval.dtype), jnp.cumsum(interval)[:-1]])
 
 
+# A batch folded into the neuron axis (see `run_folded`) is run tile by tile, by an
+# integrator that is `tiled`, where its arrays of one value per neuron would hold
+# more than this many bytes: 16384 neurons in float32, 8192 in float64. The
+# closed-form walk makes a dozen passes over such arrays in every interval (XLA
+# runs the loop body kernel by kernel, each reading and writing them whole); a few
+# hundred KiB of them no longer stay in a core's cache from one pass to the next
+# (`bench/bench_tiles.py`). The adaptive loop is not tiled: its state per neuron
+# (the Runge-Kutta stages) outgrows the cache at any useful tile size, and every
+# tile would run its own step loops, whose iterations cost the same however few
+# neurons they hold.
+TILE_BYTES = 2**16
+
+
+def samples_per_tile(n_each: int, dtype) -> int:
+    """How many samples of `n_each` neurons one tile of a folded batch holds (at
+    least one)."""
+    lanes = TILE_BYTES // jnp.dtype(dtype).itemsize
+    return max(1, lanes // max(n_each, 1))
+
+
 def run_intervals(
     integrator: AbstractIntegrator,
     dynamics: AbstractDynamics,
@@ -114,8 +136,51 @@ def run_intervals(
     reads one contiguous row (a strided read of `[:, k]` in every interval made the
     whole forward pass about 2x slower in float32 on a 2-core x86 CPU); `counts`
     and `interval_states` come back as `(B, T, n)`, written in place at `[:, k]`
-    (not stacked time-major and transposed).
+    (not stacked time-major and transposed). For an integrator that is `tiled`, a
+    batch of more neurons than a tile holds (see `TILE_BYTES`) is run a tile of
+    samples at a time, each written in place into the whole batch's results.
     """
+    if batch_major and integrator.tiled:
+        size, _, n_each = currents.shape
+        per_tile = samples_per_tile(n_each, currents.dtype)
+        if size > per_tile:
+            raw = _run_tiles(
+                integrator, dynamics, currents, interval, state, cfg, per_tile
+            )
+            return eqx.tree_at(
+                lambda r: r.counts, raw, raw.counts.astype(currents.dtype)
+            )
+    raw = _run(integrator, dynamics, currents, interval, state, cfg, batch_major)
+    return eqx.tree_at(lambda r: r.counts, raw, raw.counts.astype(currents.dtype))
+
+
+def _stacked_zeros(state: State, size: int, num_intervals: int, n_each: int, cfg):
+    """Batch-major counts and (if kept) interval states, `(B, T, n, ...)`, zero."""
+
+    def empty(x, dtype):
+        return jnp.zeros((size, num_intervals, n_each) + jnp.shape(x)[1:], dtype)
+
+    no = jnp.zeros(jax.tree.leaves(state)[0].shape[:1], jnp.int32)
+    states = None
+    if cfg.keep_interval_states:
+        states = jax.tree.map(lambda x: empty(x, x.dtype), state)
+    return empty(no, jnp.int32), states
+
+
+def _run(
+    integrator: AbstractIntegrator,
+    dynamics: AbstractDynamics,
+    currents,
+    interval,
+    state: State,
+    cfg: RunConfig,
+    batch_major: bool,
+    into=None,
+    first_sample=None,
+) -> RawRun:
+    """[`run_intervals`][] on one population; its counts are int32. Batch-major,
+    the counts and interval states are written into `into` (the whole batch's,
+    from [`_stacked_zeros`][]) from sample `first_sample` on, where given."""
     dtype = currents.dtype
     if batch_major:
         size, num_intervals, n_each = currents.shape
@@ -129,6 +194,8 @@ def run_intervals(
     constants = integrator.prepare(dynamics, interval) if uniform else None
     lengths = jnp.broadcast_to(interval, (num_intervals,))
     starts = interval_starts(interval, num_intervals)
+    zero = jnp.zeros((), jnp.int32)
+    first = zero if first_sample is None else first_sample
 
     def one_interval(carry, xs):
         y, buffer, counters, exhausted, root_fail, bad, stacked = carry
@@ -136,10 +203,13 @@ def run_intervals(
         consts = constants if uniform else integrator.prepare(dynamics, length)
         out = integrator.interval(dynamics, consts, y, current, t_start, length, buffer)
         ys = (out.count.astype(jnp.int32), out.y if cfg.keep_interval_states else None)
-        if batch_major:  # written in place at [:, k], not stacked and transposed
-            put = lambda acc, x: lax.dynamic_update_index_in_dim(
-                acc, x.reshape((size, n_each) + x.shape[1:]), k, 1
-            )
+        if batch_major:  # written in place at [first:first + size, k]
+
+            def put(acc, x):
+                x = x.reshape((size, 1, n_each) + x.shape[1:])
+                at = (first, k.astype(jnp.int32)) + (zero,) * (x.ndim - 2)
+                return lax.dynamic_update_slice(acc, x, at)
+
             stacked, ys = jax.tree.map(put, stacked, ys), (None, None)
         carry = (
             out.y,
@@ -154,18 +224,11 @@ def run_intervals(
 
     no = jnp.zeros((n_neurons,), bool)
     # Batch-major: counts and interval states, (B, T, n), written in place.
-    stacked: tuple[Any, Any] = (None, None)
+    stacked: Any = (None, None)
     if batch_major:
-
-        def empty(x, dtype):
-            return jnp.zeros((size, num_intervals, n_each) + jnp.shape(x)[1:], dtype)
-
-        stacked = (
-            empty(no, jnp.int32),
-            jax.tree.map(lambda x: empty(x, x.dtype), state)
-            if cfg.keep_interval_states
-            else None,
-        )
+        stacked = into
+        if stacked is None:
+            stacked = _stacked_zeros(state, size, num_intervals, n_each, cfg)
         # Interval `k` of every run, (B, n) -> (B * n,): row `k`.
         currents = jnp.moveaxis(currents, 0, 1).reshape(num_intervals, n_neurons)
         xs = (starts, lengths, currents, jnp.arange(num_intervals))
@@ -180,14 +243,17 @@ def run_intervals(
     if not cfg.keep_interval_states:
         bad = ~all_finite(y)
     if buffer is None:
+        mine = counts
+        if batch_major and into is not None:  # this population's samples
+            mine = lax.dynamic_slice_in_dim(counts, first, size, 0)
         spike_times = jnp.zeros((n_neurons, 0), dtype)
-        num_spikes = jnp.sum(counts, axis=-2).reshape(-1)
+        num_spikes = jnp.sum(mine, axis=-2).reshape(-1)
     else:
         spike_times, num_spikes = integrator.spike_times(
             dynamics, buffer, state, interval
         )
     return RawRun(
-        counts.astype(dtype),
+        counts,
         spike_times,
         num_spikes,
         y,
@@ -196,6 +262,84 @@ def run_intervals(
         exhausted,
         root_fail,
         bad,
+    )
+
+
+def _run_tiles(
+    integrator: AbstractIntegrator,
+    dynamics: AbstractDynamics,
+    currents: Float[Array, "batch time n"],
+    interval,
+    state: State,
+    cfg: RunConfig,
+    per_tile: int,
+) -> RawRun:
+    """[`_run`][] on a folded batch, `per_tile` samples at a time: a loop over the
+    tiles, each run as one population and written into the whole batch's results.
+    The last tile ends at the last sample (it may overlap the one before: the
+    neurons are independent, so the samples in both come out the same)."""
+    size, num_intervals, n_each = currents.shape
+    lanes = per_tile * n_each
+    n_tiles = -(-size // per_tile)
+    per_neuron = dynamics.per_neuron_mask()
+
+    def tile_of(x, axis, first):  # the tile's lanes of a folded array
+        return lax.dynamic_slice_in_dim(x, first * n_each, lanes, axis)
+
+    def run_tile(into, first):
+        dyn = jax.tree.map(
+            lambda x, p: tile_of(x, -1, first) if p and jnp.ndim(x) else x,
+            dynamics,
+            per_neuron,
+        )
+        cur = lax.dynamic_slice_in_dim(currents, first, per_tile, 0)
+        st = jax.tree.map(lambda x: tile_of(x, -1, first), state)
+        return _run(integrator, dyn, cur, interval, st, cfg, True, into, first)
+
+    stacked = _stacked_zeros(state, size, num_intervals, n_each, cfg)
+    # The shapes of one tile's results, and where its lanes go in the batch's.
+    shapes = jax.eval_shape(lambda: run_tile(stacked, jnp.zeros((), jnp.int32)))
+
+    def lane_axis(path) -> int:
+        # `spike_times` and `num_spikes` are (lanes, ...); everything else that is
+        # per neuron, (..., lanes).
+        return 0 if path[0].name in ("spike_times", "num_spikes") else -1
+
+    def whole_batch(path, x):  # zeros for all lanes, where a tile's go
+        shape = list(x.shape)
+        shape[lane_axis(path)] = size * n_each
+        return jnp.zeros(shape, x.dtype)
+
+    def per_lane(raw):  # the results that are per neuron (not batch-major)
+        return eqx.tree_at(
+            lambda r: (r.counts, r.interval_states),
+            raw,
+            (None, None),
+            is_leaf=lambda x: x is None,
+        )
+
+    whole = jax.tree_util.tree_map_with_path(whole_batch, per_lane(shapes))
+
+    def body(t, carry):
+        into, whole = carry
+        first = jnp.minimum(t * per_tile, size - per_tile).astype(jnp.int32)
+        raw = run_tile(into, first)
+        into = (raw.counts, raw.interval_states)
+        whole = jax.tree_util.tree_map_with_path(
+            lambda path, w, x: lax.dynamic_update_slice_in_dim(
+                w, x, first * n_each, lane_axis(path) % x.ndim
+            ),
+            whole,
+            per_lane(raw),
+        )
+        return into, whole
+
+    (counts, states), whole = lax.fori_loop(0, n_tiles, body, (stacked, whole))
+    return eqx.tree_at(
+        lambda r: (r.counts, r.interval_states),
+        whole,
+        (counts, states),
+        is_leaf=lambda x: x is None,
     )
 
 

@@ -52,6 +52,7 @@ BENCH_SCRIPTS = {
     "engines": "bench_engines.py",
     "compile": "bench_compile.py",
     "loop_kernels": "bench_loop_kernels.py",
+    "tiles": "bench_tiles.py",
     "compare": "compare.py",
 }
 

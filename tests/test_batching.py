@@ -7,7 +7,9 @@ branches, each pinned here through the public API:
   interval (`test_batched_interval_equals_loop`);
 - anything else batched (inputs, parameters, initial state): the batch is folded into
   the neuron axis and integrated as one population of `B * n` neurons, a batched
-  scalar parameter becoming one value per neuron of its run (the other tests).
+  scalar parameter becoming one value per neuron of its run (the other tests); on
+  the closed-form walk, a large batch a tile of runs at a time
+  (`test_tiled_batch_equals_loop`).
 
 Tolerances. Neurons are independent, and a lane does the same arithmetic whether its
 neighbours belong to its own run or to another: the closed-form walk takes one event
@@ -426,7 +428,8 @@ def test_fold_shares_the_closed_form_span():
     """Batch composition changes the arithmetic of the closed-form LIF.
 
     It walks an interval in equal pieces no longer than `30 * min(tau_mem)`
-    (`max_event_span`); folded, the minimum is taken over the whole batch, so a run
+    (`max_event_span`); folded, the minimum is taken over the batch (over its tile,
+    where a batch is run tile by tile: all of this one here), so a run
     may be walked in more pieces than when run alone (here: a 5 ms interval and
     tau_mem 0.15 ms in run 0, so every run takes two pieces; alone, runs 1 and 2
     take one). Each extra piece rounds the decay factor and the state once more:
@@ -449,3 +452,59 @@ def test_fold_shares_the_closed_form_span():
         layer = _replace(model.layer, "tau_mem", taus[i])
         _check_reference(_run_i(sols, i), layer, xb[i], interval)
     assert np.asarray(sols.num_spikes)[0].max() == 0  # tau 0.15 ms: v_inf too low
+
+
+# -- a folded batch run tile by tile -----------------------------------------------
+
+# Tiles of 8 float64 lanes (2 runs of 4 neurons; the last tile overlaps the one
+# before) and of 4 lanes (one run per tile). (The adaptive loop is not tiled.)
+TILE_CASES = [("lif_exact", 64, 2), ("lif_exact", 32, 1)]
+
+
+@pytest.mark.parametrize("model, tile_bytes, per_tile", TILE_CASES)
+def test_tiled_batch_equals_loop(model, tile_bytes, per_tile, monkeypatch):
+    # On the closed-form walk, a folded batch whose arrays of one value per neuron
+    # exceed `TILE_BYTES` runs a tile of runs at a time. Here the tiles are shrunk
+    # so that three runs of four neurons take two or three tiles; each run must still equal its loop run (and
+    # the reference), with batched inputs, per-neuron parameters and states.
+    from snode_jax import _scan
+
+    tiles = []
+    run_tiles = _scan._run_tiles
+
+    def spy(*args):
+        tiles.append(args[-1])
+        return run_tiles(*args)
+
+    monkeypatch.setattr(_scan, "TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_scan, "_run_tiles", spy)
+    model = MODELS[model]
+    name, low, high = model.per_neuron
+    rng = np.random.default_rng(5)
+    # Four or five intervals (not three): a shape traced only here, with these
+    # tiles (compiled functions are cached by shape).
+    x = jnp.asarray(rng.uniform(*model.input_range, (BATCH, 3 + per_tile, N_INPUTS)))
+    args = dict(
+        x=x,
+        per_neuron=jnp.asarray(rng.uniform(low, high, (BATCH, N_NEURONS))),
+        state=model.state(rng),
+    )
+
+    def run(a):
+        return _simulate(
+            model, a["x"], model.interval, per_neuron=a["per_neuron"], state=a["state"]
+        )
+
+    sols, loop = _batch_and_loop(run, args)
+    assert tiles and set(tiles) == {per_tile}, tiles
+    _assert_batch_equals_loop(sols, loop)
+    counts = jax.vmap(
+        lambda a: _replace(model.layer, name, a["per_neuron"]).forward(
+            a["x"], model.interval, state=a["state"]
+        )
+    )(args)
+    np.testing.assert_array_equal(np.asarray(counts), np.asarray(sols.counts))
+    for i in range(BATCH):
+        a = _run_i(args, i)
+        layer = _replace(model.layer, name, a["per_neuron"])
+        _check_reference(_run_i(sols, i), layer, a["x"], model.interval, a["state"].v)

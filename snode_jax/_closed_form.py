@@ -244,10 +244,23 @@ class ClosedFormWalk(AbstractIntegrator):
 
     - `max_steps`: steps per neuron per interval, or per piece of an interval walked
         in pieces (one per spike plus one).
+    - `span`: the longest piece; by default the model's `max_event_span()` over
+        the population run. (Set by [`ClosedFormWalk.for_tile`][].)
     """
 
     max_steps: int = 4096
+    span: Float[Array, ""] | None = None
     tiled: ClassVar[bool] = True
+
+    def for_tile(self, dynamics):
+        # The pieces are those of the whole population, not of the tile (whose
+        # smallest `tau_mem` may be larger): every neuron takes the same steps,
+        # and has the same budget, as when its population is run at once.
+        assert isinstance(dynamics, AbstractClosedFormDynamics)
+        return ClosedFormWalk(self.max_steps, dynamics.max_event_span())
+
+    def _span(self, dynamics):
+        return dynamics.max_event_span() if self.span is None else self.span
 
     def zero_counters(self, n: int) -> Counters:
         z = jnp.zeros((n,), jnp.int32)
@@ -256,13 +269,13 @@ class ClosedFormWalk(AbstractIntegrator):
     def conditions(self, dynamics, interval):
         assert isinstance(dynamics, AbstractClosedFormDynamics)
         # The piece count is an int32 loop bound.
-        pieces = jnp.max(interval / dynamics.max_event_span())
+        pieces = jnp.max(interval / self._span(dynamics))
         name = type(dynamics).__name__
         return {f"interval < 2**31 * {name}.max_event_span()": pieces < _MAX_PIECES}
 
     def prepare(self, dynamics, interval):
         assert isinstance(dynamics, AbstractClosedFormDynamics)
-        n_pieces = jnp.ceil(interval / dynamics.max_event_span())
+        n_pieces = jnp.ceil(interval / self._span(dynamics))
         # An invalid interval (reported in `result`) takes a single piece; so does
         # one of too many pieces (reported too, see `conditions`).
         ok = jnp.isfinite(n_pieces) & (n_pieces > 1) & (n_pieces < _MAX_PIECES)

@@ -30,6 +30,12 @@ class AbstractIntegrator(eqx.Module):
     # Whether a folded batch is run tile by tile (see `TILE_BYTES`).
     tiled: ClassVar[bool] = False
 
+    def for_tile(self, dynamics: AbstractDynamics) -> "AbstractIntegrator":
+        """The integrator that runs a tile of the population of `dynamics` (see
+        `tiled`) as it would run within the whole: by default this one."""
+        del dynamics
+        return self
+
     @abc.abstractmethod
     def prepare(self, dynamics: AbstractDynamics, interval) -> PyTree[Array]:
         """Quantities fixed by the interval length (computed once when every interval
@@ -98,21 +104,25 @@ def interval_starts(interval, num_intervals: int):
 
 # A batch folded into the neuron axis (see `run_folded`) is run tile by tile, by an
 # integrator that is `tiled`, where its arrays of one value per neuron would hold
-# more than this many bytes: 16384 neurons in float32, 8192 in float64. The
-# closed-form walk makes a dozen passes over such arrays in every interval (XLA
-# runs the loop body kernel by kernel, each reading and writing them whole); a few
-# hundred KiB of them no longer stay in a core's cache from one pass to the next
-# (`bench/bench_tiles.py`). The adaptive loop is not tiled: its state per neuron
-# (the Runge-Kutta stages) outgrows the cache at any useful tile size, and every
-# tile would run its own step loops, whose iterations cost the same however few
-# neurons they hold.
+# more than `TILE_BYTES`: 16384 neurons in float32, 8192 in float64; a run that
+# records spike times (its record has `max_spikes` slots per neuron), more than
+# `RECORD_TILE_BYTES`. Each interval of the closed-form walk is a dozen or so
+# kernels, each a pass over such arrays; per neuron they took longer in a larger
+# population. `bench/bench_tiles.py` on a 2-core x86 CPU, 256 neurons per sample,
+# tiles of 16 to 128 KiB against one population: `forward` fastest at 32-64 KiB
+# from 256 samples on, and slower with more tiles at 64 samples (1.04-1.24x with
+# 16-64 KiB tiles); `simulate` fastest at 16-32 KiB (0.53-0.80x at 256 and 1024
+# samples, 0.64x at 64 samples in float64). The adaptive loop is not tiled: tiled,
+# AdEx was not faster (`--adaptive`).
 TILE_BYTES = 2**16
+RECORD_TILE_BYTES = 2**15
 
 
-def samples_per_tile(n_each: int, dtype) -> int:
+def samples_per_tile(n_each: int, dtype, records: bool) -> int:
     """How many samples of `n_each` neurons one tile of a folded batch holds (at
-    least one)."""
-    lanes = TILE_BYTES // jnp.dtype(dtype).itemsize
+    least one), for a run that `records` spike times or not."""
+    size = RECORD_TILE_BYTES if records else TILE_BYTES
+    lanes = size // jnp.dtype(dtype).itemsize
     return max(1, lanes // max(n_each, 1))
 
 
@@ -142,7 +152,8 @@ def run_intervals(
     """
     if batch_major and integrator.tiled:
         size, _, n_each = currents.shape
-        per_tile = samples_per_tile(n_each, currents.dtype)
+        records = cfg.max_spikes is not None
+        per_tile = samples_per_tile(n_each, currents.dtype, records)
         if size > per_tile:
             raw = _run_tiles(
                 integrator, dynamics, currents, interval, state, cfg, per_tile
@@ -274,14 +285,18 @@ def _run_tiles(
     cfg: RunConfig,
     per_tile: int,
 ) -> RawRun:
-    """[`_run`][] on a folded batch, `per_tile` samples at a time: a loop over the
-    tiles, each run as one population and written into the whole batch's results.
-    The last tile ends at the last sample (it may overlap the one before: the
-    neurons are independent, so the samples in both come out the same)."""
+    """[`_run`][] on a folded batch, at most `per_tile` samples at a time: a loop
+    over as few tiles as that takes, of equal size, each run as one population (as
+    it would run within the whole batch, see `AbstractIntegrator.for_tile`) and
+    written into the whole batch's results. The last tile ends at the last sample:
+    it may overlap the one before by a few samples (the neurons are independent,
+    so those come out the same from both)."""
     size, num_intervals, n_each = currents.shape
-    lanes = per_tile * n_each
     n_tiles = -(-size // per_tile)
+    per_tile = -(-size // n_tiles)  # as even as they go: they overlap by < n_tiles
+    lanes = per_tile * n_each
     per_neuron = dynamics.per_neuron_mask()
+    tile_integrator = integrator.for_tile(dynamics)
 
     def tile_of(x, axis, first):  # the tile's lanes of a folded array
         return lax.dynamic_slice_in_dim(x, first * n_each, lanes, axis)
@@ -294,7 +309,7 @@ def _run_tiles(
         )
         cur = lax.dynamic_slice_in_dim(currents, first, per_tile, 0)
         st = jax.tree.map(lambda x: tile_of(x, -1, first), state)
-        return _run(integrator, dyn, cur, interval, st, cfg, True, into, first)
+        return _run(tile_integrator, dyn, cur, interval, st, cfg, True, into, first)
 
     stacked = _stacked_zeros(state, size, num_intervals, n_each, cfg)
     # The shapes of one tile's results, and where its lanes go in the batch's.
@@ -322,6 +337,7 @@ def _run_tiles(
 
     def body(t, carry):
         into, whole = carry
+        # (The last tile is moved back to end at the last sample.)
         first = jnp.minimum(t * per_tile, size - per_tile).astype(jnp.int32)
         raw = run_tile(into, first)
         into = (raw.counts, raw.interval_states)

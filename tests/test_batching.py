@@ -428,8 +428,8 @@ def test_fold_shares_the_closed_form_span():
     """Batch composition changes the arithmetic of the closed-form LIF.
 
     It walks an interval in equal pieces no longer than `30 * min(tau_mem)`
-    (`max_event_span`); folded, the minimum is taken over the batch (over its tile,
-    where a batch is run tile by tile: all of this one here), so a run
+    (`max_event_span`); folded, the minimum is taken over the whole batch (also
+    where it is run tile by tile: `test_tiles_walk_the_batch_pieces`), so a run
     may be walked in more pieces than when run alone (here: a 5 ms interval and
     tau_mem 0.15 ms in run 0, so every run takes two pieces; alone, runs 1 and 2
     take one). Each extra piece rounds the decay factor and the state once more:
@@ -464,7 +464,8 @@ TILE_CASES = [("lif_exact", 64, 2), ("lif_exact", 32, 1)]
 @pytest.mark.parametrize("model, tile_bytes, per_tile", TILE_CASES)
 def test_tiled_batch_equals_loop(model, tile_bytes, per_tile, monkeypatch):
     # On the closed-form walk, a folded batch whose arrays of one value per neuron
-    # exceed `TILE_BYTES` runs a tile of runs at a time. Here the tiles are shrunk
+    # exceed `TILE_BYTES` (`RECORD_TILE_BYTES` recording spike times) runs a tile
+    # of runs at a time. Here the tiles are shrunk
     # so that three runs of four neurons take two or three tiles; each run must still equal its loop run (and
     # the reference), with batched inputs, per-neuron parameters and states.
     from snode_jax import _scan
@@ -477,6 +478,7 @@ def test_tiled_batch_equals_loop(model, tile_bytes, per_tile, monkeypatch):
         return run_tiles(*args)
 
     monkeypatch.setattr(_scan, "TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_scan, "RECORD_TILE_BYTES", tile_bytes)
     monkeypatch.setattr(_scan, "_run_tiles", spy)
     model = MODELS[model]
     name, low, high = model.per_neuron
@@ -508,3 +510,47 @@ def test_tiled_batch_equals_loop(model, tile_bytes, per_tile, monkeypatch):
         a = _run_i(args, i)
         layer = _replace(model.layer, name, a["per_neuron"])
         _check_reference(_run_i(sols, i), layer, a["x"], model.interval, a["state"].v)
+
+
+def test_tiles_walk_the_batch_pieces(monkeypatch):
+    # The closed-form span is the batch's, not the tile's: as in
+    # `test_fold_shares_the_closed_form_span`, every run takes two pieces per
+    # interval (run 0's tau_mem of 0.15 ms), although runs 1 and 2 each have a tile
+    # of their own (alone, they would take one piece and one step fewer).
+    from snode_jax import _scan
+
+    tiles = []
+    run_tiles = _scan._run_tiles
+
+    def spy(*args):
+        tiles.append(args[-1])
+        return run_tiles(*args)
+
+    monkeypatch.setattr(_scan, "RECORD_TILE_BYTES", 32)  # 4 float64 lanes: one run
+    monkeypatch.setattr(_scan, "_run_tiles", spy)
+    model = MODELS["lif_exact"]
+    taus = jnp.asarray([0.15, 8.0, 20.0])
+    interval = 5.0
+    n_intervals = 2  # a shape traced only here
+    xb = jnp.asarray(
+        np.random.default_rng(6).uniform(0.0, 1.0, (BATCH, n_intervals, N_INPUTS))
+    )
+
+    def run(a):
+        return _simulate(model, a[1], interval, scalar=a[0])
+
+    sols, loop = _batch_and_loop(run, (taus, xb))
+    assert tiles == [1], tiles
+    # Without a spike record (`forward`), the tile is `TILE_BYTES`: one.
+    counts = jax.vmap(
+        lambda a: _replace(model.layer, "tau_mem", a[0]).forward(a[1], interval)
+    )((taus, xb))
+    assert tiles == [1], tiles
+    np.testing.assert_array_equal(np.asarray(counts), np.asarray(sols.counts))
+    _assert_batch_equals_loop(sols, loop, stats=False)
+    steps = np.asarray(sols.stats["num_steps"])
+    for i in range(BATCH):
+        alone = np.asarray(loop[i].stats["num_steps"])
+        np.testing.assert_array_equal(steps[i], alone + (n_intervals if i else 0))
+        layer = _replace(model.layer, "tau_mem", taus[i])
+        _check_reference(_run_i(sols, i), layer, xb[i], interval)

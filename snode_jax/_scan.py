@@ -109,11 +109,12 @@ def interval_starts(interval, num_intervals: int):
 # `RECORD_TILE_BYTES`. Each interval of the closed-form walk is a dozen or so
 # kernels, each a pass over such arrays; per neuron they took longer in a larger
 # population. `bench/bench_tiles.py` on a 2-core x86 CPU, 256 neurons per sample,
-# tiles of 16 to 128 KiB against one population: `forward` fastest at 32-64 KiB
-# from 256 samples on, and slower with more tiles at 64 samples (1.04-1.24x with
-# 16-64 KiB tiles); `simulate` fastest at 16-32 KiB (0.53-0.80x at 256 and 1024
-# samples, 0.64x at 64 samples in float64). The adaptive loop is not tiled: tiled,
-# AdEx was not faster (`--adaptive`).
+# tiles of 16 to 128 KiB against one population (`bench_tiles_sweep`): `forward`
+# fastest at 32-64 KiB from 256 samples on, and slower the more tiles at 64
+# samples (1.01-1.25x with 16-64 KiB tiles); `simulate` at 256 and 1024 samples
+# 0.45-0.84x with 16-32 KiB tiles, about as with 64 KiB, but 0.64x against 0.89x
+# at 64 samples in float64. The adaptive loop is not tiled: tiled, AdEx was not
+# faster (`--adaptive`: 1.11x at 64 samples, 0.94x at 256).
 TILE_BYTES = 2**16
 RECORD_TILE_BYTES = 2**15
 

@@ -541,7 +541,8 @@ def test_tiles_walk_the_batch_pieces(monkeypatch):
 
     sols, loop = _batch_and_loop(run, (taus, xb))
     assert tiles == [1], tiles
-    # Without a spike record (`forward`), the tile is `TILE_BYTES`: one.
+    # Without a spike record (`forward`), the tile is `TILE_BYTES` (64 KiB): the
+    # batch is not tiled (no further call of `_run_tiles`).
     counts = jax.vmap(
         lambda a: _replace(model.layer, "tau_mem", a[0]).forward(a[1], interval)
     )((taus, xb))

@@ -17,7 +17,6 @@ with tiling forced on (`AdaptiveLoop.tiled`), to show why.
 import argparse
 import statistics
 import sys
-import time
 
 import equinox as eqx
 import jax
@@ -26,7 +25,12 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import block, machine_line, write_section  # noqa: E402
+from common import (  # noqa: E402
+    interleaved_timings,
+    machine_line,
+    median_ratio,
+    write_section,
+)
 
 import snode_jax as sj  # noqa: E402
 from snode_jax import _adaptive, _scan  # noqa: E402
@@ -52,26 +56,17 @@ def compiled(fn, layer, x, tile_bytes, force=False):
 def time_variants(variants, params, x, reps):
     """Median seconds per variant, and the median ratio of each to the last (the
     variants called in turn, in alternating order)."""
-    times = {k: [] for k in variants}
-    order = list(variants)
-    for _ in range(reps):
-        for k in order:
-            t0 = time.perf_counter()
-            block(variants[k](params, x))
-            times[k].append(time.perf_counter() - t0)
-        order.reverse()  # no variant always first
+    args = {k: (params, x) for k in variants}
+    _, times = interleaved_timings(variants, args, reps, alternate=True)
     last = list(variants)[-1]
     return {
-        k: (
-            statistics.median(ts),
-            statistics.median(a / b for a, b in zip(ts, times[last], strict=True)),
-        )
+        k: (statistics.median(ts), median_ratio(times, k, last))
         for k, ts in times.items()
     }
 
 
 def tiles(batch, n, dtype, tile_bytes):
-    per = max(1, tile_bytes // jnp.dtype(dtype).itemsize // n)
+    per = _scan.samples_per_tile(n, dtype, tile_bytes)
     return -(-batch // per) if batch > per else 1
 
 

@@ -91,8 +91,9 @@ def block(x):
     return jax.block_until_ready(x)
 
 
-def interleaved_timings(fns: dict, args: dict, reps: int):
-    """Compile each function, then time them round-robin `reps` times.
+def interleaved_timings(fns: dict, args: dict, reps: int, alternate: bool = False):
+    """Compile each function, then time them round-robin `reps` times (with
+    `alternate`, the order reversed every round: no function always first).
 
     Returns `(compile_s, times_s)`: first-call seconds, and per-function lists.
     """
@@ -101,11 +102,14 @@ def interleaved_timings(fns: dict, args: dict, reps: int):
         t0 = time.perf_counter()
         block(f(*args[k]))
         compile_s[k] = time.perf_counter() - t0
+    order = list(fns)
     for _ in range(reps):
-        for k, f in fns.items():
+        for k in order:
             t0 = time.perf_counter()
-            block(f(*args[k]))
+            block(fns[k](*args[k]))
             times[k].append(time.perf_counter() - t0)
+        if alternate:
+            order.reverse()
     return compile_s, times
 
 

@@ -119,11 +119,10 @@ TILE_BYTES = 2**16
 RECORD_TILE_BYTES = 2**15
 
 
-def samples_per_tile(n_each: int, dtype, records: bool) -> int:
-    """How many samples of `n_each` neurons one tile of a folded batch holds (at
-    least one), for a run that `records` spike times or not."""
-    size = RECORD_TILE_BYTES if records else TILE_BYTES
-    lanes = size // jnp.dtype(dtype).itemsize
+def samples_per_tile(n_each: int, dtype, tile_bytes: int) -> int:
+    """How many samples of `n_each` neurons one tile of `tile_bytes` per per-neuron
+    array holds (at least one)."""
+    lanes = tile_bytes // jnp.dtype(dtype).itemsize
     return max(1, lanes // max(n_each, 1))
 
 
@@ -151,32 +150,29 @@ def run_intervals(
     batch of more neurons than a tile holds (see `TILE_BYTES`) is run a tile of
     samples at a time, each written in place into the whole batch's results.
     """
+    per_tile = None
     if batch_major and integrator.tiled:
         size, _, n_each = currents.shape
-        records = cfg.max_spikes is not None
-        per_tile = samples_per_tile(n_each, currents.dtype, records)
-        if size > per_tile:
-            raw = _run_tiles(
-                integrator, dynamics, currents, interval, state, cfg, per_tile
-            )
-            return eqx.tree_at(
-                lambda r: r.counts, raw, raw.counts.astype(currents.dtype)
-            )
-    raw = _run(integrator, dynamics, currents, interval, state, cfg, batch_major)
+        tile_bytes = TILE_BYTES if cfg.max_spikes is None else RECORD_TILE_BYTES
+        per_tile = samples_per_tile(n_each, currents.dtype, tile_bytes)
+        per_tile = per_tile if size > per_tile else None
+    if per_tile is None:
+        raw = _run(integrator, dynamics, currents, interval, state, cfg, batch_major)
+    else:
+        raw = _run_tiles(integrator, dynamics, currents, interval, state, cfg, per_tile)
     return eqx.tree_at(lambda r: r.counts, raw, raw.counts.astype(currents.dtype))
 
 
 def _stacked_zeros(state: State, size: int, num_intervals: int, n_each: int, cfg):
     """Batch-major counts and (if kept) interval states, `(B, T, n, ...)`, zero."""
 
-    def empty(x, dtype):
-        return jnp.zeros((size, num_intervals, n_each) + jnp.shape(x)[1:], dtype)
+    def empty(rest, dtype):
+        return jnp.zeros((size, num_intervals, n_each) + rest, dtype)
 
-    no = jnp.zeros(jax.tree.leaves(state)[0].shape[:1], jnp.int32)
     states = None
     if cfg.keep_interval_states:
-        states = jax.tree.map(lambda x: empty(x, x.dtype), state)
-    return empty(no, jnp.int32), states
+        states = jax.tree.map(lambda x: empty(jnp.shape(x)[1:], x.dtype), state)
+    return empty((), jnp.int32), states
 
 
 def _run(

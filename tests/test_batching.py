@@ -42,6 +42,7 @@ import numpy as np
 import pytest
 
 import snode_jax as sj
+from snode_jax import _scan
 
 from .helpers import assert_padded_times_close, reference_for
 
@@ -456,30 +457,35 @@ def test_fold_shares_the_closed_form_span():
 
 # -- a folded batch run tile by tile -----------------------------------------------
 
+
+@pytest.fixture
+def tiles(monkeypatch):
+    """The tile size (`per_tile`) of every tiled run traced while the test runs."""
+    calls = []
+    run_tiles = _scan._run_tiles
+
+    def spy(*args):
+        calls.append(args[-1])
+        return run_tiles(*args)
+
+    monkeypatch.setattr(_scan, "_run_tiles", spy)
+    return calls
+
+
 # Tiles of 8 float64 lanes (2 runs of 4 neurons; the last tile overlaps the one
 # before) and of 4 lanes (one run per tile). (The adaptive loop is not tiled.)
 TILE_CASES = [("lif_exact", 64, 2), ("lif_exact", 32, 1)]
 
 
 @pytest.mark.parametrize("model, tile_bytes, per_tile", TILE_CASES)
-def test_tiled_batch_equals_loop(model, tile_bytes, per_tile, monkeypatch):
+def test_tiled_batch_equals_loop(model, tile_bytes, per_tile, tiles, monkeypatch):
     # On the closed-form walk, a folded batch whose arrays of one value per neuron
     # exceed `TILE_BYTES` (`RECORD_TILE_BYTES` recording spike times) runs a tile
-    # of runs at a time. Here the tiles are shrunk
-    # so that three runs of four neurons take two or three tiles; each run must still equal its loop run (and
+    # of runs at a time. Here the tiles are shrunk so that three runs of four
+    # neurons take two or three tiles; each run must still equal its loop run (and
     # the reference), with batched inputs, per-neuron parameters and states.
-    from snode_jax import _scan
-
-    tiles = []
-    run_tiles = _scan._run_tiles
-
-    def spy(*args):
-        tiles.append(args[-1])
-        return run_tiles(*args)
-
     monkeypatch.setattr(_scan, "TILE_BYTES", tile_bytes)
     monkeypatch.setattr(_scan, "RECORD_TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(_scan, "_run_tiles", spy)
     model = MODELS[model]
     name, low, high = model.per_neuron
     rng = np.random.default_rng(5)
@@ -512,22 +518,12 @@ def test_tiled_batch_equals_loop(model, tile_bytes, per_tile, monkeypatch):
         _check_reference(_run_i(sols, i), layer, a["x"], model.interval, a["state"].v)
 
 
-def test_tiles_walk_the_batch_pieces(monkeypatch):
+def test_tiles_walk_the_batch_pieces(tiles, monkeypatch):
     # The closed-form span is the batch's, not the tile's: as in
     # `test_fold_shares_the_closed_form_span`, every run takes two pieces per
     # interval (run 0's tau_mem of 0.15 ms), although runs 1 and 2 each have a tile
     # of their own (alone, they would take one piece and one step fewer).
-    from snode_jax import _scan
-
-    tiles = []
-    run_tiles = _scan._run_tiles
-
-    def spy(*args):
-        tiles.append(args[-1])
-        return run_tiles(*args)
-
     monkeypatch.setattr(_scan, "RECORD_TILE_BYTES", 32)  # 4 float64 lanes: one run
-    monkeypatch.setattr(_scan, "_run_tiles", spy)
     model = MODELS["lif_exact"]
     taus = jnp.asarray([0.15, 8.0, 20.0])
     interval = 5.0

@@ -1,7 +1,7 @@
 """Time a vmapped layer with its folded batch run tile by tile and as one
 population, in one process.
 
-The tile size is read when a function is traced (`snode_jax._scan.TILE_BYTES`):
+The tile size is read when a function is traced (`snode_jax._fold.TILE_BYTES`):
 each variant is traced and compiled ahead of time with its setting (JAX's caches
 cleared in between), then all are called in turn, `--reps` times. The exact LIF
 layer is tiled by default (64 KiB per per-neuron array); `--tile-bytes` compares
@@ -33,7 +33,7 @@ from common import (  # noqa: E402
 )
 
 import snode_jax as sj  # noqa: E402
-from snode_jax import _adaptive, _scan  # noqa: E402
+from snode_jax import _adaptive, _fold  # noqa: E402
 
 N_NEURONS, N_INPUTS, MAX_SPIKES = 256, 32, 64
 ONE = 2**62  # a tile larger than any batch: one population
@@ -42,15 +42,15 @@ ONE = 2**62  # a tile larger than any batch: one population
 def compiled(fn, layer, x, tile_bytes, force=False):
     """`fn` traced with tiles of `tile_bytes` (recording spike times or not)."""
     jax.clear_caches()
-    saved = _scan.TILE_BYTES, _scan.RECORD_TILE_BYTES, _adaptive.AdaptiveLoop.tiled
-    _scan.TILE_BYTES = _scan.RECORD_TILE_BYTES = tile_bytes
+    saved = _fold.TILE_BYTES, _fold.RECORD_TILE_BYTES, _adaptive.AdaptiveLoop.tiled
+    _fold.TILE_BYTES = _fold.RECORD_TILE_BYTES = tile_bytes
     _adaptive.AdaptiveLoop.tiled = force
     try:
         params, static = eqx.partition(layer, eqx.is_array)
         f = jax.jit(lambda p, x: fn(eqx.combine(p, static), x))
         return f.lower(params, x).compile(), params
     finally:
-        _scan.TILE_BYTES, _scan.RECORD_TILE_BYTES, _adaptive.AdaptiveLoop.tiled = saved
+        _fold.TILE_BYTES, _fold.RECORD_TILE_BYTES, _adaptive.AdaptiveLoop.tiled = saved
 
 
 def time_variants(variants, params, x, reps):
@@ -66,7 +66,7 @@ def time_variants(variants, params, x, reps):
 
 
 def tiles(batch, n, dtype, tile_bytes):
-    per = _scan.samples_per_tile(n, dtype, tile_bytes)
+    per = _fold.samples_per_tile(n, dtype, tile_bytes)
     return -(-batch // per) if batch > per else 1
 
 
@@ -74,13 +74,13 @@ def lif_rows(a, sizes_or_default):
     fns = {  # name: (function, the library's tile)
         "forward": (
             jax.vmap(lambda lay, x: lay.forward(x, 1.0), (None, 0)),
-            _scan.TILE_BYTES,
+            _fold.TILE_BYTES,
         ),
         f"simulate(max_spikes={MAX_SPIKES})": (
             jax.vmap(
                 lambda lay, x: lay.simulate(x, 1.0, MAX_SPIKES).spike_times, (None, 0)
             ),
-            _scan.RECORD_TILE_BYTES,
+            _fold.RECORD_TILE_BYTES,
         ),
     }
     rows = []
@@ -127,15 +127,15 @@ def adaptive_rows(a):
             jnp.broadcast_to(x, (batch,) + x.shape)
             * jnp.linspace(0.8, 1.2, batch)[:, None, None]
         )
-        tiled, params = compiled(fn, layer, x, _scan.TILE_BYTES, force=True)
+        tiled, params = compiled(fn, layer, x, _fold.TILE_BYTES, force=True)
         whole, _ = compiled(fn, layer, x, ONE)
         same = np.array_equal(
             np.asarray(tiled(params, x)), np.asarray(whole(params, x))
         )
         timed = time_variants({"tiled": tiled, "one": whole}, params, x, a.reps)
         rows.append(
-            f"| float64 | {batch} | forward | {_scan.TILE_BYTES // 1024} "
-            f"| {tiles(batch, N_NEURONS, jnp.float64, _scan.TILE_BYTES)} "
+            f"| float64 | {batch} | forward | {_fold.TILE_BYTES // 1024} "
+            f"| {tiles(batch, N_NEURONS, jnp.float64, _fold.TILE_BYTES)} "
             f"| {timed['tiled'][0] * 1e3:.1f} | {timed['one'][0] * 1e3:.1f} "
             f"| {timed['tiled'][1]:.2f} | {'yes' if same else 'NO'} |"
         )
@@ -193,8 +193,8 @@ def main():
             f"Exact LIF layer, {N_NEURONS} neurons, 100 intervals of 1 ms, "
             f"{N_INPUTS} inputs N(0, 0.5^2), `jax.vmap` over the batch, the layer "
             "passed as an argument; the library tiles at "
-            f"{_scan.TILE_BYTES // 1024} KiB per per-neuron array (16384 neurons in "
-            f"float32, 8192 in float64), {_scan.RECORD_TILE_BYTES // 1024} KiB when "
+            f"{_fold.TILE_BYTES // 1024} KiB per per-neuron array (16384 neurons in "
+            f"float32, 8192 in float64), {_fold.RECORD_TILE_BYTES // 1024} KiB when "
             "it records spike times (`simulate`). "
             + (
                 "After `snode_jax.keep_freed_memory()`: freed blocks are reused."

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 
 from ._closed_form import ClosedFormWalk
 from ._dynamics import AbstractClosedFormDynamics
+from ._fold import run_folded
 from ._misc import check_positive_int, running_max, running_sum, where_tree
 from ._records import Counters, RawRun
-from ._scan import AbstractIntegrator, RunConfig, interval_starts, run_folded
+from ._scan import AbstractIntegrator, RunConfig, interval_starts
 from ._surrogate import AbstractSurrogate, surrogate_zero
 
 

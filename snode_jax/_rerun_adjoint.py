@@ -11,9 +11,10 @@ from ._adaptive import AdaptiveLoop, AdaptiveState, StepOutcome
 from ._adjoint import AbstractAdjoint
 from ._crossing import Crossings
 from ._custom_types import State
+from ._fold import run_folded
 from ._misc import expand, running_sum, where_tree
 from ._reverse import reverse_segments
-from ._scan import RunConfig, interval_starts, run_folded
+from ._scan import RunConfig, interval_starts
 from ._solution import RESULTS
 from ._surrogate import surrogate_zero
 

@@ -1,6 +1,6 @@
 """Batching: `jax.vmap` over a layer's simulation equals a Python loop over the batch.
 
-The integration loop has its own vmap rule (`run_folded` in `_scan.py`) with two
+The integration loop has its own vmap rule (`run_folded` in `_fold.py`) with two
 branches, each pinned here through the public API:
 
 - a batched `interval`: the integrator itself is vmapped, each run keeping its own
@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 
 import snode_jax as sj
-from snode_jax import _scan
+from snode_jax import _fold
 
 from .helpers import assert_padded_times_close, reference_for
 
@@ -462,13 +462,13 @@ def test_fold_shares_the_closed_form_span():
 def tiles(monkeypatch):
     """The tile size (`per_tile`) of every tiled run traced while the test runs."""
     calls = []
-    run_tiles = _scan._run_tiles
+    run_tiles = _fold._run_tiles
 
     def spy(*args):
         calls.append(args[-1])
         return run_tiles(*args)
 
-    monkeypatch.setattr(_scan, "_run_tiles", spy)
+    monkeypatch.setattr(_fold, "_run_tiles", spy)
     return calls
 
 
@@ -484,8 +484,8 @@ def test_tiled_batch_equals_loop(model, tile_bytes, per_tile, tiles, monkeypatch
     # of runs at a time. Here the tiles are shrunk so that three runs of four
     # neurons take two or three tiles; each run must still equal its loop run (and
     # the reference), with batched inputs, per-neuron parameters and states.
-    monkeypatch.setattr(_scan, "TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(_scan, "RECORD_TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_fold, "TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_fold, "RECORD_TILE_BYTES", tile_bytes)
     model = MODELS[model]
     name, low, high = model.per_neuron
     rng = np.random.default_rng(5)
@@ -523,7 +523,7 @@ def test_tiles_walk_the_batch_pieces(tiles, monkeypatch):
     # `test_fold_shares_the_closed_form_span`, every run takes two pieces per
     # interval (run 0's tau_mem of 0.15 ms), although runs 1 and 2 each have a tile
     # of their own (alone, they would take one piece and one step fewer).
-    monkeypatch.setattr(_scan, "RECORD_TILE_BYTES", 32)  # 4 float64 lanes: one run
+    monkeypatch.setattr(_fold, "RECORD_TILE_BYTES", 32)  # 4 float64 lanes: one run
     model = MODELS["lif_exact"]
     taus = jnp.asarray([0.15, 8.0, 20.0])
     interval = 5.0

@@ -36,6 +36,32 @@ TILE_BYTES = 2**16
 RECORD_TILE_BYTES = 2**15
 
 
+def fold_lanes(x, batched: bool, size: int, n: int, scalar: bool = False):
+    """A batch of `size` samples of `n` neurons folded into the last axis, that of
+    the neurons: `(B, ..., n)`, or an unbatched `(..., n)`, to `(..., B * n)`, sample
+    after sample; a batched scalar `(B,)` (one value per sample) to `(B * n,)`. An
+    unbatched scalar stays one, unless `scalar` (then it is one value per lane)."""
+    if not batched:
+        if jnp.ndim(x) == 0 and not scalar:
+            return x
+        x = jnp.broadcast_to(x, (size,) + jnp.shape(x))
+    if jnp.ndim(x) == 1:  # one value per sample
+        x = jnp.broadcast_to(x[:, None], (size, n))
+    x = jnp.moveaxis(x, 0, -2)
+    return jnp.reshape(x, x.shape[:-2] + (size * x.shape[-1],))
+
+
+def unfold_lanes(x, size: int, n: int):
+    """The inverse of [`fold_lanes`][]: `(..., B * n)` to `(B, ..., n)`."""
+    x = jnp.reshape(x, x.shape[:-1] + (size, n))
+    return jnp.moveaxis(x, -2, 0)
+
+
+def unfold_rows(x, size: int, n: int):
+    """`(B * n, ...)`, one row per lane, to `(B, n, ...)`."""
+    return jnp.reshape(x, (size, n) + x.shape[1:])
+
+
 def samples_per_tile(n_each: int, dtype, tile_bytes: int) -> int:
     """How many samples of `n_each` neurons one tile of `tile_bytes` per per-neuron
     array holds (at least one)."""
@@ -187,17 +213,7 @@ def run_folded(
             return out, jax.tree.map(lambda _: True, out)
         n = currents.shape[-1]
         size = axis_size
-
-        def fold(x, batched):
-            # (B, ..., n) or (..., n) -> (..., B * n); an unbatched scalar stays.
-            if not batched:
-                if jnp.ndim(x) == 0:
-                    return x
-                x = jnp.broadcast_to(x, (size,) + jnp.shape(x))
-            if jnp.ndim(x) == 1:  # a batched scalar parameter: one value per run
-                x = jnp.broadcast_to(x[:, None], (size, n))
-            x = jnp.moveaxis(x, 0, -2)
-            return jnp.reshape(x, x.shape[:-2] + (size * x.shape[-1],))
+        fold = lambda x, batched: fold_lanes(x, batched, size, n)
 
         def fold_param(x, batched, per_neuron):
             return fold(x, batched) if per_neuron else x
@@ -207,13 +223,8 @@ def run_folded(
             currents = jnp.broadcast_to(currents, (size,) + currents.shape)
         state_f = jax.tree.map(fold, state, st_b)
         raw = run_batch_major(integrator, dynamics_f, currents, interval, state_f, cfg)
-
-        def unfold_last(x):  # (..., B * n) -> (B, ..., n)
-            x = jnp.reshape(x, x.shape[:-1] + (size, n))
-            return jnp.moveaxis(x, -2, 0)
-
-        def unfold_first(x):  # (B * n, ...) -> (B, n, ...)
-            return jnp.reshape(x, (size, n) + x.shape[1:])
+        unfold_last = lambda x: unfold_lanes(x, size, n)
+        unfold_first = lambda x: unfold_rows(x, size, n)
 
         out = RawRun(
             counts=raw.counts,

@@ -793,6 +793,184 @@ def test_per_sample_grads_under_vmap():
         assert_grads_close(sample, single, 1e-12, label=f"sample {b}: ")
 
 
+# A batch's gradient (`grad` of a loss summed over `jax.vmap`): the tangents of the
+# batch are computed folded into the neuron axis (`_tangents.py`), except where a
+# batched interval, or tangents of one run (`jax.jacfwd`), keep them vmapped.
+
+
+def _batch_inputs(case):
+    # Different spike structures per sample.
+    return np.stack([case.inputs, 0.6 * case.inputs[::-1], 1.2 * case.inputs[::-1]])
+
+
+def _reference_batch_grads(case, coefs, batch, params=None, intervals=None):
+    """Per sample, the reference gradient of `weighted_loss` w.r.t. the weight and
+    the parameters (`params[b]`, default the case's) over `intervals[b]` (default
+    `INTERVAL`), each with its own spike structure."""
+    grads = []
+    for b, inputs in enumerate(batch):
+        p = case.params if params is None else params[b]
+        interval = INTERVAL if intervals is None else intervals[b]
+        counts, margin = numpy_forward(case.weight, inputs, interval, p)
+        assert margin > MIN_MARGIN
+
+        def loss(weight, jparams):
+            out = reference_outputs(
+                weight, jparams, inputs, interval, counts, MAX_SPIKES
+            )
+            return reference_loss(out, coefs)
+
+        jparams = {k: jnp.asarray(v, jnp.float64) for k, v in p.items()}
+        g_w, g_p = jax.grad(loss, argnums=(0, 1))(jnp.asarray(case.weight), jparams)
+        grads.append({"weight": g_w, **g_p})
+    return grads
+
+
+@pytest.fixture
+def tangent_shapes(monkeypatch):
+    """The `(time, lanes)` shape of the currents of every closed-form tangent
+    computation traced during the test."""
+    from snode_jax import _tangent_primitive as _tangents
+
+    seen = []
+    real = _tangents._tangents_of
+
+    def spy(primals, tangents, options):
+        seen.append(tuple(primals[1].shape))
+        return real(primals, tangents, options)
+
+    monkeypatch.setattr(_tangents, "_tangents_of", spy)
+    return seen
+
+
+def test_batch_grads_fold_the_batch(case_name, tangent_shapes):
+    case = CASES[case_name]
+    coefs = case.coefs(seed=11)
+    batch = _batch_inputs(case)
+    n_samples, n_intervals = batch.shape[:2]
+
+    @eqx.filter_jit
+    def batch_grads(layer, xb):
+        def loss(lyr):
+            out = jax.vmap(lambda x: library_outputs(lyr, x, INTERVAL, MAX_SPIKES))(xb)
+            per_sample = jax.vmap(lambda o: weighted_loss(o, coefs))(out)
+            return jnp.sum(per_sample)
+
+        return param_grads(eqx.filter_grad(loss)(layer))
+
+    actual = batch_grads(case.layer(), jnp.asarray(batch))
+    folded = (n_intervals, n_samples * case.n_neurons)
+    assert folded in tangent_shapes
+    per_sample = _reference_batch_grads(case, coefs, batch)
+    expected = jax.tree.map(lambda *g: sum(g), *per_sample)
+    assert_grads_close(actual, expected, RTOL_REFERENCE)
+
+    # Forward mode under `vmap`, with batched tangents: folded too.
+    tangent_shapes.clear()
+    directions = np.random.default_rng(12).normal(size=(n_samples,) + case.weight.shape)
+
+    @eqx.filter_jit
+    def batch_jvp(layer, xb, dw):
+        def one(x, d):
+            def loss(w):
+                lyr = eqx.tree_at(lambda m: m.weight, layer, w)
+                return weighted_loss(
+                    library_outputs(lyr, x, INTERVAL, MAX_SPIKES), coefs
+                )
+
+            return jax.jvp(loss, (layer.weight,), (d,))[1]
+
+        return jax.vmap(one)(xb, dw)
+
+    jvps = batch_jvp(case.layer(), jnp.asarray(batch), jnp.asarray(directions))
+    assert folded in tangent_shapes
+    for b, g in enumerate(per_sample):
+        expected_jvp = float(jnp.sum(g["weight"] * directions[b]))
+        assert jvps[b] == pytest.approx(expected_jvp, rel=RTOL_REFERENCE)
+
+
+def test_batch_grads_fold_a_batched_parameter(tangent_shapes):
+    """A per-neuron parameter given per sample is folded with its tangent."""
+    case = CASES["per_neuron"]
+    coefs = case.coefs(seed=13)
+    batch = _batch_inputs(case)
+    taus = np.stack([case.params["tau_mem"] * s for s in (1.0, 0.8, 1.3)])
+
+    @eqx.filter_jit
+    def batch_grads(layer, xb, tb):
+        def loss(lyr, tb):
+            def one(x, tau):
+                lyr_b = eqx.tree_at(lambda m: m.dynamics.tau_mem, lyr, tau)
+                return weighted_loss(
+                    library_outputs(lyr_b, x, INTERVAL, MAX_SPIKES), coefs
+                )
+
+            return jnp.sum(jax.vmap(one)(xb, tb))
+
+        g_layer, g_tau = eqx.filter_grad(lambda args: loss(*args))((layer, tb))
+        return param_grads(g_layer), g_tau
+
+    actual, g_tau = batch_grads(case.layer(), jnp.asarray(batch), jnp.asarray(taus))
+    assert (batch.shape[1], batch.shape[0] * case.n_neurons) in tangent_shapes
+    params = [dict(case.params, tau_mem=tau) for tau in taus]
+    per_sample = _reference_batch_grads(case, coefs, batch, params=params)
+    expected = jax.tree.map(lambda *g: sum(g), *per_sample)
+    # The layer's own tau_mem is replaced in every sample: no gradient reaches it.
+    assert np.all(np.asarray(actual.pop("tau_mem")) == 0)
+    expected.pop("tau_mem")
+    assert_grads_close(actual, expected, RTOL_REFERENCE)
+    for b, g in enumerate(per_sample):
+        assert rel_err(g_tau[b], g["tau_mem"]) < RTOL_REFERENCE, b
+
+
+def test_batch_grads_not_folded(tangent_shapes):
+    """A batched interval keeps the tangents vmapped, and so does `jax.jacfwd` (a
+    batch of tangents of one run); both still match the reference."""
+    case = CASES["per_neuron"]
+    coefs = case.coefs(seed=14)
+    batch = _batch_inputs(case)
+    n_samples, n_intervals = batch.shape[:2]
+    intervals = np.array([9.0, 10.0, 11.5])
+
+    @eqx.filter_jit
+    def batch_grads(layer, xb, intervals):
+        def loss(lyr):
+            def one(x, interval):
+                return weighted_loss(
+                    library_outputs(lyr, x, interval, MAX_SPIKES), coefs
+                )
+
+            return jnp.sum(jax.vmap(one)(xb, intervals))
+
+        return param_grads(eqx.filter_grad(loss)(layer))
+
+    actual = batch_grads(case.layer(), jnp.asarray(batch), jnp.asarray(intervals))
+    assert tangent_shapes
+    assert (n_intervals, n_samples * case.n_neurons) not in tangent_shapes
+    per_sample = _reference_batch_grads(case, coefs, batch, intervals=intervals)
+    expected = jax.tree.map(lambda *g: sum(g), *per_sample)
+    assert_grads_close(actual, expected, RTOL_REFERENCE)
+
+    tangent_shapes.clear()
+
+    @eqx.filter_jit
+    def weight_jacobian(layer):
+        def loss(w):
+            lyr = eqx.tree_at(lambda m: m.weight, layer, w)
+            return weighted_loss(
+                library_outputs(lyr, case.inputs, INTERVAL, MAX_SPIKES), coefs
+            )
+
+        return jax.jacfwd(loss)(layer.weight)
+
+    jac = weight_jacobian(case.layer())
+    assert tangent_shapes
+    directions = case.weight.size
+    assert (n_intervals, directions * case.n_neurons) not in tangent_shapes
+    expected_w = _reference_batch_grads(case, coefs, case.inputs[None])[0]["weight"]
+    assert rel_err(jac, expected_w) < RTOL_REFERENCE
+
+
 # float32: the forward values and the gradient are evaluated with relative rounding
 # errors of eps32 / 2 per operation. With margins of order 1 (no catastrophic
 # cancellation: every `v_inf - v_threshold` here is >= 0.1 and every log ratio is
@@ -993,3 +1171,48 @@ def test_second_derivatives_match_finite_differences_of_the_gradient(t_ref, chun
         >= 3
     )
     np.testing.assert_allclose(hvp, fd, rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(fd))))
+
+
+def test_second_order_matches_reference():
+    """Second derivatives (the tangents are differentiated again), of one run and of
+    a batch's loss: the Hessian w.r.t. the weight of the exact outputs' loss."""
+    case = CASES["per_neuron"]
+    coefs = case.coefs(seed=15, keys=EXACT_OUTPUTS)
+    batch = _batch_inputs(case)[:2]
+
+    def reference_hessian(inputs):
+        counts, margin = numpy_forward(case.weight, inputs, INTERVAL, case.params)
+        assert margin > MIN_MARGIN
+
+        def loss(weight):
+            out = reference_outputs(
+                weight, case.jnp_params(), inputs, INTERVAL, counts, MAX_SPIKES
+            )
+            return sum(jnp.sum(coefs[k] * out[k]) for k in EXACT_OUTPUTS)
+
+        return jax.hessian(loss)(jnp.asarray(case.weight))
+
+    layer = case.layer()
+
+    def loss(w, x):
+        lyr = eqx.tree_at(lambda m: m.weight, layer, w)
+        return weighted_loss(library_outputs(lyr, x, INTERVAL, MAX_SPIKES), coefs)
+
+    d1, d2 = np.random.default_rng(16).normal(size=(2,) + case.weight.shape)
+
+    @jax.jit
+    def hessians(w, xb):
+        one = jax.hessian(loss)(w, xb[0])
+        whole = jax.hessian(lambda w: jnp.sum(jax.vmap(lambda x: loss(w, x))(xb)))(w)
+        # Forward over forward, no vmap: `d2 . H . d1`, the inner tangents
+        # differentiated in the run's primals.
+        inner = lambda w: jax.jvp(lambda v: loss(v, xb[0]), (w,), (d1,))[1]
+        forward = jax.jvp(inner, (w,), (d2,))[1]
+        return one, whole, forward
+
+    one, whole, forward = hessians(layer.weight, jnp.asarray(batch))
+    expected = [reference_hessian(x) for x in batch]
+    assert rel_err(one, expected[0]) < RTOL_REFERENCE
+    assert rel_err(whole, expected[0] + expected[1]) < RTOL_REFERENCE
+    h = np.asarray(expected[0]).reshape(d1.size, d1.size)
+    assert float(forward) == pytest.approx(d2.ravel() @ h @ d1.ravel(), rel=1e-9)

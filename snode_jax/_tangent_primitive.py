@@ -27,14 +27,14 @@ from ._tangents import tangents_in_closed_form
 # order).
 #
 # The arguments are `(primals, tangents, options)`: `primals` = `(dynamics,
-# currents, interval, starts, counts, num_spikes)`, `tangents` = `(t_dynamics,
-# t_currents, t_interval, t_state)` (no symbolic zeros) and `options` = `(cfg,
-# surrogate, chunk)`.
+# currents, interval, starts, counts, num_spikes, surrogate)` (the surrogate may
+# hold arrays), `tangents` = `(t_dynamics, t_currents, t_interval, t_state)` (no
+# symbolic zeros) and `options` = `(cfg, chunk)` (Python values).
 
 
 def _tangents_of(primals, tangents, options):
-    dynamics, currents, interval, starts, counts, num_spikes = primals
-    cfg, surrogate, chunk = options
+    dynamics, currents, interval, starts, counts, num_spikes, surrogate = primals
+    cfg, chunk = options
     return tangents_in_closed_form(
         dynamics,
         currents,
@@ -69,8 +69,8 @@ def closed_form_tangents(
     counts, spike times, final state and interval states (see
     [`tangents_in_closed_form`][]); under `jax.vmap`, of the batch folded into the
     neuron axis."""
-    primals = (dynamics, currents, interval, starts, counts, num_spikes)
-    return _bind(primals, tangents, (cfg, surrogate, chunk))
+    primals = (dynamics, currents, interval, starts, counts, num_spikes, surrogate)
+    return _bind(primals, tangents, (cfg, chunk))
 
 
 def _bind(primals, tangents, options):
@@ -160,21 +160,20 @@ def _batch(args, axes):
 def _folded(primals, tangents, options, p_b, t_b, size):
     """The tangents of a batch of `size` runs (batched leaves at axis 0): folded
     into the neuron axis, or vmapped where it cannot be (see below)."""
-    dynamics, currents, interval, starts, counts, num_spikes = primals
+    dynamics, currents, interval, starts, counts, num_spikes, surrogate = primals
     t_dyn, t_cur, t_int, t_state = tangents
-    dyn_b, cur_b, itv_b, starts_b, counts_b, num_b = p_b
+    dyn_b, cur_b, itv_b, starts_b, counts_b, num_b, surrogate_b = p_b
     t_dyn_b, t_cur_b, t_int_b, t_state_b = t_b
     per_neuron = dynamics.per_neuron_mask()
     shared_batched = jax.tree.map(
         lambda b, tb, p: (b or tb) and not p, dyn_b, t_dyn_b, per_neuron
     )
     # Not folded: a batched interval (shared by all neurons of a run), a batched
-    # model parameter that is not per neuron, or a batch of tangents of one run
-    # (`jax.jacfwd`: its interval states are not batched; folding would copy the
-    # run for each tangent).
-    if any(jax.tree.leaves((itv_b, t_int_b, shared_batched))) or not any(
-        jax.tree.leaves(starts_b)
-    ):
+    # model parameter that is not per neuron, a batched surrogate (one per run),
+    # or a batch of tangents of one run (`jax.jacfwd`: its interval states are not
+    # batched; folding would copy the run for each tangent).
+    unfoldable = (itv_b, t_int_b, shared_batched, surrogate_b)
+    if any(jax.tree.leaves(unfoldable)) or not any(jax.tree.leaves(starts_b)):
         axes = jax.tree.map(lambda b: 0 if b else None, (p_b, t_b))
         return jax.vmap(lambda p, t: _tangents_of(p, t, options), in_axes=axes)(
             primals, tangents
@@ -202,6 +201,7 @@ def _folded(primals, tangents, options, p_b, t_b, size):
         jax.tree.map(fold, starts, starts_b),
         fold(counts, counts_b),
         fold(num_spikes, num_b),
+        surrogate,
     )
     folded_tangents = (
         jax.tree.map(lambda pt: pt[1], pairs, is_leaf=is_pair),

@@ -1216,3 +1216,46 @@ def test_second_order_matches_reference():
     assert rel_err(whole, expected[0] + expected[1]) < RTOL_REFERENCE
     h = np.asarray(expected[0]).reshape(d1.size, d1.size)
     assert float(forward) == pytest.approx(d2.ravel() @ h @ d1.ravel(), rel=1e-9)
+
+
+def test_surrogate_with_an_array_parameter():
+    """A user's surrogate whose parameter is an array (a leaf of the layer, here
+    also batched per sample) gives the gradient of the built-in surrogate with the
+    same formula and a static parameter."""
+
+    class ArraySlope(sj.AbstractSurrogate):
+        slope: jax.Array
+
+        def derivative(self, x):
+            return (self.slope / 2) / (1 + (jnp.pi / 2 * self.slope * x) ** 2)
+
+    case = CASES["per_neuron"]
+    coefs = case.coefs(seed=17, keys=("counts",))
+    batch = _batch_inputs(case)
+    slopes = np.array([1.0, 2.0, 4.0])
+
+    def loss(layer, x, slope):
+        lyr = eqx.tree_at(lambda m: m.surrogate, layer, ArraySlope(slope))
+        return weighted_loss(library_outputs(lyr, x, INTERVAL, MAX_SPIKES), coefs)
+
+    @eqx.filter_jit
+    def grads(layer, xb, slopes):
+        one = eqx.filter_grad(loss)(layer, xb[0], slopes[0])
+        batch_loss = lambda lyr: jnp.sum(
+            jax.vmap(lambda x, s: loss(lyr, x, s))(xb, slopes)
+        )
+        return param_grads(one), param_grads(eqx.filter_grad(batch_loss)(layer))
+
+    one, whole = grads(case.layer(), jnp.asarray(batch), jnp.asarray(slopes))
+    expected = [
+        library_grads(
+            case.layer(surrogate=sj.ArctanSurrogate(slope)),
+            jnp.asarray(x),
+            coefs,
+            INTERVAL,
+            MAX_SPIKES,
+        )
+        for x, slope in zip(batch, slopes)
+    ]
+    assert_grads_close(one, expected[0], 1e-12)
+    assert_grads_close(whole, jax.tree.map(lambda *g: sum(g), *expected), 1e-12)

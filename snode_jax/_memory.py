@@ -25,9 +25,9 @@ def keep_freed_memory(threshold: int = _MAX_THRESHOLD) -> bool:
     freed, so the program's first touch of every page is a page fault. Gradients of
     batched runs hold far more than that: the value and gradient of a spike-time
     loss over 64 samples of 256 neurons and 100 intervals (`jax.vmap` over the
-    samples, as in a training step) use about 255 MiB of buffers in float32, and on
-    a 2-core x86 machine took 237 ms (float32) and 369 ms (float64) without this
-    setting, 166 ms and 248 ms with it (`bench/bench_grad.py`, `bench/RESULTS.md`).
+    samples, as in a training step) use about 132 MiB of buffers in float32, and on
+    a 2-core x86 machine took 171 ms (float32) and 311 ms (float64) without this
+    setting, 145 ms and 269 ms with it (`bench/bench_grad.py`, `bench/RESULTS.md`).
 
     Sets glibc's trim threshold to `threshold` bytes (freed memory at the top of the
     heap is kept, up to that much) and its mmap threshold to the same (smaller blocks

@@ -1249,7 +1249,7 @@ def test_surrogate_with_an_array_parameter():
     one, whole = grads(case.layer(), jnp.asarray(batch), jnp.asarray(slopes))
     expected = [
         library_grads(
-            case.layer(surrogate=sj.ArctanSurrogate(slope)),
+            case.layer(surrogate=sj.ArctanSurrogate(float(slope))),
             jnp.asarray(x),
             coefs,
             INTERVAL,

@@ -32,23 +32,6 @@ from ._tangents import tangents_in_closed_form
 # symbolic zeros) and `options` = `(cfg, chunk)` (Python values).
 
 
-def _tangents_of(primals, tangents, options):
-    dynamics, currents, interval, starts, counts, num_spikes, surrogate = primals
-    cfg, chunk = options
-    return tangents_in_closed_form(
-        dynamics,
-        currents,
-        interval,
-        tangents,
-        starts,
-        counts,
-        num_spikes,
-        cfg,
-        surrogate,
-        chunk,
-    )
-
-
 _tangents_p = jax.extend.core.Primitive("snode_jax_closed_form_tangents")
 _tangents_p.multiple_results = True
 
@@ -77,8 +60,14 @@ def _bind(primals, tangents, options):
     return eqxi.filter_primitive_bind(_tangents_p, primals, tangents, options)
 
 
+def _is_none(x):
+    return x is None
+
+
 def _abstract(primals, tangents, options):
-    shapes = jax.eval_shape(lambda p, t: _tangents_of(p, t, options), primals, tangents)
+    shapes = jax.eval_shape(
+        lambda p, t: tangents_in_closed_form(p, t, options), primals, tangents
+    )
     return jax.tree.map(lambda s: ShapedArray(s.shape, s.dtype), shapes)
 
 
@@ -88,7 +77,7 @@ def _jvp(args, d_args):
     out = _bind(primals, tangents, options)
     # Linear in the tangents.
     d_tangents = jax.tree.map(
-        eqxi.materialise_zeros, tangents, d_tangents, is_leaf=lambda x: x is None
+        eqxi.materialise_zeros, tangents, d_tangents, is_leaf=_is_none
     )
     d_out = _bind(primals, d_tangents, options)
     # The rest (second order), as plain JAX.
@@ -96,18 +85,16 @@ def _jvp(args, d_args):
         lambda p, d: d if eqx.is_inexact_array(p) else None,
         primals,
         d_primals,
-        is_leaf=lambda x: x is None,
+        is_leaf=_is_none,
     )
     if any(d is not None for d in jax.tree.leaves(d_primals, is_leaf=_is_none)):
         _, more = eqx.filter_jvp(
-            lambda p: _tangents_of(p, tangents, options), (primals,), (d_primals,)
+            lambda p: tangents_in_closed_form(p, tangents, options),
+            (primals,),
+            (d_primals,),
         )
         d_out = jax.tree.map(jnp.add, d_out, more)
     return out, d_out
-
-
-def _is_none(x):
-    return x is None
 
 
 def _transpose(inputs, cts_out):
@@ -125,7 +112,7 @@ def _transpose(inputs, cts_out):
         is_leaf=undefined,
     )
     transposed = jax.linear_transpose(
-        lambda t: _tangents_of(primals, t, options), example
+        lambda t: tangents_in_closed_form(primals, t, options), example
     )
     (cts,) = transposed(cts_out)
     cts = jax.tree.map(
@@ -175,9 +162,9 @@ def _folded(primals, tangents, options, p_b, t_b, size):
     unfoldable = (itv_b, t_int_b, shared_batched, surrogate_b)
     if any(jax.tree.leaves(unfoldable)) or not any(jax.tree.leaves(starts_b)):
         axes = jax.tree.map(lambda b: 0 if b else None, (p_b, t_b))
-        return jax.vmap(lambda p, t: _tangents_of(p, t, options), in_axes=axes)(
-            primals, tangents
-        )
+        return jax.vmap(
+            lambda p, t: tangents_in_closed_form(p, t, options), in_axes=axes
+        )(primals, tangents)
     n = currents.shape[-1]
     fold = lambda x, batched: fold_lanes(x, batched, size, n)
 
@@ -221,7 +208,7 @@ def _folded(primals, tangents, options, p_b, t_b, size):
     )
 
 
-_tangents_p.def_impl(eqxi.filter_primitive_def(_tangents_of))
+_tangents_p.def_impl(eqxi.filter_primitive_def(tangents_in_closed_form))
 _tangents_p.def_abstract_eval(eqxi.filter_primitive_def(_abstract))
 ad.primitive_jvps[_tangents_p] = eqxi.filter_primitive_jvp(_jvp)
 ad.primitive_transposes[_tangents_p] = eqxi.filter_primitive_transpose(
@@ -230,5 +217,7 @@ ad.primitive_transposes[_tangents_p] = eqxi.filter_primitive_transpose(
 batching.primitive_batchers[_tangents_p] = eqxi.filter_primitive_batching(_batch)
 mlir.register_lowering(
     _tangents_p,
-    mlir.lower_fun(eqxi.filter_primitive_def(_tangents_of), multiple_results=True),
+    mlir.lower_fun(
+        eqxi.filter_primitive_def(tangents_in_closed_form), multiple_results=True
+    ),
 )

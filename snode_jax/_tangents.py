@@ -110,21 +110,12 @@ def _chunk_intervals(num_intervals: int, n_neurons: int, chunk: int | None) -> i
     return -(-num_intervals // num_chunks)
 
 
-def tangents_in_closed_form(
-    dynamics,
-    currents,
-    interval,
-    tangents,
-    starts,
-    counts,
-    num_spikes,
-    cfg,
-    surrogate,
-    chunk,
-):
+def tangents_in_closed_form(primals, tangents, options):
     """The tangents of the run (soft counts, spike times, final state, interval
     states) for `tangents` of `(dynamics, currents, interval, state)`, with every
-    interval's count held fixed, linearised at the forward run's interval `starts`.
+    interval's count held fixed, linearised at the forward run's interval `starts`:
+    `primals` = `(dynamics, currents, interval, starts, counts, num_spikes,
+    surrogate)`, `options` = `(cfg, chunk)`.
 
     Each interval's closed form depends on the earlier ones only through its start
     state, so its derivatives are taken for many intervals at once: one tangent from
@@ -139,6 +130,8 @@ def tangents_in_closed_form(
     elementwise derivatives are the size of one chunk, not of the whole run (at
     1600 intervals of 256 neurons in float64, the gradient's buffers go from 99 to
     41 MiB, and freshly mapped pages were most of its time)."""
+    dynamics, currents, interval, starts, counts, num_spikes, surrogate = primals
+    cfg, chunk = options
     t_dyn, t_cur, t_int, t_state = tangents
     num_intervals = currents.shape[0]
     size = _chunk_intervals(num_intervals, currents.shape[1], chunk)

@@ -833,13 +833,13 @@ def tangent_shapes(monkeypatch):
     from snode_jax import _tangent_primitive as _tangents
 
     seen = []
-    real = _tangents._tangents_of
+    real = _tangents.tangents_in_closed_form
 
     def spy(primals, tangents, options):
         seen.append(tuple(primals[1].shape))
         return real(primals, tangents, options)
 
-    monkeypatch.setattr(_tangents, "_tangents_of", spy)
+    monkeypatch.setattr(_tangents, "tangents_in_closed_form", spy)
     return seen
 
 

@@ -9,6 +9,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import NeuronFloat, RealScalarLike
 from ._dynamics import AbstractClosedFormDynamics, IntervalReplay
+from ._math import log
 from ._misc import describe
 from ._params import as_param, check_below, check_params
 from ._solver import Exact
@@ -310,7 +311,7 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         assert ev.rho_carry is not None
         # Blocked after a spike at t*: t_ref - (T - t*) = t_ref + tau log(ratio) left.
         ratio = jnp.where(ev.spike_block, ev.block_ratio, 1)
-        after_spike = jnp.maximum(self.t_ref + ev.tau * jnp.log(ratio), 0)
+        after_spike = jnp.maximum(self.t_ref + ev.tau * log(ratio), 0)
         v = jnp.where(ev.spike_block, self.v_reset, v_free)
         v = jnp.where(ev.blocked_start, ev.v_hold, v)
         rho = jnp.where(ev.spike_block, after_spike, 0.0)
@@ -338,8 +339,8 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         u_th = jnp.where(spiked, v_inf - self.v_threshold, 1.0)
         u_start = jnp.where(spiked, u0, 2.0)
         u_reset = jnp.where(spiked, v_inf - self.v_reset, 2.0)
-        first = t0 + tau * jnp.log(u_start / u_th)
-        period = t_ref + tau * jnp.log(u_reset / u_th)
+        first = t0 + tau * log(u_start / u_th)
+        period = t_ref + tau * log(u_reset / u_th)
         n_before = jnp.maximum(count - 1, 0).astype(first.dtype)
         t_last = first + n_before * period
         free_after = t_last + t_ref

@@ -53,6 +53,7 @@ BENCH_SCRIPTS = {
     "compile": "bench_compile.py",
     "loop_kernels": "bench_loop_kernels.py",
     "tiles": "bench_tiles.py",
+    "log": "bench_log.py",
     "compare": "compare.py",
 }
 

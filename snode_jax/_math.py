@@ -1,0 +1,82 @@
+"""Elementary functions where XLA's own are slow: `log` in float64 on CPU.
+
+XLA:CPU vectorises its float32 logarithm but evaluates the float64 one a value at
+a time. The closed-form LIF takes a logarithm per neuron and interval where it is
+refractory, and two per slot where it records spike times; with the formula below,
+written in vector operations, its float64 `simulate` took 0.74-0.83x the time
+(`bench/bench_log.py`, in `bench/RESULTS.md`).
+"""
+
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+
+# fdlibm's `__ieee754_log` (e_log.c, Sun Microsystems 1993): x = 2**k (1 + f) with
+# sqrt(2) / 2 <= 1 + f < sqrt(2); s = f / (2 + f); log(1 + f) = 2 atanh(s)
+# = f - s (f - R), with R(s**2) the minimax polynomial below. Error under 1 ulp.
+_LG = (
+    6.666666666666735130e-01,
+    3.999999999940941908e-01,
+    2.857142874366239149e-01,
+    2.222219843214978396e-01,
+    1.818357216161805012e-01,
+    1.531383769920937332e-01,
+    1.479819860511658591e-01,
+)
+_LN2_HI = 6.93147180369123816490e-01  # ln 2, its leading 32 bits
+_LN2_LO = 1.90821492927058770002e-10  # ln 2 - _LN2_HI
+_TINY = 2.2250738585072014e-308  # the smallest normal float64
+_TWO54 = 18014398509481984.0
+
+
+def _log_float64(x):
+    # Subnormals are scaled into the normal range first (XLA:CPU flushes them to
+    # zero anyway, and so does its `log`).
+    sub = x < _TINY
+    xs = jnp.where(sub, x * _TWO54, x)
+    bits = lax.bitcast_convert_type(xs, jnp.int64)
+    hx = (bits >> 32).astype(jnp.int32)  # sign, exponent, top 20 mantissa bits
+    k = (hx >> 20) - 1023 - jnp.where(sub, 54, 0)
+    hx = hx & 0x000FFFFF
+    # Normalise the mantissa into [sqrt(2) / 2, sqrt(2)), moving one power of two
+    # into `k` where it is at least sqrt(2) (0x6A09E is sqrt(2)'s top 20 bits).
+    i = (hx + 0x95F64) & 0x100000
+    k = k + (i >> 20)
+    high = (hx | (i ^ 0x3FF00000)).astype(jnp.int64) << 32
+    m = lax.bitcast_convert_type(high | (bits & 0xFFFFFFFF), jnp.float64)
+    f = m - 1.0
+    s = f / (2.0 + f)
+    dk = k.astype(jnp.float64)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG[1] + w * (_LG[3] + w * _LG[5]))
+    t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
+    r = t2 + t1
+    # fdlibm's sum for mantissas away from 1 (it has a second one near 1). This
+    # one alone stayed under one ulp there too (0.85 ulp at most on 8 million
+    # values; tests/test_math.py checks 650 thousand), in fewer operations.
+    hfsq = 0.5 * f * f
+    out = dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)
+    out = jnp.where(x == 0, -jnp.inf, out)
+    out = jnp.where(x == jnp.inf, jnp.inf, out)
+    out = jnp.where((x < 0) | jnp.isnan(x), jnp.nan, out)
+    # Made of cheap operations, the formula would be copied by XLA into every
+    # fusion that reads the result (it does not copy its own `log`, marked
+    # expensive): in the LIF's gradient that cost more than the logarithm saved.
+    return lax.optimization_barrier(out)
+
+
+@jax.custom_jvp
+def log(x):
+    """`jnp.log`, evaluated in vector operations for float64 on CPU (within one
+    ulp; XLA's own elsewhere, and for other dtypes). Its derivative is `1 / x`."""
+    x = jnp.asarray(x)
+    if x.dtype != jnp.float64:
+        return jnp.log(x)
+    return lax.platform_dependent(x, cpu=_log_float64, default=jnp.log)
+
+
+@log.defjvp
+def _log_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return log(x), dx / x

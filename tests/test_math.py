@@ -1,0 +1,90 @@
+"""`_math.log`: fdlibm's logarithm in vector operations for float64 on CPU."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from snode_jax._math import log
+
+_log = jax.jit(log)
+
+
+# x86's 80-bit long double has 11 more bits than float64: against it the error
+# bound is fdlibm's, under one ulp; against NumPy's float64 log (itself within
+# half an ulp), 1.5.
+_EXTENDED = np.finfo(np.longdouble).nmant >= 60
+_BOUND = 1.0 if _EXTENDED else 1.5
+
+
+def _ulps(got, x):
+    """Error of `got` in units in the last place of log(x)."""
+    ref = np.log(x.astype(np.longdouble if _EXTENDED else np.float64))
+    spacing = np.spacing(np.abs(ref.astype(np.float64)))
+    return np.abs(got.astype(ref.dtype) - ref) / spacing
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        lambda rng: np.exp(rng.uniform(-700.0, 700.0, 200_000)),  # every exponent
+        lambda rng: rng.uniform(0.5, 2.0, 200_000),  # both sums, around sqrt(2)
+        lambda rng: 1.0 + rng.uniform(-1e-6, 1e-6, 50_000),  # log near 0
+        lambda rng: rng.uniform(1.0, 50.0, 200_000),  # the LIF's ratios
+    ],
+    ids=["all_exponents", "mantissas", "near_one", "lif_ratios"],
+)
+def test_within_one_ulp(sample):
+    x = sample(np.random.default_rng(0))
+    got = np.asarray(_log(jnp.asarray(x, jnp.float64)))
+    assert np.max(_ulps(got, x)) < _BOUND
+
+
+def test_special_values_as_xla():
+    # Zero, infinity, negatives and NaN as `jnp.log` gives them; so are the
+    # subnormals, which XLA:CPU flushes to zero (-inf), whichever rule applies.
+    x = jnp.asarray(
+        [0.0, -0.0, 5e-324, 1e-310, 2.2250738585072014e-308, 1.0, np.inf, -1.0]
+        + [-np.inf, np.nan, 1.7976931348623157e308, np.nextafter(1.0, 0.0)],
+        jnp.float64,
+    )
+    np.testing.assert_array_equal(np.asarray(_log(x)), np.asarray(jnp.log(x)))
+    assert np.asarray(_log(x))[0] == -np.inf
+    assert np.isnan(np.asarray(_log(x))[7])
+
+
+def test_derivatives_and_transforms():
+    x = jnp.asarray([0.3, 1.0, 7.5, 1e100], jnp.float64)
+    grads = jax.jit(jax.vmap(jax.grad(log)))(x)
+    np.testing.assert_allclose(np.asarray(grads), 1.0 / np.asarray(x), rtol=1e-15)
+    second = jax.vmap(jax.grad(jax.grad(log)))(x)
+    np.testing.assert_allclose(
+        np.asarray(second), -1.0 / np.asarray(x) ** 2, rtol=1e-15
+    )
+    _, tangent = jax.jvp(log, (x,), (jnp.ones_like(x),))
+    np.testing.assert_allclose(np.asarray(tangent), 1.0 / np.asarray(x), rtol=1e-15)
+    batched = jax.vmap(log)(x.reshape(2, 2))
+    np.testing.assert_array_equal(np.asarray(batched).ravel(), np.asarray(_log(x)))
+
+
+def test_other_dtypes_are_xlas_own():
+    x = jnp.linspace(0.1, 9.0, 101, dtype=jnp.float32)
+    got = _log(x)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.jit(jnp.log)(x)))
+
+
+_XLA_LOG = re.compile(r"\s(log|log-plus-one)\(")
+
+
+def test_cpu_float64_program_has_no_xla_log():
+    # The point of the function: on CPU XLA evaluates its own float64 `log` one
+    # value at a time. The compiled program holds none (a float32 one does).
+    if jax.default_backend() != "cpu":
+        pytest.skip("the vector formula is used on CPU only")
+    x64 = jnp.ones((8,), jnp.float64)
+    x32 = jnp.ones((8,), jnp.float32)
+    assert not _XLA_LOG.search(_log.lower(x64).compile().as_text())
+    assert _XLA_LOG.search(_log.lower(x32).compile().as_text())

@@ -123,7 +123,8 @@ def main():
             "`snode_jax._math.log` is fdlibm's logarithm written in vector "
             "operations (under one ulp), used for float64 on CPU by the exact LIF "
             "(a logarithm per neuron and interval where it is refractory, two per "
-            "slot of the recorded spike times). Each variant compiled ahead of "
+            "slot of the recorded spike times; not under differentiation, where "
+            "it made the refractory gradient slower). Each variant compiled ahead of "
             "time, all called in turn in one process, in alternating order; the "
             "ratio is the median of per-repetition ratios.",
             "",

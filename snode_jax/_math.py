@@ -3,7 +3,7 @@
 XLA:CPU vectorises its float32 logarithm but evaluates the float64 one a value at
 a time. The closed-form LIF takes a logarithm per neuron and interval where it is
 refractory, and two per slot where it records spike times; with the formula below,
-written in vector operations, its float64 `simulate` took 0.74-0.83x the time
+written in vector operations, its float64 `simulate` took 0.77-0.86x the time
 (`bench/bench_log.py`, in `bench/RESULTS.md`).
 """
 
@@ -53,30 +53,32 @@ def _log_float64(x):
     t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
     r = t2 + t1
     # fdlibm's sum for mantissas away from 1 (it has a second one near 1). This
-    # one alone stayed under one ulp there too (0.85 ulp at most on 8 million
-    # values; tests/test_math.py checks 650 thousand), in fewer operations.
+    # one alone stayed under one ulp there too (0.87 ulp at most over some 100
+    # million values chosen to find the worst; tests/test_math.py checks 650
+    # thousand), in fewer operations.
     hfsq = 0.5 * f * f
     out = dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)
     out = jnp.where(x == 0, -jnp.inf, out)
     out = jnp.where(x == jnp.inf, jnp.inf, out)
-    out = jnp.where((x < 0) | jnp.isnan(x), jnp.nan, out)
-    # Made of cheap operations, the formula would be copied by XLA into every
-    # fusion that reads the result (it does not copy its own `log`, marked
-    # expensive): in the LIF's gradient that cost more than the logarithm saved.
-    return lax.optimization_barrier(out)
+    return jnp.where((x < 0) | jnp.isnan(x), jnp.nan, out)
 
 
 @jax.custom_jvp
 def log(x):
     """`jnp.log`, evaluated in vector operations for float64 on CPU (within one
-    ulp; XLA's own elsewhere, and for other dtypes). Its derivative is `1 / x`."""
+    ulp; XLA's own elsewhere, for other dtypes and for weakly typed Python
+    numbers). Its derivative is `1 / x`."""
     x = jnp.asarray(x)
-    if x.dtype != jnp.float64:
+    if x.dtype != jnp.float64 or getattr(x, "weak_type", False):
         return jnp.log(x)
     return lax.platform_dependent(x, cpu=_log_float64, default=jnp.log)
 
 
 @log.defjvp
 def _log_jvp(primals, tangents):
+    # Differentiated, the value is XLA's own (it differs by an ulp at most): with
+    # the formula, the refractory LIF's float64 gradient took 1.06-1.12x the time
+    # (`value_and_grad` of a spike-time loss at 64 x 256 x 100; its program held
+    # the formula 10 times, `simulate`'s 4).
     (x,), (dx,) = primals, tangents
-    return log(x), dx / x
+    return jnp.log(x), dx / x

@@ -69,6 +69,30 @@ def test_derivatives_and_transforms():
     np.testing.assert_array_equal(np.asarray(batched).ravel(), np.asarray(_log(x)))
 
 
+def test_derivative_off_the_domain_as_xla():
+    # At zero and below, the derivative is still 1 / x, as `jnp.log`'s.
+    x = jnp.asarray([-2.0, -0.0, 0.0, 0.5], jnp.float64)
+    ours = jax.vmap(jax.grad(log))(x)
+    xlas = jax.vmap(jax.grad(jnp.log))(x)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(xlas))
+
+
+def test_differentiated_value_is_xlas():
+    # Under differentiation the value comes from XLA's own log (the formula made
+    # the refractory LIF's float64 gradient slower, see `_math._log_jvp`).
+    x = jnp.asarray(np.random.default_rng(1).uniform(0.5, 40.0, 1000))
+    value, _ = jax.jit(lambda x: jax.jvp(log, (x,), (jnp.ones_like(x),)))(x)
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(jax.jit(jnp.log)(x)))
+
+
+def test_weak_python_numbers_stay_weak():
+    # A Python float is XLA's own log, weakly typed: it does not promote float32.
+    y = jnp.ones(3, jnp.float32)
+    assert (log(2.0) * y).dtype == jnp.float32
+    assert jax.jit(log)(2.0).weak_type
+    np.testing.assert_array_equal(np.asarray(log(2.0)), np.asarray(jnp.log(2.0)))
+
+
 def test_other_dtypes_are_xlas_own():
     x = jnp.linspace(0.1, 9.0, 101, dtype=jnp.float32)
     got = _log(x)

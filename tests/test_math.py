@@ -30,7 +30,7 @@ def _ulps(got, x):
     "sample",
     [
         lambda rng: np.exp(rng.uniform(-700.0, 700.0, 200_000)),  # every exponent
-        lambda rng: rng.uniform(0.5, 2.0, 200_000),  # both sums, around sqrt(2)
+        lambda rng: rng.uniform(0.5, 2.0, 200_000),  # across sqrt(2): renormalised
         lambda rng: 1.0 + rng.uniform(-1e-6, 1e-6, 50_000),  # log near 0
         lambda rng: rng.uniform(1.0, 50.0, 200_000),  # the LIF's ratios
     ],

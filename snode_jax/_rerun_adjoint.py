@@ -286,6 +286,8 @@ class RerunAdjoint(AbstractAdjoint):
                 return (ct_y, ct_dyn, ct_interval, later), d_current
 
             zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
+            if num_intervals == 0:  # nothing ran: the state passes through
+                return zeros[0], jnp.zeros_like(currents), zeros[1], ct.final_state
             ks = jnp.arange(num_intervals)
             xs = (ks, currents, starts, seen, ct.counts, ct.interval_states)
             init = (ct.final_state, *zeros, jnp.zeros((), dtype))

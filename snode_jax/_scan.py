@@ -186,6 +186,8 @@ def run_population(
         if batch_major:  # written in place at [first:first + size, k]
 
             def put(acc, x):
+                if num_intervals == 0:  # traced, never run: nothing to write into
+                    return acc
                 x = x.reshape((size, 1, n_each) + x.shape[1:])
                 at = (first, k.astype(jnp.int32)) + (zero,) * (x.ndim - 2)
                 return lax.dynamic_update_slice(acc, x, at)

@@ -551,3 +551,59 @@ def test_tiles_walk_the_batch_pieces(tiles, monkeypatch):
         np.testing.assert_array_equal(steps[i], alone + (n_intervals if i else 0))
         layer = _replace(model.layer, "tau_mem", taus[i])
         _check_reference(_run_i(sols, i), layer, xb[i], interval)
+
+
+@pytest.mark.parametrize("max_spikes", [None, 4])
+@pytest.mark.parametrize("model", ["lif_exact", "adex"])
+def test_batch_of_no_intervals(model, max_spikes, monkeypatch):
+    # `integrate` accepts a schedule of no intervals, and so does a vmapped batch
+    # of them: each run ends where it started, without spikes, and its gradient
+    # is zero. (The folded scan's body is traced although it never runs; it wrote
+    # a (B, 1, n) slice into the (B, 0, n) counts.) The closed-form walk runs one
+    # run per tile here.
+    monkeypatch.setattr(_fold, "TILE_BYTES", 32)
+    monkeypatch.setattr(_fold, "RECORD_TILE_BYTES", 32)
+    model = MODELS[model]
+    layer = model.layer
+    states = model.state(np.random.default_rng(7))
+    x = jnp.zeros((BATCH, 0, N_INPUTS))
+
+    def run(weight, x, state):
+        return sj.integrate(
+            layer.dynamics,
+            layer.solver,
+            weight,
+            x,
+            model.interval,
+            state,
+            stepsize_controller=layer.stepsize_controller,
+            root_finder=layer.root_finder,
+            max_spikes=max_spikes,
+        )
+
+    sols = jax.vmap(run, in_axes=(None, 0, 0))(layer.weight, x, states)
+    assert sols.counts.shape == (BATCH, 0, N_NEURONS)
+    width = 0 if max_spikes is None else max_spikes
+    assert sols.spike_times.shape == (BATCH, N_NEURONS, width)
+    assert np.all(np.isinf(np.asarray(sols.spike_times)))
+    np.testing.assert_array_equal(np.asarray(sols.num_spikes), 0)
+    assert np.all(np.asarray(sols.result == sj.RESULTS.successful))
+    for got, start in zip(jax.tree.leaves(sols.final_state), jax.tree.leaves(states)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(start))
+
+    def loss(weight):
+        sol = jax.vmap(run, in_axes=(None, 0, 0))(weight, x, states)
+        return jnp.sum(sol.final_state.v)
+
+    grad = jax.grad(loss)(layer.weight)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+
+    def final_voltage(state):
+        sol = jax.vmap(run, in_axes=(None, 0, 0))(layer.weight, x, state)
+        return jnp.sum(sol.final_state.v)
+
+    # The state passes through: d(sum of final v) / d(start state) is 1 for v.
+    grads = jax.grad(final_voltage)(states)
+    np.testing.assert_array_equal(np.asarray(grads.v), 1.0)
+    for leaf in jax.tree.leaves(grads)[1:]:
+        np.testing.assert_array_equal(np.asarray(leaf), 0.0)

@@ -18,7 +18,7 @@ from ._crossing import (
 )
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._misc import where_tree
+from ._misc import vary_like, where_tree
 from ._records import Counters, IntervalOutcome, SpikeBuffer
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator
@@ -296,6 +296,8 @@ class AdaptiveLoop(AbstractIntegrator):
             return self.advance(dynamics, current, interval, t_start, st)[0]
 
         init = self.start(y, current, buffer)
+        # (Under `jax.shard_map`, the carry varies as the inputs do.)
+        init = vary_like(init, y, current, dynamics, interval, t_start)
         final = lax.while_loop(cond_fun, body_fun, init)
         return IntervalOutcome(
             final.y,

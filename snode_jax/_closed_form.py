@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._dynamics import AbstractClosedFormDynamics
+from ._misc import vary_like
 from ._records import Counters, IntervalOutcome, set_entries
 from ._scan import AbstractIntegrator
 
@@ -42,7 +43,10 @@ def _walk(
     multiply and a compare.
     """
     ev = dynamics.interval_start(y, current, constants)
-    zeros = jnp.zeros(current.shape, jnp.int32)
+    # Zeros made from the state (not from a shape), so that under `jax.shard_map`
+    # they vary across devices as the loops' carries do.
+    first_pending = dynamics.crossing_pending(ev)
+    zeros = jnp.zeros_like(first_pending, jnp.int32)
 
     def body(carry):
         ev, pending, count = carry
@@ -52,7 +56,7 @@ def _walk(
         pending = dynamics.crossing_pending(ev) & (count + 1 < max_steps)
         return ev, pending, count
 
-    pending = dynamics.crossing_pending(ev) & (max_steps > 1)
+    pending = first_pending & (max_steps > 1)
     carry = (ev, pending, zeros)
     for _ in range(_PEEL):  # most intervals need no loop at all
         carry = body(carry)
@@ -72,7 +76,7 @@ def _walk(
 
         return lax.while_loop(lambda c: jnp.any(c[1]), steps, carry)
 
-    nothing = jnp.zeros(current.shape, bool)
+    nothing = jnp.zeros_like(first_pending)
 
     def no_loop(carry):
         ev, _, count = carry
@@ -228,7 +232,8 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     # Slots past every neuron's count are not visited (they are padded below).
     top = jnp.minimum(jnp.max(record.num), cap)
     zero = jnp.zeros((n,), dtype)
-    init = (jnp.zeros((), jnp.int32), jnp.zeros((n,), jnp.int32), zero, zero)
+    rest = vary_like((jnp.zeros((n,), jnp.int32), zero, zero), record.marks, state)
+    init = (jnp.zeros((), jnp.int32),) + rest
     marks = lax.while_loop(lambda c: c[0] < top, fill, init + (record.marks,))[4]
     slot = jnp.arange(cap)[None, :]
     return jnp.where(slot < record.num[:, None], marks[0].T, jnp.inf)

@@ -8,7 +8,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._custom_types import State
 from ._dynamics import AbstractDynamics
-from ._misc import all_finite, expand, where_tree
+from ._misc import all_finite, expand, vary_like, where_tree
 from ._root_find import BracketedNewton
 from ._solver import AbstractStepper, DiffraxStepper, ExactStepper
 
@@ -69,7 +69,9 @@ def on_subsets(mask, chunk: int, solve, init):
         remaining = put(remaining, jnp.zeros((chunk,), bool))
         return remaining, found
 
-    _, found = lax.while_loop(lambda c: jnp.any(c[0]), next_chunk, (mask, init))
+    # (Under `jax.shard_map`, the carry varies as the lanes do.)
+    carry = vary_like((mask, init), mask, init)
+    _, found = lax.while_loop(lambda c: jnp.any(c[0]), next_chunk, carry)
     return found
 
 

@@ -36,6 +36,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._crossing import on_subsets, take_lanes
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
+from ._misc import loop_across_devices, vary_like
 from ._root_find import BracketedNewton
 
 # Crossings are searched on subsets of neurons of this size: at least _MIN_CHUNK,
@@ -280,6 +281,11 @@ def simulate_events(
 
     **Returns:** an [`EventRun`][].
     """
+    # Under `jax.shard_map`, every input varies as the most varying one does (see
+    # `vary_like`; in JAX 0.10 a `jax.vmap`ped `lax.cond` whose operands vary over
+    # fewer mesh axes fails to trace there).
+    args = (dynamics, weight, recurrent_weight, schedule, state)
+    dynamics, weight, recurrent_weight, schedule, state = vary_like(args, args)
     n = weight.shape[0]
     dtype = weight.dtype
     t_end = schedule.t_end
@@ -290,6 +296,7 @@ def simulate_events(
     inf = jnp.asarray(jnp.inf, dtype)
     delay_ = jnp.asarray(delay, dtype)
     rows = jnp.arange(n, dtype=jnp.int32)
+    inf, delay_, rows = vary_like((inf, delay_, rows), args)
 
     def upcoming(s: EventState):
         _, t_in, t_switch = schedule.upcoming(s.next_input, s.interval_index)
@@ -482,7 +489,10 @@ def simulate_events(
         buffer_full=jnp.zeros((), bool),
         search_failed=jnp.zeros((), bool),
     )
+    # (Under `jax.shard_map`, the carry varies as the inputs do.)
+    init = vary_like(init, dynamics, weight, recurrent_weight, schedule, state)
+    loop_cond, loop_body = loop_across_devices(cond_fun, body_fun, init)
     final = eqxi.while_loop(
-        cond_fun, body_fun, init, max_steps=max_events, kind="checkpointed"
+        loop_cond, loop_body, init, max_steps=max_events, kind="checkpointed"
     )
     return finished_run(final, active(final))

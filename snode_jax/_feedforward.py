@@ -42,6 +42,7 @@ from ._events import (
     finished_run,
     locate_crossings,
 )
+from ._misc import loop_across_devices, vary_like
 from ._replay import with_replay_gradient
 from ._root_find import BracketedNewton
 
@@ -92,12 +93,18 @@ def simulate_feedforward(
     dynamics, weight, schedule, state = jax.tree.map(
         lambda x: lax.stop_gradient(x) if eqx.is_inexact_array(x) else x, args
     )
+    # Under `jax.shard_map`, every input varies as the most varying one does (see
+    # `vary_like`; in JAX 0.10 a `jax.vmap`ped `lax.cond` whose operands vary over
+    # fewer mesh axes fails to trace there).
+    dynamics, weight, schedule, state = vary_like(
+        (dynamics, weight, schedule, state), args
+    )
     n = weight.shape[0]
     dtype = weight.dtype
     t_end = schedule.t_end
     num_inputs = schedule.input_times.shape[0]
     num_intervals = schedule.boundaries.shape[0]
-    rows = jnp.arange(n, dtype=jnp.int32)
+    rows = vary_like(jnp.arange(n, dtype=jnp.int32), args)
 
     def upcoming(s: FeedforwardState):
         _, t_in, t_switch = schedule.upcoming(s.next_input, s.interval_index)
@@ -233,10 +240,15 @@ def simulate_feedforward(
         buffer_full=jnp.zeros((), bool),
         search_failed=jnp.zeros((), bool),
     )
+    # (Under `jax.shard_map`, the carry varies as the inputs do.)
+    init = vary_like(init, dynamics, weight, schedule, state)
     # A neuron starting at or above threshold fires at time 0 (after any input at
     # time 0, which the loop delivers first).
     init = fire_at_instant(init)
-    final = eqxi.while_loop(cond_fun, body_fun, init, max_steps=max_events, kind="lax")
+    loop_cond, loop_body = loop_across_devices(cond_fun, body_fun, init)
+    final = eqxi.while_loop(
+        loop_cond, loop_body, init, max_steps=max_events, kind="lax"
+    )
     run = finished_run(final, active(final))
     spike_times, final_state = with_replay_gradient(
         args,

@@ -26,7 +26,7 @@ from ._events import (
     simulate_events,
 )
 from ._feedforward import simulate_feedforward
-from ._misc import input_currents, time_order
+from ._misc import input_currents, tie_to, time_order, vary_like
 from ._rerun_adjoint import RerunAdjoint
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
@@ -175,7 +175,7 @@ def integrate(
         # batch, instead of becoming a select that always checks.)
         nonfinite_current = ~nonfinite & lax.cond(
             eqxi.unvmap_all(jnp.isfinite(bound)),
-            lambda: jnp.zeros((), bool),
+            lambda: vary_like(jnp.zeros((), bool), currents),
             lambda: ~jnp.all(jnp.isfinite(currents)),
         )
     result = update_result(result, nonfinite_current, RESULTS.nonfinite_current)
@@ -436,16 +436,6 @@ def raise_on_failure(sol, dynamics, conditions, nonfinite):
     # are listed in reverse, so that it is the first failed condition of any
     # sample (then the result), and a sample that did not fail takes -1.
     index = jnp.where(pred, len(messages) - 1 - first, -1)
-    # The check is threaded on a scalar zero, which every output then subtracts (a
-    # subtraction that fuses into whatever produces the output): threading the
-    # solution itself through the check's branch would copy every array.
+    # The check is threaded on a scalar zero (see `tie_to`).
     token = eqx.branched_error_if(jnp.zeros((), jnp.int32), pred, index, messages[::-1])
-
-    def tie(a):
-        if not eqx.is_array(a):
-            return a
-        if a.dtype == jnp.bool_:
-            return a | (token != 0)
-        return a - token.astype(a.dtype)  # x - 0 is x, -0.0 included
-
-    return jax.tree.map(tie, sol)
+    return tie_to(sol, token)

@@ -19,6 +19,88 @@ def all_finite(y):
     return out
 
 
+def _varying_axes(x) -> frozenset:
+    """The manual mesh axes (of an enclosing `jax.shard_map`) over which `x`'s
+    values differ; empty outside `shard_map` and for non-arrays."""
+    if not isinstance(x, (jax.Array, Tracer)):
+        return frozenset()
+    return jax.typeof(x).manual_axis_type.varying
+
+
+def vary_like(tree, *refs):
+    """`tree` with each array leaf cast (`lax.pcast`) to vary over every manual
+    mesh axis over which some array leaf of `refs` varies.
+
+    Under `jax.shard_map` (whose `check_vma=True` is the default), a loop's carry
+    must enter varying over the same mesh axes as its body returns it; values built
+    from shapes alone (zeros, the resting state) vary over none until mixed with the
+    inputs. Outside `shard_map` this returns `tree` itself."""
+    axes = frozenset().union(*map(_varying_axes, jax.tree.leaves(refs)))
+    if not axes:
+        return tree
+
+    def cast(x):
+        missing = tuple(sorted(axes - _varying_axes(x)))
+        if not missing or not isinstance(x, (jax.Array, Tracer)):
+            return x
+        return lax.pcast(x, missing, to="varying")
+
+    return jax.tree.map(cast, tree)
+
+
+def loop_across_devices(cond_fun, body_fun, init):
+    """`(cond_fun, body_fun)` for a while loop from `init`, made for a carry that
+    varies over the mesh axes of an enclosing `jax.shard_map`: the condition is
+    true while any device's is (a `psum`), so that it varies over none, and a
+    device whose own condition is false keeps its carry, as under `jax.vmap` with
+    a batched condition. (A loop whose condition varies cannot carry flags that
+    vary over none, as `equinox.internal.while_loop` does.) Outside `shard_map`,
+    or for a carry that varies over no mesh axis, `(cond_fun, body_fun)`."""
+    axes = frozenset().union(*map(_varying_axes, jax.tree.leaves(init)))
+    if not axes:
+        return cond_fun, body_fun
+    names = tuple(sorted(axes))
+
+    def cond(carry):
+        return lax.psum(cond_fun(carry).astype(jnp.int32), names) > 0
+
+    def body(carry):
+        return where_tree(cond_fun(carry), body_fun(carry), carry)
+
+    return cond, body
+
+
+def sum_where_invariant(cts, primals):
+    """`cts`, the cotangents of `primals` from a custom VJP rule, each summed
+    (`lax.psum`) over the mesh axes (of an enclosing `jax.shard_map`) over which it
+    varies and its primal does not: a value every device holds alike is used by
+    each, and its cotangent is the sum of theirs. Outside `shard_map`, `cts`."""
+
+    def total(ct, p):
+        extra = tuple(sorted(_varying_axes(ct) - _varying_axes(p)))
+        return lax.psum(ct, extra) if extra else ct
+
+    return jax.tree.map(total, cts, primals, is_leaf=lambda x: x is None)
+
+
+def tie_to(tree, token):
+    """`tree` with every array made to depend on `token`, a scalar zero returned by
+    a run-time check (`eqx.error_if` on a zero rather than on `tree`): each array
+    leaf minus the zero (or, for booleans, or'ed with it), which fuses into whatever
+    produces it. Threading the tree itself through the check's branch would copy
+    every array, and under `jax.shard_map` would fail wherever the tree varies over
+    the mesh (the check's error branch returns values that vary over none)."""
+
+    def tie(a):
+        if not isinstance(a, (jax.Array, Tracer)):
+            return a
+        if a.dtype == jnp.bool_:
+            return a | (token != 0)
+        return a - token.astype(a.dtype)  # x - 0 is x, -0.0 included
+
+    return jax.tree.map(tie, tree)
+
+
 def running_sum(x, axis: int = 0):
     """`jnp.cumsum` of an integer array, as a parallel prefix scan: XLA on CPU
     lowers `cumsum` to a window reduction whose cost grows with the square of the

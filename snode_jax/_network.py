@@ -15,8 +15,8 @@ from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._integrate import any_nonfinite, sorted_events
 from ._layer import SpikingODELayer
-from ._misc import check_positive_int
-from ._solution import RESULTS, Solution, update_result
+from ._misc import check_positive_int, vary_like
+from ._solution import RESULTS, Solution, raise_unless_successful, update_result
 from ._spike_train import SpikeTrain, check_spike_train
 
 
@@ -173,6 +173,8 @@ def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0, throw) -> ReadoutS
 
     v0 = dynamics.voltage(y0)
     init = (jnp.zeros((), dtype), y0, v0, jnp.zeros((n,), dtype))
+    # (Under `jax.shard_map`, the carry varies as the inputs do.)
+    init = vary_like(init, dynamics, weight, times, sources, t_end, y0)
     (t, y, vmax, tmax), _ = lax.scan(body, init, (times, sources, next_times))
     y, vmax, tmax = segment(y, t, t_end, vmax, tmax)
     nonfinite = any_nonfinite((dynamics.parameters(), weight, y0))
@@ -184,7 +186,7 @@ def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0, throw) -> ReadoutS
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
     sol = ReadoutSolution(max_voltage=vmax, max_time=tmax, final_state=y, result=result)
     if throw:
-        sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
+        sol = raise_unless_successful(sol)
     return sol
 
 

@@ -31,6 +31,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._events import EventSchedule, implicit_crossing, jump_at, reset_at
+from ._misc import sum_where_invariant, tie_to, vary_like
 from ._reverse import reverse_segments
 
 
@@ -265,7 +266,15 @@ def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, r
     )
     grad_times, grad_state = grad_values
     grad_times = jnp.where(jnp.isfinite(values[0]), grad_times, 0)
-    grad_args, parted = replay_vjp(args, perturbed, records, grad_times, grad_state)
+    # Under `jax.shard_map`, the replay differentiates inputs that vary as the
+    # run does: an input that varies over fewer mesh axes would have its
+    # cotangent summed over devices (a collective) in every iteration of the
+    # replay's loops, whose lengths differ from device to device. It is summed
+    # once, at the end.
+    refs = (args, values, records, grad_values)
+    grad_args, parted = replay_vjp(
+        vary_like(args, refs), perturbed, records, grad_times, grad_state
+    )
     # (A run with non-finite values is reported as such; its replay may stall.)
     finite = jnp.all(jnp.isfinite(jnp.where(jnp.isinf(values[0]), 0, values[0])))
     # A run with a NaN input time is reported as invalid (its `result`), and the
@@ -276,9 +285,10 @@ def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, r
     grad_args = jax.tree.map(
         lambda g: jnp.where(valid, g, jnp.zeros_like(g)), grad_args
     )
-    return eqx.error_if(
-        grad_args,
+    token = eqx.error_if(
+        jnp.zeros((), jnp.int32),
         parted & finite & valid,
         "The gradient's replay of the event-driven run did not reproduce its "
         "recorded spikes (an internal error).",
     )
+    return sum_where_invariant(tie_to(grad_args, token), args)

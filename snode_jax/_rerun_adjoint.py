@@ -12,7 +12,14 @@ from ._adjoint import AbstractAdjoint
 from ._crossing import Crossings
 from ._custom_types import State
 from ._fold import run_folded
-from ._misc import expand, running_sum, where_tree
+from ._misc import (
+    expand,
+    running_sum,
+    sum_where_invariant,
+    tie_to,
+    vary_like,
+    where_tree,
+)
 from ._reverse import reverse_segments
 from ._scan import RunConfig, interval_starts
 from ._solution import RESULTS
@@ -214,6 +221,8 @@ class RerunAdjoint(AbstractAdjoint):
 
     def run(self, integrator, dynamics, currents, interval, state, cfg, surrogate):
         assert isinstance(integrator, AdaptiveLoop)
+        # (Their types only, in `bwd`.)
+        primals = (dynamics, currents, interval, state)
 
         @jax.custom_vjp
         def run(dynamics, currents, interval, state):
@@ -234,6 +243,7 @@ class RerunAdjoint(AbstractAdjoint):
             return raw, (dynamics, currents, interval, starts, seen, counts)
 
         def bwd(res, ct):
+            res, ct = vary_like((res, ct), res, ct)
             dynamics, currents, interval, starts, seen, counts = res
             dtype = currents.dtype
             # Without a spike buffer the run's `spike_times` is an empty
@@ -272,9 +282,9 @@ class RerunAdjoint(AbstractAdjoint):
                 grads = (d_dyn, d_current, d_length, d_start, ct_y)
                 grads = jax.tree.map(nan_if_differs, grads)
                 if self.throw:
-                    grads = eqx.error_if(
-                        grads, ~same, RESULTS[RESULTS.gradient_rerun_mismatch]
-                    )
+                    message = RESULTS[RESULTS.gradient_rerun_mismatch]
+                    zero = jnp.zeros((), jnp.int32)
+                    grads = tie_to(grads, eqx.error_if(zero, ~same, message))
                 d_dyn, d_current, d_length, d_start, ct_y = grads
                 ct_dyn = jax.tree.map(jnp.add, ct_dyn, d_dyn)
                 if uniform:
@@ -287,14 +297,18 @@ class RerunAdjoint(AbstractAdjoint):
 
             zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
             if num_intervals == 0:  # nothing ran: the state passes through
-                return zeros[0], jnp.zeros_like(currents), zeros[1], ct.final_state
+                cts = (zeros[0], jnp.zeros_like(currents), zeros[1], ct.final_state)
+                return sum_where_invariant(cts, primals)
             ks = jnp.arange(num_intervals)
             xs = (ks, currents, starts, seen, ct.counts, ct.interval_states)
             init = (ct.final_state, *zeros, jnp.zeros((), dtype))
+            # (Under `jax.shard_map`, the carry varies as the cotangents do.)
+            init = vary_like(init, init, xs, state)
             (ct_state, ct_dyn, ct_interval, _), ct_currents = lax.scan(
                 step, init, xs, reverse=True
             )
-            return ct_dyn, ct_currents, ct_interval, ct_state
+            cts = (ct_dyn, ct_currents, ct_interval, ct_state)
+            return sum_where_invariant(cts, primals)
 
         run.defvjp(fwd, bwd)
         return run(dynamics, currents, interval, state)

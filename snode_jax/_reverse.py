@@ -20,7 +20,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 
-from ._misc import where_tree
+from ._misc import vary_like, where_tree
 
 
 def segment_length(max_steps: int) -> int:
@@ -91,7 +91,8 @@ def reverse_segments(
             return i + go, where_tree(go, new, st), recs, ckpts
 
         cond = lambda c: eqxi.unvmap_any(moves(c[0], c[1]))
-        return lax.while_loop(cond, body, (i, st, recs, ckpts))
+        carry = (i, st, recs, ckpts)
+        return lax.while_loop(cond, body, vary_like(carry, carry, params))
 
     def sweep(lo, hi, recs, cts):
         """Pulls the cotangents back through iterations `hi - 1` down to `lo`."""
@@ -133,7 +134,10 @@ def reverse_segments(
 
     zero = jnp.zeros((), jnp.int32)
     cts = (ct_end, jax.tree.map(jnp.zeros_like, params))
-    carry = (jnp.ones((), bool), zero, zero, init, recs, ckpts, cts)
+    # (Under `jax.shard_map`, the carry varies as the loop's inputs do; `first`,
+    # set to false by every iteration, varies over nothing.)
+    rest = vary_like((zero, zero, init, recs, ckpts, cts), init, params, ct_end)
+    carry = (jnp.ones((), bool),) + rest
     _, _, total, end, _, _, (ct_x0, ct_params) = lax.while_loop(
         lambda c: eqxi.unvmap_any(c[1] >= 0), outer_body, carry
     )

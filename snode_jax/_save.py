@@ -32,7 +32,7 @@ from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
 from ._integrate import integrate, integrate_events
 from ._lif import LIFState, ODELIFDynamics
 from ._misc import describe, input_currents, is_concrete, running_max, running_sum
-from ._solution import RESULTS, Solution
+from ._solution import RESULTS, Solution, raise_unless_successful
 
 
 def duration_slack(duration) -> Array:
@@ -429,5 +429,5 @@ def _finish(sol: Solution, save_times, states, result, throw: bool) -> Solution:
     result = RESULTS.where(invalid, RESULTS.invalid_save_times, result)
     sol = with_saved_states(sol, save_times, states, result)
     if throw:
-        sol = sol.result.error_if(sol, sol.result != RESULTS.successful)
+        sol = raise_unless_successful(sol)
     return sol

@@ -13,7 +13,7 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from ._custom_types import State
 from ._dynamics import AbstractDynamics
-from ._misc import all_finite
+from ._misc import all_finite, vary_like
 from ._records import Counters, IntervalOutcome, RawRun, SpikeBuffer
 
 
@@ -217,6 +217,8 @@ def run_population(
     else:
         xs = (starts, lengths, currents, None)
     init = (state, buffer, integrator.zero_counters(n_neurons), no, no, no, stacked)
+    # (Under `jax.shard_map`, the carry varies as the inputs do.)
+    init = vary_like(init, xs, state, dynamics, integrator, interval)
     (y, buffer, counters, exhausted, root_fail, bad, stacked), ys = lax.scan(
         one_interval, init, xs
     )

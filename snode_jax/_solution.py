@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._custom_types import Counts, SpikeTimes, State
+from ._misc import tie_to
 from ._spike_train import SpikeTrain
 
 
@@ -77,6 +78,13 @@ class RESULTS(eqx.Enumeration):
         "close to a decision boundary of the step controller; a tighter `rtol` "
         "usually avoids it."
     )
+
+
+def raise_unless_successful(sol):
+    """`sol` (any module with a `result`), raising at run time where its `result`
+    is not a success; the check threaded on a scalar zero (see `tie_to`)."""
+    failed = sol.result != RESULTS.successful
+    return tie_to(sol, sol.result.error_if(jnp.zeros((), jnp.int32), failed))
 
 
 def update_result(old: RESULTS, pred, new: RESULTS) -> RESULTS:

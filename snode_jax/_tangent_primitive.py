@@ -68,7 +68,15 @@ def _abstract(primals, tangents, options):
     shapes = jax.eval_shape(
         lambda p, t: tangents_in_closed_form(p, t, options), primals, tangents
     )
-    return jax.tree.map(lambda s: ShapedArray(s.shape, s.dtype), shapes)
+    return jax.tree.map(_aval, shapes)
+
+
+def _aval(s: jax.ShapeDtypeStruct) -> ShapedArray:
+    # Under `jax.shard_map`, with the mesh axes the value varies over.
+    mat = s.manual_axis_type
+    if mat is None or not mat.varying:
+        return ShapedArray(s.shape, s.dtype)
+    return ShapedArray(s.shape, s.dtype, sharding=s.sharding, manual_axis_type=mat)
 
 
 def _jvp(args, d_args):
@@ -97,6 +105,10 @@ def _jvp(args, d_args):
     return out, d_out
 
 
+def _varies(aval) -> bool:
+    return bool(aval.manual_axis_type.varying)
+
+
 def _transpose(inputs, cts_out):
     primals, tangents, options = inputs
     undefined = lambda x: isinstance(x, ad.UndefinedPrimal)
@@ -104,7 +116,12 @@ def _transpose(inputs, cts_out):
     # The tangents given (not transposed) add a constant: left out.
     example = jax.tree.map(
         lambda t: (
-            jax.ShapeDtypeStruct(t.aval.shape, t.aval.dtype)
+            jax.ShapeDtypeStruct(
+                t.aval.shape,
+                t.aval.dtype,
+                sharding=t.aval.sharding if _varies(t.aval) else None,
+                manual_axis_type=t.aval.manual_axis_type if _varies(t.aval) else None,
+            )
             if undefined(t)
             else jnp.zeros_like(t)
         ),

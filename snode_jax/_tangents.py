@@ -5,7 +5,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 
-from ._misc import running_max, running_sum, where_tree
+from ._misc import running_max, running_sum, vary_like, where_tree
 from ._scan import interval_starts
 from ._surrogate import surrogate_zero
 
@@ -78,6 +78,8 @@ def _chain_tangents(jac, direct, t_state):
             ends.append(total)
         return ends, (t, ends)
 
+    # (Under `jax.shard_map`, the carry varies as the tangents do.)
+    leaves = vary_like(leaves, direct, jac)
     final, (starts, ends) = lax.scan(step, leaves, (direct, jac))
     unflat = lambda x: jax.tree.unflatten(treedef, x)
     return unflat(starts), unflat(ends), unflat(final)
@@ -206,7 +208,8 @@ def tangents_in_closed_form(primals, tangents, options):
     real = jnp.arange(num_chunks * size).reshape(num_chunks, size) < num_intervals
     t_final, outs = lax.scan(
         jax.checkpoint(one_chunk, prevent_cse=False),
-        jax.tree.leaves(t_state),
+        # (Under `jax.shard_map`, the carry varies as the tangents do.)
+        vary_like(jax.tree.leaves(t_state), xs, primals, t_dyn),
         jax.tree.map(split, xs) + (real,),
     )
     (t_first, t_period, t_counts, t_ends), first, period = jax.tree.map(unsplit, outs)

@@ -213,8 +213,8 @@ def sweep(
     def batched(point, shared):
         return jax.vmap(lambda p: fn(p, *eqx.combine(shared, static)))(point)
 
-    # The function's loops carry per-device values that shard_map's varying-axis
-    # types cannot infer through `lax.scan`/`while_loop` carries; nothing in
+    # `fn` may run loops of its own whose carries start from values that vary
+    # over no mesh axis (the library's own loops need no such care); nothing in
     # `jax.vmap(fn)` communicates across devices, so the check is off.
     # `eqx.filter_jit` rather than `jax.jit`: an error raised inside `fn` (a failed
     # simulation) then prints its message rather than a callback traceback.

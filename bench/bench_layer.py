@@ -184,27 +184,49 @@ def scaling(reps):
     """Exact `forward` (layer passed as an argument), float32: time per
     neuron-interval over layer sizes (batch 1) and batch sizes (256 neurons), and
     the same net of the cost of a call: a function under the same
-    `eqx.filter_jit` with the same arguments that does nothing (adds two numbers)."""
+    `eqx.filter_jit` with the same arguments that does nothing (adds two numbers).
+    The floor scan, timed in turn, shows how much of the spread any scan over the
+    intervals has (its per-interval cost does not shrink with the layer)."""
     rows = []
     shapes = [(1, n) for n in (16, 64, 256, 1024, 4096, 16384)]
     shapes += [(b, 256) for b in (4, 16, 64, 256)]
     for batch, n in shapes:
         layer, x = workload(batch, n, 100, 32, np.float32)
-        f, _ = functions(layer)["exact"]
-        call = eqx.filter_jit(lambda lay, xb: xb[0, 0, 0] + lay.weight[0, 0])
-        fns = {"f": f, "call": call}
+        fns = {
+            "f": functions(layer)["exact"][0],
+            "floor": functions(layer)["floor scan"][0],
+            "call": eqx.filter_jit(lambda lay, xb: xb[0, 0, 0] + lay.weight[0, 0]),
+        }
         _, times = interleaved_timings(fns, {k: (layer, x) for k in fns}, reps)
-        wall, floor = (statistics.median(times[k]) for k in ("f", "call"))
+        wall, floor, call = (
+            statistics.median(times[k]) for k in ("f", "floor", "call")
+        )
         ns = 1e9 / (batch * n * 100)
-        rows.append((batch, n, wall * 1e3, floor * 1e3, wall * ns, (wall - floor) * ns))
+        rows.append(
+            (
+                batch,
+                n,
+                wall * 1e3,
+                call * 1e3,
+                wall * ns,
+                (wall - call) * ns,
+                (floor - call) * ns,
+            )
+        )
     lines = [
         "| batch | neurons | median wall (ms) | call alone (ms) "
-        "| ns per neuron-interval | net of the call (ns) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| ns per neuron-interval | net of the call (ns) | floor scan, net (ns) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {b} | {n} | {ms:.3f} | {c:.3f} | {ns:.2f} | {net:.2f} |"
-        for b, n, ms, c, ns, net in rows
+        f"| {b} | {n} | {ms:.3f} | {c:.3f} | {ns:.2f} | {net:.2f} | {fl:.2f} |"
+        for b, n, ms, c, ns, net, fl in rows
+    ]
+    spread = lambda i: max(r[i] for r in rows) / min(r[i] for r in rows)
+    lines += [
+        "",
+        f"Largest / smallest per neuron-interval, net of the call: exact "
+        f"`forward` {spread(5):.1f}x, floor scan {spread(6):.1f}x.",
     ]
     return "\n".join(lines)
 
@@ -259,7 +281,8 @@ def main():
             "Scaling of exact `forward` (layer passed as an argument, float32, 100 "
             "intervals x 32 inputs). *Call alone*: a function that adds two numbers, "
             "under the same `eqx.filter_jit` with the same arguments (flattening "
-            "the layer and dispatching the call), timed in turn with `forward`:",
+            "the layer and dispatching the call), timed in turn with `forward` and "
+            "the floor scan (whose last column is also net of the call):",
             "",
             scaling(a.reps),
         ]

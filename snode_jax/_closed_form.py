@@ -193,7 +193,7 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     _, cap, n = record.marks.shape
     dtype = record.marks.dtype
     if cap == 0:
-        return jnp.zeros((n, 0), dtype)
+        return vary_like(jnp.zeros((n, 0), dtype), record.marks, record.num, state)
     treedef = jax.tree.structure(state)
     first_leaf = 2 if record.uniform else 3
 

@@ -26,7 +26,13 @@ from ._events import (
     simulate_events,
 )
 from ._feedforward import simulate_feedforward
-from ._misc import input_currents, tie_to, time_order, vary_like
+from ._misc import (
+    input_currents,
+    max_across_devices,
+    tie_to,
+    time_order,
+    vary_like,
+)
 from ._rerun_adjoint import RerunAdjoint
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
@@ -436,6 +442,9 @@ def raise_on_failure(sol, dynamics, conditions, nonfinite):
     # are listed in reverse, so that it is the first failed condition of any
     # sample (then the result), and a sample that did not fail takes -1.
     index = jnp.where(pred, len(messages) - 1 - first, -1)
+    # Under `jax.shard_map`, every device raises if any does.
+    index = max_across_devices(index)
+    pred = index >= 0
     # The check is threaded on a scalar zero (see `tie_to`).
     token = eqx.branched_error_if(jnp.zeros((), jnp.int32), pred, index, messages[::-1])
     return tie_to(sol, token)

@@ -70,6 +70,20 @@ def loop_across_devices(cond_fun, body_fun, init):
     return cond, body
 
 
+def max_across_devices(x):
+    """`x` (an integer or boolean array) maximised (`lax.pmax`; for booleans, or'ed)
+    over the mesh axes of an enclosing `jax.shard_map` over which it varies, so
+    that a run-time check made on it raises on every device if on any: a device
+    that raised alone would leave the others waiting in a later collective.
+    Outside `shard_map`, `x`."""
+    axes = tuple(sorted(_varying_axes(x)))
+    if not axes:
+        return x
+    if x.dtype == jnp.bool_:
+        return lax.pmax(x.astype(jnp.int32), axes) > 0
+    return lax.pmax(x, axes)
+
+
 def sum_where_invariant(cts, primals):
     """`cts`, the cotangents of `primals` from a custom VJP rule, each summed
     (`lax.psum`) over the mesh axes (of an enclosing `jax.shard_map`) over which it

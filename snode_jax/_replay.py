@@ -31,7 +31,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._events import EventSchedule, implicit_crossing, jump_at, reset_at
-from ._misc import sum_where_invariant, tie_to, vary_like
+from ._misc import max_across_devices, sum_where_invariant, tie_to, vary_like
 from ._reverse import reverse_segments
 
 
@@ -287,7 +287,7 @@ def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, r
     )
     token = eqx.error_if(
         jnp.zeros((), jnp.int32),
-        parted & finite & valid,
+        max_across_devices(parted & finite & valid),
         "The gradient's replay of the event-driven run did not reproduce its "
         "recorded spikes (an internal error).",
     )

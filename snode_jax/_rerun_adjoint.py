@@ -14,6 +14,7 @@ from ._custom_types import State
 from ._fold import run_folded
 from ._misc import (
     expand,
+    max_across_devices,
     running_sum,
     sum_where_invariant,
     tie_to,
@@ -281,10 +282,6 @@ class RerunAdjoint(AbstractAdjoint):
                 nan_if_differs = lambda a: jnp.where(same, a, jnp.nan)
                 grads = (d_dyn, d_current, d_length, d_start, ct_y)
                 grads = jax.tree.map(nan_if_differs, grads)
-                if self.throw:
-                    message = RESULTS[RESULTS.gradient_rerun_mismatch]
-                    zero = jnp.zeros((), jnp.int32)
-                    grads = tie_to(grads, eqx.error_if(zero, ~same, message))
                 d_dyn, d_current, d_length, d_start, ct_y = grads
                 ct_dyn = jax.tree.map(jnp.add, ct_dyn, d_dyn)
                 if uniform:
@@ -293,7 +290,7 @@ class RerunAdjoint(AbstractAdjoint):
                     # Interval k's length moves the start of every later interval.
                     ct_interval = ct_interval.at[k].add(d_length + later)
                     later = later + d_start
-                return (ct_y, ct_dyn, ct_interval, later), d_current
+                return (ct_y, ct_dyn, ct_interval, later), (d_current, same)
 
             zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
             if num_intervals == 0:  # nothing ran: the state passes through
@@ -304,10 +301,18 @@ class RerunAdjoint(AbstractAdjoint):
             init = (ct.final_state, *zeros, jnp.zeros((), dtype))
             # (Under `jax.shard_map`, the carry varies as the cotangents do.)
             init = vary_like(init, init, xs, state)
-            (ct_state, ct_dyn, ct_interval, _), ct_currents = lax.scan(
+            (ct_state, ct_dyn, ct_interval, _), (ct_currents, same) = lax.scan(
                 step, init, xs, reverse=True
             )
             cts = (ct_dyn, ct_currents, ct_interval, ct_state)
+            if self.throw:
+                # After the scan, once: under `jax.shard_map` every device raises
+                # if any does (a check inside the scan would need a collective in
+                # each interval).
+                differs = max_across_devices(~jnp.all(same))
+                message = RESULTS[RESULTS.gradient_rerun_mismatch]
+                zero = jnp.zeros((), jnp.int32)
+                cts = tie_to(cts, eqx.error_if(zero, differs, message))
             return sum_where_invariant(cts, primals)
 
         run.defvjp(fwd, bwd)

@@ -31,7 +31,14 @@ from ._custom_types import State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
 from ._integrate import integrate, integrate_events
 from ._lif import LIFState, ODELIFDynamics
-from ._misc import describe, input_currents, is_concrete, running_max, running_sum
+from ._misc import (
+    describe,
+    input_currents,
+    is_concrete,
+    running_max,
+    running_sum,
+    vary_like,
+)
 from ._solution import RESULTS, Solution, raise_unless_successful
 
 
@@ -299,6 +306,9 @@ def event_saved_states(
 
     saved = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_save,) + a.shape), state0)
     init = (jnp.zeros((), dtype), state0, jnp.zeros((), jnp.int32), saved)
+    init = vary_like(
+        init, times, kinds, index, weight, w_rec, currents, state0, dynamics
+    )
     (_, _, _, saved), _ = lax.scan(body, init, (times, kinds, index))
     return saved
 

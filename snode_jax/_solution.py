@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._custom_types import Counts, SpikeTimes, State
-from ._misc import tie_to
+from ._misc import max_across_devices, tie_to
 from ._spike_train import SpikeTrain
 
 
@@ -82,9 +82,14 @@ class RESULTS(eqx.Enumeration):
 
 def raise_unless_successful(sol):
     """`sol` (any module with a `result`), raising at run time where its `result`
-    is not a success; the check threaded on a scalar zero (see `tie_to`)."""
-    failed = sol.result != RESULTS.successful
-    return tie_to(sol, sol.result.error_if(jnp.zeros((), jnp.int32), failed))
+    is not a success; the check threaded on a scalar zero (see `tie_to`). Under
+    `jax.shard_map` every device raises if any does (with the message of the
+    largest failed result over the devices)."""
+    value = max_across_devices(sol.result._value)
+    failed = value != RESULTS.successful._value
+    messages = RESULTS._index_to_message
+    token = eqx.branched_error_if(jnp.zeros((), jnp.int32), failed, value, messages)
+    return tie_to(sol, token)
 
 
 def update_result(old: RESULTS, pred, new: RESULTS) -> RESULTS:

@@ -78,8 +78,6 @@ def _chain_tangents(jac, direct, t_state):
             ends.append(total)
         return ends, (t, ends)
 
-    # (Under `jax.shard_map`, the carry varies as the tangents do.)
-    leaves = vary_like(leaves, direct, jac)
     final, (starts, ends) = lax.scan(step, leaves, (direct, jac))
     unflat = lambda x: jax.tree.unflatten(treedef, x)
     return unflat(starts), unflat(ends), unflat(final)

@@ -125,9 +125,10 @@ def run(configs, reps):
     return rows
 
 
-def table(rows):
+def table(rows, columns=("intervals", "drive", "solver steps")):
+    a, b, c = columns
     lines = [
-        "| dtype | batch | intervals | drive | spikes | solver steps | max_spikes "
+        f"| dtype | batch | {a} | {b} | spikes | {c} | max_spikes "
         "| forward (ms) | value+grad (ms) | backward / forward | memory fwd (MiB) "
         "| memory grad (MiB) | grad compile (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -188,10 +189,53 @@ def run_adaptive(configs, reps):
     return rows
 
 
+def make_recurrent(n):
+    """`bench_network.py`'s recurrent workload (float64): a current-based LIF layer
+    of `n` neurons, 32 Poisson inputs at 40 Hz over 100 ms, recurrent weights
+    N(0, 2^2 / n) with a 0.5 ms delay; the layer and its input train."""
+    import bench_network as bn
+
+    in_times, w_in, w_rec = bn.recurrent_inputs(n, 0)
+    layer, times, sources = bn.snode_recurrent(in_times, w_in, w_rec)
+    train = sj.SpikeTrain(times, sources)
+    return layer, train, bn.RECURRENT["t_end"]
+
+
+def recurrent_loss(t_end, max_spikes):
+    """`(forward, value_and_grad)` of a spike-time loss of the recurrent layer."""
+
+    def loss(layer, train):
+        sol = layer.simulate(train, t_end=t_end, max_spikes=max_spikes)
+        t = sol.spike_times
+        time_term = jnp.sum(jnp.where(jnp.isfinite(t), jnp.exp(-t / 50.0), 0.0))
+        return time_term + 1e-3 * jnp.mean(sol.final_state.v**2)
+
+    return eqx.filter_jit(loss), eqx.filter_jit(eqx.filter_value_and_grad(loss))
+
+
+def run_recurrent(sizes, reps):
+    """The recurrent event engine, float64: the backward pass reruns the event
+    loop and pulls the gradient back one event at a time."""
+    rows = []
+    for n in sizes:
+        layer, train, t_end = make_recurrent(n)
+        sol = layer.simulate(train, t_end=t_end, max_spikes=1024, throw=False)
+        spikes = int(np.sum(np.asarray(sol.num_spikes)))
+        events = int(sol.stats["num_events"])
+        max_spikes = max(int(np.max(np.asarray(sol.num_spikes))), 1)
+        fwd, grad = recurrent_loss(t_end, max_spikes)
+        probed = (spikes, events, max_spikes)
+        rows.append(row("float64", 1, n, 0.5, probed, fwd, grad, layer, train, reps))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--adaptive", action="store_true", help="AdEx, adaptive path")
+    p.add_argument(
+        "--recurrent", action="store_true", help="recurrent layer, event-driven"
+    )
     p.add_argument("--reps", type=int, default=9)
     p.add_argument(
         "--keep-freed-memory",
@@ -200,8 +244,8 @@ def main():
         "own section (bench_grad_kept)",
     )
     a = p.parse_args()
-    if a.keep_freed_memory and a.adaptive:
-        p.error("--keep-freed-memory measures the LIF table only, not --adaptive")
+    if a.keep_freed_memory and (a.adaptive or a.recurrent):
+        p.error("--keep-freed-memory measures the LIF table only")
     if a.keep_freed_memory and not sj.keep_freed_memory():
         raise SystemExit(
             "keep_freed_memory() returned False: not glibc, or glibc refused the "
@@ -232,6 +276,33 @@ def main():
         )
         print(text)
         write_section("bench_grad_adaptive", text)
+        return
+    if a.recurrent:
+        rows = run_recurrent([16, 64, 256], a.reps)
+        text = "\n".join(
+            [
+                "## Gradients of a recurrent layer, event-driven (`bench/bench_grad.py "
+                "--recurrent`)",
+                "",
+                f"Command: `python bench/bench_grad.py --recurrent --reps {a.reps}`  ",
+                f"Machine: {machine_line()}  ",
+                "`bench_network.py`'s recurrent workload, float64: current-based LIF "
+                "(tau_mem = 20 ms, tau_syn = 5 ms), 32 Poisson inputs at 40 Hz over "
+                "100 ms, input weights N(0.25, 0.15^2), recurrent weights "
+                "N(0, 2^2 / n) with a 0.5 ms delay; one sample. 'events': the "
+                "event loop's iterations; `max_spikes`: the most spikes of one "
+                "neuron (the buffer's size). Loss: "
+                "sum of exp(-t / 50 ms) over the spike times + 1e-3 mean final v^2; "
+                "gradient w.r.t. the input and recurrent weights and the dynamics "
+                "parameters. The backward pass reruns the event loop (checkpoints "
+                "every about sqrt(max_events) events) and pulls the gradient back "
+                "one event at a time. Other columns as in the LIF table above.",
+                "",
+                table(rows, ("neurons", "delay (ms)", "events")),
+            ]
+        )
+        print(text)
+        write_section("bench_grad_recurrent", text)
         return
     configs = [(100, 0.0, 1), (100, 0.3, 1), (100, 1.0, 1), (400, 0.3, 1)]
     configs += [(1600, 0.3, 1), (100, 0.3, 64)]

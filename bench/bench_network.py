@@ -407,7 +407,9 @@ def recurrent_inputs(n, seed):
     return in_times, w_in, w_rec
 
 
-def run_snode_recurrent(in_times, w_in, w_rec, timer, max_spikes):
+def snode_recurrent(in_times, w_in, w_rec):
+    """The snode_jax recurrent layer (float64) and its input train `(times,
+    sources)`, sorted by time."""
     c = RECURRENT
     n_in, n = w_in.shape
     layer = sj.SpikingODELayer(
@@ -428,6 +430,12 @@ def run_snode_recurrent(in_times, w_in, w_rec, timer, max_spikes):
     t = in_times.ravel()
     order = np.argsort(t, kind="stable")
     train_t, train_s = jnp.asarray(t[order]), jnp.asarray(src[order], jnp.int32)
+    return layer, train_t, train_s
+
+
+def run_snode_recurrent(in_times, w_in, w_rec, timer, max_spikes):
+    c = RECURRENT
+    layer, train_t, train_s = snode_recurrent(in_times, w_in, w_rec)
 
     def forward(layer, t, s):
         sol = layer.simulate(

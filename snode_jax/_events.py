@@ -16,9 +16,10 @@ Every iteration of the loop does, in this order:
    (zero: at this same instant, so the cascade continues in the next iteration).
 
 All delays are equal, so deliveries leave in the order the spikes were made: the
-queue is the log of emitted spikes and a read position. The loop is an
-`equinox.internal.while_loop` of kind `"checkpointed"`: reverse-mode differentiable
-with memory bounded by its checkpoints, not by the number of events. The discrete
+queue is the log of emitted spikes and a read position. The loop is a
+[`checkpointed_while_loop`][]: reverse-mode differentiable with memory bounded by
+its checkpoints (about `2 sqrt(max_events)` loop states without their logs), not by
+the number of events. The discrete
 choices (which event, which neuron) are held fixed by the derivative, and each
 crossing time carries the implicit-function derivative `-dg/dp / (dg/dt)` of its
 threshold condition `g = 0`: the gradient of every spike time with respect to every
@@ -26,8 +27,9 @@ weight, parameter and input spike time, through every earlier event (what
 EventProp computes).
 """
 
+import dataclasses
+
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -36,7 +38,8 @@ from jaxtyping import Array, Bool, Float, Int
 from ._crossing import on_subsets, take_lanes
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._misc import loop_across_devices, vary_like
+from ._misc import vary_like
+from ._reverse import checkpointed_while_loop
 from ._root_find import BracketedNewton
 
 # Crossings are searched on subsets of neurons of this size: at least _MIN_CHUNK,
@@ -288,187 +291,201 @@ def simulate_events(
     dynamics, weight, recurrent_weight, schedule, state = vary_like(args, args)
     n = weight.shape[0]
     dtype = weight.dtype
-    t_end = schedule.t_end
     num_inputs = schedule.input_times.shape[0]
     num_intervals = schedule.boundaries.shape[0]
     recurrent = recurrent_weight is not None
     log_size = n * max_spikes if recurrent else 1
-    inf = jnp.asarray(jnp.inf, dtype)
-    delay_ = jnp.asarray(delay, dtype)
-    rows = jnp.arange(n, dtype=jnp.int32)
-    inf, delay_, rows = vary_like((inf, delay_, rows), args)
 
-    def upcoming(s: EventState):
-        _, t_in, t_switch = schedule.upcoming(s.next_input, s.interval_index)
-        if recurrent:
-            d = jnp.minimum(s.next_delivery, log_size - 1)
-            t_rec = jnp.where(
-                s.next_delivery < s.num_logged, s.log_times[d] + delay_, inf
+    def make(p):
+        """The loop's functions for the model, weights and schedule `p` (the
+        values the loop is differentiated in)."""
+        dynamics, weight, recurrent_weight, schedule = p
+        t_end = schedule.t_end
+        inf = jnp.asarray(jnp.inf, dtype)
+        delay_ = jnp.asarray(delay, dtype)
+        rows = jnp.arange(n, dtype=jnp.int32)
+        inf, delay_, rows = vary_like((inf, delay_, rows), p)
+
+        def upcoming(s: EventState):
+            _, t_in, t_switch = schedule.upcoming(s.next_input, s.interval_index)
+            if recurrent:
+                d = jnp.minimum(s.next_delivery, log_size - 1)
+                t_rec = jnp.where(
+                    s.next_delivery < s.num_logged, s.log_times[d] + delay_, inf
+                )
+            else:
+                t_rec = inf
+            return t_in, t_rec, t_switch
+
+        def fire_due(s: EventState):
+            return s.pending | (dynamics.threshold(s.y) >= 0)
+
+        def switch(s: EventState) -> EventState:
+            _, _, t_switch = upcoming(s)
+            due = (t_switch <= s.t).astype(jnp.int32)
+            return eqx.tree_at(lambda s: s.interval_index, s, s.interval_index + due)
+
+        def jump(s: EventState) -> EventState:
+            # One input spike (first) or delivery due now, if any.
+            t_in, t_rec, _ = upcoming(s)
+            is_input = t_in <= s.t
+            is_delivery = ~is_input & (t_rec <= s.t)
+            i = jnp.minimum(s.next_input, num_inputs - 1)
+            amount = weight[:, schedule.input_sources[i]]
+            if recurrent:
+                assert recurrent_weight is not None
+                d = jnp.minimum(s.next_delivery, log_size - 1)
+                amount_rec = recurrent_weight[:, s.log_sources[d]]
+                amount = jnp.where(is_input, amount, amount_rec)
+            jumps = is_input | is_delivery
+            # The event's own time: equal to `s.t` in value, but its derivative is that
+            # of this input (or delivered spike) time, which `s.t` need not carry (a
+            # second spike at one instant, an input at time 0). Adding an exact zero
+            # leaves the state as it is.
+            offset = jnp.where(jumps, jnp.where(is_input, t_in, t_rec) - s.t, 0)
+            offset = offset - lax.stop_gradient(offset)  # zero, with a derivative
+            current = schedule.currents[s.interval_index]
+            amount = jnp.where(jumps, amount, 0)
+            y = jump_at(dynamics, s.t, s.y, amount, offset, current)
+            # A neuron this jump lifts to threshold fires at the jump's time.
+            lifted = jumps & (dynamics.threshold(y) >= 0)
+            return eqx.tree_at(
+                lambda s: (s.y, s.next_input, s.next_delivery, s.fire_shift),
+                s,
+                (
+                    y,
+                    s.next_input + is_input.astype(jnp.int32),
+                    s.next_delivery + is_delivery.astype(jnp.int32),
+                    jnp.where(lifted & ~s.pending, offset, s.fire_shift),
+                ),
             )
-        else:
-            t_rec = inf
-        return t_in, t_rec, t_switch
 
-    def fire_due(s: EventState):
-        return s.pending | (dynamics.threshold(s.y) >= 0)
-
-    def switch(s: EventState) -> EventState:
-        _, _, t_switch = upcoming(s)
-        due = (t_switch <= s.t).astype(jnp.int32)
-        return eqx.tree_at(lambda s: s.interval_index, s, s.interval_index + due)
-
-    def jump(s: EventState) -> EventState:
-        # One input spike (first) or delivery due now, if any.
-        t_in, t_rec, _ = upcoming(s)
-        is_input = t_in <= s.t
-        is_delivery = ~is_input & (t_rec <= s.t)
-        i = jnp.minimum(s.next_input, num_inputs - 1)
-        amount = weight[:, schedule.input_sources[i]]
-        if recurrent:
-            assert recurrent_weight is not None
-            d = jnp.minimum(s.next_delivery, log_size - 1)
-            amount_rec = recurrent_weight[:, s.log_sources[d]]
-            amount = jnp.where(is_input, amount, amount_rec)
-        jumps = is_input | is_delivery
-        # The event's own time: equal to `s.t` in value, but its derivative is that
-        # of this input (or delivered spike) time, which `s.t` need not carry (a
-        # second spike at one instant, an input at time 0). Adding an exact zero
-        # leaves the state as it is.
-        offset = jnp.where(jumps, jnp.where(is_input, t_in, t_rec) - s.t, 0)
-        offset = offset - lax.stop_gradient(offset)  # zero, with a derivative
-        current = schedule.currents[s.interval_index]
-        amount = jnp.where(jumps, amount, 0)
-        y = jump_at(dynamics, s.t, s.y, amount, offset, current)
-        # A neuron this jump lifts to threshold fires at the jump's time.
-        lifted = jumps & (dynamics.threshold(y) >= 0)
-        return eqx.tree_at(
-            lambda s: (s.y, s.next_input, s.next_delivery, s.fire_shift),
-            s,
-            (
-                y,
-                s.next_input + is_input.astype(jnp.int32),
-                s.next_delivery + is_delivery.astype(jnp.int32),
-                jnp.where(lifted & ~s.pending, offset, s.fire_shift),
-            ),
-        )
-
-    def fire(s: EventState) -> EventState:
-        # Only once no jump is left at this instant.
-        t_in, t_rec, _ = upcoming(s)
-        settled = jnp.minimum(t_in, t_rec) > s.t
-        spiking = fire_due(s) & settled
-        full = jnp.any(spiking & (s.num_spikes >= max_spikes))
-        spiking = spiking & ~full
-        col = jnp.minimum(s.num_spikes, max_spikes - 1)
-        old = s.spike_times[rows, col]
-        # Equal to `s.t`; each neuron's derivative is that of its own crossing.
-        times = s.t + s.fire_shift
-        spike_times = s.spike_times.at[rows, col].set(jnp.where(spiking, times, old))
-        # The state is that at the clock `s.t`; a neuron firing at its own time
-        # `s.t + shift` (equal in value) is reset there.
-        current = schedule.currents[s.interval_index]
-        reset = reset_at(dynamics, s.t, s.y, s.fire_shift, current)
-        y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
-        counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
-        num_spikes = s.num_spikes + spiking.astype(jnp.int32)
-        log_times, log_sources, num_logged = s.log_times, s.log_sources, s.num_logged
-        if recurrent:
-            # Queue the spikes in neuron order (their delivery order at one instant).
-            position = s.num_logged + jnp.cumsum(spiking, dtype=jnp.int32) - 1
-            position = jnp.where(spiking, position, log_size)  # dropped
-            log_times = log_times.at[position].set(times, mode="drop")
-            log_sources = log_sources.at[position].set(rows, mode="drop")
-            num_logged = num_logged + jnp.sum(spiking, dtype=jnp.int32)
-        return eqx.tree_at(
-            lambda s: (
-                s.y,
-                s.spike_times,
-                s.num_spikes,
-                s.counts,
+        def fire(s: EventState) -> EventState:
+            # Only once no jump is left at this instant.
+            t_in, t_rec, _ = upcoming(s)
+            settled = jnp.minimum(t_in, t_rec) > s.t
+            spiking = fire_due(s) & settled
+            full = jnp.any(spiking & (s.num_spikes >= max_spikes))
+            spiking = spiking & ~full
+            col = jnp.minimum(s.num_spikes, max_spikes - 1)
+            old = s.spike_times[rows, col]
+            # Equal to `s.t`; each neuron's derivative is that of its own crossing.
+            times = s.t + s.fire_shift
+            spike_times = s.spike_times.at[rows, col].set(
+                jnp.where(spiking, times, old)
+            )
+            # The state is that at the clock `s.t`; a neuron firing at its own time
+            # `s.t + shift` (equal in value) is reset there.
+            current = schedule.currents[s.interval_index]
+            reset = reset_at(dynamics, s.t, s.y, s.fire_shift, current)
+            y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
+            counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
+            num_spikes = s.num_spikes + spiking.astype(jnp.int32)
+            log_times, log_sources, num_logged = (
                 s.log_times,
                 s.log_sources,
                 s.num_logged,
-                s.pending,
-                s.fire_shift,
-                s.buffer_full,
-            ),
-            s,
-            (
-                y,
-                spike_times,
-                num_spikes,
-                counts,
-                log_times,
-                log_sources,
-                num_logged,
-                s.pending & ~settled,
-                jnp.where(settled, 0, s.fire_shift),
-                s.buffer_full | full,
-            ),
-        )
+            )
+            if recurrent:
+                # Queue the spikes in neuron order (their delivery order at one instant).
+                position = s.num_logged + jnp.cumsum(spiking, dtype=jnp.int32) - 1
+                position = jnp.where(spiking, position, log_size)  # dropped
+                log_times = log_times.at[position].set(times, mode="drop")
+                log_sources = log_sources.at[position].set(rows, mode="drop")
+                num_logged = num_logged + jnp.sum(spiking, dtype=jnp.int32)
+            return eqx.tree_at(
+                lambda s: (
+                    s.y,
+                    s.spike_times,
+                    s.num_spikes,
+                    s.counts,
+                    s.log_times,
+                    s.log_sources,
+                    s.num_logged,
+                    s.pending,
+                    s.fire_shift,
+                    s.buffer_full,
+                ),
+                s,
+                (
+                    y,
+                    spike_times,
+                    num_spikes,
+                    counts,
+                    log_times,
+                    log_sources,
+                    num_logged,
+                    s.pending & ~settled,
+                    jnp.where(settled, 0, s.fire_shift),
+                    s.buffer_full | full,
+                ),
+            )
 
-    def advance(s: EventState) -> EventState:
-        t_in, t_rec, t_switch = upcoming(s)
-        t_next = jnp.minimum(jnp.minimum(t_in, t_rec), jnp.minimum(t_switch, t_end))
-        current = schedule.currents[s.interval_index]
-        # Which neurons cross before `t_next`, and when: decisions on constants.
-        # (No neuron is at threshold here: it would have fired.)
-        span_c = lax.stop_gradient(t_next - s.t)
-        span = jnp.broadcast_to(span_c, (n,))
-        crosses, found, converged, margin = locate_crossings(
-            dynamics, s.y, current, span, True, root_finder, t_end
-        )
-        lane = jnp.argmin(found)
-        first = found[lane]
-        any_cross = jnp.any(crosses)
-        # Implicit-function derivatives of the crossings at the earliest time: the
-        # value is the located time, the derivative that of the root of
-        # g(h; y, p) = 0, for each neuron crossing there (ties fire together, each
-        # with its own derivative).
-        h_star = jnp.where(any_cross, first, 0)
-        h_own = jnp.where(crosses, found, h_star)  # each crossing neuron's own root
-        h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
-        to_crossing = any_cross & (first < span_c)
-        t_new = jnp.where(to_crossing, s.t + h_cross[lane], t_next)
-        h_new = t_new - s.t
-        y = dynamics.exact_flow(s.y, current, jnp.broadcast_to(h_new, (n,)))
-        # Neurons crossing at the earliest time fire now; so do those whose own
-        # crossing is later only by rounding (already at threshold here).
-        at_threshold = lax.stop_gradient(dynamics.threshold(y)) >= 0
-        pending = crosses & ((found == first) | at_threshold)
-        # Zero in value, with the derivative of each firing neuron's own crossing
-        # time minus that of the clock: `fire` uses it for that neuron's spike.
-        shift = jnp.where(
-            pending & to_crossing,
-            (h_cross - lax.stop_gradient(h_cross)) - (h_new - lax.stop_gradient(h_new)),
-            0,
-        )
-        failed = jnp.any(crosses & ~converged)
-        return eqx.tree_at(
-            lambda s: (s.t, s.y, s.pending, s.fire_shift, s.search_failed),
-            s,
-            (t_new, y, pending, shift, s.search_failed | failed),
-        )
+        def advance(s: EventState) -> EventState:
+            t_in, t_rec, t_switch = upcoming(s)
+            t_next = jnp.minimum(jnp.minimum(t_in, t_rec), jnp.minimum(t_switch, t_end))
+            current = schedule.currents[s.interval_index]
+            # Which neurons cross before `t_next`, and when: decisions on constants.
+            # (No neuron is at threshold here: it would have fired.)
+            span_c = lax.stop_gradient(t_next - s.t)
+            span = jnp.broadcast_to(span_c, (n,))
+            crosses, found, converged, margin = locate_crossings(
+                dynamics, s.y, current, span, True, root_finder, t_end
+            )
+            lane = jnp.argmin(found)
+            first = found[lane]
+            any_cross = jnp.any(crosses)
+            # Implicit-function derivatives of the crossings at the earliest time: the
+            # value is the located time, the derivative that of the root of
+            # g(h; y, p) = 0, for each neuron crossing there (ties fire together, each
+            # with its own derivative).
+            h_star = jnp.where(any_cross, first, 0)
+            h_own = jnp.where(crosses, found, h_star)  # each crossing neuron's own root
+            h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
+            to_crossing = any_cross & (first < span_c)
+            t_new = jnp.where(to_crossing, s.t + h_cross[lane], t_next)
+            h_new = t_new - s.t
+            y = dynamics.exact_flow(s.y, current, jnp.broadcast_to(h_new, (n,)))
+            # Neurons crossing at the earliest time fire now; so do those whose own
+            # crossing is later only by rounding (already at threshold here).
+            at_threshold = lax.stop_gradient(dynamics.threshold(y)) >= 0
+            pending = crosses & ((found == first) | at_threshold)
+            # Zero in value, with the derivative of each firing neuron's own crossing
+            # time minus that of the clock: `fire` uses it for that neuron's spike.
+            shift = jnp.where(
+                pending & to_crossing,
+                (h_cross - lax.stop_gradient(h_cross))
+                - (h_new - lax.stop_gradient(h_new)),
+                0,
+            )
+            failed = jnp.any(crosses & ~converged)
+            return eqx.tree_at(
+                lambda s: (s.t, s.y, s.pending, s.fire_shift, s.search_failed),
+                s,
+                (t_new, y, pending, shift, s.search_failed | failed),
+            )
 
-    def active(s: EventState):
-        t_in, t_rec, t_switch = upcoming(s)
-        due = (jnp.minimum(jnp.minimum(t_in, t_rec), t_switch) <= s.t) | jnp.any(
-            fire_due(s)
-        )
-        return (s.t < t_end) | due
+        def active(s: EventState):
+            t_in, t_rec, t_switch = upcoming(s)
+            due = (jnp.minimum(jnp.minimum(t_in, t_rec), t_switch) <= s.t) | jnp.any(
+                fire_due(s)
+            )
+            return (s.t < t_end) | due
 
-    def cond_fun(s: EventState):
-        return active(s) & ~s.buffer_full & ~s.search_failed
+        def cond_fun(s: EventState):
+            return active(s) & ~s.buffer_full & ~s.search_failed
 
-    def body_fun(s: EventState) -> EventState:
-        # Advance to the next event unless one is due now; then at that instant
-        # start the interval, add one jump, and fire once no jump is left. An
-        # input spike or a crossing thus takes one iteration.
-        t_in, t_rec, t_switch = upcoming(s)
-        due = jnp.minimum(jnp.minimum(t_in, t_rec), t_switch) <= s.t
-        s = lax.cond(due | jnp.any(fire_due(s)), lambda s: s, advance, s)
-        s = fire(jump(switch(s)))
-        return eqx.tree_at(lambda s: s.num_events, s, s.num_events + 1)
+        def body_fun(s: EventState) -> EventState:
+            # Advance to the next event unless one is due now; then at that instant
+            # start the interval, add one jump, and fire once no jump is left. An
+            # input spike or a crossing thus takes one iteration.
+            t_in, t_rec, t_switch = upcoming(s)
+            due = jnp.minimum(jnp.minimum(t_in, t_rec), t_switch) <= s.t
+            s = lax.cond(due | jnp.any(fire_due(s)), lambda s: s, advance, s)
+            s = fire(jump(switch(s)))
+            return eqx.tree_at(lambda s: s.num_events, s, s.num_events + 1)
+
+        return cond_fun, body_fun, active
 
     zero = jnp.zeros((), jnp.int32)
     init = EventState(
@@ -491,8 +508,32 @@ def simulate_events(
     )
     # (Under `jax.shard_map`, the carry varies as the inputs do.)
     init = vary_like(init, dynamics, weight, recurrent_weight, schedule, state)
-    loop_cond, loop_body = loop_across_devices(cond_fun, body_fun, init)
-    final = eqxi.while_loop(
-        loop_cond, loop_body, init, max_steps=max_events, kind="checkpointed"
+
+    # The spike buffer and the queue are logs the loop only appends to: the
+    # backward pass's checkpoints keep their read positions, not their contents,
+    # and take the contents written by then from the loop's end state.
+    def strip_logs(s: EventState) -> EventState:
+        return dataclasses.replace(
+            s, spike_times=None, log_times=None, log_sources=None
+        )
+
+    def restore_logs(s: EventState, end: EventState) -> EventState:
+        written = jnp.arange(max_spikes) < s.num_spikes[:, None]
+        logged = jnp.arange(log_size) < s.num_logged
+        return dataclasses.replace(
+            s,
+            spike_times=jnp.where(written, end.spike_times, jnp.inf),
+            log_times=jnp.where(logged, end.log_times, jnp.inf),
+            log_sources=jnp.where(logged, end.log_sources, 0),
+        )
+
+    params = (dynamics, weight, recurrent_weight, schedule)
+    final = checkpointed_while_loop(
+        lambda p: make(p)[:2],
+        params,
+        init,
+        max_events,
+        strip=strip_logs,
+        restore=restore_logs,
     )
-    return finished_run(final, active(final))
+    return finished_run(final, make(params)[2](final))

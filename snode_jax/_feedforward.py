@@ -28,7 +28,6 @@ gradient as that of [`simulate_events`][].
 """
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -42,7 +41,7 @@ from ._events import (
     finished_run,
     locate_crossings,
 )
-from ._misc import loop_across_devices, vary_like
+from ._misc import vary_like
 from ._replay import with_replay_gradient
 from ._root_find import BracketedNewton
 
@@ -245,9 +244,10 @@ def simulate_feedforward(
     # A neuron starting at or above threshold fires at time 0 (after any input at
     # time 0, which the loop delivers first).
     init = fire_at_instant(init)
-    loop_cond, loop_body = loop_across_devices(cond_fun, body_fun, init)
-    final = eqxi.while_loop(
-        loop_cond, loop_body, init, max_steps=max_events, kind="lax"
+    # (Each iteration counts itself in `num_events`. Under `jax.shard_map` each
+    # device runs its own number of iterations.)
+    final = lax.while_loop(
+        lambda s: (s.num_events < max_events) & cond_fun(s), body_fun, init
     )
     run = finished_run(final, active(final))
     spike_times, final_state = with_replay_gradient(

@@ -48,28 +48,6 @@ def vary_like(tree, *refs):
     return jax.tree.map(cast, tree)
 
 
-def loop_across_devices(cond_fun, body_fun, init):
-    """`(cond_fun, body_fun)` for a while loop from `init`, made for a carry that
-    varies over the mesh axes of an enclosing `jax.shard_map`: the condition is
-    true while any device's is (a `psum`), so that it varies over none, and a
-    device whose own condition is false keeps its carry, as under `jax.vmap` with
-    a batched condition. (A loop whose condition varies cannot carry flags that
-    vary over none, as `equinox.internal.while_loop` does.) Outside `shard_map`,
-    or for a carry that varies over no mesh axis, `(cond_fun, body_fun)`."""
-    axes = frozenset().union(*map(_varying_axes, jax.tree.leaves(init)))
-    if not axes:
-        return cond_fun, body_fun
-    names = tuple(sorted(axes))
-
-    def cond(carry):
-        return lax.psum(cond_fun(carry).astype(jnp.int32), names) > 0
-
-    def body(carry):
-        return where_tree(cond_fun(carry), body_fun(carry), carry)
-
-    return cond, body
-
-
 def max_across_devices(x):
     """`x` (an integer or boolean array) maximised (`lax.pmax`; for booleans, or'ed)
     over the mesh axes of an enclosing `jax.shard_map` over which it varies, so

@@ -192,7 +192,7 @@ def _interval_backward(
         end_cotangent=end_cotangent,
         # The solver-work counters are not needed to rerun a segment.
         checkpoint=lambda st: eqx.tree_at(lambda s: s.counters, st, None),
-        restore=lambda st: eqx.tree_at(
+        restore=lambda st, _: eqx.tree_at(
             lambda s: s.counters,
             st,
             loop.zero_counters(n),

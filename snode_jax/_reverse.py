@@ -15,12 +15,14 @@ the number of iterations. Memory: about `2 sqrt(max_steps)` states and records.
 
 import math
 
+import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import numpy as np
 
-from ._misc import vary_like, where_tree
+from ._misc import sum_where_invariant, vary_like, where_tree
 
 
 def segment_length(max_steps: int) -> int:
@@ -43,7 +45,8 @@ def reverse_segments(
     *,
     end_cotangent=None,
     checkpoint=lambda st: st,
-    restore=lambda st: st,
+    restore=lambda st, end: st,
+    expand=lambda rec, end: rec,
 ):
     """`(ct_params, ct_x0, end, total)`: the cotangents of `params` and of the
     differentiable start `x0` of the loop `while running(st): st, rec =
@@ -53,7 +56,9 @@ def reverse_segments(
 
     `end_cotangent(end)`, if given, is `(d_params, d_x)`: more cotangent from the
     end state (added once). `checkpoint` and `restore` strip what a checkpoint need
-    not keep and put it back. The loop runs at most `max_steps` iterations.
+    not keep and put it back, and `expand` does so for a record; both are given the
+    loop's end state (of the first pass, from `init`). The loop runs at most
+    `max_steps` iterations.
     """
     seg = segment_length(max_steps)
     num_segments = -(-max_steps // seg)
@@ -94,13 +99,14 @@ def reverse_segments(
         carry = (i, st, recs, ckpts)
         return lax.while_loop(cond, body, vary_like(carry, carry, params))
 
-    def sweep(lo, hi, recs, cts):
+    def sweep(lo, hi, recs, cts, end):
         """Pulls the cotangents back through iterations `hi - 1` down to `lo`."""
 
         def body(c):
             i, ct_x, ct_p = c
             go = i >= lo
             rec = jax.tree.map(lambda a: a[jnp.where(go, i % seg, seg)], recs)
+            rec = expand(rec, end)
             _, vjp = jax.vjp(lambda p, x: linearised(p, x, rec), params, point(rec))
             d_p, d_x = vjp((ct_x, out_cotangent(rec)))
             ct_p = where_tree(go, jax.tree.map(jnp.add, ct_p, d_p), ct_p)
@@ -114,7 +120,8 @@ def reverse_segments(
         # The first pass runs the whole loop from `init`; later ones rerun
         # segment `j` from its checkpoint. (A sample that is through, `j < 0`,
         # runs neither.)
-        start = where_tree(first, init, restore(jax.tree.map(lambda a: a[j], ckpts)))
+        ckpt = jax.tree.map(lambda a: a[j], ckpts)
+        start = where_tree(first, init, restore(ckpt, end))
         i0 = jnp.where(first, 0, j * seg)
         limit = jnp.where(first, max_steps, jnp.where(j >= 0, (j + 1) * seg, i0))
         i_end, st, recs, ckpts = rerun(i0, limit, start, recs, ckpts)
@@ -129,7 +136,7 @@ def reverse_segments(
             cts = (ct_x, ct_p)
         lo = jnp.maximum(j, 0) * seg
         hi = jnp.where(j >= 0, jnp.minimum(total, (j + 1) * seg), lo)
-        cts = sweep(lo, hi, recs, cts)
+        cts = sweep(lo, hi, recs, cts, end)
         return jnp.zeros((), bool), j - 1, total, end, recs, ckpts, cts
 
     zero = jnp.zeros((), jnp.int32)
@@ -142,3 +149,102 @@ def reverse_segments(
         lambda c: eqxi.unvmap_any(c[1] >= 0), outer_body, carry
     )
     return ct_params, ct_x0, end, total
+
+
+def _split(tree):
+    """`(diff, fixed, other)`: the inexact arrays of `tree`, its other arrays, and
+    what is not an array (each a copy of `tree` with `None` elsewhere)."""
+    arrays, other = eqx.partition(tree, eqx.is_array)
+    diff, fixed = eqx.partition(arrays, eqx.is_inexact_array)
+    return diff, fixed, other
+
+
+def _float0_zeros(tree):
+    return jax.tree.map(lambda x: np.zeros(np.shape(x), jax.dtypes.float0), tree)
+
+
+def checkpointed_while_loop(
+    make,
+    params,
+    init,
+    max_steps: int,
+    *,
+    strip=lambda st: st,
+    restore=lambda stripped, end: stripped,
+):
+    """The state after `while cond(st): st = body(st)` from `init`, where `(cond,
+    body) = make(params)`, after at most `max_steps` iterations.
+
+    Reverse-mode differentiable in the inexact arrays of `params` and `init` (a
+    custom VJP; other leaves are held): the backward pass reruns the loop and pulls
+    the cotangents back one iteration at a time through the VJP of `body`
+    ([`reverse_segments`][]), keeping about `2 sqrt(max_steps)` states, each
+    stripped by `strip` (`restore(stripped, end)` rebuilds it, given the loop's end
+    state, for example from logs that the loop only appends to). Under `jax.vmap`
+    each sample's loop moves only while it runs. Under `jax.shard_map` the loops
+    hold no collective, and each device runs its own number of iterations. `make`
+    must close over no traced value. No forward mode.
+
+    (Equinox's checkpointed while loop builds its checkpoint buffers from shapes,
+    which vary over no mesh axis of an enclosing `jax.shard_map`; this loop's carry
+    varies as its inputs do.)"""
+    p_diff, p_fixed, p_other = _split(params)
+    s_diff, s_fixed, s_other = _split(init)
+
+    def loop(p_diff, s_diff, p_fixed, s_fixed):
+        cond, body = make(eqx.combine(p_diff, p_fixed, p_other))
+        st = eqx.combine(s_diff, s_fixed, s_other)
+        # (Under `jax.shard_map`, the carry varies as the inputs do.)
+        i, st = vary_like((jnp.zeros((), jnp.int32), st), st, p_diff, p_fixed)
+
+        def step(c):
+            return c[0] + 1, body(c[1])
+
+        _, end = lax.while_loop(
+            lambda c: (c[0] < max_steps) & cond(c[1]), step, (i, st)
+        )
+        return eqx.filter(end, eqx.is_array)
+
+    @jax.custom_vjp
+    def run(p_diff, s_diff, p_fixed, s_fixed):
+        return loop(p_diff, s_diff, p_fixed, s_fixed)
+
+    def run_fwd(p_diff, s_diff, p_fixed, s_fixed):
+        args = (p_diff, s_diff, p_fixed, s_fixed)
+        return loop(*args), args
+
+    def run_bwd(args, ct_end):
+        p_diff, s_diff, p_fixed, s_fixed = args
+        cond, body = make(eqx.combine(p_diff, p_fixed, p_other))
+        point = lambda st: eqx.filter(st, eqx.is_inexact_array)
+
+        def advance(st):
+            return body(st), strip(st)
+
+        def linearised(p, x, st):
+            _, body_p = make(eqx.combine(p, p_fixed, p_other))
+            return point(body_p(eqx.combine(x, st))), ()
+
+        ct_p, ct_s, _, _ = reverse_segments(
+            advance,
+            cond,
+            linearised,
+            point,
+            lambda st: (),
+            p_diff,
+            eqx.combine(s_diff, s_fixed, s_other),
+            point(ct_end),
+            max_steps,
+            checkpoint=strip,
+            restore=restore,
+            expand=restore,
+        )
+        return (
+            sum_where_invariant(ct_p, p_diff),
+            sum_where_invariant(ct_s, s_diff),
+            _float0_zeros(p_fixed),
+            _float0_zeros(s_fixed),
+        )
+
+    run.defvjp(run_fwd, run_bwd)
+    return eqx.combine(run(p_diff, s_diff, p_fixed, s_fixed), s_other)

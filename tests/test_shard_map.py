@@ -1,8 +1,8 @@
 """Runs inside `jax.shard_map` with its default `check_vma=True`: every loop carry
 varies over the mesh axes as the inputs do, custom derivative rules return
 cotangents typed like their primals, and no collective sits inside a loop or branch
-whose trip count can differ from device to device (such a collective would wait
-forever for the devices that left the loop).
+(whose trip counts and choices can differ from device to device: such a collective
+would wait forever for the devices that left the loop).
 
 A one-device mesh: the varying-axis types are checked at trace time whatever the
 mesh size."""
@@ -142,13 +142,25 @@ def _cases(data):
             ),
             "events",
         ),
-        # The recurrent event engine (forward; see the README for its gradient).
+        # The recurrent event engine and its checkpointed loop's gradient.
         "recurrent events": (
             per_sample(
                 lambda t, s: (
                     recurrent.simulate(
                         train(t, s), t_end=T_END, max_spikes=16
                     ).spike_times
+                )
+            ),
+            "events",
+        ),
+        "recurrent events gradient": (
+            per_sample(
+                lambda t, s: (
+                    eqx.filter_grad(
+                        lambda m: _time_loss(
+                            m.simulate(train(t, s), t_end=T_END, max_spikes=16)
+                        )
+                    )(recurrent).recurrent_weight
                 )
             ),
             "events",
@@ -179,17 +191,16 @@ CASES = [
     "events",
     "events save_times",
     "recurrent events",
+    "recurrent events gradient",
     "network",
 ]
 
 
-def _collectives(jaxpr) -> bool:
-    for eqn in jaxpr.eqns:
-        if "psum" in eqn.primitive.name:
-            return True
-        if any(_collectives(j) for j in _subjaxprs(eqn)):
-            return True
-    return False
+_COLLECTIVES = ("psum", "pmax", "pmin", "ppermute", "all_gather", "all_to_all")
+
+
+def _is_collective(eqn) -> bool:
+    return any(c in eqn.primitive.name for c in _COLLECTIVES)
 
 
 def _subjaxprs(eqn):
@@ -201,17 +212,12 @@ def _subjaxprs(eqn):
 
 
 def _unsynchronised_collectives(jaxpr, inside=False) -> int:
-    """Collectives inside a branch, or inside a while loop whose condition does not
-    itself take a collective (its trip count may differ between devices)."""
+    """Collectives inside a while loop or a branch (whose trip counts and choices
+    may differ between devices)."""
     found = 0
     for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if "psum" in name and inside:
-            found += 1
-        if name == "while":
-            here = inside or not _collectives(eqn.params["cond_jaxpr"].jaxpr)
-        else:
-            here = inside or name == "cond"
+        found += inside and _is_collective(eqn)
+        here = inside or eqn.primitive.name in ("while", "cond")
         for j in _subjaxprs(eqn):
             found += _unsynchronised_collectives(j, here)
     return found
@@ -289,7 +295,7 @@ def test_two_devices_match_unsharded():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    for name in ("dense lif", "dense adex", "events cuba"):
+    for name in ("dense lif", "dense adex", "events cuba", "events recurrent"):
         grad = out[f"grad {name}"]
         assert grad["finite"] and grad["norm"] > 0, (name, grad)
         # Float64 sums in another order (the adaptive steps' included); a wrong

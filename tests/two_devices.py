@@ -39,6 +39,14 @@ lif = eqx.tree_at(lambda m: m.weight, lif, jnp.abs(lif.weight))
 # Input spikes: a synaptic current, so that spike times move with the weights.
 cuba = sj.SpikingODELayer(NI, N, sj.CubaLIFDynamics(), dtype=jnp.float64, key=k[3])
 cuba = eqx.tree_at(lambda m: m.weight, cuba, jnp.abs(cuba.weight))
+recurrent = sj.SpikingODELayer(
+    NI, N, sj.CubaLIFDynamics(), recurrent=True, delay=0.5, dtype=jnp.float64, key=k[3]
+)
+recurrent = eqx.tree_at(
+    lambda m: (m.weight, m.recurrent_weight),
+    recurrent,
+    (jnp.abs(recurrent.weight), 0.2 * recurrent.recurrent_weight),
+)
 adex = sj.SpikingODELayer(NI, N, sj.AdExDynamics(), dtype=jnp.float64, key=k[4])
 adex = eqx.tree_at(lambda m: m.weight, adex, jnp.abs(adex.weight) * 3000.0)
 
@@ -94,6 +102,16 @@ grads = {
     "events cuba": (
         batch_grad(
             cuba,
+            lambda m, t, s: time_loss(
+                m.simulate(sj.SpikeTrain(t, s), t_end=T_END, max_spikes=64)
+            ),
+        ),
+        (times, sources),
+    ),
+    # The recurrent engine's checkpointed loop, whose iterations differ per device.
+    "events recurrent": (
+        batch_grad(
+            recurrent,
             lambda m, t, s: time_loss(
                 m.simulate(sj.SpikeTrain(t, s), t_end=T_END, max_spikes=64)
             ),

@@ -6,6 +6,7 @@ import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float
 
@@ -250,7 +251,7 @@ def integrate_events(
     """Simulate a population event by event (see `snode_jax._events`): driven by
     input `spikes` over `[0, t_end]`, or by held inputs over consecutive intervals
     (as [`integrate`][]), and by its own spikes through `recurrent_weight` after
-    `delay` ms.
+    `delay` ms (a Python number, held fixed: not differentiated).
 
     Spike times get exact gradients with respect to the weights, the model
     parameters, the initial state and the input spike times (reverse mode). Counts
@@ -268,6 +269,12 @@ def integrate_events(
     if (spikes is None) == (inputs is None):
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
     check_event_max_spikes(max_spikes)
+    delay = check_delay(delay)
+    if delay and recurrent_weight is None:
+        raise ValueError(
+            f"`delay` (got {delay!r}) is the delay of recurrent spikes: it needs a "
+            "`recurrent_weight`."
+        )
     silence = check_after_max_spikes(after_max_spikes)
     if silence and recurrent_weight is not None:
         raise ValueError(
@@ -361,6 +368,19 @@ def integrate_events(
     if throw:
         sol = raise_on_failure(sol, dynamics, conditions, nonfinite)
     return sol
+
+
+def check_delay(delay) -> float:
+    """The delay of recurrent spikes as a Python float: a number, finite and >= 0
+    (it is fixed for the run, not traced or differentiated)."""
+    try:
+        delay = float(delay)
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+        msg = f"`delay` must be a number >= 0 (ms), not a traced value; got {delay!r}."
+        raise TypeError(msg) from None
+    if not (np.isfinite(delay) and delay >= 0):
+        raise ValueError(f"`delay` must be finite and >= 0 (ms), got {delay!r}.")
+    return delay
 
 
 def check_event_max_spikes(max_spikes) -> None:

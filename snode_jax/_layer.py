@@ -12,6 +12,7 @@ from ._custom_types import Counts, State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
 from ._integrate import (
     check_after_max_spikes,
+    check_delay,
     check_event_max_spikes,
     integrate,
     integrate_events,
@@ -165,13 +166,7 @@ class SpikingODELayer(eqx.Module):
         )
         if not isinstance(recurrent, (bool, np.bool_)):
             raise TypeError(f"`recurrent` must be a bool, got {recurrent!r}.")
-        try:
-            delay = float(delay)
-        except (TypeError, ValueError):
-            msg = f"`delay` must be a number >= 0 (ms), got {delay!r}."
-            raise TypeError(msg) from None
-        if not (np.isfinite(delay) and delay >= 0):
-            raise ValueError(f"`delay` must be finite and >= 0 (ms), got {delay!r}.")
+        delay = check_delay(delay)
         if delay and not recurrent:
             raise ValueError(
                 f"`delay` (got {delay!r}) is the delay of recurrent spikes: it needs "

@@ -424,6 +424,28 @@ def test_argument_errors():
         sj.SpikingODELayer(2, 3, recurrent=True, delay=-1.0, key=_KEY)
     with pytest.raises(ValueError, match="needs `recurrent=True`"):
         sj.SpikingODELayer(2, 3, delay=1.0, key=_KEY)
+    # The same checks on the function, where a traced delay is refused too (the
+    # loop holds it fixed).
+    rec = sj.SpikingODELayer(2, 3, recurrent=True, delay=1.0, key=_KEY)
+
+    def run_with_delay(delay, recurrent_weight=rec.recurrent_weight):
+        return sj.integrate_events(
+            rec.dynamics,
+            rec.weight,
+            rec.init_state(),
+            spikes=_train([1.0], [0]),
+            t_end=5.0,
+            recurrent_weight=recurrent_weight,
+            delay=delay,
+        )
+
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"`delay` must be finite and >= 0 .*got"):
+            run_with_delay(bad)
+    with pytest.raises(TypeError, match="`delay` must be a number >= 0 .*traced"):
+        jax.jit(run_with_delay)(1.0)
+    with pytest.raises(ValueError, match="needs a `recurrent_weight`"):
+        run_with_delay(1.0, None)
     with pytest.raises(ValueError, match=r"`layers\[1\]` takes 2 inputs"):
         sj.SpikingODENetwork([layer, _layer(2, 1, lif, np.ones((1, 2)))])
     ro = sj.LeakyReadout(3, 1, key=_KEY)

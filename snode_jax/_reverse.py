@@ -47,6 +47,7 @@ def reverse_segments(
     checkpoint=lambda st: st,
     restore=lambda st, end: st,
     expand=lambda rec, end: rec,
+    forward=None,
 ):
     """`(ct_params, ct_x0, end, total)`: the cotangents of `params` and of the
     differentiable start `x0` of the loop `while running(st): st, rec =
@@ -59,6 +60,10 @@ def reverse_segments(
     not keep and put it back, and `expand` does so for a record; both are given the
     loop's end state (of the first pass, from `init`). The loop runs at most
     `max_steps` iterations.
+
+    `forward`, if given, is `(ckpts, end, total)` from a pass that has already run
+    the loop from `init` (see [`checkpointed_pass`][]): the first pass is skipped,
+    and every segment, the last included, is rerun from its checkpoint.
     """
     seg = segment_length(max_steps)
     num_segments = -(-max_steps // seg)
@@ -67,7 +72,10 @@ def reverse_segments(
     # One more record slot than the segment's iterations: where a loop does not
     # move (see below), its record goes there.
     recs = jax.tree.map(stacked(seg + 1), rec_shape)
-    ckpts = jax.tree.map(stacked(num_segments), checkpoint(init))
+    if forward is None:
+        ckpts = jax.tree.map(stacked(num_segments), checkpoint(init))
+    else:
+        ckpts, end, total = forward
 
     # Under `jax.vmap` each loop runs while any sample needs it (`unvmap_any`) and
     # each sample's carry moves only where it runs (`go`), its writes sent to the
@@ -85,11 +93,12 @@ def reverse_segments(
             i, st, recs, ckpts = c
             go = moves(i, st)
             k, slot = jnp.minimum(i // seg, num_segments - 1), i % seg
-            ckpts = jax.tree.map(
-                lambda a, x: a.at[k].set(jnp.where(go & (slot == 0), x, a[k])),
-                ckpts,
-                checkpoint(st),
-            )
+            if forward is None:  # (else the checkpoints are known)
+                ckpts = jax.tree.map(
+                    lambda a, x: a.at[k].set(jnp.where(go & (slot == 0), x, a[k])),
+                    ckpts,
+                    checkpoint(st),
+                )
             new, rec = advance(st)
             slot = jnp.where(go, slot, seg)
             recs = jax.tree.map(lambda a, x: a.at[slot].set(x), recs, rec)
@@ -141,14 +150,51 @@ def reverse_segments(
 
     zero = jnp.zeros((), jnp.int32)
     cts = (ct_end, jax.tree.map(jnp.zeros_like, params))
+    if forward is None:
+        first, j, total, end = jnp.ones((), bool), zero, zero, init
+    else:
+        first, j = jnp.zeros((), bool), (total - 1) // seg
     # (Under `jax.shard_map`, the carry varies as the loop's inputs do; `first`,
     # set to false by every iteration, varies over nothing.)
-    rest = vary_like((zero, zero, init, recs, ckpts, cts), init, params, ct_end)
-    carry = (jnp.ones((), bool),) + rest
+    rest = vary_like((j, total, end, recs, ckpts, cts), init, params, ct_end)
+    carry = (first,) + rest
     _, _, total, end, _, _, (ct_x0, ct_params) = lax.while_loop(
         lambda c: eqxi.unvmap_any(c[1] >= 0), outer_body, carry
     )
     return ct_params, ct_x0, end, total
+
+
+def checkpointed_pass(body, running, init, max_steps: int, checkpoint=lambda st: st):
+    """`(ckpts, end, total)`: the loop `while running(st): st = body(st)` from
+    `init` (at most `max_steps` iterations), its end state and number of
+    iterations, with the checkpoints [`reverse_segments`][] keeps (`checkpoint` of
+    the state at the start of each segment), for its `forward` argument. The
+    iterations run in an inner loop, one per segment, as a plain loop does: the
+    checkpoints are written once per segment."""
+    seg = segment_length(max_steps)
+    num_segments = -(-max_steps // seg)
+    ckpts = jax.tree.map(
+        lambda x: jnp.zeros((num_segments, *x.shape), x.dtype), checkpoint(init)
+    )
+
+    def segment(c):
+        i, st, ckpts = c
+        k = i // seg
+        ckpts = jax.tree.map(lambda a, x: a.at[k].set(x), ckpts, checkpoint(st))
+        stop = jnp.minimum((k + 1) * seg, max_steps)
+        i, st = lax.while_loop(
+            lambda c: (c[0] < stop) & running(c[1]),
+            lambda c: (c[0] + 1, body(c[1])),
+            (i, st),
+        )
+        return i, st, ckpts
+
+    # (Under `jax.shard_map`, the carry varies as the inputs do.)
+    carry = vary_like((jnp.zeros((), jnp.int32), init, ckpts), init)
+    total, end, ckpts = lax.while_loop(
+        lambda c: (c[0] < max_steps) & running(c[1]), segment, carry
+    )
+    return ckpts, end, total
 
 
 def _split(tree):
@@ -210,11 +256,17 @@ def checkpointed_while_loop(
         return loop(p_diff, s_diff, p_fixed, s_fixed)
 
     def run_fwd(p_diff, s_diff, p_fixed, s_fixed):
-        args = (p_diff, s_diff, p_fixed, s_fixed)
-        return loop(*args), args
+        # The loop, keeping the backward pass's checkpoints (so that it need not
+        # run the loop again to find them).
+        cond, body = make(eqx.combine(p_diff, p_fixed, p_other))
+        st = eqx.combine(s_diff, s_fixed, s_other)
+        st = vary_like(st, st, p_diff, p_fixed)
+        ckpts, end, total = checkpointed_pass(body, cond, st, max_steps, strip)
+        end = eqx.filter(end, eqx.is_array)
+        return end, ((p_diff, s_diff, p_fixed, s_fixed), (ckpts, end, total))
 
-    def run_bwd(args, ct_end):
-        p_diff, s_diff, p_fixed, s_fixed = args
+    def run_bwd(res, ct_end):
+        (p_diff, s_diff, p_fixed, s_fixed), (ckpts, end, total) = res
         cond, body = make(eqx.combine(p_diff, p_fixed, p_other))
         point = lambda st: eqx.filter(st, eqx.is_inexact_array)
 
@@ -238,6 +290,7 @@ def checkpointed_while_loop(
             checkpoint=strip,
             restore=restore,
             expand=restore,
+            forward=(ckpts, eqx.combine(end, s_other), total),
         )
         return (
             sum_where_invariant(ct_p, p_diff),

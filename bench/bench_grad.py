@@ -215,7 +215,8 @@ def recurrent_loss(t_end, max_spikes):
 
 def run_recurrent(sizes, reps):
     """The recurrent event engine, float64: the backward pass reruns the event
-    loop and pulls the gradient back one event at a time."""
+    loop's segments from the forward pass's checkpoints and pulls the gradient
+    back one event at a time."""
     rows = []
     for n in sizes:
         layer, train, t_end = make_recurrent(n)
@@ -294,9 +295,10 @@ def main():
                 "neuron (the buffer's size). Loss: "
                 "sum of exp(-t / 50 ms) over the spike times + 1e-3 mean final v^2; "
                 "gradient w.r.t. the input and recurrent weights and the dynamics "
-                "parameters. The backward pass reruns the event loop (checkpoints "
-                "every about sqrt(max_events) events) and pulls the gradient back "
-                "one event at a time. Other columns as in the LIF table above.",
+                "parameters. The forward pass keeps a checkpoint every about "
+                "sqrt(max_events) events; the backward pass reruns the segments "
+                "between them, last to first, and pulls the gradient back one event "
+                "at a time. Other columns as in the LIF table above.",
                 "",
                 table(rows, ("neurons", "delay (ms)", "events")),
             ]

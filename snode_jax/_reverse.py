@@ -222,9 +222,12 @@ def checkpointed_while_loop(
     body) = make(params)`, after at most `max_steps` iterations.
 
     Reverse-mode differentiable in the inexact arrays of `params` and `init` (a
-    custom VJP; other leaves are held): the backward pass reruns the loop and pulls
-    the cotangents back one iteration at a time through the VJP of `body`
-    ([`reverse_segments`][]), keeping about `2 sqrt(max_steps)` states, each
+    custom VJP; other leaves are held): differentiated, the forward pass keeps a
+    checkpoint every `S` iterations (`S` about `sqrt(max_steps)`,
+    [`checkpointed_pass`][]); the backward pass reruns the segments between them,
+    last to first, and pulls the cotangents back one iteration at a time through
+    the VJP of `body` ([`reverse_segments`][]), keeping about `2 sqrt(max_steps)`
+    states, each
     stripped by `strip` (`restore(stripped, end)` rebuilds it, given the loop's end
     state, for example from logs that the loop only appends to). Under `jax.vmap`
     each sample's loop moves only while it runs. Under `jax.shard_map` the loops

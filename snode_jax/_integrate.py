@@ -375,7 +375,7 @@ def check_delay(delay) -> float:
     (it is fixed for the run, not traced or differentiated)."""
     try:
         delay = float(delay)
-    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+    except (TypeError, ValueError):  # (a traced value raises a TypeError)
         msg = f"`delay` must be a number >= 0 (ms), not a traced value; got {delay!r}."
         raise TypeError(msg) from None
     if not (np.isfinite(delay) and delay >= 0):

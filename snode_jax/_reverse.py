@@ -32,6 +32,12 @@ def segment_length(max_steps: int) -> int:
     return math.isqrt(max_steps - 1) + 1 if max_steps > 1 else 1
 
 
+def _stacked(tree, size: int):
+    """Zeros for `size` copies of each leaf of `tree` (arrays or shapes), stacked
+    on a new leading axis."""
+    return jax.tree.map(lambda x: jnp.zeros((size, *x.shape), x.dtype), tree)
+
+
 def reverse_segments(
     advance,
     running,
@@ -68,12 +74,11 @@ def reverse_segments(
     seg = segment_length(max_steps)
     num_segments = -(-max_steps // seg)
     _, rec_shape = jax.eval_shape(advance, init)
-    stacked = lambda size: lambda x: jnp.zeros((size, *x.shape), x.dtype)
     # One more record slot than the segment's iterations: where a loop does not
     # move (see below), its record goes there.
-    recs = jax.tree.map(stacked(seg + 1), rec_shape)
+    recs = _stacked(rec_shape, seg + 1)
     if forward is None:
-        ckpts = jax.tree.map(stacked(num_segments), checkpoint(init))
+        ckpts = _stacked(checkpoint(init), num_segments)
     else:
         ckpts, end, total = forward
 
@@ -173,9 +178,7 @@ def checkpointed_pass(body, running, init, max_steps: int, checkpoint=lambda st:
     checkpoints are written once per segment."""
     seg = segment_length(max_steps)
     num_segments = -(-max_steps // seg)
-    ckpts = jax.tree.map(
-        lambda x: jnp.zeros((num_segments, *x.shape), x.dtype), checkpoint(init)
-    )
+    ckpts = _stacked(checkpoint(init), num_segments)
 
     def segment(c):
         i, st, ckpts = c
@@ -240,11 +243,16 @@ def checkpointed_while_loop(
     p_diff, p_fixed, p_other = _split(params)
     s_diff, s_fixed, s_other = _split(init)
 
-    def loop(p_diff, s_diff, p_fixed, s_fixed):
+    def loop(p_diff, s_diff, p_fixed, s_fixed, keep_checkpoints=False):
         cond, body = make(eqx.combine(p_diff, p_fixed, p_other))
         st = eqx.combine(s_diff, s_fixed, s_other)
         # (Under `jax.shard_map`, the carry varies as the inputs do.)
         i, st = vary_like((jnp.zeros((), jnp.int32), st), st, p_diff, p_fixed)
+        if keep_checkpoints:
+            # The backward pass's checkpoints, so that it need not run the loop
+            # again to find them.
+            ckpts, end, total = checkpointed_pass(body, cond, st, max_steps, strip)
+            return eqx.filter(end, eqx.is_array), (ckpts, total)
 
         def step(c):
             return c[0] + 1, body(c[1])
@@ -259,14 +267,9 @@ def checkpointed_while_loop(
         return loop(p_diff, s_diff, p_fixed, s_fixed)
 
     def run_fwd(p_diff, s_diff, p_fixed, s_fixed):
-        # The loop, keeping the backward pass's checkpoints (so that it need not
-        # run the loop again to find them).
-        cond, body = make(eqx.combine(p_diff, p_fixed, p_other))
-        st = eqx.combine(s_diff, s_fixed, s_other)
-        st = vary_like(st, st, p_diff, p_fixed)
-        ckpts, end, total = checkpointed_pass(body, cond, st, max_steps, strip)
-        end = eqx.filter(end, eqx.is_array)
-        return end, ((p_diff, s_diff, p_fixed, s_fixed), (ckpts, end, total))
+        args = (p_diff, s_diff, p_fixed, s_fixed)
+        end, (ckpts, total) = loop(*args, keep_checkpoints=True)
+        return end, (args, (ckpts, end, total))
 
     def run_bwd(res, ct_end):
         (p_diff, s_diff, p_fixed, s_fixed), (ckpts, end, total) = res

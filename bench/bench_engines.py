@@ -42,7 +42,8 @@ def worker(engine: str, hidden: int, batch: int, reps: int, out: str) -> None:
     import yin_yang as yy
 
     import snode_jax._integrate as integrate_module
-    from snode_jax._events import default_max_events, simulate_events
+    from snode_jax._event_run import default_max_events
+    from snode_jax._events import simulate_events
     from snode_jax.datasets import yin_yang
 
     if engine == "per-neuron, single-spike output":

@@ -35,12 +35,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._events import (
-    EventRun,
-    EventSchedule,
-    finished_run,
-    locate_crossings,
-)
+from ._event_flow import locate_crossings
+from ._event_run import EventRun, EventSchedule, finished_run
 from ._misc import vary_like
 from ._replay import with_replay_gradient
 from ._root_find import BracketedNewton

@@ -20,12 +20,12 @@ from ._dynamics import (
     AbstractDynamics,
     AbstractExactFlowDynamics,
 )
-from ._events import (
+from ._event_run import (
     EventSchedule,
     default_max_events,
     default_max_events_feedforward,
-    simulate_events,
 )
+from ._events import simulate_events
 from ._feedforward import simulate_feedforward
 from ._misc import (
     input_currents,

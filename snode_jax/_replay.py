@@ -30,7 +30,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._events import EventSchedule, implicit_crossing, jump_at, reset_at
+from ._event_flow import implicit_crossing, jump_at, reset_at
+from ._event_run import EventSchedule
 from ._misc import max_across_devices, sum_where_invariant, tie_to, vary_like
 from ._reverse import reverse_segments
 

@@ -170,7 +170,14 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         return LIFState(v, refractory)
 
     def vector_field(self, t, y: LIFState, current) -> LIFState:
-        return LIFState(lif_vector_field(t, y.v, (self, current)), y.refractory)
+        dv = lif_vector_field(t, y.v, (self, current))
+        if y.refractory is None:
+            return LIFState(dv)
+        # While refractory, the voltage is held and the time left runs down.
+        held = y.refractory > 0
+        return LIFState(
+            jnp.where(held, 0, dv), jnp.where(held, -1, 0).astype(y.refractory.dtype)
+        )
 
     def threshold(self, y: LIFState):
         return y.v - self.v_threshold

@@ -198,10 +198,36 @@ def dense_saved_states(
     short = on_spike & ~at_zero[:, None] & (seen == upto - 1)
     y = jax.vmap(lambda s, m: _where(m, _post_reset(dynamics, s), s))(y, short)
     y = jax.tree.map(lambda a, s0: jnp.where(at_zero[:, None], s0[None], a), y, state0)
+    # A save time that ends its own piece is differentiated through the run (the
+    # piece's length). One that does not (it equals an interval end, an earlier
+    # save time, or 0) takes the state at the end of the piece of an equal mark
+    # (or the initial state), moved to its own time to first order: the vector
+    # field there times the difference of the two times' tangents (zero in value).
+    # The field is the one from the right (with the held current of the interval
+    # starting there; at the end of the run, the last one's), as on the
+    # event-driven path.
+    own_piece = (rep == rank[num_intervals:]) & ~at_zero
+    starting = jnp.searchsorted(ends, lax.stop_gradient(times), side="right")
+    starting = jnp.clip(starting, 0, num_intervals - 1)
+    current = input_currents(inputs[starting], weight)  # (save, neuron)
+    slope = jax.vmap(dynamics.vector_field)(times, y, current)
+    equal_mark = jnp.where(at_zero, 0, piece_end[piece])
+    dt = jnp.where(own_piece, 0, _tangent(times) - _tangent(equal_mark))
+
+    def moved(a, f):
+        f = jnp.where(jnp.isfinite(f), f, 0)  # (its value is never used)
+        return a + dt.reshape(dt.shape + (1,) * (a.ndim - 1)) * f
+
+    y = jax.tree.map(moved, y, slope)
     # Its spike buffer is empty, so full as soon as a spike happens: not a failure.
     result = run.result
     full = result == RESULTS.spike_buffer_full
     return y, RESULTS.where(full, RESULTS.successful, result)
+
+
+def _tangent(x):
+    """Zero in value, with the derivative of `x`."""
+    return x - lax.stop_gradient(x)
 
 
 def _where(mask, a: State, b: State) -> State:

@@ -441,6 +441,37 @@ def test_gradient_against_finite_differences(lif_case, spike_case, case):
     np.testing.assert_allclose(grad, fd, rtol=tol, atol=tol * np.abs(fd).max())
 
 
+def test_gradient_in_save_times(lif_case):
+    """The derivative of the saved state in its save time, against the closed
+    form's slope `(v_inf - v) / tau`: inside intervals, at interval ends (from the
+    right, where the next interval's current holds), at 0, at the end of the run
+    (from the left), and at repeated save times (each its own)."""
+    layer, inputs, interval, ref = lif_case
+    weight = np.asarray(layer.weight)
+    num_intervals = inputs.shape[0]
+    duration = interval * num_intervals
+    chosen = [0.0, 2.5, interval, interval, 7.3, 7.3, 2 * interval, 17.9, duration]
+    spikes = np.concatenate([np.asarray(row, float) for row in ref.spike_times])
+    assert np.min(np.abs(np.subtract.outer(chosen, spikes))) > 1e-3
+    save = padded(chosen, duration)  # the end, repeated
+    scale = jnp.arange(1.0, NUM_SAVE + 1)
+
+    def loss(s):
+        sol = layer.simulate(inputs, interval, max_spikes=32, save_times=s)
+        return jnp.sum(sol.saved_states.v * scale[:, None])
+
+    grad = jax.jit(jax.grad(loss))(jnp.asarray(save))
+    currents = inputs @ weight.T
+    slopes = []
+    for t in save:
+        k = min(int(np.floor(t / interval)), num_intervals - 1)
+        v = lif_voltage_at(ref, inputs, weight, interval, t)
+        slopes.append(np.sum((currents[k] * TAU - v) / TAU))
+    expected = np.asarray(slopes) * np.asarray(scale)
+    assert np.all(np.abs(expected) > 1e-3)
+    np.testing.assert_allclose(grad, expected, rtol=1e-9)
+
+
 def test_jit_and_vmap(lif_case, spike_case):
     layer, inputs, interval, _ = lif_case
     save = jnp.linspace(0.0, 30.0, NUM_SAVE)

@@ -19,8 +19,10 @@ from ._integrate import (
 )
 from ._lif import ODELIFDynamics
 from ._misc import (
+    as_jax_array,
     check_interval,
     check_positive_int,
+    check_real,
     is_concrete,
 )
 from ._root_find import BracketedNewton
@@ -213,7 +215,7 @@ class SpikingODELayer(eqx.Module):
         return self.weight.dtype
 
     def _check_inputs(self, inputs) -> Array:
-        inputs = jnp.asarray(inputs)
+        inputs = as_jax_array("inputs", inputs)
         expected = f"(time, n_inputs) = (T, {self.n_inputs})"
         if inputs.ndim != 2 or inputs.shape[1] != self.n_inputs or inputs.shape[0] < 1:
             raise ValueError(
@@ -235,6 +237,7 @@ class SpikingODELayer(eqx.Module):
                 f"(from `init_state()`), got {state!r}."
             )
         for leaf in jax.tree.leaves(state):
+            check_real("state", leaf)
             if jnp.shape(leaf) != (self.n_neurons,):
                 raise ValueError(
                     f"`state` arrays must have shape ({self.n_neurons},), got "

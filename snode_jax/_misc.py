@@ -183,6 +183,47 @@ def describe(x) -> str:
     return f"array of shape {arr.shape} (min {arr.min()!r}, max {arr.max()!r})"
 
 
+def check_real(name: str, x) -> None:
+    """`TypeError` unless `x` (an array, or a number) has a real dtype: JAX and
+    NumPy would otherwise drop the imaginary part with only a warning."""
+    if np.iscomplexobj(x) or (
+        hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.complexfloating)
+    ):
+        raise TypeError(f"`{name}` must be real, got complex values ({describe(x)}).")
+
+
+def check_narrowing(name: str, host: np.ndarray, converted: np.ndarray) -> None:
+    """`ValueError` where converting `host` to JAX's dtype (`converted`) changed a
+    value: with float64 disabled JAX keeps 32 bits, where a larger integer wraps
+    around and a larger float becomes inf."""
+    kind = host.dtype.kind
+    if kind in "iu":
+        changed = converted.astype(host.dtype) != host
+        what = "integers outside the range"
+    elif kind == "f":
+        changed = np.isfinite(host) & ~np.isfinite(converted)
+        what = "values beyond the range"
+    else:
+        return
+    if np.any(changed):
+        raise ValueError(
+            f"`{name}` holds {what} of {converted.dtype} (JAX's type for it; enable "
+            f"float64 for 64 bits), got {describe(host[changed])}."
+        )
+
+
+def as_jax_array(name: str, x) -> jax.Array:
+    """`jnp.asarray(x)`, refusing complex values (`TypeError`) and host values
+    that the conversion changes (`ValueError`, see [`check_narrowing`][])."""
+    check_real(name, x)
+    if not isinstance(x, jax.Array) and is_concrete(x):
+        host = np.asarray(x)
+        # (Under a trace `jnp.asarray` stages the value: converted here instead.)
+        target = jax.dtypes.canonicalize_dtype(host.dtype)
+        check_narrowing(name, host, host.astype(target))
+    return jnp.asarray(x)
+
+
 def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be a positive int, got {value!r}.")
@@ -213,6 +254,7 @@ def check_interval(interval, num_intervals: int | None = None):
         if num_intervals is not None:
             allowed += f" or one length per interval, shape ({num_intervals},)"
         raise ValueError(f"`interval` must be {allowed}, got shape {shape}.")
+    check_real("interval", interval)
     if is_concrete(interval):
         arr = np.asarray(interval)
         if not np.all(np.isfinite(arr)) or np.any(arr <= 0):

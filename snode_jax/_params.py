@@ -4,11 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import describe, is_concrete
+from ._misc import check_real, describe, is_concrete
 
 
 def as_param(name: str, x):
     """A model parameter as a floating array: a scalar or one value per neuron."""
+    check_real(name, x)
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating):
         arr = x
     else:

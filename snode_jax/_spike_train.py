@@ -7,7 +7,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._dynamics import AbstractExactFlowDynamics
 from ._lif import ODELIFDynamics
-from ._misc import describe, is_concrete
+from ._misc import as_jax_array, check_real, describe, is_concrete
 
 
 class SpikeTrain(eqx.Module):
@@ -36,10 +36,10 @@ class SpikeTrain(eqx.Module):
     sources: Int[Array, "*batch events"]
 
     def __init__(self, times: Float[ArrayLike, "..."], sources: Int[ArrayLike, "..."]):
-        times = jnp.asarray(times)
+        times = as_jax_array("times", times)
         if not jnp.issubdtype(times.dtype, jnp.floating):
             times = times.astype(jnp.result_type(float))
-        sources = jnp.asarray(sources)
+        sources = as_jax_array("sources", sources)
         if sources.size == 0:  # `[]` is a float array; an empty train is fine
             sources = sources.astype(jnp.int32)
         if not jnp.issubdtype(sources.dtype, jnp.integer):
@@ -92,6 +92,7 @@ def check_spike_train(spikes: SpikeTrain, n_inputs: int, t_end) -> None:
             f"shape {spikes.times.shape}. For a batch, use jax.vmap over the leading "
             "axis."
         )
+    check_real("t_end", t_end)
     if jnp.shape(t_end) != ():
         raise ValueError(
             f"`t_end` must be a scalar (ms), got shape {jnp.shape(t_end)}."

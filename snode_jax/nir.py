@@ -95,6 +95,8 @@ def _nir():
 
 
 def _f64(x) -> np.ndarray:
+    if np.iscomplexobj(x):
+        raise TypeError(f"NIR parameters must be real, got complex values {x!r}.")
     return np.asarray(x, np.float64)
 
 

@@ -241,6 +241,43 @@ def test_bad_state(layer):
         layer.forward(x, 1.0, state=jnp.zeros(N))
 
 
+def test_complex_values_are_refused(layer):
+    # NumPy and JAX would keep the real part, with only a warning.
+    x = np.ones((T, N_IN))
+    calls = {
+        "inputs": lambda: layer.forward(x + 1j, 1.0),
+        "interval": lambda: layer.forward(x, 1.0 + 1j),
+        "state": lambda: layer.forward(x, 1.0, state=sj.LIFState(jnp.ones(N) * 1j)),
+        "tau_mem": lambda: sj.ODELIFDynamics(tau_mem=20.0 + 5j),
+        "times": lambda: sj.SpikeTrain(np.array([1.0 + 1j]), np.array([0])),
+        "t_end": lambda: layer.simulate(
+            sj.SpikeTrain(np.array([1.0]), np.array([0])), t_end=5.0 + 0j
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=rf"`{name}` must be real, got complex"):
+            call()
+
+
+def test_values_that_32_bits_would_change_are_refused():
+    # Without float64, JAX converts int64 to int32 (wrapping around) and float64
+    # to float32 (overflowing to inf): a source would land on another input, a
+    # spike time would become padding.
+    from snode_jax.sweep import sweep
+
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=r"`sources` holds integers outside"):
+            sj.SpikeTrain(np.array([1.0, 2.0]), np.array([2**32 + 1, 0], np.int64))
+        with pytest.raises(ValueError, match=r"`times` holds values beyond .*1e\+39"):
+            sj.SpikeTrain(np.array([1.0, 1e39]), np.array([0, 1]))
+        with pytest.raises(ValueError, match=r"`params` holds integers outside"):
+            sweep(lambda p: p["a"], {"a": np.array([2**40, 3])})
+        # In range: converted as before.
+        train = sj.SpikeTrain(np.array([1.0, np.inf]), np.array([0, 7], np.int64))
+        assert train.sources.dtype == jnp.int32
+        np.testing.assert_array_equal(train.sources, [0, 7])
+
+
 def test_online_layer_needs_a_layer():
     with pytest.raises(TypeError, match=r"`layer` must be a SpikingODELayer, got str"):
         sj.OnlineLayer("layer")

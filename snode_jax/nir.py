@@ -50,8 +50,10 @@ to `(n,)`; on import, a parameter whose entries are all equal becomes a scalar
 (shared by the population, as the model's defaults are), others stay per neuron.
 `r`, `tau`, `tau_mem`, `tau_syn` must be `> 0`. NIR does not specify the initial
 state: imported neurons start at rest, `v = v_leak` (an `IF` at `v_reset`, as
-[`IFDynamics`][] does). A readout's `v_threshold` and `v_reset` are never used
-and are not exported (an imported readout gets the model's defaults).
+[`IFDynamics`][] does). A readout's `v_threshold` is never used and is not
+exported (an imported readout gets the model's default); nor is its `v_reset`,
+except that an `IF` readout starts there, which NIR's `I` cannot carry: export
+refuses an `IF` readout whose `v_reset` is not 0.
 """
 
 import os
@@ -157,6 +159,15 @@ def _export_population(layer, index: int, s: float):
     if isinstance(dyn, IFDynamics):
         r = s / p("C_mem")
         if readout:
+            # An IF readout starts at `v_reset` (it has no resting potential);
+            # NIR's `I` has no such parameter, and starts at 0.
+            v_reset = p("v_reset")
+            if np.any(v_reset != 0):
+                raise ValueError(
+                    f"Layer {index}: an IFDynamics readout starts at its `v_reset`, "
+                    f"which NIR's I node cannot carry (it starts at 0); got v_reset = "
+                    f"{describe(v_reset)}. Give v_reset=0."
+                )
             return "i", nir.I(r=r), 1 / r
         node = nir.IF(r=r, v_threshold=p("v_threshold"), v_reset=p("v_reset"))
         return "if", node, 1 / r
@@ -483,6 +494,19 @@ def _param(name: str, node, field: str, n: int, positive: bool = False):
     return np.broadcast_to(value, (n,))
 
 
+def _cast(name: str, what: str, x: np.ndarray, dtype) -> jax.Array:
+    """`x` in `dtype`, refusing finite values that do not fit in it."""
+    out = np.asarray(x, dtype)
+    lost = np.isfinite(x) & ~np.isfinite(out)
+    if np.any(lost):
+        raise ValueError(
+            f"NIR node {name!r}: the {what} holds values beyond the range of "
+            f"{np.dtype(dtype).name}, got {describe(np.asarray(x)[lost])}; import "
+            "with a wider `dtype`."
+        )
+    return jnp.asarray(out)
+
+
 def _compact(x: np.ndarray, dtype) -> float | np.ndarray:
     """A Python float when every neuron has the same value (as a parameter given
     as a number), else one value per neuron."""
@@ -612,7 +636,7 @@ def from_nir(
             w = _weight(stage.weight, g.nodes[stage.weight], None, n_in)
             n = _population_size(name, node, w.shape[0])
         dyn, scale = _import_population(name, node, n, s, dtype)
-        weight = jnp.asarray(np.asarray(scale[:, None] * w, dtype))
+        weight = _cast(stage.weight or name, "weight", scale[:, None] * w, dtype)
         key = jax.random.key(0)
         if _type(node) in _READOUT:
             if stage.loop:
@@ -628,17 +652,17 @@ def from_nir(
         for k in stage.loop:
             if _type(g.nodes[k]) == "Delay":
                 d = _f64(g.nodes[k].delay)
-                if d.shape not in ((), (n,)) or np.any(d != d.flat[0]):
+                if d.size == 0 or not (np.all(np.isfinite(s * d)) and np.all(d >= 0)):
+                    raise ValueError(
+                        f"NIR node {k!r} (Delay): `delay` must be finite and >= 0, "
+                        f"got {describe(d)}."
+                    )
+                if d.shape not in ((), (1,), (n,)) or np.any(d != d.flat[0]):
                     raise ValueError(
                         f"NIR node {k!r} (Delay): a recurrent delay must be one value "
                         f"for all {n} neurons, got {describe(d)}."
                     )
                 delay = s * float(d.flat[0])
-                if not (np.isfinite(delay) and delay >= 0):
-                    raise ValueError(
-                        f"NIR node {k!r} (Delay): `delay` must be finite and >= 0, "
-                        f"got {describe(d)}."
-                    )
             else:
                 rec = _weight(k, g.nodes[k], n, n)
         layer = SpikingODELayer(
@@ -646,7 +670,7 @@ def from_nir(
         )
         layer = eqx.tree_at(lambda m: m.weight, layer, weight)
         if rec is not None:
-            rec_w = jnp.asarray(np.asarray(scale[:, None] * rec, dtype))
+            rec_w = _cast(name, "recurrent weight", scale[:, None] * rec, dtype)
             layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, rec_w)
         layers.append(layer)
         n_in = n

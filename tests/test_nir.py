@@ -614,6 +614,16 @@ def test_unsupported_parameters_and_shapes():
         from_nir(
             _chain(inp, nir.Linear(weight=np.ones((3, 2))), _lif(3), out), time_scale=0
         )
+    # Complex parameters are refused, not cut to their real part.
+    bad = _lif(3)
+    bad.tau = np.full(3, 0.02 + 0.01j)
+    with pytest.raises(TypeError, match=r"must be real, got complex"):
+        from_nir(_chain(inp, nir.Linear(weight=np.ones((3, 2))), bad, out))
+    # A weight beyond float32's range is refused, not imported as inf.
+    big = np.ones((3, 2))
+    big[0, 1] = 1e300
+    with pytest.raises(ValueError, match=r"'n1': the weight .* beyond the range"):
+        from_nir(_chain(inp, nir.Linear(weight=big), _lif(3), out), dtype=jnp.float32)
 
 
 def test_unsupported_graph_shapes():
@@ -658,6 +668,15 @@ def test_unsupported_graph_shapes():
         ValueError, match=r"'n4' \(Delay\): a recurrent delay must be one value"
     ):
         from_nir(_chain(*nodes, edges=edges))
+    # A NaN delay is named as such (not as unequal values); a delay of shape (1,)
+    # is one value for all neurons.
+    delay = nodes[4]
+    delay.delay = np.full(3, np.nan)
+    with pytest.raises(ValueError, match=r"'n4' \(Delay\): `delay` must be finite"):
+        from_nir(_chain(*nodes, edges=edges))
+    delay.delay = np.array([1e-3])
+    layer = from_nir(_chain(*nodes, edges=edges))
+    assert isinstance(layer, sj.SpikingODELayer) and layer.delay == pytest.approx(1.0)
     # A readout that is not last.
     li = nir.LI(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3))
     nodes = (
@@ -685,6 +704,10 @@ def test_export_refuses_models_without_a_nir_node(getkey):
         TypeError, match="SpikingODELayer, LeakyReadout or SpikingODENetwork"
     ):
         to_nir(sj.ODELIFDynamics())  # pyright: ignore[reportArgumentType]
+    # An IF readout starts at its v_reset; NIR's I cannot carry it.
+    readout = sj.LeakyReadout(3, 2, sj.IFDynamics(v_reset=-0.5), key=getkey())
+    with pytest.raises(ValueError, match=r"IFDynamics readout starts at its `v_reset`"):
+        to_nir(readout)
 
 
 def test_integrator_readout_round_trip():

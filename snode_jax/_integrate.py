@@ -164,7 +164,9 @@ def integrate(
     else:
         nonfinite = any_nonfinite((dynamics.parameters(), weight, inputs, state))
     conditions = dict(dynamics.constraints(state))
-    conditions["interval > 0"] = jnp.all(interval > 0) & jnp.all(jnp.isfinite(interval))
+    conditions["0 < interval < inf"] = jnp.all(interval > 0) & jnp.all(
+        jnp.isfinite(interval)
+    )
     conditions.update(integrator.conditions(dynamics, interval))
     invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
@@ -297,7 +299,7 @@ def integrate_events(
         )
         boundaries = jnp.zeros((1,), dtype)
         currents = jnp.zeros((1, n), dtype)
-        conditions["t_end > 0"] = jnp.isfinite(t_end) & (t_end > 0)
+        conditions["0 < t_end < inf"] = jnp.isfinite(t_end) & (t_end > 0)
     else:
         assert inputs is not None
         inputs = inputs.astype(dtype)
@@ -309,7 +311,7 @@ def integrate_events(
         input_times = jnp.full((1,), jnp.inf, dtype)
         input_sources = jnp.zeros((1,), jnp.int32)
         leaves.append(inputs)
-        conditions["interval > 0"] = jnp.all(lengths > 0) & jnp.all(
+        conditions["0 < interval < inf"] = jnp.all(lengths > 0) & jnp.all(
             jnp.isfinite(lengths)
         )
     nonfinite = any_nonfinite(leaves)

@@ -139,7 +139,14 @@ class Solution(eqx.Module):
 
     @property
     def steps_per_second(self) -> Float[Array, " n_neurons"]:
-        """Accepted solver steps per simulated second (1000 ms), per neuron."""
+        """Accepted solver steps per simulated second (1000 ms), per neuron. Only
+        for runs on dense inputs: an event-driven run counts events, not steps
+        (`stats["num_events"]`)."""
+        if "num_steps" not in self.stats:
+            raise AttributeError(
+                "`steps_per_second` is for runs on dense inputs; this event-driven "
+                "run counts events instead: see `stats['num_events']`."
+            )
         # duration is (...) when the solution is batched.
         duration_ms = jnp.asarray(self.duration)[..., None]
         return self.stats["num_steps"] * (1000.0 / duration_ms)

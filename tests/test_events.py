@@ -806,3 +806,11 @@ def test_recurrent_layer_gradient_with_respect_to_t_end():
     fd = float((loss(t_end + eps)[0] - loss(t_end - eps)[0]) / (2 * eps))
     assert abs(grad) > 1e-4
     np.testing.assert_allclose(grad, fd, rtol=1e-6)
+
+
+def test_steps_per_second_is_for_dense_runs():
+    layer = sj.SpikingODELayer(3, 2, key=jax.random.key(0))
+    sol = layer.simulate(sj.SpikeTrain(jnp.array([1.0]), jnp.array([0])), t_end=5.0)
+    assert "num_events" in sol.stats
+    with pytest.raises(AttributeError, match=r"counts events instead"):
+        _ = sol.steps_per_second

@@ -28,6 +28,8 @@ from ._event_run import (
 from ._events import simulate_events
 from ._feedforward import simulate_feedforward
 from ._misc import (
+    MAX_BUDGET,
+    check_positive_int,
     input_currents,
     max_across_devices,
     tie_to,
@@ -141,6 +143,7 @@ def integrate(
             "`interval` must be a scalar or have one length per interval, shape "
             f"({inputs.shape[0]},); got shape {jnp.shape(interval)}."
         )
+    max_steps = check_positive_int("max_steps", max_steps, MAX_BUDGET)
     integrator = make_integrator(
         dynamics, solver, stepsize_controller, root_finder, max_steps
     )
@@ -271,6 +274,8 @@ def integrate_events(
     if (spikes is None) == (inputs is None):
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
     check_event_max_spikes(max_spikes)
+    if max_events is not None:
+        max_events = check_positive_int("max_events", max_events, MAX_BUDGET)
     delay = check_delay(delay)
     if delay and recurrent_weight is None:
         raise ValueError(
@@ -322,7 +327,11 @@ def integrate_events(
             if recurrent_weight is None
             else default_max_events
         )
-        max_events = budget(input_times.shape[0], boundaries.shape[0], n, max_spikes)
+        # (At most the int32 loop bound: a run that needs more reports it.)
+        max_events = min(
+            budget(input_times.shape[0], boundaries.shape[0], n, max_spikes),
+            MAX_BUDGET,
+        )
     if recurrent_weight is None:
         # No coupling between the neurons: each keeps its own clock between inputs.
         run = simulate_feedforward(

@@ -19,6 +19,7 @@ from ._integrate import (
 )
 from ._lif import ODELIFDynamics
 from ._misc import (
+    MAX_BUDGET,
     as_jax_array,
     check_interval,
     check_positive_int,
@@ -120,11 +121,11 @@ class SpikingODELayer(eqx.Module):
         self.stepsize_controller = controller_from_settings(
             stepsize_controller, dt_init, dt_min, dt_max, rtol, atol
         )
-        self.max_steps = check_positive_int("max_steps", max_steps)
+        self.max_steps = check_positive_int("max_steps", max_steps, MAX_BUDGET)
         if root_finder is None:
             iters = 200 if max_root_iters is None else max_root_iters
             root_finder = BracketedNewton(
-                max_steps=check_positive_int("max_root_iters", iters)
+                max_steps=check_positive_int("max_root_iters", iters, MAX_BUDGET)
             )
         elif max_root_iters is not None:
             raise ValueError(
@@ -438,7 +439,7 @@ class SpikingODELayer(eqx.Module):
         )
         check_event_max_spikes(max_spikes)
         if max_events is not None:
-            max_events = check_positive_int("max_events", max_events)
+            max_events = check_positive_int("max_events", max_events, MAX_BUDGET)
         state = self.init_state() if state is None else self._check_state(state)
         recurrent_weight = self.recurrent_weight
         if isinstance(inputs, SpikeTrain):

@@ -224,11 +224,22 @@ def as_jax_array(name: str, x) -> jax.Array:
     return jnp.asarray(x)
 
 
-def check_positive_int(name: str, value) -> int:
+# The largest loop budget: loop counters are int32.
+MAX_BUDGET = 2**31 - 1
+
+
+def check_positive_int(name: str, value, at_most: int | None = None) -> int:
+    """`value` as an int, `> 0` (and `<= at_most` where given); else `TypeError` or
+    `ValueError` naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be a positive int, got {value!r}.")
     if value <= 0:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    if at_most is not None and value > at_most:
+        raise ValueError(
+            f"`{name}` must be at most {at_most} (a loop budget, counted in int32), "
+            f"got {value!r}."
+        )
     return int(value)
 
 

@@ -324,4 +324,9 @@ def first_spike_times(sol: Solution) -> Float[Array, "*batch n_neurons"]:
     """Each neuron's first spike time (ms), `+inf` for a neuron that did not fire:
     the output of a time-to-first-spike code. Differentiable (exactly, where the
     neuron fired)."""
+    if sol.spike_times.shape[-1] == 0:
+        raise ValueError(
+            "`first_spike_times` needs recorded spike times: this solution has none "
+            "(run with max_spikes >= 1)."
+        )
     return sol.spike_times[..., 0]

@@ -8,7 +8,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 
 from ._custom_types import NeuronBool, NeuronFloat
-from ._misc import check_positive_int, where_tree
+from ._misc import MAX_BUDGET, check_positive_int, where_tree
 
 
 class BracketedNewton(eqx.Module):
@@ -35,7 +35,7 @@ class BracketedNewton(eqx.Module):
     max_steps: int = eqx.field(static=True, default=200)
 
     def __check_init__(self):
-        check_positive_int("max_steps", self.max_steps)
+        check_positive_int("max_steps", self.max_steps, MAX_BUDGET)
         if not self.rtol >= 0:
             raise ValueError(f"`rtol` must be >= 0, got {self.rtol!r}.")
         if self.atol is not None and not self.atol > 0:

@@ -121,6 +121,9 @@ def test_wrong_per_neuron_parameter_shape():
         (dict(atol=-1.0), r"`atol` must be a positive number, got -1.0"),
         (dict(max_steps=0), r"`max_steps` must be a positive int, got 0"),
         (dict(max_root_iters=-1), r"`max_root_iters` must be a positive int, got -1"),
+        # Loop budgets are int32 loop bounds.
+        (dict(max_steps=2**31), r"`max_steps` must be at most 2147483647 \(a loop"),
+        (dict(max_root_iters=2**31), r"`max_root_iters` must be at most 2147483647"),
         (dict(dtype=jnp.int32), r"`dtype` must be a floating dtype, got "),
     ],
 )

@@ -397,6 +397,17 @@ def test_argument_errors():
         sj.SpikeTrain(jnp.array([1.0, 2.0]), jnp.array([0]))
     with pytest.raises(ValueError, match="jax.vmap"):
         layer.simulate(_train([[1.0]], [[0]]), t_end=5.0)
+    with pytest.raises(ValueError, match=r"`max_events` must be at most 2147483647"):
+        layer.simulate(train, t_end=5.0, max_events=2**31)
+    with pytest.raises(ValueError, match=r"`max_events` must be at most 2147483647"):
+        sj.integrate_events(
+            lif,
+            jnp.ones((3, 2)),
+            layer.init_state(),
+            spikes=train,
+            t_end=5.0,
+            max_events=2**31,
+        )
     with pytest.raises(ValueError, match="`max_spikes` must be >= 1"):
         layer.simulate(_train([1.0], [0]), t_end=5.0, max_spikes=0)
     with pytest.raises(ValueError, match="`max_spikes` must be >= 1, got 0"):

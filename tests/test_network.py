@@ -804,3 +804,12 @@ def test_large_population_crossings_searched_in_subsets(recurrent):
     assert np.sum((first > 2.0) & (first < 20.0)) > 64
     assert_matches_reference(sol, ref, f"recurrent={recurrent}")
     assert sol.result == sj.RESULTS.successful
+
+
+def test_first_spike_times_needs_recorded_spikes():
+    layer = make_layer(
+        N_INPUTS, N_LAYER, sj.ODELIFDynamics(), np.ones((N_LAYER, N_INPUTS))
+    )
+    sol = layer.simulate(np.ones((3, N_INPUTS)), 1.0, max_spikes=0, throw=False)
+    with pytest.raises(ValueError, match=r"run with max_spikes >= 1"):
+        sj.first_spike_times(sol)

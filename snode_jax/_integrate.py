@@ -30,6 +30,7 @@ from ._feedforward import simulate_feedforward
 from ._misc import (
     MAX_BUDGET,
     check_positive_int,
+    check_real,
     input_currents,
     max_across_devices,
     tie_to,
@@ -384,6 +385,12 @@ def integrate_events(
 def check_delay(delay) -> float:
     """The delay of recurrent spikes as a Python float: a number, finite and >= 0
     (it is fixed for the run, not traced or differentiated)."""
+    check_real("delay", delay)
+    if np.ndim(delay) != 0:
+        raise TypeError(
+            f"`delay` must be one number >= 0 (ms) for every recurrent connection, "
+            f"got shape {np.shape(delay)}."
+        )
     try:
         delay = float(delay)
     except (TypeError, ValueError):  # (a traced value raises a TypeError)

@@ -13,10 +13,12 @@ are differentiated exactly through every earlier spike and reset.
 
 import abc
 import math
+from functools import partial
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class AbstractSurrogate(eqx.Module):
@@ -28,7 +30,9 @@ class AbstractSurrogate(eqx.Module):
 
 
 def _check_slope(name, slope):
-    if isinstance(slope, bool) or not isinstance(slope, (int, float)):
+    if isinstance(slope, (bool, np.bool_)) or not isinstance(
+        slope, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"`slope` of {name} must be a positive number, got {slope!r}.")
     if not math.isfinite(slope) or slope <= 0:
         raise ValueError(f"`slope` of {name} must be a positive number, got {slope!r}.")
@@ -38,10 +42,9 @@ def _check_slope(name, slope):
 class ArctanSurrogate(AbstractSurrogate):
     """`derivative(x) = (slope / 2) / (1 + (pi / 2 * slope * x)^2)` (the default)."""
 
-    slope: float = eqx.field(static=True, default=2.0)
-
-    def __check_init__(self):
-        _check_slope("ArctanSurrogate", self.slope)
+    slope: float = eqx.field(
+        static=True, default=2.0, converter=partial(_check_slope, "ArctanSurrogate")
+    )
 
     def derivative(self, x):
         a = self.slope
@@ -51,10 +54,9 @@ class ArctanSurrogate(AbstractSurrogate):
 class SigmoidSurrogate(AbstractSurrogate):
     """`derivative(x) = slope * s * (1 - s)`, `s = sigmoid(slope * x)`."""
 
-    slope: float = eqx.field(static=True, default=25.0)
-
-    def __check_init__(self):
-        _check_slope("SigmoidSurrogate", self.slope)
+    slope: float = eqx.field(
+        static=True, default=25.0, converter=partial(_check_slope, "SigmoidSurrogate")
+    )
 
     def derivative(self, x):
         s = jax.nn.sigmoid(self.slope * x)
@@ -64,10 +66,11 @@ class SigmoidSurrogate(AbstractSurrogate):
 class FastSigmoidSurrogate(AbstractSurrogate):
     """SuperSpike: `derivative(x) = 1 / (1 + slope * |x|)^2`."""
 
-    slope: float = eqx.field(static=True, default=25.0)
-
-    def __check_init__(self):
-        _check_slope("FastSigmoidSurrogate", self.slope)
+    slope: float = eqx.field(
+        static=True,
+        default=25.0,
+        converter=partial(_check_slope, "FastSigmoidSurrogate"),
+    )
 
     def derivative(self, x):
         return 1 / (1 + self.slope * jnp.abs(x)) ** 2

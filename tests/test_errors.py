@@ -281,6 +281,19 @@ def test_values_that_32_bits_would_change_are_refused():
         np.testing.assert_array_equal(train.sources, [0, 7])
 
 
+@pytest.mark.parametrize(
+    "make", [sj.ArctanSurrogate, sj.SigmoidSurrogate, sj.FastSigmoidSurrogate]
+)
+def test_surrogate_slopes(make):
+    # NumPy numbers are numbers (stored as a Python float, a static field).
+    assert make(slope=np.float32(2.0)).slope == 2.0
+    assert type(make(slope=np.int64(3)).slope) is float
+    with pytest.raises(TypeError, match=r"`slope` of .* positive number, got True"):
+        make(slope=True)
+    with pytest.raises(ValueError, match=r"`slope` of .* positive number, got -1.0"):
+        make(slope=-1.0)
+
+
 def test_online_layer_needs_a_layer():
     with pytest.raises(TypeError, match=r"`layer` must be a SpikingODELayer, got str"):
         sj.OnlineLayer("layer")

@@ -455,6 +455,8 @@ def test_argument_errors():
             run_with_delay(bad)
     with pytest.raises(TypeError, match="`delay` must be a number >= 0 .*traced"):
         jax.jit(run_with_delay)(1.0)
+    with pytest.raises(TypeError, match=r"`delay` must be one number .*shape \(1,\)"):
+        run_with_delay(np.array([1.0]))
     with pytest.raises(ValueError, match="needs a `recurrent_weight`"):
         run_with_delay(1.0, None)
     with pytest.raises(ValueError, match=r"`layers\[1\]` takes 2 inputs"):

@@ -82,7 +82,9 @@ class LeakyReadout(eqx.Module):
             )
         dynamics.check_n_neurons(self.n_outputs)
         self.dynamics = dynamics
-        dtype = jnp.result_type(float) if dtype is None else dtype
+        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
         std = float(np.sqrt(2.0 / self.n_inputs))
         self.weight = std * jax.random.normal(
             key, (self.n_outputs, self.n_inputs), dtype
@@ -271,10 +273,24 @@ class SpikingODENetwork(eqx.Module):
 
         **Returns:** a [`NetworkSolution`][].
         """
+        if not isinstance(inputs, SpikeTrain):
+            raise TypeError(
+                "`inputs` of a SpikingODENetwork must be a SpikeTrain (its layers "
+                f"pass spikes), got {type(inputs).__name__}."
+            )
         spiking = [layer for layer in self.layers if isinstance(layer, SpikingODELayer)]
         is_int = isinstance(max_spikes, (int, np.integer)) and not isinstance(
             max_spikes, bool
         )
+        if isinstance(max_spikes, np.ndarray) and max_spikes.ndim == 0:
+            is_int = np.issubdtype(max_spikes.dtype, np.integer)
+        if not is_int and (
+            isinstance(max_spikes, (bool, str)) or np.ndim(max_spikes) != 1
+        ):
+            raise TypeError(
+                "`max_spikes` must be an int or one int per spiking layer "
+                f"({len(spiking)}), got {max_spikes!r}."
+            )
         budgets = _per_layer(
             "max_spikes",
             int(max_spikes) if is_int else max_spikes,  # pyright: ignore[reportArgumentType]

@@ -813,3 +813,21 @@ def test_first_spike_times_needs_recorded_spikes():
     sol = layer.simulate(np.ones((3, N_INPUTS)), 1.0, max_spikes=0, throw=False)
     with pytest.raises(ValueError, match=r"run with max_spikes >= 1"):
         sj.first_spike_times(sol)
+
+
+def test_network_argument_errors():
+    key = jax.random.key(0)
+    net = sj.SpikingODENetwork(
+        [sj.SpikingODELayer(2, 3, key=key), sj.SpikingODELayer(3, 1, key=key)]
+    )
+    train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))
+    for bad in (True, "ab", np.array([[4, 2]])):
+        with pytest.raises(TypeError, match=r"`max_spikes` must be an int or one int"):
+            net.simulate(train, t_end=5.0, max_spikes=bad)
+    # A 0-d integer array is an int; an array of one per layer is a sequence.
+    for good in (np.array(4), np.array([4, 2])):
+        net.simulate(train, t_end=5.0, max_spikes=good)
+    with pytest.raises(TypeError, match=r"`inputs` .* must be a SpikeTrain"):
+        net.simulate(np.ones((3, 2)), t_end=5.0)  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ValueError, match=r"`dtype` must be a floating dtype"):
+        sj.LeakyReadout(3, 2, dtype=jnp.int32, key=key)

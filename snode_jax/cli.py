@@ -126,7 +126,12 @@ def parse_values(spec: str, what: str = "values") -> np.ndarray:
             raise argparse.ArgumentTypeError(
                 f"{what}: NUM in {spec!r} must be a positive integer, got {parts[2]!r}"
             )
-        return np.linspace(start, stop, num)
+        try:
+            return np.linspace(start, stop, num)
+        except MemoryError:
+            raise argparse.ArgumentTypeError(
+                f"{what}: {num} values in {spec!r} do not fit in memory"
+            ) from None
     items = [s for s in spec.split(",")]
     if not spec or any(not s.strip() for s in items):
         raise argparse.ArgumentTypeError(
@@ -317,6 +322,7 @@ def _sweep_settings(args) -> dict[str, Any]:
         raise _ArgumentError(
             f"{sorted(both)} given both as swept (--param) and fixed (--set)"
         )
+    _check_model_values(cls, settings["model"], grid, fixed, settings["dtype"])
     out = str(settings["out"])
     if pathlib.Path(out).suffix not in (".csv", ".npz"):
         raise _ArgumentError(f"--out {out}: must end in .csv or .npz")
@@ -337,6 +343,34 @@ def _sweep_settings(args) -> dict[str, Any]:
                 )
     settings["cls"] = cls
     return settings
+
+
+def _check_model_values(cls, model: str, grid, fixed, dtype: str) -> None:
+    """Each fixed value, and each value of each swept parameter (the others at their
+    first value), is one the model accepts; the drive fits the dtype. (A
+    combination of values the model refuses, such as `v_reset >= v_threshold` at
+    some grid points only, is found when the sweep runs.)"""
+    largest = float(np.finfo(dtype).max)
+    for source, table in (("--set", fixed), ("--param", grid)):
+        drive = table.get("drive")
+        if drive is not None and np.any(np.abs(drive) > largest):
+            raise _ArgumentError(
+                f"{source} drive: values beyond the range of {dtype}, got "
+                f"{drive[np.abs(drive) > largest].tolist()[:3]}"
+            )
+    base = {n: float(v[0]) for n, v in {**grid, **fixed}.items() if n != "drive"}
+    for source, table in (("--set", fixed), ("--param", grid)):
+        for name, values in table.items():
+            if name == "drive":
+                continue
+            for value in np.unique(values):
+                try:
+                    cls(**{**base, name: float(value)})
+                except (ValueError, TypeError) as e:
+                    raise _ArgumentError(
+                        f"{source} {name}={float(value)!r}: the {model} model refuses "
+                        f"it: {e}"
+                    ) from None
 
 
 def run_sweep(settings: dict[str, Any], progress: bool) -> dict[str, np.ndarray]:
@@ -753,6 +787,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subparser.print_usage(sys.stderr)
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(
+            f"{PROG} {args.command}: error: out of memory (a grid of that many "
+            "points, or values per axis, does not fit)",
+            file=sys.stderr,
+        )
+        return 1
     except (ValueError, TypeError, ImportError, OSError, RuntimeError) as e:
         message = _short_message(e)
         if args.command == "sweep" and "`max_spikes`" in message:

@@ -163,11 +163,26 @@ def test_sweep_config_toml_to_npz(tmp_path):
         (("bench", "--reps", "0"), 2, "--reps must be >= 1"),
         (("demo", "--intervals", "0"), 2, "--intervals must be >= 1"),
         ((), 2, "required: COMMAND"),
-        # Exit 1: a failed run (here the model refuses the first swept value).
+        # Values the model refuses are bad arguments too, named with their flag.
         (
-            ("sweep", "--param", "tau_mem=-5,10", "--no-progress"),
-            1,
-            "snode-jax sweep: error: `tau_mem` must be > 0",
+            ("sweep", "--param", "tau_mem=10,-5", "--no-progress"),
+            2,
+            r"--param tau_mem=-5.0: the lif model refuses it: `tau_mem` must be > 0",
+        ),
+        (
+            ("sweep", "--param", "drive=1", "--set", "v_reset=2", "--no-progress"),
+            2,
+            r"--set v_reset=2.0: the lif model refuses it: `v_reset` must be <",
+        ),
+        (
+            ("sweep", "--param", "drive=1e39", "--dtype", "float32"),
+            2,
+            "--param drive: values beyond the range of float32",
+        ),
+        (
+            ("sweep", "--param", "drive=0:1:100000000000"),
+            2,
+            "100000000000 values in '0:1:100000000000' do not fit in memory",
         ),
     ],
 )
@@ -189,13 +204,15 @@ def test_bad_arguments_exit_codes_in_subprocess(tmp_path):
     proc = _run("sweep", "--param", "tau_mem=abc", cwd=tmp_path)
     assert proc.returncode == 2
     assert "argument --param" in proc.stderr and "'abc'" in proc.stderr
-    # A failed run: the simulation refuses a point (inside compiled code).
+    # A failed run: the simulation refuses a point (inside compiled code), here a
+    # combination of values each of which the model accepts.
     proc = _run(
-        "sweep", "--param", "tau_mem=10,-5", "--set", "drive=0.2", "--no-progress",
-        cwd=tmp_path,
+        "sweep", "--param", "v_reset=0,0.5", "--param", "v_threshold=1,0.4",
+        "--set", "drive=0.2", "--no-progress", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 1
-    assert "snode-jax sweep: error:" in proc.stderr and "tau_mem > 0" in proc.stderr
+    assert "snode-jax sweep: error:" in proc.stderr
+    assert "need v_reset < v_threshold" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

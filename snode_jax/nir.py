@@ -514,7 +514,12 @@ def _compact(x: np.ndarray, dtype) -> float | np.ndarray:
     return float(x[0]) if np.all(x == x[0]) else x
 
 
-def _population_size(name: str, node, n_weight: int | None) -> int:
+def _population_size(
+    name: str, node, n_weight: int | None, identity: int | None = None
+) -> int:
+    """The node's number of neurons: that of its 1-D parameters, else that of its
+    input weight's rows (`n_weight`), else, fed without a weight node, that of its
+    inputs (`identity`)."""
     fields = [f for f in ("r", "tau", "tau_mem", "v_threshold") if hasattr(node, f)]
     shapes = {np.shape(getattr(node, f)) for f in fields} - {()}
     if len(shapes) > 1 or any(len(s) != 1 for s in shapes):
@@ -522,7 +527,9 @@ def _population_size(name: str, node, n_weight: int | None) -> int:
             f"NIR node {name!r} ({_type(node)}): parameters must be 1-D (one per "
             f"neuron), got shapes {sorted(shapes)}."
         )
-    n = shapes.pop()[0] if shapes else n_weight
+    n = shapes.pop()[0] if shapes else (n_weight if identity is None else identity)
+    if n == 0:
+        raise ValueError(f"NIR node {name!r} ({_type(node)}) has no neurons.")
     if n is None or (n_weight is not None and n != n_weight):
         raise ValueError(
             f"NIR node {name!r} ({_type(node)}) has {n} neurons but its input weight "
@@ -625,7 +632,7 @@ def from_nir(
     for stage in stages:
         name, node = stage.population, g.nodes[stage.population]
         if stage.weight is None:
-            n = _population_size(name, node, None)
+            n = _population_size(name, node, None, identity=n_in)
             if n != n_in:
                 raise ValueError(
                     f"NIR node {name!r} ({_type(node)}) is fed without a weight node "

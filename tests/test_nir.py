@@ -533,6 +533,17 @@ def test_identity_weight_and_scalar_parameters():
     np.testing.assert_array_equal(layer.weight, 2.0 * np.eye(3))  # w = r W
     assert layer.dynamics.C_mem.shape == () and float(layer.dynamics.C_mem) == 0.5
     np.testing.assert_array_equal(layer.dynamics.v_threshold, [1.0, 2.0, 3.0])
+    # Scalar parameters only: the population has as many neurons as inputs.
+    graph.nodes["if"] = nir.IF(
+        r=np.array(2.0), v_threshold=np.array(1.0), v_reset=np.array(0.0)
+    )
+    layer = from_nir(graph, time_scale=1.0)
+    assert isinstance(layer, sj.SpikingODELayer) and layer.n_neurons == 3
+    np.testing.assert_array_equal(layer.weight, 2.0 * np.eye(3))
+    # A population of no neurons is refused by name.
+    graph.nodes["if"] = nir.IF(r=np.ones(0), v_threshold=np.ones(0), v_reset=np.ones(0))
+    with pytest.raises(ValueError, match=r"'if' \(IF\) has no neurons"):
+        from_nir(graph)
 
 
 # -- errors --------------------------------------------------------------------------

@@ -147,8 +147,11 @@ def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0, throw) -> ReadoutS
     def segment(y, t, t_next, vmax, tmax):
         h = jnp.broadcast_to(t_next - t, (n,))
         t_peak, has_peak = dynamics.peak_in_step(y, zero, h)
-        t_peak = lax.stop_gradient(t_peak)
-        v_peak = dynamics.voltage(dynamics.exact_flow(y, zero, t_peak))
+        # The peak's value needs no derivative of its time (dv/dt = 0 there); its
+        # time takes the closed form's.
+        v_peak = dynamics.voltage(
+            dynamics.exact_flow(y, zero, lax.stop_gradient(t_peak))
+        )
         y_end = dynamics.exact_flow(y, zero, h)
         v_end = dynamics.voltage(y_end)
         better = has_peak & (v_peak > vmax)

@@ -831,3 +831,33 @@ def test_network_argument_errors():
         net.simulate(np.ones((3, 2)), t_end=5.0)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match=r"`dtype` must be a floating dtype"):
         sj.LeakyReadout(3, 2, dtype=jnp.int32, key=key)
+
+
+def test_readout_max_time_gradient():
+    """The time of a readout's peak between inputs moves with the parameters, the
+    weights and the input times: against central differences (the peak stays
+    between the same inputs)."""
+
+    def peak_time(tau_syn, w, t2):
+        ro = sj.LeakyReadout(
+            2,
+            1,
+            sj.CubaLIFDynamics(tau_mem=20.0, tau_syn=tau_syn),
+            key=jax.random.key(0),
+        )
+        ro = eqx.tree_at(lambda r: r.weight, ro, jnp.array([[1.0, w]]))
+        train = sj.SpikeTrain(jnp.array([1.0, t2]), jnp.array([0, 1]))
+        return ro.simulate(train, t_end=40.0).max_time[0]
+
+    x = (5.0, 0.5, 4.0)
+    assert 4.0 < float(peak_time(*x)) < 40.0  # between the inputs' and t_end
+    grad = jax.grad(peak_time, (0, 1, 2))(*x)
+    eps = 1e-5
+    for i in range(3):
+        up = list(x)
+        down = list(x)
+        up[i] += eps
+        down[i] -= eps
+        fd = (float(peak_time(*up)) - float(peak_time(*down))) / (2 * eps)
+        assert abs(fd) > 0.1
+        np.testing.assert_allclose(grad[i], fd, rtol=1e-7)

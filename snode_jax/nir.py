@@ -496,7 +496,8 @@ def _param(name: str, node, field: str, n: int, positive: bool = False):
 
 def _cast(name: str, what: str, x: np.ndarray, dtype) -> jax.Array:
     """`x` in `dtype`, refusing finite values that do not fit in it."""
-    out = np.asarray(x, dtype)
+    with np.errstate(over="ignore"):  # (found below, and refused)
+        out = np.asarray(x, dtype)
     lost = np.isfinite(x) & ~np.isfinite(out)
     if np.any(lost):
         raise ValueError(

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from ._crossing import on_subsets, take_lanes
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
+from ._misc import tangent
 from ._root_find import BracketedNewton
 
 # Crossings are searched on subsets of neurons of this size: at least _MIN_CHUNK,
@@ -93,7 +94,7 @@ def implicit_crossing(
     _, slope = jax.jvp(margin, (h,), (jnp.ones_like(h),))
     g = dynamics.threshold(dynamics.exact_flow(y, current, h))
     safe_slope = jnp.where(slope != 0, slope, 1)
-    return h - (g - lax.stop_gradient(g)) / safe_slope
+    return h - tangent(g) / safe_slope
 
 
 def jump_at(dynamics: AbstractExactFlowDynamics, t, y: State, amount, offset, current):

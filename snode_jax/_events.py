@@ -39,7 +39,7 @@ from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._event_flow import implicit_crossing, jump_at, locate_crossings, reset_at
 from ._event_run import EventRun, EventSchedule, finished_run
-from ._misc import vary_like
+from ._misc import tangent, vary_like
 from ._reverse import checkpointed_while_loop
 from ._root_find import BracketedNewton
 
@@ -155,7 +155,7 @@ def simulate_events(
             # second spike at one instant, an input at time 0). Adding an exact zero
             # leaves the state as it is.
             offset = jnp.where(jumps, jnp.where(is_input, t_in, t_rec) - s.t, 0)
-            offset = offset - lax.stop_gradient(offset)  # zero, with a derivative
+            offset = tangent(offset)
             current = schedule.currents[s.interval_index]
             amount = jnp.where(jumps, amount, 0)
             y = jump_at(dynamics, s.t, s.y, amount, offset, current)
@@ -266,8 +266,7 @@ def simulate_events(
             # time minus that of the clock: `fire` uses it for that neuron's spike.
             shift = jnp.where(
                 pending & to_crossing,
-                (h_cross - lax.stop_gradient(h_cross))
-                - (h_new - lax.stop_gradient(h_new)),
+                tangent(h_cross) - tangent(h_new),
                 0,
             )
             failed = jnp.any(crosses & ~converged)

@@ -274,6 +274,11 @@ def check_interval(interval, num_intervals: int | None = None):
             )
 
 
+def tangent(x):
+    """Zero in value, with the derivative of `x` (`x - stop_gradient(x)`)."""
+    return x - lax.stop_gradient(x)
+
+
 def expand(x, like):
     """Broadcast a per-neuron array against a state leaf with trailing axes."""
     return jnp.reshape(x, x.shape + (1,) * (jnp.ndim(like) - jnp.ndim(x)))

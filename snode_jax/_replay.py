@@ -32,7 +32,13 @@ from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._event_flow import implicit_crossing, jump_at, reset_at
 from ._event_run import EventSchedule
-from ._misc import max_across_devices, sum_where_invariant, tie_to, vary_like
+from ._misc import (
+    max_across_devices,
+    sum_where_invariant,
+    tangent,
+    tie_to,
+    vary_like,
+)
 from ._reverse import reverse_segments
 
 
@@ -115,7 +121,7 @@ def _replay_step(
         h_cross = implicit_crossing(dynamics, s.y, current, h_c, margin)
         y_cross = dynamics.reset(dynamics.exact_flow(s.y, current, h_cross))
         t_cross = s.clock + h_cross
-        t_cross = spike_c + (t_cross - lax.stop_gradient(t_cross))
+        t_cross = spike_c + tangent(t_cross)
 
         # fire: at the instant reached, at the spike's own time.
         y_fire = reset_at(dynamics, s.clock, s.y, s.shift, current)
@@ -134,7 +140,7 @@ def _replay_step(
         source = schedule.input_sources[i]
         amount = jnp.where(is_input, weight[rows, source], 0)
         offset = jnp.where(is_input, t_in - clock, 0)
-        offset = offset - lax.stop_gradient(offset)
+        offset = tangent(offset)
         current_event = schedule.currents[interval, rows]
         y_event = jump_at(dynamics, clock, y_flow, amount, offset, current_event)
         lifted = is_input & (dyn_c.threshold(lax.stop_gradient(y_event)) >= 0)

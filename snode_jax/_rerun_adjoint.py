@@ -17,6 +17,7 @@ from ._misc import (
     max_across_devices,
     running_sum,
     sum_where_invariant,
+    tangent,
     tie_to,
     vary_like,
     where_tree,
@@ -68,10 +69,10 @@ def _crossing_tangents(dynamics, current, y_s, crossed, c):
     usable = crossed & (g_dot > 0) & jnp.isfinite(g_dot)
     safe_dot = jnp.where(usable, g_dot, 1)
     f_s = jax.tree.map(lambda f: jnp.where(expand(usable, f), f, 0), f_s)
-    dt = jnp.where(usable, -(g_s - lax.stop_gradient(g_s)) / safe_dot, 0.0)
+    dt = jnp.where(usable, -tangent(g_s) / safe_dot, 0.0)
     t_star = c.t_star + dt
     y_star = jax.tree.map(
-        lambda v, s, f: v + (s - lax.stop_gradient(s)) + expand(dt, f) * f,
+        lambda v, s, f: v + tangent(s) + expand(dt, f) * f,
         c.y_star,
         y_s,
         f_s,

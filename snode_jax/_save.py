@@ -33,10 +33,12 @@ from ._integrate import integrate, integrate_events
 from ._lif import LIFState, ODELIFDynamics
 from ._misc import (
     describe,
+    expand,
     input_currents,
     is_concrete,
     running_max,
     running_sum,
+    tangent,
     vary_like,
 )
 from ._solution import RESULTS, Solution, raise_unless_successful
@@ -212,22 +214,17 @@ def dense_saved_states(
     current = input_currents(inputs[starting], weight)  # (save, neuron)
     slope = jax.vmap(dynamics.vector_field)(times, y, current)
     equal_mark = jnp.where(at_zero, 0, piece_end[piece])
-    dt = jnp.where(own_piece, 0, _tangent(times) - _tangent(equal_mark))
+    dt = jnp.where(own_piece, 0, tangent(times) - tangent(equal_mark))
 
     def moved(a, f):
         f = jnp.where(jnp.isfinite(f), f, 0)  # (its value is never used)
-        return a + dt.reshape(dt.shape + (1,) * (a.ndim - 1)) * f
+        return a + expand(dt, a) * f
 
     y = jax.tree.map(moved, y, slope)
     # Its spike buffer is empty, so full as soon as a spike happens: not a failure.
     result = run.result
     full = result == RESULTS.spike_buffer_full
     return y, RESULTS.where(full, RESULTS.successful, result)
-
-
-def _tangent(x):
-    """Zero in value, with the derivative of `x`."""
-    return x - lax.stop_gradient(x)
 
 
 def _where(mask, a: State, b: State) -> State:

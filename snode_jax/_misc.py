@@ -184,43 +184,48 @@ def describe(x) -> str:
 
 
 def check_real(name: str, x) -> None:
-    """`TypeError` unless `x` (an array, or a number) has a real dtype: JAX and
-    NumPy would otherwise drop the imaginary part with only a warning."""
-    if np.iscomplexobj(x) or (
-        hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.complexfloating)
-    ):
+    """`TypeError` unless `x` (an array, a tracer, or a number) has a real dtype:
+    JAX and NumPy would otherwise drop the imaginary part with only a warning."""
+    if np.iscomplexobj(x):
         raise TypeError(f"`{name}` must be real, got complex values ({describe(x)}).")
 
 
-def check_narrowing(name: str, host: np.ndarray, converted: np.ndarray) -> None:
-    """`ValueError` where converting `host` to JAX's dtype (`converted`) changed a
-    value: with float64 disabled JAX keeps 32 bits, where a larger integer wraps
-    around and a larger float becomes inf."""
+JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"
+
+
+def narrowed(
+    subject: str, host: np.ndarray, dtype, hint: str = JAX_DTYPE_HINT
+) -> np.ndarray:
+    """`host` in `dtype`, with a `ValueError` (naming `subject`) where that changes
+    a value: an integer outside the type's range wraps around, a finite float
+    beyond it becomes inf (with float64 disabled, JAX's types have 32 bits)."""
+    with np.errstate(over="ignore"):  # (found below, and refused)
+        out = host.astype(dtype, copy=False)
     kind = host.dtype.kind
     if kind in "iu":
-        changed = converted.astype(host.dtype) != host
+        changed = out.astype(host.dtype) != host
         what = "integers outside the range"
     elif kind == "f":
-        changed = np.isfinite(host) & ~np.isfinite(converted)
+        changed = np.isfinite(host) & ~np.isfinite(out)
         what = "values beyond the range"
     else:
-        return
+        return out
     if np.any(changed):
         raise ValueError(
-            f"`{name}` holds {what} of {converted.dtype} (JAX's type for it; enable "
-            f"float64 for 64 bits), got {describe(host[changed])}."
+            f"{subject} holds {what} of {out.dtype} ({hint}), got "
+            f"{describe(host[changed])}."
         )
+    return out
 
 
 def as_jax_array(name: str, x) -> jax.Array:
     """`jnp.asarray(x)`, refusing complex values (`TypeError`) and host values
-    that the conversion changes (`ValueError`, see [`check_narrowing`][])."""
+    that the conversion changes (`ValueError`, see [`narrowed`][])."""
     check_real(name, x)
     if not isinstance(x, jax.Array) and is_concrete(x):
         host = np.asarray(x)
         # (Under a trace `jnp.asarray` stages the value: converted here instead.)
-        target = jax.dtypes.canonicalize_dtype(host.dtype)
-        check_narrowing(name, host, host.astype(target))
+        narrowed(f"`{name}`", host, jax.dtypes.canonicalize_dtype(host.dtype))
     return jnp.asarray(x)
 
 

@@ -69,7 +69,7 @@ from ._cuba import CubaLIFDynamics
 from ._if import IFDynamics
 from ._layer import SpikingODELayer
 from ._lif import ODELIFDynamics
-from ._misc import check_positive_float, describe
+from ._misc import check_positive_float, describe, narrowed
 from ._network import LeakyReadout, SpikingODENetwork
 
 if TYPE_CHECKING:
@@ -496,16 +496,8 @@ def _param(name: str, node, field: str, n: int, positive: bool = False):
 
 def _cast(name: str, what: str, x: np.ndarray, dtype) -> jax.Array:
     """`x` in `dtype`, refusing finite values that do not fit in it."""
-    with np.errstate(over="ignore"):  # (found below, and refused)
-        out = np.asarray(x, dtype)
-    lost = np.isfinite(x) & ~np.isfinite(out)
-    if np.any(lost):
-        raise ValueError(
-            f"NIR node {name!r}: the {what} holds values beyond the range of "
-            f"{np.dtype(dtype).name}, got {describe(np.asarray(x)[lost])}; import "
-            "with a wider `dtype`."
-        )
-    return jnp.asarray(out)
+    hint = "import with a wider `dtype`"
+    return jnp.asarray(narrowed(f"NIR node {name!r}: the {what}", x, dtype, hint))
 
 
 def _compact(x: np.ndarray, dtype) -> float | np.ndarray:

@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import ArrayLike, PyTree
 
 from ._layer import SpikingODELayer
-from ._misc import check_narrowing, check_positive_int
+from ._misc import check_positive_int, narrowed
 from ._solution import Solution
 from ._spike_train import SpikeTrain
 
@@ -113,9 +113,7 @@ def _leading_size(params) -> int:
 def _as_host(leaf) -> np.ndarray:
     arr = np.asarray(leaf)
     # JAX's dtype for this data (float64 -> float32 unless x64 is enabled).
-    out = arr.astype(jax.dtypes.canonicalize_dtype(arr.dtype), copy=False)
-    check_narrowing("params", arr, out)
-    return out
+    return narrowed("`params`", arr, jax.dtypes.canonicalize_dtype(arr.dtype))
 
 
 def _to_host(x) -> np.ndarray:

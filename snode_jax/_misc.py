@@ -187,7 +187,8 @@ def check_real(name: str, x) -> None:
     """`TypeError` unless `x` (an array, a tracer, or a number) has a real dtype:
     JAX and NumPy would otherwise drop the imaginary part with only a warning."""
     if np.iscomplexobj(x):
-        raise TypeError(f"`{name}` must be real, got complex values ({describe(x)}).")
+        shown = describe(x) if is_concrete(x) else f"traced, dtype {x.dtype}"
+        raise TypeError(f"`{name}` must be real, got complex values ({shown}).")
 
 
 JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"

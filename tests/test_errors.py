@@ -260,6 +260,9 @@ def test_complex_values_are_refused(layer):
     for name, call in calls.items():
         with pytest.raises(TypeError, match=rf"`{name}` must be real, got complex"):
             call()
+    # Traced: refused alike (the message gives the dtype).
+    with pytest.raises(TypeError, match=r"`inputs` must be real, .*traced, dtype"):
+        jax.jit(lambda x: layer.forward(x, 1.0))(jnp.ones((T, N_IN), jnp.complex64))
 
 
 def test_values_that_32_bits_would_change_are_refused():

@@ -77,7 +77,10 @@ class Model:
 
     @functools.cached_property
     def layer(self) -> sj.SpikingODELayer:
-        return self.make_layer()
+        # Built once and shared; the first test to ask may be tracing (under jit,
+        # `jnp.asarray` makes tracers), so build with concrete values.
+        with jax.ensure_compile_time_eval():
+            return self.make_layer()
 
     def inputs(self, rng, batch=None):
         shape = (N_INTERVALS, N_INPUTS)

@@ -97,6 +97,17 @@ def implicit_crossing(
     return h - tangent(g) / safe_slope
 
 
+def next_stop(t_event, t_end):
+    """The clock's next stop: the next event or the run's end, whichever comes first.
+
+    The end wins a tie. The final state is that at `t_end`, so the clock stopping
+    there must carry `t_end`'s derivative; an event at that instant is applied with
+    its own time's derivative ([`jump_at`][], [`reset_at`][]) whatever the clock's.
+    (`jnp.minimum` would split a tie's derivative between the two.)
+    """
+    return jnp.where(t_end <= t_event, t_end, t_event)
+
+
 def jump_at(dynamics: AbstractExactFlowDynamics, t, y: State, amount, offset, current):
     """`y` after the jump `amount` at the clock `t`, where the jump's own time is
     `t + offset` (`offset` zero in value, with a derivative): moving the jump by dt

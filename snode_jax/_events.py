@@ -37,7 +37,13 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._event_flow import implicit_crossing, jump_at, locate_crossings, reset_at
+from ._event_flow import (
+    implicit_crossing,
+    jump_at,
+    locate_crossings,
+    next_stop,
+    reset_at,
+)
 from ._event_run import EventRun, EventSchedule, finished_run
 from ._misc import tangent, vary_like
 from ._reverse import checkpointed_while_loop
@@ -235,7 +241,7 @@ def simulate_events(
 
         def advance(s: EventState) -> EventState:
             t_in, t_rec, t_switch = upcoming(s)
-            t_next = jnp.minimum(jnp.minimum(t_in, t_rec), jnp.minimum(t_switch, t_end))
+            t_next = next_stop(jnp.minimum(jnp.minimum(t_in, t_rec), t_switch), t_end)
             current = schedule.currents[s.interval_index]
             # Which neurons cross before `t_next`, and when: decisions on constants.
             # (No neuron is at threshold here: it would have fired.)

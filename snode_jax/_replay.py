@@ -30,7 +30,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._event_flow import implicit_crossing, jump_at, reset_at
+from ._event_flow import implicit_crossing, jump_at, next_stop, reset_at
 from ._event_run import EventSchedule
 from ._misc import (
     max_across_devices,
@@ -100,7 +100,7 @@ def _replay_step(
         is_instant = instant[rows, slot]
         i, t_in, t_switch = upcoming(s)
         t_in_c, t_switch_c = lax.stop_gradient((t_in, t_switch))
-        t_next = jnp.minimum(jnp.minimum(t_in, t_switch), t_end)
+        t_next = next_stop(jnp.minimum(t_in, t_switch), t_end)
         t_next_c = lax.stop_gradient(t_next)
         settled = t_in_c > clock_c
         do_fire = has_spike & is_instant & (spike_c == clock_c) & settled

@@ -827,3 +827,33 @@ def test_steps_per_second_is_for_dense_runs():
     assert "num_events" in sol.stats
     with pytest.raises(AttributeError, match=r"counts events instead"):
         _ = sol.steps_per_second
+
+
+@pytest.mark.parametrize("recurrent", [True, False], ids=["global", "replayed"])
+def test_input_spike_at_t_end_gradient(recurrent):
+    """An input spike exactly at `t_end` is applied, so the final state's derivative
+    with respect to it is the one-sided one from before: with v- the potential just
+    before it and w its weight (LIF, no spike), v(t_end) = v- + w, and moving the
+    input by dt moves v(t_end) by w dt / tau, t_end by -(v- + w) dt / tau, the
+    earlier input by v- dt / tau (the three sum to zero: moving everything together
+    changes nothing). On the global-order engine (a recurrent layer, differentiated
+    through its loop) and on the feed-forward one (its records replayed)."""
+    tau, w0, w1, t0, t_end = 10.0, 0.3, 0.4, 1.0, 5.0
+    dyn = sj.ODELIFDynamics(tau_mem=tau)
+    layer = _layer(2, 1, dyn, [[w0, w1]], recurrent=recurrent, delay=0.0)
+    if recurrent:
+        layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.zeros((1, 1)))
+
+    def final_v(times, t_end):
+        train = sj.SpikeTrain(times, jnp.array([0, 1]))
+        return layer.simulate(train, t_end=t_end, max_spikes=4).final_state.v[0]
+
+    value, (g_times, g_end) = jax.jit(jax.value_and_grad(final_v, (0, 1)))(
+        jnp.array([t0, t_end]), jnp.asarray(t_end)
+    )
+    v_minus = w0 * np.exp(-(t_end - t0) / tau)
+    np.testing.assert_allclose(float(value), v_minus + w1, rtol=1e-13)
+    np.testing.assert_allclose(
+        np.asarray(g_times), [v_minus / tau, w1 / tau], rtol=1e-12
+    )
+    np.testing.assert_allclose(float(g_end), -(v_minus + w1) / tau, rtol=1e-12)

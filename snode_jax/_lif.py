@@ -354,8 +354,10 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         # A refractory period that outlasts the interval (free_after > interval)
         # ends the interval at v_reset (below); its free-evolution value is not
         # used, and clamping keeps its `exp` finite: an overflow there would give
-        # NaN gradients (0 * inf) through the discarded branch.
-        free_in = jnp.minimum(free_after, interval)
+        # NaN gradients (0 * inf) through the discarded branch. A spike exactly at
+        # the end keeps its own time's derivative (`jnp.minimum` would halve it):
+        # the state there is the reset one, flowed for no time since the spike.
+        free_in = jnp.where(free_after <= interval, free_after, interval)
         v_end_spiked = v_inf - u_reset * jnp.exp(-(interval - free_in) / tau)
         v_end_quiet = v_inf - u0 * jnp.exp(-(interval - t0) / tau)
         v_end = jnp.where(spiked, v_end_spiked, v_end_quiet)

@@ -1259,3 +1259,66 @@ def test_surrogate_with_an_array_parameter():
     ]
     assert_grads_close(one, expected[0], 1e-12)
     assert_grads_close(whole, jax.tree.map(lambda *g: sum(g), *expected), 1e-12)
+
+
+def test_spike_exactly_at_an_interval_end():
+    """LIF from rest on a held drive (v_inf = 2 w, threshold 1, reset 0, tau = 10,
+    w = 1) fires at T = tau ln(2w / (2w - 1)) = tau ln 2, dT/dw = -10. An interval
+    ending exactly at T ends in the reset state, flowed for no time since the
+    spike: from the right, dv/dL = v_inf / tau = 0.2 and dv/dw = -0.2 dT/dw = 2.
+    Cut there, a longer run's state and gradient are those of the run cut nowhere:
+    v(9) = v_inf (1 - e^(-(9 - T) / tau)), dv(9)/dw = 2 (the closed form's
+    derivative). The same state read through `save_times` at T."""
+    tau = 10.0
+    layer = sj.SpikingODELayer(
+        1, 1, sj.ODELIFDynamics(tau_mem=tau), key=jax.random.key(0), dtype=jnp.float64
+    )
+    x = jnp.array([[0.2]])
+
+    def run(w, lengths, x):
+        sol = eqx.tree_at(lambda m: m.weight, layer, w).simulate(
+            x, lengths, max_spikes=4
+        )
+        return sol.interval_states.v[:, 0]
+
+    w = jnp.ones((1, 1))
+    sol = eqx.tree_at(lambda m: m.weight, layer, w).simulate(x, 10.0, max_spikes=4)
+    t_spike = float(sol.spike_times[0, 0])
+    assert t_spike == tau * np.log(2.0)
+
+    def one(length, w):
+        return run(w, length, x)[0]
+
+    value, grads = jax.jit(jax.value_and_grad(one, (0, 1)))(jnp.asarray(t_spike), w)
+    # v_reset, up to rounding in v_inf (2): the time since the spike is 0 or an ulp.
+    assert abs(float(value)) <= 4 * np.finfo(np.float64).eps
+    np.testing.assert_allclose(float(grads[0]), 0.2, rtol=1e-12)
+    np.testing.assert_allclose(float(grads[1][0, 0]), 2.0, rtol=1e-12)
+
+    def split(w):
+        return run(w, jnp.array([t_spike, 9.0 - t_spike]), jnp.concatenate([x, x]))[1]
+
+    def whole(w):
+        return run(w, 9.0, x)[0]
+
+    v9 = 2.0 * (1.0 - np.exp(-(9.0 - t_spike) / tau))
+    for f in (split, whole):
+        value, grad = jax.jit(jax.value_and_grad(f))(w)
+        np.testing.assert_allclose(float(value), v9, rtol=1e-13)
+        np.testing.assert_allclose(float(grad[0, 0]), 2.0, rtol=1e-12)
+
+    def saved(s, w):
+        sol = eqx.tree_at(lambda m: m.weight, layer, w).simulate(
+            x, 10.0, max_spikes=4, save_times=s
+        )
+        return sol.saved_states.v[:, 0]
+
+    s = jnp.array([t_spike, 9.0])
+    np.testing.assert_allclose(
+        np.diag(np.asarray(jax.jacrev(saved)(s, w))),
+        [0.2, 0.2 * np.exp(-(9.0 - t_spike) / tau)],
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        np.asarray(jax.jacrev(saved, 1)(s, w)).ravel(), [2.0, 2.0], rtol=1e-12
+    )

@@ -97,15 +97,20 @@ def implicit_crossing(
     return h - tangent(g) / safe_slope
 
 
-def next_stop(t_event, t_end):
-    """The clock's next stop: the next event or the run's end, whichever comes first.
+def earliest(*times):
+    """The earliest of `times`, the clock's next stop; on a tie, the first listed.
 
-    The end wins a tie. The final state is that at `t_end`, so the clock stopping
-    there must carry `t_end`'s derivative; an event at that instant is applied with
-    its own time's derivative ([`jump_at`][], [`reset_at`][]) whatever the clock's.
-    (`jnp.minimum` would split a tie's derivative between the two.)
+    Its derivative is that of the time chosen (`jnp.minimum` would split a tie's
+    derivative between the two). The order matters where the clock's derivative is
+    not corrected afterwards: the run's end first (the final state is that at
+    `t_end`), then a switch of held current (which takes effect at the clock);
+    a jump at that instant is applied with its own time's derivative whatever the
+    clock's ([`jump_at`][], [`reset_at`][]).
     """
-    return jnp.where(t_end <= t_event, t_end, t_event)
+    out = times[-1]
+    for t in reversed(times[:-1]):
+        out = jnp.where(t <= out, t, out)
+    return out
 
 
 def jump_at(dynamics: AbstractExactFlowDynamics, t, y: State, amount, offset, current):

@@ -38,10 +38,10 @@ from jaxtyping import Array, Bool, Float, Int
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._event_flow import (
+    earliest,
     implicit_crossing,
     jump_at,
     locate_crossings,
-    next_stop,
     reset_at,
 )
 from ._event_run import EventRun, EventSchedule, finished_run
@@ -165,8 +165,11 @@ def simulate_events(
             current = schedule.currents[s.interval_index]
             amount = jnp.where(jumps, amount, 0)
             y = jump_at(dynamics, s.t, s.y, amount, offset, current)
-            # A neuron this jump lifts to threshold fires at the jump's time.
-            lifted = jumps & (dynamics.threshold(y) >= 0)
+            # A neuron this jump lifts to threshold fires at the jump's time (not
+            # at that of a later jump at this instant, which finds it there).
+            lifted = (
+                jumps & (dynamics.threshold(y) >= 0) & (dynamics.threshold(s.y) < 0)
+            )
             return eqx.tree_at(
                 lambda s: (s.y, s.next_input, s.next_delivery, s.fire_shift),
                 s,
@@ -241,7 +244,7 @@ def simulate_events(
 
         def advance(s: EventState) -> EventState:
             t_in, t_rec, t_switch = upcoming(s)
-            t_next = next_stop(jnp.minimum(jnp.minimum(t_in, t_rec), t_switch), t_end)
+            t_next = earliest(t_end, t_switch, t_in, t_rec)
             current = schedule.currents[s.interval_index]
             # Which neurons cross before `t_next`, and when: decisions on constants.
             # (No neuron is at threshold here: it would have fired.)

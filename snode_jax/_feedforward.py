@@ -35,7 +35,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._event_flow import locate_crossings, next_stop
+from ._event_flow import earliest, locate_crossings
 from ._event_run import EventRun, EventSchedule, finished_run
 from ._misc import vary_like
 from ._replay import with_replay_gradient
@@ -208,7 +208,7 @@ def simulate_feedforward(
 
     def body_fun(s: FeedforwardState) -> FeedforwardState:
         t_in, t_switch = upcoming(s)
-        t_next = next_stop(jnp.minimum(t_in, t_switch), t_end)
+        t_next = earliest(t_end, t_switch, t_in)
         s, crossed = advance(s, t_next)
         # Once no neuron crossed on the way, all are at `t_next`.
         s = lax.cond(

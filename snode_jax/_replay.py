@@ -30,7 +30,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._event_flow import implicit_crossing, jump_at, next_stop, reset_at
+from ._event_flow import earliest, implicit_crossing, jump_at, reset_at
 from ._event_run import EventSchedule
 from ._misc import (
     max_across_devices,
@@ -100,7 +100,7 @@ def _replay_step(
         is_instant = instant[rows, slot]
         i, t_in, t_switch = upcoming(s)
         t_in_c, t_switch_c = lax.stop_gradient((t_in, t_switch))
-        t_next = next_stop(jnp.minimum(t_in, t_switch), t_end)
+        t_next = earliest(t_end, t_switch, t_in)
         t_next_c = lax.stop_gradient(t_next)
         settled = t_in_c > clock_c
         do_fire = has_spike & is_instant & (spike_c == clock_c) & settled
@@ -143,7 +143,11 @@ def _replay_step(
         offset = tangent(offset)
         current_event = schedule.currents[interval, rows]
         y_event = jump_at(dynamics, clock, y_flow, amount, offset, current_event)
-        lifted = is_input & (dyn_c.threshold(lax.stop_gradient(y_event)) >= 0)
+        # (The jump that lifts the neuron to threshold, not a later one there.)
+        below, above = lax.stop_gradient(
+            (dyn_c.threshold(y_flow) < 0, dyn_c.threshold(y_event) >= 0)
+        )
+        lifted = is_input & below & above
         shift = jnp.where(lifted, offset, jnp.where(behind, 0, s.shift))
 
         def pick(cross, fire, event, rest):

@@ -857,3 +857,97 @@ def test_input_spike_at_t_end_gradient(recurrent):
         np.asarray(g_times), [v_minus / tau, w1 / tau], rtol=1e-12
     )
     np.testing.assert_allclose(float(g_end), -(v_minus + w1) / tau, rtol=1e-12)
+
+
+@pytest.mark.parametrize("recurrent", [True, False], ids=["global", "replayed"])
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)], ids=["lifting-first", "last"])
+@pytest.mark.parametrize("w_other", [0.2, -0.2])
+def test_instant_spike_takes_the_time_of_the_input_that_lifts(
+    recurrent, order, w_other
+):
+    """Two input spikes at one instant, one lifting the neuron past threshold alone
+    (weight 1.5) and one not (+-0.2): the spike is at the lifting input's time
+    whichever of the two moves a little and whichever the train lists first, so its
+    derivative is 1 with respect to that input and 0 to the other."""
+    dyn = sj.ODELIFDynamics(tau_mem=10.0)
+    layer = _layer(2, 1, dyn, [[1.5, w_other]], recurrent=recurrent, delay=0.0)
+    if recurrent:
+        layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.zeros((1, 1)))
+    sources = jnp.array(order)
+
+    def spike_time(times):
+        train = sj.SpikeTrain(times, sources)
+        return layer.simulate(train, t_end=5.0, max_spikes=4).spike_times[0, 0]
+
+    value, grad = jax.jit(jax.value_and_grad(spike_time))(jnp.array([2.0, 2.0]))
+    assert float(value) == 2.0
+    lifting = order.index(0)
+    np.testing.assert_array_equal(np.asarray(grad), np.eye(2)[lifting])
+
+
+def test_instant_spike_lifted_by_an_input_at_a_delivery():
+    """The same on a recurrent layer, the other jump a delivered spike: A fires at
+    t0 = 1 (input 1.2) and reaches B 2 ms later (0.2), when B's own input (1.5)
+    lifts it alone: B's spike time moves with that input, not with t0."""
+    layer = _layer(
+        2,
+        2,
+        sj.ODELIFDynamics(tau_mem=10.0),
+        [[1.2, 0.0], [0.0, 1.5]],
+        recurrent=True,
+        delay=2.0,
+    )
+    layer = eqx.tree_at(
+        lambda m: m.recurrent_weight, layer, jnp.array([[0.0, 0.0], [0.2, 0.0]])
+    )
+
+    def spike_time(times):
+        train = sj.SpikeTrain(times, jnp.array([0, 1]))
+        return layer.simulate(train, t_end=5.0, max_spikes=4).spike_times[1, 0]
+
+    value, grad = jax.jit(jax.value_and_grad(spike_time))(jnp.array([1.0, 3.0]))
+    assert float(value) == 3.0
+    np.testing.assert_array_equal(np.asarray(grad), [0.0, 1.0])
+
+
+def test_delivery_at_an_interval_boundary_gradient():
+    """A recurrent layer on held currents whose delivered spike arrives exactly at
+    an interval boundary. Neuron 0 (current 0.5, then 0) fires once at
+    tau ln(5/4); the delay puts its delivery (0.3) to neuron 1 at the boundary
+    L = 3. Neuron 1 (current 0.03, then 0.07, never firing) ends at 2L; the switch
+    moves with L, and moving it by dt changes neuron 1's potential by
+    dt (0.03 - 0.07) / C whatever the potential is, so v1(2L) is differentiable in
+    L at the tie. Checked against the closed form's central difference."""
+    tau, L, J = 10.0, 3.0, 0.3
+    dyn = sj.ODELIFDynamics(tau_mem=tau)
+    x = jnp.array([[0.5, 0.03], [0.0, 0.07]])
+    weight = [[1.0, 0.0], [0.0, 1.0]]
+    probe = _layer(2, 2, dyn, weight, recurrent=True, delay=5.0)
+    t_spike = float(probe.simulate(x, L, max_spikes=4).spike_times[0, 0])
+    np.testing.assert_allclose(t_spike, tau * np.log(5 / 4), rtol=1e-14)
+    delay = L - t_spike
+    while t_spike + delay != L:  # the arrival exactly at the boundary
+        delay = np.nextafter(delay, np.inf if t_spike + delay < L else -np.inf)
+    layer = _layer(2, 2, dyn, weight, recurrent=True, delay=delay)
+    layer = eqx.tree_at(
+        lambda m: m.recurrent_weight, layer, jnp.array([[0.0, 0.0], [J, 0.0]])
+    )
+
+    def v1(L):
+        return layer.simulate(x, L, max_spikes=4).final_state.v[1]
+
+    def closed(L, arrival=L):
+        def flow(v, current, h):
+            return current * tau + (v - current * tau) * np.exp(-h / tau)
+
+        if L >= arrival:
+            v = flow(flow(0.0, 0.03, arrival) + J, 0.03, L - arrival)
+            return flow(v, 0.07, L)
+        v = flow(flow(0.0, 0.03, L), 0.07, arrival - L) + J
+        return flow(v, 0.07, 2 * L - arrival)
+
+    value, grad = jax.jit(jax.value_and_grad(v1))(jnp.asarray(L))
+    np.testing.assert_allclose(float(value), closed(L), rtol=1e-13)
+    h = 1e-5
+    fd = (closed(L + h) - closed(L - h)) / (2 * h)
+    np.testing.assert_allclose(float(grad), fd, rtol=1e-8)

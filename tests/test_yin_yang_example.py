@@ -50,7 +50,7 @@ def test_training_reduces_loss_and_compiles_once(example, optimizer):
     net = example.make_network(jax.random.key(0), 20)
     opt_state = optimizer.init(eqx.filter(net, example.trainable(net)))
 
-    traces_before = example.TRACE_COUNT["train_step"]
+    traces = [example.TRACE_COUNT["train_step"]]
     losses = []
     for _ in range(6):
         # Each step returns the loss of the parameters it starts from.
@@ -60,8 +60,11 @@ def test_training_reduces_loss_and_compiles_once(example, optimizer):
         assert int(failed) == 0
         assert jnp.isfinite(loss) and 0 <= float(accuracy) <= 1
         losses.append(float(loss))
-    # Traced once for the first call; the following calls reuse it.
-    assert example.TRACE_COUNT["train_step"] - traces_before == 1
+        traces.append(example.TRACE_COUNT["train_step"])
+    # Traced at most once, for the first call (not at all if an earlier test in
+    # this module traced these shapes already); the following calls reuse it.
+    assert traces[1] - traces[0] <= 1 and traces[1] >= 1
+    assert traces[-1] == traces[1], traces
     assert losses[-1] < losses[0], losses
     # Only the weights are trained; the neuron parameters are unchanged.
     assert jnp.array_equal(net.layers[0].dynamics.tau_mem, example.TAU_MEM)

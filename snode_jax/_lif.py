@@ -354,10 +354,14 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         # A refractory period that outlasts the interval (free_after > interval)
         # ends the interval at v_reset (below); its free-evolution value is not
         # used, and clamping keeps its `exp` finite: an overflow there would give
-        # NaN gradients (0 * inf) through the discarded branch. A spike exactly at
-        # the end keeps its own time's derivative (`jnp.minimum` would halve it):
+        # NaN gradients (0 * inf) through the discarded branch. A spike at the end
+        # keeps its own time's derivative (`jnp.minimum` would halve it on a tie):
         # the state there is the reset one, flowed for no time since the spike.
-        free_in = jnp.where(free_after <= interval, free_after, interval)
+        # Without a refractory period nothing is clamped: a last spike counted in
+        # this interval lies after its end only by rounding.
+        free_in = jnp.where(
+            (free_after <= interval) | (t_ref == 0), free_after, interval
+        )
         v_end_spiked = v_inf - u_reset * jnp.exp(-(interval - free_in) / tau)
         v_end_quiet = v_inf - u0 * jnp.exp(-(interval - t0) / tau)
         v_end = jnp.where(spiked, v_end_spiked, v_end_quiet)
@@ -368,7 +372,8 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         v_free = v_inf - u_seg * jnp.exp(-(interval - seg_start) / tau)
         refractory = None
         if y.refractory is not None:
-            ends_blocked = spiked & (free_after >= interval)
+            # (A refractory period of 0 blocks nothing, even at a spike at the end.)
+            ends_blocked = spiked & (t_ref > 0) & (free_after >= interval)
             v_end = jnp.where(ends_blocked, self.v_reset, v_end)
             v_end = jnp.where(blocked_start, y.v, v_end)
             refractory = jnp.where(ends_blocked, free_after - interval, 0.0)

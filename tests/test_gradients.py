@@ -1261,17 +1261,23 @@ def test_surrogate_with_an_array_parameter():
     assert_grads_close(whole, jax.tree.map(lambda *g: sum(g), *expected), 1e-12)
 
 
-def test_spike_exactly_at_an_interval_end():
+@pytest.mark.parametrize("t_ref", [None, 0.0])
+def test_spike_exactly_at_an_interval_end(t_ref):
     """LIF from rest on a held drive (v_inf = 2 w, threshold 1, reset 0, tau = 10,
     w = 1) fires at T = tau ln(2w / (2w - 1)) = tau ln 2, dT/dw = -10. An interval
     ending exactly at T ends in the reset state, flowed for no time since the
     spike: from the right, dv/dL = v_inf / tau = 0.2 and dv/dw = -0.2 dT/dw = 2.
     Cut there, a longer run's state and gradient are those of the run cut nowhere:
     v(9) = v_inf (1 - e^(-(9 - T) / tau)), dv(9)/dw = 2 (the closed form's
-    derivative). The same state read through `save_times` at T."""
+    derivative). The same state read through `save_times` at T. A refractory
+    period of 0 changes nothing (its time left stays 0, with no derivative)."""
     tau = 10.0
     layer = sj.SpikingODELayer(
-        1, 1, sj.ODELIFDynamics(tau_mem=tau), key=jax.random.key(0), dtype=jnp.float64
+        1,
+        1,
+        sj.ODELIFDynamics(tau_mem=tau, t_ref=t_ref),
+        key=jax.random.key(0),
+        dtype=jnp.float64,
     )
     x = jnp.array([[0.2]])
 
@@ -1288,6 +1294,20 @@ def test_spike_exactly_at_an_interval_end():
 
     def one(length, w):
         return run(w, length, x)[0]
+
+    if t_ref is not None:
+
+        def refractory_left(length, w):
+            sol = eqx.tree_at(lambda m: m.weight, layer, w).simulate(
+                x, length, max_spikes=4
+            )
+            return sol.interval_states.refractory[0, 0]
+
+        value, grads = jax.value_and_grad(refractory_left, (0, 1))(
+            jnp.asarray(t_spike), w
+        )
+        assert float(value) == 0.0
+        assert float(grads[0]) == 0.0 and float(grads[1][0, 0]) == 0.0
 
     value, grads = jax.jit(jax.value_and_grad(one, (0, 1)))(jnp.asarray(t_spike), w)
     # v_reset, up to rounding in v_inf (2): the time since the spike is 0 or an ulp.

@@ -172,13 +172,26 @@ def _interval_backward(
         return jnp.where(stored, picked, 0)
 
     def end_cotangent(end: AdaptiveState):
-        # The soft counts' surrogate term, from the end state.
-        def soft_count(p, y):
-            return surrogate_zero(p[0].threshold(y), surrogate)
+        # The soft counts' surrogate term, from the end state; and the end state
+        # moved from the time the loop stopped at to the interval's end, equal in
+        # value, `y + f(y) (interval - t)`: a lane that stopped on a crossing
+        # located exactly at the end carries the crossing's time, not the
+        # interval's, and the reset state there must still flow to the end.
+        f = lax.stop_gradient(dynamics.vector_field(end.t, end.y, current))
+        f = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, 0), f)
+        # (Per neuron: the end state's cotangent along the field.)
+        along = sum(
+            jnp.sum(jnp.reshape(c * a, (n, -1)), axis=1)
+            for c, a in zip(jax.tree.leaves(ct_y), jax.tree.leaves(f))
+        )
 
-        _, vjp = jax.vjp(soft_count, params, end.y)
-        d_p, d_y = vjp(ct_count)
-        return d_p, (jnp.zeros((n,), dtype), d_y)
+        def end_terms(p, t, y):
+            soft = surrogate_zero(p[0].threshold(y), surrogate)
+            return soft, p[2] - t
+
+        _, vjp = jax.vjp(end_terms, params, end.t, end.y)
+        d_p, d_t, d_y = vjp((ct_count, along))
+        return d_p, (d_t, d_y)
 
     ct_params, (_, ct_y0), end, _ = reverse_segments(
         advance,

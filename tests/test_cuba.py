@@ -1,6 +1,7 @@
 """Current-based LIF against its closed-form flow, with crossings found by a fine
 grid scan and Brent's method (independent of the library's interior-peak test)."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,3 +200,65 @@ def test_cuba_errors():
         sj.CubaLIFDynamics(tau_syn=0.0)
     with pytest.raises(ValueError, match="`v_reset` must be < `v_threshold`"):
         sj.CubaLIFDynamics(v_reset=1.0)
+
+
+@pytest.mark.parametrize("solver", ["exact", "tsit5"])
+def test_spike_exactly_at_an_interval_end_gradient(solver):
+    """A CubaLIF from rest on a drive held over two intervals, the first ending
+    exactly at its first spike t* (the adaptive loop stops on the crossing, located
+    at the interval's end). The state there is the reset one, flowed for no time:
+    from the right, dv/dL = f(reset) = i(t*), dv/dw = -i(t*) dt*/dw. The drive is
+    the same in both intervals, so the state at the end of the second does not
+    depend on where the first ends: its derivatives are those of the run cut
+    anywhere, checked by central differences."""
+    tau_mem, tau_syn, w = 10.0, 5.0, 0.4
+    kwargs = (
+        {} if solver == "exact" else dict(solver=sj.Tsit5(), rtol=1e-12, atol=1e-12)
+    )
+    layer = sj.SpikingODELayer(
+        1,
+        1,
+        sj.CubaLIFDynamics(tau_mem=tau_mem, tau_syn=tau_syn),
+        dtype=jnp.float64,
+        key=jax.random.key(0),
+        **kwargs,
+    )
+    x = jnp.ones((2, 1))
+
+    @jax.jit
+    def run(length, w):
+        lengths = jnp.stack([length, jnp.asarray(2.0)])
+        sol = eqx.tree_at(lambda m: m.weight, layer, jnp.reshape(w, (1, 1))).simulate(
+            x, lengths, max_spikes=8
+        )
+        return sol.interval_states.v[:, 0], sol.counts[:, 0], sol.spike_times[0, 0]
+
+    t_star = float(run(jnp.asarray(20.0), w)[2])
+    # The first interval ends at the first length that counts the spike in it:
+    # the crossing, up to the rounding of a search that ends on the interval's end.
+    for _ in range(4):
+        vs, counts, _ = run(jnp.asarray(t_star), w)
+        if int(counts[0]) == 1:
+            break
+        t_star = float(np.nextafter(t_star, np.inf))
+    assert np.asarray(counts).tolist() == [1, 0]
+    assert abs(float(vs[0])) <= 1e-14
+    i_star = w * (1 - np.exp(-t_star / tau_syn))
+    h = 1e-6
+    dt_dw = (float(run(20.0, w + h)[2]) - float(run(20.0, w - h)[2])) / (2 * h)
+    for index, expected in (
+        (0, (i_star, -i_star * dt_dw)),
+        (
+            1,
+            (
+                (float(run(t_star + h, w)[0][1]) - float(run(t_star - h, w)[0][1]))
+                / (2 * h),
+                (float(run(t_star, w + h)[0][1]) - float(run(t_star, w - h)[0][1]))
+                / (2 * h),
+            ),
+        ),
+    ):
+        grad = jax.grad(lambda L, w: run(L, w)[0][index], (0, 1))(
+            jnp.asarray(t_star), jnp.asarray(w)
+        )
+        np.testing.assert_allclose([float(g) for g in grad], expected, rtol=1e-6)

@@ -106,6 +106,7 @@ def integrate(
     surrogate: AbstractSurrogate | None = None,
     adjoint: AbstractAdjoint | None = None,
     throw: bool = False,
+    backward_throw: bool | None = None,
 ) -> Solution:
     """Simulate a layer over consecutive intervals of held input.
 
@@ -124,6 +125,9 @@ def integrate(
 
     With `throw=True` an unsuccessful run raises (under `eqx.filter_jit`, as a clean
     error naming the failed condition or the [`RESULTS`][] item).
+    `backward_throw` (default: `throw`) is the same for the default adjoint's own
+    check in the backward pass (see [`RerunAdjoint`][]), for a caller that
+    reports the forward run's outcome itself.
     """
     dtype = jnp.result_type(weight, inputs)
     dynamics = dynamics.astype(dtype)
@@ -148,7 +152,9 @@ def integrate(
     integrator = make_integrator(
         dynamics, solver, stepsize_controller, root_finder, max_steps
     )
-    adjoint = default_adjoint(integrator, throw) if adjoint is None else adjoint
+    if adjoint is None:
+        check = throw if backward_throw is None else backward_throw
+        adjoint = default_adjoint(integrator, check)
     surrogate = ArctanSurrogate() if surrogate is None else surrogate
 
     # A weight that is NaN or inf makes some current nonfinite (x is finite, or

@@ -20,6 +20,8 @@ state of that neuron just after its reset is returned (as `interval_states` and
   scan over inputs, spikes and save times, without any crossing search.
 """
 
+from functools import partial
+
 import equinox as eqx
 import jax
 import jax.lax as lax
@@ -101,6 +103,11 @@ def save_times_invalid(save_times, duration) -> Bool[Array, ""]:
     return bad | jnp.any(save_times[1:] < save_times[:-1])
 
 
+# How far (in units of rounding of the save time) a recorded spike may lie before a
+# save time and still be the one its piece ends on.
+_SPIKE_ROUNDING = 256
+
+
 def _post_reset(dynamics: AbstractDynamics, y: State) -> State:
     """The state just after a spike in the state `y` at the crossing."""
     out = dynamics.reset(y)
@@ -120,6 +127,7 @@ def dense_saved_states(
     inputs: Float[Array, "time n_inputs"],
     state0: State,
     save_times: Float[Array, " save"],
+    throw: bool = False,
     **integrate_kwargs,
 ) -> tuple[State, RESULTS]:
     """The state at each of `save_times` of a run on dense inputs, `sol`, and the
@@ -134,6 +142,10 @@ def dense_saved_states(
     - `sol`: the run.
     - `dynamics`, `solver`, `weight`, `inputs`, `state0`: as given to it.
     - `save_times`: ascending times in `[0, sol.duration]` (ms).
+    - `throw`: whether the gradient raises where the backward pass of the second
+        run fails its check (on the adaptive path: a rerun giving other spike
+        counts, see [`RerunAdjoint`][]); else that gradient is NaN. Its forward
+        outcome is returned either way.
     - `integrate_kwargs`: the run's step settings (`stepsize_controller`,
         `root_finder`, `max_steps`, `surrogate`).
 
@@ -176,6 +188,7 @@ def dense_saved_states(
         max_spikes=0,
         keep_interval_states=True,
         throw=False,
+        backward_throw=throw,
         **integrate_kwargs,
     )
     assert run.interval_states is not None
@@ -190,15 +203,21 @@ def dense_saved_states(
     # A save time equal to a recorded spike time gets the state after the reset.
     # The piece ends on that crossing, which its rounding (or on the Runge-Kutta
     # path, its own steps) may place just after the end; then it holds the state
-    # at the threshold, one spike short.
+    # at the threshold, one spike short, and fires there (`_fire_at_end`). The
+    # recorded time itself may differ from the save time by rounding too (the run
+    # and its pieces are different programs, and a save time may come from
+    # another run): a spike recorded that close before the save time counts.
     recorded = lax.stop_gradient(sol.spike_times)  # ascending per neuron
     upto = jax.vmap(lambda row: jnp.searchsorted(row, times, side="right"))(recorded)
     last = jnp.take_along_axis(recorded, jnp.maximum(upto - 1, 0), axis=1)
-    on_spike = ((upto > 0) & (last == times[None])).T  # (save, neuron)
+    close = _SPIKE_ROUNDING * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(times), 1)
+    on_spike = ((upto > 0) & (last >= times[None] - close[None])).T  # (save, neuron)
     upto = upto.T
     seen = running_sum(lax.stop_gradient(run.counts).astype(jnp.int32), axis=0)[piece]
     short = on_spike & ~at_zero[:, None] & (seen == upto - 1)
-    y = jax.vmap(lambda s, m: _where(m, _post_reset(dynamics, s), s))(y, short)
+    piece_current = input_currents(piece_inputs[piece], weight)  # (save, neuron)
+    fired = jax.vmap(partial(_fire_at_end, dynamics))(times, y, piece_current)
+    y = jax.vmap(_where)(short, fired, y)
     y = jax.tree.map(lambda a, s0: jnp.where(at_zero[:, None], s0[None], a), y, state0)
     # A save time that ends its own piece is differentiated through the run (the
     # piece's length). One that does not (it equals an interval end, an earlier
@@ -225,6 +244,30 @@ def dense_saved_states(
     result = run.result
     full = result == RESULTS.spike_buffer_full
     return y, RESULTS.where(full, RESULTS.successful, result)
+
+
+def _fire_at_end(dynamics: AbstractDynamics, t, y: State, current) -> State:
+    """The state just after the spike of neurons found at threshold at `t`, their
+    crossing located there: equal in value to the reset state, with the derivative
+    of the state at `t` after a spike at the crossing's own time `t + h`.
+
+    To first order the crossing is `h = -g / g'` from the margin `g` (zero in value
+    here) and its rate along the flow `g'`; the state fires at `t + h` and the
+    reset state flows back to `t` (as [`reset_at`][] on the event engines)."""
+
+    def field(y):
+        # (Lanes that do not fire are discarded; keep them finite for the gradient.)
+        f = dynamics.vector_field(t, y, current)
+        return jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, 0), f)
+
+    f = field(y)
+    g, rate = jax.jvp(dynamics.threshold, (y,), (f,))
+    rate = lax.stop_gradient(rate)
+    shift = -tangent(g) / jnp.where(rate != 0, rate, 1)
+    y_fire = jax.tree.map(lambda a, fa: a + expand(shift, a) * fa, y, f)
+    post = _post_reset(dynamics, y_fire)
+    f_post = field(post)
+    return jax.tree.map(lambda a, fa: a - expand(shift, a) * fa, post, f_post)
 
 
 def _where(mask, a: State, b: State) -> State:
@@ -389,6 +432,7 @@ def integrate_saving(
         inputs.astype(dtype),
         jax.tree.map(lambda a: jnp.asarray(a, dtype), state),
         save_times,
+        throw=throw,
         **kwargs,
     )
     return _finish(sol, save_times, states, result, throw)

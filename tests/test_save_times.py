@@ -504,3 +504,87 @@ def test_jit_and_vmap(lif_case, spike_case):
         np.testing.assert_allclose(
             ev_run.saved_states.v[b], one.saved_states.v, atol=1e-12
         )
+
+
+def _cuba_unit_response(t, tau_mem, tau_syn):
+    """CubaLIF from rest on a unit drive held from 0 (v' = -v / tau_mem + i,
+    i = 1 - exp(-t / tau_syn)): v(t) = tau_mem + c exp(-t / tau_syn) - (tau_mem + c)
+    exp(-t / tau_mem), c = tau_mem tau_syn / (tau_mem - tau_syn)."""
+    c = tau_mem * tau_syn / (tau_mem - tau_syn)
+    return tau_mem + c * np.exp(-t / tau_syn) - (tau_mem + c) * np.exp(-t / tau_mem)
+
+
+@pytest.mark.parametrize("model", ["lif", "lif_refractory", "cuba"])
+def test_gradient_at_own_spike_times(model):
+    """Each neuron saved at its own first spike time, from rest on a drive `w` held
+    from 0: the state right after the reset at t*, so with f the vector field there
+    d/ds = f(reset) and d/dw = -f(reset) dt*/dw, the latter from the implicit
+    function theorem on a closed form v(t) = w k(t): dt*/dw = -k(t*) / (w k'(t*)).
+    (The pieces of the run end on those crossings, which rounding places on either
+    side of the save time: some neurons here land on each.) With a refractory
+    period the time left, t_ref - (s - t*), is what moves: -1 and dt*/dw."""
+    tau_syn = 5.0
+    ws = np.array([0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55])
+    if model == "cuba":
+        dyn = sj.CubaLIFDynamics(tau_mem=TAU, tau_syn=tau_syn)
+        ws = ws / 2
+
+        def k(t):
+            return _cuba_unit_response(t, TAU, tau_syn)
+
+        def slope(t, w):  # dv/dt before the spike, per unit w
+            return -k(t) / TAU + (1 - np.exp(-t / tau_syn))
+
+        def field_after(t, w):  # dv/dt after the reset (v = 0): the current
+            return w * (1 - np.exp(-t / tau_syn))
+    else:
+        dyn = sj.ODELIFDynamics(TAU, t_ref=2.0 if model == "lif_refractory" else None)
+        ws = np.linspace(0.06, 0.16, len(ws))  # v_inf = 20 w from 1.2 to 3.2
+
+        def k(t):
+            return TAU * (1 - np.exp(-t / TAU))
+
+        def slope(t, w):
+            return np.exp(-t / TAU)
+
+        def field_after(t, w):
+            return w
+
+    ws = ws[::-1]  # (spike times, and so save times, ascending)
+    layer = with_weight(sj.SpikingODELayer(1, len(ws), dyn, key=KEY), ws[:, None])
+    x, interval = np.ones((4, 1)), 10.0
+    first = np.asarray(layer.simulate(x, interval, max_spikes=8).spike_times[:, 0])
+    assert np.all(np.isfinite(first)) and first.max() < 4 * interval
+    for t, w in zip(first, ws):  # the closed form's crossing
+        np.testing.assert_allclose(w * k(t), 1.0, rtol=1e-12)
+
+    def own(save, weight):
+        sol = with_weight(layer, weight).simulate(
+            x, interval, max_spikes=8, save_times=save
+        )
+        leaf = (
+            sol.saved_states.refractory
+            if model == "lif_refractory"
+            else (sol.saved_states.v)
+        )
+        return jnp.diagonal(leaf)
+
+    @jax.jit
+    def with_jacobian(save, weight):
+        return own(save, weight), jax.jacrev(own, (0, 1))(save, weight)
+
+    # (The save times come from another run, as they would in use: equal to the
+    # spike times of this one up to rounding.)
+    value, (d_save, d_weight) = with_jacobian(jnp.asarray(first), ws[:, None])
+    d_save = np.diagonal(np.asarray(d_save))
+    d_weight = np.asarray(d_weight)[np.arange(len(ws)), np.arange(len(ws)), 0]
+    dt_dw = -k(first) / (ws * slope(first, ws))
+    if model == "lif_refractory":
+        np.testing.assert_allclose(np.asarray(value), 2.0, rtol=1e-12)
+        np.testing.assert_allclose(d_save, -1.0, rtol=1e-12)
+        np.testing.assert_allclose(d_weight, dt_dw, rtol=1e-9)
+    else:
+        np.testing.assert_allclose(np.asarray(value), 0.0, atol=1e-14)
+        f = field_after(first, ws)
+        np.testing.assert_allclose(d_save, f, rtol=1e-9)
+        np.testing.assert_allclose(d_weight, -f * dt_dw, rtol=1e-9)

@@ -419,3 +419,35 @@ def test_adaptive_backward_rerun_must_reproduce_counts(throw):
             assert np.all(np.isnan(np.asarray(g_bad)))
     finally:
         _DRIVE[0] = 1.0
+
+
+@pytest.mark.parametrize("throw", [False, True])
+def test_saved_states_backward_rerun_check_follows_throw(throw):
+    """The states at `save_times` come from a second run split at those times; its
+    backward pass checks its rerun like any other, raising with `throw=True` (the
+    default) rather than returning a NaN gradient. Only the saved states are
+    differentiated here, so only that second run's backward pass runs."""
+    x = np.full((3, 1), 1.0)
+    layer = sj.SpikingODELayer(
+        1, 2, _Drifting(jnp.asarray(10.0)), key=jax.random.key(0)
+    )
+
+    def loss(weight):
+        sol = eqx.tree_at(lambda m: m.weight, layer, weight).simulate(
+            x, 5.0, max_spikes=8, save_times=jnp.array([2.0, 7.0, 12.0]), throw=throw
+        )
+        return jnp.sum(sol.saved_states.v)
+
+    weight = jnp.array([[0.3], [0.5]])
+    _DRIVE[0] = 1.0
+    try:
+        _, vjp = jax.vjp(loss, weight)
+        _DRIVE[0] = 3.0  # the rerun now spikes where the forward pass did not
+        if throw:
+            with pytest.raises(eqx.EquinoxRuntimeError, match="reran an interval"):
+                jax.block_until_ready(eqx.filter_jit(vjp)(jnp.ones(())))
+        else:
+            (g_bad,) = vjp(jnp.ones(()))
+            assert np.all(np.isnan(np.asarray(g_bad)))
+    finally:
+        _DRIVE[0] = 1.0

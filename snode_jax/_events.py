@@ -196,8 +196,14 @@ def simulate_events(
                 jnp.where(spiking, times, old)
             )
             # The state is that at the clock `s.t`; a neuron firing at its own time
-            # `s.t + shift` (equal in value) is reset there.
-            current = schedule.currents[s.interval_index]
+            # `s.t + shift` (equal in value) is reset there. One that reached
+            # threshold by its flow at an interval's start did so under the
+            # previous interval's current, which holds around its own time.
+            k = s.interval_index
+            current = schedule.currents[k]
+            switched = (k > 0) & (schedule.boundaries[k] == s.t)
+            before = schedule.currents[jnp.maximum(k - 1, 0)]
+            current = jnp.where(s.pending & switched, before, current)
             reset = reset_at(dynamics, s.t, s.y, s.fire_shift, current)
             y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
             counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
@@ -273,11 +279,9 @@ def simulate_events(
             pending = crosses & ((found == first) | at_threshold)
             # Zero in value, with the derivative of each firing neuron's own crossing
             # time minus that of the clock: `fire` uses it for that neuron's spike.
-            shift = jnp.where(
-                pending & to_crossing,
-                tangent(h_cross) - tangent(h_new),
-                0,
-            )
+            # (Also for a crossing located at the next event itself, where the
+            # clock takes the event's time and derivative.)
+            shift = jnp.where(pending, tangent(h_cross) - tangent(h_new), 0)
             failed = jnp.any(crosses & ~converged)
             return eqx.tree_at(
                 lambda s: (s.t, s.y, s.pending, s.fire_shift, s.search_failed),

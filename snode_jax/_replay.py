@@ -49,6 +49,8 @@ class _ReplayState(eqx.Module):
     next_input: Int[Array, " n_neurons"]
     slot: Int[Array, " n_neurons"]
     shift: Float[Array, " n_neurons"]
+    # The interval whose current holds around an instant spike's own time.
+    fire_interval: Int[Array, " n_neurons"]
 
 
 def replay_steps(num_inputs: int, num_intervals: int, max_spikes: int) -> int:
@@ -111,28 +113,39 @@ def _replay_step(
         do_event = ~do_fire & ~do_cross & ((clock_c < t_end_c) | due)
         current = schedule.currents[s.interval, rows]
 
-        # cross: to the recorded crossing, with its implicit derivative.
+        # The flow to the next event (taken by `event` below).
+        behind = t_next_c > clock_c
+        h = jnp.where(behind, t_next - s.clock, 0)
+        y_flow = dynamics.exact_flow(s.y, current, h)
+        y_flow = jax.tree.map(lambda a, b: jnp.where(behind, a, b), y_flow, s.y)
+        # A neuron whose flow reaches threshold at that event itself fires there
+        # (an `instant` spike, recorded at the event's time) at its own crossing
+        # time, equal to the event's; unless a jump there lifts it (below).
+        reached = do_event & behind & has_spike & is_instant & (spike_c == t_next_c)
+
+        # cross: to the recorded crossing, with its implicit derivative (and that
+        # of a crossing reached at the next event).
         y_c, current_c = lax.stop_gradient((s.y, current))
 
         def margin(h):
             return dyn_c.threshold(dyn_c.exact_flow(y_c, current_c, h))
 
-        h_c = jnp.where(do_cross, spike_c - clock_c, 0)
+        h_c = jnp.where(
+            do_cross, spike_c - clock_c, jnp.where(reached, t_next_c - clock_c, 0)
+        )
         h_cross = implicit_crossing(dynamics, s.y, current, h_c, margin)
         y_cross = dynamics.reset(dynamics.exact_flow(s.y, current, h_cross))
         t_cross = s.clock + h_cross
         t_cross = spike_c + tangent(t_cross)
 
         # fire: at the instant reached, at the spike's own time.
-        y_fire = reset_at(dynamics, s.clock, s.y, s.shift, current)
+        current_fire = schedule.currents[s.fire_interval, rows]
+        y_fire = reset_at(dynamics, s.clock, s.y, s.shift, current_fire)
         t_fire = s.clock + s.shift
 
-        # event: to the next input, interval start or the end; start the interval
-        # and add one input's weights (see `simulate_feedforward`'s `at_event`).
-        behind = t_next_c > clock_c
-        h = jnp.where(behind, t_next - s.clock, 0)
-        y_flow = dynamics.exact_flow(s.y, current, h)
-        y_flow = jax.tree.map(lambda a, b: jnp.where(behind, a, b), y_flow, s.y)
+        # event: to the next input, interval start or the end (the flow above);
+        # start the interval and add one input's weights (see
+        # `simulate_feedforward`'s `at_event`).
         clock = jnp.where(behind, t_next, s.clock)
         clock_now = lax.stop_gradient(clock)
         interval = s.interval + (t_switch_c <= clock_now).astype(jnp.int32)
@@ -148,7 +161,13 @@ def _replay_step(
             (dyn_c.threshold(y_flow) < 0, dyn_c.threshold(y_event) >= 0)
         )
         lifted = is_input & below & above
-        shift = jnp.where(lifted, offset, jnp.where(behind, 0, s.shift))
+        shift = jnp.where(behind, 0, s.shift)
+        shift = jnp.where(reached, tangent(h_cross) - tangent(h), shift)
+        shift = jnp.where(lifted, offset, shift)
+        # (A neuron reaching threshold by its flow did so under the current before
+        # an interval starting here; one lifted by a jump, under the new one.)
+        fire_interval = jnp.where(lifted | behind, interval, s.fire_interval)
+        fire_interval = jnp.where(reached & ~lifted, s.interval, fire_interval)
 
         def pick(cross, fire, event, rest):
             return jnp.where(
@@ -167,6 +186,7 @@ def _replay_step(
             next_input=s.next_input + (do_event & is_input).astype(jnp.int32),
             slot=s.slot + spiked.astype(jnp.int32),
             shift=pick(s.shift, jnp.zeros_like(s.shift), shift, s.shift),
+            fire_interval=jnp.where(do_event, fire_interval, s.fire_interval),
         )
         time = jnp.where(do_cross, t_cross, t_fire)
         return new, (time, jnp.where(spiked, s.slot, max_spikes))
@@ -218,6 +238,7 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
         next_input=zero,
         slot=zero,
         shift=jnp.zeros((n,), dtype),
+        fire_interval=zero,
     )
     zeros = jnp.zeros((n,), dtype)
     grad_args, (_, grad_init, _), end, _ = reverse_segments(

@@ -951,3 +951,96 @@ def test_delivery_at_an_interval_boundary_gradient():
     h = 1e-5
     fd = (closed(L + h) - closed(L - h)) / (2 * h)
     np.testing.assert_allclose(float(grad), fd, rtol=1e-8)
+
+
+def _first_length_with_the_spike(run, start):
+    """The smallest float near `start` (a few ulps at most) at which `run(t)` has
+    the spike in: there the crossing is located exactly at the run's end or at an
+    interval boundary."""
+    t = start
+    step = -np.inf if run(t) else np.inf
+    for _ in range(16):
+        after = float(np.nextafter(t, step))
+        if step < 0 and not run(after):
+            return t
+        if step > 0 and run(after):
+            return after
+        t = after
+    raise AssertionError(f"no flip near {start!r}")
+
+
+@pytest.mark.parametrize("recurrent", [True, False], ids=["global", "replayed"])
+def test_crossing_exactly_at_t_end_gradient(recurrent):
+    """A LIF pulled up by its rest (v_rest = 2 > threshold 1, tau = 10), kicked by
+    one input w at 0, crosses at t* = tau ln(2 - w); `t_end` exactly there: the
+    spike is in the run, at its own crossing time (dt*/dt_end = 0, dt*/dw =
+    -tau / (2 - w)), and the final state is the reset one flowed for no time
+    (dv/dt_end = f(0) = 2 / tau, dv/dw = -f(0) dt*/dw)."""
+    tau, w = 10.0, 0.1
+    kwargs = dict(recurrent=True, delay=0.5) if recurrent else {}
+    layer = _layer(1, 1, sj.ODELIFDynamics(tau_mem=tau, v_rest=2.0), [[w]], **kwargs)
+    if recurrent:
+        layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.zeros((1, 1)))
+    train = _train([0.0], [0])
+
+    @jax.jit
+    def run(t_end, w):
+        weighted = eqx.tree_at(lambda m: m.weight, layer, jnp.reshape(w, (1, 1)))
+        sol = weighted.simulate(train, t_end=t_end, max_spikes=4)
+        return sol.spike_times[0, 0], sol.final_state.v[0], sol.num_spikes[0]
+
+    t_star = tau * np.log(2.0 - w)
+    np.testing.assert_allclose(float(run(20.0, w)[0]), t_star, rtol=1e-14)
+    t_end = _first_length_with_the_spike(
+        lambda t: int(run(t, w)[2]) == 1, float(run(20.0, w)[0])
+    )
+    assert float(run(t_end, w)[0]) == t_end  # the crossing at the end itself
+    args = (jnp.asarray(t_end), jnp.asarray(w))
+    d_time = jax.grad(lambda t, w: run(t, w)[0], (0, 1))(*args)
+    d_v = jax.grad(lambda t, w: run(t, w)[1], (0, 1))(*args)
+    dt_dw = -tau / (2.0 - w)
+    np.testing.assert_allclose([float(g) for g in d_time], [0.0, dt_dw], atol=1e-12)
+    np.testing.assert_allclose(
+        [float(g) for g in d_v], [2 / tau, -2 / tau * dt_dw], rtol=1e-10
+    )
+
+
+def test_crossing_exactly_at_an_interval_boundary_gradient():
+    """A recurrent layer on held currents (the global-order engine): current w
+    (v_inf = w tau = 2) for L, then w / 2 (v_inf = 1, the threshold) for 5 ms.
+    The first crossing, t* = tau ln 2, falls exactly on the boundary L. From the
+    side where it stays in the first interval (L later): dt*/dL = 0,
+    dt*/dw = tau^2 (1/(w tau) - 1/(w tau - 1)); the reset state then flows under
+    the first current to L, then under the second, v_end = v_inf2 + (v(L) -
+    v_inf2) e^(-5/tau), whose derivatives at the tie are e^(-1/2) 2/tau (in L) and
+    5 tau/10 (1 - e^(-1/2)) + e^(-1/2) (2/tau) (-dt*/dw) (in w)."""
+    tau, w = 10.0, 0.2
+    layer = _layer(
+        1, 1, sj.ODELIFDynamics(tau_mem=tau), [[w]], recurrent=True, delay=0.5
+    )
+    layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.zeros((1, 1)))
+    x = jnp.array([[1.0], [0.5]])
+
+    @jax.jit
+    def run(length, w):
+        weighted = eqx.tree_at(lambda m: m.weight, layer, jnp.reshape(w, (1, 1)))
+        sol = weighted.simulate(x, jnp.stack([length, jnp.asarray(5.0)]), max_spikes=4)
+        return sol.spike_times[0, 0], sol.final_state.v[0]
+
+    t_star = tau * np.log(2.0)
+    length = _first_length_with_the_spike(
+        lambda t: float(run(t, w)[0]) <= t, float(run(20.0, w)[0])
+    )
+    np.testing.assert_allclose(length, t_star, rtol=1e-14)
+    assert float(run(length, w)[0]) == length  # the crossing at the boundary itself
+    args = (jnp.asarray(length), jnp.asarray(w))
+    d_time = jax.grad(lambda t, w: run(t, w)[0], (0, 1))(*args)
+    d_v = jax.grad(lambda t, w: run(t, w)[1], (0, 1))(*args)
+    dt_dw = tau**2 * (1 / (w * tau) - 1 / (w * tau - 1))
+    decay = np.exp(-5.0 / tau)
+    np.testing.assert_allclose([float(g) for g in d_time], [0.0, dt_dw], atol=1e-12)
+    np.testing.assert_allclose(
+        [float(g) for g in d_v],
+        [decay * 2 / tau, tau / 2 * (1 - decay) + decay * 2 / tau * -dt_dw],
+        rtol=1e-10,
+    )

@@ -97,6 +97,16 @@ def implicit_crossing(
     return h - tangent(g) / safe_slope
 
 
+def fire_terms(dynamics: AbstractExactFlowDynamics, t, y: State, shift, current):
+    """The terms, zero in value, that turn the reset of `y` into [`reset_at`][]'s:
+    a neuron firing at its own time `t + shift`, taken with the state and current
+    it crossed with. Stored when the crossing is found, they are added to the
+    reset when the neuron fires, after any other jumps at that instant."""
+    return jax.tree.map(
+        jnp.subtract, reset_at(dynamics, t, y, shift, current), dynamics.reset(y)
+    )
+
+
 def earliest(*times):
     """The earliest of `times`, the clock's next stop; on a tie, the first listed.
 

@@ -39,13 +39,13 @@ from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._event_flow import (
     earliest,
+    fire_terms,
     implicit_crossing,
     jump_at,
     locate_crossings,
-    reset_at,
 )
 from ._event_run import EventRun, EventSchedule, finished_run
-from ._misc import tangent, vary_like
+from ._misc import tangent, vary_like, where_tree
 from ._reverse import checkpointed_while_loop
 from ._root_find import BracketedNewton
 
@@ -63,6 +63,9 @@ class EventState(eqx.Module):
     log_sources: Int[Array, " log"]
     pending: Bool[Array, " n_neurons"]
     fire_shift: Float[Array, " n_neurons"]
+    # Zero in value: what firing at its own time adds to a neuron's reset
+    # (`fire_terms`, taken when its crossing is found).
+    fire_terms: State
     spike_times: Float[Array, "n_neurons max_spikes"]
     num_spikes: Int[Array, " n_neurons"]
     counts: Int[Array, "intervals n_neurons"]
@@ -170,14 +173,23 @@ def simulate_events(
             lifted = (
                 jumps & (dynamics.threshold(y) >= 0) & (dynamics.threshold(s.y) < 0)
             )
+            newly = lifted & ~s.pending
+            terms = fire_terms(dynamics, s.t, y, offset, current)
             return eqx.tree_at(
-                lambda s: (s.y, s.next_input, s.next_delivery, s.fire_shift),
+                lambda s: (
+                    s.y,
+                    s.next_input,
+                    s.next_delivery,
+                    s.fire_shift,
+                    s.fire_terms,
+                ),
                 s,
                 (
                     y,
                     s.next_input + is_input.astype(jnp.int32),
                     s.next_delivery + is_delivery.astype(jnp.int32),
-                    jnp.where(lifted & ~s.pending, offset, s.fire_shift),
+                    jnp.where(newly, offset, s.fire_shift),
+                    where_tree(newly, terms, s.fire_terms),
                 ),
             )
 
@@ -196,15 +208,10 @@ def simulate_events(
                 jnp.where(spiking, times, old)
             )
             # The state is that at the clock `s.t`; a neuron firing at its own time
-            # `s.t + shift` (equal in value) is reset there. One that reached
-            # threshold by its flow at an interval's start did so under the
-            # previous interval's current, which holds around its own time.
-            k = s.interval_index
-            current = schedule.currents[k]
-            switched = (k > 0) & (schedule.boundaries[k] == s.t)
-            before = schedule.currents[jnp.maximum(k - 1, 0)]
-            current = jnp.where(s.pending & switched, before, current)
-            reset = reset_at(dynamics, s.t, s.y, s.fire_shift, current)
+            # `s.t + shift` (equal in value) is reset there, with the state and
+            # current it crossed with (its `fire_terms`: before the other jumps
+            # and any interval start at this instant).
+            reset = jax.tree.map(jnp.add, dynamics.reset(s.y), s.fire_terms)
             y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
             counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
             num_spikes = s.num_spikes + spiking.astype(jnp.int32)
@@ -231,6 +238,7 @@ def simulate_events(
                     s.num_logged,
                     s.pending,
                     s.fire_shift,
+                    s.fire_terms,
                     s.buffer_full,
                 ),
                 s,
@@ -244,6 +252,11 @@ def simulate_events(
                     num_logged,
                     s.pending & ~settled,
                     jnp.where(settled, 0, s.fire_shift),
+                    where_tree(
+                        settled,
+                        jax.tree.map(jnp.zeros_like, s.fire_terms),
+                        s.fire_terms,
+                    ),
                     s.buffer_full | full,
                 ),
             )
@@ -282,11 +295,19 @@ def simulate_events(
             # (Also for a crossing located at the next event itself, where the
             # clock takes the event's time and derivative.)
             shift = jnp.where(pending, tangent(h_cross) - tangent(h_new), 0)
+            terms = fire_terms(dynamics, t_new, y, shift, current)
             failed = jnp.any(crosses & ~converged)
             return eqx.tree_at(
-                lambda s: (s.t, s.y, s.pending, s.fire_shift, s.search_failed),
+                lambda s: (
+                    s.t,
+                    s.y,
+                    s.pending,
+                    s.fire_shift,
+                    s.fire_terms,
+                    s.search_failed,
+                ),
                 s,
-                (t_new, y, pending, shift, s.search_failed | failed),
+                (t_new, y, pending, shift, terms, s.search_failed | failed),
             )
 
         def active(s: EventState):
@@ -323,6 +344,7 @@ def simulate_events(
         log_sources=jnp.zeros((log_size,), jnp.int32),
         pending=jnp.zeros((n,), bool),
         fire_shift=jnp.zeros((n,), dtype),
+        fire_terms=jax.tree.map(jnp.zeros_like, state),
         spike_times=jnp.full((n, max_spikes), jnp.inf, dtype),
         num_spikes=jnp.zeros((n,), jnp.int32),
         counts=jnp.zeros((num_intervals, n), jnp.int32),

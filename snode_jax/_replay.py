@@ -30,7 +30,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._event_flow import earliest, implicit_crossing, jump_at, reset_at
+from ._event_flow import earliest, fire_terms, implicit_crossing, jump_at
 from ._event_run import EventSchedule
 from ._misc import (
     max_across_devices,
@@ -49,8 +49,15 @@ class _ReplayState(eqx.Module):
     next_input: Int[Array, " n_neurons"]
     slot: Int[Array, " n_neurons"]
     shift: Float[Array, " n_neurons"]
-    # The interval whose current holds around an instant spike's own time.
-    fire_interval: Int[Array, " n_neurons"]
+    # Zero in value: what firing at its own time adds to the reset of a neuron
+    # with an instant spike due (`fire_terms`, taken where it reached threshold).
+    fire_terms: State
+
+
+def _differentiated(s: _ReplayState):
+    """The part of the replay's state that carries derivatives from step to step
+    (the rest are its decisions)."""
+    return (s.clock, s.y, s.shift, s.fire_terms)
 
 
 def replay_steps(num_inputs: int, num_intervals: int, max_spikes: int) -> int:
@@ -139,8 +146,7 @@ def _replay_step(
         t_cross = spike_c + tangent(t_cross)
 
         # fire: at the instant reached, at the spike's own time.
-        current_fire = schedule.currents[s.fire_interval, rows]
-        y_fire = reset_at(dynamics, s.clock, s.y, s.shift, current_fire)
+        y_fire = jax.tree.map(jnp.add, dynamics.reset(s.y), s.fire_terms)
         t_fire = s.clock + s.shift
 
         # event: to the next input, interval start or the end (the flow above);
@@ -164,10 +170,18 @@ def _replay_step(
         shift = jnp.where(behind, 0, s.shift)
         shift = jnp.where(reached, tangent(h_cross) - tangent(h), shift)
         shift = jnp.where(lifted, offset, shift)
-        # (A neuron reaching threshold by its flow did so under the current before
-        # an interval starting here; one lifted by a jump, under the new one.)
-        fire_interval = jnp.where(lifted | behind, interval, s.fire_interval)
-        fire_interval = jnp.where(reached & ~lifted, s.interval, fire_interval)
+        # Its firing terms: with the state and current it reached threshold with
+        # (by its flow: before the jumps and any interval start here).
+        crossed_here = lifted | reached
+        terms = fire_terms(
+            dynamics,
+            clock,
+            jax.tree.map(lambda a, b: jnp.where(lifted, a, b), y_event, y_flow),
+            jnp.where(crossed_here, shift, 0),
+            jnp.where(lifted, current_event, current),
+        )
+        kept = jax.tree.map(lambda a: jnp.where(behind, 0, a), s.fire_terms)
+        terms = jax.tree.map(lambda a, b: jnp.where(crossed_here, a, b), terms, kept)
 
         def pick(cross, fire, event, rest):
             return jnp.where(
@@ -186,7 +200,9 @@ def _replay_step(
             next_input=s.next_input + (do_event & is_input).astype(jnp.int32),
             slot=s.slot + spiked.astype(jnp.int32),
             shift=pick(s.shift, jnp.zeros_like(s.shift), shift, s.shift),
-            fire_interval=jnp.where(do_event, fire_interval, s.fire_interval),
+            fire_terms=jax.tree.map(
+                lambda a, b: pick(b, jnp.zeros_like(b), a, b), terms, s.fire_terms
+            ),
         )
         time = jnp.where(do_cross, t_cross, t_fire)
         return new, (time, jnp.where(spiked, s.slot, max_spikes))
@@ -220,10 +236,9 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
 
     def linearised(p, x, rec):
         dyn, w, sched, _ = eqx.combine(p, fixed)
-        clock, y, shift = x
-        s = eqx.tree_at(lambda s: (s.clock, s.y, s.shift), rec[0], (clock, y, shift))
+        s = eqx.tree_at(_differentiated, rec[0], x)
         new, (time, _) = _replay_step(dyn, w, sched, *records)[0](s)
-        return (new.clock, new.y, new.shift), time
+        return _differentiated(new), time
 
     def time_cotangent(rec):
         slot = rec[1]
@@ -238,18 +253,19 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
         next_input=zero,
         slot=zero,
         shift=jnp.zeros((n,), dtype),
-        fire_interval=zero,
+        fire_terms=jax.tree.map(jnp.zeros_like, state),
     )
     zeros = jnp.zeros((n,), dtype)
-    grad_args, (_, grad_init, _), end, _ = reverse_segments(
+    no_terms = jax.tree.map(jnp.zeros_like, state)
+    grad_args, (_, grad_init, _, _), end, _ = reverse_segments(
         advance,
         lambda s: jnp.any(working(s)),
         linearised,
-        lambda rec: (rec[0].clock, rec[0].y, rec[0].shift),
+        lambda rec: _differentiated(rec[0]),
         time_cotangent,
         differentiated,
         init,
-        (zeros, grad_state, zeros),
+        (zeros, grad_state, zeros, no_terms),
         replay_steps(num_inputs, num_intervals, max_spikes),
     )
     # The initial state's own cotangent (where it is differentiated).

@@ -1044,3 +1044,40 @@ def test_crossing_exactly_at_an_interval_boundary_gradient():
         [decay * 2 / tau, tau / 2 * (1 - decay) + decay * 2 / tau * -dt_dw],
         rtol=1e-10,
     )
+
+
+@pytest.mark.parametrize("recurrent", [True, False], ids=["global", "replayed"])
+def test_cuba_crossing_exactly_at_an_input_gradient(recurrent):
+    """A CubaLIF (an input jumps its synaptic current) whose flow reaches threshold
+    exactly at the time of its second input. The spike takes its crossing's
+    derivative (as if just before the input: none in the input's time or weight),
+    and the state after it is that of firing under the current before the jump,
+    then the jump: derivatives against one-sided differences from that side (the
+    input later; h = 1e-6: truncation ~h times the curvature, 1e-5 relative, and
+    rounding ~eps |f| / h, 1e-8 absolute)."""
+    kwargs = dict(recurrent=True, delay=0.5) if recurrent else {}
+    layer = _layer(2, 1, sj.CubaLIFDynamics(10.0, 5.0), [[0.6, 0.5]], **kwargs)
+    if recurrent:
+        layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.zeros((1, 1)))
+
+    @jax.jit
+    def run(p):
+        t_in, w0, w1 = p
+        weighted = eqx.tree_at(lambda m: m.weight, layer, jnp.stack([w0, w1])[None])
+        train = sj.SpikeTrain(jnp.stack([jnp.zeros(()), t_in]), jnp.array([0, 1]))
+        sol = weighted.simulate(train, t_end=t_in + 3.0, max_spikes=16)
+        return sol.spike_times[0, 0], sol.final_state.v[0], sol.final_state.i_syn[0]
+
+    t_star = float(run(jnp.array([20.0, 0.6, 0.0]))[0])
+    ties = [
+        t
+        for t in t_star + np.arange(-20, 21) * np.spacing(t_star)
+        if float(run(jnp.array([t, 0.6, 0.5]))[0]) == t
+    ]
+    assert ties, "no input time on the crossing"
+    p = jnp.array([ties[0], 0.6, 0.5])
+    h = 1e-6
+    for j in range(3):
+        grad = np.asarray(jax.grad(lambda p: run(p)[j])(p))
+        later = [(float(run(p + h * e)[j]) - float(run(p)[j])) / h for e in np.eye(3)]
+        np.testing.assert_allclose(grad, later, rtol=1e-5, atol=1e-8)

@@ -63,9 +63,10 @@ class EventState(eqx.Module):
     log_sources: Int[Array, " log"]
     pending: Bool[Array, " n_neurons"]
     fire_shift: Float[Array, " n_neurons"]
-    # Zero in value: what firing at its own time adds to a neuron's reset
-    # (`fire_terms`, taken when its crossing is found).
-    fire_terms: State
+    # The state and current a neuron with a spike due crossed threshold with (its
+    # reset's first-order terms are taken with them: `fire_terms`).
+    crossed_with: State
+    crossed_current: Float[Array, " n_neurons"]
     spike_times: Float[Array, "n_neurons max_spikes"]
     num_spikes: Int[Array, " n_neurons"]
     counts: Int[Array, "intervals n_neurons"]
@@ -174,14 +175,14 @@ def simulate_events(
                 jumps & (dynamics.threshold(y) >= 0) & (dynamics.threshold(s.y) < 0)
             )
             newly = lifted & ~s.pending
-            terms = fire_terms(dynamics, s.t, y, offset, current)
             return eqx.tree_at(
                 lambda s: (
                     s.y,
                     s.next_input,
                     s.next_delivery,
                     s.fire_shift,
-                    s.fire_terms,
+                    s.crossed_with,
+                    s.crossed_current,
                 ),
                 s,
                 (
@@ -189,7 +190,8 @@ def simulate_events(
                     s.next_input + is_input.astype(jnp.int32),
                     s.next_delivery + is_delivery.astype(jnp.int32),
                     jnp.where(newly, offset, s.fire_shift),
-                    where_tree(newly, terms, s.fire_terms),
+                    where_tree(newly, y, s.crossed_with),
+                    jnp.where(newly, current, s.crossed_current),
                 ),
             )
 
@@ -211,7 +213,10 @@ def simulate_events(
             # `s.t + shift` (equal in value) is reset there, with the state and
             # current it crossed with (its `fire_terms`: before the other jumps
             # and any interval start at this instant).
-            reset = jax.tree.map(jnp.add, dynamics.reset(s.y), s.fire_terms)
+            terms = fire_terms(
+                dynamics, s.t, s.crossed_with, s.fire_shift, s.crossed_current
+            )
+            reset = jax.tree.map(jnp.add, dynamics.reset(s.y), terms)
             y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
             counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
             num_spikes = s.num_spikes + spiking.astype(jnp.int32)
@@ -238,7 +243,6 @@ def simulate_events(
                     s.num_logged,
                     s.pending,
                     s.fire_shift,
-                    s.fire_terms,
                     s.buffer_full,
                 ),
                 s,
@@ -252,11 +256,6 @@ def simulate_events(
                     num_logged,
                     s.pending & ~settled,
                     jnp.where(settled, 0, s.fire_shift),
-                    where_tree(
-                        settled,
-                        jax.tree.map(jnp.zeros_like, s.fire_terms),
-                        s.fire_terms,
-                    ),
                     s.buffer_full | full,
                 ),
             )
@@ -279,23 +278,25 @@ def simulate_events(
             # value is the located time, the derivative that of the root of
             # g(h; y, p) = 0, for each neuron crossing there (ties fire together, each
             # with its own derivative).
-            h_star = jnp.where(any_cross, first, 0)
-            h_own = jnp.where(crosses, found, h_star)  # each crossing neuron's own root
-            h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
             to_crossing = any_cross & (first < span_c)
+            # Each crossing neuron's own root; the clock's next stop for the others
+            # (one that is at threshold there by rounding crosses there).
+            h_stop = jnp.where(to_crossing, first, span_c)
+            h_own = jnp.where(crosses, found, h_stop)
+            h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
             t_new = jnp.where(to_crossing, s.t + h_cross[lane], t_next)
             h_new = t_new - s.t
             y = dynamics.exact_flow(s.y, current, jnp.broadcast_to(h_new, (n,)))
             # Neurons crossing at the earliest time fire now; so do those whose own
-            # crossing is later only by rounding (already at threshold here).
+            # crossing is later (or not found before the next event) only by
+            # rounding: already at threshold here.
             at_threshold = lax.stop_gradient(dynamics.threshold(y)) >= 0
-            pending = crosses & ((found == first) | at_threshold)
+            pending = (crosses & (found == first)) | at_threshold
             # Zero in value, with the derivative of each firing neuron's own crossing
             # time minus that of the clock: `fire` uses it for that neuron's spike.
             # (Also for a crossing located at the next event itself, where the
             # clock takes the event's time and derivative.)
             shift = jnp.where(pending, tangent(h_cross) - tangent(h_new), 0)
-            terms = fire_terms(dynamics, t_new, y, shift, current)
             failed = jnp.any(crosses & ~converged)
             return eqx.tree_at(
                 lambda s: (
@@ -303,11 +304,12 @@ def simulate_events(
                     s.y,
                     s.pending,
                     s.fire_shift,
-                    s.fire_terms,
+                    s.crossed_with,
+                    s.crossed_current,
                     s.search_failed,
                 ),
                 s,
-                (t_new, y, pending, shift, terms, s.search_failed | failed),
+                (t_new, y, pending, shift, y, current, s.search_failed | failed),
             )
 
         def active(s: EventState):
@@ -344,7 +346,8 @@ def simulate_events(
         log_sources=jnp.zeros((log_size,), jnp.int32),
         pending=jnp.zeros((n,), bool),
         fire_shift=jnp.zeros((n,), dtype),
-        fire_terms=jax.tree.map(jnp.zeros_like, state),
+        crossed_with=state,
+        crossed_current=jnp.zeros((n,), dtype),
         spike_times=jnp.full((n, max_spikes), jnp.inf, dtype),
         num_spikes=jnp.zeros((n,), jnp.int32),
         counts=jnp.zeros((num_intervals, n), jnp.int32),

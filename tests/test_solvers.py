@@ -403,10 +403,17 @@ def test_adaptive_backward_rerun_must_reproduce_counts(throw):
         )
         return jnp.sum(sol.final_state.v)
 
+    _check_drifted_backward(loss, layer.weight, throw, check_undrifted=not throw)
+
+
+def _check_drifted_backward(loss, primal, throw, check_undrifted=False):
+    """`loss`'s forward pass at drive 1, its backward pass at drive 3 (whose rerun
+    spikes where the forward pass did not): it raises with `throw`, else the
+    gradient is NaN. `check_undrifted`: first, the gradient at drive 1 is finite."""
     _DRIVE[0] = 1.0
     try:
-        _, vjp = jax.vjp(loss, layer.weight)
-        if not throw:  # (`throw` only matters when the rerun differs)
+        _, vjp = jax.vjp(loss, primal)
+        if check_undrifted:  # (`throw` only matters when the rerun differs)
             (g_same,) = vjp(jnp.ones(()))
             assert np.all(np.isfinite(np.asarray(g_same)))
         # The same forward pass (each call of `vjp` traces the backward pass anew).
@@ -438,16 +445,4 @@ def test_saved_states_backward_rerun_check_follows_throw(throw):
         )
         return jnp.sum(sol.saved_states.v)
 
-    weight = jnp.array([[0.3], [0.5]])
-    _DRIVE[0] = 1.0
-    try:
-        _, vjp = jax.vjp(loss, weight)
-        _DRIVE[0] = 3.0  # the rerun now spikes where the forward pass did not
-        if throw:
-            with pytest.raises(eqx.EquinoxRuntimeError, match="reran an interval"):
-                jax.block_until_ready(eqx.filter_jit(vjp)(jnp.ones(())))
-        else:
-            (g_bad,) = vjp(jnp.ones(()))
-            assert np.all(np.isnan(np.asarray(g_bad)))
-    finally:
-        _DRIVE[0] = 1.0
+    _check_drifted_backward(loss, jnp.array([[0.3], [0.5]]), throw)

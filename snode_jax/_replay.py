@@ -49,15 +49,16 @@ class _ReplayState(eqx.Module):
     next_input: Int[Array, " n_neurons"]
     slot: Int[Array, " n_neurons"]
     shift: Float[Array, " n_neurons"]
-    # Zero in value: what firing at its own time adds to the reset of a neuron
-    # with an instant spike due (`fire_terms`, taken where it reached threshold).
-    fire_terms: State
+    # The state and current a neuron with an instant spike due reached threshold
+    # with (its reset's first-order terms are taken with them: `fire_terms`).
+    crossed_with: State
+    crossed_current: Float[Array, " n_neurons"]
 
 
 def _differentiated(s: _ReplayState):
     """The part of the replay's state that carries derivatives from step to step
     (the rest are its decisions)."""
-    return (s.clock, s.y, s.shift, s.fire_terms)
+    return (s.clock, s.y, s.shift, s.crossed_with, s.crossed_current)
 
 
 def replay_steps(num_inputs: int, num_intervals: int, max_spikes: int) -> int:
@@ -146,7 +147,10 @@ def _replay_step(
         t_cross = spike_c + tangent(t_cross)
 
         # fire: at the instant reached, at the spike's own time.
-        y_fire = jax.tree.map(jnp.add, dynamics.reset(s.y), s.fire_terms)
+        terms = fire_terms(
+            dynamics, s.clock, s.crossed_with, s.shift, s.crossed_current
+        )
+        y_fire = jax.tree.map(jnp.add, dynamics.reset(s.y), terms)
         t_fire = s.clock + s.shift
 
         # event: to the next input, interval start or the end (the flow above);
@@ -170,18 +174,17 @@ def _replay_step(
         shift = jnp.where(behind, 0, s.shift)
         shift = jnp.where(reached, tangent(h_cross) - tangent(h), shift)
         shift = jnp.where(lifted, offset, shift)
-        # Its firing terms: with the state and current it reached threshold with
-        # (by its flow: before the jumps and any interval start here).
-        crossed_here = lifted | reached
-        terms = fire_terms(
-            dynamics,
-            clock,
-            jax.tree.map(lambda a, b: jnp.where(lifted, a, b), y_event, y_flow),
-            jnp.where(crossed_here, shift, 0),
-            jnp.where(lifted, current_event, current),
+        # The state and current it reached threshold with (by its flow: before the
+        # jumps and any interval start here).
+        crossed_with = jax.tree.map(
+            lambda a, b, c: jnp.where(lifted, a, jnp.where(reached, b, c)),
+            y_event,
+            y_flow,
+            s.crossed_with,
         )
-        kept = jax.tree.map(lambda a: jnp.where(behind, 0, a), s.fire_terms)
-        terms = jax.tree.map(lambda a, b: jnp.where(crossed_here, a, b), terms, kept)
+        crossed_current = jnp.where(
+            lifted, current_event, jnp.where(reached, current, s.crossed_current)
+        )
 
         def pick(cross, fire, event, rest):
             return jnp.where(
@@ -200,9 +203,10 @@ def _replay_step(
             next_input=s.next_input + (do_event & is_input).astype(jnp.int32),
             slot=s.slot + spiked.astype(jnp.int32),
             shift=pick(s.shift, jnp.zeros_like(s.shift), shift, s.shift),
-            fire_terms=jax.tree.map(
-                lambda a, b: pick(b, jnp.zeros_like(b), a, b), terms, s.fire_terms
+            crossed_with=jax.tree.map(
+                lambda a, b: jnp.where(do_event, a, b), crossed_with, s.crossed_with
             ),
+            crossed_current=jnp.where(do_event, crossed_current, s.crossed_current),
         )
         time = jnp.where(do_cross, t_cross, t_fire)
         return new, (time, jnp.where(spiked, s.slot, max_spikes))
@@ -253,11 +257,12 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
         next_input=zero,
         slot=zero,
         shift=jnp.zeros((n,), dtype),
-        fire_terms=jax.tree.map(jnp.zeros_like, state),
+        crossed_with=state,
+        crossed_current=jnp.zeros((n,), dtype),
     )
     zeros = jnp.zeros((n,), dtype)
-    no_terms = jax.tree.map(jnp.zeros_like, state)
-    grad_args, (_, grad_init, _, _), end, _ = reverse_segments(
+    no_state = jax.tree.map(jnp.zeros_like, state)
+    grad_args, (_, grad_init, _, _, _), end, _ = reverse_segments(
         advance,
         lambda s: jnp.any(working(s)),
         linearised,
@@ -265,7 +270,7 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
         time_cotangent,
         differentiated,
         init,
-        (zeros, grad_state, zeros, no_terms),
+        (zeros, grad_state, zeros, no_state, zeros),
         replay_steps(num_inputs, num_intervals, max_spikes),
     )
     # The initial state's own cotangent (where it is differentiated).

@@ -118,9 +118,14 @@ def simulate_events(
     recurrent = recurrent_weight is not None
     log_size = n * max_spikes if recurrent else 1
 
-    def make(p):
+    def make(p, derivatives: bool):
         """The loop's functions for the model, weights and schedule `p` (the
-        values the loop is differentiated in)."""
+        values the loop is differentiated in). Without `derivatives` (every run of
+        the loop; see [`checkpointed_while_loop`][]) the terms that are zero in
+        value and carry the derivatives of event and crossing times are left out:
+        the implicit derivatives of the crossings, the jumps' and resets' time
+        terms. The state and current a neuron crossed with are carried either way
+        (the backward pass linearises the reset at them)."""
         dynamics, weight, recurrent_weight, schedule = p
         t_end = schedule.t_end
         inf = jnp.asarray(jnp.inf, dtype)
@@ -160,15 +165,19 @@ def simulate_events(
                 amount_rec = recurrent_weight[:, s.log_sources[d]]
                 amount = jnp.where(is_input, amount, amount_rec)
             jumps = is_input | is_delivery
-            # The event's own time: equal to `s.t` in value, but its derivative is that
-            # of this input (or delivered spike) time, which `s.t` need not carry (a
-            # second spike at one instant, an input at time 0). Adding an exact zero
-            # leaves the state as it is.
-            offset = jnp.where(jumps, jnp.where(is_input, t_in, t_rec) - s.t, 0)
-            offset = tangent(offset)
             current = schedule.currents[s.interval_index]
             amount = jnp.where(jumps, amount, 0)
-            y = jump_at(dynamics, s.t, s.y, amount, offset, current)
+            if derivatives:
+                # The event's own time: equal to `s.t` in value, but its derivative is
+                # that of this input (or delivered spike) time, which `s.t` need not
+                # carry (a second spike at one instant, an input at time 0). Adding
+                # an exact zero leaves the state as it is.
+                offset = jnp.where(jumps, jnp.where(is_input, t_in, t_rec) - s.t, 0)
+                offset = tangent(offset)
+                y = jump_at(dynamics, s.t, s.y, amount, offset, current)
+            else:
+                offset = s.fire_shift  # (zero)
+                y = dynamics.jump(s.y, amount)
             # A neuron this jump lifts to threshold fires at the jump's time (not
             # at that of a later jump at this instant, which finds it there).
             lifted = (
@@ -205,7 +214,7 @@ def simulate_events(
             col = jnp.minimum(s.num_spikes, max_spikes - 1)
             old = s.spike_times[rows, col]
             # Equal to `s.t`; each neuron's derivative is that of its own crossing.
-            times = s.t + s.fire_shift
+            times = s.t + s.fire_shift if derivatives else jnp.broadcast_to(s.t, (n,))
             spike_times = s.spike_times.at[rows, col].set(
                 jnp.where(spiking, times, old)
             )
@@ -213,10 +222,12 @@ def simulate_events(
             # `s.t + shift` (equal in value) is reset there, with the state and
             # current it crossed with (its `fire_terms`: before the other jumps
             # and any interval start at this instant).
-            terms = fire_terms(
-                dynamics, s.t, s.crossed_with, s.fire_shift, s.crossed_current
-            )
-            reset = jax.tree.map(jnp.add, dynamics.reset(s.y), terms)
+            reset = dynamics.reset(s.y)
+            if derivatives:
+                terms = fire_terms(
+                    dynamics, s.t, s.crossed_with, s.fire_shift, s.crossed_current
+                )
+                reset = jax.tree.map(jnp.add, reset, terms)
             y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
             counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
             num_spikes = s.num_spikes + spiking.astype(jnp.int32)
@@ -283,7 +294,10 @@ def simulate_events(
             # (one that is at threshold there by rounding crosses there).
             h_stop = jnp.where(to_crossing, first, span_c)
             h_own = jnp.where(crosses, found, h_stop)
-            h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
+            if derivatives:
+                h_cross = implicit_crossing(dynamics, s.y, current, h_own, margin)
+            else:
+                h_cross = h_own
             t_new = jnp.where(to_crossing, s.t + h_cross[lane], t_next)
             h_new = t_new - s.t
             y = dynamics.exact_flow(s.y, current, jnp.broadcast_to(h_new, (n,)))
@@ -296,7 +310,10 @@ def simulate_events(
             # time minus that of the clock: `fire` uses it for that neuron's spike.
             # (Also for a crossing located at the next event itself, where the
             # clock takes the event's time and derivative.)
-            shift = jnp.where(pending, tangent(h_cross) - tangent(h_new), 0)
+            if derivatives:
+                shift = jnp.where(pending, tangent(h_cross) - tangent(h_new), 0)
+            else:
+                shift = jnp.zeros_like(s.fire_shift)
             failed = jnp.any(crosses & ~converged)
             return eqx.tree_at(
                 lambda s: (
@@ -378,11 +395,11 @@ def simulate_events(
 
     params = (dynamics, weight, recurrent_weight, schedule)
     final = checkpointed_while_loop(
-        lambda p: make(p)[:2],
+        lambda p, derivatives: make(p, derivatives)[:2],
         params,
         init,
         max_events,
         strip=strip_logs,
         restore=restore_logs,
     )
-    return finished_run(final, make(params)[2](final))
+    return finished_run(final, make(params, False)[2](final))

@@ -222,7 +222,12 @@ def checkpointed_while_loop(
     restore=lambda stripped, end: stripped,
 ):
     """The state after `while cond(st): st = body(st)` from `init`, where `(cond,
-    body) = make(params)`, after at most `max_steps` iterations.
+    body) = make(params, derivatives)`, after at most `max_steps` iterations.
+
+    `derivatives` is true only for the body whose VJP the backward pass takes;
+    every run of the loop (forward, and the backward pass's reruns) uses the body
+    made with `False`, which may leave out what is zero in value and only carries
+    derivatives, and must give the same values.
 
     Reverse-mode differentiable in the inexact arrays of `params` and `init` (a
     custom VJP; other leaves are held): differentiated, the forward pass keeps a
@@ -244,7 +249,7 @@ def checkpointed_while_loop(
     s_diff, s_fixed, s_other = _split(init)
 
     def loop(p_diff, s_diff, p_fixed, s_fixed, keep_checkpoints=False):
-        cond, body = make(eqx.combine(p_diff, p_fixed, p_other))
+        cond, body = make(eqx.combine(p_diff, p_fixed, p_other), False)
         st = eqx.combine(s_diff, s_fixed, s_other)
         # (Under `jax.shard_map`, the carry varies as the inputs do.)
         i, st = vary_like((jnp.zeros((), jnp.int32), st), st, p_diff, p_fixed)
@@ -273,14 +278,14 @@ def checkpointed_while_loop(
 
     def run_bwd(res, ct_end):
         (p_diff, s_diff, p_fixed, s_fixed), (ckpts, end, total) = res
-        cond, body = make(eqx.combine(p_diff, p_fixed, p_other))
+        cond, body = make(eqx.combine(p_diff, p_fixed, p_other), False)
         point = lambda st: eqx.filter(st, eqx.is_inexact_array)
 
         def advance(st):
             return body(st), strip(st)
 
         def linearised(p, x, st):
-            _, body_p = make(eqx.combine(p, p_fixed, p_other))
+            _, body_p = make(eqx.combine(p, p_fixed, p_other), True)
             return point(body_p(eqx.combine(x, st))), ()
 
         ct_p, ct_s, _, _ = reverse_segments(

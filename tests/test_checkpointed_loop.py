@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from snode_jax._misc import tangent
 from snode_jax._reverse import checkpointed_while_loop, segment_length
 
 LOG = 40
@@ -24,7 +25,7 @@ class Carry(eqx.Module):
     num_logged: jax.Array
 
 
-def make(p):
+def make(p, derivatives):
     a, b, limit, scale = p["a"], p["b"], p["limit"], p["scale"]
 
     def cond(s):
@@ -34,6 +35,10 @@ def make(p):
         # Reads the log (the value appended three iterations ago, once there is one).
         back = jnp.where(s.num_logged >= 3, s.log[jnp.maximum(s.num_logged - 3, 0)], 0)
         x = scale * jnp.tanh(a @ s.x + b * back) + 0.3 * s.x + 0.2
+        if derivatives:
+            # Zero in value, with a derivative: the body whose VJP is taken must
+            # be the one made with `derivatives` (the runs leave it out).
+            x = x + tangent(b * s.x[1] ** 2)
         log = s.log.at[s.num_logged].set(x[0], mode="drop")
         return Carry(x, s.k + 1, log, s.num_logged + 1)
 
@@ -55,7 +60,7 @@ def start(x0):
 
 def reference(p, x0, max_steps):
     """The same loop as a scan of `max_steps` masked iterations."""
-    cond, body = make(p)
+    cond, body = make(p, True)
 
     def step(s, _):
         return jax.tree.map(lambda n, o: jnp.where(cond(s), n, o), body(s), s), None

@@ -11,8 +11,8 @@ Every iteration of the loop does, in this order:
 3. `jump`: if an input spike, or a recurrent spike's delivery, is due now, its
    weights are added to the state (`dynamics.jump`); one per iteration.
 4. `fire`: if no jump is left at this instant, every neuron that reached threshold
-   by its flow now, or is at or above it after the jumps, fires now, is recorded
-   and reset; with recurrence its spike is queued for delivery after `delay`
+   by its flow now (and that no jump at this instant took below it), or is at or
+   above it after the jumps, fires now, is recorded and reset; with recurrence its spike is queued for delivery after `delay`
    (zero: at this same instant, so the cascade continues in the next iteration).
 
 All delays are equal, so deliveries leave in the order the spikes were made: the
@@ -178,17 +178,22 @@ def simulate_events(
             else:
                 offset = s.fire_shift  # (zero)
                 y = dynamics.jump(s.y, amount)
+            g_before, g_after = dynamics.threshold(s.y), dynamics.threshold(y)
+            # A neuron whose flow reached threshold now, and that this jump takes
+            # below it, does not fire now: the jumps at an instant come first (as
+            # an input just before the crossing would). Its flow may cross later.
+            lowered = s.pending & jumps & (g_after < jnp.minimum(g_before, 0))
+            pending = s.pending & ~lowered
             # A neuron this jump lifts to threshold fires at the jump's time (not
             # at that of a later jump at this instant, which finds it there).
-            lifted = (
-                jumps & (dynamics.threshold(y) >= 0) & (dynamics.threshold(s.y) < 0)
-            )
-            newly = lifted & ~s.pending
+            lifted = jumps & (g_after >= 0) & (g_before < 0)
+            newly = lifted & ~pending
             return eqx.tree_at(
                 lambda s: (
                     s.y,
                     s.next_input,
                     s.next_delivery,
+                    s.pending,
                     s.fire_shift,
                     s.crossed_with,
                     s.crossed_current,
@@ -198,7 +203,8 @@ def simulate_events(
                     y,
                     s.next_input + is_input.astype(jnp.int32),
                     s.next_delivery + is_delivery.astype(jnp.int32),
-                    jnp.where(newly, offset, s.fire_shift),
+                    pending,
+                    jnp.where(newly, offset, jnp.where(lowered, 0, s.fire_shift)),
                     where_tree(newly, y, s.crossed_with),
                     jnp.where(newly, current, s.crossed_current),
                 ),

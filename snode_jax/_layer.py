@@ -364,8 +364,9 @@ class SpikingODELayer(eqx.Module):
         Spike-train inputs and recurrent layers run on the event-driven engine:
         events in exact global time order; all jumps due at one instant (input
         spikes at equal times, recurrent deliveries) are applied together, then
-        every neuron that reached threshold by its flow at that instant, or is at
-        or above it, fires and resets; a recurrent spike of neuron `k` adds
+        every neuron at or above threshold fires and resets (one whose flow reached
+        threshold at that instant counts as there, unless a jump at that instant
+        took it below); a recurrent spike of neuron `k` adds
         `recurrent_weight[:, k]` after `delay` ms (with zero delay at the same
         instant, so such cascades run to completion there, a neuron firing again
         if lifted back to threshold). The model must have an exact flow

@@ -1081,3 +1081,48 @@ def test_cuba_crossing_exactly_at_an_input_gradient(recurrent):
         grad = np.asarray(jax.grad(lambda p: run(p)[j])(p))
         later = [(float(run(p + h * e)[j]) - float(run(p)[j])) / h for e in np.eye(3)]
         np.testing.assert_allclose(grad, later, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("recurrent", [True, False], ids=["global", "replayed"])
+def test_inhibitory_input_exactly_at_a_crossing(recurrent):
+    """A LIF (v_rest = 2, threshold 1) whose flow reaches threshold at the time of
+    an inhibitory input (w = -0.3 onto v), for input times a few ulp around the
+    crossing. The jumps at an instant come before the firing: at a tie the input
+    takes the neuron below threshold and it does not fire (as with the input just
+    before); else it fires at its crossing and the input follows. Either way the
+    final state is one of the two closed forms, with its derivatives in the input's
+    time and weight (a neuron that fired and lost the input, v_end = 0.19, is
+    neither)."""
+    kwargs = dict(recurrent=True, delay=0.5) if recurrent else {}
+    dyn = sj.ODELIFDynamics(tau_mem=10.0, v_rest=2.0)
+    layer = _layer(2, 1, dyn, [[0.1, -0.3]], **kwargs)
+    if recurrent:
+        layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.zeros((1, 1)))
+    t_star = 10.0 * np.log(1.9)  # v(t) = 2 - 1.9 exp(-t / 10) reaches 1
+    t_end = t_star + 1.0
+
+    @jax.jit
+    def run(p):
+        t_in, w1 = p
+        weighted = eqx.tree_at(lambda m: m.weight, layer, jnp.stack([0.1, w1])[None])
+        train = sj.SpikeTrain(jnp.stack([jnp.zeros(()), t_in]), jnp.array([0, 1]))
+        sol = weighted.simulate(train, t_end=t_end, max_spikes=4)
+        return sol.final_state.v[0], sol.num_spikes[0]
+
+    grad = jax.jit(jax.grad(lambda p: run(p)[0]))
+    decay = np.exp(-(t_end - t_star) / 10)  # to t_end, from t_in (within ulps)
+    # (v_end, d v_end / d(t_in, w)). Input first: 1 - 0.3, no spike. Spike at the
+    # crossing, reset to 0, then the input: -0.3. (d/dt_in: the flow there before
+    # the jump minus after it, carried to t_end.)
+    before = (2 - 1.3 * decay, [decay * (0.1 - 0.13), decay])
+    after = (2 - 2.3 * decay, [decay * (0.2 - 0.23), decay])
+    seen = set()
+    for t in t_star + np.arange(-8, 9) * np.spacing(t_star):
+        p = jnp.array([t, -0.3])
+        v, n = (float(a) for a in run(p))
+        want = before if n == 0 else after
+        assert n in (0, 1)
+        np.testing.assert_allclose(v, want[0], rtol=0, atol=1e-13)
+        np.testing.assert_allclose(np.asarray(grad(p)), want[1], rtol=1e-12)
+        seen.add(n)
+    assert seen == {0, 1}, "the input times do not span the crossing"

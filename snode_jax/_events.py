@@ -62,11 +62,13 @@ class EventState(eqx.Module):
     log_times: Float[Array, " log"]
     log_sources: Int[Array, " log"]
     pending: Bool[Array, " n_neurons"]
+    # Zero in value, with derivatives: a neuron with a spike due at its own time
+    # `t + fire_shift`, and its reset's first-order terms (`fire_terms`, taken with
+    # the state and current it crossed with, before any other jump at the
+    # instant). Only the body made with derivatives computes them; a run of the
+    # loop carries zeros, and its checkpoints and records leave them out.
     fire_shift: Float[Array, " n_neurons"]
-    # The state and current a neuron with a spike due crossed threshold with (its
-    # reset's first-order terms are taken with them: `fire_terms`).
-    crossed_with: State
-    crossed_current: Float[Array, " n_neurons"]
+    reset_terms: State
     spike_times: Float[Array, "n_neurons max_spikes"]
     num_spikes: Int[Array, " n_neurons"]
     counts: Int[Array, "intervals n_neurons"]
@@ -176,7 +178,6 @@ def simulate_events(
                 offset = tangent(offset)
                 y = jump_at(dynamics, s.t, s.y, amount, offset, current)
             else:
-                offset = s.fire_shift  # (zero)
                 y = dynamics.jump(s.y, amount)
             g_before, g_after = dynamics.threshold(s.y), dynamics.threshold(y)
             # A neuron whose flow reached threshold now, and that this jump takes
@@ -188,6 +189,13 @@ def simulate_events(
             # at that of a later jump at this instant, which finds it there).
             lifted = jumps & (g_after >= 0) & (g_before < 0)
             newly = lifted & ~pending
+            shift, terms = s.fire_shift, s.reset_terms
+            if derivatives:
+                # Its reset's terms are taken with the state it reached here.
+                kept = ~(newly | lowered)
+                shift = jnp.where(newly, offset, jnp.where(kept, shift, 0))
+                new_terms = fire_terms(dynamics, s.t, y, shift, current)
+                terms = where_tree(kept, terms, new_terms)
             return eqx.tree_at(
                 lambda s: (
                     s.y,
@@ -195,8 +203,7 @@ def simulate_events(
                     s.next_delivery,
                     s.pending,
                     s.fire_shift,
-                    s.crossed_with,
-                    s.crossed_current,
+                    s.reset_terms,
                 ),
                 s,
                 (
@@ -204,9 +211,8 @@ def simulate_events(
                     s.next_input + is_input.astype(jnp.int32),
                     s.next_delivery + is_delivery.astype(jnp.int32),
                     pending,
-                    jnp.where(newly, offset, jnp.where(lowered, 0, s.fire_shift)),
-                    where_tree(newly, y, s.crossed_with),
-                    jnp.where(newly, current, s.crossed_current),
+                    shift,
+                    terms,
                 ),
             )
 
@@ -226,14 +232,14 @@ def simulate_events(
             )
             # The state is that at the clock `s.t`; a neuron firing at its own time
             # `s.t + shift` (equal in value) is reset there, with the state and
-            # current it crossed with (its `fire_terms`: before the other jumps
+            # current it crossed with (its `reset_terms`: before the other jumps
             # and any interval start at this instant).
             reset = dynamics.reset(s.y)
+            shift, terms = s.fire_shift, s.reset_terms
             if derivatives:
-                terms = fire_terms(
-                    dynamics, s.t, s.crossed_with, s.fire_shift, s.crossed_current
-                )
                 reset = jax.tree.map(jnp.add, reset, terms)
+                shift = jnp.where(settled, 0, shift)
+                terms = where_tree(settled, jax.tree.map(jnp.zeros_like, terms), terms)
             y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
             counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
             num_spikes = s.num_spikes + spiking.astype(jnp.int32)
@@ -260,6 +266,7 @@ def simulate_events(
                     s.num_logged,
                     s.pending,
                     s.fire_shift,
+                    s.reset_terms,
                     s.buffer_full,
                 ),
                 s,
@@ -272,7 +279,8 @@ def simulate_events(
                     log_sources,
                     num_logged,
                     s.pending & ~settled,
-                    jnp.where(settled, 0, s.fire_shift),
+                    shift,
+                    terms,
                     s.buffer_full | full,
                 ),
             )
@@ -316,10 +324,11 @@ def simulate_events(
             # time minus that of the clock: `fire` uses it for that neuron's spike.
             # (Also for a crossing located at the next event itself, where the
             # clock takes the event's time and derivative.)
+            # Its reset's terms are taken with the state it reached here.
+            shift, terms = s.fire_shift, s.reset_terms  # (zero: none was due)
             if derivatives:
                 shift = jnp.where(pending, tangent(h_cross) - tangent(h_new), 0)
-            else:
-                shift = jnp.zeros_like(s.fire_shift)
+                terms = fire_terms(dynamics, t_new, y, shift, current)
             failed = jnp.any(crosses & ~converged)
             return eqx.tree_at(
                 lambda s: (
@@ -327,12 +336,11 @@ def simulate_events(
                     s.y,
                     s.pending,
                     s.fire_shift,
-                    s.crossed_with,
-                    s.crossed_current,
+                    s.reset_terms,
                     s.search_failed,
                 ),
                 s,
-                (t_new, y, pending, shift, y, current, s.search_failed | failed),
+                (t_new, y, pending, shift, terms, s.search_failed | failed),
             )
 
         def active(s: EventState):
@@ -369,8 +377,7 @@ def simulate_events(
         log_sources=jnp.zeros((log_size,), jnp.int32),
         pending=jnp.zeros((n,), bool),
         fire_shift=jnp.zeros((n,), dtype),
-        crossed_with=state,
-        crossed_current=jnp.zeros((n,), dtype),
+        reset_terms=jax.tree.map(jnp.zeros_like, state),
         spike_times=jnp.full((n, max_spikes), jnp.inf, dtype),
         num_spikes=jnp.zeros((n,), jnp.int32),
         counts=jnp.zeros((num_intervals, n), jnp.int32),
@@ -382,14 +389,20 @@ def simulate_events(
     init = vary_like(init, dynamics, weight, recurrent_weight, schedule, state)
 
     # The spike buffer and the queue are logs the loop only appends to: the
-    # backward pass's checkpoints keep their read positions, not their contents,
-    # and take the contents written by then from the loop's end state.
-    def strip_logs(s: EventState) -> EventState:
+    # backward pass's checkpoints and records keep their read positions, not their
+    # contents, and take the contents written by then from the loop's end state.
+    # They do not keep what is zero in value either (`fire_shift`, `reset_terms`).
+    def strip(s: EventState) -> EventState:
         return dataclasses.replace(
-            s, spike_times=None, log_times=None, log_sources=None
+            s,
+            spike_times=None,
+            log_times=None,
+            log_sources=None,
+            fire_shift=None,
+            reset_terms=None,
         )
 
-    def restore_logs(s: EventState, end: EventState) -> EventState:
+    def restore(s: EventState, end: EventState) -> EventState:
         written = jnp.arange(max_spikes) < s.num_spikes[:, None]
         logged = jnp.arange(log_size) < s.num_logged
         return dataclasses.replace(
@@ -397,6 +410,8 @@ def simulate_events(
             spike_times=jnp.where(written, end.spike_times, jnp.inf),
             log_times=jnp.where(logged, end.log_times, jnp.inf),
             log_sources=jnp.where(logged, end.log_sources, 0),
+            fire_shift=jnp.zeros_like(end.fire_shift),
+            reset_terms=jax.tree.map(jnp.zeros_like, end.reset_terms),
         )
 
     params = (dynamics, weight, recurrent_weight, schedule)
@@ -405,7 +420,7 @@ def simulate_events(
         params,
         init,
         max_events,
-        strip=strip_logs,
-        restore=restore_logs,
+        strip=strip,
+        restore=restore,
     )
     return finished_run(final, make(params, False)[2](final))

@@ -868,21 +868,29 @@ def test_instant_spike_takes_the_time_of_the_input_that_lifts(
     """Two input spikes at one instant, one lifting the neuron past threshold alone
     (weight 1.5) and one not (+-0.2): the spike is at the lifting input's time
     whichever of the two moves a little and whichever the train lists first, so its
-    derivative is 1 with respect to that input and 0 to the other."""
-    dyn = sj.ODELIFDynamics(tau_mem=10.0)
+    derivative is 1 with respect to that input and 0 to the other. So is the reset
+    (to 0, whence v flows to v_rest = 0.5): v(t_end) = 0.5 (1 - exp(-(t_end - t)
+    / 10)) moves by -f(0) exp(-(t_end - t) / 10) per unit of that input's time."""
+    dyn = sj.ODELIFDynamics(tau_mem=10.0, v_rest=0.5)
     layer = _layer(2, 1, dyn, [[1.5, w_other]], recurrent=recurrent, delay=0.0)
     if recurrent:
         layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, jnp.zeros((1, 1)))
     sources = jnp.array(order)
 
-    def spike_time(times):
+    def run(times):
         train = sj.SpikeTrain(times, sources)
-        return layer.simulate(train, t_end=5.0, max_spikes=4).spike_times[0, 0]
+        sol = layer.simulate(train, t_end=5.0, max_spikes=4)
+        return sol.spike_times[0, 0], sol.final_state.v[0]
 
-    value, grad = jax.jit(jax.value_and_grad(spike_time))(jnp.array([2.0, 2.0]))
+    times = jnp.array([2.0, 2.0])
+    lifting = np.eye(2)[order.index(0)]
+    value, grad = jax.jit(jax.value_and_grad(lambda t: run(t)[0]))(times)
     assert float(value) == 2.0
-    lifting = order.index(0)
-    np.testing.assert_array_equal(np.asarray(grad), np.eye(2)[lifting])
+    np.testing.assert_array_equal(np.asarray(grad), lifting)
+    value, grad = jax.jit(jax.value_and_grad(lambda t: run(t)[1]))(times)
+    decay = np.exp(-0.3)
+    np.testing.assert_allclose(float(value), 0.5 * (1 - decay), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(grad), -0.05 * decay * lifting, rtol=1e-13)
 
 
 def test_instant_spike_lifted_by_an_input_at_a_delivery():

@@ -22,6 +22,8 @@ output): without derivatives, then pulled back one step at a time
 states.
 """
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.lax as lax
@@ -38,6 +40,7 @@ from ._misc import (
     tangent,
     tie_to,
     vary_like,
+    where_tree,
 )
 from ._reverse import reverse_segments
 
@@ -48,17 +51,28 @@ class _ReplayState(eqx.Module):
     interval: Int[Array, " n_neurons"]
     next_input: Int[Array, " n_neurons"]
     slot: Int[Array, " n_neurons"]
+    # Zero in value, with derivatives: a neuron with an instant spike due at its
+    # own time `clock + shift`, and its reset's first-order terms (`fire_terms`,
+    # taken with the state and current it reached threshold with). Only the step
+    # made with derivatives computes them; the replay's runs carry zeros, and its
+    # checkpoints and records leave them out.
     shift: Float[Array, " n_neurons"]
-    # The state and current a neuron with an instant spike due reached threshold
-    # with (its reset's first-order terms are taken with them: `fire_terms`).
-    crossed_with: State
-    crossed_current: Float[Array, " n_neurons"]
+    reset_terms: State
 
 
 def _differentiated(s: _ReplayState):
     """The part of the replay's state that carries derivatives from step to step
     (the rest are its decisions)."""
-    return (s.clock, s.y, s.shift, s.crossed_with, s.crossed_current)
+    return (s.clock, s.y, s.shift, s.reset_terms)
+
+
+def _strip(s: _ReplayState) -> _ReplayState:
+    return dataclasses.replace(s, shift=None, reset_terms=None)
+
+
+def _restore(s: _ReplayState, end: _ReplayState) -> _ReplayState:
+    zeros = jax.tree.map(jnp.zeros_like, (end.shift, end.reset_terms))
+    return dataclasses.replace(s, shift=zeros[0], reset_terms=zeros[1])
 
 
 def replay_steps(num_inputs: int, num_intervals: int, max_spikes: int) -> int:
@@ -74,13 +88,16 @@ def _replay_step(
     spike_times: Float[Array, "n_neurons max_spikes"],
     instant: Bool[Array, "n_neurons max_spikes"],
     num_spikes: Int[Array, " n_neurons"],
+    derivatives: bool,
 ):
     """`(step, working)` of the replay along the engine's records (`spike_times`,
     `instant`: the spike fired at an event instant rather than at a crossing, and
     `num_spikes`, used as constants): `step(s)` is `(s_next, (time, slot))`, one
     action per neuron, with the replayed spike time of the neurons that spiked and
     their buffer slot (`max_spikes` for the others); `working(s)` says which
-    neurons have work left.
+    neurons have work left. Without `derivatives` (the replay's runs), `step`
+    leaves out the terms that are zero in value and only carry derivatives (as
+    the runs of [`simulate_events`][]' loop do): same values.
     """
     n, max_spikes = spike_times.shape
 
@@ -141,17 +158,19 @@ def _replay_step(
         h_c = jnp.where(
             do_cross, spike_c - clock_c, jnp.where(reached, t_next_c - clock_c, 0)
         )
-        h_cross = implicit_crossing(dynamics, s.y, current, h_c, margin)
+        if derivatives:
+            h_cross = implicit_crossing(dynamics, s.y, current, h_c, margin)
+            t_cross = spike_c + tangent(s.clock + h_cross)
+        else:
+            h_cross, t_cross = h_c, spike_c
         y_cross = dynamics.reset(dynamics.exact_flow(s.y, current, h_cross))
-        t_cross = s.clock + h_cross
-        t_cross = spike_c + tangent(t_cross)
 
         # fire: at the instant reached, at the spike's own time.
-        terms = fire_terms(
-            dynamics, s.clock, s.crossed_with, s.shift, s.crossed_current
-        )
-        y_fire = jax.tree.map(jnp.add, dynamics.reset(s.y), terms)
-        t_fire = s.clock + s.shift
+        y_fire = dynamics.reset(s.y)
+        t_fire = s.clock
+        if derivatives:
+            y_fire = jax.tree.map(jnp.add, y_fire, s.reset_terms)
+            t_fire = s.clock + s.shift
 
         # event: to the next input, interval start or the end (the flow above);
         # start the interval and add one input's weights (see
@@ -162,29 +181,37 @@ def _replay_step(
         is_input = t_in_c <= clock_now
         source = schedule.input_sources[i]
         amount = jnp.where(is_input, weight[rows, source], 0)
-        offset = jnp.where(is_input, t_in - clock, 0)
-        offset = tangent(offset)
         current_event = schedule.currents[interval, rows]
-        y_event = jump_at(dynamics, clock, y_flow, amount, offset, current_event)
+        if derivatives:
+            offset = tangent(jnp.where(is_input, t_in - clock, 0))
+            y_event = jump_at(dynamics, clock, y_flow, amount, offset, current_event)
+        else:
+            offset = s.shift  # (zero)
+            y_event = dynamics.jump(y_flow, amount)
         # (The jump that lifts the neuron to threshold, not a later one there.)
         below, above = lax.stop_gradient(
             (dyn_c.threshold(y_flow) < 0, dyn_c.threshold(y_event) >= 0)
         )
         lifted = is_input & below & above
-        shift = jnp.where(behind, 0, s.shift)
-        shift = jnp.where(reached, tangent(h_cross) - tangent(h), shift)
-        shift = jnp.where(lifted, offset, shift)
-        # The state and current it reached threshold with (by its flow: before the
-        # jumps and any interval start here).
-        crossed_with = jax.tree.map(
-            lambda a, b, c: jnp.where(lifted, a, jnp.where(reached, b, c)),
-            y_event,
-            y_flow,
-            s.crossed_with,
-        )
-        crossed_current = jnp.where(
-            lifted, current_event, jnp.where(reached, current, s.crossed_current)
-        )
+        shift, terms = s.shift, s.reset_terms
+        if derivatives:
+            shift = jnp.where(behind, 0, shift)
+            shift = jnp.where(reached, tangent(h_cross) - tangent(h), shift)
+            shift = jnp.where(lifted, offset, shift)
+            # Its reset's terms, with the state and current it reached threshold
+            # with (lifted: after the jump; reached by its flow: before the jumps
+            # and any interval start here).
+            new_terms = fire_terms(
+                dynamics,
+                clock,
+                jax.tree.map(lambda a, b: jnp.where(lifted, a, b), y_event, y_flow),
+                shift,
+                jnp.where(lifted, current_event, current),
+            )
+            zeros = jax.tree.map(jnp.zeros_like, terms)
+            terms = where_tree(
+                lifted | reached, new_terms, where_tree(behind, zeros, terms)
+            )
 
         def pick(cross, fire, event, rest):
             return jnp.where(
@@ -203,10 +230,12 @@ def _replay_step(
             next_input=s.next_input + (do_event & is_input).astype(jnp.int32),
             slot=s.slot + spiked.astype(jnp.int32),
             shift=pick(s.shift, jnp.zeros_like(s.shift), shift, s.shift),
-            crossed_with=jax.tree.map(
-                lambda a, b: jnp.where(do_event, a, b), crossed_with, s.crossed_with
+            reset_terms=jax.tree.map(
+                lambda t, z, e: pick(t, z, e, t),
+                s.reset_terms,
+                jax.tree.map(jnp.zeros_like, s.reset_terms),
+                terms,
             ),
-            crossed_current=jnp.where(do_event, crossed_current, s.crossed_current),
         )
         time = jnp.where(do_cross, t_cross, t_fire)
         return new, (time, jnp.where(spiked, s.slot, max_spikes))
@@ -232,7 +261,7 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
     num_inputs = schedule.input_times.shape[0]
     num_intervals = schedule.boundaries.shape[0]
     rows = jnp.arange(n, dtype=jnp.int32)
-    step, working = _replay_step(dynamics, weight, schedule, *records)
+    step, working = _replay_step(dynamics, weight, schedule, *records, False)
 
     def advance(s):
         new, (_, slot) = step(s)
@@ -241,7 +270,7 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
     def linearised(p, x, rec):
         dyn, w, sched, _ = eqx.combine(p, fixed)
         s = eqx.tree_at(_differentiated, rec[0], x)
-        new, (time, _) = _replay_step(dyn, w, sched, *records)[0](s)
+        new, (time, _) = _replay_step(dyn, w, sched, *records, True)[0](s)
         return _differentiated(new), time
 
     def time_cotangent(rec):
@@ -257,12 +286,11 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
         next_input=zero,
         slot=zero,
         shift=jnp.zeros((n,), dtype),
-        crossed_with=state,
-        crossed_current=jnp.zeros((n,), dtype),
+        reset_terms=jax.tree.map(jnp.zeros_like, state),
     )
     zeros = jnp.zeros((n,), dtype)
     no_state = jax.tree.map(jnp.zeros_like, state)
-    grad_args, (_, grad_init, _, _, _), end, _ = reverse_segments(
+    grad_args, (_, grad_init, _, _), end, _ = reverse_segments(
         advance,
         lambda s: jnp.any(working(s)),
         linearised,
@@ -270,8 +298,11 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
         time_cotangent,
         differentiated,
         init,
-        (zeros, grad_state, zeros, no_state, zeros),
+        (zeros, grad_state, zeros, no_state),
         replay_steps(num_inputs, num_intervals, max_spikes),
+        checkpoint=_strip,
+        restore=_restore,
+        expand=lambda rec, end: (_restore(rec[0], end), rec[1]),
     )
     # The initial state's own cotangent (where it is differentiated).
     if differentiated[3] is not None:

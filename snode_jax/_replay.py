@@ -261,7 +261,9 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
     num_inputs = schedule.input_times.shape[0]
     num_intervals = schedule.boundaries.shape[0]
     rows = jnp.arange(n, dtype=jnp.int32)
-    step, working = _replay_step(dynamics, weight, schedule, *records, False)
+    step, working = _replay_step(
+        dynamics, weight, schedule, *records, derivatives=False
+    )
 
     def advance(s):
         new, (_, slot) = step(s)
@@ -270,7 +272,7 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
     def linearised(p, x, rec):
         dyn, w, sched, _ = eqx.combine(p, fixed)
         s = eqx.tree_at(_differentiated, rec[0], x)
-        new, (time, _) = _replay_step(dyn, w, sched, *records, True)[0](s)
+        new, (time, _) = _replay_step(dyn, w, sched, *records, derivatives=True)[0](s)
         return _differentiated(new), time
 
     def time_cotangent(rec):

@@ -12,8 +12,9 @@ Every iteration of the loop does, in this order:
    weights are added to the state (`dynamics.jump`); one per iteration.
 4. `fire`: if no jump is left at this instant, every neuron that reached threshold
    by its flow now (and that no jump at this instant took below it), or is at or
-   above it after the jumps, fires now, is recorded and reset; with recurrence its spike is queued for delivery after `delay`
-   (zero: at this same instant, so the cascade continues in the next iteration).
+   above it after the jumps, fires now, is recorded and reset; with recurrence its
+   spike is queued for delivery after `delay` (zero: at this same instant, so the
+   cascade continues in the next iteration).
 
 All delays are equal, so deliveries leave in the order the spikes were made: the
 queue is the log of emitted spikes and a read position. The loop is a
@@ -126,8 +127,7 @@ def simulate_events(
         the loop; see [`checkpointed_while_loop`][]) the terms that are zero in
         value and carry the derivatives of event and crossing times are left out:
         the implicit derivatives of the crossings, the jumps' and resets' time
-        terms. The state and current a neuron crossed with are carried either way
-        (the backward pass linearises the reset at them)."""
+        terms (`fire_shift` and `reset_terms` stay zero, their value)."""
         dynamics, weight, recurrent_weight, schedule = p
         t_end = schedule.t_end
         inf = jnp.asarray(jnp.inf, dtype)

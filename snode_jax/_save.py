@@ -42,6 +42,7 @@ from ._misc import (
     running_sum,
     tangent,
     vary_like,
+    where_tree,
 )
 from ._solution import RESULTS, Solution, raise_unless_successful
 
@@ -217,7 +218,7 @@ def dense_saved_states(
     short = on_spike & ~at_zero[:, None] & (seen == upto - 1)
     piece_current = input_currents(piece_inputs[piece], weight)  # (save, neuron)
     fired = jax.vmap(partial(_fire_at_end, dynamics))(times, y, piece_current)
-    y = jax.vmap(_where)(short, fired, y)
+    y = jax.vmap(where_tree)(short, fired, y)
     y = jax.tree.map(lambda a, s0: jnp.where(at_zero[:, None], s0[None], a), y, state0)
     # A save time that ends its own piece is differentiated through the run (the
     # piece's length). One that does not (it equals an interval end, an earlier
@@ -268,10 +269,6 @@ def _fire_at_end(dynamics: AbstractDynamics, t, y: State, current) -> State:
     post = _post_reset(dynamics, y_fire)
     f_post = field(post)
     return jax.tree.map(lambda a, fa: a - expand(shift, a) * fa, post, f_post)
-
-
-def _where(mask, a: State, b: State) -> State:
-    return jax.tree.map(lambda x, z: jnp.where(mask, x, z), a, b)
 
 
 # Kinds of replayed events; at one instant they are taken in this order (the event
@@ -362,7 +359,7 @@ def event_saved_states(
         jumps = real & ((kind == _INPUT) | (kind == _DELIVERY))
         y = dynamics.jump(y, jnp.where(jumps, amount, 0))
         fires = real & (kind == _RESET) & (rows == i)
-        y = _where(fires, dynamics.reset(y), y)
+        y = where_tree(fires, dynamics.reset(y), y)
         switch = real & (kind == _SWITCH)
         interval = jnp.where(switch, jnp.clip(i, 0, currents.shape[0] - 1), interval)
         # Only the save times' states are kept (S x n, not one per event).

@@ -186,7 +186,6 @@ def _replay_step(
             offset = tangent(jnp.where(is_input, t_in - clock, 0))
             y_event = jump_at(dynamics, clock, y_flow, amount, offset, current_event)
         else:
-            offset = s.shift  # (zero)
             y_event = dynamics.jump(y_flow, amount)
         # (The jump that lifts the neuron to threshold, not a later one there.)
         below, above = lax.stop_gradient(

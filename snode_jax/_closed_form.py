@@ -56,14 +56,21 @@ def _walk(
         pending = dynamics.crossing_pending(ev) & (count + 1 < max_steps)
         return ev, pending, count
 
+    def peeled(carry):
+        # `body` where the budget cannot run out: within the first `_PEEL`
+        # spikes of a budget of more than `_PEEL + 1` steps (a static bound).
+        ev, pending, count = carry
+        ev = dynamics.fire(ev, pending)
+        return ev, dynamics.crossing_pending(ev), count + pending
+
     pending = first_pending & (max_steps > 1)
     carry = (ev, pending, zeros)
     for _ in range(_PEEL):  # most intervals need no loop at all
-        carry = body(carry)
+        carry = peeled(carry) if max_steps > _PEEL + 1 else body(carry)
 
     # A loop is entered only when some neuron has more spikes in the interval's
     # first piece, or the interval has more pieces. (The integrator is never
-    # vmapped, see `run_folded`, so these are real branches.)
+    # vmapped, see `run_folded`, so these loops do not run for every neuron.)
     def spikes(carry):
         # The rest of a piece's spikes, `_UNROLL` per iteration for each neuron
         # that has them pending (`carry`'s count is the piece's): one pass over the
@@ -77,10 +84,6 @@ def _walk(
         return lax.while_loop(lambda c: jnp.any(c[1]), steps, carry)
 
     nothing = jnp.zeros_like(first_pending)
-
-    def no_loop(carry):
-        ev, _, count = carry
-        return ev, count, nothing
 
     def one_piece(carry):
         ev, _, count = spikes(carry)
@@ -118,8 +121,22 @@ def _walk(
         # Whether a piece before the last left a crossing pending.
         return ev, count, exhausted
 
-    branch = jnp.where(n_pieces > 1, 2, jnp.where(jnp.any(carry[1]), 1, 0))
-    ev, count, exhausted = lax.switch(branch, (no_loop, one_piece, pieces), carry)
+    # The loops run in a loop that runs at most once, not in a branch of a
+    # conditional: a branch that passes the carry through would copy it in every
+    # interval, and a loop that does not run leaves its carry in place.
+    def needed(c):
+        go, _, pending, _, _ = c
+        return go & ((n_pieces > 1) | jnp.any(pending))
+
+    def loops(c):
+        _, ev, pending, count, _ = c
+        ev, count, exhausted = lax.cond(
+            n_pieces > 1, pieces, one_piece, (ev, pending, count)
+        )
+        return jnp.zeros((), bool), ev, nothing, count, exhausted
+
+    c = (jnp.ones((), bool),) + carry + (nothing,)
+    _, ev, _, count, exhausted = lax.while_loop(needed, loops, c)
     exhausted = exhausted | dynamics.crossing_pending(ev)
     imprecise = dynamics.count_uncertain(ev, count).astype(jnp.int32)
     counters = Counters(count + n_pieces, count, num_imprecise_intervals=imprecise)

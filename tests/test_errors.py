@@ -506,6 +506,20 @@ def test_max_steps_closed_form():
     assert int(sol.stats["max_steps"]) == most
 
 
+@pytest.mark.parametrize("budget", [1, 2, 3, 4, 5, 6])
+def test_max_steps_closed_form_small_budgets(budget):
+    # Budgets within the spikes the walk takes before its loop (the first few of an
+    # interval): a neuron stops after `budget - 1` spikes in the first interval,
+    # and the run says the budget ran out.
+    x = _strong_inputs()
+    ref = reference_for(_layer(), x, 1.0)
+    assert ref.counts[0].max() >= budget
+    sol = _layer(max_steps=budget).simulate(x, 1.0, max_spikes=256, throw=False)
+    expected = np.minimum(ref.counts[0], budget - 1)
+    np.testing.assert_array_equal(np.asarray(sol.counts)[0], expected)
+    assert sol.result == sj.RESULTS.max_steps_reached
+
+
 @pytest.mark.parametrize(
     "solver",
     [sj.Dopri5(), sj.ExactFlow()],

@@ -70,7 +70,7 @@ def _walk(
 
     # A loop is entered only when some neuron has more spikes in the interval's
     # first piece, or the interval has more pieces. (The integrator is never
-    # vmapped, see `run_folded`, so these loops do not run for every neuron.)
+    # vmapped, see `run_folded`: their conditions are the population's, not batched.)
     def spikes(carry):
         # The rest of a piece's spikes, `_UNROLL` per iteration for each neuron
         # that has them pending (`carry`'s count is the piece's): one pass over the

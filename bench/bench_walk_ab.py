@@ -1,0 +1,112 @@
+"""The exact LIF layer's `forward` and `simulate` against another checkout of the
+library, in one process.
+
+A/B runs in alternating processes see this machine's load move by 20-50 % between
+them; here both versions are compiled in one process and called in turn, so each
+repetition's ratio compares calls made a few milliseconds apart. The other
+checkout's package is copied to a temporary directory under the name
+`snode_jax_base` (the package imports itself relatively) and imported next to this
+one. Both must return the same counts and spike times, to the bit.
+
+    git worktree add /tmp/base <commit>
+    python bench/bench_walk_ab.py --package /tmp/base/snode_jax
+
+Workload: `bench_layer.py`'s large one, 64 x 256 neurons x 100 intervals x 32
+inputs, `jax.vmap` over the batch, the layer passed as an argument;
+`simulate(max_spikes=32)`. Prints, per dtype and function, the minimum time of
+each version and the median over repetitions of the ratio this / base.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import snode_jax as sj  # noqa: E402
+
+
+def functions():
+    def forward(layer, x):
+        return layer.forward(x, 1.0)
+
+    def simulate(layer, x):
+        return layer.simulate(x, 1.0, max_spikes=32).spike_times
+
+    return {
+        name: eqx.filter_jit(jax.vmap(f, in_axes=(None, 0)))
+        for name, f in (("forward", forward), ("simulate", simulate))
+    }
+
+
+def layer_of(package, dtype, n_neurons):
+    dyn = package.ODELIFDynamics(tau_mem=20.0, v_rest=0.0, v_threshold=1.0, v_reset=0.0)
+    return package.SpikingODELayer(
+        32, n_neurons, dyn, dtype=dtype, key=jax.random.key(0)
+    )
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument(
+        "--package", required=True, help="the other checkout's snode_jax folder"
+    )
+    p.add_argument("--reps", type=int, default=41)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--neurons", type=int, default=256)
+    a = p.parse_args()
+    tmp = tempfile.mkdtemp()
+    try:
+        shutil.copytree(a.package, os.path.join(tmp, "snode_jax_base"))
+        sys.path.insert(0, tmp)
+        import snode_jax_base as base  # type: ignore[import-not-found]
+
+        print(f"this: {sj.__file__}\nbase: {a.package}")
+        for dtype in (jnp.float32, jnp.float64):
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((a.batch, 100, 32)) * 0.5
+            x = jnp.asarray(x.astype(dtype))
+            layers = {
+                "this": layer_of(sj, dtype, a.neurons),
+                "base": layer_of(base, dtype, a.neurons),
+            }
+            fs = {
+                (name, version): f
+                for version in layers
+                for name, f in functions().items()
+            }
+            outs = {k: jax.block_until_ready(f(layers[k[1]], x)) for k, f in fs.items()}
+            for name in functions():
+                this, other = outs[name, "this"], outs[name, "base"]
+                if not np.array_equal(np.asarray(this), np.asarray(other)):
+                    raise SystemExit(f"{name} differs between the versions")
+            times = {k: [] for k in fs}
+            for _ in range(a.reps):
+                for k, f in fs.items():
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(f(layers[k[1]], x))
+                    times[k].append(time.perf_counter() - t0)
+            for name in functions():
+                this = np.asarray(times[name, "this"])
+                other = np.asarray(times[name, "base"])
+                print(
+                    f"{jnp.dtype(dtype).name} {name}: this {this.min() * 1e3:.2f} ms, "
+                    f"base {other.min() * 1e3:.2f} ms, median ratio "
+                    f"{np.median(this / other):.3f} (same results)"
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ from ._misc import (
     vary_like,
     where_tree,
 )
-from ._reverse import reverse_segments
+from ._reverse import reverse_segments, segment_buffers
 from ._scan import RunConfig, interval_starts
 from ._solution import RESULTS
 from ._surrogate import surrogate_zero
@@ -136,14 +136,41 @@ def _linearised_iteration(loop: AdaptiveLoop, rec: _StepRecord, params, t, y):
     return t_new, y_new, t_start + t_star
 
 
+def _advance(loop: AdaptiveLoop, params):
+    """One iteration of the loop over the interval of `params`, and its record."""
+    dynamics, current, interval, t_start = params
+
+    def advance(st):
+        new, out = loop.advance(dynamics, current, interval, t_start, st)
+        return new, _record(st, out)
+
+    return advance
+
+
+def _strip_counters(st):
+    # The solver-work counters are not needed to rerun a segment.
+    return eqx.tree_at(lambda s: s.counters, st, None)
+
+
+def _interval_buffers(loop: AdaptiveLoop, params, y0):
+    """Zeros for the records and checkpoints of [`_interval_backward`][]."""
+    current = params[1]
+    init = jax.eval_shape(lambda: loop.start(y0, current, None))
+    return segment_buffers(
+        _advance(loop, params), init, loop.max_steps, _strip_counters
+    )
+
+
 def _interval_backward(
-    loop: AdaptiveLoop, surrogate, params, y0, num, ct_y, ct_count, ct_times
+    loop: AdaptiveLoop, surrogate, params, y0, num, ct_y, ct_count, ct_times, buffers
 ):
     """The cotangents of one interval of the adaptive loop: of its parameters
     `(dynamics, current, interval, t_start)` and of its start state `y0`, given
     those of its end state `ct_y`, of its soft counts `ct_count` and of the spike
     buffer `ct_times` (`None` without one; this interval's spikes go to slots `num`
-    on); also its spike counts, to check against the forward run's.
+    on); also its spike counts, to check against the forward run's, and the
+    records and checkpoints `buffers` (from [`_interval_buffers`][], carried from
+    one interval to the next) as written.
 
     The loop is rerun without derivatives (so taking the forward run's decisions)
     and pulled back one iteration at a time ([`reverse_segments`][]).
@@ -151,10 +178,7 @@ def _interval_backward(
     dynamics, current, interval, t_start = params
     n = current.shape[0]
     dtype = current.dtype
-
-    def advance(st):
-        new, out = loop.advance(dynamics, current, interval, t_start, st)
-        return new, _record(st, out)
+    advance = _advance(loop, params)
 
     def linearised(p, x, rec):
         t_new, y_new, spike = _linearised_iteration(loop, rec, p, *x)
@@ -193,7 +217,7 @@ def _interval_backward(
         d_p, d_t, d_y = vjp((ct_count, along))
         return d_p, (d_t, d_y)
 
-    ct_params, (_, ct_y0), end, _ = reverse_segments(
+    ct_params, (_, ct_y0), end, _, buffers = reverse_segments(
         advance,
         lambda st: jnp.any(loop.running(interval, st)),
         linearised,
@@ -204,16 +228,16 @@ def _interval_backward(
         (jnp.zeros((n,), dtype), ct_y),
         loop.max_steps,
         end_cotangent=end_cotangent,
-        # The solver-work counters are not needed to rerun a segment.
-        checkpoint=lambda st: eqx.tree_at(lambda s: s.counters, st, None),
+        checkpoint=_strip_counters,
         restore=lambda st, _: eqx.tree_at(
             lambda s: s.counters,
             st,
             loop.zero_counters(n),
             is_leaf=lambda x: x is None,
         ),
+        buffers=buffers,
     )
-    return ct_params, ct_y0, end.count
+    return ct_params, ct_y0, end.count, buffers
 
 
 class RerunAdjoint(AbstractAdjoint):
@@ -270,7 +294,7 @@ class RerunAdjoint(AbstractAdjoint):
             uniform = jnp.ndim(interval) == 0
 
             def step(carry, xs):
-                ct_y, ct_dyn, ct_interval, later = carry
+                ct_y, ct_dyn, ct_interval, later, buffers = carry
                 k, current, y0, num, ct_count, ct_state = xs
                 if ct_state is not None:
                     ct_y = jax.tree.map(jnp.add, ct_y, ct_state)
@@ -279,7 +303,7 @@ class RerunAdjoint(AbstractAdjoint):
                 # recorded from it): it is k * interval, or the sum of the earlier
                 # lengths.
                 params = (dynamics, current, length, t_starts[k])
-                (d_dyn, d_current, d_length, d_start), ct_y, count = _interval_backward(
+                cts_k, ct_y, count, buffers = _interval_backward(
                     integrator,
                     surrogate,
                     params,
@@ -288,7 +312,9 @@ class RerunAdjoint(AbstractAdjoint):
                     ct_y,
                     ct_count,
                     ct_spike_times,
+                    buffers,
                 )
+                d_dyn, d_current, d_length, d_start = cts_k
                 # The rerun must take the forward pass's decisions; if it does not
                 # (its counts differ), its derivative is not that of the forward
                 # run, and saying so beats a silently wrong gradient.
@@ -304,7 +330,8 @@ class RerunAdjoint(AbstractAdjoint):
                     # Interval k's length moves the start of every later interval.
                     ct_interval = ct_interval.at[k].add(d_length + later)
                     later = later + d_start
-                return (ct_y, ct_dyn, ct_interval, later), (d_current, same)
+                carry = (ct_y, ct_dyn, ct_interval, later, buffers)
+                return carry, (d_current, same)
 
             zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
             if num_intervals == 0:  # nothing ran: the state passes through
@@ -312,10 +339,16 @@ class RerunAdjoint(AbstractAdjoint):
                 return sum_where_invariant(cts, primals)
             ks = jnp.arange(num_intervals)
             xs = (ks, currents, starts, seen, ct.counts, ct.interval_states)
-            init = (ct.final_state, *zeros, jnp.zeros((), dtype))
+            # The records and checkpoints of the intervals' reruns: one set, filled
+            # with zeros once and written over by each interval in turn.
+            length = interval if uniform else interval[0]
+            first = (dynamics, currents[0], length, t_starts[0])
+            y_first = jax.tree.map(lambda a: a[0], starts)
+            buffers = _interval_buffers(integrator, first, y_first)
+            init = (ct.final_state, *zeros, jnp.zeros((), dtype), buffers)
             # (Under `jax.shard_map`, the carry varies as the cotangents do.)
             init = vary_like(init, init, xs, state)
-            (ct_state, ct_dyn, ct_interval, _), (ct_currents, same) = lax.scan(
+            (ct_state, ct_dyn, ct_interval, _, _), (ct_currents, same) = lax.scan(
                 step, init, xs, reverse=True
             )
             cts = (ct_dyn, ct_currents, ct_interval, ct_state)

@@ -54,6 +54,7 @@ def reverse_segments(
     restore=lambda st, end: st,
     expand=lambda rec, end: rec,
     forward=None,
+    buffers=None,
 ):
     """`(ct_params, ct_x0, end, total)`: the cotangents of `params` and of the
     differentiable start `x0` of the loop `while running(st): st, rec =
@@ -70,16 +71,23 @@ def reverse_segments(
     `forward`, if given, is `(ckpts, end, total)` from a pass that has already run
     the loop from `init` (see [`checkpointed_pass`][]): the first pass is skipped,
     and every segment, the last included, is rerun from its checkpoint.
+
+    `buffers`, if given, is `(recs, ckpts)` from [`segment_buffers`][] (`ckpts`
+    `None` with `forward`), the records and checkpoints to write into; then the
+    buffers as written come back too, as a fifth element. A caller that runs this
+    loop again and again (once per interval of a scan) can carry them over instead
+    of filling new ones with zeros every time: every entry is written before it is
+    read, so what an earlier use left there is never seen.
     """
     seg = segment_length(max_steps)
     num_segments = -(-max_steps // seg)
-    _, rec_shape = jax.eval_shape(advance, init)
-    # One more record slot than the segment's iterations: where a loop does not
-    # move (see below), its record goes there.
-    recs = _stacked(rec_shape, seg + 1)
-    if forward is None:
-        ckpts = _stacked(checkpoint(init), num_segments)
+    if buffers is None:
+        recs, ckpts = segment_buffers(
+            advance, init, max_steps, checkpoint, forward is None
+        )
     else:
+        recs, ckpts = buffers
+    if forward is not None:
         ckpts, end, total = forward
 
     # Under `jax.vmap` each loop runs while any sample needs it (`unvmap_any`) and
@@ -163,10 +171,28 @@ def reverse_segments(
     # set to false by every iteration, varies over nothing.)
     rest = vary_like((j, total, end, recs, ckpts, cts), init, params, ct_end)
     carry = (first,) + rest
-    _, _, total, end, _, _, (ct_x0, ct_params) = lax.while_loop(
+    _, _, total, end, recs, ckpts, (ct_x0, ct_params) = lax.while_loop(
         lambda c: eqxi.unvmap_any(c[1] >= 0), outer_body, carry
     )
-    return ct_params, ct_x0, end, total
+    if buffers is None:
+        return ct_params, ct_x0, end, total
+    return ct_params, ct_x0, end, total, (recs, None if forward else ckpts)
+
+
+def segment_buffers(advance, init, max_steps: int, checkpoint, checkpoints=True):
+    """Zeros for the records and (with `checkpoints`) the checkpoints that
+    [`reverse_segments`][] keeps for the loop of `advance` from `init` (arrays or
+    shapes): `(recs, ckpts)`."""
+    seg = segment_length(max_steps)
+    num_segments = -(-max_steps // seg)
+    _, rec_shape = jax.eval_shape(advance, init)
+    # One more record slot than the segment's iterations: where a loop does not
+    # move (see below), its record goes there.
+    recs = _stacked(rec_shape, seg + 1)
+    ckpts = None
+    if checkpoints:
+        ckpts = _stacked(jax.eval_shape(checkpoint, init), num_segments)
+    return recs, ckpts
 
 
 def checkpointed_pass(body, running, init, max_steps: int, checkpoint=lambda st: st):

@@ -291,7 +291,7 @@ def replay_vjp(args, perturbed, records, grad_times, grad_state):
     )
     zeros = jnp.zeros((n,), dtype)
     no_state = jax.tree.map(jnp.zeros_like, state)
-    grad_args, (_, grad_init, _, _), end, _ = reverse_segments(
+    grad_args, (_, grad_init, _, _), end, _, _ = reverse_segments(
         advance,
         lambda s: jnp.any(working(s)),
         linearised,

@@ -56,11 +56,12 @@ def reverse_segments(
     forward=None,
     buffers=None,
 ):
-    """`(ct_params, ct_x0, end, total)`: the cotangents of `params` and of the
-    differentiable start `x0` of the loop `while running(st): st, rec =
+    """`(ct_params, ct_x0, end, total, buffers)`: the cotangents of `params` and
+    of the differentiable start `x0` of the loop `while running(st): st, rec =
     advance(st)` from `init`, given `ct_end` for the last iteration's `x_next` and
     `out_cotangent(rec)` for each iteration's `out` (see the module docstring);
-    also the loop's end state and its number of iterations.
+    also the loop's end state, its number of iterations, and the records and
+    checkpoints as written (see `buffers`).
 
     `end_cotangent(end)`, if given, is `(d_params, d_x)`: more cotangent from the
     end state (added once). `checkpoint` and `restore` strip what a checkpoint need
@@ -73,11 +74,11 @@ def reverse_segments(
     and every segment, the last included, is rerun from its checkpoint.
 
     `buffers`, if given, is `(recs, ckpts)` from [`segment_buffers`][] (`ckpts`
-    `None` with `forward`), the records and checkpoints to write into; then the
-    buffers as written come back too, as a fifth element. A caller that runs this
-    loop again and again (once per interval of a scan) can carry them over instead
-    of filling new ones with zeros every time: every entry is written before it is
-    read, so what an earlier use left there is never seen.
+    `None` with `forward`), the records and checkpoints to write into (by
+    default, zeros); they come back as written (`ckpts` `None` with `forward`).
+    A caller that runs this loop again and again (once per interval of a scan) can
+    carry them over instead of filling new ones with zeros every time: every entry
+    is written before it is read, so what an earlier use left there is never seen.
     """
     seg = segment_length(max_steps)
     num_segments = -(-max_steps // seg)
@@ -174,8 +175,6 @@ def reverse_segments(
     _, _, total, end, recs, ckpts, (ct_x0, ct_params) = lax.while_loop(
         lambda c: eqxi.unvmap_any(c[1] >= 0), outer_body, carry
     )
-    if buffers is None:
-        return ct_params, ct_x0, end, total
     return ct_params, ct_x0, end, total, (recs, None if forward else ckpts)
 
 
@@ -314,7 +313,7 @@ def checkpointed_while_loop(
             _, body_p = make(eqx.combine(p, p_fixed, p_other), True)
             return point(body_p(eqx.combine(x, st))), ()
 
-        ct_p, ct_s, _, _ = reverse_segments(
+        ct_p, ct_s, _, _, _ = reverse_segments(
             advance,
             cond,
             linearised,

@@ -19,7 +19,7 @@ from ._crossing import (
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._misc import vary_like, where_tree
-from ._records import Counters, IntervalOutcome, SpikeBuffer
+from ._records import Counters, IntervalOutcome, SpikeBuffer, set_entries
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator
 from ._solver import AbstractStepper, ExactStepper, propose
@@ -94,10 +94,66 @@ class AdaptiveState(eqx.Module):
     count: Int[Array, " n"]
     counters: Counters
     attempts: Int[Array, " n"]
-    buffer: SpikeBuffer | None
+    buffer: "SpikeBuffer | CrossingRecord | None"
     root_fail: Bool[Array, " n"]
     h_big: Float[Array, " n"]
     controller_state: PredictiveState
+
+
+class CrossingRecord(eqx.Module):
+    """A spike buffer, and what the crossing search found at each spike it holds
+    (the crossing time from the interval's start, the state there, where that
+    state was evaluated, whether the search converged): a backward pass that reruns
+    an interval takes its crossings from here instead of searching again.
+
+    **Fields:**
+
+    - `spikes`: the spike times.
+    - `crossings`: leaves `(n_neurons, max_spikes, ...)`, slot `j` for spike `j`.
+    """
+
+    spikes: SpikeBuffer
+    crossings: Crossings
+
+    @staticmethod
+    def empty(spikes: SpikeBuffer, state: State) -> "CrossingRecord":
+        n, cap = spikes.times.shape
+        dtype = spikes.times.dtype
+
+        def slots(a):
+            return jnp.zeros((n, cap) + jnp.shape(a)[1:], a.dtype)
+
+        zeros = jnp.zeros((n, cap), dtype)
+        ok = jnp.ones((n, cap), bool)
+        return CrossingRecord(
+            spikes, Crossings(zeros, jax.tree.map(slots, state), zeros, ok)
+        )
+
+    def record(self, mask, t_start, found: Crossings) -> "CrossingRecord":
+        """Append the crossings `found` of the neurons where `mask` holds (their
+        spike times are `t_start + found.t_star`)."""
+        n, cap = self.spikes.times.shape
+        num = self.spikes.num
+        keep = mask & (num < cap)
+        rows = jnp.arange(n, dtype=jnp.int32)
+        crossings = jax.tree.map(
+            lambda a, v: set_entries(a, rows, num, keep, v), self.crossings, found
+        )
+        spikes = self.spikes.record(mask, t_start + found.t_star)
+        return CrossingRecord(spikes, crossings)
+
+
+def recorded_crossing(record: Crossings, slot) -> Crossings:
+    """Per neuron, the crossing in slot `slot` of `record` (leaves `(n, max_spikes,
+    ...)`; a slot past the end gives the last one)."""
+    cap = record.t_star.shape[1]
+    at = jnp.clip(slot, 0, max(cap - 1, 0))
+
+    def pick(a):
+        index = jnp.reshape(at, (-1, 1) + (1,) * (a.ndim - 2))
+        return jnp.take_along_axis(a, index, axis=1)[:, 0]
+
+    return jax.tree.map(pick, record)
 
 
 class StepOutcome(eqx.Module):
@@ -130,6 +186,8 @@ class AdaptiveLoop(AbstractIntegrator):
     - `controller`: the step-size controller.
     - `root_finder`: the crossing search.
     - `max_steps`: step attempts per neuron per interval.
+    - `record_crossings`: a run that records spike times also keeps, for each
+        spike, what the crossing search found ([`CrossingRecord`][]).
 
     The loop itself has no derivative: [`RerunAdjoint`][] differentiates it.
     """
@@ -138,6 +196,23 @@ class AdaptiveLoop(AbstractIntegrator):
     controller: PredictiveController
     root_finder: BracketedNewton
     max_steps: int = eqx.field(static=True)
+    record_crossings: bool = eqx.field(static=True, default=False)
+
+    def new_buffer(self, state, max_spikes, dtype, uniform):
+        spikes = super().new_buffer(state, max_spikes, dtype, uniform)
+        if not self.record_crossings:
+            return spikes
+        return CrossingRecord.empty(spikes, state)
+
+    def spike_times(self, dynamics, buffer, state, interval):
+        if isinstance(buffer, CrossingRecord):
+            buffer = buffer.spikes
+        return super().spike_times(dynamics, buffer, state, interval)
+
+    def recorded_crossings(self, buffer):
+        if isinstance(buffer, CrossingRecord):
+            return buffer.crossings
+        return None
 
     def prepare(self, dynamics, interval):
         return None
@@ -145,8 +220,14 @@ class AdaptiveLoop(AbstractIntegrator):
     def zero_counters(self, n: int) -> Counters:
         return _zero_counters(n)
 
-    def decide(self, dynamics, current, interval, st: AdaptiveState) -> StepOutcome:
-        """One step attempt per neuron: its acceptance, and any crossing in it."""
+    def decide(
+        self, dynamics, current, interval, st: AdaptiveState, replay=None
+    ) -> StepOutcome:
+        """One step attempt per neuron: its acceptance, and any crossing in it.
+
+        `replay`, where given, maps `(crossed, count)` (which neurons cross in this
+        step, and their spikes so far in the interval) to their crossings, taken
+        from an earlier run of the same steps instead of searched for."""
         t, y, h = st.t, st.y, st.h
         active = (t < interval) & (st.attempts < self.max_steps)
         reaches_end = t + h >= interval
@@ -195,9 +276,17 @@ class AdaptiveLoop(AbstractIntegrator):
         steps = StepCrossings(
             t, t1, y, current, step, upper, g0, g_upper, prop.y1, prop.dense
         )
-        crossings = locate_crossings(
-            self.stepper, self.root_finder, dynamics, steps, crossed, interval
-        )
+        if replay is None:
+            crossings = locate_crossings(
+                self.stepper, self.root_finder, dynamics, steps, crossed, interval
+            )
+        else:
+            # (Elsewhere, what the search gives a neuron that does not cross.)
+            crossings = where_tree(
+                crossed,
+                replay(crossed, st.count),
+                Crossings(t1, prop.y1, t, jnp.ones_like(crossed)),
+            )
         return StepOutcome(
             active,
             accept,
@@ -215,7 +304,9 @@ class AdaptiveLoop(AbstractIntegrator):
         """Per neuron, whether it is still integrating."""
         return (st.t < interval) & (st.attempts < self.max_steps)
 
-    def start(self, y, current, buffer: SpikeBuffer | None) -> AdaptiveState:
+    def start(
+        self, y, current, buffer: "SpikeBuffer | CrossingRecord | None"
+    ) -> AdaptiveState:
         """The loop's state at the start of an interval from state `y`."""
         n = current.shape[0]
         dtype = current.dtype
@@ -235,11 +326,12 @@ class AdaptiveLoop(AbstractIntegrator):
         )
 
     def advance(
-        self, dynamics, current, interval, t_start, st: AdaptiveState
+        self, dynamics, current, interval, t_start, st: AdaptiveState, replay=None
     ) -> tuple[AdaptiveState, StepOutcome]:
         """One iteration of the loop: every running neuron attempts a step (see
-        [`decide`][]), and the state moves on; also returns what was decided."""
-        out = self.decide(dynamics, current, interval, st)
+        [`decide`][], also for `replay`), and the state moves on; also returns what
+        was decided."""
+        out = self.decide(dynamics, current, interval, st, replay)
         t1, y1 = out.t1, out.y1
         t_star, y_star = out.crossings.t_star, out.crossings.y_star
         y_new = where_tree(
@@ -260,7 +352,9 @@ class AdaptiveLoop(AbstractIntegrator):
         cstate = where_tree(out.active, out.controller_state, st.controller_state)
         cstate = where_tree(out.crossed, fresh, cstate)
         buffer = st.buffer
-        if buffer is not None:
+        if isinstance(buffer, CrossingRecord):
+            buffer = buffer.record(out.crossed, t_start, out.crossings)
+        elif buffer is not None:
             buffer = buffer.record(out.crossed, t_start + t_star)
         # An accepted step that did not advance the time (dt_min below the
         # resolution of t) would repeat forever: counted, and reported.

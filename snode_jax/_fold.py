@@ -135,9 +135,10 @@ def _run_tiles(
     shapes = jax.eval_shape(lambda: run_tile(stacked, jnp.zeros((), jnp.int32)))
 
     def lane_axis(path) -> int:
-        # `spike_times` and `num_spikes` are (lanes, ...); everything else that is
-        # per neuron, (..., lanes).
-        return 0 if path[0].name in ("spike_times", "num_spikes") else -1
+        # `spike_times`, `num_spikes` and `crossings` are (lanes, ...); everything
+        # else that is per neuron, (..., lanes).
+        first = ("spike_times", "num_spikes", "crossings")
+        return 0 if path[0].name in first else -1
 
     def whole_batch(path, x):  # zeros for all lanes, where a tile's go
         shape = list(x.shape)
@@ -236,6 +237,7 @@ def run_folded(
             exhausted=unfold_last(raw.exhausted),
             root_fail=unfold_last(raw.root_fail),
             nonfinite_state=unfold_last(raw.nonfinite_state),
+            crossings=jax.tree.map(unfold_first, raw.crossings),
         )
         return out, jax.tree.map(lambda _: True, out)
 

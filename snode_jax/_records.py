@@ -114,3 +114,6 @@ class RawRun(eqx.Module):
     # inf. Checked during the run, so that interval states the caller does not use
     # need not be stored for the check.
     nonfinite_state: Bool[Array, " n_neurons"] | None = None
+    # What the integrator found at each recorded spike, where it keeps that (see
+    # `AbstractIntegrator.recorded_crossings`): leaves `(n_neurons, max_spikes, ...)`.
+    crossings: PyTree[Array] | None = None

@@ -1,13 +1,15 @@
 """Reverse mode for the adaptive loop: each interval rerun without derivatives and
 pulled back one iteration at a time, its decisions held fixed."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._adaptive import AdaptiveLoop, AdaptiveState, StepOutcome
+from ._adaptive import AdaptiveLoop, AdaptiveState, StepOutcome, recorded_crossing
 from ._adjoint import AbstractAdjoint
 from ._crossing import Crossings
 from ._custom_types import State
@@ -136,15 +138,31 @@ def _linearised_iteration(loop: AdaptiveLoop, rec: _StepRecord, params, t, y):
     return t_new, y_new, t_start + t_star
 
 
-def _advance(loop: AdaptiveLoop, params):
-    """One iteration of the loop over the interval of `params`, and its record."""
+def _advance(loop: AdaptiveLoop, params, replay=None):
+    """One iteration of the loop over the interval of `params`, and its record
+    (`replay`: see `AdaptiveLoop.decide`)."""
     dynamics, current, interval, t_start = params
 
     def advance(st):
-        new, out = loop.advance(dynamics, current, interval, t_start, st)
+        new, out = loop.advance(dynamics, current, interval, t_start, st, replay)
         return new, _record(st, out)
 
     return advance
+
+
+def _replay(record: Crossings | None, num):
+    """For a rerun, the crossings the forward run kept in `record` (see
+    `CrossingRecord`; this interval's spikes are in slots `num` on), instead of a
+    new search (None without a record). A slot past the record's end (it was full)
+    gives the last one's: the caller checks that every spike was recorded."""
+    if record is None:
+        return None
+
+    def replay(crossed, count):
+        del crossed
+        return recorded_crossing(record, num + count)
+
+    return replay
 
 
 def _strip_counters(st):
@@ -162,7 +180,16 @@ def _interval_buffers(loop: AdaptiveLoop, params, y0):
 
 
 def _interval_backward(
-    loop: AdaptiveLoop, surrogate, params, y0, num, ct_y, ct_count, ct_times, buffers
+    loop: AdaptiveLoop,
+    surrogate,
+    params,
+    y0,
+    num,
+    ct_y,
+    ct_count,
+    ct_times,
+    buffers,
+    record=None,
 ):
     """The cotangents of one interval of the adaptive loop: of its parameters
     `(dynamics, current, interval, t_start)` and of its start state `y0`, given
@@ -173,12 +200,14 @@ def _interval_backward(
     one interval to the next) as written.
 
     The loop is rerun without derivatives (so taking the forward run's decisions)
-    and pulled back one iteration at a time ([`reverse_segments`][]).
+    and pulled back one iteration at a time ([`reverse_segments`][]). With the
+    forward run's `record` of its crossings (see `CrossingRecord`), the rerun takes
+    them from there instead of searching again.
     """
     dynamics, current, interval, t_start = params
     n = current.shape[0]
     dtype = current.dtype
-    advance = _advance(loop, params)
+    advance = _advance(loop, params, _replay(record, num))
 
     def linearised(p, x, rec):
         t_new, y_new, spike = _linearised_iteration(loop, rec, p, *x)
@@ -254,9 +283,25 @@ class RerunAdjoint(AbstractAdjoint):
     from the same state). Where it does not, its derivative is not that of the
     forward run: the gradient is NaN, and with `throw=True` the backward pass raises
     `RESULTS.gradient_rerun_mismatch`.
+
+    **Arguments:**
+
+    - `throw`: raise (under `eqx.filter_jit`) where the gradient is NaN for one of
+        the reasons here.
+    - `replay_crossings`: in a run that records spike times (`max_spikes` above
+        0), the forward pass also keeps what the crossing search found at each
+        spike (the crossing time, the state there, where it was evaluated; a few
+        values per spike), and the rerun takes its crossings from there instead
+        of searching again: the gradient program holds no second copy of the
+        search (it compiles in less time) and the rerun does less work. A
+        neuron that fired more than `max_spikes` times has crossings that were not
+        kept: the gradient is then NaN (with `throw=True` the backward pass raises
+        `RESULTS.gradient_crossings_not_recorded`); `False` searches again, as a
+        run without spike times does.
     """
 
     throw: bool = eqx.field(static=True, default=True)
+    replay_crossings: bool = eqx.field(static=True, default=True)
 
     def run(self, integrator, dynamics, currents, interval, state, cfg, surrogate):
         assert isinstance(integrator, AdaptiveLoop)
@@ -267,23 +312,31 @@ class RerunAdjoint(AbstractAdjoint):
         def run(dynamics, currents, interval, state):
             return run_folded(integrator, dynamics, currents, interval, state, cfg)
 
+        # The crossings the forward pass records, for the rerun to replay.
+        replay = self.replay_crossings and bool(cfg.max_spikes)
+        recording = dataclasses.replace(integrator, record_crossings=replay)
+
         def fwd(dynamics, currents, interval, state):
             # Differentiated: the interval states are kept (they are the residuals).
             fwd_cfg = RunConfig(cfg.max_spikes, keep_interval_states=True)
-            raw = run_folded(integrator, dynamics, currents, interval, state, fwd_cfg)
+            raw = run_folded(recording, dynamics, currents, interval, state, fwd_cfg)
             ends = raw.interval_states
             starts = jax.tree.map(
                 lambda s, e: jnp.concatenate([s[None], e[:-1]]), state, ends
             )
             counts = raw.counts.astype(jnp.int32)
             seen = running_sum(counts, axis=0) - counts  # spikes before each interval
+            record = raw.crossings
+            raw = eqx.tree_at(
+                lambda r: r.crossings, raw, None, is_leaf=lambda x: x is None
+            )
             if not cfg.keep_interval_states:
                 raw = eqx.tree_at(lambda r: r.interval_states, raw, None)
-            return raw, (dynamics, currents, interval, starts, seen, counts)
+            return raw, (dynamics, currents, interval, starts, seen, counts, record)
 
         def bwd(res, ct):
             res, ct = vary_like((res, ct), res, ct)
-            dynamics, currents, interval, starts, seen, counts = res
+            dynamics, currents, interval, starts, seen, counts, record = res
             dtype = currents.dtype
             # Without a spike buffer the run's `spike_times` is an empty
             # `(n, 0)` array and the rerun records none (`times` is `None`): that
@@ -313,13 +366,18 @@ class RerunAdjoint(AbstractAdjoint):
                     ct_count,
                     ct_spike_times,
                     buffers,
+                    record,
                 )
                 d_dyn, d_current, d_length, d_start = cts_k
                 # The rerun must take the forward pass's decisions; if it does not
                 # (its counts differ), its derivative is not that of the forward
                 # run, and saying so beats a silently wrong gradient.
                 same = jnp.all(count == counts[k])
-                nan_if_differs = lambda a: jnp.where(same, a, jnp.nan)
+                # Replayed crossings must all have been recorded.
+                kept = jnp.ones((), bool)
+                if record is not None:
+                    kept = jnp.all(num + counts[k] <= record.t_star.shape[1])
+                nan_if_differs = lambda a: jnp.where(same & kept, a, jnp.nan)
                 grads = (d_dyn, d_current, d_length, d_start, ct_y)
                 grads = jax.tree.map(nan_if_differs, grads)
                 d_dyn, d_current, d_length, d_start, ct_y = grads
@@ -331,7 +389,7 @@ class RerunAdjoint(AbstractAdjoint):
                     ct_interval = ct_interval.at[k].add(d_length + later)
                     later = later + d_start
                 carry = (ct_y, ct_dyn, ct_interval, later, buffers)
-                return carry, (d_current, same)
+                return carry, (d_current, (same, kept))
 
             zeros = jax.tree.map(jnp.zeros_like, (dynamics, interval))
             if num_intervals == 0:  # nothing ran: the state passes through
@@ -348,18 +406,22 @@ class RerunAdjoint(AbstractAdjoint):
             init = (ct.final_state, *zeros, jnp.zeros((), dtype), buffers)
             # (Under `jax.shard_map`, the carry varies as the cotangents do.)
             init = vary_like(init, init, xs, state)
-            (ct_state, ct_dyn, ct_interval, _, _), (ct_currents, same) = lax.scan(
+            (ct_state, ct_dyn, ct_interval, _, _), (ct_currents, checks) = lax.scan(
                 step, init, xs, reverse=True
             )
+            same, kept = checks
             cts = (ct_dyn, ct_currents, ct_interval, ct_state)
             if self.throw:
                 # After the scan, once: under `jax.shard_map` every device raises
                 # if any does (a check inside the scan would need a collective in
                 # each interval).
-                differs = max_across_devices(~jnp.all(same))
-                message = RESULTS[RESULTS.gradient_rerun_mismatch]
                 zero = jnp.zeros((), jnp.int32)
-                cts = tie_to(cts, eqx.error_if(zero, differs, message))
+                for ok, item in (
+                    (same, RESULTS.gradient_rerun_mismatch),
+                    (kept, RESULTS.gradient_crossings_not_recorded),
+                ):
+                    failed = max_across_devices(~jnp.all(ok))
+                    cts = tie_to(cts, eqx.error_if(zero, failed, RESULTS[item]))
             return sum_where_invariant(cts, primals)
 
         run.defvjp(fwd, bwd)

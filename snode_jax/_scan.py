@@ -70,6 +70,12 @@ class AbstractIntegrator(eqx.Module):
         assert isinstance(buffer, SpikeBuffer)
         return buffer.times, buffer.num
 
+    def recorded_crossings(self, buffer: PyTree[Array]) -> PyTree[Array] | None:
+        """What the record `buffer` holds of each recorded spike beyond its time
+        (for a backward pass that replays the run), or None: by default, nothing."""
+        del buffer
+        return None
+
     @abc.abstractmethod
     def interval(
         self,
@@ -246,4 +252,5 @@ def run_population(
         exhausted,
         root_fail,
         bad,
+        None if buffer is None else integrator.recorded_crossings(buffer),
     )

@@ -78,6 +78,13 @@ class RESULTS(eqx.Enumeration):
         "close to a decision boundary of the step controller; a tighter `rtol` "
         "usually avoids it."
     )
+    gradient_crossings_not_recorded = (
+        "The backward pass of the adaptive path replays the crossings the forward "
+        "pass recorded with its spike times, and a neuron fired more than "
+        "`max_spikes` times, so some were not recorded (the gradient is NaN). "
+        "Increase `max_spikes`, or differentiate with "
+        "`RerunAdjoint(replay_crossings=False)`, which searches for them again."
+    )
 
 
 def raise_unless_successful(sol):

@@ -47,6 +47,7 @@ BENCH_SCRIPTS = {
     "rk_step": "bench_rk_step.py",
     "forward_ab": "bench_forward_ab.py",
     "walk_ab": "bench_walk_ab.py",
+    "adaptive_grad_ab": "bench_adaptive_grad_ab.py",
     "grad_ab": "bench_grad_ab.py",
     "network": "bench_network.py",
     "online": "bench_online.py",

@@ -225,9 +225,10 @@ class AdaptiveLoop(AbstractIntegrator):
     ) -> StepOutcome:
         """One step attempt per neuron: its acceptance, and any crossing in it.
 
-        `replay`, where given, maps `(crossed, count)` (which neurons cross in this
-        step, and their spikes so far in the interval) to their crossings, taken
-        from an earlier run of the same steps instead of searched for."""
+        `replay`, where given, takes the crossings from an earlier run of the same
+        steps instead of deciding and searching for them: it maps `(accept, t1,
+        count)` (which neurons' steps are accepted, where the steps end, and the
+        neurons' spikes so far in the interval) to `(crossed, crossings)`."""
         t, y, h = st.t, st.y, st.h
         active = (t < interval) & (st.attempts < self.max_steps)
         reaches_end = t + h >= interval
@@ -244,6 +245,23 @@ class AdaptiveLoop(AbstractIntegrator):
             st.controller_state,
         )
         accept = active & prop.accept
+        # (What the search gives a neuron that does not cross.)
+        no_crossing = Crossings(t1, prop.y1, t, jnp.ones_like(accept))
+        if replay is not None:
+            crossed, found = replay(accept, t1, st.count)
+            crossings = where_tree(crossed, found, no_crossing)
+            return StepOutcome(
+                active,
+                accept,
+                crossed,
+                reaches_end,
+                t1,
+                prop.y1,
+                crossings,
+                prop.h_next,
+                prop.at_dt_min,
+                prop.controller_state,
+            )
         g0 = dynamics.threshold(y)
         g1 = dynamics.threshold(prop.y1)
         # NaN counts as past threshold: a model that blows up at a spike (AdEx, QIF)
@@ -276,17 +294,9 @@ class AdaptiveLoop(AbstractIntegrator):
         steps = StepCrossings(
             t, t1, y, current, step, upper, g0, g_upper, prop.y1, prop.dense
         )
-        if replay is None:
-            crossings = locate_crossings(
-                self.stepper, self.root_finder, dynamics, steps, crossed, interval
-            )
-        else:
-            # (Elsewhere, what the search gives a neuron that does not cross.)
-            crossings = where_tree(
-                crossed,
-                replay(crossed, st.count),
-                Crossings(t1, prop.y1, t, jnp.ones_like(crossed)),
-            )
+        crossings = locate_crossings(
+            self.stepper, self.root_finder, dynamics, steps, crossed, interval
+        )
         return StepOutcome(
             active,
             accept,

@@ -150,17 +150,24 @@ def _advance(loop: AdaptiveLoop, params, replay=None):
     return advance
 
 
-def _replay(record: Crossings | None, num):
+def _replay(record: Crossings | None, num, count):
     """For a rerun, the crossings the forward run kept in `record` (see
-    `CrossingRecord`; this interval's spikes are in slots `num` on), instead of a
-    new search (None without a record). A slot past the record's end (it was full)
-    gives the last one's: the caller checks that every spike was recorded."""
+    `CrossingRecord`; this interval's `count` spikes per neuron are in slots `num`
+    on), instead of new decisions and a new search (None without a record).
+
+    An accepted step crosses where it reaches the time of the neuron's next
+    recorded crossing in the interval: that decides as the forward run did, and
+    does not hang on the rounding of the threshold function at the step's end,
+    which can differ between the two compiled programs where a crossing is at the
+    step's end (an interval that ends on a spike). A slot past the record's end
+    (it was full) gives the last one's: the caller checks that every spike was
+    recorded."""
     if record is None:
         return None
 
-    def replay(crossed, count):
-        del crossed
-        return recorded_crossing(record, num + count)
+    def replay(accept, t1, so_far):
+        found = recorded_crossing(record, num + so_far)
+        return accept & (so_far < count) & (t1 >= found.t_star), found
 
     return replay
 
@@ -190,6 +197,7 @@ def _interval_backward(
     ct_times,
     buffers,
     record=None,
+    count=None,
 ):
     """The cotangents of one interval of the adaptive loop: of its parameters
     `(dynamics, current, interval, t_start)` and of its start state `y0`, given
@@ -201,13 +209,14 @@ def _interval_backward(
 
     The loop is rerun without derivatives (so taking the forward run's decisions)
     and pulled back one iteration at a time ([`reverse_segments`][]). With the
-    forward run's `record` of its crossings (see `CrossingRecord`), the rerun takes
-    them from there instead of searching again.
+    forward run's `record` of its crossings (see `CrossingRecord`) and its spike
+    `count` in this interval, the rerun takes them from there instead of deciding
+    and searching again.
     """
     dynamics, current, interval, t_start = params
     n = current.shape[0]
     dtype = current.dtype
-    advance = _advance(loop, params, _replay(record, num))
+    advance = _advance(loop, params, _replay(record, num, count))
 
     def linearised(p, x, rec):
         t_new, y_new, spike = _linearised_iteration(loop, rec, p, *x)
@@ -367,6 +376,7 @@ class RerunAdjoint(AbstractAdjoint):
                     ct_spike_times,
                     buffers,
                     record,
+                    counts[k],
                 )
                 d_dyn, d_current, d_length, d_start = cts_k
                 # The rerun must take the forward pass's decisions; if it does not
@@ -415,9 +425,11 @@ class RerunAdjoint(AbstractAdjoint):
                 # After the scan, once: under `jax.shard_map` every device raises
                 # if any does (a check inside the scan would need a collective in
                 # each interval).
+                # (A rerun that replays crossings that were not recorded differs
+                # for that reason: reported as such, not as a mismatch.)
                 zero = jnp.zeros((), jnp.int32)
                 for ok, item in (
-                    (same, RESULTS.gradient_rerun_mismatch),
+                    (same | ~jnp.all(kept), RESULTS.gradient_rerun_mismatch),
                     (kept, RESULTS.gradient_crossings_not_recorded),
                 ):
                     failed = max_across_devices(~jnp.all(ok))

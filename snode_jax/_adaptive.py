@@ -227,8 +227,9 @@ class AdaptiveLoop(AbstractIntegrator):
 
         `replay`, where given, takes the crossings from an earlier run of the same
         steps instead of deciding and searching for them: it maps `(accept, t1,
-        count)` (which neurons' steps are accepted, where the steps end, and the
-        neurons' spikes so far in the interval) to `(crossed, crossings)`."""
+        count, g0, g1)` (which neurons' steps are accepted, where the steps end,
+        the neurons' spikes so far in the interval, and the threshold function at
+        the steps' start and end) to `(crossed, crossings)`."""
         t, y, h = st.t, st.y, st.h
         active = (t < interval) & (st.attempts < self.max_steps)
         reaches_end = t + h >= interval
@@ -245,10 +246,12 @@ class AdaptiveLoop(AbstractIntegrator):
             st.controller_state,
         )
         accept = active & prop.accept
+        g0 = dynamics.threshold(y)
+        g1 = dynamics.threshold(prop.y1)
         # (What the search gives a neuron that does not cross.)
         no_crossing = Crossings(t1, prop.y1, t, jnp.ones_like(accept))
         if replay is not None:
-            crossed, found = replay(accept, t1, st.count)
+            crossed, found = replay(accept, t1, st.count, g0, g1)
             crossings = where_tree(crossed, found, no_crossing)
             return StepOutcome(
                 active,
@@ -262,8 +265,6 @@ class AdaptiveLoop(AbstractIntegrator):
                 prop.at_dt_min,
                 prop.controller_state,
             )
-        g0 = dynamics.threshold(y)
-        g1 = dynamics.threshold(prop.y1)
         # NaN counts as past threshold: a model that blows up at a spike (AdEx, QIF)
         # has crossed before it overflows; the search finds where.
         crossed = accept & ~(g1 < 0)

@@ -159,15 +159,21 @@ def _replay(record: Crossings | None, num, count):
     recorded crossing in the interval: that decides as the forward run did, and
     does not hang on the rounding of the threshold function at the step's end,
     which can differ between the two compiled programs where a crossing is at the
-    step's end (an interval that ends on a spike). A slot past the record's end
-    (it was full) gives the last one's: the caller checks that every spike was
-    recorded."""
+    step's end (an interval that ends on a spike). A step that ends above
+    threshold where no crossing was recorded (by more than `sqrt(eps)` of its
+    start's distance below it: far more than that rounding) counts as a crossing,
+    as a search would find one: the rerun has left the forward run, and its counts
+    differ from the forward run's. A slot past the record's end (it was full)
+    gives the last one's: the caller checks that every spike was recorded."""
     if record is None:
         return None
 
-    def replay(accept, t1, so_far):
+    def replay(accept, t1, so_far, g0, g1):
         found = recorded_crossing(record, num + so_far)
-        return accept & (so_far < count) & (t1 >= found.t_star), found
+        recorded = (so_far < count) & (t1 >= found.t_star)
+        margin = jnp.sqrt(jnp.finfo(g1.dtype).eps) * jnp.abs(g0)
+        departed = ~(g1 <= margin)  # (NaN: blown up, as a search would see it)
+        return accept & (recorded | departed), found
 
     return replay
 
@@ -300,9 +306,10 @@ class RerunAdjoint(AbstractAdjoint):
     - `replay_crossings`: in a run that records spike times (`max_spikes` above
         0), the forward pass also keeps what the crossing search found at each
         spike (the crossing time, the state there, where it was evaluated; a few
-        values per spike), and the rerun takes its crossings from there instead
-        of searching again: the gradient program holds no second copy of the
-        search (it compiles in less time) and the rerun does less work. A
+        values per spike), and the rerun takes its crossings (which step crosses,
+        and where) from there instead of searching again: the gradient program
+        holds no second copy of the search (it compiles in less time) and the
+        rerun does less work. A
         neuron that fired more than `max_spikes` times has crossings that were not
         kept: the gradient is then NaN (with `throw=True` the backward pass raises
         `RESULTS.gradient_crossings_not_recorded`); `False` searches again, as a

@@ -183,12 +183,14 @@ def _strip_counters(st):
     return eqx.tree_at(lambda s: s.counters, st, None)
 
 
-def _interval_buffers(loop: AdaptiveLoop, params, y0):
-    """Zeros for the records and checkpoints of [`_interval_backward`][]."""
+def _interval_buffers(loop: AdaptiveLoop, params, y0, replay=None):
+    """Zeros for the records and checkpoints of [`_interval_backward`][] (whose
+    `replay`, if any, is given: its iteration is traced for their shapes, and one
+    that replays its crossings traces no search)."""
     current = params[1]
     init = jax.eval_shape(lambda: loop.start(y0, current, None))
     return segment_buffers(
-        _advance(loop, params), init, loop.max_steps, _strip_counters
+        _advance(loop, params, replay), init, loop.max_steps, _strip_counters
     )
 
 
@@ -419,7 +421,9 @@ class RerunAdjoint(AbstractAdjoint):
             length = interval if uniform else interval[0]
             first = (dynamics, currents[0], length, t_starts[0])
             y_first = jax.tree.map(lambda a: a[0], starts)
-            buffers = _interval_buffers(integrator, first, y_first)
+            # (Traced for their shapes with the first interval's replay, if any.)
+            shapes_of = _replay(record, seen[0], counts[0])
+            buffers = _interval_buffers(integrator, first, y_first, shapes_of)
             init = (ct.final_state, *zeros, jnp.zeros((), dtype), buffers)
             # (Under `jax.shard_map`, the carry varies as the cotangents do.)
             init = vary_like(init, init, xs, state)

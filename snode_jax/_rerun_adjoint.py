@@ -160,11 +160,13 @@ def _replay(record: Crossings | None, num, count):
     does not hang on the rounding of the threshold function at the step's end,
     which can differ between the two compiled programs where a crossing is at the
     step's end (an interval that ends on a spike). A step that ends above
-    threshold where no crossing was recorded (by more than `sqrt(eps)` of its
-    start's distance below it: far more than that rounding) counts as a crossing,
-    as a search would find one: the rerun has left the forward run, and its counts
-    differ from the forward run's. A slot past the record's end (it was full)
-    gives the last one's: the caller checks that every spike was recorded."""
+    threshold where it reaches no recorded crossing (by more than `sqrt(eps)` of
+    its start's distance below it: far more than that rounding) has left the
+    forward run: it counts as a crossing, as a search would find one, and is
+    flagged through the crossing's `ok` (which a replayed crossing does not
+    otherwise need), so that the rerun's `root_fail` says so. A slot past the
+    record's end (it was full) gives the last one's: the caller checks that every
+    spike was recorded."""
     if record is None:
         return None
 
@@ -172,8 +174,10 @@ def _replay(record: Crossings | None, num, count):
         found = recorded_crossing(record, num + so_far)
         recorded = (so_far < count) & (t1 >= found.t_star)
         margin = jnp.sqrt(jnp.finfo(g1.dtype).eps) * jnp.abs(g0)
-        departed = ~(g1 <= margin)  # (NaN: blown up, as a search would see it)
-        return accept & (recorded | departed), found
+        # (NaN: blown up, as a search would see it.)
+        departed = accept & ~recorded & ~(g1 <= margin)
+        found = eqx.tree_at(lambda c: c.ok, found, ~departed)
+        return accept & recorded | departed, found
 
     return replay
 
@@ -211,9 +215,10 @@ def _interval_backward(
     `(dynamics, current, interval, t_start)` and of its start state `y0`, given
     those of its end state `ct_y`, of its soft counts `ct_count` and of the spike
     buffer `ct_times` (`None` without one; this interval's spikes go to slots `num`
-    on); also its spike counts, to check against the forward run's, and the
-    records and checkpoints `buffers` (from [`_interval_buffers`][], carried from
-    one interval to the next) as written.
+    on); also its spike counts and whether it left the forward run where that
+    shows otherwise (see `_replay`), to check, and the records and checkpoints
+    `buffers` (from [`_interval_buffers`][], carried from one interval to the
+    next) as written.
 
     The loop is rerun without derivatives (so taking the forward run's decisions)
     and pulled back one iteration at a time ([`reverse_segments`][]). With the
@@ -283,7 +288,9 @@ def _interval_backward(
         ),
         buffers=buffers,
     )
-    return ct_params, ct_y0, end.count, buffers
+    # With replayed crossings, `root_fail` flags a rerun that left the forward run.
+    left = jnp.any(end.root_fail) if record is not None else jnp.zeros((), bool)
+    return ct_params, ct_y0, (end.count, left), buffers
 
 
 class RerunAdjoint(AbstractAdjoint):
@@ -374,7 +381,7 @@ class RerunAdjoint(AbstractAdjoint):
                 # recorded from it): it is k * interval, or the sum of the earlier
                 # lengths.
                 params = (dynamics, current, length, t_starts[k])
-                cts_k, ct_y, count, buffers = _interval_backward(
+                cts_k, ct_y, (count, left), buffers = _interval_backward(
                     integrator,
                     surrogate,
                     params,
@@ -391,7 +398,7 @@ class RerunAdjoint(AbstractAdjoint):
                 # The rerun must take the forward pass's decisions; if it does not
                 # (its counts differ), its derivative is not that of the forward
                 # run, and saying so beats a silently wrong gradient.
-                same = jnp.all(count == counts[k])
+                same = jnp.all(count == counts[k]) & ~left
                 # Replayed crossings must all have been recorded.
                 kept = jnp.ones((), bool)
                 if record is not None:

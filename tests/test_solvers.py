@@ -406,10 +406,11 @@ def test_adaptive_backward_rerun_must_reproduce_counts(throw):
     _check_drifted_backward(loss, layer.weight, throw, check_undrifted=not throw)
 
 
-def _check_drifted_backward(loss, primal, throw, check_undrifted=False):
-    """`loss`'s forward pass at drive 1, its backward pass at drive 3 (whose rerun
-    spikes where the forward pass did not): it raises with `throw`, else the
-    gradient is NaN. `check_undrifted`: first, the gradient at drive 1 is finite."""
+def _check_drifted_backward(loss, primal, throw, check_undrifted=False, drift=3.0):
+    """`loss`'s forward pass at drive 1, its backward pass at drive `drift` (3:
+    its rerun spikes where the forward pass did not): it raises with `throw`, else
+    the gradient is NaN. `check_undrifted`: first, the gradient at drive 1 is
+    finite."""
     _DRIVE[0] = 1.0
     try:
         _, vjp = jax.vjp(loss, primal)
@@ -417,7 +418,7 @@ def _check_drifted_backward(loss, primal, throw, check_undrifted=False):
             (g_same,) = vjp(jnp.ones(()))
             assert np.all(np.isfinite(np.asarray(g_same)))
         # The same forward pass (each call of `vjp` traces the backward pass anew).
-        _DRIVE[0] = 3.0  # the rerun now spikes where the forward pass did not
+        _DRIVE[0] = drift  # the rerun now spikes where the forward pass did not
         if throw:
             with pytest.raises(eqx.EquinoxRuntimeError, match="reran an interval"):
                 jax.block_until_ready(eqx.filter_jit(vjp)(jnp.ones(())))
@@ -426,6 +427,44 @@ def _check_drifted_backward(loss, primal, throw, check_undrifted=False):
             assert np.all(np.isnan(np.asarray(g_bad)))
     finally:
         _DRIVE[0] = 1.0
+
+
+@pytest.mark.parametrize("throw", [False, True])
+def test_replayed_rerun_that_crosses_early_is_caught(throw):
+    """A drift too small to change any interval's count (drive 1 -> 1.05): the
+    rerun's neurons cross a little before the crossings the forward pass
+    recorded. The rerun replays those crossings, so its counts match; a step that
+    ends above threshold short of the next recorded crossing is how it shows."""
+    x = jnp.full((3, 1), 1.0)
+    layer = sj.SpikingODELayer(
+        1, 2, _Drifting(jnp.asarray(10.0)), key=jax.random.key(0)
+    )
+
+    def run(weight):
+        return sj.integrate(
+            layer.dynamics,
+            layer.solver,
+            weight,
+            x,
+            jnp.asarray(5.0),
+            layer.init_state(),
+            stepsize_controller=layer.stepsize_controller,
+            max_spikes=8,
+            throw=throw,
+        )
+
+    weight = jnp.array([[0.3], [0.5]])
+    counts = []
+    try:  # the counts alone would not show it (each run traced at its drive)
+        for drive in (1.0, 1.05):
+            _DRIVE[0] = drive
+            counts.append(np.asarray(jax.jit(run)(weight).counts))
+    finally:
+        _DRIVE[0] = 1.0
+    np.testing.assert_array_equal(counts[0], counts[1])
+    assert counts[0].sum() >= 6
+    loss = lambda w: jnp.sum(run(w).final_state.v)
+    _check_drifted_backward(loss, weight, throw, check_undrifted=True, drift=1.05)
 
 
 @pytest.mark.parametrize("throw", [False, True])

@@ -84,11 +84,14 @@ def _chain_tangents(jac, direct, t_state):
 
 
 # Intervals per chunk of `tangents_in_closed_form` when the adjoint does not set it:
-# at most `_CHUNK_INTERVALS`, fewer for layers of over 256 neurons (about
-# `_CHUNK_VALUES` values, at least `_MIN_CHUNK_INTERVALS` intervals). A chunk of
-# 2^15 values (256 kB in float64) stays in cache, and the chunks' temporaries reuse
-# one buffer. Under `jax.vmap` the batch is folded into the neurons (see
-# `_tangent_primitive.py`): the chunks are sized for all of the batch's neurons.
+# a target of at most `_CHUNK_INTERVALS`, fewer for layers of over 256 neurons
+# (about `_CHUNK_VALUES` values, at least `_MIN_CHUNK_INTERVALS` intervals), or a
+# size that divides the run within a factor 2 of the target (see
+# `_chunk_intervals`: up to twice these bounds). A chunk of 2^15 values (256 kB in
+# float64) stays in cache, and the chunks' temporaries reuse one buffer. Where the
+# batch of a `jax.vmap` is folded into the neurons (see `_tangent_primitive.py`:
+# the transpose of a batched run, as in the gradient of a loss summed over the
+# batch), the chunks are sized for all of the batch's neurons.
 # (Vmapped instead, each chunk of one sample's size held every sample: at 64 x 256
 # neurons x 100 intervals, the whole run in one chunk, and the gradient of
 # `bench/bench_grad.py`'s loss took 1.26x the time it takes in chunks of 8-64

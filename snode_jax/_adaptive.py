@@ -234,7 +234,6 @@ class AdaptiveLoop(AbstractIntegrator):
         active = (t < interval) & (st.attempts < self.max_steps)
         reaches_end = t + h >= interval
         t1 = jnp.where(reaches_end, interval, t + h)
-        step = t1 - t
         prop = propose(
             self.stepper,
             self.controller,
@@ -248,23 +247,32 @@ class AdaptiveLoop(AbstractIntegrator):
         accept = active & prop.accept
         g0 = dynamics.threshold(y)
         g1 = dynamics.threshold(prop.y1)
-        # (What the search gives a neuron that does not cross.)
-        no_crossing = Crossings(t1, prop.y1, t, jnp.ones_like(accept))
-        if replay is not None:
-            crossed, found = replay(accept, t1, st.count, g0, g1)
-            crossings = where_tree(crossed, found, no_crossing)
-            return StepOutcome(
-                active,
-                accept,
-                crossed,
-                reaches_end,
-                t1,
-                prop.y1,
-                crossings,
-                prop.h_next,
-                prop.at_dt_min,
-                prop.controller_state,
+        if replay is None:
+            crossed, crossings = self._crossings(
+                dynamics, current, interval, t, t1, y, prop, accept, g0, g1
             )
+        else:
+            crossed, found = replay(accept, t1, st.count, g0, g1)
+            # (Elsewhere, what the search gives a neuron that does not cross.)
+            no_crossing = Crossings(t1, prop.y1, t, jnp.ones_like(accept))
+            crossings = where_tree(crossed, found, no_crossing)
+        return StepOutcome(
+            active,
+            accept,
+            crossed,
+            reaches_end,
+            t1,
+            prop.y1,
+            crossings,
+            prop.h_next,
+            prop.at_dt_min,
+            prop.controller_state,
+        )
+
+    def _crossings(self, dynamics, current, interval, t, t1, y, prop, accept, g0, g1):
+        """Which neurons' accepted steps (from `t` to `t1`, from `y`, proposed as
+        `prop`) cross threshold (`g0`, `g1` at the ends), and where."""
+        step = t1 - t
         # NaN counts as past threshold: a model that blows up at a spike (AdEx, QIF)
         # has crossed before it overflows; the search finds where.
         crossed = accept & ~(g1 < 0)
@@ -298,18 +306,7 @@ class AdaptiveLoop(AbstractIntegrator):
         crossings = locate_crossings(
             self.stepper, self.root_finder, dynamics, steps, crossed, interval
         )
-        return StepOutcome(
-            active,
-            accept,
-            crossed,
-            reaches_end,
-            t1,
-            prop.y1,
-            crossings,
-            prop.h_next,
-            prop.at_dt_min,
-            prop.controller_state,
-        )
+        return crossed, crossings
 
     def running(self, interval, st: AdaptiveState) -> Bool[Array, " n"]:
         """Per neuron, whether it is still integrating."""

@@ -208,8 +208,7 @@ def _interval_backward(
     ct_count,
     ct_times,
     buffers,
-    record=None,
-    count=None,
+    replay=None,
 ):
     """The cotangents of one interval of the adaptive loop: of its parameters
     `(dynamics, current, interval, t_start)` and of its start state `y0`, given
@@ -221,15 +220,14 @@ def _interval_backward(
     next) as written.
 
     The loop is rerun without derivatives (so taking the forward run's decisions)
-    and pulled back one iteration at a time ([`reverse_segments`][]). With the
-    forward run's `record` of its crossings (see `CrossingRecord`) and its spike
-    `count` in this interval, the rerun takes them from there instead of deciding
-    and searching again.
+    and pulled back one iteration at a time ([`reverse_segments`][]). With a
+    `replay` of the forward run's crossings (see `_replay`), the rerun takes them
+    from there instead of deciding and searching again.
     """
     dynamics, current, interval, t_start = params
     n = current.shape[0]
     dtype = current.dtype
-    advance = _advance(loop, params, _replay(record, num, count))
+    advance = _advance(loop, params, replay)
 
     def linearised(p, x, rec):
         t_new, y_new, spike = _linearised_iteration(loop, rec, p, *x)
@@ -289,7 +287,7 @@ def _interval_backward(
         buffers=buffers,
     )
     # With replayed crossings, `root_fail` flags a rerun that left the forward run.
-    left = jnp.any(end.root_fail) if record is not None else jnp.zeros((), bool)
+    left = jnp.any(end.root_fail) if replay is not None else jnp.zeros((), bool)
     return ct_params, ct_y0, (end.count, left), buffers
 
 
@@ -391,8 +389,7 @@ class RerunAdjoint(AbstractAdjoint):
                     ct_count,
                     ct_spike_times,
                     buffers,
-                    record,
-                    counts[k],
+                    _replay(record, num, counts[k]),
                 )
                 d_dyn, d_current, d_length, d_start = cts_k
                 # The rerun must take the forward pass's decisions; if it does not

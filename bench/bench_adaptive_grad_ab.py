@@ -23,57 +23,21 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
-import equinox as eqx
 import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import bench_grad as bg  # noqa: E402
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import interleaved_timings, largest_difference  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snode_jax as sj  # noqa: E402
 
-N_NEURONS, N_INPUTS, INTERVAL = 256, 32, 10.0
-
-
-def layer_of(package):
-    rng = np.random.default_rng(0)
-    layer = package.SpikingODELayer(
-        N_INPUTS,
-        N_NEURONS,
-        package.AdExDynamics(),
-        solver=package.Dopri5(),
-        dt_init=0.01,
-        dt_min=1e-6,
-        max_steps=20000,
-        key=jax.random.key(0),
-    )
-    weight = rng.uniform(0.0, 50.0, (N_NEURONS, N_INPUTS))
-    return eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, jnp.float64))
-
-
-def value_and_grad(max_spikes):
-    def loss(layer, x):
-        sol = layer.simulate(x, INTERVAL, max_spikes=max_spikes)
-        t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
-        v = sol.final_state.v
-        return jnp.mean(t) + jnp.mean(v**2) * 1e-3 + 1e-3 * jnp.sum(sol.counts)
-
-    return eqx.filter_jit(eqx.filter_value_and_grad(loss))
-
-
-def largest_difference(a, b) -> float:
-    """The largest difference between the array leaves of `a` and `b`, relative to
-    the largest magnitude of each leaf of `b`."""
-    worst = 0.0
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        x, y = np.asarray(x), np.asarray(y)
-        scale = max(float(np.max(np.abs(y))), np.finfo(y.dtype).tiny)
-        worst = max(worst, float(np.max(np.abs(x - y))) / scale)
-    return worst
+INTERVAL = 10.0
 
 
 def main():
@@ -91,32 +55,23 @@ def main():
         import snode_jax_base as base  # type: ignore[import-not-found]
 
         print(f"this: {sj.__file__}\nbase: {a.package}")
-        layers = {"this": layer_of(sj), "base": layer_of(base)}
+        layers = {
+            k: bg.make_adaptive(1, package)[0]
+            for k, package in (("this", sj), ("base", base))
+        }
         for n_intervals in a.intervals:
             rng = np.random.default_rng(0)
-            x = jnp.asarray(rng.uniform(0.5, 1.0, (n_intervals, N_INPUTS)))
+            x = jnp.asarray(rng.uniform(0.5, 1.0, (n_intervals, bg.N_INPUTS)))
             probe = layers["this"].simulate(x, INTERVAL, max_spikes=0, throw=False)
             max_spikes = int(np.max(np.asarray(probe.num_spikes)))
-            fs = {k: value_and_grad(max_spikes) for k in layers}
-            first, outs = {}, {}
-            for k, f in fs.items():
-                t0 = time.perf_counter()
-                outs[k] = jax.block_until_ready(f(layers[k], x))
-                first[k] = time.perf_counter() - t0
-            diff = largest_difference(
-                eqx.filter(outs["this"], eqx.is_array),
-                eqx.filter(outs["base"], eqx.is_array),
-            )
+            fs = {k: bg.adaptive_loss(INTERVAL, max_spikes)[1] for k in layers}
+            args = {k: (layers[k], x) for k in layers}
+            # (The first call of each, compile included, this checkout's first.)
+            first, times = interleaved_timings(fs, args, a.reps, alternate=True)
+            outs = {k: eqx.filter(f(*args[k]), eqx.is_array) for k, f in fs.items()}
+            diff = largest_difference(outs["this"], outs["base"])
             if not diff <= 1e-9:
                 raise SystemExit(f"the versions differ: {diff:.1e} relative")
-            times = {k: [] for k in fs}
-            order = list(fs)
-            for _ in range(a.reps):
-                for k in order:
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(fs[k](layers[k], x))
-                    times[k].append(time.perf_counter() - t0)
-                order.reverse()
             this, other = np.asarray(times["this"]), np.asarray(times["base"])
             same = "to the bit" if diff == 0 else f"to {diff:.1e} relative"
             print(

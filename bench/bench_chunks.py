@@ -15,8 +15,6 @@ median over repetitions of the ratio to the first chunk size given.
 """
 
 import argparse
-import statistics
-import time
 
 import equinox as eqx
 import jax
@@ -26,6 +24,7 @@ jax.config.update("jax_enable_x64", True)
 import bench_grad as bg  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import interleaved_timings, largest_difference, median_ratio  # noqa: E402
 
 import snode_jax as sj  # noqa: E402
 from snode_jax._tangents import _chunk_intervals  # noqa: E402
@@ -58,15 +57,6 @@ def value_and_grad(chunk, max_spikes, batch):
     return eqx.filter_jit(eqx.filter_value_and_grad(loss))
 
 
-def largest_difference(a, b) -> float:
-    worst = 0.0
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        x, y = np.asarray(x), np.asarray(y)
-        scale = max(float(np.max(np.abs(y))), np.finfo(y.dtype).tiny)
-        worst = max(worst, float(np.max(np.abs(x - y))) / scale)
-    return worst
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=64)
@@ -82,24 +72,18 @@ def main():
         counts = probe(x if a.batch > 1 else x[None]).num_spikes
         max_spikes = int(np.max(np.asarray(counts)))
         fs = {c: value_and_grad(c, max_spikes, a.batch) for c in a.chunks}
+        args = {c: (layer, x) for c in a.chunks}
+        _, times = interleaved_timings(fs, args, a.reps, alternate=True)
         outs = {c: eqx.filter(f(layer, x), eqx.is_array) for c, f in fs.items()}
         first = a.chunks[0]
         for c in a.chunks[1:]:
             diff = largest_difference(outs[c], outs[first])
             if not diff <= 1e3 * np.finfo(dtype).eps:
                 raise SystemExit(f"chunks {c} and {first} differ: {diff:.1e}")
-        times = {c: [] for c in a.chunks}
-        order = list(a.chunks)
-        for _ in range(a.reps):
-            for c in order:
-                t0 = time.perf_counter()
-                jax.block_until_ready(fs[c](layer, x))
-                times[c].append(time.perf_counter() - t0)
-            order.reverse()
         lanes = a.batch * bg.N_NEURONS
         for c in a.chunks:
             used = _chunk_intervals(a.intervals, lanes, c or None)
-            ratio = statistics.median(t / t0 for t, t0 in zip(times[c], times[first]))
+            ratio = median_ratio(times, c, first)
             print(
                 f"{np.dtype(dtype).name} {a.batch} x {bg.N_NEURONS} x {a.intervals}: "
                 f"chunk_intervals={c or 'default'} ({used} intervals per chunk): "

@@ -142,15 +142,16 @@ def table(rows, columns=("intervals", "drive", "solver steps")):
     return "\n".join(lines)
 
 
-def make_adaptive(n_intervals):
-    """The AdEx layer (Dopri5, rtol = atol = 1e-6, float64) and its inputs."""
+def make_adaptive(n_intervals, package=sj):
+    """The AdEx layer (Dopri5, rtol = atol = 1e-6, float64) and its inputs (the
+    layer built by `package`: this library, or another checkout's)."""
     dtype = np.float64
     rng = np.random.default_rng(0)
-    layer = sj.SpikingODELayer(
+    layer = package.SpikingODELayer(
         N_INPUTS,
         N_NEURONS,
-        sj.AdExDynamics(),
-        solver=sj.Dopri5(),
+        package.AdExDynamics(),
+        solver=package.Dopri5(),
         dt_init=0.01,
         dt_min=1e-6,
         max_steps=20000,

@@ -152,6 +152,17 @@ def alternate_children(script: str, settings: dict, rounds: int) -> dict:
     return results
 
 
+def largest_difference(a, b) -> float:
+    """The largest difference between the array leaves of `a` and `b`, relative to
+    the largest magnitude of each leaf of `b`."""
+    worst = 0.0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        scale = max(float(np.max(np.abs(y))), np.finfo(y.dtype).tiny)
+        worst = max(worst, float(np.max(np.abs(x - y))) / scale)
+    return worst
+
+
 def median_ratio(times, key, base):
     return statistics.median(
         a / b for a, b in zip(times[key], times[base], strict=True)

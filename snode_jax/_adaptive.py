@@ -9,6 +9,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._controller import PredictiveController, PredictiveState
 from ._crossing import (
+    CrossingRecord,
     Crossings,
     StepCrossings,
     locate_crossings,
@@ -19,7 +20,7 @@ from ._crossing import (
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._misc import vary_like, where_tree
-from ._records import Counters, IntervalOutcome, SpikeBuffer, set_entries
+from ._records import Counters, IntervalOutcome, SpikeBuffer
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator
 from ._solver import AbstractStepper, ExactStepper, propose
@@ -94,66 +95,10 @@ class AdaptiveState(eqx.Module):
     count: Int[Array, " n"]
     counters: Counters
     attempts: Int[Array, " n"]
-    buffer: "SpikeBuffer | CrossingRecord | None"
+    buffer: SpikeBuffer | CrossingRecord | None
     root_fail: Bool[Array, " n"]
     h_big: Float[Array, " n"]
     controller_state: PredictiveState
-
-
-class CrossingRecord(eqx.Module):
-    """A spike buffer, and what the crossing search found at each spike it holds
-    (the crossing time from the interval's start, the state there, where that
-    state was evaluated, whether the search converged): a backward pass that reruns
-    an interval takes its crossings from here instead of searching again.
-
-    **Fields:**
-
-    - `spikes`: the spike times.
-    - `crossings`: leaves `(n_neurons, max_spikes, ...)`, slot `j` for spike `j`.
-    """
-
-    spikes: SpikeBuffer
-    crossings: Crossings
-
-    @staticmethod
-    def empty(spikes: SpikeBuffer, state: State) -> "CrossingRecord":
-        n, cap = spikes.times.shape
-        dtype = spikes.times.dtype
-
-        def slots(a):
-            return jnp.zeros((n, cap) + jnp.shape(a)[1:], a.dtype)
-
-        zeros = jnp.zeros((n, cap), dtype)
-        ok = jnp.ones((n, cap), bool)
-        return CrossingRecord(
-            spikes, Crossings(zeros, jax.tree.map(slots, state), zeros, ok)
-        )
-
-    def record(self, mask, t_start, found: Crossings) -> "CrossingRecord":
-        """Append the crossings `found` of the neurons where `mask` holds (their
-        spike times are `t_start + found.t_star`)."""
-        n, cap = self.spikes.times.shape
-        num = self.spikes.num
-        keep = mask & (num < cap)
-        rows = jnp.arange(n, dtype=jnp.int32)
-        crossings = jax.tree.map(
-            lambda a, v: set_entries(a, rows, num, keep, v), self.crossings, found
-        )
-        spikes = self.spikes.record(mask, t_start + found.t_star)
-        return CrossingRecord(spikes, crossings)
-
-
-def recorded_crossing(record: Crossings, slot) -> Crossings:
-    """Per neuron, the crossing in slot `slot` of `record` (leaves `(n, max_spikes,
-    ...)`; a slot past the end gives the last one)."""
-    cap = record.t_star.shape[1]
-    at = jnp.clip(slot, 0, max(cap - 1, 0))
-
-    def pick(a):
-        index = jnp.reshape(at, (-1, 1) + (1,) * (a.ndim - 2))
-        return jnp.take_along_axis(a, index, axis=1)[:, 0]
-
-    return jax.tree.map(pick, record)
 
 
 class StepOutcome(eqx.Module):
@@ -313,7 +258,7 @@ class AdaptiveLoop(AbstractIntegrator):
         return (st.t < interval) & (st.attempts < self.max_steps)
 
     def start(
-        self, y, current, buffer: "SpikeBuffer | CrossingRecord | None"
+        self, y, current, buffer: SpikeBuffer | CrossingRecord | None
     ) -> AdaptiveState:
         """The loop's state at the start of an interval from state `y`."""
         n = current.shape[0]

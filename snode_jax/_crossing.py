@@ -1,4 +1,5 @@
-"""Locating the threshold crossings inside a step, on compact subsets of neurons."""
+"""Locating the threshold crossings inside a step, on compact subsets of neurons;
+the record of them that a backward rerun replays (`CrossingRecord`)."""
 
 import equinox as eqx
 import jax
@@ -9,6 +10,7 @@ from jaxtyping import Array, Bool, Float
 from ._custom_types import State
 from ._dynamics import AbstractDynamics
 from ._misc import all_finite, expand, vary_like, where_tree
+from ._records import SpikeBuffer, set_entries
 from ._root_find import BracketedNewton
 from ._solver import AbstractStepper, DiffraxStepper, ExactStepper
 
@@ -94,6 +96,62 @@ class Crossings(eqx.Module):
     y_star: State
     s_eval: Float[Array, " n"]
     ok: Bool[Array, " n"]
+
+
+class CrossingRecord(eqx.Module):
+    """A spike buffer, and what the crossing search found at each spike it holds
+    (the crossing time from the interval's start, the state there, where that
+    state was evaluated, whether the search converged): a backward pass that reruns
+    an interval takes its crossings from here instead of searching again.
+
+    **Fields:**
+
+    - `spikes`: the spike times.
+    - `crossings`: leaves `(n_neurons, max_spikes, ...)`, slot `j` for spike `j`.
+    """
+
+    spikes: SpikeBuffer
+    crossings: Crossings
+
+    @staticmethod
+    def empty(spikes: SpikeBuffer, state: State) -> "CrossingRecord":
+        n, cap = spikes.times.shape
+        dtype = spikes.times.dtype
+
+        def slots(a):
+            return jnp.zeros((n, cap) + jnp.shape(a)[1:], a.dtype)
+
+        zeros = jnp.zeros((n, cap), dtype)
+        ok = jnp.ones((n, cap), bool)
+        return CrossingRecord(
+            spikes, Crossings(zeros, jax.tree.map(slots, state), zeros, ok)
+        )
+
+    def record(self, mask, t_start, found: Crossings) -> "CrossingRecord":
+        """Append the crossings `found` of the neurons where `mask` holds (their
+        spike times are `t_start + found.t_star`)."""
+        n, cap = self.spikes.times.shape
+        num = self.spikes.num
+        keep = mask & (num < cap)
+        rows = jnp.arange(n, dtype=jnp.int32)
+        crossings = jax.tree.map(
+            lambda a, v: set_entries(a, rows, num, keep, v), self.crossings, found
+        )
+        spikes = self.spikes.record(mask, t_start + found.t_star)
+        return CrossingRecord(spikes, crossings)
+
+
+def recorded_crossing(record: Crossings, slot) -> Crossings:
+    """Per neuron, the crossing in slot `slot` of `record` (leaves `(n, max_spikes,
+    ...)`; a slot past the end gives the last one)."""
+    cap = record.t_star.shape[1]
+    at = jnp.clip(slot, 0, max(cap - 1, 0))
+
+    def pick(a):
+        index = jnp.reshape(at, (-1, 1) + (1,) * (a.ndim - 2))
+        return jnp.take_along_axis(a, index, axis=1)[:, 0]
+
+    return jax.tree.map(pick, record)
 
 
 class StepCrossings(eqx.Module):

@@ -9,9 +9,9 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._adaptive import AdaptiveLoop, AdaptiveState, StepOutcome, recorded_crossing
+from ._adaptive import AdaptiveLoop, AdaptiveState, StepOutcome
 from ._adjoint import AbstractAdjoint
-from ._crossing import Crossings
+from ._crossing import Crossings, recorded_crossing
 from ._custom_types import State
 from ._fold import run_folded
 from ._misc import (

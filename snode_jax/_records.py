@@ -41,24 +41,42 @@ class SpikeBuffer(eqx.Module):
         return SpikeBuffer(new_times, self.num + mask)
 
 
-def set_entries(array, rows, cols, keep, values, leading: int = 0):
+def set_entries(array, rows, cols, keep, values, leading: int = 0, reduce=None):
     """`array` with `array[..., rows[i], cols[i], ...] = values[..., i, ...]` wherever
     `keep[i]` holds (indices in range there, and distinct); the other entries are
     dropped. `rows` and `cols` index the axes after the first `leading` ones; those
-    leading axes and the trailing ones are written whole."""
+    leading axes and the trailing ones are written whole. With `reduce="max"`, each
+    entry becomes the larger of the two (the indices need not be distinct)."""
     lead = array.shape[:leading]
     d0, d1 = array.shape[leading : leading + 2]
     rest = array.shape[leading + 2 :]
     whole = (slice(None),) * leading
+    write = lambda at: at.set if reduce is None else getattr(at, reduce)
     if d0 * d1 < FLAT_INDEX_LIMIT:
         # One index per entry into the flattened (row, column) plane: XLA's CPU
         # scatter takes about half as long with these as with (row, column) pairs.
         index = jnp.where(keep, rows * d1 + cols, d0 * d1)  # out of range: dropped
         flat = array.reshape(lead + (d0 * d1,) + rest)
-        flat = flat.at[whole + (index,)].set(values, mode="drop")
+        flat = write(flat.at[whole + (index,)])(values, mode="drop")
         return flat.reshape(array.shape)
     rows = jnp.where(keep, rows, d0)  # out of range: dropped
-    return array.at[whole + (rows, cols)].set(values, mode="drop")
+    return write(array.at[whole + (rows, cols)])(values, mode="drop")
+
+
+def take_entries(array, rows, cols, keep=None):
+    """`array[rows, cols]` of a 2-D `array` (indices in range), zero where `keep`
+    is False, through one index per entry into the flattened array where that fits
+    an int32 (as [`set_entries`][]). The transpose, a scatter-add, then takes one
+    index per entry too, and drops the entries that are not kept."""
+    d0, d1 = array.shape
+    if d0 * d1 >= FLAT_INDEX_LIMIT:
+        out = array[rows, cols]
+        return out if keep is None else jnp.where(keep, out, 0)
+    index = rows * d1 + cols
+    if keep is None:
+        return array.reshape(-1)[index]
+    index = jnp.where(keep, index, d0 * d1)  # out of range: zero, and dropped
+    return array.reshape(-1).at[index].get(mode="fill", fill_value=0)
 
 
 class Counters(eqx.Module):

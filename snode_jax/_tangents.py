@@ -6,6 +6,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 
 from ._misc import running_max, running_sum, vary_like, where_tree
+from ._records import set_entries, take_entries
 from ._scan import interval_starts
 from ._surrogate import surrogate_zero
 
@@ -18,20 +19,30 @@ def _gather_spike_times(first, period, counts, num_spikes, starts, max_spikes):
     # Which interval each slot's spike came from: every interval with spikes marks
     # its first slot (these are distinct), and a running maximum along the slots
     # fills in the rest. (One scatter of T x n marks, where a binary search per slot
-    # cost three times as much.)
+    # cost three times as much.) The scatter and the gathers below take one index
+    # per entry of the flattened array (see `set_entries`), where they fit an int32.
     k = jnp.broadcast_to(
         jnp.arange(num_intervals, dtype=jnp.int32)[:, None], (num_intervals, n)
     )
-    target = jnp.where((counts > 0) & (before < max_spikes), before, max_spikes)
-    cols = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (num_intervals, n))
-    marks = jnp.zeros((n, max_spikes), jnp.int32)
-    marks = marks.at[cols, target].max(k, mode="drop")
+    cols = jnp.arange(n, dtype=jnp.int32)[None, :]
+    marks = set_entries(
+        jnp.zeros((n, max_spikes), jnp.int32),
+        cols,
+        before,
+        (counts > 0) & (before < max_spikes),
+        k,
+        reduce="max",
+    )
     k = running_max(marks, axis=1)  # (n, max_spikes)
     rows = jnp.arange(n, dtype=jnp.int32)[:, None]
     slots = jnp.arange(max_spikes, dtype=jnp.int32)[None, :]
-    m = (slots - before[k, rows]).astype(first.dtype)
-    t = starts[k] + first[k, rows] + m * period[k, rows]
-    return jnp.where(slots < num_spikes[:, None], t, jnp.inf)
+    # (The slots past a neuron's count take no entry: their cotangent is not
+    # scattered back.)
+    recorded = slots < num_spikes[:, None]
+    at = lambda x: take_entries(x, k, rows, recorded)
+    m = (slots - at(before)).astype(first.dtype)
+    t = starts[k] + at(first) + m * at(period)
+    return jnp.where(recorded, t, jnp.inf)
 
 
 def _intervals_in_closed_form(surrogate, counts, dynamics, currents, interval, starts):

@@ -431,6 +431,31 @@ def test_grads_match_reference(case_name, loss_name):
     assert_grads_close(actual, expected, RTOL_REFERENCE)
 
 
+@pytest.mark.parametrize("flat_index", [True, False], ids=["flat", "pairs"])
+def test_spike_time_grads_with_either_index(monkeypatch, flat_index):
+    """The spike times' tangents are gathered from their intervals (in reverse
+    mode, their cotangents added back) through one index per entry of the
+    flattened `(interval, neuron)` array, or through (interval, neuron) pairs
+    where that array has 2**31 entries or more (`take_entries`); the slots past a
+    neuron's count take no entry. Both give the reference's gradients, with
+    padded slots in the buffer (its size is the reference's plus `extra`)."""
+    from snode_jax import _records
+
+    if not flat_index:
+        monkeypatch.setattr(_records, "FLAT_INDEX_LIMIT", 0)
+    case = CASES["scalar"]
+    counts, _ = case.structure()
+    assert counts.sum(axis=0).max() < MAX_SPIKES  # some slots are padding
+    coefs = case.coefs(seed=1, keys=("times",))
+    expected = reference_grads("scalar", coefs)
+    extra = 1 if flat_index else 2  # (a different shape: a fresh trace)
+    padded = dict(coefs, times=jnp.pad(coefs["times"], ((0, 0), (0, extra))))
+    actual = library_grads(
+        case.layer(), jnp.asarray(case.inputs), padded, INTERVAL, MAX_SPIKES + extra
+    )
+    assert_grads_close(actual, expected, RTOL_REFERENCE)
+
+
 @pytest.mark.parametrize("surrogate_name", ["sigmoid", "fast_sigmoid"])
 def test_count_grads_match_reference(surrogate_name):
     """Counts over several intervals: the surrogate at both decisions of every

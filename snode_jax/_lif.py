@@ -363,13 +363,14 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
             (free_after <= interval) | (t_ref == 0), free_after, interval
         )
         v_end_spiked = v_inf - u_reset * jnp.exp(-(interval - free_in) / tau)
-        v_end_quiet = v_inf - u0 * jnp.exp(-(interval - t0) / tau)
-        v_end = jnp.where(spiked, v_end_spiked, v_end_quiet)
         # Segment that ends in the last spike: from the free start (one spike) or
-        # from the end of the previous refractory period.
+        # from the end of the previous refractory period. Without a spike, the
+        # free start's segment runs to the interval's end: `v_free` is then the end
+        # state (the same expression, one `exp` fewer per neuron and interval).
         seg_start = jnp.where(count >= 2, t_last - period + t_ref, t0)
         u_seg = jnp.where(count >= 2, u_reset, u0)
         v_free = v_inf - u_seg * jnp.exp(-(interval - seg_start) / tau)
+        v_end = jnp.where(spiked, v_end_spiked, v_free)
         refractory = None
         if y.refractory is not None:
             # (A refractory period of 0 blocks nothing, even at a spike at the end.)

@@ -182,12 +182,12 @@ def tangents_in_closed_form(primals, tangents, options):
             surrogate, counts_c, d, c, i, y
         )
         zero_starts = jax.tree.map(jnp.zeros_like, starts_c)
-        primal_out, direct = jax.jvp(
-            f,
-            (dynamics, cur, lengths, starts_c),
-            (t_dyn, t_c, t_lengths, zero_starts),
-        )
-        f_y = lambda y: f(dynamics, cur, lengths, y)
+        # The closed form evaluated once, its linear map applied to the tangents
+        # and to each unit tangent of the start state (with `jax.jvp` once for
+        # each, XLA computed parts of the closed form twice).
+        primal_out, f_lin = jax.linearize(f, dynamics, cur, lengths, starts_c)
+        direct = f_lin(t_dyn, t_c, t_lengths, zero_starts)
+        zero_rest = jax.tree.map(jnp.zeros_like, (t_dyn, t_c, t_lengths))
         start_leaves = jax.tree.leaves(starts_c)
         columns = []
         for j in range(len(start_leaves)):
@@ -195,9 +195,7 @@ def tangents_in_closed_form(primals, tangents, options):
                 jnp.ones_like(x) if k == j else jnp.zeros_like(x)
                 for k, x in enumerate(start_leaves)
             ]
-            columns.append(
-                jax.jvp(f_y, (starts_c,), (jax.tree.unflatten(state_def, unit),))[1]
-            )
+            columns.append(f_lin(*zero_rest, jax.tree.unflatten(state_def, unit)))
 
         # Padding past the last interval passes the tangent on unchanged.
         y_jac = [

@@ -36,9 +36,15 @@ def inputs(n_intervals, drive, dtype, batch):
     return (rng.standard_normal(shape) * 0.5 + drive).astype(dtype)
 
 
-def make(n_intervals, drive, dtype, max_spikes, batch=1):
-    layer = sj.SpikingODELayer(
-        N_INPUTS, N_NEURONS, sj.ODELIFDynamics(), dtype=dtype, key=jax.random.key(0)
+def make(n_intervals, drive, dtype, max_spikes, batch=1, package=sj):
+    """The LIF layer (built by `package`: this library, or another checkout's), its
+    inputs, and the loss's forward and value-and-gradient, jitted."""
+    layer = package.SpikingODELayer(
+        N_INPUTS,
+        N_NEURONS,
+        package.ODELIFDynamics(),
+        dtype=dtype,
+        key=jax.random.key(0),
     )
     x = inputs(n_intervals, drive, dtype, batch)
 

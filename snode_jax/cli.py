@@ -49,6 +49,7 @@ BENCH_SCRIPTS = {
     "walk_ab": "bench_walk_ab.py",
     "adaptive_grad_ab": "bench_adaptive_grad_ab.py",
     "grad_ab": "bench_grad_ab.py",
+    "lif_grad_ab": "bench_lif_grad_ab.py",
     "chunks": "bench_chunks.py",
     "network": "bench_network.py",
     "online": "bench_online.py",

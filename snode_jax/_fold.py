@@ -130,7 +130,9 @@ def _run_tiles(
             tile_integrator, dyn, cur, interval, st, cfg, True, into, first
         )
 
-    stacked = stacked_zeros(state, size, num_intervals, n_each, cfg)
+    # (int32 counts: the tiles cannot write theirs over the currents, as
+    # `run_population` does, for the last tile may overlap the one before.)
+    stacked = stacked_zeros(state, size, num_intervals, n_each, cfg, jnp.int32)
     # The shapes of one tile's results, and where its lanes go in the batch's.
     shapes = jax.eval_shape(lambda: run_tile(stacked, jnp.zeros((), jnp.int32)))
 

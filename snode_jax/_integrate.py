@@ -191,11 +191,14 @@ def integrate(
         # (a few scalars); only then are all T x n of them checked.
         bound = jnp.max(jnp.abs(inputs)) * jnp.max(jnp.sum(jnp.abs(weight), axis=1))
         # (`unvmap_all`: under `vmap` the branch stays a branch, taken for the whole
-        # batch, instead of becoming a select that always checks.)
+        # batch, instead of becoming a select that always checks.) That branch
+        # computes the currents again rather than reading them: the run writes
+        # its counts over them (see `run_population`), which XLA does in place only
+        # where nothing else reads them.
         nonfinite_current = ~nonfinite & lax.cond(
             eqxi.unvmap_all(jnp.isfinite(bound)),
             lambda: vary_like(jnp.zeros((), bool), currents),
-            lambda: ~jnp.all(jnp.isfinite(currents)),
+            lambda: ~jnp.all(jnp.isfinite(input_currents(inputs, weight))),
         )
     result = update_result(result, nonfinite_current, RESULTS.nonfinite_current)
     assert raw.nonfinite_state is not None

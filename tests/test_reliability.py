@@ -91,6 +91,22 @@ def test_overflowing_current_is_reported(solver, steps):
         layer.simulate(x, 1.0, max_spikes=8)
 
 
+def test_overflowing_current_is_reported_per_sample():
+    """Under `jax.vmap` (the batch folded into the neurons, whose counts are
+    written over the currents), only the sample whose currents overflow reports
+    it, and the other's counts are the closed form's."""
+    layer = _one(sj.ODELIFDynamics(), jnp.float32, weight=4.0)
+    x = np.stack([np.full((3, 1), 0.5, np.float32), np.full((3, 1), 3e38, np.float32)])
+    sols = jax.vmap(lambda xb: layer.simulate(xb, 1.0, max_spikes=8, throw=False))(x)
+    np.testing.assert_array_equal(
+        np.asarray(sols.result == sj.RESULTS.nonfinite_current), [False, True]
+    )
+    assert bool(np.asarray(sols.result == sj.RESULTS.successful)[0])
+    ref = lif_reference(np.full((1, 1), 4.0), x[0].astype(np.float64), 1.0)
+    np.testing.assert_array_equal(np.asarray(sols.counts[0]), ref.counts)
+    assert ref.counts.sum() > 0
+
+
 def test_overflowing_state_is_reported():
     # A finite current whose asymptote v_rest + I tau / C overflows float32.
     layer = _one(sj.ODELIFDynamics(), jnp.float32, weight=1.0)

@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._dynamics import AbstractClosedFormDynamics
@@ -22,8 +23,10 @@ _PEEL = 3
 # Spikes per neuron per iteration of the walk's loop, once it is entered.
 _UNROLL = 4
 
-# The largest piece count of one interval (an int32 loop bound).
-_MAX_PIECES = 2.0**31 - 1
+# The largest piece count of one interval (an int32 loop bound). A float32 array:
+# compared with a float16 count, a Python float would be cast to float16 (inf,
+# with NumPy's overflow warning at trace time).
+_MAX_PIECES = np.float32(2.0**31 - 1)
 
 
 def _walk(

@@ -191,11 +191,13 @@ def run_population(
     first = zero if first_sample is None else first_sample
 
     def one_interval(carry, xs):
-        y, buffer, counters, exhausted, root_fail, bad, stacked = carry
+        y, buffer, counters, exhausted, root_fail, bad, stacked, total = carry
         t_start, length, current, k = xs
         consts = constants if uniform else integrator.prepare(dynamics, length)
         out = integrator.interval(dynamics, consts, y, current, t_start, length, buffer)
         ys = (out.count.astype(jnp.int32), out.y if cfg.keep_interval_states else None)
+        if total is not None:
+            total = total + ys[0]
         if batch_major:  # written in place at [first:first + size, k]
 
             def put(acc, x):
@@ -214,6 +216,7 @@ def run_population(
             root_fail | out.root_fail,
             (bad | ~all_finite(out.y)) if cfg.keep_interval_states else bad,
             stacked,
+            total,
         )
         return carry, ys
 
@@ -238,10 +241,16 @@ def run_population(
         xs = (starts, lengths, currents, jnp.arange(num_intervals))
     else:
         xs = (starts, lengths, currents, None)
+    # Batch-major counts may be floats (written over the currents): without a
+    # spike record, each neuron's spike total is summed in the scan, exactly.
+    total = None
+    if batch_major and buffer is None:
+        total = jnp.zeros((n_neurons,), jnp.int32)
     init = (state, buffer, integrator.zero_counters(n_neurons), no, no, no, stacked)
+    init = init + (total,)
     # (Under `jax.shard_map`, the carry varies as the inputs do.)
     init = vary_like(init, xs, state, dynamics, integrator, interval)
-    (y, buffer, counters, exhausted, root_fail, bad, stacked), ys = lax.scan(
+    (y, buffer, counters, exhausted, root_fail, bad, stacked, total), ys = lax.scan(
         one_interval, init, xs
     )
     counts, states = stacked if batch_major else ys
@@ -249,11 +258,12 @@ def run_population(
     if not cfg.keep_interval_states:
         bad = ~all_finite(y)
     if buffer is None:
-        mine = counts
-        if batch_major and into is not None:  # this population's samples
-            mine = lax.dynamic_slice_in_dim(counts, first, size, 0)
         spike_times = jnp.zeros((n_neurons, 0), dtype)
-        num_spikes = jnp.sum(mine.astype(jnp.int32), axis=-2).reshape(-1)
+        if total is not None:
+            # (In the dtype of the sum below: int64 where 64-bit types are on.)
+            num_spikes = total.astype(jnp.sum(total[:0]).dtype)
+        else:
+            num_spikes = jnp.sum(counts, axis=-2).reshape(-1)
     else:
         spike_times, num_spikes = integrator.spike_times(
             dynamics, buffer, state, interval

@@ -610,3 +610,39 @@ def test_batch_of_no_intervals(model, max_spikes, monkeypatch):
     np.testing.assert_array_equal(np.asarray(grads.v), 1.0)
     for leaf in jax.tree.leaves(grads)[1:]:
         np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+
+
+def test_folded_spike_totals_are_exact_where_counts_round():
+    """A folded batch writes its counts over the currents, in their float dtype;
+    each neuron's spike total (`num_spikes`, without a spike record) is summed
+    exactly in the scan. In float16 a count of 4095 per interval rounds to 4096,
+    and the total must still be the unfolded run's (the sum of the exact counts),
+    not the sum of the rounded ones."""
+    dtype = jnp.float16
+    layer = sj.SpikingODELayer(
+        1, 1, sj.ODELIFDynamics(tau_mem=10.0), dtype=dtype, key=jax.random.key(0)
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.ones((1, 1), dtype))
+    x = jnp.full((2, 3, 1), 2100.0, dtype)
+
+    def run(xb):
+        return sj.integrate(
+            layer.dynamics,
+            layer.solver,
+            layer.weight,
+            xb,
+            jnp.asarray(1.0, dtype),
+            layer.init_state(),
+            stepsize_controller=layer.stepsize_controller,
+            max_spikes=None,
+            keep_interval_states=False,
+            throw=False,
+        )
+
+    folded = jax.vmap(run)(x)
+    alone = run(x[0])
+    assert np.asarray(folded.counts).max() == 4096  # rounded in float16
+    rounded_total = int(np.asarray(alone.counts, np.int64).sum())
+    assert int(alone.num_spikes[0]) != rounded_total  # the exact total differs
+    np.testing.assert_array_equal(np.asarray(folded.num_spikes[0]), alone.num_spikes)
+    np.testing.assert_array_equal(np.asarray(folded.num_spikes[1]), alone.num_spikes)

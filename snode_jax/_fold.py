@@ -118,32 +118,21 @@ def _run_tiles(
     def tile_of(x, axis, first):  # the tile's lanes of a folded array
         return lax.dynamic_slice_in_dim(x, first * n_each, lanes, axis)
 
-    # Where the tiles do not overlap (the batch divides into them), the counts are
-    # written over the currents, as `run_population` does for one population:
-    # each tile reads its currents from the counts' buffer, before it writes its
-    # counts there, and the other tiles' samples are not its own. (Overlapping
-    # tiles would read counts as currents: they write int32 counts into zeros.)
-    over_currents = n_tiles * per_tile == size
-
     def run_tile(into, first):
         dyn = jax.tree.map(
             lambda x, p: tile_of(x, -1, first) if p and jnp.ndim(x) else x,
             dynamics,
             per_neuron,
         )
-        source = into[0] if over_currents else currents
-        cur = lax.dynamic_slice_in_dim(source, first, per_tile, 0)
+        cur = lax.dynamic_slice_in_dim(currents, first, per_tile, 0)
         st = jax.tree.map(lambda x: tile_of(x, -1, first), state)
         return run_population(
             tile_integrator, dyn, cur, interval, st, cfg, True, into, first
         )
 
-    if over_currents:
-        stacked = stacked_zeros(
-            state, size, num_intervals, n_each, cfg, currents.dtype, counts=currents
-        )
-    else:
-        stacked = stacked_zeros(state, size, num_intervals, n_each, cfg, jnp.int32)
+    # (int32 counts: the tiles cannot write theirs over the currents, as
+    # `run_population` does, for the last tile may overlap the one before.)
+    stacked = stacked_zeros(state, size, num_intervals, n_each, cfg, jnp.int32)
     # The shapes of one tile's results, and where its lanes go in the batch's.
     shapes = jax.eval_shape(lambda: run_tile(stacked, jnp.zeros((), jnp.int32)))
 

@@ -229,10 +229,11 @@ def run_population(
             # The counts are written over the batch-major currents: each entry
             # is read (transposed below) before the interval that overwrites it,
             # and XLA writes the counts in that buffer rather than into a fresh
-            # one filled with zeros. (On a 2-core x86 CPU, float32, 256 neurons
-            # x 100 intervals: `forward` took 0.93-0.95x the time at 64 samples,
-            # 0.88x at 16, and `simulate` 0.86x at 16; a run that reads the
-            # currents after this one would make XLA copy them first.)
+            # one filled with zeros. (`bench/bench_walk_ab.py` on a 2-core x86
+            # CPU, 256 neurons x 100 intervals: `forward` took 0.95-0.96x the
+            # time at 64 samples in float32, the same within 4 % in float64 and
+            # at 16 samples. A run that read the currents after this one would
+            # make XLA copy them first.)
             stacked = stacked_zeros(
                 state, size, num_intervals, n_each, cfg, dtype, counts=currents
             )

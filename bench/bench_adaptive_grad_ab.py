@@ -20,9 +20,7 @@ of each, and the median over repetitions of the ratio this / base.
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 
 import jax
 
@@ -32,7 +30,7 @@ import bench_grad as bg  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import interleaved_timings, largest_difference  # noqa: E402
+from common import base_package, interleaved_timings, largest_difference  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snode_jax as sj  # noqa: E402
@@ -48,12 +46,7 @@ def main():
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--intervals", type=int, nargs="+", default=[10, 40])
     a = p.parse_args()
-    tmp = tempfile.mkdtemp()
-    try:
-        shutil.copytree(a.package, os.path.join(tmp, "snode_jax_base"))
-        sys.path.insert(0, tmp)
-        import snode_jax_base as base  # type: ignore[import-not-found]
-
+    with base_package(a.package) as base:
         print(f"this: {sj.__file__}\nbase: {a.package}")
         layers = {
             k: bg.make_adaptive(1, package)[0]
@@ -81,8 +74,6 @@ def main():
                 f"{other.min() * 1e3:.1f} ms, median ratio "
                 f"{np.median(this / other):.3f} (agree {same})"
             )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

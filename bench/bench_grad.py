@@ -36,16 +36,34 @@ def inputs(n_intervals, drive, dtype, batch):
     return (rng.standard_normal(shape) * 0.5 + drive).astype(dtype)
 
 
-def make(n_intervals, drive, dtype, max_spikes, batch=1, package=sj):
-    """The LIF layer (built by `package`: this library, or another checkout's), its
-    inputs, and the loss's forward and value-and-gradient, jitted."""
-    layer = package.SpikingODELayer(
+def lif_layer(dtype, package=None):
+    """The LIF layer, built by `package` (this library, or another checkout's).
+    (The default is looked up when called: `bench_grad_ab.py` replaces this
+    module's `sj`.)"""
+    package = sj if package is None else package
+    return package.SpikingODELayer(
         N_INPUTS,
         N_NEURONS,
         package.ODELIFDynamics(),
         dtype=dtype,
         key=jax.random.key(0),
     )
+
+
+def probe_lif(n_intervals, drive, dtype, batch):
+    """[`probe_counts`][] of the LIF layer's run on `inputs(...)` (no spike
+    record; vmapped over a batch above 1)."""
+    probe = lif_layer(dtype)
+    run_probe = lambda x: probe.simulate(x, INTERVAL, max_spikes=0, throw=False)
+    if batch > 1:
+        run_probe = jax.vmap(run_probe)
+    return probe_counts(run_probe(inputs(n_intervals, drive, dtype, batch)))
+
+
+def make(n_intervals, drive, dtype, max_spikes, batch=1, package=None):
+    """The LIF layer (built by `package`: this library, or another checkout's), its
+    inputs, and the loss's forward and value-and-gradient, jitted."""
+    layer = lif_layer(dtype, package)
     x = inputs(n_intervals, drive, dtype, batch)
 
     def one(layer, x):
@@ -111,18 +129,7 @@ def run(configs, reps):
     rows = []
     for dtype in (np.float32, np.float64):
         for n_intervals, drive, batch in configs:
-            probe = sj.SpikingODELayer(
-                N_INPUTS,
-                N_NEURONS,
-                sj.ODELIFDynamics(),
-                dtype=dtype,
-                key=jax.random.key(0),
-            )
-            x = inputs(n_intervals, drive, dtype, batch)
-            run_probe = lambda x: probe.simulate(x, INTERVAL, max_spikes=0, throw=False)
-            if batch > 1:
-                run_probe = jax.vmap(run_probe)
-            probed = probe_counts(run_probe(x))
+            probed = probe_lif(n_intervals, drive, dtype, batch)
             layer, x, fwd, grad = make(n_intervals, drive, dtype, probed[2], batch)
             name = np.dtype(dtype).name
             rows.append(
@@ -148,9 +155,10 @@ def table(rows, columns=("intervals", "drive", "solver steps")):
     return "\n".join(lines)
 
 
-def make_adaptive(n_intervals, package=sj):
+def make_adaptive(n_intervals, package=None):
     """The AdEx layer (Dopri5, rtol = atol = 1e-6, float64) and its inputs (the
     layer built by `package`: this library, or another checkout's)."""
+    package = sj if package is None else package
     dtype = np.float64
     rng = np.random.default_rng(0)
     layer = package.SpikingODELayer(

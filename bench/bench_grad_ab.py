@@ -21,7 +21,6 @@ import pathlib
 import sys
 
 import bench_grad as bg
-import jax
 import numpy as np
 
 
@@ -48,20 +47,7 @@ def main():
     print(bg.sj.__file__)
     for dtype in (np.float32, np.float64):
         for n_intervals in (100, 400, 1600):
-            probe = bg.sj.SpikingODELayer(
-                bg.N_INPUTS,
-                bg.N_NEURONS,
-                bg.sj.ODELIFDynamics(),
-                dtype=dtype,
-                key=jax.random.key(0),
-            )
-            rng = np.random.default_rng(0)
-            x = (rng.standard_normal((n_intervals, bg.N_INPUTS)) * 0.5 + 0.3).astype(
-                dtype
-            )
-            _, _, max_spikes = bg.probe_counts(
-                probe.simulate(x, bg.INTERVAL, max_spikes=0, throw=False)
-            )
+            max_spikes = bg.probe_lif(n_intervals, 0.3, dtype, 1)[2]
             layer, x, fwd, grad = bg.make(n_intervals, 0.3, dtype, max_spikes)
             g = np.asarray(grad(layer, x)[1].weight)[0, :3]
             t_f, t_g, ratio, *_ = bg.measure(fwd, grad, layer, x, a.reps)

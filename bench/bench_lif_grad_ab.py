@@ -21,10 +21,8 @@ forward of each.
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 
 import jax
 
@@ -33,28 +31,12 @@ jax.config.update("jax_enable_x64", True)
 import bench_grad as bg  # noqa: E402
 import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
-from common import interleaved_timings, largest_difference, median_ratio  # noqa: E402
+from common import base_package, interleaved_timings, largest_difference, median_ratio  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snode_jax as sj  # noqa: E402
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def max_count(n_intervals, batch, dtype):
-    """The largest spike count of one neuron in the run (the buffer's size)."""
-    probe = sj.SpikingODELayer(
-        bg.N_INPUTS,
-        bg.N_NEURONS,
-        sj.ODELIFDynamics(),
-        dtype=dtype,
-        key=jax.random.key(0),
-    )
-    x = bg.inputs(n_intervals, 0.3, dtype, batch)
-    run = lambda x: probe.simulate(x, bg.INTERVAL, max_spikes=0, throw=False)
-    if batch > 1:
-        run = jax.vmap(run)
-    return max(int(np.max(np.asarray(run(x).num_spikes))), 1)
 
 
 def main():
@@ -70,18 +52,13 @@ def main():
         help="intervals,batch,dtype",
     )
     a = p.parse_args()
-    tmp = tempfile.mkdtemp()
-    try:
-        shutil.copytree(a.package, os.path.join(tmp, "snode_jax_base"))
-        sys.path.insert(0, tmp)
-        import snode_jax_base as base  # type: ignore[import-not-found]
-
+    with base_package(a.package) as base:
         print(f"this: {sj.__file__}\nbase: {a.package}")
         for config in a.configs:
             n_intervals, batch, dtype_name = config.split(",")
             n_intervals, batch = int(n_intervals), int(batch)
             dtype = DTYPES[dtype_name]
-            max_spikes = max_count(n_intervals, batch, dtype)
+            max_spikes = bg.probe_lif(n_intervals, 0.3, dtype, batch)[2]
             fns, args = {}, {}
             for k, package in (("this", sj), ("base", base)):
                 layer, x, fwd, grad = bg.make(
@@ -110,8 +87,6 @@ def main():
                 f"{per_fwd('base'):.2f} (agree to {diff:.1e} relative)",
                 flush=True,
             )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ each version and the median over repetitions of the ratio this / base.
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import equinox as eqx
@@ -31,6 +29,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import base_package  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snode_jax as sj  # noqa: E402
@@ -65,12 +64,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--neurons", type=int, default=256)
     a = p.parse_args()
-    tmp = tempfile.mkdtemp()
-    try:
-        shutil.copytree(a.package, os.path.join(tmp, "snode_jax_base"))
-        sys.path.insert(0, tmp)
-        import snode_jax_base as base  # type: ignore[import-not-found]
-
+    with base_package(a.package) as base:
         print(f"this: {sj.__file__}\nbase: {a.package}")
         for dtype in (jnp.float32, jnp.float64):
             rng = np.random.default_rng(0)
@@ -104,8 +98,6 @@ def main():
                     f"base {other.min() * 1e3:.2f} ms, median ratio "
                     f"{np.median(this / other):.3f} (same results)"
                 )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ Holds the fixed-step Euler LIF baseline written in JAX, a timing helper, and the
 import of the closed-form reference that the tests use.
 """
 
+import contextlib
+import importlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -152,6 +156,22 @@ def alternate_children(script: str, settings: dict, rounds: int) -> dict:
     return results
 
 
+@contextlib.contextmanager
+def base_package(folder: str):
+    """Another checkout's `snode_jax` folder, imported as `snode_jax_base` next to
+    this checkout's package: it is copied to a temporary directory under that
+    name (the package imports itself relatively; an editable install of this
+    checkout takes precedence over `PYTHONPATH`), removed on exit."""
+    tmp = tempfile.mkdtemp()
+    try:
+        shutil.copytree(folder, os.path.join(tmp, "snode_jax_base"))
+        sys.path.insert(0, tmp)
+        yield importlib.import_module("snode_jax_base")
+    finally:
+        sys.path.remove(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def largest_difference(a, b) -> float:
     """The largest difference between the array leaves of `a` and `b`, relative to
     the largest magnitude of each leaf of `b`."""
@@ -183,6 +203,7 @@ __all__ = [
     "alternate_children",
     "compile_then_run",
     "interleaved_timings",
+    "base_package",
     "lif_reference",
     "machine_line",
     "write_section",

@@ -3,6 +3,7 @@
 `_tangents.py`; the adaptive loop's rerun is in `_rerun_adjoint.py`)."""
 
 import abc
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -52,7 +53,7 @@ def _closed_form_run_jvp(primals, tangents, *, walk, cfg, surrogate, chunk):
     # with the spike structure held fixed (the implicit-function derivative of every
     # crossing time, through every reset), linearised at the walk's interval states.
     dynamics, currents, interval, state = primals
-    keep = RunConfig(cfg.max_spikes, keep_interval_states=True)
+    keep = dataclasses.replace(cfg, keep_interval_states=True)
     raw = _closed_form_run(
         *primals, walk=walk, cfg=keep, surrogate=surrogate, chunk=chunk
     )

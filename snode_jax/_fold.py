@@ -77,38 +77,77 @@ def run_batch_major(
     state: State,
     cfg: RunConfig,
 ) -> RawRun:
-    """[`run_intervals`][] on a folded batch (`batch_major`); for an integrator that
-    is `tiled`, a batch of more neurons than a tile holds is run a tile of samples
-    at a time, each written in place into the whole batch's results."""
-    size, _, n_each = currents.shape
+    """[`run_intervals`][] on a folded batch, whose counts and interval states come
+    back batch-major, `(B, T, n)`; for an integrator that is `tiled`, a batch of
+    more neurons than a tile holds is run a tile of samples at a time, each written
+    in place into the whole batch's results.
+
+    The currents are read time-major, `(T, B * n)`: interval `k` reads one
+    contiguous row (a strided read of `[:, k]` in every interval made the whole
+    forward pass about 2x slower in float32 on a 2-core x86 CPU), and a tile of
+    samples one contiguous stretch of it. Batch-major currents are transposed
+    once; those of [`run_currents`][], computed in time-major order, are not
+    (XLA cancels the two transposes). Where the currents are batch-major
+    (`cfg.counts_over_currents`), a run in one population writes its counts over
+    them, in their dtype, rather than into a fresh buffer of zeros: each entry is
+    read (transposed) before the interval that overwrites it. (`bench/bench_walk_ab.py`
+    on a 2-core x86 CPU, 256 neurons x 100 intervals: `forward` took 0.95-0.96x
+    the time at 64 samples in float32, the same within 4 % in float64 and at 16
+    samples. A run that read the currents after this one would make XLA copy them
+    first.) Computed time-major, the currents would have to be transposed to be
+    written over: the counts go into zeros. (`bench/bench_walk_ab.py`, 32 inputs:
+    against the currents computed batch-major and transposed here, `forward` took
+    0.88-0.89x the time in float32 and 0.88-0.97x in float64 at 64 and 16
+    samples, `simulate` 0.94-0.98x. Where each sample has its own weight, the
+    currents are computed batch-major, and the counts still go into zeros: 1.06x
+    for `forward` in float32, as before within 2 % otherwise.)
+    """
+    size, num_intervals, n_each = currents.shape
+    dtype = currents.dtype
+    time_major = jnp.moveaxis(currents, 0, 1).reshape(num_intervals, size * n_each)
     per_tile = None
     if integrator.tiled:
         tile_bytes = TILE_BYTES if cfg.max_spikes is None else RECORD_TILE_BYTES
-        per_tile = samples_per_tile(n_each, currents.dtype, tile_bytes)
+        per_tile = samples_per_tile(n_each, dtype, tile_bytes)
     if per_tile is None or size <= per_tile:
-        return run_intervals(
-            integrator, dynamics, currents, interval, state, cfg, batch_major=True
+        over = currents if cfg.counts_over_currents else None
+        into = stacked_zeros(state, size, num_intervals, n_each, cfg, dtype, over)
+        raw = run_population(
+            integrator,
+            dynamics,
+            time_major,
+            interval,
+            state,
+            cfg,
+            (size, n_each),
+            into,
         )
-    raw = _run_tiles(integrator, dynamics, currents, interval, state, cfg, per_tile)
-    return float_counts(raw, currents.dtype)
+    else:
+        raw = _run_tiles(
+            integrator, dynamics, time_major, interval, state, cfg, size, per_tile
+        )
+    return float_counts(raw, dtype)
 
 
 def _run_tiles(
     integrator: AbstractIntegrator,
     dynamics: AbstractDynamics,
-    currents: Float[Array, "batch time n"],
+    currents: Float[Array, "time lanes"],
     interval,
     state: State,
     cfg: RunConfig,
+    size: int,
     per_tile: int,
 ) -> RawRun:
-    """[`run_population`][] on a folded batch, at most `per_tile` samples at a time: a loop
-    over as few tiles as that takes, of equal size, each run as one population (as
-    it would run within the whole batch, see `AbstractIntegrator.for_tile`) and
-    written into the whole batch's results. The last tile ends at the last sample:
-    it may overlap the one before by a few samples (the neurons are independent,
-    so those come out the same from both)."""
-    size, num_intervals, n_each = currents.shape
+    """[`run_population`][] on a folded batch of `size` samples (time-major
+    currents, `(T, B * n)`), at most `per_tile` samples at a time: a loop over as
+    few tiles as that takes, of equal size, each run as one population (as it would
+    run within the whole batch, see `AbstractIntegrator.for_tile`) and written into
+    the whole batch's results. The last tile ends at the last sample: it may
+    overlap the one before by a few samples (the neurons are independent, so
+    those come out the same from both)."""
+    num_intervals, lanes_all = currents.shape
+    n_each = lanes_all // size
     n_tiles = -(-size // per_tile)
     per_tile = -(-size // n_tiles)  # as even as they go: they overlap by < n_tiles
     lanes = per_tile * n_each
@@ -124,14 +163,24 @@ def _run_tiles(
             dynamics,
             per_neuron,
         )
-        cur = lax.dynamic_slice_in_dim(currents, first, per_tile, 0)
         st = jax.tree.map(lambda x: tile_of(x, -1, first), state)
         return run_population(
-            tile_integrator, dyn, cur, interval, st, cfg, True, into, first
+            tile_integrator,
+            dyn,
+            currents,
+            interval,
+            st,
+            cfg,
+            (per_tile, n_each),
+            into,
+            first,
         )
 
-    # (int32 counts: the tiles cannot write theirs over the currents, as
-    # `run_population` does, for the last tile may overlap the one before.)
+    # (int32 counts: the tiles cannot write theirs over the currents, as one
+    # population may, for the last tile may overlap the one before. Zeros in the
+    # currents' dtype, which would need no conversion after the run, took 1.01x
+    # the time of these in float32 and 1.04-1.08x in float64, 256 neurons x 100
+    # intervals at 64 samples, on a 2-core x86 CPU.)
     stacked = stacked_zeros(state, size, num_intervals, n_each, cfg, jnp.int32)
     # The shapes of one tile's results, and where its lanes go in the batch's.
     shapes = jax.eval_shape(lambda: run_tile(stacked, jnp.zeros((), jnp.int32)))

@@ -33,7 +33,9 @@ from ._misc import (
     check_real,
     input_currents,
     max_across_devices,
+    run_currents,
     tie_to,
+    time_major_currents,
     time_order,
     vary_like,
 )
@@ -135,8 +137,12 @@ def integrate(
     inputs = inputs.astype(dtype)
     interval = jnp.asarray(interval, dtype)
     state = jax.tree.map(lambda a: jnp.asarray(a, dtype), state)
-    currents = input_currents(inputs, weight)
-    cfg = RunConfig(max_spikes, keep_interval_states)
+    currents = run_currents(inputs, weight)
+    cfg = RunConfig(
+        max_spikes,
+        keep_interval_states,
+        counts_over_currents=not time_major_currents(inputs, weight),
+    )
     root_finder = BracketedNewton() if root_finder is None else root_finder
     if not isinstance(stepsize_controller, PredictiveController):
         raise TypeError(
@@ -193,7 +199,7 @@ def integrate(
         # (`unvmap_all`: under `vmap` the branch stays a branch, taken for the whole
         # batch, instead of becoming a select that always checks.) That branch
         # computes the currents again rather than reading them: the run writes
-        # its counts over them (see `run_population`), which XLA does in place only
+        # its counts over them (see `run_batch_major`), which XLA does in place only
         # where nothing else reads them.
         nonfinite_current = ~nonfinite & lax.cond(
             eqxi.unvmap_all(jnp.isfinite(bound)),

@@ -168,6 +168,58 @@ def input_currents(inputs, weight):
     return lax.dot_general(inputs, weight, (((inputs.ndim - 1,), (1,)), ((), ())))
 
 
+def time_major_currents(inputs, weight) -> bool:
+    """Whether a vmapped batch's currents are computed in time-major order (see
+    [`run_currents`][]): when the inputs are the smaller array to transpose, fewer
+    inputs than neurons (from their static shapes)."""
+    return inputs.shape[-1] < weight.shape[0]
+
+
+@jax.custom_batching.custom_vmap
+def _run_currents(inputs, weight):
+    return input_currents(inputs, weight)
+
+
+@_run_currents.def_vmap
+def _run_currents_batched(axis_size, in_batched, inputs, weight):
+    inputs_batched, weight_batched = in_batched
+    if inputs_batched and not weight_batched and time_major_currents(inputs, weight):
+        # (B, T, k) -> (T, B, k) -> (T, B, n), handed on as (B, T, n).
+        by_time = input_currents(jnp.swapaxes(inputs, 0, 1), weight)
+        return jnp.swapaxes(by_time, 0, 1), True
+    axes = (0 if inputs_batched else None, 0 if weight_batched else None)
+    return jax.vmap(input_currents, in_axes=axes)(inputs, weight), True
+
+
+@jax.custom_jvp
+def run_currents(inputs, weight):
+    """[`input_currents`][] for a run, `(T, n)`: under `jax.vmap` over the inputs
+    (not the weight), with fewer inputs than neurons, the batch's currents are
+    computed from the inputs transposed to time-major order, `(T, B, n_inputs)`,
+    and handed on as `(B, T, n)` by a transpose that the folded run's own transpose
+    to time-major order cancels (see `run_batch_major`): the smaller array is
+    transposed, not the currents. Its derivatives are those of the product."""
+    return _run_currents(inputs, weight)
+
+
+def _run_currents_jvp(primals, tangents):
+    # (`jax.custom_batching.custom_vmap` alone could not be transposed: reverse
+    # mode goes through this rule, plain JAX in the tangents. A symbolic zero
+    # tangent, an argument not differentiated, adds no product.)
+    inputs, weight = primals
+    t_inputs, t_weight = tangents
+    out = run_currents(inputs, weight)
+    terms = []
+    if not isinstance(t_inputs, jax.custom_derivatives.SymbolicZero):
+        terms.append(input_currents(t_inputs, weight))
+    if not isinstance(t_weight, jax.custom_derivatives.SymbolicZero):
+        terms.append(input_currents(inputs, t_weight))
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+run_currents.defjvp(_run_currents_jvp, symbolic_zeros=True)
+
+
 def is_concrete(x) -> bool:
     """True when `x` holds a value now (not a tracer inside `jit`/`grad`/`vmap`)."""
     return not any(isinstance(leaf, Tracer) for leaf in jax.tree.leaves(x))

@@ -25,7 +25,7 @@ from ._misc import (
     where_tree,
 )
 from ._reverse import reverse_segments, segment_buffers
-from ._scan import RunConfig, interval_starts
+from ._scan import interval_starts
 from ._solution import RESULTS
 from ._surrogate import surrogate_zero
 
@@ -341,7 +341,7 @@ class RerunAdjoint(AbstractAdjoint):
 
         def fwd(dynamics, currents, interval, state):
             # Differentiated: the interval states are kept (they are the residuals).
-            fwd_cfg = RunConfig(cfg.max_spikes, keep_interval_states=True)
+            fwd_cfg = dataclasses.replace(cfg, keep_interval_states=True)
             raw = run_folded(recording, dynamics, currents, interval, state, fwd_cfg)
             ends = raw.interval_states
             starts = jax.tree.map(

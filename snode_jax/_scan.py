@@ -93,10 +93,14 @@ class AbstractIntegrator(eqx.Module):
 
 
 class RunConfig(eqx.Module):
-    """Static settings of one run (hashable)."""
+    """Static settings of one run (hashable). `counts_over_currents`: a folded
+    batch's counts may be written over its batch-major currents (see
+    [`run_batch_major`][]); False where the currents are computed in time-major
+    order (see [`run_currents`][]), which writing over them would undo."""
 
     max_spikes: int | None = eqx.field(static=True)
     keep_interval_states: bool = eqx.field(static=True)
+    counts_over_currents: bool = eqx.field(static=True, default=True)
 
 
 def interval_starts(interval, num_intervals: int):
@@ -114,25 +118,14 @@ def run_intervals(
     interval,
     state: State,
     cfg: RunConfig,
-    batch_major: bool = False,
 ) -> RawRun:
     """The forward pass: a scan over the intervals, the integrator inside each.
 
     `interval` is a scalar (every interval has this length, ms) or one length per
-    interval.
-
-    With `batch_major` (a batch folded by `run_folded`, `_fold.py`), `currents` is `(B, T,
-    n)` and the population is the `B * n` neurons of the batch, run by run. The
-    currents are transposed once to time-major `(T, B * n)`, so that interval `k`
-    reads one contiguous row (a strided read of `[:, k]` in every interval made the
-    whole forward pass about 2x slower in float32 on a 2-core x86 CPU); `counts`
-    and `interval_states` come back as `(B, T, n)`, written in place at `[:, k]`
-    (not stacked time-major and transposed). (A large folded batch may be run a
-    tile of samples at a time instead, see `_fold.py`.)
+    interval. (A batch folded by `run_folded`, `_fold.py`, runs through
+    [`run_population`][] with its counts written batch-major.)
     """
-    raw = run_population(
-        integrator, dynamics, currents, interval, state, cfg, batch_major
-    )
+    raw = run_population(integrator, dynamics, currents, interval, state, cfg)
     return float_counts(raw, currents.dtype)
 
 
@@ -147,7 +140,7 @@ def stacked_zeros(
 ):
     """Batch-major counts (in `dtype`: int32, or a float dtype whose integers
     they are) and (if kept) interval states, `(B, T, n, ...)`, zero; the counts
-    start as `counts` where given (an array of that shape and dtype whose every
+    start as `counts` where given (an array of that shape, in `dtype`, whose every
     entry the run overwrites)."""
 
     def empty(rest, dtype):
@@ -156,7 +149,7 @@ def stacked_zeros(
     states = None
     if cfg.keep_interval_states:
         states = jax.tree.map(lambda x: empty(jnp.shape(x)[1:], x.dtype), state)
-    return empty((), dtype) if counts is None else counts, states
+    return empty((), dtype) if counts is None else counts.astype(dtype), states
 
 
 def run_population(
@@ -166,20 +159,27 @@ def run_population(
     interval,
     state: State,
     cfg: RunConfig,
-    batch_major: bool,
+    batch=None,
     into=None,
     first_sample=None,
 ) -> RawRun:
-    """[`run_intervals`][] on one population; its counts are int32, or, batch-major,
-    in the dtype of `into`'s counts (of the currents without `into`). Batch-major,
-    the counts and interval states are written into `into` (the whole batch's,
-    from [`stacked_zeros`][]) from sample `first_sample` on, where given."""
+    """[`run_intervals`][] on one population, whose currents are `(T, n_neurons)`
+    (time-major); its counts are int32 and `(T, n_neurons)`. With `batch` = `(B, n)`
+    (a batch folded by `run_folded`, its `B * n` neurons run by run), the counts
+    and interval states are written batch-major, `(B, T, n)`, in place at `[:, k]`,
+    into `into` (the whole batch's, from [`stacked_zeros`][], counts in its dtype)
+    and come back there. With `first_sample` (a tile of the batch), `currents` and
+    `into` are the whole batch's: the run is that of its `B` samples from
+    `first_sample` on, and reads their lanes of each interval's row (a tile of
+    its own would be a copy)."""
     dtype = currents.dtype
+    batch_major = batch is not None
+    num_intervals, n_neurons = currents.shape
     if batch_major:
-        size, num_intervals, n_each = currents.shape
+        size, n_each = batch
         n_neurons = size * n_each
-    else:
-        num_intervals, n_neurons = currents.shape
+        assert into is not None
+        assert first_sample is not None or n_neurons == currents.shape[1]
     buffer = None
     uniform = jnp.ndim(interval) == 0
     if cfg.max_spikes is not None:
@@ -193,6 +193,8 @@ def run_population(
     def one_interval(carry, xs):
         y, buffer, counters, exhausted, root_fail, bad, stacked, total = carry
         t_start, length, current, k = xs
+        if first_sample is not None:  # the tile's lanes of the row
+            current = lax.dynamic_slice_in_dim(current, first * n_each, n_neurons)
         consts = constants if uniform else integrator.prepare(dynamics, length)
         out = integrator.interval(dynamics, consts, y, current, t_start, length, buffer)
         ys = (out.count.astype(jnp.int32), out.y if cfg.keep_interval_states else None)
@@ -222,26 +224,8 @@ def run_population(
 
     no = jnp.zeros((n_neurons,), bool)
     # Batch-major: counts and interval states, (B, T, n), written in place.
-    stacked: Any = (None, None)
-    if batch_major:
-        stacked = into
-        if stacked is None:
-            # The counts are written over the batch-major currents: each entry
-            # is read (transposed below) before the interval that overwrites it,
-            # and XLA writes the counts in that buffer rather than into a fresh
-            # one filled with zeros. (`bench/bench_walk_ab.py` on a 2-core x86
-            # CPU, 256 neurons x 100 intervals: `forward` took 0.95-0.96x the
-            # time at 64 samples in float32, the same within 4 % in float64 and
-            # at 16 samples. A run that read the currents after this one would
-            # make XLA copy them first.)
-            stacked = stacked_zeros(
-                state, size, num_intervals, n_each, cfg, dtype, counts=currents
-            )
-        # Interval `k` of every run, (B, n) -> (B * n,): row `k`.
-        currents = jnp.moveaxis(currents, 0, 1).reshape(num_intervals, n_neurons)
-        xs = (starts, lengths, currents, jnp.arange(num_intervals))
-    else:
-        xs = (starts, lengths, currents, None)
+    stacked: Any = into if batch_major else (None, None)
+    xs = (starts, lengths, currents, jnp.arange(num_intervals) if batch_major else None)
     # Batch-major counts may be floats (written over the currents): without a
     # spike record, each neuron's spike total is summed in the scan, exactly.
     total = None

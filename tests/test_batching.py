@@ -646,3 +646,102 @@ def test_folded_spike_totals_are_exact_where_counts_round():
     assert int(alone.num_spikes[0]) != rounded_total  # the exact total differs
     np.testing.assert_array_equal(np.asarray(folded.num_spikes[0]), alone.num_spikes)
     np.testing.assert_array_equal(np.asarray(folded.num_spikes[1]), alone.num_spikes)
+
+
+# -- the batch's currents: computed in time-major order, or batch-major -------------
+
+# (n_inputs, n_neurons): fewer inputs than neurons (under `vmap` over the inputs,
+# the batch's currents are computed from the inputs transposed to time-major order,
+# and the counts go into zeros), as many and more (computed batch-major, and the
+# counts written over them).
+CURRENT_SHAPES = [(3, 5), (5, 5), (8, 5)]
+
+
+@pytest.mark.parametrize("n_inputs, n_neurons", CURRENT_SHAPES)
+@pytest.mark.parametrize("weight_batched", [False, True])
+def test_batch_currents_in_either_order(n_inputs, n_neurons, weight_batched):
+    # With the weight batched too, the currents are computed batch-major whatever
+    # the shapes; with fewer inputs than neurons the counts still go into zeros.
+    rng = np.random.default_rng(7)
+    layer = sj.SpikingODELayer(
+        n_inputs,
+        n_neurons,
+        sj.ODELIFDynamics(tau_mem=10.0),
+        dtype=jnp.float64,
+        key=jax.random.key(1),
+    )
+    w = rng.uniform(0.1, 1.0, (BATCH, n_neurons, n_inputs)) * 6 / n_inputs
+    weights = jnp.asarray(w if weight_batched else w[0])
+    x = jnp.asarray(rng.uniform(0.0, 1.0, (BATCH, 4, n_inputs)))
+    interval = 2.0
+
+    def with_weight(weight):
+        return eqx.tree_at(lambda m: m.weight, layer, weight)
+
+    def run(weight, xb):
+        lay = with_weight(weight)
+        sol = lay.simulate(xb, interval, MAX_SPIKES, throw=False)
+        return sol, lay.forward(xb, interval, throw=False)
+
+    def loss(weight, xb):
+        sol, _ = run(weight, xb)
+        t = jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0)
+        return jnp.sum(t) + jnp.sum(sol.final_state.v**2) + jnp.sum(sol.counts)
+
+    in_axes = (0 if weight_batched else None, 0)
+    weight_i = lambda i: weights[i] if weight_batched else weights
+    sols, counts = jax.vmap(run, in_axes)(weights, x)
+    loop = [run(weight_i(i), x[i]) for i in range(BATCH)]
+    _assert_batch_equals_loop(sols, [sol for sol, _ in loop])
+    for i, (_, c) in enumerate(loop):
+        np.testing.assert_array_equal(np.asarray(counts[i]), np.asarray(c))
+        _check_reference(_run_i(sols, i), with_weight(weight_i(i)), x[i], interval)
+    # The gradient of the batch's loss with respect to the weight (each run's own,
+    # or the sum over the runs of the shared one), as the loop's.
+    grads = jax.grad(lambda w, x: jnp.sum(jax.vmap(loss, in_axes)(w, x)))(weights, x)
+    looped = [jax.grad(loss)(weight_i(i), x[i]) for i in range(BATCH)]
+    expected = jnp.stack(looped) if weight_batched else sum(looped)
+    np.testing.assert_allclose(grads, expected, rtol=TOL, atol=TOL)
+    assert float(jnp.max(jnp.abs(expected))) > 0
+
+
+@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
+def test_run_currents_are_the_product_with_its_derivatives(in_axes):
+    # `run_currents` under `vmap` (time-major over the inputs alone, with fewer
+    # inputs than neurons) against `input_currents`: the same values, and the same
+    # derivatives in forward and reverse mode and of second order (a rule of its
+    # own, for the batching rule could not be transposed).
+    from snode_jax._misc import input_currents, run_currents
+
+    rng = np.random.default_rng(3)
+    shapes = ((BATCH, 6, 3), (BATCH, 5, 3))  # inputs (B, T, k), weight (B, n, k)
+    x, w, dx, dw = (
+        jnp.asarray(rng.standard_normal(s if a == 0 else s[1:]))
+        for s, a in zip(shapes * 2, in_axes * 2)
+    )
+    ours = jax.vmap(run_currents, in_axes)
+    product = jax.vmap(input_currents, in_axes)
+    np.testing.assert_array_equal(np.asarray(ours(x, w)), np.asarray(product(x, w)))
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-13, atol=1e-13)
+    (_, t_ours), (_, t_product) = (
+        jax.jvp(f, (x, w), (dx, dw)) for f in (ours, product)
+    )
+    close(t_ours, t_product)
+    ct = jnp.asarray(rng.standard_normal(ours(x, w).shape))
+    for a, b in zip(jax.vjp(ours, x, w)[1](ct), jax.vjp(product, x, w)[1](ct)):
+        close(a, b)
+    # One argument differentiated (the other's tangent a symbolic zero).
+    close(
+        jax.grad(lambda w: jnp.sum(ours(x, w) ** 3))(w),
+        jax.grad(lambda w: jnp.sum(product(x, w) ** 3))(w),
+    )
+    close(
+        jax.grad(lambda x: jnp.sum(ours(x, w) ** 3))(x),
+        jax.grad(lambda x: jnp.sum(product(x, w) ** 3))(x),
+    )
+    hess = [
+        jax.hessian(lambda x, w: jnp.sum(f(x, w) ** 3), (0, 1))(x, w)
+        for f in (ours, product)
+    ]
+    for a, b in zip(jax.tree.leaves(hess[0]), jax.tree.leaves(hess[1])):
+        close(a, b)

@@ -160,22 +160,29 @@ def _replay(record: Crossings | None, num, count):
     does not hang on the rounding of the threshold function at the step's end,
     which can differ between the two compiled programs where a crossing is at the
     step's end (an interval that ends on a spike). A step that ends above
-    threshold where it reaches no recorded crossing (by more than `sqrt(eps)` of
-    its start's distance below it: far more than that rounding) has left the
-    forward run: it counts as a crossing, as a search would find one, and is
-    flagged through the crossing's `ok` (which a replayed crossing does not
-    otherwise need), so that the rerun's `root_fail` says so. A slot past the
-    record's end (it was full) gives the last one's: the caller checks that every
-    spike was recorded."""
+    threshold (by more than `sqrt(eps)` of its start's distance below it: far more
+    than that rounding) also reaches the next recorded crossing where it ends
+    within `sqrt(eps)` of that crossing's time before it: the time of a step's end
+    differs between the programs by its rounding, and where a model blows up at
+    a spike (AdEx, QIF), the threshold function rises by more than the margin in
+    that time. Elsewhere, a step that ends above threshold where it reaches no
+    recorded crossing has left the forward run: it counts as a crossing, as a
+    search would find one, and is flagged through the crossing's `ok` (which a
+    replayed crossing does not otherwise need), so that the rerun's `root_fail`
+    says so. A slot past the record's end (it was full) gives the last one's: the
+    caller checks that every spike was recorded."""
     if record is None:
         return None
 
     def replay(accept, t1, so_far, g0, g1):
         found = recorded_crossing(record, num + so_far)
-        recorded = (so_far < count) & (t1 >= found.t_star)
-        margin = jnp.sqrt(jnp.finfo(g1.dtype).eps) * jnp.abs(g0)
+        root_eps = jnp.sqrt(jnp.finfo(g1.dtype).eps)
         # (NaN: blown up, as a search would see it.)
-        departed = accept & ~recorded & ~(g1 <= margin)
+        above = ~(g1 <= root_eps * jnp.abs(g0))
+        close = t1 >= found.t_star - root_eps * jnp.abs(found.t_star)
+        reached = (t1 >= found.t_star) | (above & close)
+        recorded = (so_far < count) & reached
+        departed = accept & ~recorded & above
         found = eqx.tree_at(lambda c: c.ok, found, ~departed)
         return accept & recorded | departed, found
 

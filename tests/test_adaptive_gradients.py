@@ -488,3 +488,43 @@ def test_replay_needs_every_crossing_recorded():
     assert np.all(np.isfinite(grads(sj.RerunAdjoint(replay_crossings=False))))
     with pytest.raises(Exception, match="fired more than `max_spikes` times"):
         jax.block_until_ready(grads(sj.RerunAdjoint()))
+
+
+def test_replay_takes_a_step_a_rounding_short_of_a_recorded_crossing():
+    """The rerun's rule for a step that ends above threshold: within `sqrt(eps)` of
+    the next recorded crossing's time before it (the two programs round the step's
+    end differently; a blow-up rises past the margin in a few ulps: AdEx with
+    `v_peak=0` did so 3-10 ulps short, in a rerun of its first interval) it is that
+    crossing; farther before it, or with every recorded crossing taken, it has left
+    the forward run (`ok` False); ending below threshold after the crossing's time,
+    it is the crossing."""
+    from snode_jax._crossing import Crossings
+    from snode_jax._rerun_adjoint import _replay
+
+    t_star = 11.305989948839567
+    ulp = np.spacing(t_star)
+    root_eps = np.sqrt(np.finfo(np.float64).eps)
+    record = Crossings(
+        t_star=jnp.asarray([[3.0, t_star]] * 5),
+        y_star=jnp.zeros((5, 2)),
+        s_eval=jnp.asarray([[3.0, t_star]] * 5),
+        ok=jnp.ones((5, 2), bool),
+    )
+    # Each lane has taken one of its two recorded crossings (slot 1 is next).
+    replay = _replay(record, jnp.zeros(5, jnp.int32), jnp.full(5, 2))
+    t1 = jnp.asarray(
+        [
+            t_star - 8 * ulp,
+            t_star * (1 - 4 * root_eps),
+            t_star + ulp,
+            t_star - 8 * ulp,
+            9.0,
+        ]
+    )
+    so_far = jnp.asarray([1, 1, 1, 2, 1])
+    g0 = jnp.full(5, -1e-2)
+    g1 = jnp.asarray([1e-3, 1e-3, -1e-6, 1e-3, -5.0])
+    crossed, found = replay(jnp.ones(5, bool), t1, so_far, g0, g1)
+    np.testing.assert_array_equal(crossed, [True, True, True, True, False])
+    np.testing.assert_array_equal(found.ok[:4], [True, False, True, False])
+    np.testing.assert_array_equal(np.asarray(found.t_star)[[0, 2]], [t_star] * 2)

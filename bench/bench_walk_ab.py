@@ -13,8 +13,10 @@ one. Both must return the same counts and spike times, to the bit.
 
 Workload: `bench_layer.py`'s large one, 64 x 256 neurons x 100 intervals x 32
 inputs, `jax.vmap` over the batch, the layer passed as an argument;
-`simulate(max_spikes=32)`. Prints, per dtype and function, the minimum time of
-each version and the median over repetitions of the ratio this / base.
+`simulate(max_spikes=32)`. `--batch`, `--neurons` and `--inputs` change the sizes;
+`--weight-per-sample` gives each sample its own weight (vmapped with the inputs).
+Prints, per dtype and function, the minimum time of each version and the median
+over repetitions of the ratio this / base.
 """
 
 import argparse
@@ -35,23 +37,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snode_jax as sj  # noqa: E402
 
 
-def functions():
+def functions(weight_per_sample=False):
+    """`forward` and `simulate`, vmapped over the inputs: called as `f(layer, x)`,
+    or with `weight_per_sample` as `f(layer, weights, x)` (each sample's weight
+    in place of the layer's)."""
+
     def forward(layer, x):
         return layer.forward(x, 1.0)
 
     def simulate(layer, x):
         return layer.simulate(x, 1.0, max_spikes=32).spike_times
 
+    def own_weight(f):
+        return lambda layer, w, x: f(eqx.tree_at(lambda m: m.weight, layer, w), x)
+
+    axes = (None, 0, 0) if weight_per_sample else (None, 0)
     return {
-        name: eqx.filter_jit(jax.vmap(f, in_axes=(None, 0)))
+        name: eqx.filter_jit(jax.vmap(own_weight(f) if weight_per_sample else f, axes))
         for name, f in (("forward", forward), ("simulate", simulate))
     }
 
 
-def layer_of(package, dtype, n_neurons):
+def layer_of(package, dtype, n_inputs, n_neurons):
     dyn = package.ODELIFDynamics(tau_mem=20.0, v_rest=0.0, v_threshold=1.0, v_reset=0.0)
     return package.SpikingODELayer(
-        32, n_neurons, dyn, dtype=dtype, key=jax.random.key(0)
+        n_inputs, n_neurons, dyn, dtype=dtype, key=jax.random.key(0)
     )
 
 
@@ -63,24 +73,36 @@ def main():
     p.add_argument("--reps", type=int, default=41)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--neurons", type=int, default=256)
+    p.add_argument("--inputs", type=int, default=32)
+    p.add_argument(
+        "--weight-per-sample",
+        action="store_true",
+        help="each sample its own weight (the layer's, scaled by 1 + 1e-3 i)",
+    )
     a = p.parse_args()
+    fns = functions(a.weight_per_sample)
     with base_package(a.package) as base:
         print(f"this: {sj.__file__}\nbase: {a.package}")
         for dtype in (jnp.float32, jnp.float64):
             rng = np.random.default_rng(0)
-            x = rng.standard_normal((a.batch, 100, 32)) * 0.5
+            # (The layer's weights are N(0, 2 / inputs): the currents' spread does
+            # not depend on the number of inputs.)
+            x = rng.standard_normal((a.batch, 100, a.inputs)) * 0.5
             x = jnp.asarray(x.astype(dtype))
             layers = {
-                "this": layer_of(sj, dtype, a.neurons),
-                "base": layer_of(base, dtype, a.neurons),
+                "this": layer_of(sj, dtype, a.inputs, a.neurons),
+                "base": layer_of(base, dtype, a.inputs, a.neurons),
             }
-            fs = {
-                (name, version): f
-                for version in layers
-                for name, f in functions().items()
-            }
-            outs = {k: jax.block_until_ready(f(layers[k[1]], x)) for k, f in fs.items()}
-            for name in functions():
+            args = {version: (layer, x) for version, layer in layers.items()}
+            if a.weight_per_sample:
+                scale = 1 + 1e-3 * jnp.arange(a.batch, dtype=dtype)[:, None, None]
+                args = {
+                    version: (layer, layer.weight * scale, x)
+                    for version, layer in layers.items()
+                }
+            fs = {(name, version): f for version in layers for name, f in fns.items()}
+            outs = {k: jax.block_until_ready(f(*args[k[1]])) for k, f in fs.items()}
+            for name in fns:
                 this, other = outs[name, "this"], outs[name, "base"]
                 if not np.array_equal(np.asarray(this), np.asarray(other)):
                     raise SystemExit(f"{name} differs between the versions")
@@ -88,9 +110,9 @@ def main():
             for _ in range(a.reps):
                 for k, f in fs.items():
                     t0 = time.perf_counter()
-                    jax.block_until_ready(f(layers[k[1]], x))
+                    jax.block_until_ready(f(*args[k[1]]))
                     times[k].append(time.perf_counter() - t0)
-            for name in functions():
+            for name in fns:
                 this = np.asarray(times[name, "this"])
                 other = np.asarray(times[name, "base"])
                 print(

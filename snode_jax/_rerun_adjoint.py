@@ -161,11 +161,12 @@ def _replay(record: Crossings | None, num, count):
     which can differ between the two compiled programs where a crossing is at the
     step's end (an interval that ends on a spike). A step that ends above
     threshold (by more than `sqrt(eps)` of its start's distance below it: far more
-    than that rounding) also reaches the next recorded crossing where it ends
-    within `sqrt(eps)` of that crossing's time before it: the time of a step's end
-    differs between the programs by its rounding, and where a model blows up at
-    a spike (AdEx, QIF), the threshold function rises by more than the margin in
-    that time. Elsewhere, a step that ends above threshold where it reaches no
+    than that rounding, and finite) also reaches the next recorded crossing where
+    it ends within `64 eps` of that crossing's time before it: the time of a
+    step's end differs between the programs by its rounding (AdEx with
+    `v_peak=0` in float64: 3-10 ulps), and where a model blows up at a spike
+    (AdEx, QIF), the threshold function rises by more than the margin in that
+    time. (A window of `sqrt(eps)` hid real departures in float32.) Elsewhere, a step that ends above threshold where it reaches no
     recorded crossing has left the forward run: it counts as a crossing, as a
     search would find one, and is flagged through the crossing's `ok` (which a
     replayed crossing does not otherwise need), so that the rerun's `root_fail`
@@ -179,14 +180,23 @@ def _replay(record: Crossings | None, num, count):
         root_eps = jnp.sqrt(jnp.finfo(g1.dtype).eps)
         # (NaN: blown up, as a search would see it.)
         above = ~(g1 <= root_eps * jnp.abs(g0))
-        close = t1 >= found.t_star - root_eps * jnp.abs(found.t_star)
-        reached = (t1 >= found.t_star) | (above & close)
+        eps = jnp.finfo(g1.dtype).eps
+        # (A blown-up end, NaN or inf, is not taken as a crossing it fell short
+        # of: it has left the forward run.)
+        close = t1 >= found.t_star - 64 * eps * jnp.abs(found.t_star)
+        reached = (t1 >= found.t_star) | (above & close & jnp.isfinite(g1))
         recorded = (so_far < count) & reached
         departed = accept & ~recorded & above
         found = eqx.tree_at(lambda c: c.ok, found, ~departed)
         return accept & recorded | departed, found
 
     return replay
+
+
+def _finite(tree):
+    """Whether every entry of every floating-point leaf of `tree` is finite."""
+    leaves = [a for a in jax.tree.leaves(tree) if eqx.is_inexact_array(a)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
 
 
 def _strip_counters(st):
@@ -381,6 +391,7 @@ class RerunAdjoint(AbstractAdjoint):
                 k, current, y0, num, ct_count, ct_state = xs
                 if ct_state is not None:
                     ct_y = jax.tree.map(jnp.add, ct_y, ct_state)
+                ct_y_in = ct_y
                 length = interval if uniform else interval[k]
                 # The interval's start time is differentiated too (spike times are
                 # recorded from it): it is k * interval, or the sum of the earlier
@@ -407,8 +418,13 @@ class RerunAdjoint(AbstractAdjoint):
                 kept = jnp.ones((), bool)
                 if record is not None:
                     kept = jnp.all(num + counts[k] <= record.t_star.shape[1])
-                nan_if_differs = lambda a: jnp.where(same & kept, a, jnp.nan)
                 grads = (d_dyn, d_current, d_length, d_start, ct_y)
+                # A derivative that came out NaN or inf from finite cotangents
+                # (a replayed crossing the rerun's step did not really reach)
+                # is not that of the forward run either: reported, not returned.
+                given = (ct_y_in, ct_count, ct_state, ct_spike_times)
+                same = same & (_finite(grads) | ~_finite(given))
+                nan_if_differs = lambda a: jnp.where(same & kept, a, jnp.nan)
                 grads = jax.tree.map(nan_if_differs, grads)
                 d_dyn, d_current, d_length, d_start, ct_y = grads
                 ct_dyn = jax.tree.map(jnp.add, ct_dyn, d_dyn)

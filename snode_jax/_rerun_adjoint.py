@@ -166,11 +166,11 @@ def _replay(record: Crossings | None, num, count):
     step's end differs between the programs by its rounding (AdEx with
     `v_peak=0` in float64: 3-10 ulps), and where a model blows up at a spike
     (AdEx, QIF), the threshold function rises by more than the margin in that
-    time. (A window of `sqrt(eps)` hid real departures in float32.) Elsewhere, a step that ends above threshold where it reaches no
-    recorded crossing has left the forward run: it counts as a crossing, as a
-    search would find one, and is flagged through the crossing's `ok` (which a
-    replayed crossing does not otherwise need), so that the rerun's `root_fail`
-    says so. A slot past the record's end (it was full) gives the last one's: the
+    time. (A window of `sqrt(eps)` hid real departures in float32.) Elsewhere, a
+    step that ends above threshold where it reaches no recorded crossing has left
+    the forward run: it counts as a crossing, as a search would find one, and is
+    flagged through the crossing's `ok` (which a replayed crossing does not
+    otherwise need), so that the rerun's `root_fail` says so. A slot past the record's end (it was full) gives the last one's: the
     caller checks that every spike was recorded."""
     if record is None:
         return None

@@ -29,6 +29,7 @@ from ._events import simulate_events
 from ._feedforward import simulate_feedforward
 from ._misc import (
     MAX_BUDGET,
+    any_nonfinite,
     check_positive_int,
     check_real,
     input_currents,
@@ -464,14 +465,6 @@ def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):
     # the gathers in bounds meanwhile.
     sources = jnp.where(finite & (sources >= 0) & (sources < n_inputs), sources, 0)
     return times, sources, invalid
-
-
-def any_nonfinite(tree) -> Array:
-    """Whether any array leaf of `tree` holds a NaN or an inf (traced)."""
-    out = jnp.zeros((), bool)
-    for leaf in jax.tree.leaves(tree):
-        out = out | ~jnp.all(jnp.isfinite(leaf))
-    return out
 
 
 def raise_on_failure(sol, dynamics, conditions, nonfinite):

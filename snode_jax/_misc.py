@@ -6,6 +6,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
+from jaxtyping import Array
 
 
 def all_finite(y):
@@ -158,6 +159,14 @@ def time_order(times):
     # a maximum: a batch may be empty).
     branch = sum(eqxi.unvmap_any(num > p).astype(jnp.int32) for p in prefixes[:-1])
     return lax.switch(branch, [sort_prefix(p) for p in prefixes])
+
+
+def any_nonfinite(tree) -> Array:
+    """Whether any array leaf of `tree` holds a NaN or an inf (traced)."""
+    out = jnp.zeros((), bool)
+    for leaf in jax.tree.leaves(tree):
+        out = out | ~jnp.all(jnp.isfinite(leaf))
+    return out
 
 
 def input_currents(inputs, weight):

@@ -13,9 +13,9 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._cuba import CubaLIFDynamics
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._integrate import any_nonfinite, sorted_events
+from ._integrate import sorted_events
 from ._layer import SpikingODELayer
-from ._misc import check_positive_int, vary_like
+from ._misc import any_nonfinite, check_positive_int, vary_like
 from ._solution import RESULTS, Solution, raise_unless_successful, update_result
 from ._spike_train import SpikeTrain, check_spike_train
 

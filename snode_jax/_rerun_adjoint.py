@@ -15,6 +15,7 @@ from ._crossing import Crossings, recorded_crossing
 from ._custom_types import State
 from ._fold import run_folded
 from ._misc import (
+    any_nonfinite,
     expand,
     max_across_devices,
     running_sum,
@@ -170,17 +171,17 @@ def _replay(record: Crossings | None, num, count):
     step that ends above threshold where it reaches no recorded crossing has left
     the forward run: it counts as a crossing, as a search would find one, and is
     flagged through the crossing's `ok` (which a replayed crossing does not
-    otherwise need), so that the rerun's `root_fail` says so. A slot past the record's end (it was full) gives the last one's: the
-    caller checks that every spike was recorded."""
+    otherwise need), so that the rerun's `root_fail` says so. A slot past the
+    record's end (it was full) gives the last one's: the caller checks that every
+    spike was recorded."""
     if record is None:
         return None
 
     def replay(accept, t1, so_far, g0, g1):
         found = recorded_crossing(record, num + so_far)
-        root_eps = jnp.sqrt(jnp.finfo(g1.dtype).eps)
-        # (NaN: blown up, as a search would see it.)
-        above = ~(g1 <= root_eps * jnp.abs(g0))
         eps = jnp.finfo(g1.dtype).eps
+        # (NaN: blown up, as a search would see it.)
+        above = ~(g1 <= jnp.sqrt(eps) * jnp.abs(g0))
         # (A blown-up end, NaN or inf, is not taken as a crossing it fell short
         # of: it has left the forward run.)
         close = t1 >= found.t_star - 64 * eps * jnp.abs(found.t_star)
@@ -191,12 +192,6 @@ def _replay(record: Crossings | None, num, count):
         return accept & recorded | departed, found
 
     return replay
-
-
-def _finite(tree):
-    """Whether every entry of every floating-point leaf of `tree` is finite."""
-    leaves = [a for a in jax.tree.leaves(tree) if eqx.is_inexact_array(a)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
 
 
 def _strip_counters(st):
@@ -391,7 +386,10 @@ class RerunAdjoint(AbstractAdjoint):
                 k, current, y0, num, ct_count, ct_state = xs
                 if ct_state is not None:
                     ct_y = jax.tree.map(jnp.add, ct_y, ct_state)
-                ct_y_in = ct_y
+                # (Whether the cotangents this interval is given are finite.)
+                given_finite = ~any_nonfinite(
+                    (ct_y, ct_count, ct_state, ct_spike_times)
+                )
                 length = interval if uniform else interval[k]
                 # The interval's start time is differentiated too (spike times are
                 # recorded from it): it is k * interval, or the sum of the earlier
@@ -422,8 +420,7 @@ class RerunAdjoint(AbstractAdjoint):
                 # A derivative that came out NaN or inf from finite cotangents
                 # (a replayed crossing the rerun's step did not really reach)
                 # is not that of the forward run either: reported, not returned.
-                given = (ct_y_in, ct_count, ct_state, ct_spike_times)
-                same = same & (_finite(grads) | ~_finite(given))
+                same = same & (~any_nonfinite(grads) | ~given_finite)
                 nan_if_differs = lambda a: jnp.where(same & kept, a, jnp.nan)
                 grads = jax.tree.map(nan_if_differs, grads)
                 d_dyn, d_current, d_length, d_start, ct_y = grads

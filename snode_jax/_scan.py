@@ -253,6 +253,11 @@ def run_population(
         spike_times, num_spikes = integrator.spike_times(
             dynamics, buffer, state, interval
         )
+    if spike_times.shape[1] == 0:
+        # (Empty, but made from the currents rather than from a shape: under an
+        # outer `vmap` a constant stays unbatched, while a derivative rule's spike
+        # times, from the same run, are batched; JAX rejects the mismatch.)
+        spike_times = spike_times + currents[:1, :1].T[:, :0]
     return RawRun(
         counts,
         spike_times,

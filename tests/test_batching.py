@@ -705,6 +705,53 @@ def test_batch_currents_in_either_order(n_inputs, n_neurons, weight_batched):
     assert float(jnp.max(jnp.abs(expected))) > 0
 
 
+@pytest.mark.parametrize(
+    "model, buffer", [("lif_exact", None), ("lif_exact", 0), ("adex", None)]
+)
+def test_nested_vmap_derivatives_equal_loop(model, buffer):
+    # `forward` (`buffer` None), or `simulate` with an empty spike buffer, under
+    # two `vmap`s (a grid of batches, as in a sweep over batches): the derivatives
+    # in both modes, with respect to the shared weight and to the inputs, are
+    # those of the runs one by one (forward mode on the closed-form path, which
+    # has it). (The run's custom derivative had its spike times, empty, unbatched
+    # under the outer `vmap` and its rule's batched: forward and reverse mode
+    # raised a `TypeError`.)
+    model = MODELS[model]
+    layer = model.layer
+    rng = np.random.default_rng(11)
+    x = jnp.stack([model.inputs(rng, 2) for _ in range(2)])  # (2, 2, T, inputs)
+    interval = model.interval
+
+    def loss(weight, xb):
+        lay = eqx.tree_at(lambda m: m.weight, layer, weight)
+        if buffer is None:
+            counts = lay.forward(xb, interval, throw=False)
+            return jnp.sum(counts * jnp.arange(1, counts.shape[0] + 1)[:, None])
+        sol = lay.simulate(xb, interval, buffer, throw=False)
+        return jnp.sum(sol.counts) + jnp.sum(sol.final_state.v**2)
+
+    nested = jax.vmap(jax.vmap(loss, (None, 0)), (None, 0))
+
+    def total(weight, x):
+        return jnp.sum(nested(weight, x))
+
+    pairs = [(i, j) for i in range(2) for j in range(2)]
+    loop = [jax.grad(loss, (0, 1))(layer.weight, x[i, j]) for i, j in pairs]
+    g_weight, g_x = jax.grad(total, (0, 1))(layer.weight, x)
+    close = functools.partial(np.testing.assert_allclose, rtol=TOL, atol=TOL)
+    close(g_weight, sum(g for g, _ in loop))
+    close(g_x, jnp.stack([g for _, g in loop]).reshape(x.shape))
+    assert float(jnp.max(jnp.abs(g_weight))) > 0
+    if not model.closed_form:  # the adaptive path's rule is reverse mode only
+        return
+    dw = jnp.asarray(rng.standard_normal(layer.weight.shape))
+    _, t_nested = jax.jvp(lambda w: nested(w, x), (layer.weight,), (dw,))
+    t_loop = [
+        jax.jvp(lambda w: loss(w, x[i, j]), (layer.weight,), (dw,))[1] for i, j in pairs
+    ]
+    close(t_nested, jnp.stack(t_loop).reshape(2, 2))
+
+
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
 def test_run_currents_are_the_product_with_its_derivatives(in_axes):
     # `run_currents` under `vmap` (time-major over the inputs alone, with fewer

@@ -520,6 +520,38 @@ def test_max_steps_closed_form_small_budgets(budget):
     assert sol.result == sj.RESULTS.max_steps_reached
 
 
+@pytest.mark.parametrize("later", ["quiet", "in pieces"])
+@pytest.mark.parametrize("budget", [3, 6])
+def test_budget_run_out_early_is_reported_after_quiet_intervals(budget, later):
+    # The budget runs out in the first interval only; the later intervals have no
+    # spike. Quiet, the walk takes no loop there; far longer than the model's
+    # time scale, it walks them in pieces, in a loop. Either way the run still
+    # says the budget ran out, whether it records spike times or not, and under
+    # `vmap` only for the sample where it did.
+    x = np.zeros((T, N_IN))
+    x[0] = _strong_inputs()[0]
+    ref = reference_for(_layer(), x, 1.0)
+    assert ref.counts[0].max() >= budget and ref.counts[1:].max() == 0
+    interval = 1.0
+    if later == "in pieces":
+        span = float(_layer().dynamics.max_event_span())
+        interval = jnp.asarray([1.0] + [3.5 * span] * (T - 1))
+    layer = _layer(max_steps=budget)
+    sol = layer.simulate(x, interval, max_spikes=256, throw=False)
+    counts = np.asarray(sol.counts)
+    np.testing.assert_array_equal(counts[0], np.minimum(ref.counts[0], budget - 1))
+    assert counts[1:].max() == 0
+    assert sol.result == sj.RESULTS.max_steps_reached
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`max_steps`"):
+        jax.block_until_ready(layer.forward(x, interval))
+    batch = jnp.asarray(np.stack([x, np.zeros_like(x)]))
+    run = lambda xb: layer.simulate(xb, interval, throw=False).result
+    assert jax.vmap(run)(batch)._value.tolist() == [
+        int(sj.RESULTS.max_steps_reached._value),
+        int(sj.RESULTS.successful._value),
+    ]
+
+
 @pytest.mark.parametrize(
     "solver",
     [sj.Dopri5(), sj.ExactFlow()],

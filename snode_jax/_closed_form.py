@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._crossing import first_lanes, take_lanes
 from ._dynamics import AbstractClosedFormDynamics
 from ._misc import vary_like
 from ._records import Counters, IntervalOutcome, set_entries
@@ -27,6 +28,12 @@ _UNROLL = 4
 # compared with a float16 count, a Python float would be cast to float16 (inf,
 # with NumPy's overflow warning at trace time).
 _MAX_PIECES = np.float32(2.0**31 - 1)
+
+# The pass over a record's slots goes on with only the neurons that have spikes
+# left once they fit in 1/_FEW_DIVISOR of the population (at least _MIN_FEW; in a
+# smaller population it runs on all of them throughout).
+_FEW_DIVISOR = 8
+_MIN_FEW = 64
 
 
 def _walk(
@@ -209,7 +216,9 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
 
     One pass over the slots, up to the largest spike count: a slot where some
     neuron's interval starts takes the closed form (two logarithms per neuron); a
-    slot that only continues intervals, a multiply-add."""
+    slot that only continues intervals, a multiply-add. Once the neurons with
+    spikes left fit in an eighth of the population, the rest of the pass runs on
+    them alone."""
     _, cap, n = record.marks.shape
     dtype = record.marks.dtype
     if cap == 0:
@@ -217,46 +226,76 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     treedef = jax.tree.structure(state)
     first_leaf = 2 if record.uniform else 3
 
-    def interval_times(here):
-        # The interval's first spike (absolute) and period. A count of 2, for which
-        # both are the model's values (see `IntervalReplay`), whatever the count.
-        length = interval if record.uniform else here[1]
-        y = jax.tree.unflatten(
-            treedef, [here[first_leaf + i] for i in range(treedef.num_leaves)]
-        )
-        count = jnp.full((n,), 2, jnp.int32)
-        rep = dynamics.replay_interval(y, here[first_leaf - 1], length, count)
-        return here[0] + rep.first, rep.period
+    def slots(dyn, lanes, carry, more, marks, subset=None):
+        """The pass over the slots of the model `dyn` (`lanes` lanes of it: all,
+        or with `subset` = `(take, index)` those that `take` indexes, written
+        back at `index`, where `n` is padding) from `carry` = `(j, head, first,
+        period)` while `more(j)`, writing each slot's times over its start times
+        in `marks` (`(width, cap, n)`): `(carry, marks)` after it."""
 
-    def fill(carry):
-        # Slot `j` of every neuron: it holds a spike of the latest interval whose
-        # first spike went to it or to a slot before it (the intervals of a neuron
-        # take consecutive slots, in order), spike `j - head` of that interval. Its
-        # time overwrites the slot's start time, in place. (A loop over the slots,
-        # not a gather over all of them at once: fused with a gather, XLA does not
-        # vectorise the closed form's logarithms.)
-        j, head, first, period, marks = carry
-        here = lax.dynamic_index_in_dim(marks, j, 1, keepdims=False)  # (width, n)
-        starts_here = here[0] >= 0
-        new_first, new_period = lax.cond(
-            jnp.any(starts_here), interval_times, lambda _: (first, period), here
-        )
-        head = jnp.where(starts_here, j, head)
-        first = jnp.where(starts_here, new_first, first)
-        period = jnp.where(starts_here, new_period, period)
-        times = first + (j - head).astype(dtype) * period
-        zero = jnp.zeros((), jnp.int32)
-        marks = lax.dynamic_update_slice(marks, times[None, None], (zero, j, zero))
-        return j + 1, head, first, period, marks
+        def interval_times(here):
+            # The interval's first spike (absolute) and period. A count of 2, for
+            # which both are the model's values (see `IntervalReplay`), whatever
+            # the count.
+            length = interval if record.uniform else here[1]
+            y = jax.tree.unflatten(
+                treedef, [here[first_leaf + i] for i in range(treedef.num_leaves)]
+            )
+            count = jnp.full((lanes,), 2, jnp.int32)
+            rep = dyn.replay_interval(y, here[first_leaf - 1], length, count)
+            return here[0] + rep.first, rep.period
+
+        def fill(c):
+            # Slot `j` of every lane: it holds a spike of the latest interval whose
+            # first spike went to it or to a slot before it (the intervals of a
+            # neuron take consecutive slots, in order), spike `j - head` of that
+            # interval. Its time overwrites the slot's start time, in place. (A
+            # loop over the slots, not a gather over all of them at once: fused
+            # with a gather, XLA does not vectorise the closed form's logarithms.)
+            (j, head, first, period), marks = c
+            here = lax.dynamic_index_in_dim(marks, j, 1, keepdims=False)
+            if subset is not None:
+                here = here[:, subset[0]]
+            starts_here = here[0] >= 0
+            new_first, new_period = lax.cond(
+                jnp.any(starts_here), interval_times, lambda _: (first, period), here
+            )
+            head = jnp.where(starts_here, j, head)
+            first = jnp.where(starts_here, new_first, first)
+            period = jnp.where(starts_here, new_period, period)
+            times = first + (j - head).astype(dtype) * period
+            if subset is None:
+                zero = jnp.zeros((), jnp.int32)
+                at = (zero, j, zero)
+                marks = lax.dynamic_update_slice(marks, times[None, None], at)
+            else:  # (padding is dropped)
+                marks = marks.at[0, j, subset[1]].set(times, mode="drop")
+            return (j + 1, head, first, period), marks
+
+        return lax.while_loop(lambda c: more(c[0][0]), fill, (carry, marks))
 
     # Slots past every neuron's count are not visited (they are padded below).
-    top = jnp.minimum(jnp.max(record.num), cap)
+    num = record.num
+    top = jnp.minimum(jnp.max(num), cap)
     zero = jnp.zeros((n,), dtype)
     rest = vary_like((jnp.zeros((n,), jnp.int32), zero, zero), record.marks, state)
-    init = (jnp.zeros((), jnp.int32),) + rest
-    marks = lax.while_loop(lambda c: c[0] < top, fill, init + (record.marks,))[4]
+    carry = (jnp.zeros((), jnp.int32),) + rest
+    few = n // _FEW_DIVISOR
+    if few < _MIN_FEW:  # (a small population: all lanes throughout)
+        _, marks = slots(dynamics, n, carry, lambda j: j < top, record.marks)
+    else:
+        # Every lane while more than `few` have spikes in slot `j` or after
+        # (fewer and fewer: the counts spread out), then only those.
+        many = lambda j: (j < top) & (jnp.sum(num > j) > few)
+        carry, marks = slots(dynamics, n, carry, many, record.marks)
+        index = first_lanes(num > carry[0], few)  # index n: padding
+        take = jnp.minimum(index, n - 1)
+        part = (carry[0],) + tuple(x[take] for x in carry[1:])
+        dyn = take_lanes(dynamics, take)
+        _, marks = slots(dyn, few, part, lambda j: j < top, marks, (take, index))
+    times = marks[0]
     slot = jnp.arange(cap)[None, :]
-    return jnp.where(slot < record.num[:, None], marks[0].T, jnp.inf)
+    return jnp.where(slot < num[:, None], times.T, jnp.inf)
 
 
 class ClosedFormWalk(AbstractIntegrator):

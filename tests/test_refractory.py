@@ -176,3 +176,39 @@ def test_refractory_intervals_walked_in_pieces_match_closed_form(t_ref):
     assert ref.counts.sum() > 20
     # Times up to 900 ms: float64 rounding of a few ulp of that, far below 1e-9.
     _simulate_against(ref, layer, x, interval)
+
+
+@pytest.mark.parametrize("t_ref", [None, 0.3])
+def test_large_batch_spike_times_match_closed_form(t_ref):
+    # A batch folded into enough lanes (48 samples x 16 neurons) that the pass
+    # over the spike record goes on with only the neurons that still have spikes
+    # once they fit in an eighth of the lanes (see `_slot_times`), with
+    # per-neuron time constants (taken for those lanes) and counts that spread
+    # out (inputs scaled from sample to sample): every sample's spike times
+    # against the closed form.
+    rng = np.random.default_rng(7)
+    n, k, T, B = 16, 4, 30, 48
+    tau = rng.uniform(5.0, 40.0, n)
+    dyn = sj.ODELIFDynamics(tau_mem=jnp.asarray(tau), t_ref=t_ref)
+    layer = sj.SpikingODELayer(k, n, dyn, key=jax.random.key(3))
+    x = np.abs(rng.standard_normal((B, T, k))) * np.geomspace(0.5, 30, B)[:, None, None]
+    interval = 1.0
+    refs = [
+        lif_reference(layer.weight, xb, interval, tau_mem=tau, t_ref=t_ref or 0.0)
+        for xb in x
+    ]
+    num = np.concatenate([ref.counts.sum(0) for ref in refs])  # the folded lanes'
+    # Past some slot, at most an eighth of the lanes have spikes left, while
+    # others still do.
+    assert any(np.sum(num > j) <= num.size // 8 for j in range(int(num.max())))
+    max_spikes = int(num.max()) + 1
+    sols = jax.vmap(lambda xb: layer.simulate(xb, interval, max_spikes=max_spikes))(
+        jnp.asarray(x)
+    )
+    for b, ref in enumerate(refs):
+        np.testing.assert_array_equal(np.asarray(sols.counts[b]), ref.counts)
+        expected = ref.padded_times(max_spikes)
+        fin = np.isfinite(expected)
+        got = np.asarray(sols.spike_times[b])
+        np.testing.assert_array_equal(np.isfinite(got), fin)
+        assert np.max(np.abs(got[fin] - expected[fin]), initial=0) <= 1e-9, b

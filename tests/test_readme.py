@@ -9,13 +9,14 @@ import subprocess
 import sys
 
 _README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+_BLOCK = r"^```python\n(.*?)^```"  # (multiline, dot matches newlines)
 
 # Runs the blocks, printing "ran <i>" after each; a failing block raises with
 # its number in the traceback's file name.
 _RUNNER = """
 import pathlib, re, sys
 text = pathlib.Path(sys.argv[1]).read_text()
-blocks = re.findall(r"^```python\\n(.*?)^```", text, re.M | re.S)
+blocks = re.findall(sys.argv[2], text, re.M | re.S)
 ns = {"__name__": "readme"}
 for i, block in enumerate(blocks, 1):
     exec(compile(block, f"README.md python block {i}", "exec"), ns)
@@ -24,10 +25,10 @@ for i, block in enumerate(blocks, 1):
 
 
 def test_readme_python_blocks_run(tmp_path):
-    blocks = re.findall(r"^```python\n(.*?)^```", _README.read_text(), re.M | re.S)
+    blocks = re.findall(_BLOCK, _README.read_text(), re.M | re.S)
     assert len(blocks) >= 6  # the API tour, training, networks, NIR, plots, sweeps
     proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(_README)],
+        [sys.executable, "-c", _RUNNER, str(_README), _BLOCK],
         cwd=tmp_path,
         capture_output=True,
         text=True,

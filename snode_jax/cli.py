@@ -58,6 +58,7 @@ BENCH_SCRIPTS = {
     "loop_kernels": "bench_loop_kernels.py",
     "tiles": "bench_tiles.py",
     "log": "bench_log.py",
+    "profile": "bench_profile.py",
     "compare": "compare.py",
 }
 

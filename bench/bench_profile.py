@@ -89,7 +89,9 @@ def program(name, batch, neurons, intervals, dtype):
         label = "AdEx value and gradient (`bench_grad.py --adaptive`)"
     else:
         raise ValueError(f"--program: unknown {name!r}")
-    label = f"{label}: {batch} x {layer.n_neurons} x {intervals}, {dtype}"
+    # (From what ran: `grad-adex` is one sample in float64, whatever was asked.)
+    samples = x.shape[0] if x.ndim == 3 else 1
+    label = f"{label}: {samples} x {layer.n_neurons} x {intervals}, {x.dtype}"
     arrays, rest = eqx.partition(layer, eqx.is_array)
     return jax.jit(lambda a, x: fn(eqx.combine(a, rest), x)), arrays, x, label
 
@@ -166,10 +168,15 @@ def profile(name, batch, neurons, intervals, dtype, calls, depth, top):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--program", choices=["forward", "simulate", "grad", "grad-adex"])
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="not grad-adex (1)")
     p.add_argument("--neurons", type=int, default=256, help="forward, simulate")
     p.add_argument("--intervals", type=int, default=100)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float64",
+        help="not grad-adex (float64)",
+    )
     p.add_argument("--calls", type=int, default=3, help="profiled calls")
     p.add_argument("--depth", type=int, default=6, help="path components kept")
     p.add_argument("--top", type=int, default=12, help="groups listed")

@@ -82,7 +82,8 @@ def main():
                 raise SystemExit(f"chunks {c} and {first} differ: {diff:.1e}")
         lanes = a.batch * bg.N_NEURONS
         for c in a.chunks:
-            used = _chunk_intervals(a.intervals, lanes, c or None)
+            size = np.dtype(dtype).itemsize
+            used = _chunk_intervals(a.intervals, lanes, c or None, size)
             ratio = median_ratio(times, c, first)
             print(
                 f"{np.dtype(dtype).name} {a.batch} x {bg.N_NEURONS} x {a.intervals}: "

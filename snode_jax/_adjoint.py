@@ -103,7 +103,7 @@ class ClosedFormAdjoint(AbstractAdjoint):
     - `chunk_intervals`: how many intervals the derivatives are taken for at once
         (reverse mode keeps one chunk's temporaries at a time and recomputes each
         chunk's closed form). Default `None`: 128, fewer for layers of over 256
-        neurons (about 2^15 values per chunk, at least 8 intervals). Under
+        neurons (about 256 KiB per array of a chunk, at least 1 interval). Under
         `jax.vmap` the batch is folded into the neuron axis, and a chunk holds
         that many intervals of every sample (by default, sized for all of the
         batch's neurons). Any positive integer gives the same derivatives, to

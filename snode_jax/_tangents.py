@@ -96,25 +96,31 @@ def _chain_tangents(jac, direct, t_state):
 
 # Intervals per chunk of `tangents_in_closed_form` when the adjoint does not set it:
 # a target of at most `_CHUNK_INTERVALS`, fewer for layers of over 256 neurons
-# (about `_CHUNK_VALUES` values, at least `_MIN_CHUNK_INTERVALS` intervals), or a
-# size that divides the run within a factor 2 of the target (see
-# `_chunk_intervals`: up to twice these bounds). A chunk of 2^15 values (256 kB in
-# float64) stays in cache, and the chunks' temporaries reuse one buffer. Where the
-# batch of a `jax.vmap` is folded into the neurons (see `_tangent_primitive.py`:
-# the transpose of a batched run, as in the gradient of a loss summed over the
-# batch), the chunks are sized for all of the batch's neurons.
+# (about `_CHUNK_BYTES` per array of the chunk, at least one interval), or a size
+# that divides the run within a factor 2 of the target (see `_chunk_intervals`: up
+# to twice these bounds). A chunk of 256 KiB per array (2^15 values in float64,
+# 2^16 in float32) stays in cache, and the chunks' temporaries reuse one buffer.
+# Where the batch of a `jax.vmap` is folded into the neurons (see
+# `_tangent_primitive.py`: the transpose of a batched run, as in the gradient of a
+# loss summed over the batch), the chunks are sized for all of the batch's neurons.
 # (Vmapped instead, each chunk of one sample's size held every sample: at 64 x 256
 # neurons x 100 intervals, the whole run in one chunk, and the gradient of
 # `bench/bench_grad.py`'s loss took 1.26x the time it takes in chunks of 8-64
-# intervals of the folded batch.)
-_CHUNK_VALUES = 2**15
+# intervals of the folded batch.) Folded batches of 64 and 128 samples of 256
+# neurons (16384 and 32768 lanes) took their float64 value and gradient in 0.88x
+# and 0.84x the time in chunks of 2 and 1 intervals as in the chunks of 10 that a
+# floor of 8 intervals gave (`bench/bench_lif_grad_ab.py`); float32 in 0.97x at 64
+# samples in chunks of 4 (`bench/bench_chunks.py`).
+_CHUNK_BYTES = 2**18
 _CHUNK_INTERVALS = 128
-_MIN_CHUNK_INTERVALS = 8
 
 
-def _chunk_intervals(num_intervals: int, n_neurons: int, chunk: int | None) -> int:
-    """Intervals per chunk: about `chunk` (default: see `_CHUNK_VALUES`), evened out
-    so that the last chunk is padded by fewer intervals than there are chunks.
+def _chunk_intervals(
+    num_intervals: int, n_neurons: int, chunk: int | None, itemsize: int
+) -> int:
+    """Intervals per chunk: about `chunk` (default: see `_CHUNK_BYTES`, for values
+    of `itemsize` bytes), evened out so that the last chunk is padded by fewer
+    intervals than there are chunks.
 
     By default, a size that divides the run, where one lies within a factor 2 of
     the target (the nearest): padding copies every input of the chunks. (On a
@@ -125,8 +131,8 @@ def _chunk_intervals(num_intervals: int, n_neurons: int, chunk: int | None) -> i
     if num_intervals == 0:
         return 1
     if chunk is None:
-        by_size = _CHUNK_VALUES // max(n_neurons, 1)
-        chunk = max(_MIN_CHUNK_INTERVALS, min(_CHUNK_INTERVALS, by_size))
+        by_size = _CHUNK_BYTES // (max(n_neurons, 1) * itemsize)
+        chunk = max(1, min(_CHUNK_INTERVALS, by_size))
         sizes = range(max(chunk // 2, 1), min(2 * chunk, num_intervals) + 1)
         dividing = [s for s in sizes if num_intervals % s == 0]
         if dividing:
@@ -159,7 +165,9 @@ def tangents_in_closed_form(primals, tangents, options):
     cfg, chunk = options
     t_dyn, t_cur, t_int, t_state = tangents
     num_intervals = currents.shape[0]
-    size = _chunk_intervals(num_intervals, currents.shape[1], chunk)
+    size = _chunk_intervals(
+        num_intervals, currents.shape[1], chunk, currents.dtype.itemsize
+    )
     num_chunks = -(-num_intervals // size)
     pad = num_chunks * size - num_intervals
 

@@ -510,27 +510,33 @@ def test_grads_wrt_state_and_interval_match_reference():
 
 
 def test_default_chunks_divide_the_run_where_they_can():
-    """By default the chunks are about 2^15 values (8 to 128 intervals); a size
-    that divides the number of intervals, within a factor 2 of that, is taken
-    (no padding); where none does (a prime count), the last chunk is padded by
-    fewer intervals than there are chunks. A size given is kept (evened out)."""
+    """By default the chunks are about 256 KiB per array (1 to 128 intervals); a
+    size that divides the number of intervals, within a factor 2 of that, is
+    taken (no padding); where none does (a prime count), the last chunk is padded
+    by fewer intervals than there are chunks. A size given is kept (evened out)."""
     from snode_jax._tangents import _chunk_intervals
 
-    # (intervals, neurons of the folded batch) -> intervals per chunk
+    # (intervals, neurons of the folded batch, bytes per value) -> intervals per
+    # chunk
     expected = {
-        (100, 64 * 256): 10,  # target 8: 10 divides 100 (8 would pad to 104)
-        (1600, 256): 100,  # target 128: 100 and 160 divide, 100 is nearer
-        (400, 256): 100,
-        (100, 256): 100,  # one chunk
-        (3, 64 * 256): 3,
+        (100, 64 * 256, 8): 2,  # target 2 (2^15 values in float64)
+        (100, 64 * 256, 4): 4,  # target 4 (2^16 values in float32)
+        (100, 32 * 256, 8): 4,
+        (100, 16 * 256, 8): 10,  # target 8: 10 divides 100 (8 would pad to 104)
+        (100, 16 * 256, 4): 20,  # target 16: 20 divides 100
+        (100, 256 * 256, 8): 1,  # at least one interval
+        (1600, 256, 8): 100,  # target 128: 100 and 160 divide, 100 is nearer
+        (400, 256, 8): 100,
+        (100, 256, 8): 100,  # one chunk
+        (3, 64 * 256, 8): 3,  # target 2: 1 and 3 divide, the larger is taken
     }
-    for (intervals, lanes), size in expected.items():
-        assert _chunk_intervals(intervals, lanes, None) == size
+    for (intervals, lanes, itemsize), size in expected.items():
+        assert _chunk_intervals(intervals, lanes, None, itemsize) == size
         assert intervals % size == 0
-    size = _chunk_intervals(97, 64 * 256, None)  # prime: no divisor near 8
+    size = _chunk_intervals(97, 16 * 256, None, 8)  # prime: no divisor near 8
     chunks = -(-97 // size)
     assert size == 8 and chunks * size - 97 < chunks
-    assert _chunk_intervals(100, 64 * 256, 8) == 8  # given: kept
+    assert _chunk_intervals(100, 64 * 256, 8, 8) == 8  # given: kept
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3])

@@ -103,11 +103,11 @@ class ClosedFormAdjoint(AbstractAdjoint):
     - `chunk_intervals`: how many intervals the derivatives are taken for at once
         (reverse mode keeps one chunk's temporaries at a time and recomputes each
         chunk's closed form). Default `None`: 128, fewer for layers of over 256
-        neurons (about 256 KiB per array of a chunk, at least 1 interval). Under
-        `jax.vmap` the batch is folded into the neuron axis, and a chunk holds
-        that many intervals of every sample (by default, sized for all of the
-        batch's neurons). Any positive integer gives the same derivatives, to
-        rounding.
+        neurons in float64 (512 in float32; about 256 KiB per array of a chunk,
+        at least 1 interval). Under `jax.vmap` the batch is folded into the
+        neuron axis, and a chunk holds that many intervals of every sample (by
+        default, sized for all of the batch's neurons). Any positive integer
+        gives the same derivatives, to rounding.
     """
 
     chunk_intervals: int | None = eqx.field(static=True, default=None)

@@ -95,22 +95,23 @@ def _chain_tangents(jac, direct, t_state):
 
 
 # Intervals per chunk of `tangents_in_closed_form` when the adjoint does not set it:
-# a target of at most `_CHUNK_INTERVALS`, fewer for layers of over 256 neurons
-# (about `_CHUNK_BYTES` per array of the chunk, at least one interval), or a size
-# that divides the run within a factor 2 of the target (see `_chunk_intervals`: up
-# to twice these bounds). A chunk of 256 KiB per array (2^15 values in float64,
-# 2^16 in float32) stays in cache, and the chunks' temporaries reuse one buffer.
-# Where the batch of a `jax.vmap` is folded into the neurons (see
-# `_tangent_primitive.py`: the transpose of a batched run, as in the gradient of a
-# loss summed over the batch), the chunks are sized for all of the batch's neurons.
+# a target of at most `_CHUNK_INTERVALS`, fewer for layers of over 256 neurons in
+# float64, 512 in float32 (about `_CHUNK_BYTES` per array of the chunk, at least
+# one interval), or a size that divides the run within a factor 2 of the target
+# (see `_chunk_intervals`: up to twice these bounds). A chunk of 256 KiB per array
+# (2^15 values in float64, 2^16 in float32) stays in cache, and the chunks'
+# temporaries reuse one buffer. Where the batch of a `jax.vmap` is folded into the
+# neurons (see `_tangent_primitive.py`: the transpose of a batched run, as in the
+# gradient of a loss summed over the batch), the chunks are sized for all of the
+# batch's neurons.
 # (Vmapped instead, each chunk of one sample's size held every sample: at 64 x 256
 # neurons x 100 intervals, the whole run in one chunk, and the gradient of
 # `bench/bench_grad.py`'s loss took 1.26x the time it takes in chunks of 8-64
 # intervals of the folded batch.) Folded batches of 64 and 128 samples of 256
-# neurons (16384 and 32768 lanes) took their float64 value and gradient in 0.88x
-# and 0.84x the time in chunks of 2 and 1 intervals as in the chunks of 10 that a
-# floor of 8 intervals gave (`bench/bench_lif_grad_ab.py`); float32 in 0.97x at 64
-# samples in chunks of 4 (`bench/bench_chunks.py`).
+# neurons (16384 and 32768 lanes) took their float64 value and gradient in 0.92x
+# and 0.88x the time in chunks of 2 and 1 intervals as in the chunks of 10 that a
+# floor of 8 intervals gave, their float32 one in 0.96x and 0.92x in chunks of 4
+# and 2 (`bench/bench_lif_grad_ab.py`, bench/RESULTS.md).
 _CHUNK_BYTES = 2**18
 _CHUNK_INTERVALS = 128
 

@@ -80,10 +80,9 @@ def main():
             diff = largest_difference(outs[c], outs[first])
             if not diff <= 1e3 * np.finfo(dtype).eps:
                 raise SystemExit(f"chunks {c} and {first} differ: {diff:.1e}")
-        lanes = a.batch * bg.N_NEURONS
+        lanes, itemsize = a.batch * bg.N_NEURONS, np.dtype(dtype).itemsize
         for c in a.chunks:
-            size = np.dtype(dtype).itemsize
-            used = _chunk_intervals(a.intervals, lanes, c or None, size)
+            used = _chunk_intervals(a.intervals, lanes, c or None, itemsize)
             ratio = median_ratio(times, c, first)
             print(
                 f"{np.dtype(dtype).name} {a.batch} x {bg.N_NEURONS} x {a.intervals}: "

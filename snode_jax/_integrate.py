@@ -45,7 +45,7 @@ from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
 from ._solution import RESULTS, Solution, update_result
 from ._solver import Exact, check_solver, make_stepper
-from ._spike_train import SpikeTrain
+from ._spike_train import SpikeTrain, widened_sources
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 # The placeholder diffrax puts in a root finder's tolerances when they are to be the
@@ -445,9 +445,11 @@ def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):
     at least one entry), sources that are safe to gather with (padding's replaced),
     and whether any spike is invalid: NaN, negative or finite past `t_end` time, or
     a source outside `[0, n_inputs)` (reported by the caller, never clipped into
-    range silently)."""
+    range silently). A finite time beyond the range of `dtype` is invalid too: cast,
+    it would read as `+inf`, the padding."""
     times = spikes.times.astype(dtype)
-    sources = spikes.sources
+    overflow = jnp.any(jnp.isfinite(spikes.times) & ~jnp.isfinite(times))
+    sources = widened_sources(spikes.sources)
     if times.shape[-1] == 0:
         times = jnp.full((1,), jnp.inf, dtype)
         sources = jnp.zeros((1,), jnp.int32)
@@ -455,7 +457,7 @@ def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):
     times = times[order]
     sources = sources[order]
     finite = jnp.isfinite(times)
-    invalid = jnp.any(
+    invalid = overflow | jnp.any(
         jnp.isnan(times)
         | (times < 0)
         | (finite & (times > t_end))

@@ -387,6 +387,11 @@ class SpikingODELayer(eqx.Module):
             raise TypeError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
         if max_spikes < 0:
             raise ValueError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
+        if max_spikes > MAX_BUDGET:
+            raise ValueError(
+                f"`max_spikes` must be at most {MAX_BUDGET} (spike slots are counted "
+                f"in int32), got {max_spikes!r}."
+            )
         if check_after_max_spikes(after_max_spikes) and not (
             isinstance(inputs, SpikeTrain) and self.recurrent_weight is None
         ):

@@ -252,6 +252,20 @@ def check_real(name: str, x) -> None:
         raise TypeError(f"`{name}` must be real, got complex values ({shown}).")
 
 
+def check_real_number(name: str, x) -> None:
+    """`TypeError` unless `x` is a real number or an array of real numbers (ints or
+    floats): a bool, a string or a bool array would otherwise be read as a time
+    (`True` as 1 ms, `"10"` as 10 ms) or fail inside NumPy without naming `x`."""
+    check_real(name, x)
+    dtype = getattr(x, "dtype", None)
+    if dtype is None and not isinstance(x, (str, bytes)):
+        dtype = np.asarray(x).dtype
+    if isinstance(x, (bool, str, bytes)) or not (
+        jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    ):
+        raise TypeError(f"`{name}` must be a real number (ms), got {x!r}.")
+
+
 JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"
 
 
@@ -325,6 +339,7 @@ def check_interval(interval, num_intervals: int | None = None):
     """Validate `interval`: a scalar (ms), or with `num_intervals` given also one
     length per interval. Its values are checked when concrete; traced values are
     checked at run time by the caller."""
+    check_real_number("interval", interval)
     shapes = [()] if num_intervals is None else [(), (num_intervals,)]
     shape = np.shape(interval)
     if shape not in shapes:
@@ -332,7 +347,6 @@ def check_interval(interval, num_intervals: int | None = None):
         if num_intervals is not None:
             allowed += f" or one length per interval, shape ({num_intervals},)"
         raise ValueError(f"`interval` must be {allowed}, got shape {shape}.")
-    check_real("interval", interval)
     if is_concrete(interval):
         arr = np.asarray(interval)
         if not np.all(np.isfinite(arr)) or np.any(arr <= 0):

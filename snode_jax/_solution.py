@@ -64,8 +64,9 @@ class RESULTS(eqx.Enumeration):
     )
     invalid_input_spikes = (
         "The input spike train is invalid, found at run time: a time is NaN, "
-        "negative or past `t_end` (only +inf pads), or the source of a spike is not "
-        "an input index of the layer (0 <= source < n_inputs)."
+        "negative or past `t_end` (only +inf pads; a finite time too large for the "
+        "layer's dtype counts as past it), or the source of a spike is not an input "
+        "index of the layer (0 <= source < n_inputs)."
     )
     invalid_save_times = (
         "`save_times` is invalid, found at run time: a time is NaN, negative or past "

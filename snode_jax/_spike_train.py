@@ -7,7 +7,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._dynamics import AbstractExactFlowDynamics
 from ._lif import ODELIFDynamics
-from ._misc import as_jax_array, check_real, describe, is_concrete
+from ._misc import as_jax_array, check_real_number, describe, is_concrete
 
 
 class SpikeTrain(eqx.Module):
@@ -46,6 +46,7 @@ class SpikeTrain(eqx.Module):
             raise TypeError(
                 f"`sources` must be integers (input indices), got dtype {sources.dtype}."
             )
+        sources = widened_sources(sources)
         if times.shape != sources.shape or times.ndim < 1:
             raise ValueError(
                 "`times` and `sources` must have the same shape (..., num_events), got "
@@ -66,6 +67,15 @@ class SpikeTrain(eqx.Module):
     def num_events(self) -> int:
         """The length of the event axis (padding included)."""
         return self.times.shape[-1]
+
+
+def widened_sources(sources):
+    """Integer `sources` of fewer than 32 bits as int32 (the same values): compared
+    with a layer's input count in their own type, that count would wrap around
+    (300 is 44 in uint8) and valid sources would be refused."""
+    if jnp.iinfo(sources.dtype).bits < 32:
+        return sources.astype(jnp.int32)
+    return sources
 
 
 def check_event_dynamics(dynamics, what: str) -> AbstractExactFlowDynamics:
@@ -92,7 +102,7 @@ def check_spike_train(spikes: SpikeTrain, n_inputs: int, t_end) -> None:
             f"shape {spikes.times.shape}. For a batch, use jax.vmap over the leading "
             "axis."
         )
-    check_real("t_end", t_end)
+    check_real_number("t_end", t_end)
     if jnp.shape(t_end) != ():
         raise ValueError(
             f"`t_end` must be a scalar (ms), got shape {jnp.shape(t_end)}."
@@ -103,7 +113,7 @@ def check_spike_train(spikes: SpikeTrain, n_inputs: int, t_end) -> None:
             raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
     if is_concrete((spikes, t_end)):
         times = np.asarray(spikes.times)
-        sources = np.asarray(spikes.sources)
+        sources = np.asarray(spikes.sources).astype(np.int64)
         late = np.isfinite(times) & (times > float(t_end))
         if np.any(late):
             raise ValueError(

@@ -30,6 +30,10 @@ import numpy as np
 
 PROG = "snode-jax"
 
+# Counts and budgets are int32 (as `_misc.MAX_BUDGET`; the library is imported
+# only when a command runs).
+MAX_BUDGET = 2**31 - 1
+
 # Models a sweep can run: the name on the command line, and the class in snode_jax.
 MODELS = {
     "lif": "ODELIFDynamics",
@@ -303,9 +307,13 @@ def _sweep_settings(args) -> dict[str, Any]:
         value = settings[key]
         if value is None and key == "chunk_size":
             continue
+        flag = "--" + key.replace("_", "-")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            flag = "--" + key.replace("_", "-")
             raise _ArgumentError(f"{flag} must be a positive integer, got {value!r}")
+        if value > MAX_BUDGET:
+            raise _ArgumentError(
+                f"{flag} must be at most {MAX_BUDGET} (an int32 count), got {value!r}"
+            )
     if not grid:
         raise _ArgumentError(
             "nothing to sweep: give at least one --param NAME=VALUES (or a [grid] "

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import check_positive_int, describe, is_concrete
+from ._misc import check_positive_int, check_real, describe, is_concrete
 from ._spike_train import SpikeTrain
 
 __all__ = ["YIN_YANG_CLASS_NAMES", "YIN_YANG_SPLITS", "yin_yang", "yin_yang_spikes"]
@@ -226,8 +226,9 @@ def yin_yang_spikes(
     same shape; a batch of trains for `jax.vmap` when `features` is 2-D.
 
     **Raises:** `ValueError` for a last axis other than 4, features outside
-    `[0, 1]` or not finite (for concrete values), negative or non-finite times, or
-    `t_late <= t_early`; `TypeError` for times that are not numbers.
+    `[0, 1]` or not finite (for concrete values), negative or non-finite times,
+    times beyond the range of `dtype`, or `t_late <= t_early`; `TypeError` for
+    times that are not numbers, or complex features.
     """
     t_early = _check_time("t_early", t_early)
     t_late = _check_time("t_late", t_late)
@@ -240,6 +241,16 @@ def yin_yang_spikes(
     dtype = jnp.result_type(float) if dtype is None else dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+    for name, value in (("t_late", t_late), ("t_bias", t_bias)):
+        # (Every time lies in [t_early, t_late], or is t_bias.)
+        with np.errstate(over="ignore"):  # (refused below)
+            cast = np.asarray(value).astype(dtype)
+        if not np.isfinite(cast):
+            raise ValueError(
+                f"`{name}` = {value!r} ms is beyond the range of dtype "
+                f"{jnp.dtype(dtype).name}: its spikes would become +inf, the padding."
+            )
+    check_real("features", features)
     features = jnp.asarray(features, dtype)
     if features.ndim < 1 or features.shape[-1] != 4:
         raise ValueError(

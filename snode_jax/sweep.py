@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import ArrayLike, PyTree
 
 from ._layer import SpikingODELayer
-from ._misc import check_positive_int, narrowed
+from ._misc import check_positive_int, check_real, narrowed
 from ._solution import Solution
 from ._spike_train import SpikeTrain
 
@@ -327,9 +327,9 @@ def sweep_layer(
     **Raises:**
 
     `ValueError` for a path that is not a parameter of the layer, a model built
-    without that parameter (`t_ref=None`), or values of the wrong shape; a runtime
-    error naming the failed condition when a point's run fails (e.g. a
-    non-positive `tau_mem`).
+    without that parameter (`t_ref=None`), or values of the wrong shape;
+    `TypeError` for complex values or inputs; a runtime error naming the failed
+    condition when a point's run fails (e.g. a non-positive `tau_mem`).
     """
     if not isinstance(layer, SpikingODELayer):
         raise TypeError(f"`layer` must be a SpikingODELayer, got {type(layer)}.")
@@ -340,6 +340,9 @@ def sweep_layer(
         )
     if interval is None:
         raise ValueError("`sweep_layer` needs `interval` (ms).")
+    for path, v in params.items():
+        check_real(f"params[{path!r}]", v)  # a layer's parameters are real
+    check_real("inputs", inputs)
     values = {path: _as_host(v) for path, v in params.items()}
     _leading_size(values)
     shapes = {path: _check_path(layer, path, v) for path, v in values.items()}

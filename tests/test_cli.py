@@ -141,6 +141,11 @@ def test_sweep_config_toml_to_npz(tmp_path):
         (("sweep", "--param", "drive=1", "--config", "none.toml"), 2, "none.toml"),
         (("sweep", "--config", "bad.toml"), 2, r"bad.toml: grid.tau_mem: 'x' is not a"),
         (("sweep", "--param", "drive=1", "--duration", "-3"), 2, "--duration"),
+        (
+            ("sweep", "--param", "drive=1", "--max-spikes", "9999999999"),
+            2,
+            "--max-spikes must be at most 2147483647",
+        ),
         (("sweep", "--param", "drive=1", "--model", "hh"), 2, "invalid choice: 'hh'"),
         (("sweep", "--param", "drive=1", "--set", "t_ref=1,2"), 2, "one value"),
         (("sweep", "--param", "drive=1", "--set", "drive=2"), 2, "both as swept"),

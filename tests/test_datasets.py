@@ -326,6 +326,22 @@ def test_yin_yang_spikes_defaults_and_shapes():
         ([[0.5] * 4], dict(t_early=-1.0), "`t_early` must be a finite time >= 0"),
         ([[0.5] * 4], dict(t_late=float("inf")), "`t_late` must be a finite time"),
         ([[0.5] * 4], dict(t_bias=-2.0), "`t_bias` must be a finite time >= 0"),
+        # Times the dtype cannot hold would become +inf, the padding.
+        (
+            [[0.5] * 4],
+            dict(t_late=70000.0, dtype=jnp.float16),
+            "`t_late` = 70000.0 ms is beyond the range of dtype float16",
+        ),
+        (
+            [[0.5] * 4],
+            dict(t_late=1e39, dtype=jnp.float32),
+            "`t_late` = 1e[+]?39 ms is beyond the range of dtype float32",
+        ),
+        (
+            [[0.5] * 4],
+            dict(t_bias=1e5, dtype=jnp.float16),
+            "`t_bias` = 100000.0 ms is beyond the range of dtype float16",
+        ),
     ],
 )
 def test_yin_yang_spikes_value_errors(features, kwargs, message):
@@ -336,3 +352,6 @@ def test_yin_yang_spikes_value_errors(features, kwargs, message):
 def test_yin_yang_spikes_type_errors():
     with pytest.raises(TypeError, match="`t_bias` must be a number"):
         yin_yang_spikes(np.full((1, 4), 0.5), t_bias="20")
+    # Not encoded with the imaginary part dropped.
+    with pytest.raises(TypeError, match="`features` must be real"):
+        yin_yang_spikes(np.array([[0.5 + 2j, 0.0, 0.0, 0.0]]))

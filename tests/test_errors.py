@@ -188,6 +188,15 @@ def test_bad_interval(layer, entry, interval, shown):
         call(x, interval)
 
 
+@pytest.mark.parametrize("entry", ["forward", "simulate", "step", "online"])
+@pytest.mark.parametrize("interval", ["1", True, np.array(True), [1, "2"]])
+def test_interval_that_is_not_a_number(layer, entry, interval):
+    # Not read as a time (`True` as 1 ms, "1" as 1 ms), nor failing inside NumPy.
+    call = _calls(layer)[entry]
+    with pytest.raises(TypeError, match=r"`interval` must be a real number \(ms\)"):
+        call(np.ones((T, N_IN)), interval)
+
+
 @pytest.mark.parametrize("entry", ["forward", "simulate"])
 def test_interval_of_wrong_shape(layer, entry):
     # A scalar, or one length per interval (T of them); nothing else.
@@ -232,6 +241,24 @@ def test_bad_max_spikes(layer, bad):
     error = ValueError if bad == -1 else TypeError
     with pytest.raises(error, match=rf"`max_spikes` must be an int >= 0, got {bad}"):
         layer.simulate(np.ones((T, N_IN)), 1.0, max_spikes=bad)
+
+
+def test_max_spikes_beyond_int32(layer):
+    # Spike slots are counted in int32: a larger buffer is refused by name, on the
+    # dense path, the event-driven one and a network's layers (not an
+    # OverflowError from inside JAX).
+    pattern = r"`max_spikes` must be at most 2147483647 .* got 2147483648"
+    train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))
+    calls = [
+        lambda m: layer.simulate(np.ones((T, N_IN)), 1.0, max_spikes=m),
+        lambda m: layer.simulate(train, t_end=5.0, max_spikes=m),
+        lambda m: sj.SpikingODENetwork([layer]).simulate(
+            train, t_end=5.0, max_spikes=m
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=pattern):
+            call(2**31)
 
 
 def test_bad_state(layer):

@@ -489,6 +489,46 @@ def test_invalid_spikes_under_jit_are_reported():
         assert res == sj.RESULTS.invalid_input_spikes, (times, sources)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_sources_of_a_narrow_integer_type_index_every_input(dtype):
+    """Sources of fewer than 32 bits are compared with the layer's input count as
+    int32: with 300 inputs, source 100 in uint8 is valid (in uint8, 300 would
+    wrap around to 44 and refuse it), eagerly and under jit, and drives the
+    neuron as in int32. The weight from input 100 alone (1.5) makes the neuron
+    fire at once (v jumps from 0 to 1.5 > 1): a source read as another input
+    would leave it silent."""
+    weight = np.zeros((1, 300))
+    weight[0, 100] = 1.5
+    layer = _layer(300, 1, sj.ODELIFDynamics(), weight)
+    times = jnp.array([1.0, 2.0])
+
+    def run(train):
+        return layer.simulate(train, t_end=10.0, max_spikes=4)
+
+    want = run(sj.SpikeTrain(times, jnp.array([100, 7], jnp.int32)))
+    assert float(np.sum(want.counts)) == 1
+    np.testing.assert_array_equal(want.spike_times[0, 0], 1.0)
+    train = sj.SpikeTrain(times, jnp.array([100, 7], dtype))
+    for got in (run(train), eqx.filter_jit(run)(train)):
+        assert got.result == sj.RESULTS.successful
+        np.testing.assert_array_equal(got.spike_times, want.spike_times)
+        np.testing.assert_array_equal(got.final_state.v, want.final_state.v)
+
+
+def test_a_finite_time_beyond_the_dtype_is_invalid_not_padding():
+    """A float64 time of 1e39 given to a float32 layer is past `t_end`: refused
+    eagerly, and reported under jit, where the cast to float32 makes it +inf,
+    which would otherwise read as padding and drop the spike."""
+    layer = sj.SpikingODELayer(1, 1, dtype=jnp.float32, key=_KEY)
+    train = sj.SpikeTrain(jnp.array([1.0, 1e39]), jnp.array([0, 0]))
+    with pytest.raises(ValueError, match="must be <= t_end"):
+        layer.simulate(train, t_end=10.0)
+    run = eqx.filter_jit(lambda t: layer.simulate(t, t_end=10.0, throw=False).result)
+    assert run(train) == sj.RESULTS.invalid_input_spikes
+    padded = sj.SpikeTrain(jnp.array([1.0, jnp.inf]), jnp.array([0, 0]))
+    assert run(padded) == sj.RESULTS.successful
+
+
 def test_a_run_with_invalid_input_spikes_has_zero_gradient_not_an_error():
     """With `throw=False` a run with an invalid input train is reported in its
     `result`; a loss that leaves it out has a zero (finite) gradient with respect

@@ -233,6 +233,16 @@ def test_missing_parameter_and_other_errors():
         sweep_layer(_layer(), train, {"weight": [1.0]}, interval=1.0)
     with pytest.raises(TypeError, match="mapping"):
         sweep_layer(_layer(), _inputs(), [1.0], interval=1.0)  # type: ignore
+    # A layer's parameters and inputs are real: complex values are refused, not
+    # run with their imaginary part dropped.
+    with pytest.raises(TypeError, match=r"`params\['weight'\]` must be real"):
+        sweep_layer(_layer(), _inputs(), {"weight": [0.5 + 1j, 0.5]}, interval=1.0)
+    with pytest.raises(TypeError, match=r"`params\['dynamics.tau_mem'\]` must be real"):
+        sweep_layer(
+            _layer(), _inputs(), {"dynamics.tau_mem": [10.0 + 5j]}, interval=1.0
+        )
+    with pytest.raises(TypeError, match="`inputs` must be real"):
+        sweep_layer(_layer(), _inputs() + 1j, {"weight": [1.0]}, interval=1.0)
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int, got 0"):
         sweep(lambda p: p, {"x": np.ones(3)}, chunk_size=0)
     with pytest.raises(ValueError, match="`devices`"):

@@ -343,6 +343,12 @@ def first_spike_times(sol: Solution) -> Float[Array, "*batch n_neurons"]:
     """Each neuron's first spike time (ms), `+inf` for a neuron that did not fire:
     the output of a time-to-first-spike code. Differentiable (exactly, where the
     neuron fired)."""
+    if not isinstance(sol, Solution):
+        raise TypeError(
+            "`first_spike_times` takes the Solution of a spiking layer (one of a "
+            "NetworkSolution's `layers`, not a LeakyReadout's ReadoutSolution), got "
+            f"{type(sol).__name__}."
+        )
     if sol.spike_times.shape[-1] == 0:
         raise ValueError(
             "`first_spike_times` needs recorded spike times: this solution has none "

@@ -813,6 +813,10 @@ def test_first_spike_times_needs_recorded_spikes():
     sol = layer.simulate(np.ones((3, N_INPUTS)), 1.0, max_spikes=0, throw=False)
     with pytest.raises(ValueError, match=r"run with max_spikes >= 1"):
         sj.first_spike_times(sol)
+    # Not a layer's Solution: named, not an AttributeError.
+    for other in (sol.spike_times, (sol,)):
+        with pytest.raises(TypeError, match="`first_spike_times` takes the Solution"):
+            sj.first_spike_times(other)  # type: ignore[arg-type]
 
 
 def test_network_argument_errors():

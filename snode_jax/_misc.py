@@ -263,7 +263,11 @@ def check_real_number(name: str, x) -> None:
     if isinstance(x, (bool, str, bytes)) or not (
         jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
     ):
-        raise TypeError(f"`{name}` must be a real number (ms), got {x!r}.")
+        if isinstance(x, (str, bytes)) or (np.ndim(x) == 0 and is_concrete(x)):
+            shown = repr(x)
+        else:
+            shown = f"an array of dtype {dtype}"
+        raise TypeError(f"`{name}` must be a real number (ms), got {shown}.")
 
 
 JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"

@@ -45,7 +45,7 @@ from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator, RunConfig
 from ._solution import RESULTS, Solution, update_result
 from ._solver import Exact, check_solver, make_stepper
-from ._spike_train import SpikeTrain, widened_sources
+from ._spike_train import SpikeTrain, check_spike_train, widened_sources
 from ._surrogate import AbstractSurrogate, ArctanSurrogate
 
 # The placeholder diffrax puts in a root finder's tolerances when they are to be the
@@ -93,6 +93,37 @@ def default_adjoint(integrator: AbstractIntegrator, throw: bool) -> AbstractAdjo
     return RerunAdjoint(throw=throw)
 
 
+def check_run_shapes(weight, state, inputs=None, recurrent_weight=None) -> None:
+    """`ValueError` naming the argument where the shapes of a run's arrays do not
+    fit together: JAX would broadcast a state of one neuron to all of them without
+    a word, or fail inside a product without naming anything."""
+    if jnp.ndim(weight) != 2:
+        raise ValueError(
+            "`weight` must have shape (n_neurons, n_inputs), got shape "
+            f"{jnp.shape(weight)}."
+        )
+    n, n_inputs = jnp.shape(weight)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
+            raise ValueError(
+                f"`state` must hold one value per neuron ({n}, the rows of `weight`) "
+                f"in every array, got `state{jax.tree_util.keystr(path)}` of shape "
+                f"{jnp.shape(leaf)}."
+            )
+    if inputs is not None and (
+        jnp.ndim(inputs) != 2 or jnp.shape(inputs)[1] != n_inputs
+    ):
+        raise ValueError(
+            f"`inputs` must have shape (T, n_inputs) = (T, {n_inputs}) (the columns "
+            f"of `weight`), got shape {jnp.shape(inputs)}."
+        )
+    if recurrent_weight is not None and jnp.shape(recurrent_weight) != (n, n):
+        raise ValueError(
+            f"`recurrent_weight` must have shape (n_neurons, n_neurons) = ({n}, {n}), "
+            f"got shape {jnp.shape(recurrent_weight)}."
+        )
+
+
 def integrate(
     dynamics: AbstractDynamics,
     solver,
@@ -116,9 +147,10 @@ def integrate(
     Interval `k` drives the neurons with the current `weight @ inputs[k]`. With a
     scalar `interval` (ms) every interval has that length (interval `k` spans
     `[k * interval, (k + 1) * interval)`); with one length per interval (shape
-    `(T,)`) they follow one another. Arguments are validated by the caller; traced
-    values that are invalid (NaN/inf, a non-positive time constant, ...) are
-    reported in the solution's `result`. `max_spikes=None` records no spike times;
+    `(T,)`) they follow one another. The arrays' shapes are checked here (a
+    `ValueError` naming the argument), their values by the caller; traced values
+    that are invalid (NaN/inf, a non-positive time constant, ...) are reported in
+    the solution's `result`. `max_spikes=None` records no spike times;
     `keep_interval_states=False` leaves `interval_states` as None (saves memory).
 
     Differentiable: spike times, states and voltages get exact gradients; counts get
@@ -132,6 +164,9 @@ def integrate(
     check in the backward pass (see [`RerunAdjoint`][]), for a caller that
     reports the forward run's outcome itself.
     """
+    check_run_shapes(weight, state, inputs)
+    if max_spikes is not None:
+        max_spikes = check_max_spikes(max_spikes)
     dtype = jnp.result_type(weight, inputs)
     dynamics = dynamics.astype(dtype)
     weight = weight.astype(dtype)
@@ -290,7 +325,14 @@ def integrate_events(
     """
     if (spikes is None) == (inputs is None):
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
-    check_event_max_spikes(max_spikes)
+    check_run_shapes(weight, state, inputs, recurrent_weight)
+    if spikes is not None:
+        check_spike_train(spikes, jnp.shape(weight)[1], t_end, "spikes")
+    if inputs is not None and jnp.shape(inputs)[0] == 0:
+        raise ValueError(
+            "Dense `inputs` need at least one interval, got shape (0, ...)."
+        )
+    check_event_max_spikes(check_max_spikes(max_spikes))
     if max_events is not None:
         max_events = check_positive_int("max_events", max_events, MAX_BUDGET)
     delay = check_delay(delay)
@@ -415,6 +457,20 @@ def check_delay(delay) -> float:
     if not (np.isfinite(delay) and delay >= 0):
         raise ValueError(f"`delay` must be finite and >= 0 (ms), got {delay!r}.")
     return delay
+
+
+def check_max_spikes(max_spikes) -> int:
+    """`max_spikes` as an int in `[0, 2**31 - 1]`, else `TypeError`/`ValueError`."""
+    if isinstance(max_spikes, bool) or not isinstance(max_spikes, (int, np.integer)):
+        raise TypeError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
+    if max_spikes < 0:
+        raise ValueError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
+    if max_spikes > MAX_BUDGET:
+        raise ValueError(
+            f"`max_spikes` must be at most {MAX_BUDGET} (spike slots are counted "
+            f"in int32), got {max_spikes!r}."
+        )
+    return int(max_spikes)
 
 
 def check_event_max_spikes(max_spikes) -> None:

@@ -14,6 +14,7 @@ from ._integrate import (
     check_after_max_spikes,
     check_delay,
     check_event_max_spikes,
+    check_max_spikes,
     integrate,
     integrate_events,
 )
@@ -381,17 +382,7 @@ class SpikingODELayer(eqx.Module):
         under `jax.jit` the message arrives buried in an `INTERNAL: CpuCallback
         error` traceback, under `eqx.filter_jit` it prints cleanly.
         """
-        if isinstance(max_spikes, bool) or not isinstance(
-            max_spikes, (int, np.integer)
-        ):
-            raise TypeError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
-        if max_spikes < 0:
-            raise ValueError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
-        if max_spikes > MAX_BUDGET:
-            raise ValueError(
-                f"`max_spikes` must be at most {MAX_BUDGET} (spike slots are counted "
-                f"in int32), got {max_spikes!r}."
-            )
+        max_spikes = check_max_spikes(max_spikes)
         if check_after_max_spikes(after_max_spikes) and not (
             isinstance(inputs, SpikeTrain) and self.recurrent_weight is None
         ):

@@ -1,5 +1,7 @@
 """Small argument-checking helpers shared by the modules."""
 
+import numbers
+
 import equinox.internal as eqxi
 import jax
 import jax.lax as lax
@@ -253,21 +255,38 @@ def check_real(name: str, x) -> None:
 
 
 def check_real_number(name: str, x) -> None:
-    """`TypeError` unless `x` is a real number or an array of real numbers (ints or
-    floats): a bool, a string or a bool array would otherwise be read as a time
-    (`True` as 1 ms, `"10"` as 10 ms) or fail inside NumPy without naming `x`."""
+    """`TypeError` unless `x` is a real number (an int, a float, a NumPy or JAX
+    scalar of those, a fraction) or an array or sequence of them: a bool, a string
+    or a bool array would otherwise be read as a time (`True` as 1 ms, `"10"` as
+    10 ms) or fail inside NumPy without naming `x`."""
     check_real(name, x)
+    if _real_number(x):
+        return
+    if isinstance(x, (str, bytes)) or (np.ndim(x) == 0 and is_concrete(x)):
+        shown = repr(x)
+    elif hasattr(x, "dtype"):
+        shown = f"an array of dtype {x.dtype}"
+    else:
+        shown = f"a {type(x).__name__} holding other values"
+    raise TypeError(
+        f"`{name}` must be a real number (ms): an int, a float, or an array of "
+        f"them; got {shown}."
+    )
+
+
+def _real_number(x) -> bool:
+    if isinstance(x, (bool, np.bool_, str, bytes)):
+        return False
+    if isinstance(x, numbers.Real):
+        return True
+    if isinstance(x, (list, tuple)):
+        return all(_real_number(e) for e in x)
     dtype = getattr(x, "dtype", None)
-    if dtype is None and not isinstance(x, (str, bytes)):
-        dtype = np.asarray(x).dtype
-    if isinstance(x, (bool, str, bytes)) or not (
+    if dtype is None:
+        return False
+    return bool(
         jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
-    ):
-        if isinstance(x, (str, bytes)) or (np.ndim(x) == 0 and is_concrete(x)):
-            shown = repr(x)
-        else:
-            shown = f"an array of dtype {dtype}"
-        raise TypeError(f"`{name}` must be a real number (ms), got {shown}.")
+    )
 
 
 JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"
@@ -353,6 +372,11 @@ def check_interval(interval, num_intervals: int | None = None):
         raise ValueError(f"`interval` must be {allowed}, got shape {shape}.")
     if is_concrete(interval):
         arr = np.asarray(interval)
+        if arr.dtype == object:  # (a fraction, an int beyond 64 bits)
+            raise TypeError(
+                "`interval` must be an int, a float, or an array of them (ms), got "
+                f"{interval!r}."
+            )
         if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
             raise ValueError(
                 f"`interval` must be finite and > 0 (ms), got {describe(arr)}."

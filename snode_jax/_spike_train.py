@@ -94,11 +94,16 @@ def check_event_dynamics(dynamics, what: str) -> AbstractExactFlowDynamics:
     return dynamics
 
 
-def check_spike_train(spikes: SpikeTrain, n_inputs: int, t_end) -> None:
-    """Python errors for what can be seen now: shapes, and concrete values."""
+def check_spike_train(
+    spikes: SpikeTrain, n_inputs: int, t_end, name: str = "inputs"
+) -> None:
+    """Python errors for what can be seen now: shapes, and concrete values (the
+    train is the argument `name`)."""
+    if not isinstance(spikes, SpikeTrain):
+        raise TypeError(f"`{name}` must be a SpikeTrain, got {type(spikes).__name__}.")
     if spikes.times.ndim != 1:
         raise ValueError(
-            "`inputs` must be one SpikeTrain with 1-D `times` and `sources`, got "
+            f"`{name}` must be one SpikeTrain with 1-D `times` and `sources`, got "
             f"shape {spikes.times.shape}. For a batch, use jax.vmap over the leading "
             "axis."
         )
@@ -113,7 +118,9 @@ def check_spike_train(spikes: SpikeTrain, n_inputs: int, t_end) -> None:
             raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
     if is_concrete((spikes, t_end)):
         times = np.asarray(spikes.times)
-        sources = np.asarray(spikes.sources).astype(np.int64)
+        sources = np.asarray(spikes.sources)
+        if sources.dtype.itemsize < 4:  # (compared with n_inputs below)
+            sources = sources.astype(np.int32)
         late = np.isfinite(times) & (times > float(t_end))
         if np.any(late):
             raise ValueError(

@@ -11,6 +11,7 @@ import math
 import types
 from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -241,14 +242,16 @@ def yin_yang_spikes(
     dtype = jnp.result_type(float) if dtype is None else dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+    # The type JAX computes in (float32 for float64 unless x64 is enabled).
+    working = jax.dtypes.canonicalize_dtype(dtype)
     for name, value in (("t_late", t_late), ("t_bias", t_bias)):
         # (Every time lies in [t_early, t_late], or is t_bias.)
         with np.errstate(over="ignore"):  # (refused below)
-            cast = np.asarray(value).astype(dtype)
+            cast = np.asarray(value).astype(working)
         if not np.isfinite(cast):
             raise ValueError(
                 f"`{name}` = {value!r} ms is beyond the range of dtype "
-                f"{jnp.dtype(dtype).name}: its spikes would become +inf, the padding."
+                f"{jnp.dtype(working).name}: its spikes would become +inf, the padding."
             )
     check_real("features", features)
     features = jnp.asarray(features, dtype)

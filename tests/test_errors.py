@@ -2,6 +2,7 @@
 and failures detected at run time (raised by default, reported in `result` with
 `throw=False`)."""
 
+import fractions
 import re
 
 import equinox as eqx
@@ -189,11 +190,14 @@ def test_bad_interval(layer, entry, interval, shown):
 
 
 @pytest.mark.parametrize("entry", ["forward", "simulate", "step", "online"])
-@pytest.mark.parametrize("interval", ["1", True, np.array(True), [1, "2"]])
+@pytest.mark.parametrize(
+    "interval",
+    ["1", True, np.array(True), [1, "2"], [True, 2.0], fractions.Fraction(1)],
+)
 def test_interval_that_is_not_a_number(layer, entry, interval):
     # Not read as a time (`True` as 1 ms, "1" as 1 ms), nor failing inside NumPy.
     call = _calls(layer)[entry]
-    with pytest.raises(TypeError, match=r"`interval` must be a real number \(ms\)"):
+    with pytest.raises(TypeError, match=r"`interval` must be (a real number|an int)"):
         call(np.ones((T, N_IN)), interval)
 
 
@@ -654,3 +658,51 @@ def test_checked_run_leaves_outputs_bitwise_unchanged():
     assert len(leaves_c) == len(leaves_u)
     for a, b in zip(leaves_c, leaves_u):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_integrate_and_integrate_events_check_their_arrays_shapes():
+    """The functions under the layers name the argument whose shape does not fit
+    (a state of one neuron was broadcast to all of them without a word; other
+    mismatches failed inside a product or an index)."""
+    dyn = sj.ODELIFDynamics()
+    w = jnp.full((2, 3), 0.6)
+    s0 = dyn.init_state(2, jnp.float64)
+    one = dyn.init_state(1, jnp.float64)
+    x0 = jnp.ones((2, 3))
+    ctrl = sj.PredictiveController(rtol=1e-6, atol=1e-8)
+
+    def dense(weight=w, x=x0, state=s0, max_spikes=None):
+        return sj.integrate(
+            dyn, sj.Exact(), weight, x, 1.0, state, stepsize_controller=ctrl,
+            max_spikes=max_spikes,
+        )  # fmt: skip
+
+    train = sj.SpikeTrain(jnp.array([1.0, 2.0]), jnp.array([0, 1]))
+    per_neuron = r"`state` must hold one value per neuron \(2, the rows of `weight`\)"
+    with pytest.raises(ValueError, match=per_neuron + r".*`state.v` of shape \(1,\)"):
+        dense(state=one)
+    with pytest.raises(ValueError, match=r"`inputs` must have shape \(T, n_inputs\)"):
+        dense(x=jnp.ones((2, 5)))
+    with pytest.raises(ValueError, match=r"`weight` must have shape \(n_neurons"):
+        dense(weight=jnp.ones(3))
+    with pytest.raises(ValueError, match="`max_spikes` must be an int >= 0, got -1"):
+        dense(max_spikes=-1)
+    np.testing.assert_array_equal(dense().counts.shape, (2, 2))
+
+    def events(state=s0, **kwargs):
+        return sj.integrate_events(dyn, w, state, **kwargs)
+
+    with pytest.raises(ValueError, match=per_neuron):
+        events(one, spikes=train, t_end=10.0)
+    with pytest.raises(
+        ValueError, match=r"`recurrent_weight` must have shape .*\(2, 2\)"
+    ):
+        events(spikes=train, t_end=10.0, recurrent_weight=jnp.ones((3, 3)), delay=0.5)
+    with pytest.raises(ValueError, match="need at least one interval"):
+        events(inputs=jnp.ones((0, 3)), interval=1.0)
+    with pytest.raises(TypeError, match="`t_end` must be a real number"):
+        events(spikes=train)
+    wide = sj.SpikeTrain(jnp.ones((2, 2)), jnp.zeros((2, 2), jnp.int32))
+    with pytest.raises(ValueError, match="`spikes` must be one SpikeTrain with 1-D"):
+        events(spikes=wide, t_end=10.0)
+    assert events(spikes=train, t_end=10.0).result == sj.RESULTS.successful

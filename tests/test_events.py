@@ -3,6 +3,7 @@ interval engine on dense inputs, the readout's exact maximum, the instant rule's
 corner cases, budgets, and argument errors."""
 
 import functools
+from fractions import Fraction
 
 import equinox as eqx
 import jax
@@ -513,6 +514,21 @@ def test_sources_of_a_narrow_integer_type_index_every_input(dtype):
         assert got.result == sj.RESULTS.successful
         np.testing.assert_array_equal(got.spike_times, want.spike_times)
         np.testing.assert_array_equal(got.final_state.v, want.final_state.v)
+
+
+def test_t_end_of_any_real_number_type():
+    """`t_end` may be any real number: the same run for an int, NumPy and JAX
+    scalars, a fraction; a bool, a string or a bool array is refused by name."""
+    layer = _layer(1, 1, sj.ODELIFDynamics(), [[1.5]])
+    train = sj.SpikeTrain(jnp.array([1.0, 4.0]), jnp.array([0, 0]))
+    want = layer.simulate(train, t_end=10.0, max_spikes=4)
+    for t_end in (10, np.int64(10), np.float32(10), jnp.array(10.0), Fraction(10)):
+        got = layer.simulate(train, t_end=t_end, max_spikes=4)
+        np.testing.assert_array_equal(got.spike_times, want.spike_times)
+        np.testing.assert_array_equal(got.final_state.v, want.final_state.v)
+    for t_end in (True, "10", np.array(True)):
+        with pytest.raises(TypeError, match="`t_end` must be a real number"):
+            layer.simulate(train, t_end=t_end, max_spikes=4)
 
 
 def test_a_finite_time_beyond_the_dtype_is_invalid_not_padding():

@@ -33,6 +33,7 @@ from ._misc import (
     check_positive_int,
     check_real,
     input_currents,
+    is_concrete,
     max_across_devices,
     run_currents,
     tie_to,
@@ -460,7 +461,15 @@ def check_delay(delay) -> float:
 
 
 def check_max_spikes(max_spikes) -> int:
-    """`max_spikes` as an int in `[0, 2**31 - 1]`, else `TypeError`/`ValueError`."""
+    """`max_spikes` as an int in `[0, 2**31 - 1]` (a Python or NumPy int, or a
+    concrete 0-d integer array), else `TypeError`/`ValueError`."""
+    if (
+        isinstance(max_spikes, (np.ndarray, jax.Array))
+        and max_spikes.ndim == 0
+        and jnp.issubdtype(max_spikes.dtype, jnp.integer)
+        and is_concrete(max_spikes)
+    ):
+        max_spikes = int(max_spikes)
     if isinstance(max_spikes, bool) or not isinstance(max_spikes, (int, np.integer)):
         raise TypeError(f"`max_spikes` must be an int >= 0, got {max_spikes!r}.")
     if max_spikes < 0:

@@ -1,5 +1,6 @@
 """Small argument-checking helpers shared by the modules."""
 
+import decimal
 import numbers
 
 import equinox.internal as eqxi
@@ -256,9 +257,9 @@ def check_real(name: str, x) -> None:
 
 def check_real_number(name: str, x) -> None:
     """`TypeError` unless `x` is a real number (an int, a float, a NumPy or JAX
-    scalar of those, a fraction) or an array or sequence of them: a bool, a string
-    or a bool array would otherwise be read as a time (`True` as 1 ms, `"10"` as
-    10 ms) or fail inside NumPy without naming `x`."""
+    scalar of those, a fraction, a decimal) or an array or sequence of them: a
+    bool, a string or a bool array would otherwise be read as a time (`True` as
+    1 ms, `"10"` as 10 ms) or fail inside NumPy without naming `x`."""
     check_real(name, x)
     if _real_number(x):
         return
@@ -277,7 +278,7 @@ def check_real_number(name: str, x) -> None:
 def _real_number(x) -> bool:
     if isinstance(x, (bool, np.bool_, str, bytes)):
         return False
-    if isinstance(x, numbers.Real):
+    if isinstance(x, (numbers.Real, decimal.Decimal)):
         return True
     if isinstance(x, (list, tuple)):
         return all(_real_number(e) for e in x)

@@ -688,6 +688,11 @@ def test_integrate_and_integrate_events_check_their_arrays_shapes():
     with pytest.raises(ValueError, match="`max_spikes` must be an int >= 0, got -1"):
         dense(max_spikes=-1)
     np.testing.assert_array_equal(dense().counts.shape, (2, 2))
+    # A 0-d integer array is an int (as SpikingODENetwork takes it).
+    for m in (np.array(4), jnp.int32(4)):
+        np.testing.assert_array_equal(
+            dense(max_spikes=m).spike_times, dense(max_spikes=4).spike_times
+        )
 
     def events(state=s0, **kwargs):
         return sj.integrate_events(dyn, w, state, **kwargs)

@@ -3,6 +3,7 @@ interval engine on dense inputs, the readout's exact maximum, the instant rule's
 corner cases, budgets, and argument errors."""
 
 import functools
+from decimal import Decimal
 from fractions import Fraction
 
 import equinox as eqx
@@ -518,11 +519,19 @@ def test_sources_of_a_narrow_integer_type_index_every_input(dtype):
 
 def test_t_end_of_any_real_number_type():
     """`t_end` may be any real number: the same run for an int, NumPy and JAX
-    scalars, a fraction; a bool, a string or a bool array is refused by name."""
+    scalars, a fraction, a decimal; a bool, a string or a bool array is refused
+    by name."""
     layer = _layer(1, 1, sj.ODELIFDynamics(), [[1.5]])
     train = sj.SpikeTrain(jnp.array([1.0, 4.0]), jnp.array([0, 0]))
     want = layer.simulate(train, t_end=10.0, max_spikes=4)
-    for t_end in (10, np.int64(10), np.float32(10), jnp.array(10.0), Fraction(10)):
+    for t_end in (
+        10,
+        np.int64(10),
+        np.float32(10),
+        jnp.array(10.0),
+        Fraction(10),
+        Decimal(10),
+    ):
         got = layer.simulate(train, t_end=t_end, max_spikes=4)
         np.testing.assert_array_equal(got.spike_times, want.spike_times)
         np.testing.assert_array_equal(got.final_state.v, want.final_state.v)

@@ -118,9 +118,7 @@ def check_spike_train(
             raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
     if is_concrete((spikes, t_end)):
         times = np.asarray(spikes.times)
-        sources = np.asarray(spikes.sources)
-        if sources.dtype.itemsize < 4:  # (compared with n_inputs below)
-            sources = sources.astype(np.int32)
+        sources = np.asarray(widened_sources(spikes.sources))
         late = np.isfinite(times) & (times > float(t_end))
         if np.any(late):
             raise ValueError(

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import check_positive_int, check_real, describe, is_concrete
+from ._misc import check_positive_int, check_real, describe, is_concrete, narrowed
 from ._spike_train import SpikeTrain
 
 __all__ = ["YIN_YANG_CLASS_NAMES", "YIN_YANG_SPLITS", "yin_yang", "yin_yang_spikes"]
@@ -246,13 +246,8 @@ def yin_yang_spikes(
     working = jax.dtypes.canonicalize_dtype(dtype)
     for name, value in (("t_late", t_late), ("t_bias", t_bias)):
         # (Every time lies in [t_early, t_late], or is t_bias.)
-        with np.errstate(over="ignore"):  # (refused below)
-            cast = np.asarray(value).astype(working)
-        if not np.isfinite(cast):
-            raise ValueError(
-                f"`{name}` = {value!r} ms is beyond the range of dtype "
-                f"{jnp.dtype(working).name}: its spikes would become +inf, the padding."
-            )
+        hint = "its spikes would become +inf, the padding"
+        narrowed(f"`{name}` (ms)", np.asarray(value), working, hint)
     check_real("features", features)
     features = jnp.asarray(features, dtype)
     if features.ndim < 1 or features.shape[-1] != 4:

@@ -7,11 +7,12 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float
 
 from ._custom_types import NeuronFloat, State
-from ._misc import check_positive_float
+from ._misc import check_positive_float, is_real_scalar
 
 
 class PredictiveState(eqx.Module):
@@ -91,8 +92,19 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
         for name in ("rtol", "atol", "dtmin", "dt0", "safety", "factormin"):
             unit = " (ms)" if name.startswith("dt") else ""
             check_positive_float(name, getattr(self, name), unit)
+        for name in ("dtmax", "factormax"):  # (may be inf)
+            value = getattr(self, name)
+            if not is_real_scalar(value):
+                raise TypeError(f"`{name}` must be a number, got {value!r}.")
         if not (self.dtmax > 0):
             raise ValueError(f"`dtmax` must be > 0 (ms), got {self.dtmax!r}.")
+        if not isinstance(self.predictive, (bool, np.bool_)):
+            raise TypeError(f"`predictive` must be a bool, got {self.predictive!r}.")
+        if not callable(self.norm):
+            raise TypeError(
+                f"`norm` must be a function of a PyTree (as optimistix.rms_norm), got "
+                f"{self.norm!r}."
+            )
         if self.dtmin > self.dt0:
             raise ValueError(
                 f"`dtmin` must be <= `dt0`, got dtmin={self.dtmin!r} and "

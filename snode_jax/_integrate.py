@@ -31,7 +31,7 @@ from ._misc import (
     MAX_BUDGET,
     any_nonfinite,
     check_positive_int,
-    check_real,
+    check_real_number,
     input_currents,
     is_concrete,
     max_across_devices,
@@ -444,7 +444,7 @@ def integrate_events(
 def check_delay(delay) -> float:
     """The delay of recurrent spikes as a Python float: a number, finite and >= 0
     (it is fixed for the run, not traced or differentiated)."""
-    check_real("delay", delay)
+    check_real_number("delay", delay)
     if np.ndim(delay) != 0:
         raise TypeError(
             f"`delay` must be one number >= 0 (ms) for every recurrent connection, "

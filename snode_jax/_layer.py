@@ -22,6 +22,7 @@ from ._lif import ODELIFDynamics
 from ._misc import (
     MAX_BUDGET,
     as_jax_array,
+    check_float_dtype,
     check_interval,
     check_positive_int,
     check_real,
@@ -73,7 +74,9 @@ class SpikingODELayer(eqx.Module):
         exact): [`ArctanSurrogate`][] (default), [`SigmoidSurrogate`][] or
         [`FastSigmoidSurrogate`][]. Spike times and voltages are differentiated
         exactly and do not use it.
-    - `dtype`: floating dtype of `weight`; default JAX's default float.
+    - `dtype`: floating dtype of `weight`; default JAX's default float. Float64
+        needs JAX's 64-bit mode (`jax.config.update("jax_enable_x64", True)`);
+        without it, it is refused rather than run in float32.
     - `key`: PRNG key for the weight, drawn from `N(0, 2 / n_inputs)`.
 
     **Raises:**
@@ -160,9 +163,7 @@ class SpikingODELayer(eqx.Module):
                 f"SigmoidSurrogate, FastSigmoidSurrogate), got {surrogate!r}."
             )
         self.surrogate = surrogate
-        dtype = jnp.result_type(float) if dtype is None else dtype
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+        dtype = check_float_dtype(dtype)
         std = float(np.sqrt(2.0 / self.n_inputs))  # a Python float keeps `dtype`
         w_key, r_key = jax.random.split(key)
         self.weight = std * jax.random.normal(
@@ -216,6 +217,39 @@ class SpikingODELayer(eqx.Module):
     def dtype(self):
         return self.weight.dtype
 
+    def _check_arrays(self) -> None:
+        """The layer's arrays against its sizes (one swapped in with `eqx.tree_at`
+        is not checked by `__init__`): `weight` real floating `(n_neurons,
+        n_inputs)`, `recurrent_weight` `(n_neurons, n_neurons)` in its dtype, and
+        the model's per-neuron parameters one per neuron."""
+        shapes = [("weight", (self.n_neurons, self.n_inputs))]
+        if self.recurrent_weight is not None:
+            shapes.append(("recurrent_weight", (self.n_neurons, self.n_neurons)))
+        for name, shape in shapes:
+            array = getattr(self, name)
+            dtype = getattr(array, "dtype", None)
+            if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(
+                    f"`{name}` must be a real floating array, got "
+                    f"{type(array).__name__ if dtype is None else dtype}."
+                )
+            if name != "weight" and dtype != self.weight.dtype:
+                raise TypeError(
+                    f"`{name}` must have the dtype of `weight` ({self.weight.dtype}), "
+                    f"got {dtype}."
+                )
+            if jnp.shape(array) != shape:
+                size = (
+                    "n_neurons, n_inputs"
+                    if name == "weight"
+                    else "n_neurons, n_neurons"
+                )
+                raise ValueError(
+                    f"`{name}` must have shape ({size}) = {shape}, got "
+                    f"{jnp.shape(array)}."
+                )
+        self.dynamics.check_n_neurons(self.n_neurons)
+
     def _check_inputs(self, inputs) -> Array:
         inputs = as_jax_array("inputs", inputs)
         expected = f"(time, n_inputs) = (T, {self.n_inputs})"
@@ -250,6 +284,7 @@ class SpikingODELayer(eqx.Module):
     def _run(
         self, inputs, interval, state, max_spikes, throw, keep=True, save_times=None
     ) -> Solution:
+        self._check_arrays()
         inputs = self._check_inputs(inputs)
         check_interval(interval, inputs.shape[0])
         state = self.init_state() if state is None else self._check_state(state)
@@ -430,6 +465,7 @@ class SpikingODELayer(eqx.Module):
         save_times=None,
         after_max_spikes="fail",
     ) -> Solution:
+        self._check_arrays()
         dynamics = check_event_dynamics(
             self.dynamics,
             "spike-train inputs" if isinstance(inputs, SpikeTrain) else "recurrence",

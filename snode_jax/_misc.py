@@ -255,11 +255,12 @@ def check_real(name: str, x) -> None:
         raise TypeError(f"`{name}` must be real, got complex values ({shown}).")
 
 
-def check_real_number(name: str, x) -> None:
+def check_real_number(name: str, x, unit: str = " (ms)") -> None:
     """`TypeError` unless `x` is a real number (an int, a float, a NumPy or JAX
     scalar of those, a fraction, a decimal) or an array or sequence of them: a
     bool, a string or a bool array would otherwise be read as a time (`True` as
-    1 ms, `"10"` as 10 ms) or fail inside NumPy without naming `x`."""
+    1 ms, `"10"` as 10 ms) or fail inside NumPy without naming `x`. `unit` is
+    shown in the message."""
     check_real(name, x)
     if _real_number(x):
         return
@@ -270,7 +271,7 @@ def check_real_number(name: str, x) -> None:
     else:
         shown = f"a {type(x).__name__} holding other values"
     raise TypeError(
-        f"`{name}` must be a real number (ms): an int, a float, or an array of "
+        f"`{name}` must be a real number{unit}: an int, a float, or an array of "
         f"them; got {shown}."
     )
 
@@ -318,12 +319,38 @@ def narrowed(
     return out
 
 
+def check_float_dtype(dtype):
+    """`dtype` (default: JAX's default float) as a NumPy floating dtype that JAX
+    runs in; else `ValueError` naming `dtype` (not a floating dtype, or float64
+    while JAX runs it in float32, where the arrays would silently be float32)."""
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    try:
+        floating = bool(jnp.issubdtype(dtype, jnp.floating))
+    except TypeError:  # (not a dtype: "banana", an object)
+        floating = False
+    if not floating:
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+    dtype = np.dtype(dtype)
+    runs_in = jax.dtypes.canonicalize_dtype(dtype)
+    if runs_in != dtype:
+        raise ValueError(
+            f"`dtype` {dtype.name} is not available: JAX runs it in {runs_in.name} "
+            '(enable float64 with `jax.config.update("jax_enable_x64", True)`).'
+        )
+    return dtype
+
+
 def as_jax_array(name: str, x) -> jax.Array:
     """`jnp.asarray(x)`, refusing complex values (`TypeError`) and host values
     that the conversion changes (`ValueError`, see [`narrowed`][])."""
     check_real(name, x)
     if not isinstance(x, jax.Array) and is_concrete(x):
         host = np.asarray(x)
+        if host.dtype == object:  # (an int beyond 64 bits, a fraction: JAX fails)
+            raise TypeError(
+                f"`{name}` must be ints or floats of at most 64 bits, got "
+                f"{describe(host)}."
+            )
         # (Under a trace `jnp.asarray` stages the value: converted here instead.)
         narrowed(f"`{name}`", host, jax.dtypes.canonicalize_dtype(host.dtype))
     return jnp.asarray(x)
@@ -348,14 +375,40 @@ def check_positive_int(name: str, value, at_most: int | None = None) -> int:
     return int(value)
 
 
+def is_real_scalar(value) -> bool:
+    """Whether `value` is one real number: an int or a float (Python, NumPy, a
+    fraction) or a 0-d integer or floating array; not a bool, a string, a complex
+    number or a decimal (which `float` would read)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return (
+        dtype is not None
+        and np.ndim(value) == 0
+        and bool(
+            jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+        )
+    )
+
+
 def check_positive_float(name: str, value, unit: str = "") -> float:
+    """`value` as a Python float, finite and `> 0`; else `TypeError` (not one real
+    number, see [`is_real_scalar`][]) or `ValueError`, naming `name`."""
+    msg = f"`{name}` must be a positive number{unit}, got {value!r}."
+    if not is_real_scalar(value):
+        raise TypeError(msg)
     try:
         fvalue = float(value)
-    except (TypeError, ValueError):
-        msg = f"`{name}` must be a positive number{unit}, got {value!r}."
-        raise TypeError(msg) from None
+    except OverflowError:  # (an int beyond the range of a float)
+        raise ValueError(msg) from None
+    except TypeError:  # (a traced value)
+        raise TypeError(
+            f"`{name}` must be a concrete number{unit}, got {value!r}."
+        ) from None
     if not np.isfinite(fvalue) or fvalue <= 0:
-        raise ValueError(f"`{name}` must be a positive number{unit}, got {value!r}.")
+        raise ValueError(msg)
     return fvalue
 
 

@@ -15,7 +15,7 @@ from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._integrate import sorted_events
 from ._layer import SpikingODELayer
-from ._misc import any_nonfinite, check_positive_int, vary_like
+from ._misc import any_nonfinite, check_float_dtype, check_positive_int, vary_like
 from ._solution import RESULTS, Solution, raise_unless_successful, update_result
 from ._spike_train import SpikeTrain, check_spike_train
 
@@ -53,7 +53,7 @@ class LeakyReadout(eqx.Module):
     - `n_inputs`, `n_outputs`: sizes (positive ints).
     - `dynamics`: an [`AbstractExactFlowDynamics`][] (its exact flow, and its
         interior maximum per segment, give the maximum voltage exactly).
-    - `dtype`: floating dtype of `weight`.
+    - `dtype`: floating dtype of `weight` (float64 needs JAX's 64-bit mode).
     - `key`: PRNG key for the weight, drawn from `N(0, 2 / n_inputs)`.
     """
 
@@ -82,9 +82,7 @@ class LeakyReadout(eqx.Module):
             )
         dynamics.check_n_neurons(self.n_outputs)
         self.dynamics = dynamics
-        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+        dtype = check_float_dtype(dtype)
         std = float(np.sqrt(2.0 / self.n_inputs))
         self.weight = std * jax.random.normal(
             key, (self.n_outputs, self.n_inputs), dtype

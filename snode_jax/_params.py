@@ -1,19 +1,31 @@
 """Parameter handling shared by the neuron models."""
 
+import decimal
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import check_real, describe, is_concrete
+from ._misc import as_jax_array, check_real_number, describe, is_concrete
 
 
 def as_param(name: str, x):
-    """A model parameter as a floating array: a scalar or one value per neuron."""
-    check_real(name, x)
+    """A model parameter as a floating array: a scalar or one value per neuron.
+    `TypeError` for what is not real numbers (a bool, a string, `None`), and
+    `ValueError` for a value its array type cannot hold (see `as_jax_array`)."""
+    check_real_number(name, x, unit="")
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating):
         arr = x
     else:
-        arr = jnp.asarray(x)
+        if isinstance(x, (numbers.Real, decimal.Decimal)) and not isinstance(
+            x, (np.integer, np.floating)
+        ):
+            try:
+                x = float(x)  # (a Python int of any size, a fraction, a decimal)
+            except OverflowError:
+                raise ValueError(f"`{name}` must be finite, got {x!r}.") from None
+        arr = as_jax_array(name, x)
         if not jnp.issubdtype(arr.dtype, jnp.floating):
             arr = arr.astype(jnp.result_type(float))
     if arr.ndim > 1:

@@ -6,9 +6,16 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import numpy as np
 
 from ._custom_types import NeuronBool, NeuronFloat
-from ._misc import MAX_BUDGET, check_positive_int, where_tree
+from ._misc import (
+    MAX_BUDGET,
+    check_positive_float,
+    check_positive_int,
+    is_real_scalar,
+    where_tree,
+)
 
 
 class BracketedNewton(eqx.Module):
@@ -36,10 +43,12 @@ class BracketedNewton(eqx.Module):
 
     def __check_init__(self):
         check_positive_int("max_steps", self.max_steps, MAX_BUDGET)
-        if not self.rtol >= 0:
-            raise ValueError(f"`rtol` must be >= 0, got {self.rtol!r}.")
-        if self.atol is not None and not self.atol > 0:
-            raise ValueError(f"`atol` must be > 0 (ms) or None, got {self.atol!r}.")
+        if not is_real_scalar(self.rtol):
+            raise TypeError(f"`rtol` must be a number >= 0, got {self.rtol!r}.")
+        if not (np.isfinite(self.rtol) and self.rtol >= 0):
+            raise ValueError(f"`rtol` must be finite and >= 0, got {self.rtol!r}.")
+        if self.atol is not None:
+            check_positive_float("atol", self.atol, " (ms) or None")
 
     def _atol(self, dtype, interval):
         if self.atol is None:

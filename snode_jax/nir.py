@@ -69,7 +69,7 @@ from ._cuba import CubaLIFDynamics
 from ._if import IFDynamics
 from ._layer import SpikingODELayer
 from ._lif import ODELIFDynamics
-from ._misc import check_positive_float, describe, narrowed
+from ._misc import check_float_dtype, check_positive_float, describe, narrowed
 from ._network import LeakyReadout, SpikingODENetwork
 
 if TYPE_CHECKING:
@@ -585,7 +585,7 @@ def from_nir(
         `nir.read`).
     - `time_scale`: ms per unit of NIR time (default 1000: NIR times in seconds).
     - `dtype`: floating dtype of the weights and parameters; default JAX's default
-        float.
+        float (float64 needs JAX's 64-bit mode).
 
     **Returns:**
 
@@ -609,9 +609,7 @@ def from_nir(
             f"`graph` must be a nir.NIRGraph or a path to a .nir file, got "
             f"{type(graph).__name__}."
         )
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+    dtype = check_float_dtype(dtype)
     g = _Graph(graph)
     stages = g.chain()
     input_shape = np.asarray(g.nodes[g.inputs[0]].input_type["input"]).reshape(-1)

@@ -150,6 +150,155 @@ def test_bad_setting_types():
         _layer(dynamics={"tau_mem": 20.0})
 
 
+@pytest.mark.parametrize("name", ["dt_init", "dt_min", "dt_max", "rtol", "atol"])
+@pytest.mark.parametrize("value", ["0.05", True, np.complex128(0.05 + 1j), None])
+def test_step_settings_that_are_not_numbers(name, value):
+    # A string, a bool or a complex number was read as a number ("0.05" as 0.05
+    # ms, `rtol=True` as 1: an Izhikevich layer then ran with other spike counts
+    # and reported success). (None is the default of each, so only the step
+    # controller's own fields are tried with it below.)
+    if value is None:
+        return
+    with pytest.raises(TypeError, match=rf"`{name}` must be a positive number"):
+        _layer(sj.IzhikevichDynamics(), **{name: value})
+
+
+def test_controller_and_root_finder_settings():
+    good = dict(rtol=1e-6, atol=1e-8)
+    for name, value in (
+        ("rtol", "1e-3"),
+        ("dt0", "0.1"),
+        ("dtmin", True),
+        ("dtmax", "inf"),
+        ("factormax", None),
+        ("safety", 1 + 0j),
+    ):
+        with pytest.raises(TypeError, match=rf"`{name}` must be a"):
+            sj.PredictiveController(**{**good, name: value})
+    with pytest.raises(TypeError, match="`predictive` must be a bool, got 'yes'"):
+        sj.PredictiveController(**good, predictive="yes")
+    with pytest.raises(TypeError, match="`norm` must be a function"):
+        sj.PredictiveController(**good, norm=3)
+    assert sj.PredictiveController(**good, dtmax=np.inf, factormax=5).dtmax == np.inf
+    # The root finder's tolerances: finite (an infinite one accepted the step's end
+    # as the crossing, 0.14 ms off, and reported success), real numbers.
+    for kwargs, error, match in (
+        (
+            dict(atol=np.inf),
+            ValueError,
+            r"`atol` must be a positive number \(ms\) or None",
+        ),
+        (dict(rtol=np.inf), ValueError, "`rtol` must be finite and >= 0, got inf"),
+        (dict(rtol=True), TypeError, "`rtol` must be a number >= 0, got True"),
+        (dict(rtol="0"), TypeError, "`rtol` must be a number >= 0, got '0'"),
+        (
+            dict(atol=[1e-9, 1e-9]),
+            TypeError,
+            "`atol` must be a positive number",
+        ),
+    ):
+        with pytest.raises(error, match=match):
+            sj.BracketedNewton(**kwargs)
+    assert sj.BracketedNewton(rtol=0, atol=1e-12).atol == 1e-12
+
+
+def test_delay_and_dtype_settings():
+    for bad in ("1", True):
+        with pytest.raises(TypeError, match="`delay` must be a real number"):
+            _layer(recurrent=True, delay=bad)
+    with pytest.raises(
+        ValueError, match=r"`dtype` must be a floating dtype, got 'banana'"
+    ):
+        _layer(dtype="banana")
+    # Float64 where JAX runs float32: the layer was float32 without a word.
+    with jax.enable_x64(False):
+        for make in (
+            lambda: _layer(dtype=jnp.float64),
+            lambda: sj.LeakyReadout(N_IN, N, dtype=np.float64, key=_KEY),
+        ):
+            with pytest.raises(ValueError, match="`dtype` float64 is not available"):
+                make()
+    assert _layer(dtype=jnp.float64).weight.dtype == jnp.float64
+
+
+@pytest.mark.parametrize("value", [True, "20", None, np.array([True, True])])
+def test_model_parameters_that_are_not_numbers(value):
+    # `tau_mem=True` was a 1 ms time constant, `t_ref=True` a 1 ms refractory period.
+    with pytest.raises(TypeError, match="`tau_mem` must be a real number"):
+        sj.ODELIFDynamics(tau_mem=value)
+    if value is not None:  # (no refractory period)
+        with pytest.raises(TypeError, match="`t_ref` must be a real number"):
+            sj.ODELIFDynamics(t_ref=value)
+
+
+def test_model_parameters_beyond_their_type():
+    with jax.enable_x64(False):
+        with pytest.raises(
+            ValueError, match=r"`tau_mem` holds values beyond .*1e\+300"
+        ):
+            sj.ODELIFDynamics(tau_mem=np.float64(1e300))
+    with pytest.raises(ValueError, match="`tau_mem` must be finite"):
+        sj.ODELIFDynamics(tau_mem=10**400)
+    # A Python int of any size, a fraction: read as floats.
+    assert float(sj.ODELIFDynamics(tau_mem=2**70).tau_mem) == float(2**70)
+    assert float(sj.ODELIFDynamics(tau_mem=fractions.Fraction(41, 2)).tau_mem) == 20.5
+
+
+def test_arrays_swapped_into_a_layer_are_checked():
+    # `eqx.tree_at` builds a layer without `__init__`: its arrays are checked when
+    # it runs, by their own names (a wrong weight blamed `inputs` or `state`).
+    layer = _layer()
+    x = np.ones((T, N_IN)) * 0.1
+    train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))
+    swap = lambda where, value: eqx.tree_at(where, layer, value)
+    cases = [
+        (
+            swap(lambda m: m.weight, jnp.ones((N, N))),
+            ValueError,
+            r"`weight` must have shape \(n_neurons, n_inputs\) = \(4, 3\), got \(4, 4\)",
+        ),
+        (
+            swap(lambda m: m.weight, jnp.ones((N_IN, N))),
+            ValueError,
+            r"`weight` must have shape .* got \(3, 4\)",
+        ),
+        (
+            swap(lambda m: m.weight, jnp.ones((N, N_IN), jnp.int32)),
+            TypeError,
+            "`weight` must be a real floating array, got int32",
+        ),
+        (
+            swap(lambda m: m.weight, jnp.ones((N, N_IN), jnp.complex64)),
+            TypeError,
+            "`weight` must be a real floating array, got complex64",
+        ),
+        (
+            swap(lambda m: m.dynamics.tau_mem, jnp.array([10.0, 20.0])),
+            ValueError,
+            r"`tau_mem` must be a scalar or have shape \(4,\)",
+        ),
+        (
+            swap(lambda m: m.dynamics.tau_mem, jnp.ones((N, N))),
+            ValueError,
+            r"`tau_mem` must be a scalar or have shape \(4,\)",
+        ),
+    ]
+    for bad, error, match in cases:
+        for run in (
+            lambda: bad.simulate(x, 1.0),
+            lambda: bad.forward(x, 1.0),
+            lambda: bad.simulate(train, t_end=5.0),
+        ):
+            with pytest.raises(error, match=match):
+                run()
+    rec = _layer(recurrent=True, delay=0.5)
+    bad = eqx.tree_at(lambda m: m.recurrent_weight, rec, jnp.ones((N, N + 1)))
+    with pytest.raises(
+        ValueError, match=r"`recurrent_weight` must have shape .*\(4, 4\), got \(4, 5\)"
+    ):
+        bad.simulate(train, t_end=5.0)
+
+
 # -- call arguments ----------------------------------------------------------------
 
 

@@ -34,6 +34,8 @@ from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
 from ._integrate import integrate, integrate_events
 from ._lif import LIFState, ODELIFDynamics
 from ._misc import (
+    as_jax_array,
+    check_real_number,
     describe,
     expand,
     input_currents,
@@ -59,7 +61,8 @@ def check_save_times(save_times, duration=None) -> Array:
     """`save_times` as a 1-D float array; for concrete values, `ValueError` unless
     they are finite, `>= 0`, ascending and (with a concrete `duration`) no later than
     `duration`."""
-    times = jnp.asarray(save_times)
+    check_real_number("save_times", save_times)
+    times = as_jax_array("save_times", save_times)
     if times.ndim != 1:
         raise ValueError(
             f"`save_times` must be a 1-D array of times (ms), got shape {times.shape}."
@@ -173,7 +176,11 @@ def dense_saved_states(
     real = new[pieces]
     piece_end = marks[order[pieces]]
     piece_start = jnp.concatenate([jnp.zeros((1,), dtype), piece_end[:-1]])
-    piece_length = jnp.where(real, piece_end - piece_start, lengths[-1])
+    # (Those after the end are as short as a piece can be, so that nothing
+    # happens in them: a neuron that fires with no input, or a budget of few
+    # steps, must not fail a run that the real pieces completed.)
+    spare = jnp.finfo(dtype).eps * lengths[-1]
+    piece_length = jnp.where(real, piece_end - piece_start, spare)
     k = jnp.searchsorted(ends, lax.stop_gradient(piece_end), side="left")
     k = jnp.clip(k, 0, num_intervals - 1)
     piece_inputs = jnp.where(real[:, None], inputs[k], 0)
@@ -316,10 +323,12 @@ def event_saved_states(
     """
     dtype = weight.dtype
     n = weight.shape[0]
+    num_save = save_times.shape[0]
+    if num_save == 0:  # (no state to keep: the replay would scatter into nothing)
+        return jax.tree.map(lambda a: jnp.zeros((0,) + a.shape, a.dtype), state0)
     spike_times = sol.spike_times.astype(dtype)
     m = spike_times.shape[1]
     neuron_of = jnp.repeat(jnp.arange(n, dtype=jnp.int32), m)
-    num_save = save_times.shape[0]
     parts = [
         (boundaries.astype(dtype), _SWITCH, jnp.arange(boundaries.shape[0])),
         (input_times.astype(dtype), _INPUT, input_sources),

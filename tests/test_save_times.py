@@ -345,6 +345,64 @@ def test_errors(lif_case, spike_case, save, match):
         ev.simulate(train, t_end=t_end, save_times=np.asarray(save))
 
 
+def test_save_times_32_bits_would_change_are_refused():
+    # Without float64, `save_times` in int64 would wrap around (2**32 + 5 read as
+    # 5 ms) and a float64 beyond float32 would be reported as inf.
+    with jax.enable_x64(False):
+        layer = sj.SpikingODELayer(1, 2, key=KEY)
+        with pytest.raises(ValueError, match=r"`save_times` holds integers outside"):
+            layer.simulate(np.ones((3, 1)), 10.0, save_times=np.array([2**32 + 5]))
+        with pytest.raises(
+            ValueError, match=r"`save_times` holds values beyond .*1e\+39"
+        ):
+            layer.simulate(np.ones((3, 1)), 10.0, save_times=np.array([1e39]))
+    for bad in (["1.0"], [True, 2.0]):
+        with pytest.raises(TypeError, match="`save_times` must be a real number"):
+            layer.simulate(np.ones((3, 1)), 10.0, save_times=bad)
+    with pytest.raises(TypeError, match="`save_times` must be ints or floats of at"):
+        layer.simulate(np.ones((3, 1)), 10.0, save_times=[2**70])
+
+
+def test_empty_save_times_on_every_engine():
+    # Dense feed-forward, spike-train inputs, and a recurrent layer on dense inputs:
+    # an empty state record, shaped (0, n), where the event engine failed inside.
+    dense = sj.SpikingODELayer(2, 3, key=KEY)
+    recurrent = sj.SpikingODELayer(2, 3, recurrent=True, delay=0.5, key=KEY)
+    train = sj.SpikeTrain(jnp.array([1.0, 2.0]), jnp.array([0, 1]))
+    runs = [
+        dense.simulate(np.ones((3, 2)), 1.0, save_times=[]),
+        dense.simulate(train, t_end=10.0, save_times=np.zeros((0,))),
+        recurrent.simulate(np.ones((3, 2)), 1.0, save_times=[]),
+    ]
+    for sol in runs:
+        assert sol.result == sj.RESULTS.successful
+        assert sol.saved_states.v.shape == (0, 3)
+        assert sol.save_times.shape == (0,)
+
+
+def test_repeated_save_times_do_not_fail_a_run_that_succeeded():
+    # A neuron that fires with no input (v_rest above threshold), held below
+    # threshold by its input, on a budget of 5 steps per interval: the run
+    # succeeds with no spike. Save times that make no piece of their own (an
+    # interval end, 0, a repeat, the end) must not add a run that fires.
+    layer = sj.SpikingODELayer(
+        1, 1, sj.ODELIFDynamics(20.0, v_rest=2.0), max_steps=5, key=KEY
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[1.0]]))
+    x = np.array([[-1.0], [-1.0]])
+    base = layer.simulate(x, 200.0)
+    assert base.result == sj.RESULTS.successful and int(base.num_spikes[0]) == 0
+    # The closed form: from v_reset = 0 (the start of a neuron that rests above
+    # threshold) towards v_rest + tau w x / C = 2 - 20 = -18.
+    v = lambda t: -18.0 + (0.0 + 18.0) * np.exp(-t / 20.0)
+    for save in ([200.0], [0.0], [100.0, 100.0], [400.0], [0.0, 200.0, 400.0]):
+        sol = layer.simulate(x, 200.0, save_times=save)
+        assert sol.result == sj.RESULTS.successful, save
+        np.testing.assert_allclose(
+            sol.saved_states.v[:, 0], v(np.asarray(save)), rtol=0, atol=1e-12
+        )
+
+
 def test_zero_delay_recurrent_error():
     layer = sj.SpikingODELayer(2, 3, recurrent=True, key=KEY)
     train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))

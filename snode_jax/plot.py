@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from ._dynamics import AbstractDynamics
-from ._misc import describe
+from ._misc import check_real, check_real_number, describe
 from ._solution import Solution
 from ._spike_train import SpikeTrain
 
@@ -43,6 +43,8 @@ def _neuron_index(neurons, n: int, bounded: bool = True) -> np.ndarray:
     if neurons is None:
         return np.arange(n)
     index = np.atleast_1d(np.asarray(neurons))
+    if index.ndim == 1 and index.size == 0:  # (an empty list is a float array)
+        return index.astype(int)
     if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
         raise ValueError(
             f"`neurons` must be a sequence of neuron indices (ints), got {neurons!r}."
@@ -90,9 +92,16 @@ def raster(
     **Returns:** the `Axes`.
 
     **Raises:** `ValueError` for a batch, a wrong shape, NaN or negative times, or
-    neuron indices out of range.
+    neuron indices out of range; `TypeError` for complex spike times or a `t_end`
+    that is not a number.
     """
     duration = None
+    if t_end is not None:
+        check_real_number("t_end", t_end)
+        if np.ndim(t_end) != 0:
+            raise ValueError(
+                f"`t_end` must be one number (ms), got shape {np.shape(t_end)}."
+            )
     if isinstance(spikes, Solution):
         duration = spikes.duration
         spikes = spikes.spike_times
@@ -115,6 +124,7 @@ def raster(
         n = int(rows.max()) + 1 if len(rows) else 0
         bounded = False  # a train does not say how many sources there are
     else:
+        check_real("spikes", spikes)
         grid = np.asarray(spikes, float)
         if grid.ndim != 2:
             raise ValueError(
@@ -181,8 +191,15 @@ def voltage_traces(
     **Returns:** the `Axes`.
 
     **Raises:** `ValueError` if the solution has no saved states, is a batch, or
-    `neurons` is out of range; `TypeError` for a model that is not one.
+    `neurons` is out of range; `TypeError` for a `solution` that is not a
+    `Solution`, or a model that is not one or not that of the solution (its state,
+    or its number of neurons).
     """
+    if not isinstance(solution, Solution):
+        raise TypeError(
+            "`solution` must be the Solution of a run with `save_times=`, got "
+            f"{type(solution).__name__}."
+        )
     if solution.saved_states is None or solution.save_times is None:
         raise ValueError(
             "`solution` has no saved states: simulate with `save_times=` (e.g. "
@@ -201,10 +218,32 @@ def voltage_traces(
             f"{save_times.shape} (a batch? plot one element)."
         )
     states = solution.saved_states
+    # The model must be the one that ran: its state's structure, one value per
+    # neuron, and its per-neuron parameters for as many neurons.
+    n = np.shape(solution.spike_times)[0]
+    dtype = jax.tree.leaves(states)[0].dtype
+    expected = dynamics.init_state(n, dtype)
+    same = jax.tree.structure(states) == jax.tree.structure(expected) and all(
+        np.shape(a)[1:] == np.shape(b)
+        for a, b in zip(jax.tree.leaves(states), jax.tree.leaves(expected))
+    )
+    if not same:
+        raise TypeError(
+            f"`dynamics_or_layer`: {type(dynamics).__name__} is not the model of "
+            f"this solution (its saved states are not {n} neurons' "
+            f"{type(expected).__name__})."
+        )
+    dynamics.check_n_neurons(n)
     volts = np.asarray(jax.vmap(dynamics.voltage)(states))
     margins = np.asarray(jax.vmap(dynamics.threshold)(states))
-    # The threshold voltage, per neuron (constant in time for a voltage threshold).
-    v_threshold = (volts - margins)[0] if len(save_times) else np.zeros(volts.shape[1])
+    # The threshold voltage, per neuron (constant in time for a voltage threshold;
+    # with no save times, that of the resting state).
+    if len(save_times):
+        v_threshold = (volts - margins)[0]
+    else:
+        v_threshold = np.broadcast_to(
+            np.asarray(dynamics.voltage(expected) - dynamics.threshold(expected)), (n,)
+        )
     shown = _neuron_index(neurons, volts.shape[1])
     ax = _axes(ax)
     spike_times = np.asarray(solution.spike_times)
@@ -255,8 +294,11 @@ def rate_curve(
     **Returns:** the `Axes`.
 
     **Raises:** `ValueError` for shapes that are not equal and 1-D, or values that
-    are not finite.
+    are not finite; `TypeError` for values that are not real numbers (a bool, a
+    string, a complex number).
     """
+    check_real_number("drive", drive, unit="")
+    check_real_number("rate", rate, unit="")
     x = np.asarray(drive, float)
     y = np.asarray(rate, float)
     if x.ndim != 1 or x.shape != y.shape:

@@ -155,6 +155,55 @@ def test_voltage_traces_errors(run):
         plot.voltage_traces(sol, "lif")
     with pytest.raises(ValueError, match=r"in \[0, 3\), got \[-1\]"):
         plot.voltage_traces(sol, layer, neurons=[-1])
+    with pytest.raises(TypeError, match="`solution` must be the Solution of a run"):
+        plot.voltage_traces("x", layer)
+    # A model that is not the one that ran: another state, other neuron counts.
+    with pytest.raises(TypeError, match="CubaLIFDynamics is not the model"):
+        plot.voltage_traces(sol, sj.CubaLIFDynamics())
+    two = sj.ODELIFDynamics(tau_mem=jnp.array([10.0, 20.0]))
+    with pytest.raises(
+        ValueError, match=r"`tau_mem` must be a scalar or have shape \(3,\)"
+    ):
+        plot.voltage_traces(sol, two)
+    plt.close("all")
+
+
+def test_voltage_traces_without_save_times_draw_the_models_threshold():
+    # No save times: no voltage to read it from; the threshold line and the spike
+    # marks are at the model's threshold (2.0 here), not at 0.
+    dyn = sj.ODELIFDynamics(tau_mem=20.0, v_threshold=2.0)
+    layer = sj.SpikingODELayer(1, 1, dyn, key=jax.random.key(0))
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[0.3]]))
+    sol = layer.simulate(np.ones((3, 1)), 10.0, max_spikes=4, save_times=[])
+    times = np.asarray(sol.spike_times[0])
+    times = times[np.isfinite(times)]
+    assert len(times) >= 1
+    ax = plot.voltage_traces(sol, layer, ax=plt.subplots()[1])
+    (threshold,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    np.testing.assert_array_equal(threshold.get_ydata(), [2.0, 2.0])
+    (marks,) = ax.collections
+    np.testing.assert_array_equal(marks.get_offsets()[:, 1], np.full(len(times), 2.0))
+    plt.close("all")
+
+
+def test_arguments_that_are_not_real_numbers():
+    with pytest.raises(TypeError, match="`spikes` must be real, got complex"):
+        plot.raster(np.array([[1 + 2j, np.inf]]))
+    for bad, error in (("5", TypeError), (5 + 1j, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="`t_end`"):
+            plot.raster(np.array([[1.0, np.inf]]), t_end=bad)
+    with pytest.raises(ValueError, match=r"`t_end` must be one number \(ms\)"):
+        plot.raster(np.array([[1.0, np.inf]]), t_end=np.array([5.0, 6.0]))
+    for bad in ([1 + 1j, 2.0], ["a", "b"], [True, False]):
+        with pytest.raises(TypeError, match="`drive` must be"):
+            plot.rate_curve(bad, [3.0, 4.0])
+    with pytest.raises(TypeError, match="`rate` must be"):
+        plot.rate_curve([1.0, 2.0], [True, False])
+    # No neurons: nothing drawn (an empty list is not refused as not ints).
+    ax = plot.raster(
+        np.array([[1.0, np.inf], [2.0, 3.0]]), neurons=[], ax=plt.subplots()[1]
+    )
+    assert len(ax.collections[0].get_offsets()) == 0
     plt.close("all")
 
 

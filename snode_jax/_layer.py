@@ -233,7 +233,8 @@ class SpikingODELayer(eqx.Module):
                     f"`{name}` must be a real floating array, got "
                     f"{type(array).__name__ if dtype is None else dtype}."
                 )
-            if name != "weight" and dtype != self.weight.dtype:
+            canonical = jax.dtypes.canonicalize_dtype
+            if name != "weight" and canonical(dtype) != canonical(self.weight.dtype):
                 raise TypeError(
                     f"`{name}` must have the dtype of `weight` ({self.weight.dtype}), "
                     f"got {dtype}."

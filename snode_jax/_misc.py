@@ -281,7 +281,7 @@ def _real_number(x) -> bool:
         return False
     if isinstance(x, (numbers.Real, decimal.Decimal)):
         return True
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple, range)):
         return all(_real_number(e) for e in x)
     dtype = getattr(x, "dtype", None)
     if dtype is None:
@@ -323,21 +323,23 @@ def check_float_dtype(dtype):
     """`dtype` (default: JAX's default float) as a NumPy floating dtype that JAX
     runs in; else `ValueError` naming `dtype` (not a floating dtype, or float64
     while JAX runs it in float32, where the arrays would silently be float32)."""
-    dtype = jnp.result_type(float) if dtype is None else dtype
+    if dtype is None or dtype is float or (isinstance(dtype, str) and dtype == "float"):
+        dtype = jnp.result_type(float)  # (`float`: JAX's default float)
     try:
-        floating = bool(jnp.issubdtype(dtype, jnp.floating))
-    except TypeError:  # (not a dtype: "banana", an object)
+        given = np.dtype(dtype)
+        runs_in = np.dtype(jax.dtypes.canonicalize_dtype(given))
+        floating = bool(jnp.issubdtype(given, jnp.floating))
+    except TypeError:  # (not a dtype: "banana", an object, float128)
+        given = runs_in = None
         floating = False
-    if not floating:
+    if not floating or given is None or runs_in is None:
         raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
-    dtype = np.dtype(dtype)
-    runs_in = jax.dtypes.canonicalize_dtype(dtype)
-    if runs_in != dtype:
+    if runs_in != given:
         raise ValueError(
-            f"`dtype` {dtype.name} is not available: JAX runs it in {runs_in.name} "
+            f"`dtype` {given.name} is not available: JAX runs it in {runs_in.name} "
             '(enable float64 with `jax.config.update("jax_enable_x64", True)`).'
         )
-    return dtype
+    return given
 
 
 def as_jax_array(name: str, x) -> jax.Array:

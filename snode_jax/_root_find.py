@@ -45,7 +45,11 @@ class BracketedNewton(eqx.Module):
         check_positive_int("max_steps", self.max_steps, MAX_BUDGET)
         if not is_real_scalar(self.rtol):
             raise TypeError(f"`rtol` must be a number >= 0, got {self.rtol!r}.")
-        if not (np.isfinite(self.rtol) and self.rtol >= 0):
+        try:
+            finite = np.isfinite(float(self.rtol))
+        except OverflowError:  # (an int beyond the range of a float)
+            finite = False
+        if not (finite and self.rtol >= 0):
             raise ValueError(f"`rtol` must be finite and >= 0, got {self.rtol!r}.")
         if self.atol is not None:
             check_positive_float("atol", self.atol, " (ms) or None")

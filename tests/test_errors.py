@@ -200,6 +200,11 @@ def test_controller_and_root_finder_settings():
         with pytest.raises(error, match=match):
             sj.BracketedNewton(**kwargs)
     assert sj.BracketedNewton(rtol=0, atol=1e-12).atol == 1e-12
+    assert sj.BracketedNewton(
+        rtol=fractions.Fraction(1, 20)
+    ).rtol == fractions.Fraction(1, 20)
+    with pytest.raises(ValueError, match="`rtol` must be finite"):
+        sj.BracketedNewton(rtol=10**400)
 
 
 def test_delay_and_dtype_settings():
@@ -219,6 +224,9 @@ def test_delay_and_dtype_settings():
             with pytest.raises(ValueError, match="`dtype` float64 is not available"):
                 make()
     assert _layer(dtype=jnp.float64).weight.dtype == jnp.float64
+    with jax.enable_x64(False):  # `float`: JAX's default float, not float64
+        assert _layer(dtype=float).weight.dtype == jnp.float32
+        assert _layer(dtype="float").weight.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("value", [True, "20", None, np.array([True, True])])
@@ -242,6 +250,9 @@ def test_model_parameters_beyond_their_type():
     # A Python int of any size, a fraction: read as floats.
     assert float(sj.ODELIFDynamics(tau_mem=2**70).tau_mem) == float(2**70)
     assert float(sj.ODELIFDynamics(tau_mem=fractions.Fraction(41, 2)).tau_mem) == 20.5
+    np.testing.assert_array_equal(
+        sj.ODELIFDynamics(tau_mem=range(10, 14)).tau_mem, [10, 11, 12, 13]
+    )
 
 
 def test_arrays_swapped_into_a_layer_are_checked():

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from common import lif_reference, machine_line, write_section  # noqa: E402
 
 import snode_jax as sj  # noqa: E402
-from snode_jax._misc import check_interval  # noqa: E402
+from snode_jax._checks import check_interval  # noqa: E402
 
 INTERVAL = 1.0
 N_INPUTS = 32

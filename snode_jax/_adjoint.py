@@ -9,10 +9,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._checks import check_positive_int
 from ._closed_form import ClosedFormWalk
 from ._dynamics import AbstractClosedFormDynamics
 from ._fold import run_folded
-from ._misc import check_positive_int
 from ._records import Counters, RawRun
 from ._scan import AbstractIntegrator, RunConfig
 from ._surrogate import AbstractSurrogate

@@ -11,8 +11,8 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float
 
+from ._checks import check_positive_float, is_real_scalar
 from ._custom_types import NeuronFloat, State
-from ._misc import check_positive_float, is_real_scalar
 
 
 class PredictiveState(eqx.Module):

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 
 from ._adaptive import AdaptiveLoop
 from ._adjoint import AbstractAdjoint, ClosedFormAdjoint
+from ._checks import MAX_BUDGET, check_positive_int, check_real_number
 from ._closed_form import ClosedFormWalk
 from ._controller import PredictiveController
 from ._custom_types import State
@@ -28,10 +29,7 @@ from ._event_run import (
 from ._events import simulate_events
 from ._feedforward import simulate_feedforward
 from ._misc import (
-    MAX_BUDGET,
     any_nonfinite,
-    check_positive_int,
-    check_real_number,
     input_currents,
     is_concrete,
     max_across_devices,

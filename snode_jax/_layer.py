@@ -7,6 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import (
+    MAX_BUDGET,
+    as_jax_array,
+    check_float_dtype,
+    check_interval,
+    check_positive_int,
+    check_real,
+)
 from ._controller import PredictiveController, controller_from_settings
 from ._custom_types import Counts, State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
@@ -19,15 +27,7 @@ from ._integrate import (
     integrate_events,
 )
 from ._lif import ODELIFDynamics
-from ._misc import (
-    MAX_BUDGET,
-    as_jax_array,
-    check_float_dtype,
-    check_interval,
-    check_positive_int,
-    check_real,
-    is_concrete,
-)
+from ._misc import is_concrete
 from ._root_find import BracketedNewton
 from ._runge_kutta import AbstractRungeKutta, Dopri5
 from ._save import check_save_times, integrate_events_saving, integrate_saving

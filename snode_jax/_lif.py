@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import describe
 from ._custom_types import NeuronFloat, RealScalarLike
 from ._dynamics import AbstractClosedFormDynamics, IntervalReplay
 from ._math import log
-from ._misc import describe
 from ._params import as_param, check_below, check_params
 from ._solver import Exact
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import check_positive_int
+from ._checks import check_positive_int
 
 _OPTION = "xla_cpu_small_while_loop_byte_threshold"
 # The probe loop's buffers (float32, 4 KiB): above XLA's own limit of 1 KiB, below

@@ -5,7 +5,7 @@ import ctypes.util
 import platform
 import sys
 
-from ._misc import check_positive_int
+from ._checks import check_positive_int
 
 # `mallopt` parameters of glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1

@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import check_float_dtype, check_positive_int
 from ._cuba import CubaLIFDynamics
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._integrate import sorted_events
 from ._layer import SpikingODELayer
-from ._misc import any_nonfinite, check_float_dtype, check_positive_int, vary_like
+from ._misc import any_nonfinite, vary_like
 from ._solution import RESULTS, Solution, raise_unless_successful, update_result
 from ._spike_train import SpikeTrain, check_spike_train
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
+from ._checks import check_interval
 from ._custom_types import Counts, State
 from ._layer import SpikingODELayer
-from ._misc import check_interval
 from ._solution import RESULTS
 
 

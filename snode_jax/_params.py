@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import as_jax_array, check_real_number, describe, is_concrete
+from ._checks import as_jax_array, check_real_number, describe
+from ._misc import is_concrete
 
 
 def as_param(name: str, x):

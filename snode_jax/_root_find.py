@@ -8,14 +8,14 @@ import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 
-from ._custom_types import NeuronBool, NeuronFloat
-from ._misc import (
+from ._checks import (
     MAX_BUDGET,
     check_positive_float,
     check_positive_int,
     is_real_scalar,
-    where_tree,
 )
+from ._custom_types import NeuronBool, NeuronFloat
+from ._misc import where_tree
 
 
 class BracketedNewton(eqx.Module):

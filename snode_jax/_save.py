@@ -29,14 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from ._checks import as_jax_array, check_real_number, describe
 from ._custom_types import State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
 from ._integrate import integrate, integrate_events
 from ._lif import LIFState, ODELIFDynamics
 from ._misc import (
-    as_jax_array,
-    check_real_number,
-    describe,
     expand,
     input_currents,
     is_concrete,

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from ._checks import as_jax_array, check_real_number, describe
 from ._dynamics import AbstractExactFlowDynamics
 from ._lif import ODELIFDynamics
-from ._misc import as_jax_array, check_real_number, describe, is_concrete
+from ._misc import is_concrete
 
 
 class SpikeTrain(eqx.Module):

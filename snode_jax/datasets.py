@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import check_positive_int, check_real, describe, is_concrete, narrowed
+from ._checks import check_positive_int, check_real, describe, narrowed
+from ._misc import is_concrete
 from ._spike_train import SpikeTrain
 
 __all__ = ["YIN_YANG_CLASS_NAMES", "YIN_YANG_SPLITS", "yin_yang", "yin_yang_spikes"]

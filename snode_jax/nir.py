@@ -65,11 +65,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import check_float_dtype, check_positive_float, describe, narrowed
 from ._cuba import CubaLIFDynamics
 from ._if import IFDynamics
 from ._layer import SpikingODELayer
 from ._lif import ODELIFDynamics
-from ._misc import check_float_dtype, check_positive_float, describe, narrowed
 from ._network import LeakyReadout, SpikingODENetwork
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
+from ._checks import check_real, check_real_number, describe
 from ._dynamics import AbstractDynamics
-from ._misc import check_real, check_real_number, describe
 from ._solution import Solution
 from ._spike_train import SpikeTrain
 

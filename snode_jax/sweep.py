@@ -36,8 +36,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import ArrayLike, PyTree
 
+from ._checks import check_positive_int, check_real, narrowed
 from ._layer import SpikingODELayer
-from ._misc import check_positive_int, check_real, narrowed
 from ._solution import Solution
 from ._spike_train import SpikeTrain
 

@@ -1,0 +1,214 @@
+"""Argument checks shared by the entry points: each refuses a value by name, with
+the value given and what is allowed (`TypeError` for the wrong kind of value,
+`ValueError` for a value out of range)."""
+
+import decimal
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._misc import is_concrete
+
+
+def describe(x) -> str:
+    """A short rendering of a value for an error message."""
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        return repr(arr.item())
+    if arr.size <= 6:
+        return repr(arr.tolist())
+    return f"array of shape {arr.shape} (min {arr.min()!r}, max {arr.max()!r})"
+
+
+def check_real(name: str, x) -> None:
+    """`TypeError` unless `x` (an array, a tracer, or a number) has a real dtype:
+    JAX and NumPy would otherwise drop the imaginary part with only a warning."""
+    if np.iscomplexobj(x):
+        shown = describe(x) if is_concrete(x) else f"traced, dtype {x.dtype}"
+        raise TypeError(f"`{name}` must be real, got complex values ({shown}).")
+
+
+def check_real_number(name: str, x, unit: str = " (ms)") -> None:
+    """`TypeError` unless `x` is a real number (an int, a float, a NumPy or JAX
+    scalar of those, a fraction, a decimal) or an array or sequence of them: a
+    bool, a string or a bool array would otherwise be read as a time (`True` as
+    1 ms, `"10"` as 10 ms) or fail inside NumPy without naming `x`. `unit` is
+    shown in the message."""
+    check_real(name, x)
+    if _real_number(x):
+        return
+    if isinstance(x, (str, bytes)) or (np.ndim(x) == 0 and is_concrete(x)):
+        shown = repr(x)
+    elif hasattr(x, "dtype"):
+        shown = f"an array of dtype {x.dtype}"
+    else:
+        shown = f"a {type(x).__name__} holding other values"
+    raise TypeError(
+        f"`{name}` must be a real number{unit}: an int, a float, or an array of "
+        f"them; got {shown}."
+    )
+
+
+def _real_number(x) -> bool:
+    if isinstance(x, (bool, np.bool_, str, bytes)):
+        return False
+    if isinstance(x, (numbers.Real, decimal.Decimal)):
+        return True
+    if isinstance(x, (list, tuple, range)):
+        return all(_real_number(e) for e in x)
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    return bool(
+        jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    )
+
+
+JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"
+
+
+def narrowed(
+    subject: str, host: np.ndarray, dtype, hint: str = JAX_DTYPE_HINT
+) -> np.ndarray:
+    """`host` in `dtype`, with a `ValueError` (naming `subject`) where that changes
+    a value: an integer outside the type's range wraps around, a finite float
+    beyond it becomes inf (with float64 disabled, JAX's types have 32 bits)."""
+    with np.errstate(over="ignore"):  # (found below, and refused)
+        out = host.astype(dtype, copy=False)
+    kind = host.dtype.kind
+    if kind in "iu":
+        changed = out.astype(host.dtype) != host
+        what = "integers outside the range"
+    elif kind == "f":
+        changed = np.isfinite(host) & ~np.isfinite(out)
+        what = "values beyond the range"
+    else:
+        return out
+    if np.any(changed):
+        raise ValueError(
+            f"{subject} holds {what} of {out.dtype} ({hint}), got "
+            f"{describe(host[changed])}."
+        )
+    return out
+
+
+def check_float_dtype(dtype):
+    """`dtype` (default: JAX's default float) as a NumPy floating dtype that JAX
+    runs in; else `ValueError` naming `dtype` (not a floating dtype, or float64
+    while JAX runs it in float32, where the arrays would silently be float32)."""
+    if dtype is None or dtype is float or (isinstance(dtype, str) and dtype == "float"):
+        dtype = jnp.result_type(float)  # (`float`: JAX's default float)
+    try:
+        given = np.dtype(dtype)
+        runs_in = np.dtype(jax.dtypes.canonicalize_dtype(given))
+        floating = bool(jnp.issubdtype(given, jnp.floating))
+    except TypeError:  # (not a dtype: "banana", an object, float128)
+        given = runs_in = None
+        floating = False
+    if not floating or given is None or runs_in is None:
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+    if runs_in != given:
+        raise ValueError(
+            f"`dtype` {given.name} is not available: JAX runs it in {runs_in.name} "
+            '(enable float64 with `jax.config.update("jax_enable_x64", True)`).'
+        )
+    return given
+
+
+def as_jax_array(name: str, x) -> jax.Array:
+    """`jnp.asarray(x)`, refusing complex values (`TypeError`) and host values
+    that the conversion changes (`ValueError`, see [`narrowed`][])."""
+    check_real(name, x)
+    if not isinstance(x, jax.Array) and is_concrete(x):
+        host = np.asarray(x)
+        if host.dtype == object:  # (an int beyond 64 bits, a fraction: JAX fails)
+            raise TypeError(
+                f"`{name}` must be ints or floats of at most 64 bits, got "
+                f"{describe(host)}."
+            )
+        # (Under a trace `jnp.asarray` stages the value: converted here instead.)
+        narrowed(f"`{name}`", host, jax.dtypes.canonicalize_dtype(host.dtype))
+    return jnp.asarray(x)
+
+
+# The largest loop budget: loop counters are int32.
+MAX_BUDGET = 2**31 - 1
+
+
+def check_positive_int(name: str, value, at_most: int | None = None) -> int:
+    """`value` as an int, `> 0` (and `<= at_most` where given); else `TypeError` or
+    `ValueError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be a positive int, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    if at_most is not None and value > at_most:
+        raise ValueError(
+            f"`{name}` must be at most {at_most} (a loop budget, counted in int32), "
+            f"got {value!r}."
+        )
+    return int(value)
+
+
+def is_real_scalar(value) -> bool:
+    """Whether `value` is one real number: an int or a float (Python, NumPy, a
+    fraction) or a 0-d integer or floating array; not a bool, a string, a complex
+    number or a decimal (which `float` would read)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return (
+        dtype is not None
+        and np.ndim(value) == 0
+        and bool(
+            jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+        )
+    )
+
+
+def check_positive_float(name: str, value, unit: str = "") -> float:
+    """`value` as a Python float, finite and `> 0`; else `TypeError` (not one real
+    number, see [`is_real_scalar`][]) or `ValueError`, naming `name`."""
+    msg = f"`{name}` must be a positive number{unit}, got {value!r}."
+    if not is_real_scalar(value):
+        raise TypeError(msg)
+    try:
+        fvalue = float(value)
+    except OverflowError:  # (an int beyond the range of a float)
+        raise ValueError(msg) from None
+    except TypeError:  # (a traced value)
+        raise TypeError(
+            f"`{name}` must be a concrete number{unit}, got {value!r}."
+        ) from None
+    if not np.isfinite(fvalue) or fvalue <= 0:
+        raise ValueError(msg)
+    return fvalue
+
+
+def check_interval(interval, num_intervals: int | None = None):
+    """Validate `interval`: a scalar (ms), or with `num_intervals` given also one
+    length per interval. Its values are checked when concrete; traced values are
+    checked at run time by the caller."""
+    check_real_number("interval", interval)
+    shapes = [()] if num_intervals is None else [(), (num_intervals,)]
+    shape = np.shape(interval)
+    if shape not in shapes:
+        allowed = "a scalar (ms)"
+        if num_intervals is not None:
+            allowed += f" or one length per interval, shape ({num_intervals},)"
+        raise ValueError(f"`interval` must be {allowed}, got shape {shape}.")
+    if is_concrete(interval):
+        arr = np.asarray(interval)
+        if arr.dtype == object:  # (a fraction, an int beyond 64 bits)
+            raise TypeError(
+                "`interval` must be an int, a float, or an array of them (ms), got "
+                f"{interval!r}."
+            )
+        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise ValueError(
+                f"`interval` must be finite and > 0 (ms), got {describe(arr)}."
+            )

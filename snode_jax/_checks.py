@@ -3,6 +3,7 @@ the value given and what is allowed (`TypeError` for the wrong kind of value,
 `ValueError` for a value out of range)."""
 
 import decimal
+import math
 import numbers
 
 import jax
@@ -154,11 +155,11 @@ def check_positive_int(name: str, value, at_most: int | None = None) -> int:
 
 def is_real_scalar(value) -> bool:
     """Whether `value` is one real number: an int or a float (Python, NumPy, a
-    fraction) or a 0-d integer or floating array; not a bool, a string, a complex
-    number or a decimal (which `float` would read)."""
+    fraction, a decimal) or a 0-d integer or floating array; not a bool, a string
+    or a complex number (which `float` would read, or drop the imaginary part of)."""
     if isinstance(value, (bool, np.bool_)):
         return False
-    if isinstance(value, numbers.Real):
+    if isinstance(value, (numbers.Real, decimal.Decimal)):
         return True
     dtype = getattr(value, "dtype", None)
     return (
@@ -170,23 +171,54 @@ def is_real_scalar(value) -> bool:
     )
 
 
-def check_positive_float(name: str, value, unit: str = "") -> float:
-    """`value` as a Python float, finite and `> 0`; else `TypeError` (not one real
-    number, see [`is_real_scalar`][]) or `ValueError`, naming `name`."""
-    msg = f"`{name}` must be a positive number{unit}, got {value!r}."
+def as_static_float(value):
+    """`value` as a Python float where it is one concrete real number (a NumPy
+    scalar, a 0-d array, a fraction, a decimal), for a setting kept in a static
+    field (hashed, compared, and mixed with arrays as a Python number); any other
+    value unchanged, for the field's check to refuse by name."""
+    if not (is_real_scalar(value) and is_concrete(value)):
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # (an int beyond the range of a float)
+        return math.inf if value > 0 else -math.inf
+    except ValueError:  # (a signalling-NaN decimal)
+        return math.nan
+
+
+def check_real_float(
+    name: str, value, unit: str = "", *, zero: bool = False, infinite: bool = False
+) -> float:
+    """`value` as a Python float: one real number (see [`is_real_scalar`][]), not
+    NaN, `> 0` (`>= 0` with `zero`), finite unless `infinite`; else `TypeError`
+    (not a number, or a traced one) or `ValueError`, naming `name` with `unit`."""
+    if zero:
+        kind = f"a number >= 0{unit}"
+        bound = f"{'>= 0' if infinite else 'finite and >= 0'}{unit}"
+    else:
+        kind = bound = f"a positive number{unit}"
     if not is_real_scalar(value):
-        raise TypeError(msg)
+        raise TypeError(f"`{name}` must be {kind}, got {value!r}.")
     try:
         fvalue = float(value)
     except OverflowError:  # (an int beyond the range of a float)
-        raise ValueError(msg) from None
+        fvalue = math.inf if value > 0 else -math.inf
+    except ValueError:  # (a signalling-NaN decimal)
+        fvalue = math.nan
     except TypeError:  # (a traced value)
         raise TypeError(
-            f"`{name}` must be a concrete number{unit}, got {value!r}."
+            f"`{name}` must be {kind}, not a traced value; got {value!r}."
         ) from None
-    if not np.isfinite(fvalue) or fvalue <= 0:
-        raise ValueError(msg)
+    low_ok = fvalue >= 0 if zero else fvalue > 0
+    if np.isnan(fvalue) or not low_ok or (np.isinf(fvalue) and not infinite):
+        raise ValueError(f"`{name}` must be {bound}, got {value!r}.")
     return fvalue
+
+
+def check_positive_float(name: str, value, unit: str = "") -> float:
+    """`value` as a Python float, finite and `> 0`; else `TypeError` or
+    `ValueError` naming `name` (see [`check_real_float`][])."""
+    return check_real_float(name, value, unit)
 
 
 def check_interval(interval, num_intervals: int | None = None):

@@ -11,7 +11,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float
 
-from ._checks import check_positive_float, is_real_scalar
+from ._checks import as_static_float, check_positive_float, check_real_float
 from ._custom_types import NeuronFloat, State
 
 
@@ -77,14 +77,14 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
     - `predictive`: apply the predictive bound (default True).
     """
 
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    dtmin: float = eqx.field(static=True, default=0.001)
-    dtmax: float = eqx.field(static=True, default=math.inf)
-    dt0: float = eqx.field(static=True, default=0.1)
-    safety: float = eqx.field(static=True, default=0.9)
-    factormin: float = eqx.field(static=True, default=0.2)
-    factormax: float = eqx.field(static=True, default=10.0)
+    rtol: float = eqx.field(static=True, converter=as_static_float)
+    atol: float = eqx.field(static=True, converter=as_static_float)
+    dtmin: float = eqx.field(static=True, default=0.001, converter=as_static_float)
+    dtmax: float = eqx.field(static=True, default=math.inf, converter=as_static_float)
+    dt0: float = eqx.field(static=True, default=0.1, converter=as_static_float)
+    safety: float = eqx.field(static=True, default=0.9, converter=as_static_float)
+    factormin: float = eqx.field(static=True, default=0.2, converter=as_static_float)
+    factormax: float = eqx.field(static=True, default=10.0, converter=as_static_float)
     predictive: bool = eqx.field(static=True, default=True)
     norm: Callable = eqx.field(static=True, default=optx.rms_norm)
 
@@ -92,12 +92,8 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
         for name in ("rtol", "atol", "dtmin", "dt0", "safety", "factormin"):
             unit = " (ms)" if name.startswith("dt") else ""
             check_positive_float(name, getattr(self, name), unit)
-        for name in ("dtmax", "factormax"):  # (may be inf)
-            value = getattr(self, name)
-            if not is_real_scalar(value):
-                raise TypeError(f"`{name}` must be a number, got {value!r}.")
-        if not (self.dtmax > 0):
-            raise ValueError(f"`dtmax` must be > 0 (ms), got {self.dtmax!r}.")
+        check_real_float("dtmax", self.dtmax, " (ms)", infinite=True)
+        check_real_float("factormax", self.factormax, infinite=True)
         if not isinstance(self.predictive, (bool, np.bool_)):
             raise TypeError(f"`predictive` must be a bool, got {self.predictive!r}.")
         if not callable(self.norm):

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 
 from ._adaptive import AdaptiveLoop
 from ._adjoint import AbstractAdjoint, ClosedFormAdjoint
-from ._checks import MAX_BUDGET, check_positive_int, check_real_number
+from ._checks import MAX_BUDGET, check_positive_int, check_real_float, check_real_number
 from ._closed_form import ClosedFormWalk
 from ._controller import PredictiveController
 from ._custom_types import State
@@ -448,14 +448,7 @@ def check_delay(delay) -> float:
             f"`delay` must be one number >= 0 (ms) for every recurrent connection, "
             f"got shape {np.shape(delay)}."
         )
-    try:
-        delay = float(delay)
-    except (TypeError, ValueError):  # (a traced value raises a TypeError)
-        msg = f"`delay` must be a number >= 0 (ms), not a traced value; got {delay!r}."
-        raise TypeError(msg) from None
-    if not (np.isfinite(delay) and delay >= 0):
-        raise ValueError(f"`delay` must be finite and >= 0 (ms), got {delay!r}.")
-    return delay
+    return check_real_float("delay", delay, " (ms)", zero=True)
 
 
 def check_max_spikes(max_spikes) -> int:

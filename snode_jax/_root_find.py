@@ -6,13 +6,13 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
-import numpy as np
 
 from ._checks import (
     MAX_BUDGET,
+    as_static_float,
     check_positive_float,
     check_positive_int,
-    is_real_scalar,
+    check_real_float,
 )
 from ._custom_types import NeuronBool, NeuronFloat
 from ._misc import where_tree
@@ -37,20 +37,13 @@ class BracketedNewton(eqx.Module):
         `RESULTS.crossing_search_failed`.
     """
 
-    rtol: float = eqx.field(static=True, default=0.0)
-    atol: float | None = eqx.field(static=True, default=None)
+    rtol: float = eqx.field(static=True, default=0.0, converter=as_static_float)
+    atol: float | None = eqx.field(static=True, default=None, converter=as_static_float)
     max_steps: int = eqx.field(static=True, default=200)
 
     def __check_init__(self):
         check_positive_int("max_steps", self.max_steps, MAX_BUDGET)
-        if not is_real_scalar(self.rtol):
-            raise TypeError(f"`rtol` must be a number >= 0, got {self.rtol!r}.")
-        try:
-            finite = np.isfinite(float(self.rtol))
-        except OverflowError:  # (an int beyond the range of a float)
-            finite = False
-        if not (finite and self.rtol >= 0):
-            raise ValueError(f"`rtol` must be finite and >= 0, got {self.rtol!r}.")
+        check_real_float("rtol", self.rtol, zero=True)
         if self.atol is not None:
             check_positive_float("atol", self.atol, " (ms) or None")
 

@@ -2,6 +2,7 @@
 and failures detected at run time (raised by default, reported in `result` with
 `throw=False`)."""
 
+import decimal
 import fractions
 import re
 
@@ -200,11 +201,73 @@ def test_controller_and_root_finder_settings():
         with pytest.raises(error, match=match):
             sj.BracketedNewton(**kwargs)
     assert sj.BracketedNewton(rtol=0, atol=1e-12).atol == 1e-12
-    assert sj.BracketedNewton(
-        rtol=fractions.Fraction(1, 20)
-    ).rtol == fractions.Fraction(1, 20)
+    assert sj.BracketedNewton(rtol=fractions.Fraction(1, 20)).rtol == 0.05
     with pytest.raises(ValueError, match="`rtol` must be finite"):
         sj.BracketedNewton(rtol=10**400)
+    # The controller's bounds that may be infinite are still numbers > 0.
+    for name, value, error in (
+        ("dtmax", 0.0, ValueError),
+        ("dtmax", np.nan, ValueError),
+        ("factormax", -1.0, ValueError),
+        ("factormax", "10", TypeError),
+    ):
+        with pytest.raises(error, match=rf"`{name}` must be a positive number"):
+            sj.PredictiveController(**{**good, name: value})
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        decimal.Decimal,
+        fractions.Fraction,
+        np.float32,
+        lambda v: jnp.asarray(v, jnp.float32),
+        lambda v: np.asarray(v),
+    ],
+    ids=["decimal", "fraction", "numpy-float32", "jax-0d", "numpy-0d"],
+)
+def test_settings_of_every_real_number_type_are_floats(kind):
+    # A setting given as a decimal, a fraction, a NumPy scalar or a 0-d array is
+    # the float it holds: kept as a Python float in the static fields (a decimal
+    # in a field failed at run time, mixed with a traced array), and the run is
+    # the one with floats, to the bit.
+    def value(text):
+        number = fractions.Fraction(text)
+        if kind is fractions.Fraction:
+            return number
+        as_float = float(number)
+        return kind(repr(as_float)) if kind is decimal.Decimal else kind(as_float)
+
+    controller = sj.PredictiveController(
+        rtol=value("1/1000"), atol=value("1/1000"), dtmin=value("1/1000"),
+        dtmax=value("2"), dt0=value("1/8"), safety=value("9/10"),
+        factormin=value("1/5"), factormax=value("5"),
+    )  # fmt: skip
+    root_finder = sj.BracketedNewton(rtol=value("1/4096"), atol=value("1/1024"))
+    for field in ("rtol", "atol", "dtmin", "dtmax", "dt0", "safety", "factormax"):
+        assert type(getattr(controller, field)) is float, field
+    assert type(root_finder.rtol) is float and type(root_finder.atol) is float
+    floats = sj.PredictiveController(
+        rtol=float(controller.rtol), atol=float(controller.atol),
+        dtmin=float(controller.dtmin), dtmax=float(controller.dtmax),
+        dt0=float(controller.dt0), safety=float(controller.safety),
+        factormin=float(controller.factormin), factormax=float(controller.factormax),
+    )  # fmt: skip
+    float_finder = sj.BracketedNewton(
+        rtol=float(root_finder.rtol), atol=float(root_finder.atol)
+    )
+    runs = [
+        _layer(sj.IzhikevichDynamics(), stepsize_controller=c, root_finder=r).simulate(
+            _strong_inputs(), 10.0, max_spikes=16
+        )
+        for c, r in ((controller, root_finder), (floats, float_finder))
+    ]
+    assert int(jnp.sum(runs[0].counts)) > 0
+    np.testing.assert_array_equal(runs[0].spike_times, runs[1].spike_times)
+    np.testing.assert_array_equal(runs[0].final_state.v, runs[1].final_state.v)
+    layer = _layer(sj.IzhikevichDynamics(), dt_init=value("1/20"), rtol=value("1/1000"))
+    assert type(layer.stepsize_controller.dt0) is float
+    assert layer.stepsize_controller.rtol == float(value("1/1000"))
 
 
 def test_delay_and_dtype_settings():

@@ -5,6 +5,7 @@ called. Every function draws on `ax` (default: the current axes, `plt.gca()`),
 returns it, and never calls `plt.show()`.
 """
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from jaxtyping import ArrayLike, Float
 
 from ._checks import check_real, check_real_number, describe
 from ._dynamics import AbstractDynamics
-from ._solution import Solution
+from ._solution import RESULTS, Solution
 from ._spike_train import SpikeTrain
 
 if TYPE_CHECKING:
@@ -58,6 +59,21 @@ def _neuron_index(neurons, n: int, bounded: bool = True) -> np.ndarray:
     return index
 
 
+def _warn_if_failed(solution: Solution) -> None:
+    """A `RuntimeWarning` where `solution` (from `throw=False`) is not a success:
+    what it holds stops where the run failed."""
+    values = np.unique(np.asarray(solution.result._value))
+    failed = [int(v) for v in values if v != RESULTS.successful._value]
+    if failed:
+        messages = " ".join(RESULTS._index_to_message[v] for v in failed)
+        warnings.warn(
+            f"Plotting a run that did not succeed (`result` is not successful): "
+            f"{messages}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _check_times(times: np.ndarray, what: str) -> None:
     bad = np.isnan(times) | (times < 0)
     if np.any(bad):
@@ -93,7 +109,8 @@ def raster(
 
     **Raises:** `ValueError` for a batch, a wrong shape, NaN or negative times, or
     neuron indices out of range; `TypeError` for complex spike times or a `t_end`
-    that is not a number.
+    that is not a number. A `RuntimeWarning` for a `Solution` whose `result` is not
+    a success (from `throw=False`): its spikes stop where the run failed.
     """
     duration = None
     if t_end is not None:
@@ -103,6 +120,7 @@ def raster(
                 f"`t_end` must be one number (ms), got shape {np.shape(t_end)}."
             )
     if isinstance(spikes, Solution):
+        _warn_if_failed(spikes)
         duration = spikes.duration
         spikes = spikes.spike_times
     if isinstance(spikes, SpikeTrain):
@@ -193,7 +211,8 @@ def voltage_traces(
     **Raises:** `ValueError` if the solution has no saved states, is a batch, or
     `neurons` is out of range; `TypeError` for a `solution` that is not a
     `Solution`, or a model that is not one or not that of the solution (its state,
-    or its number of neurons).
+    or its number of neurons). A `RuntimeWarning` for a solution whose `result` is
+    not a success (from `throw=False`).
     """
     if not isinstance(solution, Solution):
         raise TypeError(
@@ -218,9 +237,16 @@ def voltage_traces(
             f"{save_times.shape} (a batch? plot one element)."
         )
     states = solution.saved_states
-    # The model must be the one that ran: its state's structure, one value per
-    # neuron, and its per-neuron parameters for as many neurons.
+    # The model must be the one that ran: its per-neuron parameters for as many
+    # neurons (a layer's too), its state's structure, one value per neuron.
     n = np.shape(solution.spike_times)[0]
+    layer_n = getattr(dynamics_or_layer, "n_neurons", None)
+    if dynamics is not dynamics_or_layer and layer_n is not None and layer_n != n:
+        raise TypeError(
+            f"`dynamics_or_layer`: a layer of {layer_n} neurons is not the one that "
+            f"ran this solution ({n} neurons)."
+        )
+    dynamics.check_n_neurons(n)
     dtype = jax.tree.leaves(states)[0].dtype
     expected = dynamics.init_state(n, dtype)
     same = jax.tree.structure(states) == jax.tree.structure(expected) and all(
@@ -233,7 +259,7 @@ def voltage_traces(
             f"this solution (its saved states are not {n} neurons' "
             f"{type(expected).__name__})."
         )
-    dynamics.check_n_neurons(n)
+    _warn_if_failed(solution)
     volts = np.asarray(jax.vmap(dynamics.voltage)(states))
     margins = np.asarray(jax.vmap(dynamics.threshold)(states))
     # The threshold voltage, per neuron (constant in time for a voltage threshold;

@@ -165,6 +165,35 @@ def test_voltage_traces_errors(run):
         ValueError, match=r"`tau_mem` must be a scalar or have shape \(3,\)"
     ):
         plot.voltage_traces(sol, two)
+    # A model whose start state reads a per-neuron parameter of another length is
+    # refused by that parameter's name (it failed in a broadcast before).
+    with pytest.raises(ValueError, match=r"`E_L` must be a scalar or have shape"):
+        plot.voltage_traces(sol, sj.AdExDynamics(E_L=jnp.array([-70.0, -65.0])))
+    # A layer of another size is not the one that ran, whatever its model.
+    other = sj.SpikingODELayer(1, 5, sj.ODELIFDynamics(), key=jax.random.key(0))
+    with pytest.raises(TypeError, match="a layer of 5 neurons is not the one"):
+        plot.voltage_traces(sol, other)
+    plt.close("all")
+
+
+def test_a_failed_run_is_plotted_with_a_warning(run, recwarn):
+    # With `throw=False` a failed run returns a Solution that stops where it
+    # failed: drawn, but not without saying so. A successful one draws silently.
+    layer, sol = run
+    plot.raster(sol, ax=plt.subplots()[1])
+    plot.voltage_traces(sol, layer, ax=plt.subplots()[1])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    save = jnp.linspace(0.0, 40.0, 11)
+    full = layer.simulate(
+        np.ones((4, 1)), 10.0, max_spikes=1, save_times=save, throw=False
+    )
+    assert int(full.result._value) == int(sj.RESULTS.spike_buffer_full._value)
+    for draw in (
+        lambda: plot.raster(full, ax=plt.subplots()[1]),
+        lambda: plot.voltage_traces(full, layer, ax=plt.subplots()[1]),
+    ):
+        with pytest.warns(RuntimeWarning, match="did not succeed.*spike buffer"):
+            draw()
     plt.close("all")
 
 

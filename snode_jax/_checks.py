@@ -44,12 +44,24 @@ def check_real_number(name: str, x, unit: str = " (ms)") -> None:
         shown = repr(x)
     elif hasattr(x, "dtype"):
         shown = f"an array of dtype {x.dtype}"
+    elif isinstance(x, (list, tuple)):
+        shown = f"a {type(x).__name__} holding {_first_not_real(x)!r}"
     else:
-        shown = f"a {type(x).__name__} holding other values"
+        shown = f"a {type(x).__name__}"
     raise TypeError(
         f"`{name}` must be a real number{unit}: an int, a float, or an array of "
         f"them; got {shown}."
     )
+
+
+def _first_not_real(x):
+    """The first entry of the (nested) sequence `x` that is not a real number."""
+    for e in x:
+        if isinstance(e, (list, tuple, range)) and not _real_number(e):
+            return _first_not_real(e)
+        if not _real_number(e):
+            return e
+    return x
 
 
 def _real_number(x) -> bool:
@@ -105,7 +117,7 @@ def check_float_dtype(dtype):
         given = np.dtype(dtype)
         runs_in = np.dtype(jax.dtypes.canonicalize_dtype(given))
         floating = bool(jnp.issubdtype(given, jnp.floating))
-    except TypeError:  # (not a dtype: "banana", an object, float128)
+    except TypeError:  # (not a dtype: "banana", an object)
         given = runs_in = None
         floating = False
     if not floating or given is None or runs_in is None:
@@ -115,6 +127,13 @@ def check_float_dtype(dtype):
             f"`dtype` {given.name} is not available: JAX runs it in {runs_in.name} "
             '(enable float64 with `jax.config.update("jax_enable_x64", True)`).'
         )
+    try:
+        jnp.zeros((), given)
+    except TypeError:  # (a NumPy dtype JAX has no arrays of: float128)
+        raise ValueError(
+            f"`dtype` {given.name} is not one JAX computes in: use float16, "
+            "bfloat16, float32 or float64."
+        ) from None
     return given
 
 
@@ -138,18 +157,22 @@ def as_jax_array(name: str, x) -> jax.Array:
 MAX_BUDGET = 2**31 - 1
 
 
-def check_positive_int(name: str, value, at_most: int | None = None) -> int:
-    """`value` as an int, `> 0` (and `<= at_most` where given); else `TypeError` or
-    `ValueError` naming `name`."""
+# Why a value is bounded by `MAX_BUDGET`, for the messages.
+BUDGET_REASON = "a loop budget, counted in int32"
+SIZE_REASON = "neurons and inputs are indexed in int32"
+
+
+def check_positive_int(
+    name: str, value, at_most: int | None = None, why: str = BUDGET_REASON
+) -> int:
+    """`value` as an int, `> 0` (and `<= at_most` where given, for the reason
+    `why`); else `TypeError` or `ValueError` naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be a positive int, got {value!r}.")
     if value <= 0:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     if at_most is not None and value > at_most:
-        raise ValueError(
-            f"`{name}` must be at most {at_most} (a loop budget, counted in int32), "
-            f"got {value!r}."
-        )
+        raise ValueError(f"`{name}` must be at most {at_most} ({why}), got {value!r}.")
     return int(value)
 
 

@@ -9,6 +9,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import (
     MAX_BUDGET,
+    SIZE_REASON,
     as_jax_array,
     check_float_dtype,
     check_interval,
@@ -120,8 +121,12 @@ class SpikingODELayer(eqx.Module):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        self.n_inputs = check_positive_int("n_inputs", n_inputs)
-        self.n_neurons = check_positive_int("n_neurons", n_neurons)
+        self.n_inputs = check_positive_int(
+            "n_inputs", n_inputs, MAX_BUDGET, SIZE_REASON
+        )
+        self.n_neurons = check_positive_int(
+            "n_neurons", n_neurons, MAX_BUDGET, SIZE_REASON
+        )
         self.stepsize_controller = controller_from_settings(
             stepsize_controller, dt_init, dt_min, dt_max, rtol, atol
         )

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import check_float_dtype, check_positive_int
+from ._checks import MAX_BUDGET, SIZE_REASON, check_float_dtype, check_positive_int
 from ._cuba import CubaLIFDynamics
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
@@ -72,8 +72,12 @@ class LeakyReadout(eqx.Module):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        self.n_inputs = check_positive_int("n_inputs", n_inputs)
-        self.n_outputs = check_positive_int("n_outputs", n_outputs)
+        self.n_inputs = check_positive_int(
+            "n_inputs", n_inputs, MAX_BUDGET, SIZE_REASON
+        )
+        self.n_outputs = check_positive_int(
+            "n_outputs", n_outputs, MAX_BUDGET, SIZE_REASON
+        )
         if dynamics is None:
             dynamics = CubaLIFDynamics(tau_mem=20.0, tau_syn=5.0)
         if not isinstance(dynamics, AbstractExactFlowDynamics):

@@ -43,6 +43,29 @@ def test_non_positive_sizes(name, value):
         sj.SpikingODELayer(**sizes, key=_KEY)
 
 
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (sj.SpikingODELayer, "n_inputs"),
+        (sj.SpikingODELayer, "n_neurons"),
+        (sj.LeakyReadout, "n_inputs"),
+        (sj.LeakyReadout, "n_outputs"),
+    ],
+)
+def test_sizes_beyond_int32(make, name):
+    # Neurons and input sources are indexed in int32: a larger size is refused
+    # before a weight is drawn (a 3 x 2**40 weight was dispatched).
+    sizes = {
+        "n_inputs": N_IN,
+        ("n_neurons" if make is sj.SpikingODELayer else "n_outputs"): N,
+    }
+    sizes[name] = 2**31
+    with pytest.raises(
+        ValueError, match=rf"`{name}` must be at most 2147483647 \(neurons and"
+    ):
+        make(**sizes, key=_KEY)
+
+
 @pytest.mark.parametrize("name", ["n_inputs", "n_neurons"])
 @pytest.mark.parametrize("value", [2.0, True, "3"])
 def test_non_int_sizes(name, value):
@@ -278,6 +301,12 @@ def test_delay_and_dtype_settings():
         ValueError, match=r"`dtype` must be a floating dtype, got 'banana'"
     ):
         _layer(dtype="banana")
+    # A floating dtype JAX has no arrays of (x86-64's long double) ended in JAX's
+    # own error.
+    if np.dtype(np.longdouble).itemsize > 8:
+        name = np.dtype(np.longdouble).name
+        with pytest.raises(ValueError, match=f"`dtype` {name} is not one JAX"):
+            _layer(dtype=np.longdouble)
     # Float64 where JAX runs float32: the layer was float32 without a word.
     with jax.enable_x64(False):
         for make in (
@@ -934,3 +963,17 @@ def test_integrate_and_integrate_events_check_their_arrays_shapes():
     with pytest.raises(ValueError, match="`spikes` must be one SpikeTrain with 1-D"):
         events(spikes=wide, t_end=10.0)
     assert events(spikes=train, t_end=10.0).result == sj.RESULTS.successful
+
+
+def test_a_sequence_is_refused_by_its_first_entry_that_is_not_a_number():
+    # A bool (read as 1 ms), a string or None inside a list is shown by value,
+    # not as "other values".
+    layer = _layer()
+    x = np.ones((T, N_IN))
+    for entry in (True, "2", None):
+        with pytest.raises(
+            TypeError, match=rf"a list holding {re.escape(repr(entry))}"
+        ):
+            layer.simulate(x, 1.0, save_times=[0.5, entry])
+    with pytest.raises(TypeError, match=r"`interval` .* a list holding False"):
+        layer.simulate(x, [False, 2.0, 1.0])

@@ -26,8 +26,11 @@ def describe(x) -> str:
 def check_real(name: str, x) -> None:
     """`TypeError` unless `x` (an array, a tracer, or a number) has a real dtype:
     JAX and NumPy would otherwise drop the imaginary part with only a warning."""
+    if isinstance(x, (list, tuple)) and not _real_number(x):
+        return  # (not numbers at all: `check_real_number` names the entry)
     if np.iscomplexobj(x):
-        shown = describe(x) if is_concrete(x) else f"traced, dtype {x.dtype}"
+        dtype = getattr(x, "dtype", None)
+        shown = describe(x) if is_concrete(x) else f"traced, dtype {dtype}"
         raise TypeError(f"`{name}` must be real, got complex values ({shown}).")
 
 
@@ -40,12 +43,12 @@ def check_real_number(name: str, x, unit: str = " (ms)") -> None:
     check_real(name, x)
     if _real_number(x):
         return
-    if isinstance(x, (str, bytes)) or (np.ndim(x) == 0 and is_concrete(x)):
+    if isinstance(x, (list, tuple)):
+        shown = f"a {type(x).__name__} holding {_first_not_real(x)!r}"
+    elif isinstance(x, (str, bytes)) or (np.ndim(x) == 0 and is_concrete(x)):
         shown = repr(x)
     elif hasattr(x, "dtype"):
         shown = f"an array of dtype {x.dtype}"
-    elif isinstance(x, (list, tuple)):
-        shown = f"a {type(x).__name__} holding {_first_not_real(x)!r}"
     else:
         shown = f"a {type(x).__name__}"
     raise TypeError(
@@ -55,13 +58,10 @@ def check_real_number(name: str, x, unit: str = " (ms)") -> None:
 
 
 def _first_not_real(x):
-    """The first entry of the (nested) sequence `x` that is not a real number."""
-    for e in x:
-        if isinstance(e, (list, tuple, range)) and not _real_number(e):
-            return _first_not_real(e)
-        if not _real_number(e):
-            return e
-    return x
+    """The first entry of the (nested) sequence `x` that is not a real number
+    (`x` holds one)."""
+    e = next(e for e in x if not _real_number(e))
+    return _first_not_real(e) if isinstance(e, (list, tuple, range)) else e
 
 
 def _real_number(x) -> bool:
@@ -127,13 +127,12 @@ def check_float_dtype(dtype):
             f"`dtype` {given.name} is not available: JAX runs it in {runs_in.name} "
             '(enable float64 with `jax.config.update("jax_enable_x64", True)`).'
         )
-    try:
-        jnp.zeros((), given)
-    except TypeError:  # (a NumPy dtype JAX has no arrays of: float128)
+    if given.name not in ("float16", "bfloat16", "float32", "float64"):
+        # (float128 JAX has no arrays of; float8 types no arithmetic with others.)
         raise ValueError(
-            f"`dtype` {given.name} is not one JAX computes in: use float16, "
+            f"`dtype` {given.name} is not one the library computes in: use float16, "
             "bfloat16, float32 or float64."
-        ) from None
+        )
     return given
 
 
@@ -202,11 +201,27 @@ def as_static_float(value):
     if not (is_real_scalar(value) and is_concrete(value)):
         return value
     try:
-        return float(value)
-    except OverflowError:  # (an int beyond the range of a float)
-        return math.inf if value > 0 else -math.inf
-    except ValueError:  # (a signalling-NaN decimal)
-        return math.nan
+        fvalue = float(value)
+    except (OverflowError, ValueError):  # (beyond a float; a signalling NaN)
+        return value
+    # (A value that becomes 0 or inf as a float, or NaN, is left as given: the
+    # check refuses it showing what was given.)
+    if not np.isfinite(fvalue) or (fvalue == 0) != (value == 0):
+        return value
+    return fvalue
+
+
+def as_static_int(value):
+    """`value` as a Python int where it is a NumPy integer scalar (for a static
+    field); any other value unchanged, for the field's check."""
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def as_static_bool(value):
+    """`value` as a Python bool where it is a NumPy bool (for a static field)."""
+    return bool(value) if isinstance(value, np.bool_) else value
 
 
 def check_real_float(
@@ -232,6 +247,8 @@ def check_real_float(
         raise TypeError(
             f"`{name}` must be {kind}, not a traced value; got {value!r}."
         ) from None
+    if np.isinf(fvalue) and not infinite and fvalue > 0:
+        bound = f"finite and {'>= 0' if zero else '> 0'}{unit}"
     low_ok = fvalue >= 0 if zero else fvalue > 0
     if np.isnan(fvalue) or not low_ok or (np.isinf(fvalue) and not infinite):
         raise ValueError(f"`{name}` must be {bound}, got {value!r}.")

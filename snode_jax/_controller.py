@@ -11,7 +11,12 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float
 
-from ._checks import as_static_float, check_positive_float, check_real_float
+from ._checks import (
+    as_static_bool,
+    as_static_float,
+    check_positive_float,
+    check_real_float,
+)
 from ._custom_types import NeuronFloat, State
 
 
@@ -85,7 +90,7 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
     safety: float = eqx.field(static=True, default=0.9, converter=as_static_float)
     factormin: float = eqx.field(static=True, default=0.2, converter=as_static_float)
     factormax: float = eqx.field(static=True, default=10.0, converter=as_static_float)
-    predictive: bool = eqx.field(static=True, default=True)
+    predictive: bool = eqx.field(static=True, default=True, converter=as_static_bool)
     norm: Callable = eqx.field(static=True, default=optx.rms_norm)
 
     def __check_init__(self):
@@ -250,7 +255,7 @@ def controller_from_settings(controller, dt_init, dt_min, dt_max, rtol, atol):
     if dt_max is None:
         dt_max = float("inf")
     else:
-        dt_max = check_positive_float("dt_max", dt_max, " (ms)")
+        dt_max = check_real_float("dt_max", dt_max, " (ms)", infinite=True)
         if dt_max < dt_init:
             raise ValueError(
                 f"`dt_max` must be >= `dt_init`, got dt_max={dt_max!r} and "

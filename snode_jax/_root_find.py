@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from ._checks import (
     MAX_BUDGET,
     as_static_float,
+    as_static_int,
     check_positive_float,
     check_positive_int,
     check_real_float,
@@ -39,7 +40,7 @@ class BracketedNewton(eqx.Module):
 
     rtol: float = eqx.field(static=True, default=0.0, converter=as_static_float)
     atol: float | None = eqx.field(static=True, default=None, converter=as_static_float)
-    max_steps: int = eqx.field(static=True, default=200)
+    max_steps: int = eqx.field(static=True, default=200, converter=as_static_int)
 
     def __check_init__(self):
         check_positive_int("max_steps", self.max_steps, MAX_BUDGET)

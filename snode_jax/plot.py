@@ -119,8 +119,9 @@ def raster(
             raise ValueError(
                 f"`t_end` must be one number (ms), got shape {np.shape(t_end)}."
             )
+    failed_solution = None
     if isinstance(spikes, Solution):
-        _warn_if_failed(spikes)
+        failed_solution = spikes
         duration = spikes.duration
         spikes = spikes.spike_times
     if isinstance(spikes, SpikeTrain):
@@ -157,6 +158,8 @@ def raster(
         rows, times = rows[real], grid[real]
         bounded = True
     shown = _neuron_index(neurons, n, bounded)
+    if failed_solution is not None:  # (once its shape is known to be one run's)
+        _warn_if_failed(failed_solution)
     keep = np.isin(rows, shown)
     rows, times = rows[keep], times[keep]
     ax = _axes(ax)

@@ -5,6 +5,7 @@ and failures detected at run time (raised by default, reported in `result` with
 import decimal
 import fractions
 import re
+import warnings
 
 import equinox as eqx
 import jax
@@ -210,7 +211,7 @@ def test_controller_and_root_finder_settings():
         (
             dict(atol=np.inf),
             ValueError,
-            r"`atol` must be a positive number \(ms\) or None",
+            r"`atol` must be finite and > 0 \(ms\) or None, got inf",
         ),
         (dict(rtol=np.inf), ValueError, "`rtol` must be finite and >= 0, got inf"),
         (dict(rtol=True), TypeError, "`rtol` must be a number >= 0, got True"),
@@ -227,6 +228,27 @@ def test_controller_and_root_finder_settings():
     assert sj.BracketedNewton(rtol=fractions.Fraction(1, 20)).rtol == 0.05
     with pytest.raises(ValueError, match="`rtol` must be finite"):
         sj.BracketedNewton(rtol=10**400)
+    # An infinite tolerance is refused as not finite (the message said "a
+    # positive number"); a value that is 0 or inf only as a float is shown as given.
+    with pytest.raises(ValueError, match="`rtol` must be finite and > 0, got inf"):
+        sj.PredictiveController(rtol=np.inf, atol=1e-8)
+    with pytest.raises(ValueError, match=r"got Decimal\('1E-400'\)"):
+        sj.PredictiveController(rtol=decimal.Decimal("1e-400"), atol=1e-8)
+    # NumPy ints and bools in the other static fields are Python ones (equinox
+    # warned of an array set as static).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert type(sj.BracketedNewton(max_steps=np.int64(5)).max_steps) is int
+        made = sj.PredictiveController(**good, predictive=np.True_)
+        assert type(made.predictive) is bool
+    # A layer's `dt_max` may be infinite (its default), as the controller's.
+    default = _layer(sj.IzhikevichDynamics())
+    assert (
+        _layer(
+            sj.IzhikevichDynamics(), dt_max=default.stepsize_controller.dtmax
+        ).stepsize_controller
+        == default.stepsize_controller
+    )
     # The controller's bounds that may be infinite are still numbers > 0.
     for name, value, error in (
         ("dtmax", 0.0, ValueError),
@@ -261,23 +283,24 @@ def test_settings_of_every_real_number_type_are_floats(kind):
         as_float = float(number)
         return kind(repr(as_float)) if kind is decimal.Decimal else kind(as_float)
 
+    texts = dict(
+        rtol="1/1000", atol="1/1000", dtmin="1/1000", dtmax="2", dt0="1/8",
+        safety="9/10", factormin="1/5", factormax="5",
+    )  # fmt: skip
+    # What each value holds, as a Python float (from the value given, not from
+    # the controller).
+    expected = {name: float(value(text)) for name, text in texts.items()}
     controller = sj.PredictiveController(
-        rtol=value("1/1000"), atol=value("1/1000"), dtmin=value("1/1000"),
-        dtmax=value("2"), dt0=value("1/8"), safety=value("9/10"),
-        factormin=value("1/5"), factormax=value("5"),
-    )  # fmt: skip
+        **{name: value(text) for name, text in texts.items()}
+    )
+    for name in texts:
+        assert type(getattr(controller, name)) is float, name
+        assert getattr(controller, name) == expected[name], name
     root_finder = sj.BracketedNewton(rtol=value("1/4096"), atol=value("1/1024"))
-    for field in ("rtol", "atol", "dtmin", "dtmax", "dt0", "safety", "factormax"):
-        assert type(getattr(controller, field)) is float, field
     assert type(root_finder.rtol) is float and type(root_finder.atol) is float
-    floats = sj.PredictiveController(
-        rtol=float(controller.rtol), atol=float(controller.atol),
-        dtmin=float(controller.dtmin), dtmax=float(controller.dtmax),
-        dt0=float(controller.dt0), safety=float(controller.safety),
-        factormin=float(controller.factormin), factormax=float(controller.factormax),
-    )  # fmt: skip
+    floats = sj.PredictiveController(**expected)
     float_finder = sj.BracketedNewton(
-        rtol=float(root_finder.rtol), atol=float(root_finder.atol)
+        rtol=float(value("1/4096")), atol=float(value("1/1024"))
     )
     runs = [
         _layer(sj.IzhikevichDynamics(), stepsize_controller=c, root_finder=r).simulate(
@@ -301,11 +324,13 @@ def test_delay_and_dtype_settings():
         ValueError, match=r"`dtype` must be a floating dtype, got 'banana'"
     ):
         _layer(dtype="banana")
-    # A floating dtype JAX has no arrays of (x86-64's long double) ended in JAX's
-    # own error.
+    # A floating dtype JAX has no arrays of (x86-64's long double), or one it has
+    # no arithmetic with others in (float8), ended in JAX's own error.
+    with pytest.raises(ValueError, match="`dtype` float8_e4m3fn is not one the"):
+        _layer(dtype="float8_e4m3fn")
     if np.dtype(np.longdouble).itemsize > 8:
         name = np.dtype(np.longdouble).name
-        with pytest.raises(ValueError, match=f"`dtype` {name} is not one JAX"):
+        with pytest.raises(ValueError, match=f"`dtype` {name} is not one the"):
             _layer(dtype=np.longdouble)
     # Float64 where JAX runs float32: the layer was float32 without a word.
     with jax.enable_x64(False):
@@ -975,5 +1000,9 @@ def test_a_sequence_is_refused_by_its_first_entry_that_is_not_a_number():
             TypeError, match=rf"a list holding {re.escape(repr(entry))}"
         ):
             layer.simulate(x, 1.0, save_times=[0.5, entry])
+    # Also in nested lists of other lengths (NumPy failed on them first).
+    for ragged, entry in (([0.5, [1.0, True]], "True"), ([0.5, "x", [1.0]], "'x'")):
+        with pytest.raises(TypeError, match=f"a list holding {entry}"):
+            layer.simulate(x, 1.0, save_times=ragged)
     with pytest.raises(TypeError, match=r"`interval` .* a list holding False"):
         layer.simulate(x, [False, 2.0, 1.0])

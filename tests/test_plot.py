@@ -194,6 +194,14 @@ def test_a_failed_run_is_plotted_with_a_warning(run, recwarn):
     ):
         with pytest.warns(RuntimeWarning, match="did not succeed.*spike buffer"):
             draw()
+    # A batch is refused before anything is said of its results.
+    batch = jax.vmap(lambda x: layer.simulate(x, 10.0, max_spikes=1, throw=False))(
+        np.ones((2, 4, 1))
+    )
+    recwarn.clear()
+    with pytest.raises(ValueError, match="a batch"):
+        plot.raster(batch, ax=plt.subplots()[1])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
     plt.close("all")
 
 

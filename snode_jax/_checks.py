@@ -204,11 +204,24 @@ def as_static_float(value):
         fvalue = float(value)
     except (OverflowError, ValueError):  # (beyond a float; a signalling NaN)
         return value
-    # (A value that becomes 0 or inf as a float, or NaN, is left as given: the
-    # check refuses it showing what was given.)
-    if not np.isfinite(fvalue) or (fvalue == 0) != (value == 0):
+    # (A value that becomes 0 or inf only as a float is left as given: the check
+    # refuses it showing what was given.)
+    if (fvalue == 0) != (value == 0) or (math.isinf(fvalue) and value != fvalue):
         return value
     return fvalue
+
+
+def as_static_bound(value):
+    """[`as_static_float`][] for an upper bound that may be infinite: a value
+    beyond the range of a float is `inf`."""
+    if not (is_real_scalar(value) and is_concrete(value)):
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # (an int beyond the range of a float)
+        return math.inf if value > 0 else -math.inf
+    except ValueError:  # (a signalling-NaN decimal: refused by the check)
+        return value
 
 
 def as_static_int(value):

@@ -13,6 +13,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._checks import (
     as_static_bool,
+    as_static_bound,
     as_static_float,
     check_positive_float,
     check_real_float,
@@ -85,11 +86,11 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
     rtol: float = eqx.field(static=True, converter=as_static_float)
     atol: float = eqx.field(static=True, converter=as_static_float)
     dtmin: float = eqx.field(static=True, default=0.001, converter=as_static_float)
-    dtmax: float = eqx.field(static=True, default=math.inf, converter=as_static_float)
+    dtmax: float = eqx.field(static=True, default=math.inf, converter=as_static_bound)
     dt0: float = eqx.field(static=True, default=0.1, converter=as_static_float)
     safety: float = eqx.field(static=True, default=0.9, converter=as_static_float)
     factormin: float = eqx.field(static=True, default=0.2, converter=as_static_float)
-    factormax: float = eqx.field(static=True, default=10.0, converter=as_static_float)
+    factormax: float = eqx.field(static=True, default=10.0, converter=as_static_bound)
     predictive: bool = eqx.field(static=True, default=True, converter=as_static_bool)
     norm: Callable = eqx.field(static=True, default=optx.rms_norm)
 

@@ -249,6 +249,10 @@ def test_controller_and_root_finder_settings():
         ).stepsize_controller
         == default.stepsize_controller
     )
+    # An upper bound beyond the range of a float is infinite (a decimal or an int
+    # kept as given failed at run time, mixed with arrays).
+    for huge in (decimal.Decimal("1e400"), 10**400):
+        assert sj.PredictiveController(**good, dtmax=huge).dtmax == np.inf
     # The controller's bounds that may be infinite are still numbers > 0.
     for name, value, error in (
         ("dtmax", 0.0, ValueError),

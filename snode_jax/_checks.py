@@ -26,9 +26,11 @@ def describe(x) -> str:
 def check_real(name: str, x) -> None:
     """`TypeError` unless `x` (an array, a tracer, or a number) has a real dtype:
     JAX and NumPy would otherwise drop the imaginary part with only a warning."""
-    if isinstance(x, (list, tuple)) and not _real_number(x):
-        return  # (not numbers at all: `check_real_number` names the entry)
-    if np.iscomplexobj(x):
+    try:
+        complex_values = np.iscomplexobj(x)
+    except ValueError:  # (nested lists of other lengths: `check_real_number`
+        return  # names their entry that is not a number)
+    if complex_values:
         dtype = getattr(x, "dtype", None)
         shown = describe(x) if is_concrete(x) else f"traced, dtype {dtype}"
         raise TypeError(f"`{name}` must be real, got complex values ({shown}).")

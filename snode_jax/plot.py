@@ -61,7 +61,7 @@ def _neuron_index(neurons, n: int, bounded: bool = True) -> np.ndarray:
 
 def _warn_if_failed(solution: Solution) -> None:
     """A `RuntimeWarning` where `solution` (from `throw=False`) is not a success:
-    what it holds stops where the run failed."""
+    what it holds may be incomplete."""
     values = np.unique(np.asarray(solution.result._value))
     failed = [int(v) for v in values if v != RESULTS.successful._value]
     if failed:
@@ -110,7 +110,7 @@ def raster(
     **Raises:** `ValueError` for a batch, a wrong shape, NaN or negative times, or
     neuron indices out of range; `TypeError` for complex spike times or a `t_end`
     that is not a number. A `RuntimeWarning` for a `Solution` whose `result` is not
-    a success (from `throw=False`): its spikes stop where the run failed.
+    a success (from `throw=False`): what it holds may be incomplete.
     """
     duration = None
     if t_end is not None:

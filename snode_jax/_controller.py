@@ -7,7 +7,6 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float
 
@@ -100,7 +99,7 @@ class PredictiveController(diffrax.AbstractAdaptiveStepSizeController):
             check_positive_float(name, getattr(self, name), unit)
         check_real_float("dtmax", self.dtmax, " (ms)", infinite=True)
         check_real_float("factormax", self.factormax, infinite=True)
-        if not isinstance(self.predictive, (bool, np.bool_)):
+        if not isinstance(self.predictive, bool):
             raise TypeError(f"`predictive` must be a bool, got {self.predictive!r}.")
         if not callable(self.norm):
             raise TypeError(

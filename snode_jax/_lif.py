@@ -10,7 +10,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._checks import describe
 from ._custom_types import NeuronFloat, RealScalarLike
 from ._dynamics import AbstractClosedFormDynamics, IntervalReplay
-from ._math import log
+from ._math import log, log1p
 from ._params import as_param, check_below, check_params
 from ._solver import Exact
 
@@ -344,10 +344,15 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
             t0 = jnp.where(blocked_start, 0.0, y.refractory)
         spiked = count >= 1
         u_th = jnp.where(spiked, v_inf - self.v_threshold, 1.0)
-        u_start = jnp.where(spiked, u0, 2.0)
         u_reset = jnp.where(spiked, v_inf - self.v_reset, 2.0)
-        first = t0 + tau * log(u_start / u_th)
-        period = t_ref + tau * log(u_reset / u_th)
+        # tau log(u / u_th) with u / u_th = 1 + (v_threshold - v) / u_th, the
+        # difference taken directly: where v_inf is far above threshold (a large
+        # tau_mem, or a strong current), the ratio of the two is close to 1, and
+        # its own rounding would be tau * eps in the time.
+        rise_first = jnp.where(spiked, (self.v_threshold - y.v) / u_th, 1.0)
+        rise_reset = jnp.where(spiked, (self.v_threshold - self.v_reset) / u_th, 1.0)
+        first = t0 + tau * log1p(rise_first)
+        period = t_ref + tau * log1p(rise_reset)
         n_before = jnp.maximum(count - 1, 0).astype(first.dtype)
         t_last = first + n_before * period
         free_after = t_last + t_ref

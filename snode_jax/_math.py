@@ -1,4 +1,5 @@
-"""Elementary functions where XLA's own are slow: `log` in float64 on CPU.
+"""Elementary functions where XLA's own are slow: `log` (and `log1p` from it) in
+float64 on CPU.
 
 XLA:CPU vectorises its float32 logarithm but evaluates the float64 one a value at
 a time. The closed-form LIF takes a logarithm per neuron and interval where it is
@@ -82,3 +83,33 @@ def _log_jvp(primals, tangents):
     # the formula 10 times, `simulate`'s 4).
     (x,), (dx,) = primals, tangents
     return jnp.log(x), dx / x
+
+
+def _log1p_float64(x):
+    # Goldberg's formula (1991, "What every computer scientist should know about
+    # floating-point arithmetic", theorem 4): log(w) * x / (w - 1), w = 1 + x,
+    # cancels the rounding of `w` to first order (within a few ulp), exact where
+    # `w` rounds to 1. `w` passes an optimisation barrier: XLA would otherwise
+    # simplify `(1 + x) - 1` to `x`, and the formula to `log(1 + x)`.
+    w = lax.optimization_barrier(1 + x)
+    near = w == 1
+    return jnp.where(near, x, log(w) * (x / jnp.where(near, 1, w - 1)))
+
+
+@jax.custom_jvp
+def log1p(x):
+    """`jnp.log1p`, evaluated in vector operations for float64 on CPU (from
+    [`log`][]; within a few ulp), XLA's own elsewhere. Accurate where `x` is
+    small: for the logarithm of a ratio close to 1, written as one plus a
+    difference computed without cancellation. For `x > -1`. Its derivative is
+    `1 / (1 + x)`."""
+    x = jnp.asarray(x)
+    if x.dtype != jnp.float64 or getattr(x, "weak_type", False):
+        return jnp.log1p(x)
+    return lax.platform_dependent(x, cpu=_log1p_float64, default=jnp.log1p)
+
+
+@log1p.defjvp
+def _log1p_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return log1p(x), dx / (1 + x)

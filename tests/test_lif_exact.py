@@ -283,6 +283,37 @@ def _float32_configs() -> list[LIFConfig]:
 F32_CONFIGS = _float32_configs()
 
 
+@pytest.mark.parametrize(
+    "dtype, tau_mem, rtol",
+    [(jnp.float64, 1e6, 1e-14), (jnp.float64, 20.0, 1e-15), (jnp.float32, 1e3, 1e-6)],
+)
+def test_spike_times_with_the_asymptote_far_above_threshold(dtype, tau_mem, rtol):
+    # With v_inf = I tau / C far above threshold (a slow membrane, or a strong
+    # current), each crossing is tau log of a ratio close to 1: written as the
+    # log of the rounded ratio, its time was off by about tau * eps (1.4e-11 ms
+    # at tau 1e6 ms in float64, 5e-5 ms at 1e3 ms in float32). One interval from
+    # rest, so that every spike's time is exact in closed form: spike m (from 1)
+    # at m * tau log(v_inf / (v_inf - 1)).
+    weights = np.asarray([[0.3], [0.5], [1.5], [8.0]])
+    dyn = sj.ODELIFDynamics(tau_mem=tau_mem)
+    layer = sj.SpikingODELayer(1, 4, dyn, dtype=dtype, key=jax.random.key(0))
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weights, dtype))
+    times = layer.simulate(jnp.ones((1, 1), dtype), 5.0, max_spikes=64).spike_times
+    times = np.asarray(times, np.float64)
+    # The values the layer holds, in float64.
+    w = np.asarray(layer.weight, np.float64)[:, 0]
+    tau = float(np.float64(np.asarray(layer.dynamics.tau_mem)))
+    v_inf = w * tau
+    period = -tau * np.log1p(-1.0 / v_inf)
+    expected = np.arange(1, 65)[None, :] * period[:, None]
+    expected = np.where(expected <= 5.0, expected, np.inf)
+    fired = np.isfinite(expected)
+    assert fired.sum(axis=1).min() >= 1  # every neuron fires
+    assert_padded_times_close(times, expected, rtol * expected[fired].max())
+    worst = np.max(np.abs(times[fired] - expected[fired]) / expected[fired])
+    assert worst <= rtol, worst
+
+
 def test_float32_configs_include_strong_drive():
     totals = [_reference(c, np.float32).counts.sum(axis=0) for c in F32_CONFIGS]
     assert max(t.max() for t in totals) >= 200

@@ -1,4 +1,5 @@
-"""`_math.log`: fdlibm's logarithm in vector operations for float64 on CPU."""
+"""`_math.log`: fdlibm's logarithm in vector operations for float64 on CPU; and
+`_math.log1p` from it."""
 
 import re
 
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from snode_jax._math import log
+from snode_jax._math import log, log1p
 
 _log = jax.jit(log)
 
@@ -112,3 +113,45 @@ def test_cpu_float64_program_has_no_xla_log():
     x32 = jnp.ones((8,), jnp.float32)
     assert not _XLA_LOG.search(_log.lower(x64).compile().as_text())
     assert _XLA_LOG.search(_log.lower(x32).compile().as_text())
+
+
+# -- log1p -----------------------------------------------------------------------
+
+_log1p = jax.jit(log1p)
+
+
+def _ulps_log1p(got, x):
+    ref = np.log1p(x.astype(np.longdouble if _EXTENDED else np.float64))
+    spacing = np.spacing(np.abs(ref.astype(np.float64)))
+    return np.abs(got.astype(ref.dtype) - ref) / spacing
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        lambda rng: np.exp(rng.uniform(-700.0, 0.0, 100_000)),  # tiny to 1
+        lambda rng: rng.uniform(-0.5, 50.0, 100_000),  # the LIF's rises
+        lambda rng: np.exp(rng.uniform(-40.0, 600.0, 100_000)),  # large
+    ],
+    ids=["small", "lif_rises", "large"],
+)
+def test_log1p_within_a_few_ulp(sample):
+    # Compiled (the formula's correction is what XLA would simplify away: then
+    # 1e-6 came out 1e-11 relative off, some 10^5 ulp).
+    x = sample(np.random.default_rng(2))
+    got = np.asarray(_log1p(jnp.asarray(x, jnp.float64)))
+    assert np.max(_ulps_log1p(got, x)) < 4
+
+
+def test_log1p_derivatives_and_other_dtypes():
+    x = jnp.asarray([1e-12, 3e-6, 0.5, 40.0], jnp.float64)
+    grads = jax.jit(jax.vmap(jax.grad(log1p)))(x)
+    np.testing.assert_allclose(np.asarray(grads), 1.0 / (1.0 + np.asarray(x)), 1e-15)
+    exact = jax.jit(lambda x: log1p(x) - x)(jnp.asarray([1e-300, 0.0]))
+    np.testing.assert_array_equal(np.asarray(exact), 0.0)  # 1 + x rounds to 1
+    x32 = jnp.asarray([1e-7, 3e-3, 2.0], jnp.float32)
+    got = _log1p(x32)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.jit(jnp.log1p)(x32)))
+    if jax.default_backend() == "cpu":
+        assert not _XLA_LOG.search(_log1p.lower(x).compile().as_text())

@@ -653,6 +653,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# The demo's seed: a key for JAX and, offset by 42, a NumPy generator's seed.
+_MAX_SEED = 2**31 - 1
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= _MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {_MAX_SEED}, got {value}"
+        )
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = _number(text, "value")
     if value <= 0:
@@ -681,7 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_cmd_demo, subparser=demo)
     demo.add_argument("--out", default="snode_jax_demo.png", help="image (PNG) path")
-    demo.add_argument("--seed", type=int, default=0, help="weights' and inputs' seed")
+    demo.add_argument(
+        "--seed", type=_seed, default=0, help="weights' and inputs' seed (>= 0)"
+    )
     demo.add_argument(
         "--intervals", type=int, default=100, help="number of 1 ms intervals"
     )
@@ -801,11 +819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(
-            f"{PROG} {args.command}: error: out of memory (a grid of that many "
-            "points, or values per axis, does not fit)",
-            file=sys.stderr,
-        )
+        what = {
+            "sweep": "a grid of that many points, or values per axis, does not fit",
+            "demo": "that many --intervals do not fit",
+        }.get(args.command, "the run does not fit")
+        print(f"{PROG} {args.command}: error: out of memory ({what})", file=sys.stderr)
         return 1
     except (ValueError, TypeError, ImportError, OSError, RuntimeError) as e:
         message = _short_message(e)

@@ -167,6 +167,10 @@ def test_sweep_config_toml_to_npz(tmp_path):
         (("bench", "nonexistent"), 2, "invalid choice: 'nonexistent'"),
         (("bench", "--reps", "0"), 2, "--reps must be >= 1"),
         (("demo", "--intervals", "0"), 2, "--intervals must be >= 1"),
+        (("demo", "--seed", "-1"), 2, "--seed: must be an integer from 0 to"),
+        (("demo", "--seed", "99999999999999999999"), 2, "--seed: must be an integer"),
+        (("demo", "--seed", "1.5"), 2, "--seed: '1.5' is not an integer"),
+        (("demo", "--intervals", "100000000000"), 1, "that many --intervals do"),
         ((), 2, "required: COMMAND"),
         # Values the model refuses are bad arguments too, named with their flag.
         (

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import equinox as eqx
 import jax
 import numpy as np
 from jaxtyping import ArrayLike, Float
@@ -108,8 +109,8 @@ def raster(
     **Returns:** the `Axes`.
 
     **Raises:** `ValueError` for a batch, a wrong shape, NaN or negative times, or
-    neuron indices out of range; `TypeError` for complex spike times or a `t_end`
-    that is not a number. A `RuntimeWarning` for a `Solution` whose `result` is not
+    neuron indices out of range; `TypeError` for other results (a readout's), complex
+    spike times or a `t_end` that is not a number. A `RuntimeWarning` for a `Solution` whose `result` is not
     a success (from `throw=False`): what it holds may be incomplete.
     """
     duration = None
@@ -119,6 +120,9 @@ def raster(
             raise ValueError(
                 f"`t_end` must be one number (ms), got shape {np.shape(t_end)}."
             )
+        # (Before anything is drawn.)
+        if not (np.isfinite(t_end) and t_end > 0):
+            raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
     failed_solution = None
     if isinstance(spikes, Solution):
         failed_solution = spikes
@@ -143,6 +147,11 @@ def raster(
         n = int(rows.max()) + 1 if len(rows) else 0
         bounded = False  # a train does not say how many sources there are
     else:
+        if isinstance(spikes, eqx.Module):  # (a readout's or a network's results)
+            raise TypeError(
+                "`spikes` must be a Solution, a SpikeTrain or an array (n_neurons, "
+                f"max_spikes) of spike times, got a {type(spikes).__name__}."
+            )
         check_real("spikes", spikes)
         grid = np.asarray(spikes, float)
         if grid.ndim != 2:
@@ -170,8 +179,6 @@ def raster(
         t_end = float(np.max(np.asarray(duration))) if duration is not None else None
     if t_end is None:
         t_end = float(times.max()) if len(times) else 1.0
-    elif not (np.isfinite(t_end) and t_end > 0):
-        raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
     ax.set_xlim(0.0, float(t_end))
     low, high = (shown.min(), shown.max()) if len(shown) else (0, 0)
     ax.set_ylim(low - 0.5, high + 0.5)

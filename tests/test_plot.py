@@ -81,9 +81,16 @@ def test_raster_errors(run):
         plot.raster(np.ones((2, 3, 1)))
     with pytest.raises(ValueError, match=r"sources must be >= 0, got \[-1\]"):
         plot.raster(sj.SpikeTrain(np.array([1.0, 2.0]), np.array([-1, 0])))
-    for bad in (-1.0, np.nan):
+    for bad in (-1.0, np.nan, 0.0):
+        fig, ax = plt.subplots()
         with pytest.raises(ValueError, match="`t_end` must be finite and > 0"):
-            plot.raster(sol, t_end=bad)
+            plot.raster(sol, t_end=bad, ax=ax)
+        assert not ax.collections  # refused before anything is drawn
+    readout = sj.LeakyReadout(2, 3, key=jax.random.key(0))
+    train = sj.SpikeTrain(np.array([1.0, 2.0]), np.array([0, 1]))
+    outputs = readout.simulate(train, t_end=5.0)
+    with pytest.raises(TypeError, match="`spikes` must be a .* ReadoutSolution"):
+        plot.raster(outputs)
     plt.close("all")
 
 

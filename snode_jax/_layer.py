@@ -400,8 +400,9 @@ class SpikingODELayer(eqx.Module):
         **Returns:**
 
         A [`Solution`][]: `counts`, `spike_times` (ms from the start, ascending,
-        `+inf` padded), `final_state`, `interval_states`, `stats`, `result`;
-        `sol.spike_train()` is the input of a next layer.
+        `+inf` padded), `final_state`, `interval_states` (None on the event-driven
+        engine below: pass the interval ends as `save_times` for those states),
+        `stats`, `result`; `sol.spike_train()` is the input of a next layer.
 
         Spike-train inputs and recurrent layers run on the event-driven engine:
         events in exact global time order; all jumps due at one instant (input

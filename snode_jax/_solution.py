@@ -118,7 +118,9 @@ class Solution(eqx.Module):
         in which case `result` says so).
     - `final_state`: the neuron state at the end of the last interval.
     - `interval_states`: the neuron state at the end of every interval (leading axis
-        is time).
+        is time); None from the event-driven engine (spike-train inputs, and
+        recurrent layers, on dense inputs too: `save_times` at the interval ends
+        gives those states), or with `keep_interval_states=False`.
     - `stats`: per-neuron integer counters: `num_steps` (accepted solver steps),
         `num_rejected_steps`, `num_crossings` (located threshold crossings),
         `num_dt_min_steps` (steps accepted only because they hit `dt_min`), and the

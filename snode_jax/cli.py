@@ -333,7 +333,8 @@ def _sweep_settings(args) -> dict[str, Any]:
     both = set(grid) & set(fixed)
     if both:
         raise _ArgumentError(
-            f"{sorted(both)} given both as swept (--param) and fixed (--set)"
+            f"{sorted(both)} given both as swept (--param, or --config's [grid]) "
+            "and fixed (--set, or --config's [fixed])"
         )
     _check_model_values(cls, settings["model"], grid, fixed, settings["dtype"])
     out = str(settings["out"])

@@ -150,6 +150,11 @@ def test_sweep_config_toml_to_npz(tmp_path):
         (("sweep", "--param", "drive=1", "--set", "t_ref=1,2"), 2, "one value"),
         (("sweep", "--param", "drive=1", "--set", "drive=2"), 2, "both as swept"),
         (
+            ("sweep", "--config", "both.toml"),
+            2,
+            r"\['drive'\] given both as swept \(--param, or --config's \[grid\]\)",
+        ),
+        (
             ("sweep", "--param", "drive=1", "--param", "a=1", "--param", "b=1")
             + ("--model", "izhikevich", "--param", "c=1", "--plot", "p.png"),
             2,
@@ -199,6 +204,8 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
     monkeypatch.chdir(tmp_path)
     # A grid whose list holds something other than a number.
     (tmp_path / "bad.toml").write_text('model = "lif"\n[grid]\ntau_mem = [5, "x"]\n')
+    # A parameter in both tables of a config file.
+    (tmp_path / "both.toml").write_text("[grid]\ndrive = [1, 2]\n[fixed]\ndrive = 3\n")
     try:
         status = main(list(args))
     except SystemExit as e:  # argparse's own errors

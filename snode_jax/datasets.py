@@ -250,6 +250,7 @@ def yin_yang_spikes(
         hint = "its spikes would become +inf, the padding"
         narrowed(f"`{name}` (ms)", np.asarray(value), working, hint)
     check_real("features", features)
+    given = features
     features = jnp.asarray(features, dtype)
     if features.ndim < 1 or features.shape[-1] != 4:
         raise ValueError(
@@ -257,7 +258,8 @@ def yin_yang_spikes(
             f"{features.shape}."
         )
     if is_concrete(features):
-        f = np.asarray(features)
+        # (The values given, not those rounded to `dtype`, are shown.)
+        f = np.asarray(given)
         bad = ~((f >= 0) & (f <= 1))  # NaN is bad too
         if np.any(bad):
             raise ValueError(

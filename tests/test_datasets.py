@@ -310,6 +310,12 @@ def test_yin_yang_spikes_defaults_and_shapes():
     "features, kwargs, message",
     [
         ([[0.5, 1.5, 0.5, 0.5]], {}, r"`features` must lie in \[0, 1\], got \[1.5\]"),
+        # (The value given, not its float32 rounding 1.100000023841858.)
+        (
+            [[0.5, 1.1, 0.5, 0.5]],
+            dict(dtype=jnp.float32),
+            r"`features` must lie in \[0, 1\], got \[1.1\] ",
+        ),
         ([[-0.1, 0.5, 0.5, 0.5]], {}, r"`features` must lie in \[0, 1\]"),
         ([[np.nan, 0.5, 0.5, 0.5]], {}, r"`features` must lie in \[0, 1\]"),
         ([[0.5, 0.5, 0.5]], {}, r"`features` must have shape \(..., 4\)"),

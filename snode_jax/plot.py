@@ -109,9 +109,10 @@ def raster(
     **Returns:** the `Axes`.
 
     **Raises:** `ValueError` for a batch, a wrong shape, NaN or negative times, or
-    neuron indices out of range; `TypeError` for other results (a readout's), complex
-    spike times or a `t_end` that is not a number. A `RuntimeWarning` for a `Solution` whose `result` is not
-    a success (from `throw=False`): what it holds may be incomplete.
+    neuron indices out of range; `TypeError` for other results (a readout's),
+    complex spike times or a `t_end` that is not a number. A `RuntimeWarning` for a
+    `Solution` whose `result` is not a success (from `throw=False`): what it holds
+    may be incomplete.
     """
     duration = None
     if t_end is not None:

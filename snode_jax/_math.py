@@ -64,15 +64,21 @@ def _log_float64(x):
     return jnp.where((x < 0) | jnp.isnan(x), jnp.nan, out)
 
 
+def _vectorised(x, formula, xla_own):
+    """`formula(x)` for a float64 `x` on CPU; `xla_own(x)` on other backends, for
+    other dtypes and for weakly typed Python numbers (which stay weak)."""
+    x = jnp.asarray(x)
+    if x.dtype != jnp.float64 or getattr(x, "weak_type", False):
+        return xla_own(x)
+    return lax.platform_dependent(x, cpu=formula, default=xla_own)
+
+
 @jax.custom_jvp
 def log(x):
     """`jnp.log`, evaluated in vector operations for float64 on CPU (within one
     ulp; XLA's own elsewhere, for other dtypes and for weakly typed Python
     numbers). Its derivative is `1 / x`."""
-    x = jnp.asarray(x)
-    if x.dtype != jnp.float64 or getattr(x, "weak_type", False):
-        return jnp.log(x)
-    return lax.platform_dependent(x, cpu=_log_float64, default=jnp.log)
+    return _vectorised(x, _log_float64, jnp.log)
 
 
 @log.defjvp
@@ -103,10 +109,7 @@ def log1p(x):
     small: for the logarithm of a ratio close to 1, written as one plus a
     difference computed without cancellation. For `x > -1`. Its derivative is
     `1 / (1 + x)`."""
-    x = jnp.asarray(x)
-    if x.dtype != jnp.float64 or getattr(x, "weak_type", False):
-        return jnp.log1p(x)
-    return lax.platform_dependent(x, cpu=_log1p_float64, default=jnp.log1p)
+    return _vectorised(x, _log1p_float64, jnp.log1p)
 
 
 @log1p.defjvp

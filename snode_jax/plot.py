@@ -121,6 +121,7 @@ def raster(
             raise ValueError(
                 f"`t_end` must be one number (ms), got shape {np.shape(t_end)}."
             )
+        t_end = float(t_end)  # (a fraction or a decimal too)
         # (Before anything is drawn.)
         if not (np.isfinite(t_end) and t_end > 0):
             raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")

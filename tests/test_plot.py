@@ -1,6 +1,8 @@
 """`snode_jax.plot`: figures rendered to PNG headless, and the data they show."""
 
 import sys
+from decimal import Decimal
+from fractions import Fraction
 
 import equinox as eqx
 import jax
@@ -86,6 +88,10 @@ def test_raster_errors(run):
         with pytest.raises(ValueError, match="`t_end` must be finite and > 0"):
             plot.raster(sol, t_end=bad, ax=ax)
         assert not ax.collections  # refused before anything is drawn
+    # A fraction or a decimal is a number of ms too (NumPy's isfinite refused it).
+    for t_end in (Fraction(5, 2), Decimal("2.5")):
+        ax = plot.raster(sol, t_end=t_end, ax=plt.subplots()[1])
+        assert ax.get_xlim() == (0.0, 2.5)
     readout = sj.LeakyReadout(2, 3, key=jax.random.key(0))
     train = sj.SpikeTrain(np.array([1.0, 2.0]), np.array([0, 1]))
     outputs = readout.simulate(train, t_end=5.0)

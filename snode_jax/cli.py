@@ -200,6 +200,7 @@ _CONFIG_KEYS = {
     "model",
     "duration",
     "max_spikes",
+    "max_steps",
     "chunk_size",
     "dtype",
     "out",
@@ -266,6 +267,7 @@ def _sweep_settings(args) -> dict[str, Any]:
         "model": "lif",
         "duration": 200.0,
         "max_spikes": 256,
+        "max_steps": 4096,
         "chunk_size": None,
         "dtype": "float64",
         "out": "sweep.csv",
@@ -303,7 +305,7 @@ def _sweep_settings(args) -> dict[str, Any]:
         raise _ArgumentError(f"--duration must be a number (ms), got {duration!r}")
     if not (math.isfinite(duration) and duration > 0):
         raise _ArgumentError(f"--duration must be > 0 (ms), got {duration!r}")
-    for key in ("max_spikes", "chunk_size"):
+    for key in ("max_spikes", "max_steps", "chunk_size"):
         value = settings[key]
         if value is None and key == "chunk_size":
             continue
@@ -408,7 +410,14 @@ def run_sweep(settings: dict[str, Any], progress: bool) -> dict[str, np.ndarray]
             params[name] = float(points[name][0])
     dynamics = settings["cls"](**params)
     dtype = jnp.float64 if settings["dtype"] == "float64" else jnp.float32
-    layer = sj.SpikingODELayer(1, 1, dynamics, dtype=dtype, key=jax.random.key(0))
+    layer = sj.SpikingODELayer(
+        1,
+        1,
+        dynamics,
+        dtype=dtype,
+        max_steps=settings["max_steps"],
+        key=jax.random.key(0),
+    )
     # The drive is the weight of one input held at 1.
     layer = eqx.tree_at(lambda m: m.weight, layer, jnp.full((1, 1), drive, dtype))
     paths = {n: ("weight" if n == "drive" else f"dynamics.{n}") for n in names}
@@ -716,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="VALUES: START:STOP:NUM (NUM evenly spaced values, ends included), "
         "V1,V2,..., or V. Parameters: drive (the constant current, default 1), and the model's own (lif: tau_mem, "
         "v_rest, v_threshold, v_reset, C_mem, t_ref). A TOML --config holds the "
-        "same settings: model, duration, max_spikes, chunk_size, dtype, out, plot, "
+        "same settings: model, duration, max_spikes, max_steps, chunk_size, dtype, "
+        "out, plot, "
         "a [grid] table (NAME = [values] | 'START:STOP:NUM' | {start, stop, num}) "
         "and a [fixed] table (NAME = value); flags override it.",
     )
@@ -747,6 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="spike times stored per point (default 256); a run past it fails",
+    )
+    sw.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=None,
+        help="solver steps per point per run (default 4096); a run past it fails",
     )
     sw.add_argument(
         "--chunk-size",
@@ -830,5 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _short_message(e)
         if args.command == "sweep" and "`max_spikes`" in message:
             message += " (--max-spikes)"
+        if args.command == "sweep" and "`max_steps`" in message:
+            message += " (--max-steps)"
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 1

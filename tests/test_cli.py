@@ -146,6 +146,19 @@ def test_sweep_config_toml_to_npz(tmp_path):
             2,
             "--max-spikes must be at most 2147483647",
         ),
+        (
+            ("sweep", "--param", "drive=1", "--max-steps", "9999999999"),
+            2,
+            "--max-steps must be at most 2147483647",
+        ),
+        (("sweep", "--param", "drive=1", "--max-steps", "0"), 2, "must be >= 1"),
+        # A budget of 3 steps (2 spikes) per run: drive 1 fires 14 times in 200 ms.
+        (
+            ("sweep", "--param", "drive=1", "--max-steps", "3", "--no-progress"),
+            1,
+            r"Increase `max_steps`.* \(--max-steps\)",
+        ),
+        (("sweep", "--config", "steps.toml", "--no-progress"), 1, r"\(--max-steps\)"),
         (("sweep", "--param", "drive=1", "--model", "hh"), 2, "invalid choice: 'hh'"),
         (("sweep", "--param", "drive=1", "--set", "t_ref=1,2"), 2, "one value"),
         (("sweep", "--param", "drive=1", "--set", "drive=2"), 2, "both as swept"),
@@ -204,6 +217,8 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
     monkeypatch.chdir(tmp_path)
     # A grid whose list holds something other than a number.
     (tmp_path / "bad.toml").write_text('model = "lif"\n[grid]\ntau_mem = [5, "x"]\n')
+    # A step budget in a config file.
+    (tmp_path / "steps.toml").write_text("max_steps = 3\n[grid]\ndrive = [1.0]\n")
     # A parameter in both tables of a config file.
     (tmp_path / "both.toml").write_text("[grid]\ndrive = [1, 2]\n[fixed]\ndrive = 3\n")
     try:

@@ -267,7 +267,7 @@ def _sweep_settings(args) -> dict[str, Any]:
         "model": "lif",
         "duration": 200.0,
         "max_spikes": 256,
-        "max_steps": 4096,
+        "max_steps": None,  # the layer's
         "chunk_size": None,
         "dtype": "float64",
         "out": "sweep.csv",
@@ -307,7 +307,7 @@ def _sweep_settings(args) -> dict[str, Any]:
         raise _ArgumentError(f"--duration must be > 0 (ms), got {duration!r}")
     for key in ("max_spikes", "max_steps", "chunk_size"):
         value = settings[key]
-        if value is None and key == "chunk_size":
+        if value is None and key != "max_spikes":
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -410,13 +410,11 @@ def run_sweep(settings: dict[str, Any], progress: bool) -> dict[str, np.ndarray]
             params[name] = float(points[name][0])
     dynamics = settings["cls"](**params)
     dtype = jnp.float64 if settings["dtype"] == "float64" else jnp.float32
+    budget = (
+        {} if settings["max_steps"] is None else {"max_steps": settings["max_steps"]}
+    )
     layer = sj.SpikingODELayer(
-        1,
-        1,
-        dynamics,
-        dtype=dtype,
-        max_steps=settings["max_steps"],
-        key=jax.random.key(0),
+        1, 1, dynamics, dtype=dtype, key=jax.random.key(0), **budget
     )
     # The drive is the weight of one input held at 1.
     layer = eqx.tree_at(lambda m: m.weight, layer, jnp.full((1, 1), drive, dtype))
@@ -653,11 +651,15 @@ def _builtin_bench(quick: bool, reps: int, dtype: str, progress: bool) -> int:
 # -- entry point ---------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -668,10 +670,7 @@ _MAX_SEED = 2**31 - 1
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if not 0 <= value <= _MAX_SEED:
         raise argparse.ArgumentTypeError(
             f"must be an integer from 0 to {_MAX_SEED}, got {value}"
@@ -762,7 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps",
         type=_positive_int,
         default=None,
-        help="solver steps per point per run (default 4096); a run past it fails",
+        help="solver steps per point per run (default: the layer's, 4096); a run "
+        "past it fails",
     )
     sw.add_argument(
         "--chunk-size",

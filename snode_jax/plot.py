@@ -5,6 +5,7 @@ called. Every function draws on `ax` (default: the current axes, `plt.gca()`),
 returns it, and never calls `plt.show()`.
 """
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -121,10 +122,14 @@ def raster(
             raise ValueError(
                 f"`t_end` must be one number (ms), got shape {np.shape(t_end)}."
             )
-        t_end = float(t_end)  # (a fraction or a decimal too)
+        given = t_end
+        try:
+            t_end = float(t_end)  # (a fraction or a decimal too)
+        except OverflowError:  # (an int beyond a float: refused below)
+            t_end = math.inf
         # (Before anything is drawn.)
         if not (np.isfinite(t_end) and t_end > 0):
-            raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
+            raise ValueError(f"`t_end` must be finite and > 0 (ms), got {given!r}.")
     failed_solution = None
     if isinstance(spikes, Solution):
         failed_solution = spikes

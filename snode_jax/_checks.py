@@ -149,6 +149,11 @@ def as_jax_array(name: str, x) -> jax.Array:
                 f"`{name}` must be ints or floats of at most 64 bits, got "
                 f"{describe(host)}."
             )
+        if host.dtype.kind not in "biuf":  # (strings, bytes, dates: JAX fails)
+            raise TypeError(
+                f"`{name}` must be numbers (ints or floats), got dtype {host.dtype} "
+                f"({describe(host)})."
+            )
         # (Under a trace `jnp.asarray` stages the value: converted here instead.)
         narrowed(f"`{name}`", host, jax.dtypes.canonicalize_dtype(host.dtype))
     return jnp.asarray(x)
@@ -276,10 +281,32 @@ def check_positive_float(name: str, value, unit: str = "") -> float:
     return check_real_float(name, value, unit)
 
 
-def check_interval(interval, num_intervals: int | None = None):
+def check_weight_array(name: str, array, shape, sizes: str, dtype=None) -> None:
+    """`TypeError` unless `array` (a module's weight, which `eqx.tree_at` may have
+    swapped in unchecked) is a real floating array (of `dtype` where given),
+    `ValueError` unless it has `shape`, whose axes `sizes` names."""
+    found = getattr(array, "dtype", None)
+    if found is None or not jnp.issubdtype(found, jnp.floating):
+        raise TypeError(
+            f"`{name}` must be a real floating array, got "
+            f"{type(array).__name__ if found is None else found}."
+        )
+    canonical = jax.dtypes.canonicalize_dtype
+    if dtype is not None and canonical(found) != canonical(dtype):
+        raise TypeError(
+            f"`{name}` must have the dtype of `weight` ({dtype}), got {found}."
+        )
+    if jnp.shape(array) != shape:
+        raise ValueError(
+            f"`{name}` must have shape ({sizes}) = {shape}, got {jnp.shape(array)}."
+        )
+
+
+def check_interval(interval, num_intervals: int | None = None, dtype=None):
     """Validate `interval`: a scalar (ms), or with `num_intervals` given also one
-    length per interval. Its values are checked when concrete; traced values are
-    checked at run time by the caller."""
+    length per interval. Its values are checked when concrete (with `dtype`, the
+    run's, the run's end time must be finite in it); traced values are checked at
+    run time by the caller."""
     check_real_number("interval", interval)
     shapes = [()] if num_intervals is None else [(), (num_intervals,)]
     shape = np.shape(interval)
@@ -299,3 +326,13 @@ def check_interval(interval, num_intervals: int | None = None):
             raise ValueError(
                 f"`interval` must be finite and > 0 (ms), got {describe(arr)}."
             )
+        if dtype is not None:
+            largest = float(jnp.finfo(dtype).max)
+            count = 1 if num_intervals is None or arr.ndim else num_intervals
+            end = float(np.sum(arr.astype(np.float64))) * count
+            if end > largest:
+                raise ValueError(
+                    f"`interval` must keep the run's end time finite in its dtype "
+                    f"{jnp.dtype(dtype).name} (at most {largest!r} ms), got "
+                    f"{describe(arr)}, ending at {end!r} ms."
+                )

@@ -326,7 +326,9 @@ def integrate_events(
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
     check_run_shapes(weight, state, inputs, recurrent_weight)
     if spikes is not None:
-        check_spike_train(spikes, jnp.shape(weight)[1], t_end, "spikes")
+        check_spike_train(
+            spikes, jnp.shape(weight)[1], t_end, "spikes", jnp.result_type(weight)
+        )
     if inputs is not None and jnp.shape(inputs)[0] == 0:
         raise ValueError(
             "Dense `inputs` need at least one interval, got shape (0, ...)."

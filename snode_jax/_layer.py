@@ -15,6 +15,7 @@ from ._checks import (
     check_interval,
     check_positive_int,
     check_real,
+    check_weight_array,
 )
 from ._controller import PredictiveController, controller_from_settings
 from ._custom_types import Counts, State
@@ -227,33 +228,20 @@ class SpikingODELayer(eqx.Module):
         is not checked by `__init__`): `weight` real floating `(n_neurons,
         n_inputs)`, `recurrent_weight` `(n_neurons, n_neurons)` in its dtype, and
         the model's per-neuron parameters one per neuron."""
-        shapes = [("weight", (self.n_neurons, self.n_inputs))]
+        check_weight_array(
+            "weight",
+            self.weight,
+            (self.n_neurons, self.n_inputs),
+            "n_neurons, n_inputs",
+        )
         if self.recurrent_weight is not None:
-            shapes.append(("recurrent_weight", (self.n_neurons, self.n_neurons)))
-        for name, shape in shapes:
-            array = getattr(self, name)
-            dtype = getattr(array, "dtype", None)
-            if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-                raise TypeError(
-                    f"`{name}` must be a real floating array, got "
-                    f"{type(array).__name__ if dtype is None else dtype}."
-                )
-            canonical = jax.dtypes.canonicalize_dtype
-            if name != "weight" and canonical(dtype) != canonical(self.weight.dtype):
-                raise TypeError(
-                    f"`{name}` must have the dtype of `weight` ({self.weight.dtype}), "
-                    f"got {dtype}."
-                )
-            if jnp.shape(array) != shape:
-                size = (
-                    "n_neurons, n_inputs"
-                    if name == "weight"
-                    else "n_neurons, n_neurons"
-                )
-                raise ValueError(
-                    f"`{name}` must have shape ({size}) = {shape}, got "
-                    f"{jnp.shape(array)}."
-                )
+            check_weight_array(
+                "recurrent_weight",
+                self.recurrent_weight,
+                (self.n_neurons, self.n_neurons),
+                "n_neurons, n_neurons",
+                self.weight.dtype,
+            )
         self.dynamics.check_n_neurons(self.n_neurons)
 
     def _check_inputs(self, inputs) -> Array:
@@ -292,7 +280,7 @@ class SpikingODELayer(eqx.Module):
     ) -> Solution:
         self._check_arrays()
         inputs = self._check_inputs(inputs)
-        check_interval(interval, inputs.shape[0])
+        check_interval(interval, inputs.shape[0], self.dtype)
         state = self.init_state() if state is None else self._check_state(state)
         if save_times is not None:
             duration = jnp.sum(
@@ -490,7 +478,7 @@ class SpikingODELayer(eqx.Module):
                 )
             if t_end is None:
                 raise ValueError("A SpikeTrain input needs `t_end` (ms, > 0).")
-            check_spike_train(inputs, self.n_inputs, t_end)
+            check_spike_train(inputs, self.n_inputs, t_end, dtype=self.dtype)
             # An array, not a static argument: another `t_end` reuses the compiled
             # run.
             t_end_array = jnp.asarray(t_end, self.dtype)
@@ -534,7 +522,7 @@ class SpikingODELayer(eqx.Module):
         if interval is None:
             raise ValueError("Dense `inputs` need `interval` (ms).")
         inputs = self._check_inputs(inputs)
-        check_interval(interval, inputs.shape[0])
+        check_interval(interval, inputs.shape[0], self.dtype)
         if save_times is not None:
             if self.delay <= 0:
                 raise ValueError(_ZERO_DELAY_SAVE)

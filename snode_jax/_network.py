@@ -10,7 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import MAX_BUDGET, SIZE_REASON, check_float_dtype, check_positive_int
+from ._checks import (
+    MAX_BUDGET,
+    SIZE_REASON,
+    check_float_dtype,
+    check_positive_int,
+    check_weight_array,
+)
 from ._cuba import CubaLIFDynamics
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
@@ -129,7 +135,15 @@ class LeakyReadout(eqx.Module):
         """
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(f"`inputs` must be a SpikeTrain, got {type(inputs)}.")
-        check_spike_train(inputs, self.n_inputs, t_end)
+        # (A weight swapped in with `eqx.tree_at` is not checked by `__init__`.)
+        check_weight_array(
+            "weight",
+            self.weight,
+            (self.n_outputs, self.n_inputs),
+            "n_outputs, n_inputs",
+        )
+        self.dynamics.check_n_neurons(self.n_outputs)
+        check_spike_train(inputs, self.n_inputs, t_end, dtype=self.weight.dtype)
         # `t_end` as an array: another value reuses the compiled readout.
         t_end = jnp.asarray(t_end, self.weight.dtype)
         return _readout(

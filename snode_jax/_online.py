@@ -197,7 +197,7 @@ class OnlineLayer:
         # (NaN never compares equal, so it is always checked).
         if type(interval) is float and interval == self._last_interval:
             return self._last_interval_array  # pyright: ignore[reportReturnType]
-        check_interval(interval)
+        check_interval(interval, dtype=self._dtype)
         if isinstance(interval, jax.Array):
             array = interval.astype(self._dtype)  # (no-op if it has the dtype)
         else:  # cast on the host: no eager XLA operation

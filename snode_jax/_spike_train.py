@@ -48,7 +48,13 @@ class SpikeTrain(eqx.Module):
                 f"`sources` must be integers (input indices), got dtype {sources.dtype}."
             )
         sources = widened_sources(sources)
-        if times.shape != sources.shape or times.ndim < 1:
+        if times.ndim < 1 or sources.ndim < 1:
+            raise ValueError(
+                "`times` and `sources` must be arrays of shape (..., num_events), "
+                f"got shapes {times.shape} and {sources.shape} (one spike is "
+                "`SpikeTrain([t], [source])`)."
+            )
+        if times.shape != sources.shape:
             raise ValueError(
                 "`times` and `sources` must have the same shape (..., num_events), got "
                 f"{times.shape} and {sources.shape}."
@@ -96,10 +102,11 @@ def check_event_dynamics(dynamics, what: str) -> AbstractExactFlowDynamics:
 
 
 def check_spike_train(
-    spikes: SpikeTrain, n_inputs: int, t_end, name: str = "inputs"
+    spikes: SpikeTrain, n_inputs: int, t_end, name: str = "inputs", dtype=None
 ) -> None:
     """Python errors for what can be seen now: shapes, and concrete values (the
-    train is the argument `name`)."""
+    train is the argument `name`; `t_end` must be finite in `dtype`, the run's,
+    where given)."""
     if not isinstance(spikes, SpikeTrain):
         raise TypeError(f"`{name}` must be a SpikeTrain, got {type(spikes).__name__}.")
     if spikes.times.ndim != 1:
@@ -117,6 +124,11 @@ def check_spike_train(
         value = float(t_end)
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
+        if dtype is not None and value > float(jnp.finfo(dtype).max):
+            raise ValueError(
+                f"`t_end` must be finite in the run's dtype {jnp.dtype(dtype).name} "
+                f"(at most {float(jnp.finfo(dtype).max)!r} ms), got {t_end!r}."
+            )
     if is_concrete((spikes, t_end)):
         times = np.asarray(spikes.times)
         sources = np.asarray(widened_sources(spikes.sources))

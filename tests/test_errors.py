@@ -431,6 +431,35 @@ def test_arrays_swapped_into_a_layer_are_checked():
         bad.simulate(train, t_end=5.0)
 
 
+def test_arrays_swapped_into_a_readout_are_checked():
+    # A readout's weight is checked when it runs, as a layer's: a wider one ran on
+    # its first columns, a narrower one blamed the spike train.
+    readout = sj.LeakyReadout(N_IN, 2, key=jax.random.key(0))
+    train = sj.SpikeTrain(jnp.array([1.0, 2.0]), jnp.array([0, N_IN - 1]))
+    swap = lambda where, value: eqx.tree_at(where, readout, value)
+    shape = r"`weight` must have shape \(n_outputs, n_inputs\) = \(2, 3\), got "
+    cases = [
+        (jnp.ones((2, N_IN + 2)), ValueError, shape + r"\(2, 5\)"),
+        (jnp.ones((2, N_IN - 1)), ValueError, shape + r"\(2, 2\)"),
+        (jnp.ones((N_IN, 2)), ValueError, shape + r"\(3, 2\)"),
+        (
+            jnp.ones((2, N_IN), jnp.int32),
+            TypeError,
+            "`weight` must be a real floating array, got int32",
+        ),
+    ]
+    for weight, error, match in cases:
+        with pytest.raises(error, match=match):
+            swap(lambda m: m.weight, weight).simulate(train, t_end=5.0)
+    tau = jnp.array([10.0, 20.0, 30.0])
+    with pytest.raises(
+        ValueError, match=r"`tau_mem` must be a scalar or have shape \(2,\)"
+    ):
+        swap(lambda m: m.dynamics.tau_mem, tau).simulate(train, t_end=5.0)
+    ok = swap(lambda m: m.weight, jnp.ones((2, N_IN))).simulate(train, t_end=5.0)
+    assert ok.max_voltage.shape == (2,)
+
+
 # -- call arguments ----------------------------------------------------------------
 
 
@@ -575,6 +604,52 @@ def test_complex_values_are_refused(layer):
     # Traced: refused alike (the message gives the dtype).
     with pytest.raises(TypeError, match=r"`inputs` must be real, .*traced, dtype"):
         jax.jit(lambda x: layer.forward(x, 1.0))(jnp.ones((T, N_IN), jnp.complex64))
+
+
+def test_times_beyond_the_run_dtype_are_refused():
+    # Finite as Python floats, infinite in float32: the run failed with a message
+    # that `t_end` (or `interval`) must be finite.
+    layer = _layer(dtype=jnp.float32)
+    train = sj.SpikeTrain(np.array([1.0]), np.array([0]))
+    finite = r"finite in the run's dtype float32 \(at most 3.40282\d*e\+38 ms\)"
+    with pytest.raises(ValueError, match=rf"`t_end` must be {finite}, got 1e\+39"):
+        layer.simulate(train, t_end=1e39)
+    readout = sj.LeakyReadout(N_IN, 2, dtype=jnp.float32, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=rf"`t_end` must be {finite}, got 1e\+39"):
+        readout.simulate(train, t_end=1e39)
+    x = np.ones((T, N_IN)) * 0.1
+    end = r"end time finite in its dtype float32 \(at most 3.40282\d*e\+38 ms\)"
+    for call in (layer.simulate, layer.forward):
+        with pytest.raises(ValueError, match=rf"`interval` must keep the run's {end}"):
+            call(x, 1e39)
+        # Each interval fits, the run's end does not.
+        with pytest.raises(ValueError, match=r"got 2e\+38, ending at 6e\+38 ms"):
+            call(x, 2e38)
+        lengths = np.full(T, 1.0)
+        lengths[-1] = 3.3e38
+        lengths[0] = 2e37
+        with pytest.raises(ValueError, match=r"`interval` must keep the run's end"):
+            call(x, lengths)
+    with pytest.raises(ValueError, match=r"`interval` must keep the run's end"):
+        sj.OnlineLayer(layer).step(x[0], interval=1e39)
+    # Up to the largest float32, a readout (no pieces to count) runs.
+    sol = readout.simulate(train, t_end=3e38)
+    assert np.isfinite(np.asarray(sol.max_voltage)).all()
+
+
+def test_spike_trains_of_strings_or_scalars_are_refused():
+    with pytest.raises(TypeError, match=r"`times` must be numbers .*got dtype <U3"):
+        sj.SpikeTrain(["1.0"], [0])
+    with pytest.raises(TypeError, match=r"`sources` must be numbers .*got dtype <U1"):
+        sj.SpikeTrain([1.0], ["a"])
+    with pytest.raises(
+        ValueError, match=r"got shapes \(\) and \(\) \(one spike is `SpikeTrain\(\[t\]"
+    ):
+        sj.SpikeTrain(1.0, 0)
+    with pytest.raises(
+        ValueError, match=r"must have the same shape .* \(1,\) and \(2,\)"
+    ):
+        sj.SpikeTrain([1.0], [0, 1])
 
 
 def test_values_that_32_bits_would_change_are_refused():

@@ -22,7 +22,7 @@ from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
 from ._integrate import sorted_events
 from ._layer import SpikingODELayer
-from ._misc import any_nonfinite, vary_like
+from ._misc import any_nonfinite, is_concrete, vary_like
 from ._solution import RESULTS, Solution, raise_unless_successful, update_result
 from ._spike_train import SpikeTrain, check_spike_train
 
@@ -302,8 +302,11 @@ class SpikingODENetwork(eqx.Module):
         is_int = isinstance(max_spikes, (int, np.integer)) and not isinstance(
             max_spikes, bool
         )
-        if isinstance(max_spikes, np.ndarray) and max_spikes.ndim == 0:
-            is_int = np.issubdtype(max_spikes.dtype, np.integer)
+        if isinstance(max_spikes, (np.ndarray, jax.Array)) and max_spikes.ndim == 0:
+            # (A concrete 0-d integer array, as a layer takes it.)
+            is_int = jnp.issubdtype(max_spikes.dtype, jnp.integer) and is_concrete(
+                max_spikes
+            )
         if not is_int and (
             isinstance(max_spikes, (bool, str)) or np.ndim(max_spikes) != 1
         ):

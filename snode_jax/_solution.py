@@ -53,8 +53,9 @@ class RESULTS(eqx.Enumeration):
     )
     invalid_parameters = (
         "Invalid parameters or initial state, found at run time: a condition of the "
-        "model (its `constraints`) fails, or `interval` is not > 0. With "
-        "`throw=True` the error names the condition."
+        "model (its `constraints`) fails, or `interval` (dense inputs) or `t_end` "
+        "(spike trains) is not finite and > 0. With `throw=True` the error names "
+        "the condition."
     )
     max_events_reached = (
         "The event budget ran out: the event-driven run needed more than "

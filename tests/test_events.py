@@ -554,6 +554,27 @@ def test_a_finite_time_beyond_the_dtype_is_invalid_not_padding():
     assert run(padded) == sj.RESULTS.successful
 
 
+def test_an_invalid_traced_t_end_is_reported_by_name():
+    """A traced `t_end` cannot be checked eagerly: the run reports
+    `invalid_parameters` (whose message names `t_end`, not only `interval`), and
+    with `throw=True` raises naming the condition."""
+    layer = sj.SpikingODELayer(1, 1, key=_KEY)
+    train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))
+    result = eqx.filter_jit(
+        lambda t_end: layer.simulate(train, t_end=t_end, throw=False).result
+    )
+    for bad in (-1.0, 0.0, jnp.nan, jnp.inf):
+        assert result(jnp.asarray(bad)) == sj.RESULTS.invalid_parameters, bad
+    assert (
+        "`t_end` (spike trains) is not finite and > 0"
+        in sj.RESULTS[sj.RESULTS.invalid_parameters]
+    )
+    assert result(jnp.asarray(5.0)) == sj.RESULTS.successful
+    run = eqx.filter_jit(lambda t_end: layer.simulate(train, t_end=t_end).spike_times)
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"need 0 < t_end < inf"):
+        jax.block_until_ready(run(jnp.asarray(-1.0)))
+
+
 def test_a_run_with_invalid_input_spikes_has_zero_gradient_not_an_error():
     """With `throw=False` a run with an invalid input train is reported in its
     `result`; a loss that leaves it out has a zero (finite) gradient with respect

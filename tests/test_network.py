@@ -828,9 +828,11 @@ def test_network_argument_errors():
     for bad in (True, "ab", np.array([[4, 2]])):
         with pytest.raises(TypeError, match=r"`max_spikes` must be an int or one int"):
             net.simulate(train, t_end=5.0, max_spikes=bad)
-    # A 0-d integer array is an int; an array of one per layer is a sequence.
-    for good in (np.array(4), np.array([4, 2])):
-        net.simulate(train, t_end=5.0, max_spikes=good)
+    # A 0-d integer array is an int (a JAX one too, as a layer takes it); an
+    # array of one per layer is a sequence.
+    for good in (np.array(4), jnp.array(4), np.array([4, 2]), jnp.array([4, 2])):
+        sol = net.simulate(train, t_end=5.0, max_spikes=good)
+        assert sol.layers[0].spike_times.shape == (3, 4)
     with pytest.raises(TypeError, match=r"`inputs` .* must be a SpikeTrain"):
         net.simulate(np.ones((3, 2)), t_end=5.0)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match=r"`dtype` must be a floating dtype"):

@@ -1,6 +1,7 @@
 """Neuron dynamics: the abstract interfaces every model implements."""
 
 import abc
+import dataclasses
 from typing import ClassVar
 
 import equinox as eqx
@@ -20,7 +21,11 @@ class AbstractDynamics(eqx.Module):
     Parameters are array fields (trainable). Those named in `parameter_names` are
     per-neuron parameters: each a scalar or one value per neuron, and the library
     splits, batches and compacts them along the neuron axis; any other array field
-    is shared by the whole population as it is.
+    is shared by the whole population as it is. A shared array that happens to
+    have one entry per neuron (shape `(n_neurons,)`) must be named in
+    `shared_parameter_names`: otherwise it is refused, as the likelier mistake is a
+    per-neuron parameter left out of `parameter_names` (which the crossing search,
+    on subsets of the neurons, would pair with other neurons' values).
 
     The current `current` seen by every method is the layer's input current,
     `weight @ x_k`, held constant over the interval.
@@ -31,6 +36,7 @@ class AbstractDynamics(eqx.Module):
     """
 
     parameter_names: ClassVar[tuple[str, ...]] = ()
+    shared_parameter_names: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def init_state(self, n_neurons: int, dtype) -> State:
@@ -84,7 +90,26 @@ class AbstractDynamics(eqx.Module):
 
     def check_n_neurons(self, n_neurons: int) -> None:
         """Raise `ValueError` unless every parameter named in `parameter_names` is a
-        scalar or has one entry per neuron."""
+        scalar or has one entry per neuron, and no other array field has one entry
+        per neuron unless `shared_parameter_names` names it (the library takes
+        subsets of neurons with their per-neuron parameters only: a per-neuron
+        field left out would pair neurons with other neurons' values)."""
+        named = set(self.parameter_names) | set(self.shared_parameter_names)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name, None)
+            if (
+                field.name not in named
+                and n_neurons > 1
+                and eqx.is_array(value)
+                and jnp.shape(value) == (n_neurons,)
+            ):
+                raise ValueError(
+                    f"`{field.name}` of {type(self).__name__} has one value per "
+                    f"neuron, shape ({n_neurons},), but is not in its "
+                    "`parameter_names`: name it there if it is a per-neuron "
+                    "parameter, or in `shared_parameter_names` if the whole array "
+                    "acts on every neuron."
+                )
         for name in self.parameter_names:
             if getattr(self, name) is None:
                 continue

@@ -123,6 +123,17 @@ def check_run_shapes(weight, state, inputs=None, recurrent_weight=None) -> None:
         )
 
 
+def initial_conditions(dynamics, state) -> dict:
+    """The model's `constraints` on the start state `state`, and that every neuron
+    starts below its threshold (a spike is an upward crossing: a neuron that
+    starts above would be taken to cross at the start)."""
+    conditions = dict(dynamics.constraints(state))
+    conditions.setdefault(
+        "initial threshold(y) < 0", jnp.all(dynamics.threshold(state) < 0)
+    )
+    return conditions
+
+
 def integrate(
     dynamics: AbstractDynamics,
     solver,
@@ -214,7 +225,7 @@ def integrate(
         )
     else:
         nonfinite = any_nonfinite((dynamics.parameters(), weight, inputs, state))
-    conditions = dict(dynamics.constraints(state))
+    conditions = initial_conditions(dynamics, state)
     conditions["0 < interval < inf"] = jnp.all(interval > 0) & jnp.all(
         jnp.isfinite(interval)
     )
@@ -355,7 +366,7 @@ def integrate_events(
     n, n_inputs = weight.shape
     root_finder = BracketedNewton() if root_finder is None else root_finder
     leaves = [dynamics.parameters(), weight, state, recurrent_weight]
-    conditions = dict(dynamics.constraints(state))
+    conditions = initial_conditions(dynamics, state)
     bad_spikes = jnp.zeros((), bool)
     if spikes is not None:
         t_end = jnp.asarray(t_end, dtype)

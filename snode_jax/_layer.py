@@ -321,7 +321,15 @@ class SpikingODELayer(eqx.Module):
 
     def init_state(self) -> State:
         """The resting state of the layer's neurons."""
-        return self.dynamics.init_state(self.n_neurons, self.dtype)
+        state = self.dynamics.init_state(self.n_neurons, self.dtype)
+        for leaf in jax.tree.leaves(state):
+            if jnp.shape(leaf) != (self.n_neurons,):
+                raise ValueError(
+                    f"`{type(self.dynamics).__name__}.init_state` must give every "
+                    f"state array shape (n_neurons,) = ({self.n_neurons},) (one value "
+                    f"per neuron), got shape {jnp.shape(leaf)}."
+                )
+        return state
 
     def simulate(
         self,

@@ -59,63 +59,67 @@ class AbstractRungeKutta(AbstractStepper):
         y1 = jax.tree.map(jnp.add, y, combine(self.b))
         f0 = jax.tree.map(lambda k: h * k, ks[0])
         f1 = jax.tree.map(lambda k: h * k, ks[-1])
+        # The dense output: the coefficients of a polynomial in the fraction of the
+        # step, highest degree first, each a pytree of the state's structure (not
+        # a tuple per state leaf: a state that is itself a tuple would be taken for
+        # one).
+        tmap = jax.tree.map
         if self.c_mid is None:
-
-            def cubic(y0, y1, f0, f1):
-                a = 2 * (y0 - y1) + f0 + f1
-                b = 3 * (y1 - y0) - 2 * f0 - f1
-                return (a, b, f0, y0)
-
-            dense = jax.tree.map(cubic, y, y1, f0, f1)
+            # Cubic Hermite through y0, y1, f0, f1.
+            a = tmap(lambda y0, y1, f0, f1: 2 * (y0 - y1) + f0 + f1, y, y1, f0, f1)
+            b = tmap(lambda y0, y1, f0, f1: 3 * (y1 - y0) - 2 * f0 - f1, y, y1, f0, f1)
+            dense = (a, b, f0, y)
         else:
-            y_mid = jax.tree.map(jnp.add, y, combine(self.c_mid))
-
-            def quartic(y0, y1, ym, f0, f1):
-                a = 2 * (f1 - f0) - 8 * (y1 + y0) + 16 * ym
-                b = 5 * f0 - 3 * f1 + 18 * y0 + 14 * y1 - 32 * ym
-                c = f1 - 4 * f0 - 11 * y0 - 5 * y1 + 16 * ym
-                return (a, b, c, f0, y0)
-
-            dense = jax.tree.map(quartic, y, y1, y_mid, f0, f1)
+            y_mid = tmap(jnp.add, y, combine(self.c_mid))
+            args = (y, y1, y_mid, f0, f1)
+            a = tmap(
+                lambda y0, y1, ym, f0, f1: 2 * (f1 - f0) - 8 * (y1 + y0) + 16 * ym,
+                *args,
+            )
+            b = tmap(
+                lambda y0, y1, ym, f0, f1: (
+                    5 * f0 - 3 * f1 + 18 * y0 + 14 * y1 - 32 * ym
+                ),
+                *args,
+            )
+            c = tmap(
+                lambda y0, y1, ym, f0, f1: f1 - 4 * f0 - 11 * y0 - 5 * y1 + 16 * ym,
+                *args,
+            )
+            dense = (a, b, c, f0, y)
         return y1, combine(self.b_error), (t0, t1, dense)
 
     def evaluate(self, dynamics, dense, s):
-        # Per state leaf, a tuple of polynomial coefficients (highest degree first),
-        # each with the neuron axis first.
-        t0, t1, dense = dense
+        # The polynomial's coefficients (highest degree first), each a pytree of
+        # the state's structure whose leaves have the neuron axis first.
+        t0, t1, coeffs = dense
         span = t1 - t0
         fraction = jnp.clip((s - t0) / jnp.where(span > 0, span, 1), 0, 1)
 
-        def horner(coeffs):
-            s = jnp.reshape(fraction, fraction.shape + (1,) * (coeffs[0].ndim - 1))
-            out = coeffs[0]
-            for c in coeffs[1:]:
+        def horner(*leaf_coeffs):
+            shape = fraction.shape + (1,) * (leaf_coeffs[0].ndim - 1)
+            s = jnp.reshape(fraction, shape)
+            out = leaf_coeffs[0]
+            for c in leaf_coeffs[1:]:
                 out = out * s + c
             return out
 
-        return jax.tree.map(horner, dense, is_leaf=lambda x: isinstance(x, tuple))
+        return jax.tree.map(horner, *coeffs)
 
     def end_directions(self, dynamics, dense, t0, t1):
         # The polynomial's derivative in the fraction at 0 (its linear coefficient,
         # `h f0`) and at 1 (the sum of degree times coefficient, `h f1`): the time
         # derivatives times the step, read off without evaluating anything.
-        _, _, dense = dense
-        is_coeffs = lambda x: isinstance(x, tuple)
+        _, _, coeffs = dense
+        degree = len(coeffs) - 1
 
-        def at_start(coeffs):
-            return coeffs[-2]
-
-        def at_end(coeffs):
-            degree = len(coeffs) - 1
-            out = coeffs[-2]
-            for k, c in enumerate(coeffs[:-2]):
+        def at_end(*leaf_coeffs):
+            out = leaf_coeffs[-2]
+            for k, c in enumerate(leaf_coeffs[:-2]):
                 out = out + (degree - k) * c
             return out
 
-        return (
-            jax.tree.map(at_start, dense, is_leaf=is_coeffs),
-            jax.tree.map(at_end, dense, is_leaf=is_coeffs),
-        )
+        return coeffs[-2], jax.tree.map(at_end, *coeffs)
 
 
 class Bosh3(AbstractRungeKutta):

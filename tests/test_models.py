@@ -334,6 +334,189 @@ def test_model_per_neuron_shape_error():
         )
 
 
+class UnlistedTauLIF(sj.AbstractDynamics):
+    """A leaky integrator whose per-neuron `tau` is left out of `parameter_names`
+    (unless a subclass lists it)."""
+
+    tau: jax.Array
+
+    def init_state(self, n_neurons, dtype):
+        return sj.LIFState(jnp.zeros((n_neurons,), dtype))
+
+    def vector_field(self, t, y, current):
+        return sj.LIFState(-y.v / self.tau + current)
+
+    def threshold(self, y):
+        return y.v - 1.0
+
+    def reset(self, y):
+        return sj.LIFState(jnp.zeros_like(y.v))
+
+    def voltage(self, y):
+        return y.v
+
+    def constraints(self, y):
+        return {"tau > 0": jnp.all(self.tau > 0)}
+
+
+class ListedTauLIF(UnlistedTauLIF):
+    parameter_names = ("tau",)
+
+
+def test_per_neuron_field_left_out_of_parameter_names_is_refused():
+    """Listed, `tau` gives the closed-form first spike of each neuron,
+    `tau log(I tau / (I tau - 1))`; left out, the crossing search (on subsets of
+    the neurons) paired neurons with other neurons' `tau` and returned times up to
+    0.5 ms off as a success: it is refused, by name."""
+    tau = jnp.array([5.0, 10.0, 20.0, 40.0])
+    current = 0.3
+    weight = jnp.full((4, 1), current)
+    refused = (
+        r"`tau` of UnlistedTauLIF has one value per neuron, shape \(4,\), but is "
+        r"not in its `parameter_names`"
+    )
+    with pytest.raises(ValueError, match=refused):
+        sj.SpikingODELayer(1, 4, UnlistedTauLIF(tau), key=jax.random.key(0))
+    listed = sj.SpikingODELayer(
+        1, 4, ListedTauLIF(tau), rtol=1e-10, atol=1e-10, key=jax.random.key(0)
+    )
+    listed = eqx.tree_at(lambda m: m.weight, listed, weight)
+    sol = listed.simulate(jnp.ones((1, 1)), 20.0, max_spikes=16)
+    t = np.asarray(tau)
+    first = t * np.log(current * t / (current * t - 1))
+    np.testing.assert_allclose(np.asarray(sol.spike_times)[:, 0], first, rtol=1e-8)
+    # Swapped in with `eqx.tree_at` (no `__init__`): refused when run.
+    swapped = eqx.tree_at(lambda m: m.dynamics, listed, UnlistedTauLIF(tau))
+    with pytest.raises(ValueError, match=refused):
+        swapped.simulate(jnp.ones((1, 1)), 20.0, max_spikes=16)
+    # One neuron: nothing to pair with another's, accepted unlisted.
+    one = sj.SpikingODELayer(1, 1, UnlistedTauLIF(tau[:1]), key=jax.random.key(0))
+    assert one.simulate(jnp.ones((1, 1)), 1.0).result == sj.RESULTS.successful
+
+
+def test_a_user_model_starting_above_threshold_is_refused():
+    """A spike is an upward crossing of the threshold. A model whose constraints
+    say nothing of the start state, started above threshold with its voltage
+    falling, recorded a spike at t = 3e-15 ms as a success: every run now requires
+    `threshold(y) < 0` at the start, reported by name."""
+    layer = sj.SpikingODELayer(
+        1, 1, ListedTauLIF(jnp.asarray(10.0)), key=jax.random.key(0)
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[-1.0]]))
+    x = jnp.ones((1, 1))
+    for v0 in (1.5, 1.0):
+        state = sj.LIFState(jnp.array([v0]))
+        sol = layer.simulate(x, 5.0, max_spikes=4, state=state, throw=False)
+        assert sol.result == sj.RESULTS.invalid_parameters, v0
+        with pytest.raises(
+            eqx.EquinoxRuntimeError, match=r"initial threshold\(y\) < 0"
+        ):
+            jax.block_until_ready(layer.simulate(x, 5.0, max_spikes=4, state=state))
+    # Just below: runs, and the falling voltage never fires.
+    state = sj.LIFState(jnp.array([1.0 - 1e-6]))
+    sol = layer.simulate(x, 5.0, max_spikes=4, state=state)
+    assert int(sol.num_spikes[0]) == 0
+    # A built-in model names its own condition first.
+    lif = sj.SpikingODELayer(1, 1, key=jax.random.key(0))
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"need initial v < v_threshold"):
+        jax.block_until_ready(lif.simulate(x, 5.0, state=sj.LIFState(jnp.array([1.5]))))
+
+
+class TupleStateLIF(sj.AbstractDynamics):
+    """A leaky membrane with an adaptation current, its state a plain tuple
+    `(v, a)`: `a` jumps by `jump` at each spike and decays with `tau`."""
+
+    tau: jax.Array = eqx.field(converter=jnp.asarray, default=5.0)
+    jump: jax.Array = eqx.field(converter=jnp.asarray, default=0.2)
+
+    def init_state(self, n_neurons, dtype):
+        zero = jnp.zeros((n_neurons,), dtype)
+        return (zero, zero)
+
+    def vector_field(self, t, y, current):
+        v, a = y
+        return ((-v - a + current) / self.tau, -a / self.tau)
+
+    def threshold(self, y):
+        return y[0] - 1.0
+
+    def reset(self, y):
+        return (jnp.zeros_like(y[0]), y[1] + self.jump)
+
+    def voltage(self, y):
+        return y[0]
+
+    def constraints(self, y):
+        return {"tau > 0": jnp.all(self.tau > 0)}
+
+
+def test_a_state_that_is_a_tuple():
+    """The Runge-Kutta pairs' dense output is not confused by a state that is a
+    tuple (its coefficients were tuples per state leaf, found with
+    `is_leaf=isinstance(x, tuple)`: the state's own tuple was taken for them and
+    the crossing search failed inside `jax.jvp`). Against SciPy, which needs no
+    dense output of ours."""
+    weight = jnp.array([[2.0], [3.0], [4.0]])
+    sols = []
+    for solver in (sj.Dopri5(), sj.Tsit5(), sj.Bosh3()):
+        layer = sj.SpikingODELayer(
+            1,
+            3,
+            TupleStateLIF(),
+            solver=solver,
+            rtol=1e-10,
+            atol=1e-10,
+            key=jax.random.key(0),
+        )
+        layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+        sols.append(layer.simulate(jnp.ones((2, 1)), 10.0, max_spikes=16))
+    ref = scipy_reference(TupleStateLIF(), np.asarray(weight)[:, 0], 20.0)
+    for sol in sols:
+        for i, times in enumerate(ref):
+            got = np.asarray(sol.spike_times)[i]
+            got = got[np.isfinite(got)]
+            assert len(got) == len(times) >= 4
+            np.testing.assert_allclose(got, times, atol=1e-6)
+    with pytest.raises(ValueError, match=r"must give every state array shape "):
+        bad = sj.SpikingODELayer(1, 3, _MatrixState(), key=jax.random.key(0))
+        bad.simulate(jnp.ones((1, 1)), 1.0)
+
+
+class _MatrixState(TupleStateLIF):
+    def init_state(self, n_neurons, dtype):
+        return jnp.zeros((n_neurons, 2), dtype)
+
+
+def scipy_reference(model, currents, t_end):
+    """Spike times of `TupleStateLIF` per neuron, held `currents`, by SciPy's
+    DOP853 with a terminal event at v = 1 and the reset applied by hand."""
+    from scipy.integrate import solve_ivp
+
+    tau, jump = float(model.tau), float(model.jump)
+    out = []
+    for current in currents:
+        t, y, times = 0.0, np.zeros(2), []
+        while t < t_end:
+            event = lambda t, y: y[0] - 1.0
+            event.terminal, event.direction = True, 1
+            sol = solve_ivp(
+                lambda t, y: [(-y[0] - y[1] + current) / tau, -y[1] / tau],
+                (t, t_end),
+                y,
+                method="DOP853",
+                rtol=1e-12,
+                atol=1e-12,
+                events=event,
+            )
+            if sol.status != 1:
+                break
+            t = float(sol.t_events[0][0])
+            times.append(t)
+            y = np.array([0.0, sol.y_events[0][0][1] + jump])
+        out.append(np.array(times))
+    return out
+
+
 def test_invalid_traced_model_parameters():
     layer = sj.SpikingODELayer(1, 2, sj.AdExDynamics(), key=jax.random.key(0))
 
@@ -349,12 +532,13 @@ def test_invalid_traced_model_parameters():
 class SharedGainLIF(sj.AbstractDynamics):
     """A LIF whose input passes through a gain shared by the whole population: the
     sum of `taps`, an array that is *not* a per-neuron parameter even when its
-    length equals the number of neurons (only `parameter_names` say which are)."""
+    length equals the number of neurons (`shared_parameter_names` says so)."""
 
     tau: jax.Array
     taps: jax.Array
 
     parameter_names = ("tau",)
+    shared_parameter_names = ("taps",)
 
     def init_state(self, n_neurons, dtype):
         return sj.LIFState(jnp.zeros((n_neurons,), dtype))

@@ -7,6 +7,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
 from ._custom_types import NeuronBool, NeuronFloat, State
@@ -100,8 +101,8 @@ class AbstractDynamics(eqx.Module):
             if (
                 field.name not in named
                 and n_neurons > 1
-                and eqx.is_array(value)
-                and jnp.shape(value) == (n_neurons,)
+                and isinstance(value, (jax.Array, np.ndarray))
+                and value.shape == (n_neurons,)
             ):
                 raise ValueError(
                     f"`{field.name}` of {type(self).__name__} has one value per "

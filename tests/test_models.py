@@ -334,94 +334,6 @@ def test_model_per_neuron_shape_error():
         )
 
 
-class UnlistedTauLIF(sj.AbstractDynamics):
-    """A leaky integrator whose per-neuron `tau` is left out of `parameter_names`
-    (unless a subclass lists it)."""
-
-    tau: jax.Array
-
-    def init_state(self, n_neurons, dtype):
-        return sj.LIFState(jnp.zeros((n_neurons,), dtype))
-
-    def vector_field(self, t, y, current):
-        return sj.LIFState(-y.v / self.tau + current)
-
-    def threshold(self, y):
-        return y.v - 1.0
-
-    def reset(self, y):
-        return sj.LIFState(jnp.zeros_like(y.v))
-
-    def voltage(self, y):
-        return y.v
-
-    def constraints(self, y):
-        return {"tau > 0": jnp.all(self.tau > 0)}
-
-
-class ListedTauLIF(UnlistedTauLIF):
-    parameter_names = ("tau",)
-
-
-def test_per_neuron_field_left_out_of_parameter_names_is_refused():
-    """Listed, `tau` gives the closed-form first spike of each neuron,
-    `tau log(I tau / (I tau - 1))`; left out, the crossing search (on subsets of
-    the neurons) paired neurons with other neurons' `tau` and returned times up to
-    0.5 ms off as a success: it is refused, by name."""
-    tau = jnp.array([5.0, 10.0, 20.0, 40.0])
-    current = 0.3
-    weight = jnp.full((4, 1), current)
-    refused = (
-        r"`tau` of UnlistedTauLIF has one value per neuron, shape \(4,\), but is "
-        r"not in its `parameter_names`"
-    )
-    with pytest.raises(ValueError, match=refused):
-        sj.SpikingODELayer(1, 4, UnlistedTauLIF(tau), key=jax.random.key(0))
-    listed = sj.SpikingODELayer(
-        1, 4, ListedTauLIF(tau), rtol=1e-10, atol=1e-10, key=jax.random.key(0)
-    )
-    listed = eqx.tree_at(lambda m: m.weight, listed, weight)
-    sol = listed.simulate(jnp.ones((1, 1)), 20.0, max_spikes=16)
-    t = np.asarray(tau)
-    first = t * np.log(current * t / (current * t - 1))
-    np.testing.assert_allclose(np.asarray(sol.spike_times)[:, 0], first, rtol=1e-8)
-    # Swapped in with `eqx.tree_at` (no `__init__`): refused when run.
-    swapped = eqx.tree_at(lambda m: m.dynamics, listed, UnlistedTauLIF(tau))
-    with pytest.raises(ValueError, match=refused):
-        swapped.simulate(jnp.ones((1, 1)), 20.0, max_spikes=16)
-    # One neuron: nothing to pair with another's, accepted unlisted.
-    one = sj.SpikingODELayer(1, 1, UnlistedTauLIF(tau[:1]), key=jax.random.key(0))
-    assert one.simulate(jnp.ones((1, 1)), 1.0).result == sj.RESULTS.successful
-
-
-def test_a_user_model_starting_above_threshold_is_refused():
-    """A spike is an upward crossing of the threshold. A model whose constraints
-    say nothing of the start state, started above threshold with its voltage
-    falling, recorded a spike at t = 3e-15 ms as a success: every run now requires
-    `threshold(y) < 0` at the start, reported by name."""
-    layer = sj.SpikingODELayer(
-        1, 1, ListedTauLIF(jnp.asarray(10.0)), key=jax.random.key(0)
-    )
-    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[-1.0]]))
-    x = jnp.ones((1, 1))
-    for v0 in (1.5, 1.0):
-        state = sj.LIFState(jnp.array([v0]))
-        sol = layer.simulate(x, 5.0, max_spikes=4, state=state, throw=False)
-        assert sol.result == sj.RESULTS.invalid_parameters, v0
-        with pytest.raises(
-            eqx.EquinoxRuntimeError, match=r"initial threshold\(y\) < 0"
-        ):
-            jax.block_until_ready(layer.simulate(x, 5.0, max_spikes=4, state=state))
-    # Just below: runs, and the falling voltage never fires.
-    state = sj.LIFState(jnp.array([1.0 - 1e-6]))
-    sol = layer.simulate(x, 5.0, max_spikes=4, state=state)
-    assert int(sol.num_spikes[0]) == 0
-    # A built-in model names its own condition first.
-    lif = sj.SpikingODELayer(1, 1, key=jax.random.key(0))
-    with pytest.raises(eqx.EquinoxRuntimeError, match=r"need initial v < v_threshold"):
-        jax.block_until_ready(lif.simulate(x, 5.0, state=sj.LIFState(jnp.array([1.5]))))
-
-
 class TupleStateLIF(sj.AbstractDynamics):
     """A leaky membrane with an adaptation current, its state a plain tuple
     `(v, a)`: `a` jumps by `jump` at each spike and decays with `tau`."""
@@ -557,6 +469,83 @@ class SharedGainLIF(sj.AbstractDynamics):
 
     def constraints(self, y):
         return {"tau > 0": jnp.all(self.tau > 0)}
+
+
+class UnlistedTauLIF(SharedGainLIF):
+    """`SharedGainLIF` (given one tap of 1: the plain leaky integrator) whose
+    per-neuron `tau` is left out of `parameter_names`."""
+
+    parameter_names = ()
+
+
+def test_per_neuron_field_left_out_of_parameter_names_is_refused():
+    """Listed, `tau` gives the closed-form first spike of each neuron,
+    `tau log(I tau / (I tau - 1))`; left out, the crossing search (on subsets of
+    the neurons) paired neurons with other neurons' `tau` and returned times up to
+    0.5 ms off as a success: it is refused, by name."""
+    tau = jnp.array([5.0, 10.0, 20.0, 40.0])
+    current = 0.3
+    weight = jnp.full((4, 1), current)
+    refused = (
+        r"`tau` of UnlistedTauLIF has one value per neuron, shape \(4,\), but is "
+        r"not in its `parameter_names`"
+    )
+    with pytest.raises(ValueError, match=refused):
+        sj.SpikingODELayer(
+            1, 4, UnlistedTauLIF(tau, jnp.asarray(1.0)), key=jax.random.key(0)
+        )
+    listed = sj.SpikingODELayer(
+        1,
+        4,
+        SharedGainLIF(tau, jnp.asarray(1.0)),
+        rtol=1e-10,
+        atol=1e-10,
+        key=jax.random.key(0),
+    )
+    listed = eqx.tree_at(lambda m: m.weight, listed, weight)
+    sol = listed.simulate(jnp.ones((1, 1)), 20.0, max_spikes=16)
+    t = np.asarray(tau)
+    first = t * np.log(current * t / (current * t - 1))
+    np.testing.assert_allclose(np.asarray(sol.spike_times)[:, 0], first, rtol=1e-8)
+    # Swapped in with `eqx.tree_at` (no `__init__`): refused when run.
+    swapped = eqx.tree_at(
+        lambda m: m.dynamics, listed, UnlistedTauLIF(tau, jnp.asarray(1.0))
+    )
+    with pytest.raises(ValueError, match=refused):
+        swapped.simulate(jnp.ones((1, 1)), 20.0, max_spikes=16)
+    # One neuron: nothing to pair with another's, accepted unlisted.
+    one = sj.SpikingODELayer(
+        1, 1, UnlistedTauLIF(tau[:1], jnp.asarray(1.0)), key=jax.random.key(0)
+    )
+    assert one.simulate(jnp.ones((1, 1)), 1.0).result == sj.RESULTS.successful
+
+
+def test_a_user_model_starting_above_threshold_is_refused():
+    """A spike is an upward crossing of the threshold. A model whose constraints
+    say nothing of the start state, started above threshold with its voltage
+    falling, recorded a spike at t = 3e-15 ms as a success: every run now requires
+    `threshold(y) < 0` at the start, reported by name."""
+    layer = sj.SpikingODELayer(
+        1, 1, SharedGainLIF(jnp.asarray(10.0), jnp.asarray(1.0)), key=jax.random.key(0)
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[-1.0]]))
+    x = jnp.ones((1, 1))
+    for v0 in (1.5, 1.0):
+        state = sj.LIFState(jnp.array([v0]))
+        sol = layer.simulate(x, 5.0, max_spikes=4, state=state, throw=False)
+        assert sol.result == sj.RESULTS.invalid_parameters, v0
+        with pytest.raises(
+            eqx.EquinoxRuntimeError, match=r"initial threshold\(y\) < 0"
+        ):
+            jax.block_until_ready(layer.simulate(x, 5.0, max_spikes=4, state=state))
+    # Just below: runs, and the falling voltage never fires.
+    state = sj.LIFState(jnp.array([1.0 - 1e-6]))
+    sol = layer.simulate(x, 5.0, max_spikes=4, state=state)
+    assert int(sol.num_spikes[0]) == 0
+    # A built-in model names its own condition first.
+    lif = sj.SpikingODELayer(1, 1, key=jax.random.key(0))
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"need initial v < v_threshold"):
+        jax.block_until_ready(lif.simulate(x, 5.0, state=sj.LIFState(jnp.array([1.5]))))
 
 
 @pytest.mark.parametrize("batched", [False, True])

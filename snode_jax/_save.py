@@ -105,7 +105,7 @@ def save_times_invalid(save_times, duration) -> Bool[Array, ""]:
     return bad | jnp.any(save_times[1:] < save_times[:-1])
 
 
-# How far (in units of rounding of the save time) a recorded spike may lie before a
+# How far (in units of rounding of the save time) a recorded spike may lie from a
 # save time and still be the one its piece ends on.
 _SPIKE_ROUNDING = 256
 
@@ -210,13 +210,16 @@ def dense_saved_states(
     # The piece ends on that crossing, which its rounding (or on the Runge-Kutta
     # path, its own steps) may place just after the end; then it holds the state
     # at the threshold, one spike short, and fires there (`_fire_at_end`). The
-    # recorded time itself may differ from the save time by rounding too (the run
-    # and its pieces are different programs, and a save time may come from
-    # another run): a spike recorded that close before the save time counts.
+    # recorded time itself may differ from the save time by rounding too, either
+    # way (the run and its pieces are different programs, and a save time may come
+    # from another run: one compiled apart rounds a spike a few ulp earlier or
+    # later): a spike recorded that close to the save time counts.
     recorded = lax.stop_gradient(sol.spike_times)  # ascending per neuron
-    upto = jax.vmap(lambda row: jnp.searchsorted(row, times, side="right"))(recorded)
-    last = jnp.take_along_axis(recorded, jnp.maximum(upto - 1, 0), axis=1)
     close = _SPIKE_ROUNDING * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(times), 1)
+    upto = jax.vmap(lambda row: jnp.searchsorted(row, times + close, side="right"))(
+        recorded
+    )
+    last = jnp.take_along_axis(recorded, jnp.maximum(upto - 1, 0), axis=1)
     on_spike = ((upto > 0) & (last >= times[None] - close[None])).T  # (save, neuron)
     upto = upto.T
     seen = running_sum(lax.stop_gradient(run.counts).astype(jnp.int32), axis=0)[piece]
@@ -489,7 +492,7 @@ def integrate_events_saving(
     save_times = save_times.astype(dtype)
     states = event_saved_states(
         sol,
-        jax.tree.map(lambda p: p.astype(dtype), dynamics),
+        dynamics.astype(dtype),
         weight,
         jax.tree.map(lambda a: jnp.asarray(a, dtype), state),
         save_times,

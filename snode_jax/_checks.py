@@ -327,6 +327,14 @@ def check_interval(interval, num_intervals: int | None = None, dtype=None):
                 f"`interval` must be finite and > 0 (ms), got {describe(arr)}."
             )
         if dtype is not None:
+            with np.errstate(over="ignore"):  # (an overflow is refused below)
+                zero = arr.astype(dtype) == 0
+            if np.any(zero):
+                shown = describe(arr if arr.ndim == 0 else arr[zero])
+                raise ValueError(
+                    f"`interval` must be > 0 in the run's dtype "
+                    f"{jnp.dtype(dtype).name}, where {shown} rounds to 0 (ms)."
+                )
             largest = float(jnp.finfo(dtype).max)
             count = 1 if num_intervals is None or arr.ndim else num_intervals
             end = float(np.sum(arr.astype(np.float64))) * count

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
+from ._checks import check_real_number
 from ._custom_types import NeuronBool, NeuronFloat, State
 
 
@@ -74,8 +75,19 @@ class AbstractDynamics(eqx.Module):
         del solver
 
     def astype(self, dtype) -> "AbstractDynamics":
-        """A copy with every parameter cast to `dtype`."""
-        return jax.tree.map(lambda p: p.astype(dtype), self)
+        """A copy with every parameter cast to `dtype`, as an array: a number
+        swapped in with `eqx.tree_at` (which skips the model's own checks) too;
+        `TypeError` for one that is not a real number (a bool, a string)."""
+
+        def cast(path, p):
+            key = path[0] if path else None
+            name = key.name if isinstance(key, jax.tree_util.GetAttrKey) else "a leaf"
+            check_real_number(f"{name}` of `{type(self).__name__}", p, unit="")
+            if not hasattr(p, "dtype"):  # (a Python number, a fraction)
+                p = float(p)
+            return jnp.asarray(p, dtype)
+
+        return jax.tree_util.tree_map_with_path(cast, self)
 
     def per_neuron_mask(self) -> PyTree[bool]:
         """The model's structure with `True` at the leaves of the per-neuron

@@ -361,7 +361,7 @@ def integrate_events(
             "`recurrent_weight`."
         )
     dtype = weight.dtype
-    dynamics = jax.tree.map(lambda p: p.astype(dtype), dynamics)
+    dynamics = dynamics.astype(dtype)
     state = jax.tree.map(lambda a: jnp.asarray(a, dtype), state)
     n, n_inputs = weight.shape
     root_finder = BracketedNewton() if root_finder is None else root_finder

@@ -579,6 +579,11 @@ class SpikingODELayer(eqx.Module):
         **Returns:** counts of shape `(T, n_neurons)`, exact integers stored in the
         layer's float dtype so that they carry the surrogate gradient.
 
+        **Raises:** with `throw=True` (the default), a runtime error where the run
+        fails (see `RESULTS`). With `throw=False` the counts of a failed run come
+        back as computed, with nothing to say it failed: use `simulate(...,
+        max_spikes=0, throw=False)`, whose `result` says.
+
         A recurrent layer records its spikes to deliver them: use `simulate`.
         """
         if isinstance(inputs, SpikeTrain) or self.recurrent_weight is not None:
@@ -602,6 +607,9 @@ class SpikingODELayer(eqx.Module):
         """Advance `state` by one interval of constant input `x` (pure).
 
         **Returns:** `(new_state, counts)`, counts of shape `(n_neurons,)`.
+
+        **Raises:** as `forward` (with `throw=False`, a failed step is not
+        reported).
         """
         if self.recurrent_weight is not None:
             raise TypeError(

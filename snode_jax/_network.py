@@ -154,7 +154,7 @@ class LeakyReadout(eqx.Module):
 @eqx.filter_jit
 def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0, throw) -> ReadoutSolution:
     dtype = weight.dtype
-    dynamics = jax.tree.map(lambda p: p.astype(dtype), dynamics)
+    dynamics = dynamics.astype(dtype)
     t_end = jnp.asarray(t_end, dtype)
     n = weight.shape[0]
     times, sources, bad_spikes = sorted_events(spikes, t_end, weight.shape[1], dtype)

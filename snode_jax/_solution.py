@@ -29,7 +29,9 @@ class RESULTS(eqx.Enumeration):
         "The threshold-crossing search did not reach its tolerance within "
         "`max_root_iters` iterations."
     )
-    nonfinite_input = "The inputs or the parameters contain NaN or inf."
+    nonfinite_input = (
+        "The inputs, the parameters or the initial state contain NaN or inf."
+    )
     nonfinite_current = (
         "The input current `weight @ x` overflowed to inf or NaN although the inputs "
         "and the weights are finite: scale them down, or use float64."

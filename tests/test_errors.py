@@ -431,6 +431,36 @@ def test_arrays_swapped_into_a_layer_are_checked():
         bad.simulate(train, t_end=5.0)
 
 
+def test_numbers_swapped_into_a_model_are_read_as_parameters():
+    # `eqx.tree_at` skips the model's own conversion: a Python number there
+    # failed with "'float' object has no attribute 'astype'", a string or a bool
+    # now fails naming the parameter (it would read "20" as 20 ms, True as 1 ms).
+    layer = _layer()
+    x = np.ones((T, N_IN))
+    train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))
+    swap = lambda value: eqx.tree_at(lambda m: m.dynamics.tau_mem, layer, value)
+    same = swap(jnp.asarray(10.0, layer.dtype))
+    for value in (10.0, 10, fractions.Fraction(20, 2), np.float32(10.0)):
+        np.testing.assert_array_equal(swap(value).forward(x, 1.0), same.forward(x, 1.0))
+        np.testing.assert_array_equal(
+            sj.OnlineLayer(swap(value)).step(x[0], interval=1.0),
+            sj.OnlineLayer(same).step(x[0], interval=1.0),
+        )
+        got = swap(value).simulate(train, t_end=5.0).final_state.v
+        np.testing.assert_array_equal(
+            got, same.simulate(train, t_end=5.0).final_state.v
+        )
+    for value in ("20", True, jnp.asarray(True)):
+        for run in (
+            lambda: swap(value).forward(x, 1.0),
+            lambda: swap(value).simulate(train, t_end=5.0),
+        ):
+            with pytest.raises(
+                TypeError, match="`tau_mem` of `ODELIFDynamics` must be a real number"
+            ):
+                run()
+
+
 def test_arrays_swapped_into_a_readout_are_checked():
     # A readout's weight is checked when it runs, as a layer's: a wider one ran on
     # its first columns, a narrower one blamed the spike train.
@@ -632,6 +662,13 @@ def test_times_beyond_the_run_dtype_are_refused():
             call(x, lengths)
     with pytest.raises(ValueError, match=r"`interval` must keep the run's end"):
         sj.OnlineLayer(layer).step(x[0], interval=1e39)
+    # Below the smallest float32: 0 (which failed at run time as not > 0).
+    tiny = r"`interval` must be > 0 in the run's dtype float32, where 1e-46 rounds"
+    for call in (layer.simulate, layer.forward):
+        with pytest.raises(ValueError, match=tiny):
+            call(x, 1e-46)
+    with pytest.raises(ValueError, match=tiny):
+        sj.OnlineLayer(layer).step(x[0], interval=1e-46)
     # Up to the largest float32, a readout (no pieces to count) runs.
     sol = readout.simulate(train, t_end=3e38)
     assert np.isfinite(np.asarray(sol.max_voltage)).all()

@@ -149,7 +149,11 @@ def as_jax_array(name: str, x) -> jax.Array:
                 f"`{name}` must be ints or floats of at most 64 bits, got "
                 f"{describe(host)}."
             )
-        if host.dtype.kind not in "biuf":  # (strings, bytes, dates: JAX fails)
+        # (Strings, bytes, dates: JAX fails. bfloat16 and the float8 types are
+        # floating dtypes of kind "V".)
+        if host.dtype.kind not in "biuf" and not jnp.issubdtype(
+            host.dtype, jnp.floating
+        ):
             raise TypeError(
                 f"`{name}` must be numbers (ints or floats), got dtype {host.dtype} "
                 f"({describe(host)})."
@@ -302,6 +306,13 @@ def check_weight_array(name: str, array, shape, sizes: str, dtype=None) -> None:
         )
 
 
+def beyond(value: float, dtype) -> bool:
+    """Whether the finite `value` rounds to infinity in `dtype` (the largest
+    finite value and what rounds to it do not)."""
+    with np.errstate(over="ignore"):
+        return bool(np.isinf(np.asarray(value, np.float64).astype(dtype)))
+
+
 def check_interval(interval, num_intervals: int | None = None, dtype=None):
     """Validate `interval`: a scalar (ms), or with `num_intervals` given also one
     length per interval. Its values are checked when concrete (with `dtype`, the
@@ -338,7 +349,7 @@ def check_interval(interval, num_intervals: int | None = None, dtype=None):
             largest = float(jnp.finfo(dtype).max)
             count = 1 if num_intervals is None or arr.ndim else num_intervals
             end = float(np.sum(arr.astype(np.float64))) * count
-            if end > largest:
+            if beyond(end, dtype):
                 raise ValueError(
                     f"`interval` must keep the run's end time finite in its dtype "
                     f"{jnp.dtype(dtype).name} (at most {largest!r} ms), got "

@@ -77,9 +77,13 @@ class AbstractDynamics(eqx.Module):
     def astype(self, dtype) -> "AbstractDynamics":
         """A copy with every parameter cast to `dtype`, as an array: a number
         swapped in with `eqx.tree_at` (which skips the model's own checks) too;
-        `TypeError` for one that is not a real number (a bool, a string)."""
+        `TypeError` for one that is not a real number (a Python bool, a string;
+        a boolean array, such as a mask, is read as 0 and 1)."""
 
         def cast(path, p):
+            # (A boolean array, a mask: 0 and 1, as ever; one boolean is refused.)
+            if hasattr(p, "dtype") and p.dtype == bool and jnp.ndim(p) >= 1:
+                return jnp.asarray(p, dtype)
             key = path[0] if path else None
             name = key.name if isinstance(key, jax.tree_util.GetAttrKey) else "a leaf"
             check_real_number(f"{name}` of `{type(self).__name__}", p, unit="")

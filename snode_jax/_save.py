@@ -105,9 +105,12 @@ def save_times_invalid(save_times, duration) -> Bool[Array, ""]:
     return bad | jnp.any(save_times[1:] < save_times[:-1])
 
 
-# How far (in units of rounding of the save time) a recorded spike may lie from a
-# save time and still be the one its piece ends on.
+# How far (in units of rounding of the save time) a recorded spike may lie before a
+# save time and still be the one its piece ends on; and after it (a spike time
+# that another program rounded a few ulp earlier: only that, since a save time
+# just before a spike is otherwise the state before it).
 _SPIKE_ROUNDING = 256
+_SPIKE_AHEAD = 4
 
 
 def _post_reset(dynamics: AbstractDynamics, y: State) -> State:
@@ -212,13 +215,14 @@ def dense_saved_states(
     # at the threshold, one spike short, and fires there (`_fire_at_end`). The
     # recorded time itself may differ from the save time by rounding too, either
     # way (the run and its pieces are different programs, and a save time may come
-    # from another run: one compiled apart rounds a spike a few ulp earlier or
-    # later): a spike recorded that close to the save time counts.
+    # from another run: one compiled apart rounds a spike an ulp or so earlier or
+    # later): a spike recorded that close before the save time counts, and one a
+    # few ulp after it.
     recorded = lax.stop_gradient(sol.spike_times)  # ascending per neuron
-    close = _SPIKE_ROUNDING * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(times), 1)
-    upto = jax.vmap(lambda row: jnp.searchsorted(row, times + close, side="right"))(
-        recorded
-    )
+    ulp = jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(times), 1)
+    close = _SPIKE_ROUNDING * ulp
+    ahead = times + _SPIKE_AHEAD * ulp
+    upto = jax.vmap(lambda row: jnp.searchsorted(row, ahead, side="right"))(recorded)
     last = jnp.take_along_axis(recorded, jnp.maximum(upto - 1, 0), axis=1)
     on_spike = ((upto > 0) & (last >= times[None] - close[None])).T  # (save, neuron)
     upto = upto.T

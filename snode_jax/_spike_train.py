@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._checks import as_jax_array, check_real_number, describe
+from ._checks import as_jax_array, beyond, check_real_number, describe
 from ._dynamics import AbstractExactFlowDynamics
 from ._lif import ODELIFDynamics
 from ._misc import is_concrete
@@ -124,7 +124,7 @@ def check_spike_train(
         value = float(t_end)
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"`t_end` must be finite and > 0 (ms), got {t_end!r}.")
-        if dtype is not None and value > float(jnp.finfo(dtype).max):
+        if dtype is not None and beyond(value, dtype):
             raise ValueError(
                 f"`t_end` must be finite in the run's dtype {jnp.dtype(dtype).name} "
                 f"(at most {float(jnp.finfo(dtype).max)!r} ms), got {t_end!r}."

@@ -450,7 +450,12 @@ def test_numbers_swapped_into_a_model_are_read_as_parameters():
         np.testing.assert_array_equal(
             got, same.simulate(train, t_end=5.0).final_state.v
         )
-    for value in ("20", True, jnp.asarray(True)):
+    # A boolean array (a mask) is read as 0 and 1, as before.
+    mask = np.array([True, False, True, False])
+    masked = eqx.tree_at(lambda m: m.dynamics.v_rest, layer, jnp.asarray(mask))
+    ones = eqx.tree_at(lambda m: m.dynamics.v_rest, layer, jnp.asarray(mask, float))
+    np.testing.assert_array_equal(masked.forward(x, 1.0), ones.forward(x, 1.0))
+    for value in ("20", True, np.True_, jnp.asarray(True)):
         for run in (
             lambda: swap(value).forward(x, 1.0),
             lambda: swap(value).simulate(train, t_end=5.0),
@@ -687,6 +692,11 @@ def test_spike_trains_of_strings_or_scalars_are_refused():
         ValueError, match=r"must have the same shape .* \(1,\) and \(2,\)"
     ):
         sj.SpikeTrain([1.0], [0, 1])
+    # bfloat16 (a floating dtype of NumPy kind "V", from ml_dtypes) is a number.
+    import ml_dtypes
+
+    train = sj.SpikeTrain(np.array([1.0, 2.5], ml_dtypes.bfloat16), [0, 1])
+    np.testing.assert_array_equal(np.asarray(train.times, np.float32), [1.0, 2.5])
 
 
 def test_values_that_32_bits_would_change_are_refused():

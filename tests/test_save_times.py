@@ -123,8 +123,9 @@ def test_spike_times_from_another_program_save_after_the_reset(dtype):
     which may round a spike a few ulp later than the time given: the saved state
     is still the one after the reset, as for a spike a few ulp earlier (the state
     before it, at the threshold, came back under `jit` for times from an eager
-    run). Checked with each spike time moved by 1 and 4 ulp either way, and with
-    an eager run's times used under `jit`."""
+    run). Checked with each spike time moved by 1 and 2 ulp either way, and with
+    an eager run's times used under `jit`; 64 ulp before it (and 1e-3 ms in
+    float32), the state is the one before the spike."""
     rng = np.random.default_rng(2)
     n, v_reset = 6, -0.25
     model = sj.ODELIFDynamics(tau_mem=rng.uniform(3, 30, n), v_reset=v_reset)
@@ -138,7 +139,7 @@ def test_spike_times_from_another_program_save_after_the_reset(dtype):
     assert len(times) >= 30
     run = eqx.filter_jit(lambda s: layer.simulate(x, lengths, 100, save_times=s))
     atol = 1e-10 if dtype == jnp.float64 else 1e-3
-    for shift in (0, 1, -1, 4, -4):
+    for shift in (0, 1, -1, 2, -2):
         save = times
         for _ in range(abs(shift)):
             save = np.nextafter(save, np.inf if shift > 0 else -np.inf)
@@ -154,6 +155,24 @@ def test_spike_times_from_another_program_save_after_the_reset(dtype):
             # below 40 / ms here): 1e-10 (float64) and 1e-3 (float32) from v_reset,
             # where the state before it is at the threshold, 1.25 away.
             np.testing.assert_allclose(v[rows, i], v_reset, rtol=0, atol=atol)
+    # Further before a spike (64 ulp, and 1e-3 of a time unit in float32): the
+    # state before it, below the threshold of 1 by about its slope times the gap.
+    for gap in ("64 ulp", 1e-3):
+        if gap == "64 ulp":
+            save = times
+            for _ in range(64):
+                save = np.nextafter(save, -np.inf)
+        elif dtype == jnp.float32:
+            save = (times - gap).astype(np.float32)
+        else:
+            continue
+        v = np.asarray(run(jnp.asarray(save, dtype)).saved_states.v)
+        own = np.asarray(layer.simulate(x, lengths, 100).spike_times)
+        for i in range(n):
+            mine = own[i][np.isfinite(own[i])]
+            rows = np.abs(times[None, :] - mine[:, None]).argmin(axis=1)
+            assert np.all(v[rows, i] > 0.9), (gap, v[rows, i])
+            assert np.all(v[rows, i] < 1.0), (gap, v[rows, i])
 
 
 def test_refractory_lif_at_spike_times():

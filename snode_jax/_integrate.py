@@ -314,6 +314,7 @@ def integrate_events(
     max_events: int | None = None,
     after_max_spikes: str = "fail",
     throw: bool = False,
+    context: str = "",
 ) -> Solution:
     """Simulate a population event by event (see `snode_jax._events`): driven by
     input `spikes` over `[0, t_end]`, or by held inputs over consecutive intervals
@@ -448,7 +449,7 @@ def integrate_events(
         duration=t_end,
     )
     if throw:
-        sol = raise_on_failure(sol, dynamics, conditions, nonfinite)
+        sol = raise_on_failure(sol, dynamics, conditions, nonfinite, context)
     return sol
 
 
@@ -538,17 +539,21 @@ def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):
     return times, sources, invalid
 
 
-def raise_on_failure(sol, dynamics, conditions, nonfinite):
+def raise_on_failure(sol, dynamics, conditions, nonfinite, context: str = ""):
     """`sol`, raising at run time on a failed named condition of the model (unless
     NaN/inf input is the cause, reported as such) or an unsuccessful `result`,
-    with one check for all of them."""
+    with one check for all of them; every message starts with `context` (which
+    run of several failed)."""
     name = type(dynamics).__name__
     conditions_failed = [
         f"Invalid parameters or initial state of {name} found at run time: "
         f"need {condition}."
         for condition in conditions
     ]
-    messages = conditions_failed + list(RESULTS._index_to_message)
+    messages = [
+        context + message
+        for message in conditions_failed + list(RESULTS._index_to_message)
+    ]
     failed = jnp.stack([~jnp.asarray(ok) & ~nonfinite for ok in conditions.values()])
     pred = jnp.any(failed) | (sol.result != RESULTS.successful)
     # The first failed condition, else the result's own message.

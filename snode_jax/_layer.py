@@ -420,6 +420,34 @@ class SpikingODELayer(eqx.Module):
         under `jax.jit` the message arrives buried in an `INTERNAL: CpuCallback
         error` traceback, under `eqx.filter_jit` it prints cleanly.
         """
+        return self._simulate(
+            inputs,
+            interval,
+            max_spikes,
+            t_end=t_end,
+            state=state,
+            max_events=max_events,
+            save_times=save_times,
+            after_max_spikes=after_max_spikes,
+            throw=throw,
+        )
+
+    def _simulate(
+        self,
+        inputs,
+        interval,
+        max_spikes,
+        *,
+        t_end=None,
+        state=None,
+        max_events=None,
+        save_times=None,
+        after_max_spikes="fail",
+        throw=True,
+        context="",
+    ) -> Solution:
+        """[`simulate`][]; a failure's message starts with `context` (on the
+        event-driven engine: which layer of a network failed)."""
         max_spikes = check_max_spikes(max_spikes)
         if check_after_max_spikes(after_max_spikes) and not (
             isinstance(inputs, SpikeTrain) and self.recurrent_weight is None
@@ -442,6 +470,7 @@ class SpikingODELayer(eqx.Module):
                 throw,
                 save_times,
                 after_max_spikes,
+                context,
             )
         for name, value in (("t_end", t_end), ("max_events", max_events)):
             if value is not None:
@@ -467,6 +496,7 @@ class SpikingODELayer(eqx.Module):
         throw,
         save_times=None,
         after_max_spikes="fail",
+        context="",
     ) -> Solution:
         self._check_arrays()
         dynamics = check_event_dynamics(
@@ -507,6 +537,7 @@ class SpikingODELayer(eqx.Module):
                     max_events=max_events,
                     after_max_spikes=after_max_spikes,
                     throw=throw,
+                    context=context,
                 )
             return _integrate_events_jit(
                 dynamics,
@@ -521,6 +552,7 @@ class SpikingODELayer(eqx.Module):
                 max_events=max_events,
                 after_max_spikes=after_max_spikes,
                 throw=throw,
+                context=context,
             )
         if t_end is not None:
             raise ValueError(
@@ -550,6 +582,7 @@ class SpikingODELayer(eqx.Module):
                 max_spikes=max_spikes,
                 max_events=max_events,
                 throw=throw,
+                context=context,
             )
         return _integrate_events_jit(
             dynamics,
@@ -563,6 +596,7 @@ class SpikingODELayer(eqx.Module):
             max_spikes=max_spikes,
             max_events=max_events,
             throw=throw,
+            context=context,
         )
 
     def forward(

@@ -133,6 +133,11 @@ class LeakyReadout(eqx.Module):
         or times past `t_end` (for concrete values); with `throw=True`, a runtime
         error for what is found under `jit` (see `result`).
         """
+        return self._simulate(inputs, t_end, throw)
+
+    def _simulate(self, inputs, t_end, throw, context="") -> ReadoutSolution:
+        """[`simulate`][]; a failure's message starts with `context` (which layer
+        of a network failed)."""
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(f"`inputs` must be a SpikeTrain, got {type(inputs)}.")
         # (A weight swapped in with `eqx.tree_at` is not checked by `__init__`.)
@@ -147,12 +152,14 @@ class LeakyReadout(eqx.Module):
         # `t_end` as an array: another value reuses the compiled readout.
         t_end = jnp.asarray(t_end, self.weight.dtype)
         return _readout(
-            self.dynamics, self.weight, inputs, t_end, self.init_state(), throw
+            self.dynamics, self.weight, inputs, t_end, self.init_state(), throw, context
         )
 
 
 @eqx.filter_jit
-def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0, throw) -> ReadoutSolution:
+def _readout(
+    dynamics, weight, spikes: SpikeTrain, t_end, y0, throw, context=""
+) -> ReadoutSolution:
     dtype = weight.dtype
     dynamics = dynamics.astype(dtype)
     t_end = jnp.asarray(t_end, dtype)
@@ -208,7 +215,7 @@ def _readout(dynamics, weight, spikes: SpikeTrain, t_end, y0, throw) -> ReadoutS
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
     sol = ReadoutSolution(max_voltage=vmax, max_time=tmax, final_state=y, result=result)
     if throw:
-        sol = raise_unless_successful(sol)
+        sol = raise_unless_successful(sol, context)
     return sol
 
 
@@ -292,6 +299,10 @@ class SpikingODENetwork(eqx.Module):
         time-to-first-spike output layer whose neurons fire once).
 
         **Returns:** a [`NetworkSolution`][].
+
+        **Raises:** as [`SpikingODELayer.simulate`][]; with `throw=True` a run
+        that fails raises with its message after the failed layer's place
+        (`layers[i]`) and its `max_spikes`.
         """
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(
@@ -330,17 +341,24 @@ class SpikingODENetwork(eqx.Module):
         )
         solutions = []
         train = inputs
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            # A failure's message names the layer (and its budget of spikes).
+            where = f"In `layers[{i}]` of the network"
             if isinstance(layer, LeakyReadout):
-                solutions.append(layer.simulate(train, t_end=t_end, throw=throw))
+                context = f"{where} (the readout): "
+                solutions.append(layer._simulate(train, t_end, throw, context))
                 break
-            sol = layer.simulate(
+            budget = budgets.pop(0)
+            context = f"{where} (max_spikes={budget}): "
+            sol = layer._simulate(
                 train,
+                None,
+                budget,
                 t_end=t_end,
-                max_spikes=budgets.pop(0),
                 max_events=max_events,
                 after_max_spikes=limits.pop(0),
                 throw=throw,
+                context=context,
             )
             solutions.append(sol)
             train = sol.spike_train()

@@ -462,10 +462,11 @@ def integrate_events_saving(
     recurrent_weight: Float[Array, "n_neurons n_neurons"] | None = None,
     delay: float = 0.0,
     throw: bool = False,
+    context: str = "",
     **kwargs,
 ) -> Solution:
     """[`integrate_events`][], then the states at `save_times` (see
-    [`event_saved_states`][])."""
+    [`event_saved_states`][]); a failure's message starts with `context`."""
     sol = integrate_events(
         dynamics,
         weight,
@@ -477,6 +478,7 @@ def integrate_events_saving(
         recurrent_weight=recurrent_weight,
         delay=delay,
         throw=throw,
+        context=context,
         **kwargs,
     )
     dtype = weight.dtype
@@ -509,13 +511,15 @@ def integrate_events_saving(
         else recurrent_weight.astype(dtype),
         delay=delay,
     )
-    return _finish(sol, save_times, states, RESULTS.successful, throw)
+    return _finish(sol, save_times, states, RESULTS.successful, throw, context)
 
 
-def _finish(sol: Solution, save_times, states, result, throw: bool) -> Solution:
+def _finish(
+    sol: Solution, save_times, states, result, throw: bool, context: str = ""
+) -> Solution:
     invalid = save_times_invalid(save_times, sol.duration)
     result = RESULTS.where(invalid, RESULTS.invalid_save_times, result)
     sol = with_saved_states(sol, save_times, states, result)
     if throw:
-        sol = raise_unless_successful(sol)
+        sol = raise_unless_successful(sol, context)
     return sol

@@ -92,14 +92,15 @@ class RESULTS(eqx.Enumeration):
     )
 
 
-def raise_unless_successful(sol):
+def raise_unless_successful(sol, context: str = ""):
     """`sol` (any module with a `result`), raising at run time where its `result`
-    is not a success; the check threaded on a scalar zero (see `tie_to`). Under
+    is not a success, with the message after `context` (which run of several
+    failed); the check threaded on a scalar zero (see `tie_to`). Under
     `jax.shard_map` every device raises if any does (with the message of the
     largest failed result over the devices)."""
     value = max_across_devices(sol.result._value)
     failed = value != RESULTS.successful._value
-    messages = RESULTS._index_to_message
+    messages = [context + message for message in RESULTS._index_to_message]
     token = eqx.branched_error_if(jnp.zeros((), jnp.int32), failed, value, messages)
     return tie_to(sol, token)
 

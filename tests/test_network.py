@@ -819,6 +819,52 @@ def test_first_spike_times_needs_recorded_spikes():
             sj.first_spike_times(other)  # type: ignore[arg-type]
 
 
+def test_a_failure_in_a_network_names_its_layer():
+    """A run that fails inside a network says which layer failed (and its spike
+    budget, which may differ per layer), eager and under `jit`; the layer run
+    alone says it without the prefix."""
+    key = jax.random.key(0)
+    first = eqx.tree_at(
+        lambda m: m.weight, sj.SpikingODELayer(2, 3, key=key), jnp.full((3, 2), 3.0)
+    )
+    second = eqx.tree_at(
+        lambda m: m.weight, sj.SpikingODELayer(3, 2, key=key), jnp.full((2, 3), 3.0)
+    )
+    net = sj.SpikingODENetwork([first, second, sj.LeakyReadout(2, 1, key=key)])
+    train = sj.SpikeTrain(jnp.arange(1.0, 20.0), jnp.zeros(19, jnp.int32))
+    full = r"More spikes occurred than fit in the spike buffer"
+    jitted = lambda budgets: eqx.filter_jit(
+        lambda t: net.simulate(t, t_end=30.0, max_spikes=budgets).output.max_voltage
+    )
+    for budgets, i in (((64, 2), 1), ((2, 64), 0)):
+        where = rf"In `layers\[{i}\]` of the network \(max_spikes=2\): {full}"
+        with pytest.raises(eqx.EquinoxRuntimeError, match=where):
+            net.simulate(train, t_end=30.0, max_spikes=budgets)
+        with pytest.raises(eqx.EquinoxRuntimeError, match=where):
+            jax.block_until_ready(jitted(budgets)(train))
+    # With every budget large enough, the run succeeds.
+    assert (
+        net.simulate(train, t_end=30.0, max_spikes=64).result == sj.RESULTS.successful
+    )
+    # A model's named condition, and the readout's outcome.
+    bad = eqx.tree_at(lambda m: m.layers[1].dynamics.tau_mem, net, jnp.asarray(-1.0))
+    with pytest.raises(
+        eqx.EquinoxRuntimeError,
+        match=r"In `layers\[1\]` of the network \(max_spikes=64\): Invalid parameters "
+        r"or initial state of ODELIFDynamics found at run time: need tau_mem > 0",
+    ):
+        bad.simulate(train, t_end=30.0)
+    nan = eqx.tree_at(lambda m: m.layers[2].weight, net, jnp.full((1, 2), jnp.nan))
+    with pytest.raises(
+        eqx.EquinoxRuntimeError,
+        match=r"In `layers\[2\]` of the network \(the readout\): The inputs, the "
+        "parameters",
+    ):
+        jax.block_until_ready(nan.simulate(train, t_end=30.0).output.max_voltage)
+    with pytest.raises(eqx.EquinoxRuntimeError, match=rf"EquinoxRuntimeError: {full}"):
+        first.simulate(train, t_end=30.0, max_spikes=2)
+
+
 def test_network_argument_errors():
     key = jax.random.key(0)
     net = sj.SpikingODENetwork(

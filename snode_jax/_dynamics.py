@@ -2,7 +2,7 @@
 
 import abc
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import equinox as eqx
 import jax
@@ -74,7 +74,7 @@ class AbstractDynamics(eqx.Module):
         (every solver works unless a model says otherwise)."""
         del solver
 
-    def astype(self, dtype) -> "AbstractDynamics":
+    def astype(self, dtype) -> Self:
         """A copy with every parameter cast to `dtype`, as an array: a number
         swapped in with `eqx.tree_at` (which skips the model's own checks) too;
         `TypeError` for one that is not a real number (a Python bool, a string;
@@ -84,8 +84,7 @@ class AbstractDynamics(eqx.Module):
             # (A boolean array, a mask: 0 and 1, as ever; one boolean is refused.)
             if hasattr(p, "dtype") and p.dtype == bool and jnp.ndim(p) >= 1:
                 return jnp.asarray(p, dtype)
-            key = path[0] if path else None
-            name = key.name if isinstance(key, jax.tree_util.GetAttrKey) else "a leaf"
+            name = getattr(path[0], "name", "a leaf") if path else "a leaf"
             check_real_number(f"{name}` of `{type(self).__name__}", p, unit="")
             if not hasattr(p, "dtype"):  # (a Python number, a fraction)
                 p = float(p)

@@ -59,34 +59,32 @@ class AbstractRungeKutta(AbstractStepper):
         y1 = jax.tree.map(jnp.add, y, combine(self.b))
         f0 = jax.tree.map(lambda k: h * k, ks[0])
         f1 = jax.tree.map(lambda k: h * k, ks[-1])
-        # The dense output: the coefficients of a polynomial in the fraction of the
-        # step, highest degree first, each a pytree of the state's structure (not
-        # a tuple per state leaf: a state that is itself a tuple would be taken for
-        # one).
-        tmap = jax.tree.map
         if self.c_mid is None:
-            # Cubic Hermite through y0, y1, f0, f1.
-            a = tmap(lambda y0, y1, f0, f1: 2 * (y0 - y1) + f0 + f1, y, y1, f0, f1)
-            b = tmap(lambda y0, y1, f0, f1: 3 * (y1 - y0) - 2 * f0 - f1, y, y1, f0, f1)
-            dense = (a, b, f0, y)
+
+            def cubic(y0, y1, f0, f1):  # Hermite
+                a = 2 * (y0 - y1) + f0 + f1
+                b = 3 * (y1 - y0) - 2 * f0 - f1
+                return (a, b, f0, y0)
+
+            per_leaf = jax.tree.map(cubic, y, y1, f0, f1)
         else:
-            y_mid = tmap(jnp.add, y, combine(self.c_mid))
-            args = (y, y1, y_mid, f0, f1)
-            a = tmap(
-                lambda y0, y1, ym, f0, f1: 2 * (f1 - f0) - 8 * (y1 + y0) + 16 * ym,
-                *args,
-            )
-            b = tmap(
-                lambda y0, y1, ym, f0, f1: (
-                    5 * f0 - 3 * f1 + 18 * y0 + 14 * y1 - 32 * ym
-                ),
-                *args,
-            )
-            c = tmap(
-                lambda y0, y1, ym, f0, f1: f1 - 4 * f0 - 11 * y0 - 5 * y1 + 16 * ym,
-                *args,
-            )
-            dense = (a, b, c, f0, y)
+            y_mid = jax.tree.map(jnp.add, y, combine(self.c_mid))
+
+            def quartic(y0, y1, ym, f0, f1):  # through y_mid too
+                a = 2 * (f1 - f0) - 8 * (y1 + y0) + 16 * ym
+                b = 5 * f0 - 3 * f1 + 18 * y0 + 14 * y1 - 32 * ym
+                c = f1 - 4 * f0 - 11 * y0 - 5 * y1 + 16 * ym
+                return (a, b, c, f0, y0)
+
+            per_leaf = jax.tree.map(quartic, y, y1, y_mid, f0, f1)
+        # The dense output: the polynomial's coefficients in the fraction of the
+        # step (highest degree first), each a pytree of the state's structure (a
+        # tuple of them per state leaf would be confused with a state that is a
+        # tuple itself).
+        n_coefficients = 4 if self.c_mid is None else 5
+        dense = jax.tree.transpose(
+            jax.tree.structure(y), jax.tree.structure((0,) * n_coefficients), per_leaf
+        )
         return y1, combine(self.b_error), (t0, t1, dense)
 
     def evaluate(self, dynamics, dense, s):

@@ -80,7 +80,7 @@ def _interior_peak(
 
 def _zero_counters(n: int) -> Counters:
     z = jnp.zeros((n,), jnp.int32)
-    return Counters(z, z, z, z, z)
+    return Counters(z, z, z, z, z, num_invalid_resets=z)
 
 
 class AdaptiveState(eqx.Module):
@@ -287,9 +287,12 @@ class AdaptiveLoop(AbstractIntegrator):
         out = self.decide(dynamics, current, interval, st, replay)
         t1, y1 = out.t1, out.y1
         t_star, y_star = out.crossings.t_star, out.crossings.y_star
-        y_new = where_tree(
-            out.crossed, dynamics.reset(y_star), where_tree(out.accept, y1, st.y)
-        )
+        y_reset = dynamics.reset(y_star)
+        y_new = where_tree(out.crossed, y_reset, where_tree(out.accept, y1, st.y))
+        # A reset that leaves the neuron at or above threshold would fire it again
+        # at once, forever (a user model's `reset`; the built-in models' conditions
+        # rule it out): reported, and the neuron stops here.
+        bad_reset = out.crossed & (dynamics.threshold(y_reset) >= 0)
         t_new = jnp.where(out.crossed, t_star, jnp.where(out.accept, t1, st.t))
         h_new = jnp.where(out.active, out.h_next, st.h)
         # After a reset the neuron is back in its slow regime: restart from a step
@@ -318,6 +321,7 @@ class AdaptiveLoop(AbstractIntegrator):
             num_rejected_steps=(out.active & ~out.accept).astype(jnp.int32),
             num_dt_min_steps=(out.accept & out.at_dt_min).astype(jnp.int32),
             num_stalled_steps=stalled.astype(jnp.int32),
+            num_invalid_resets=bad_reset.astype(jnp.int32),
         )
         new = AdaptiveState(
             t=t_new,
@@ -325,7 +329,7 @@ class AdaptiveLoop(AbstractIntegrator):
             h=h_new,
             count=st.count + out.crossed,
             counters=counters,
-            attempts=st.attempts + out.active,
+            attempts=jnp.where(bad_reset, self.max_steps, st.attempts + out.active),
             buffer=buffer,
             root_fail=st.root_fail | (out.crossed & ~out.crossings.ok),
             h_big=h_big,

@@ -256,6 +256,9 @@ def integrate(
     assert raw.nonfinite_state is not None
     bad_state = jnp.any(jnp.isnan(raw.spike_times)) | jnp.any(raw.nonfinite_state)
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
+    if raw.counters.num_invalid_resets is not None:
+        bad_reset = jnp.any(raw.counters.num_invalid_resets > 0)
+        result = update_result(result, bad_reset, RESULTS.invalid_reset)
     if raw.counters.num_imprecise_intervals is not None:
         imprecise = jnp.any(raw.counters.num_imprecise_intervals > 0)
         result = update_result(result, imprecise, RESULTS.count_precision_lost)

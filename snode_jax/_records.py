@@ -90,6 +90,7 @@ class Counters(eqx.Module):
     num_dt_min_steps: Int[Array, " n_neurons"] | None = None
     num_stalled_steps: Int[Array, " n_neurons"] | None = None
     num_imprecise_intervals: Int[Array, " n_neurons"] | None = None
+    num_invalid_resets: Int[Array, " n_neurons"] | None = None
 
     def __add__(self, other: "Counters") -> "Counters":
         return jax.tree.map(jnp.add, self, other)

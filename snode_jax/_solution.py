@@ -90,6 +90,12 @@ class RESULTS(eqx.Enumeration):
         "Increase `max_spikes`, or differentiate with "
         "`RerunAdjoint(replay_crossings=False)`, which searches for them again."
     )
+    invalid_reset = (
+        "The model's `reset` left a neuron at or above its threshold "
+        "(`threshold(reset(y)) >= 0` at a crossing), so it would fire again at once, "
+        "forever; the run stopped that neuron there. A model's reset must bring the "
+        "state below threshold."
+    )
 
 
 def raise_unless_successful(sol, context: str = ""):

@@ -548,6 +548,46 @@ def test_a_user_model_starting_above_threshold_is_refused():
         jax.block_until_ready(lif.simulate(x, 5.0, state=sj.LIFState(jnp.array([1.5]))))
 
 
+class ResetToLIF(UserLIF):
+    """`UserLIF` reset to `v_reset`, which nothing constrains below `theta`."""
+
+    v_reset: jax.Array
+
+    def __init__(self, v_reset):
+        super().__init__()
+        self.v_reset = jnp.asarray(v_reset, float)
+
+    def reset(self, y):
+        return sj.LIFState(jnp.full_like(y.v, self.v_reset))
+
+
+def test_a_reset_at_or_above_threshold_is_reported():
+    """A reset that leaves the neuron at or above threshold fires it again at once,
+    forever: it was reported as `max_steps_reached` ("increase max_steps") or as a
+    full spike buffer. Now `invalid_reset`, and the neuron stops at that spike."""
+    x = jnp.ones((3, 1))
+    for v_reset in (1.0, 1.5):
+        layer = sj.SpikingODELayer(
+            1, 2, ResetToLIF(v_reset=v_reset), key=jax.random.key(0)
+        )
+        layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[0.2], [0.0]]))
+        sol = layer.simulate(x, 10.0, max_spikes=64, throw=False)
+        assert sol.result == sj.RESULTS.invalid_reset, v_reset
+        # The driven neuron stops at its first spike of each interval, long
+        # before the step budget; the other never fires.
+        assert 1 <= int(sol.num_spikes[0]) <= 3 and int(sol.num_spikes[1]) == 0
+        assert int(jnp.max(sol.stats["num_steps"])) < 200
+        with pytest.raises(
+            eqx.EquinoxRuntimeError, match=r"threshold\(reset\(y\)\) >= 0"
+        ):
+            jax.block_until_ready(layer.forward(x, 10.0))
+    # Just below threshold: a valid (if fast-firing) model.
+    layer = sj.SpikingODELayer(1, 1, ResetToLIF(v_reset=0.9), key=jax.random.key(0))
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[0.2]]))
+    sol = layer.simulate(x, 10.0, max_spikes=64)
+    assert sol.result == sj.RESULTS.successful and int(sol.num_spikes[0]) > 3
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_shared_parameter_is_not_split_across_neurons(batched):
     """`taps` has one entry per neuron by coincidence: it must still act whole on

@@ -51,13 +51,15 @@ class EventRun(eqx.Module):
     num_events: Int[Array, ""]
     buffer_full: Bool[Array, ""]
     search_failed: Bool[Array, ""]
+    invalid_reset: Bool[Array, ""]
     unfinished: Bool[Array, ""]
 
 
 def finished_run(final, active) -> EventRun:
     """The [`EventRun`][] of either engine's final loop carry; `active` says whether
     the loop still had work when it stopped (only a spent budget leaves it so)."""
-    unfinished = active & ~final.buffer_full & ~final.search_failed
+    stopped = final.buffer_full | final.search_failed | final.invalid_reset
+    unfinished = active & ~stopped
     return EventRun(
         spike_times=final.spike_times,
         num_spikes=final.num_spikes,
@@ -66,6 +68,7 @@ def finished_run(final, active) -> EventRun:
         num_events=final.num_events,
         buffer_full=final.buffer_full,
         search_failed=final.search_failed,
+        invalid_reset=final.invalid_reset,
         unfinished=unfinished,
     )
 

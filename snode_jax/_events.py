@@ -76,6 +76,7 @@ class EventState(eqx.Module):
     num_events: Int[Array, ""]
     buffer_full: Bool[Array, ""]
     search_failed: Bool[Array, ""]
+    invalid_reset: Bool[Array, ""]
 
 
 def simulate_events(
@@ -241,6 +242,8 @@ def simulate_events(
                 shift = jnp.where(settled, 0, shift)
                 terms = where_tree(settled, jax.tree.map(jnp.zeros_like, terms), terms)
             y = jax.tree.map(lambda a, b: jnp.where(spiking, a, b), reset, s.y)
+            # A reset at or above threshold would fire again at once: the run stops.
+            bad_reset = jnp.any(spiking & (dynamics.threshold(reset) >= 0))
             counts = s.counts.at[s.interval_index].add(spiking.astype(s.counts.dtype))
             num_spikes = s.num_spikes + spiking.astype(jnp.int32)
             log_times, log_sources, num_logged = (
@@ -268,6 +271,7 @@ def simulate_events(
                     s.fire_shift,
                     s.reset_terms,
                     s.buffer_full,
+                    s.invalid_reset,
                 ),
                 s,
                 (
@@ -282,6 +286,7 @@ def simulate_events(
                     shift,
                     terms,
                     s.buffer_full | full,
+                    s.invalid_reset | bad_reset,
                 ),
             )
 
@@ -351,7 +356,7 @@ def simulate_events(
             return (s.t < t_end) | due
 
         def cond_fun(s: EventState):
-            return active(s) & ~s.buffer_full & ~s.search_failed
+            return active(s) & ~s.buffer_full & ~s.search_failed & ~s.invalid_reset
 
         def body_fun(s: EventState) -> EventState:
             # Advance to the next event unless one is due now; then at that instant
@@ -384,6 +389,7 @@ def simulate_events(
         num_events=zero,
         buffer_full=jnp.zeros((), bool),
         search_failed=jnp.zeros((), bool),
+        invalid_reset=jnp.zeros((), bool),
     )
     # (Under `jax.shard_map`, the carry varies as the inputs do.)
     init = vary_like(init, dynamics, weight, recurrent_weight, schedule, state)

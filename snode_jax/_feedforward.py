@@ -57,6 +57,7 @@ class FeedforwardState(eqx.Module):
     num_events: Int[Array, ""]
     buffer_full: Bool[Array, ""]
     search_failed: Bool[Array, ""]
+    invalid_reset: Bool[Array, ""]
 
 
 def simulate_feedforward(
@@ -121,6 +122,8 @@ def simulate_feedforward(
         neurons neither cross nor fire)."""
         full = jnp.any(spiking & (s.num_spikes >= max_spikes))
         spiking = spiking & ~full
+        # A reset at or above threshold would fire again at once: the run stops.
+        bad_reset = jnp.any(spiking & (dynamics.threshold(y_fired) >= 0))
         col = jnp.minimum(s.num_spikes, max_spikes - 1)
         old = s.spike_times[rows, col]
         spike_times = s.spike_times.at[rows, col].set(jnp.where(spiking, times, old))
@@ -137,6 +140,7 @@ def simulate_feedforward(
                 s.num_spikes,
                 s.counts,
                 s.buffer_full,
+                s.invalid_reset,
             ),
             s,
             (
@@ -146,6 +150,7 @@ def simulate_feedforward(
                 s.num_spikes + spiking.astype(jnp.int32),
                 counts,
                 s.buffer_full | full,
+                s.invalid_reset | bad_reset,
             ),
         )
 
@@ -204,7 +209,7 @@ def simulate_feedforward(
         return (s.t < t_end) | due
 
     def cond_fun(s: FeedforwardState):
-        return active(s) & ~s.buffer_full & ~s.search_failed
+        return active(s) & ~s.buffer_full & ~s.search_failed & ~s.invalid_reset
 
     def body_fun(s: FeedforwardState) -> FeedforwardState:
         t_in, t_switch = upcoming(s)
@@ -212,7 +217,7 @@ def simulate_feedforward(
         s, crossed = advance(s, t_next)
         # Once no neuron crossed on the way, all are at `t_next`.
         s = lax.cond(
-            crossed | s.buffer_full,
+            crossed | s.buffer_full | s.invalid_reset,
             lambda s: s,
             lambda s: at_event(s, t_next),
             s,
@@ -234,6 +239,7 @@ def simulate_feedforward(
         num_events=zero,
         buffer_full=jnp.zeros((), bool),
         search_failed=jnp.zeros((), bool),
+        invalid_reset=jnp.zeros((), bool),
     )
     # (Under `jax.shard_map`, the carry varies as the inputs do.)
     init = vary_like(init, dynamics, weight, schedule, state)

@@ -437,6 +437,7 @@ def integrate_events(
     result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
     bad_state = jnp.any(jnp.isnan(run.spike_times)) | any_nonfinite(run.final_state)
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
+    result = update_result(result, run.invalid_reset, RESULTS.invalid_reset)
     result = update_result(result, run.search_failed, RESULTS.crossing_search_failed)
     result = update_result(result, run.buffer_full, RESULTS.spike_buffer_full)
     result = update_result(result, run.unfinished, RESULTS.max_events_reached)

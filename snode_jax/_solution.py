@@ -92,9 +92,9 @@ class RESULTS(eqx.Enumeration):
     )
     invalid_reset = (
         "The model's `reset` left a neuron at or above its threshold "
-        "(`threshold(reset(y)) >= 0` at a crossing), so it would fire again at once, "
-        "forever; the run stopped that neuron there. A model's reset must bring the "
-        "state below threshold."
+        "(`threshold(reset(y)) >= 0` at a spike), so it would fire again at once, "
+        "forever: the run stopped that neuron there (the event-driven engines stop "
+        "the whole run). A model's `reset` must bring the state below threshold."
     )
 
 

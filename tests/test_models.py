@@ -588,6 +588,73 @@ def test_a_reset_at_or_above_threshold_is_reported():
     assert sol.result == sj.RESULTS.successful and int(sol.num_spikes[0]) > 3
 
 
+class ExactResetToLIF(sj.AbstractExactFlowDynamics):
+    """A LIF (delta synapses) with its exact flow, reset to `v_reset`, which
+    nothing constrains below the threshold 1."""
+
+    tau: jax.Array = eqx.field(converter=jnp.asarray, default=10.0)
+    v_reset: jax.Array = eqx.field(converter=jnp.asarray, default=0.0)
+
+    parameter_names = ("tau", "v_reset")
+
+    def init_state(self, n_neurons, dtype):
+        return sj.LIFState(jnp.zeros((n_neurons,), dtype))
+
+    def vector_field(self, t, y, current):
+        return sj.LIFState((current - y.v) / self.tau)
+
+    def threshold(self, y):
+        return y.v - 1.0
+
+    def reset(self, y):
+        return sj.LIFState(jnp.full_like(y.v, self.v_reset))
+
+    def voltage(self, y):
+        return y.v
+
+    def constraints(self, y):
+        return {"tau > 0": jnp.all(self.tau > 0)}
+
+    def jump(self, y, amount):
+        return sj.LIFState(y.v + amount)
+
+    def exact_flow(self, y, current, h):
+        return sj.LIFState(current + (y.v - current) * jnp.exp(-h / self.tau))
+
+    def peak_in_step(self, y, current, h):
+        return jnp.zeros_like(h), jnp.zeros(jnp.shape(h), bool)
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_a_reset_at_or_above_threshold_stops_an_event_driven_run(recurrent):
+    """On spike trains (both engines): a reset at the threshold or above it was
+    taken as a success, the neuron firing again at the next input, to which it
+    has no connection (a spike at 2 ms)."""
+    inp = sj.SpikeTrain(times=jnp.array([1.0, 2.0, 3.0]), sources=jnp.array([0, 1, 0]))
+    kw = dict(recurrent=True, delay=0.5) if recurrent else {}
+    for v_reset in (0.0, 1.0, 1.5):
+        layer = sj.SpikingODELayer(
+            2, 2, ExactResetToLIF(v_reset=v_reset), key=jax.random.key(0), **kw
+        )
+        weight = jnp.array([[1.5, 0.0], [0.0, 0.2]])
+        layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+        if recurrent:
+            zero = jnp.zeros((2, 2))
+            layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, zero)
+        sol = layer.simulate(inp, t_end=10.0, max_spikes=8, throw=False)
+        if v_reset == 0.0:  # each jump of 1.5 fires neuron 0 at once
+            assert sol.result == sj.RESULTS.successful
+            np.testing.assert_array_equal(sol.spike_times[0, :3], [1.0, 3.0, np.inf])
+            assert int(sol.num_spikes[1]) == 0
+            continue
+        assert sol.result == sj.RESULTS.invalid_reset, v_reset
+        assert int(sol.num_spikes[0]) == 1 and float(sol.spike_times[0, 0]) == 1.0
+        with pytest.raises(
+            eqx.EquinoxRuntimeError, match=r"threshold\(reset\(y\)\) >= 0"
+        ):
+            jax.block_until_ready(layer.simulate(inp, t_end=10.0, max_spikes=8))
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_shared_parameter_is_not_split_across_neurons(batched):
     """`taps` has one entry per neuron by coincidence: it must still act whole on

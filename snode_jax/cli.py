@@ -135,6 +135,7 @@ def parse_values(spec: str, what: str = "values") -> np.ndarray:
             raise argparse.ArgumentTypeError(
                 f"{what}: NUM in {spec!r} must be a positive integer, got {parts[2]!r}"
             )
+        _check_one_point(start, stop, num, f"{what}: {spec!r}")
         try:
             return np.linspace(start, stop, num)
         except MemoryError:
@@ -147,6 +148,15 @@ def parse_values(spec: str, what: str = "values") -> np.ndarray:
             f"{what}: {spec!r} must be START:STOP:NUM, V1,V2,... or V"
         )
     return np.array([_number(s, what) for s in items])
+
+
+def _check_one_point(start: float, stop: float, num: int, what: str) -> None:
+    # One value cannot include both ends: the stop would be dropped.
+    if num == 1 and start != stop:
+        raise argparse.ArgumentTypeError(
+            f"{what}: one value (NUM = 1) cannot include both ends {start:g} and "
+            f"{stop:g}; give the one value alone, or NUM >= 2"
+        )
 
 
 def _assignment(kind: str):
@@ -182,6 +192,7 @@ def _config_values(name: str, value: Any, path: str) -> np.ndarray:
             raise _ArgumentError(f"{what}: num must be a positive integer, got {num!r}")
         start = _number(str(value["start"]), what)
         stop = _number(str(value["stop"]), what)
+        _check_one_point(start, stop, num, what)
         return np.linspace(start, stop, num)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
@@ -214,8 +225,10 @@ _IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def _check_output(flag: str, path: str, suffixes: tuple[str, ...] | None = None):
-    """Refuse an output path before any work: its folder must exist, and for an
-    image its suffix must be one matplotlib writes."""
+    """Refuse an output path before any work: its folder must exist, the path must
+    not be a folder and must be writable (tried by opening it to append, and a file
+    that did not exist is removed again), and for an image its suffix must be one
+    matplotlib writes."""
     target = pathlib.Path(path)
     if suffixes is not None and target.suffix.lower() not in suffixes:
         raise _ArgumentError(f"{flag} {path}: must end in one of {', '.join(suffixes)}")
@@ -224,6 +237,18 @@ def _check_output(flag: str, path: str, suffixes: tuple[str, ...] | None = None)
         raise _ArgumentError(
             f"{flag} {path}: the folder {str(folder)!r} does not exist"
         )
+    try:
+        if target.is_dir():
+            raise _ArgumentError(f"{flag} {path}: is a folder, not a file")
+        existed = target.exists()
+        with open(target, "ab"):
+            pass
+        if not existed:
+            target.unlink(missing_ok=True)
+    except OSError as e:
+        raise _ArgumentError(
+            f"{flag} {path}: cannot be written ({e.strerror})"
+        ) from None
 
 
 def _load_config(path: str) -> dict[str, Any]:
@@ -522,7 +547,8 @@ def _cmd_demo(args) -> int:
     import snode_jax as sj
     from snode_jax.plot import raster
 
-    # The quickstart's network: 16 LIF neurons, 32 inputs, 1 ms intervals.
+    # Shaped as the quickstart's layer: 16 LIF neurons, 32 inputs, 1 ms intervals
+    # (in float32: other weights and inputs than the quickstart's float64 ones).
     layer = sj.SpikingODELayer(
         32,
         16,
@@ -700,9 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="simulate the quickstart's 16-neuron layer and draw its spike raster",
-        description="Simulate the quickstart's layer (16 LIF neurons, 32 random "
-        "inputs held for 1 ms each) and write its spike raster as an image.",
+        help="simulate a 16-neuron LIF layer and draw its spike raster",
+        description="Simulate a layer shaped as the quickstart's (16 LIF neurons, "
+        "32 random inputs held for 1 ms each), in float32 (its weights and inputs "
+        "are not the quickstart's, which runs in float64), and write its spike "
+        "raster as an image.",
     )
     demo.set_defaults(run=_cmd_demo, subparser=demo)
     demo.add_argument("--out", default="snode_jax_demo.png", help="image (PNG) path")

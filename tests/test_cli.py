@@ -182,6 +182,27 @@ def test_sweep_config_toml_to_npz(tmp_path):
         (("sweep", "--param", "drive=1", "--out", "no/such/r.csv"), 2, "--out no/"),
         (("sweep", "--param", "drive=1", "--plot", "p.txt"), 2, "--plot p.txt: must"),
         (("demo", "--out", "demo.txt"), 2, "--out demo.txt: must end in"),
+        # Outputs that cannot be written are refused before the run (they failed
+        # after it, with status 1 and an OSError that did not name the flag).
+        (("demo", "--out", "folder.png"), 2, "--out folder.png: is a folder"),
+        (("sweep", "--param", "drive=1", "--plot", "folder.png"), 2, "is a folder"),
+        (
+            ("sweep", "--param", "drive=1", "--out", "x" * 300 + ".csv"),
+            2,
+            r"--out x+\.csv: cannot be written \(",
+        ),
+        (
+            ("sweep", "--param", "drive=1", "--plot", "x" * 300 + ".png"),
+            2,
+            r"--plot x+\.png: cannot be written \(",
+        ),
+        # One value cannot include both ends (the stop was dropped).
+        (
+            ("sweep", "--param", "drive=0.1:0.5:1"),
+            2,
+            r"'0.1:0.5:1': one value \(NUM = 1\) cannot include both ends 0.1 and 0.5",
+        ),
+        (("sweep", "--config", "num1.toml"), 2, r"grid.drive: one value \(NUM = 1\)"),
         (("bench", "nonexistent"), 2, "invalid choice: 'nonexistent'"),
         (("bench", "--reps", "0"), 2, "--reps must be >= 1"),
         (("demo", "--intervals", "0"), 2, "--intervals must be >= 1"),
@@ -221,6 +242,8 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
     (tmp_path / "steps.toml").write_text("max_steps = 3\n[grid]\ndrive = [1.0]\n")
     # A parameter in both tables of a config file.
     (tmp_path / "both.toml").write_text("[grid]\ndrive = [1, 2]\n[fixed]\ndrive = 3\n")
+    (tmp_path / "num1.toml").write_text("[grid]\ndrive = {start=1, stop=2, num=1}\n")
+    (tmp_path / "folder.png").mkdir()
     try:
         status = main(list(args))
     except SystemExit as e:  # argparse's own errors
@@ -229,6 +252,10 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
     import re
 
     assert re.search(message, capsys.readouterr().err)
+    # Nothing written: no output left behind by a refused command.
+    assert {p.name for p in tmp_path.iterdir()} <= {
+        "bad.toml", "steps.toml", "both.toml", "num1.toml", "folder.png"
+    }  # fmt: skip
 
 
 def test_bad_arguments_exit_codes_in_subprocess(tmp_path):
@@ -251,6 +278,7 @@ def test_parse_values():
     np.testing.assert_array_equal(parse_values("10:50:5"), [10, 20, 30, 40, 50])
     np.testing.assert_array_equal(parse_values("1,2.5, 4"), [1, 2.5, 4])
     np.testing.assert_array_equal(parse_values("3"), [3.0])
+    np.testing.assert_array_equal(parse_values("0.5:0.5:1"), [0.5])
     for bad in ("", "1,,2", "1:2", "1:2:0", "1:2:3:4", "nan", "1:inf:3"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_values(bad)

@@ -49,8 +49,9 @@ rules, so a module survives the round trip up to the rounding of these products
 to `(n,)`; on import, a parameter whose entries are all equal becomes a scalar
 (shared by the population, as the model's defaults are), others stay per neuron.
 `r`, `tau`, `tau_mem`, `tau_syn` must be `> 0`. NIR does not specify the initial
-state: imported neurons start at rest, `v = v_leak` (an `IF` at `v_reset`, as
-[`IFDynamics`][] does). A readout's `v_threshold` is never used and is not
+state: imported neurons start at rest, `v = v_leak`, or at `v_reset` where
+`v_leak >= v_threshold` (a neuron that fires with no input has no rest below
+threshold) and for an `IF` (as the models' `init_state` does). A readout's `v_threshold` is never used and is not
 exported (an imported readout gets the model's default); nor is its `v_reset`,
 except that an `IF` readout starts there, which NIR's `I` cannot carry: export
 refuses an `IF` readout whose `v_reset` is not 0.
@@ -359,6 +360,17 @@ class _Graph:
             return None
         return path
 
+    def cycle(self, population: str, first: str) -> list[str] | None:
+        """The nodes of a path `population -> first -> ... -> population` through
+        nodes of one successor each (any kinds), else None."""
+        path, name = [], first
+        while name != population:
+            if name in path or len(self.succ[name]) != 1:
+                return None
+            path.append(name)
+            name = self.succ[name][0]
+        return path
+
     def chain(self) -> list[_Stage]:
         stages: list[_Stage] = []
         current = self.inputs[0]
@@ -380,6 +392,14 @@ class _Graph:
                     forward = [k for k in forward if k != loop[0]]
                     stages[-1].loop = loop
                     seen.update(loop)
+            for k in forward:
+                if stages and (path := self.cycle(current, k)) is not None:
+                    raise ValueError(
+                        f"NIR node {current!r} ({self.kind(current)}) has a recurrent "
+                        f"loop through {path} that snode_jax does not import: a "
+                        "recurrent loop is the population -> one Linear or Affine "
+                        "(-> at most one Delay) -> the same population."
+                    )
             if len(forward) != 1:
                 raise ValueError(
                     f"NIR node {current!r} ({self.kind(current)}) sends to "
@@ -615,7 +635,8 @@ def from_nir(
     input_shape = np.asarray(g.nodes[g.inputs[0]].input_type["input"]).reshape(-1)
     if input_shape.size != 1:
         raise ValueError(
-            f"The NIR Input node {g.inputs[0]!r} has shape {tuple(input_shape)}; "
+            f"The NIR Input node {g.inputs[0]!r} has shape "
+            f"{tuple(int(k) for k in input_shape)}; "
             "snode_jax layers take a 1-D input (n_inputs,)."
         )
     n_in = int(input_shape[0])
@@ -672,6 +693,14 @@ def from_nir(
             layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, rec_w)
         layers.append(layer)
         n_in = n
+    out_name = g.outputs[0]
+    out_shape = np.asarray(g.nodes[out_name].output_type["output"]).reshape(-1)
+    if out_shape.size != 1 or int(out_shape[0]) != n_in:
+        raise ValueError(
+            f"The NIR Output node {out_name!r} has shape "
+            f"{tuple(int(k) for k in out_shape)}; the last population, "
+            f"{stages[-1].population!r}, has {n_in} neurons: it must be ({n_in},)."
+        )
     if len(layers) == 1:
         return layers[0]
     return SpikingODENetwork(layers)

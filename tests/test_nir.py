@@ -8,6 +8,7 @@ and a `.nir` file written by another library (spyx, `tests/fixtures/`).
 """
 
 import pathlib
+import re
 
 import equinox as eqx
 import jax
@@ -702,6 +703,33 @@ def test_unsupported_graph_shapes():
         from_nir(_chain(*nodes))
     with pytest.raises(TypeError, match="nir.NIRGraph or a path"):
         from_nir(_lif(3))  # pyright: ignore[reportArgumentType]
+    # Loops the importer does not take are named as loops (they were refused as
+    # "branches or skip connections"): through a Delay alone, through two weights.
+    for loop in (
+        [nir.Delay(delay=np.array([1e-3]))],
+        [nir.Linear(weight=np.eye(3)), nir.Linear(weight=np.eye(3))],
+    ):
+        nodes = (inp, nir.Linear(weight=np.ones((3, 2))), _lif(3), *loop, out)
+        names = [f"n{3 + i}" for i in range(len(loop))]
+        edges = [("n0", "n1"), ("n1", "n2"), ("n2", names[0])]
+        edges += list(zip(names[:-1], names[1:])) + [(names[-1], "n2")]
+        edges += [("n2", f"n{3 + len(loop)}")]
+        with pytest.raises(
+            ValueError,
+            match=rf"'n2' \(LIF\) has a recurrent loop through {re.escape(str(names))}",
+        ):
+            from_nir(_chain(*nodes, edges=edges))
+    # The Output node's size is that of the last population (a graph built
+    # without NIR's type check imported 3 neurons as 5 outputs).
+    inp, out5 = _io(2, 5)
+    with pytest.raises(
+        ValueError, match=r"Output node 'n3' has shape \(5,\); the last"
+    ):
+        from_nir(_chain(inp, nir.Linear(weight=np.ones((3, 2))), _lif(3), out5))
+    # A 2-D Input is named with its shape as integers.
+    inp2 = nir.Input(input_type={"input": np.array([1, 2])})
+    with pytest.raises(ValueError, match=r"has shape \(1, 2\); snode_jax layers take"):
+        from_nir(_chain(inp2, nir.Linear(weight=np.ones((3, 2))), _lif(3), out))
 
 
 def test_export_refuses_models_without_a_nir_node(getkey):

@@ -252,10 +252,7 @@ class SpikingODELayer(eqx.Module):
                 f"`inputs` must have shape {expected} with T >= 1, got shape "
                 f"{inputs.shape}. For a batch, use jax.vmap over the leading axis."
             )
-        if is_concrete(inputs) and not np.all(np.isfinite(np.asarray(inputs))):
-            raise ValueError(
-                f"`inputs` must be finite, got NaN or inf in {inputs.shape}."
-            )
+        _check_finite("inputs", inputs)
         # The layer's dtype (that of `weight`) sets the precision of the simulation.
         return inputs.astype(self.dtype)
 
@@ -655,8 +652,21 @@ class SpikingODELayer(eqx.Module):
             raise ValueError(
                 f"`x` must have shape (n_inputs,) = ({self.n_inputs},), got {x.shape}."
             )
+        _check_finite("x", x)
         sol = self._run(x[None], interval, state, None, throw, keep=False)
         return sol.final_state, sol.counts[0]
+
+
+def _check_finite(name: str, a) -> None:
+    """`ValueError` naming the first NaN or inf entry of a concrete array `a`."""
+    if is_concrete(a):
+        bad = np.argwhere(~np.isfinite(np.asarray(a)))
+        if bad.size:
+            at = ", ".join(str(int(i)) for i in bad[0])
+            raise ValueError(
+                f"`{name}` must be finite, got {np.asarray(a)[tuple(bad[0])]} at "
+                f"{name}[{at}] (shape {tuple(a.shape)}; {len(bad)} entries NaN or inf)."
+            )
 
 
 _integrate_jit = eqx.filter_jit(integrate)

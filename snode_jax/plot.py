@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from ._checks import check_real, check_real_number, describe
+from ._checks import check_real_number, describe
 from ._dynamics import AbstractDynamics
 from ._solution import RESULTS, Solution
 from ._spike_train import SpikeTrain
@@ -159,7 +159,7 @@ def raster(
                 "`spikes` must be a Solution, a SpikeTrain or an array (n_neurons, "
                 f"max_spikes) of spike times, got a {type(spikes).__name__}."
             )
-        check_real("spikes", spikes)
+        check_real_number("spikes", spikes)
         grid = np.asarray(spikes, float)
         if grid.ndim != 2:
             raise ValueError(

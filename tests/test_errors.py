@@ -742,9 +742,15 @@ def test_online_layer_needs_a_layer():
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("entry", ["forward", "simulate", "step"])
 def test_nonfinite_inputs_eager(layer, entry, bad):
+    """Named with the first bad entry: `step` names its `x` (it named `inputs`,
+    with a shape (1, n_inputs) that read as a position)."""
     x = np.ones((T, N_IN))
     x[0, 1] = bad
-    with pytest.raises(ValueError, match=r"`inputs` must be finite, got NaN or inf"):
+    x[0, 2] = bad
+    at = r"x\[1\] \(shape \(3,\)" if entry == "step" else r"inputs\[0, 1\] \(shape"
+    name = "x" if entry == "step" else "inputs"
+    match = rf"`{name}` must be finite, got {bad} at {at}.*2 entries NaN or inf"
+    with pytest.raises(ValueError, match=match):
         _calls(layer)[entry](x, 1.0)
 
 

@@ -239,6 +239,10 @@ def test_voltage_traces_without_save_times_draw_the_models_threshold():
 def test_arguments_that_are_not_real_numbers():
     with pytest.raises(TypeError, match="`spikes` must be real, got complex"):
         plot.raster(np.array([[1 + 2j, np.inf]]))
+    # Strings and booleans are named (NumPy's "could not convert string to float").
+    for spikes in ("abc", [[1.0, "x"]], np.array([[True, False]])):
+        with pytest.raises(TypeError, match="`spikes` must be a real number"):
+            plot.raster(spikes)
     for bad, error in (("5", TypeError), (5 + 1j, TypeError), (True, TypeError)):
         with pytest.raises(error, match="`t_end`"):
             plot.raster(np.array([[1.0, np.inf]]), t_end=bad)

@@ -149,7 +149,7 @@ def integrate(
     keep_interval_states: bool = True,
     surrogate: AbstractSurrogate | None = None,
     adjoint: AbstractAdjoint | None = None,
-    throw: bool = False,
+    throw: bool = True,
     backward_throw: bool | None = None,
 ) -> Solution:
     """Simulate a layer over consecutive intervals of held input.
@@ -168,8 +168,11 @@ def integrate(
     (default: [`ClosedFormAdjoint`][] on the closed-form walk, forward and reverse
     mode; [`RerunAdjoint`][] on the adaptive loop, reverse mode).
 
-    With `throw=True` an unsuccessful run raises (under `eqx.filter_jit`, as a clean
-    error naming the failed condition or the [`RESULTS`][] item).
+    With `throw=True` (the default) an unsuccessful run raises (under
+    `eqx.filter_jit`, as a clean error naming the failed condition or the
+    [`RESULTS`][] item); with `throw=False` it returns, and `result` says what
+    failed (its other fields are then not to be trusted: a full spike buffer's
+    spike times are cut short, a NaN input gives NaN states).
     `backward_throw` (default: `throw`) is the same for the default adjoint's own
     check in the backward pass (see [`RerunAdjoint`][]), for a caller that
     reports the forward run's outcome itself.
@@ -316,7 +319,7 @@ def integrate_events(
     max_spikes: int = 64,
     max_events: int | None = None,
     after_max_spikes: str = "fail",
-    throw: bool = False,
+    throw: bool = True,
     context: str = "",
 ) -> Solution:
     """Simulate a population event by event (see `snode_jax._events`): driven by
@@ -328,7 +331,7 @@ def integrate_events(
     parameters, the initial state and the input spike times (reverse mode). Counts
     are exact integers (stored in the float dtype) without a surrogate gradient.
     Invalid values found at run time are reported in the solution's `result`, and
-    with `throw=True` raise.
+    with `throw=True` (the default) raise; `throw=False` returns the failed run.
 
     `after_max_spikes`: `"fail"` (default), a neuron that would fire once more than
     `max_spikes` stops the run with `RESULTS.spike_buffer_full`; `"silence"`, it

@@ -1122,6 +1122,36 @@ def test_integrate_and_integrate_events_check_their_arrays_shapes():
     assert events(spikes=train, t_end=10.0).result == sj.RESULTS.successful
 
 
+def test_integrate_and_integrate_events_raise_by_default():
+    """As the layers do: a failed run raises unless `throw=False` (they returned
+    it, a full buffer's spike times cut short, as a success to a caller that did
+    not read `result`)."""
+    dyn = sj.ODELIFDynamics(tau_mem=20.0)
+    w = jnp.full((2, 1), 2.0)  # v_inf = 40: many spikes per interval
+    s0 = dyn.init_state(2, jnp.float64)
+    ctrl = sj.PredictiveController(rtol=1e-6, atol=1e-8)
+    x = jnp.ones((3, 1))
+    train = sj.SpikeTrain(jnp.array([1.0, 2.0, 3.0]), jnp.array([0, 0, 0]))
+    w_jump = jnp.full((2, 1), 1.5)  # each input spike fires both neurons
+
+    def dense(max_spikes=2, **kwargs):
+        return sj.integrate(
+            dyn, sj.Exact(), w, x, 10.0, s0, stepsize_controller=ctrl,
+            max_spikes=max_spikes, **kwargs,
+        )  # fmt: skip
+
+    def events(max_spikes=2, **kwargs):
+        return sj.integrate_events(
+            dyn, w_jump, s0, spikes=train, t_end=10.0, max_spikes=max_spikes, **kwargs
+        )
+
+    for run in (dense, events):
+        with pytest.raises(eqx.EquinoxRuntimeError, match="Increase `max_spikes`"):
+            jax.block_until_ready(run())
+        assert run(throw=False).result == sj.RESULTS.spike_buffer_full
+        assert run(throw=False, max_spikes=128).result == sj.RESULTS.successful
+
+
 def test_a_sequence_is_refused_by_its_first_entry_that_is_not_a_number():
     # A bool (read as 1 ms), a string or None inside a list is shown by value,
     # not as "other values".

@@ -653,6 +653,10 @@ class SpikingODELayer(eqx.Module):
                 f"`x` must have shape (n_inputs,) = ({self.n_inputs},), got {x.shape}."
             )
         _check_finite("x", x)
+        if np.ndim(interval) != 0:
+            raise ValueError(
+                f"`interval` must be a scalar (ms), got shape {np.shape(interval)}."
+            )
         sol = self._run(x[None], interval, state, None, throw, keep=False)
         return sol.final_state, sol.counts[0]
 

@@ -585,6 +585,19 @@ def test_x_wrong_shape(layer, entry, shape):
         step(np.ones(shape))
 
 
+@pytest.mark.parametrize("entry", ["step", "online"])
+def test_a_step_takes_one_interval(layer, entry):
+    """`step` advances one interval: an interval of shape (1,) was taken as one
+    length per interval by `layer.step` (the runner refused it)."""
+    x = np.ones(N_IN)
+    for interval in (np.array([1.0]), [1.0, 2.0]):
+        with pytest.raises(ValueError, match=r"`interval` must be a scalar \(ms\)"):
+            if entry == "step":
+                layer.step(layer.init_state(), x, interval)
+            else:
+                sj.OnlineLayer(layer).step(x, interval)
+
+
 @pytest.mark.parametrize("bad", [-1, 2.5, True])
 def test_bad_max_spikes(layer, bad):
     error = ValueError if bad == -1 else TypeError

@@ -92,9 +92,12 @@ class RESULTS(eqx.Enumeration):
     )
     invalid_reset = (
         "The model's `reset` left a neuron at or above its threshold "
-        "(`threshold(reset(y)) >= 0` at a spike), so it would fire again at once, "
-        "forever: the run stopped that neuron there (the event-driven engines stop "
-        "the whole run). A model's `reset` must bring the state below threshold."
+        "(`threshold(reset(y)) >= 0` at a spike); the run stopped that neuron there "
+        "(the event-driven engines stop the whole run). A model's `reset` must bring "
+        "the state below threshold: on dense inputs the neuron would fire again at "
+        "once, forever, and the event-driven engines require it too (a reset by "
+        "subtraction does not, after an input spike that lifts the voltage more "
+        "than one subtracted step above threshold)."
     )
 
 

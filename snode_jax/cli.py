@@ -14,6 +14,7 @@ Bad arguments exit with status 2 and a message naming the argument; a failed run
 """
 
 import argparse
+import errno
 import math
 import os
 import pathlib
@@ -226,9 +227,9 @@ _IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 def _check_output(flag: str, path: str, suffixes: tuple[str, ...] | None = None):
     """Refuse an output path before any work: its folder must exist, the path must
-    not be a folder and must be writable (tried by opening it to append, and a file
-    that did not exist is removed again), and for an image its suffix must be one
-    matplotlib writes."""
+    not be a folder, a new file must be creatable there (tried, and removed again)
+    and an existing regular file writable; and for an image its suffix must be one
+    matplotlib writes. A link or another kind of file (a pipe) is left untouched."""
     target = pathlib.Path(path)
     if suffixes is not None and target.suffix.lower() not in suffixes:
         raise _ArgumentError(f"{flag} {path}: must end in one of {', '.join(suffixes)}")
@@ -240,11 +241,13 @@ def _check_output(flag: str, path: str, suffixes: tuple[str, ...] | None = None)
     try:
         if target.is_dir():
             raise _ArgumentError(f"{flag} {path}: is a folder, not a file")
-        existed = target.exists()
-        with open(target, "ab"):
-            pass
-        if not existed:
-            target.unlink(missing_ok=True)
+        if not os.path.lexists(target):
+            with open(target, "xb"):  # (exclusive: never an existing file)
+                pass
+            target.unlink()
+        elif target.is_file() and not target.is_symlink():
+            if not os.access(target, os.W_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")
     except OSError as e:
         raise _ArgumentError(
             f"{flag} {path}: cannot be written ({e.strerror})"

@@ -159,7 +159,11 @@ def raster(
                 "`spikes` must be a Solution, a SpikeTrain or an array (n_neurons, "
                 f"max_spikes) of spike times, got a {type(spikes).__name__}."
             )
-        check_real_number("spikes", spikes)
+        # (An object array of numbers is read as its numbers.)
+        given = spikes
+        if isinstance(spikes, np.ndarray) and spikes.dtype == object:
+            given = spikes.tolist()
+        check_real_number("spikes", given)
         grid = np.asarray(spikes, float)
         if grid.ndim != 2:
             raise ValueError(

@@ -258,6 +258,21 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
     }  # fmt: skip
 
 
+def test_output_through_a_link_keeps_the_link(tmp_path, monkeypatch):
+    """The check that an output can be written leaves a link alone: the results
+    go where it points, even where that file does not exist yet (the check had
+    created the target, then removed the link)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link.csv").symlink_to("real/target.csv")
+    assert (
+        main(["sweep", "--param", "drive=0.1", "--out", "link.csv", "--no-progress"])
+        == 0
+    )
+    assert (tmp_path / "link.csv").is_symlink()
+    assert (tmp_path / "real" / "target.csv").read_text().startswith("drive,count")
+
+
 def test_bad_arguments_exit_codes_in_subprocess(tmp_path):
     proc = _run("sweep", "--param", "tau_mem=abc", cwd=tmp_path)
     assert proc.returncode == 2

@@ -243,6 +243,9 @@ def test_arguments_that_are_not_real_numbers():
     for spikes in ("abc", [[1.0, "x"]], np.array([[True, False]])):
         with pytest.raises(TypeError, match="`spikes` must be a real number"):
             plot.raster(spikes)
+    # (An object array of numbers is numbers.)
+    plot.raster(np.array([[1.0, np.inf]], dtype=object), ax=plt.subplots()[1])
+    plt.close("all")
     for bad, error in (("5", TypeError), (5 + 1j, TypeError), (True, TypeError)):
         with pytest.raises(error, match="`t_end`"):
             plot.raster(np.array([[1.0, np.inf]]), t_end=bad)

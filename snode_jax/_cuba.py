@@ -104,8 +104,9 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
         tm, ts = self.tau_mem, self.tau_syn
         v_inf = self.v_rest + current * (tm / self.C_mem)
         drive = (y.i_syn - current) / self.C_mem
-        v = v_inf + (y.v - v_inf) * jnp.exp(-h / tm) + drive * _kernel(h, tm, ts)
-        i_syn = current + (y.i_syn - current) * jnp.exp(-h / ts)
+        # (From the start values with `expm1`: see `ODELIFDynamics.exact_flow`.)
+        v = y.v + (y.v - v_inf) * jnp.expm1(-h / tm) + drive * _kernel(h, tm, ts)
+        i_syn = y.i_syn + (y.i_syn - current) * jnp.expm1(-h / ts)
         return CubaLIFState(v, i_syn)
 
     def peak_in_step(self, y: CubaLIFState, current, h):

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._checks import check_interval
@@ -172,11 +173,20 @@ class OnlineLayer:
 
         **Raises:**
 
-        `ValueError` for a bad `interval` or shape of `x`; the runtime error of
+        `TypeError` under a JAX transformation (`jax.jit`, `lax.scan`, `vmap`,
+        ...: the runner is stateful; use the pure [`SpikingODELayer.step`][]
+        there); `ValueError` for a bad `interval` or shape of `x`; the runtime error of
         [`SpikingODELayer.step`][] (NaN/inf input, invalid parameters or initial
         state, an exhausted step budget, ...) if the interval failed, leaving the
         state where it was.
         """
+        if isinstance(x, Tracer) or isinstance(interval, Tracer):
+            raise TypeError(
+                "`OnlineLayer.step` runs eagerly: it keeps its state between calls, "
+                "which a traced call (under `jax.jit`, `lax.scan`, `jax.vmap`, ...) "
+                "cannot. Use the pure `layer.step(state, x, interval)` there, which "
+                "returns the new state."
+            )
         interval = self._interval_array(interval)
         x = self._input_array(x)
         state_leaves, counts, ok = self._compiled(

@@ -185,6 +185,22 @@ def test_non_real_x_raises(runner):
         runner.step(np.array(["1", "0", "1"]))
 
 
+def test_a_traced_step_is_refused_by_name(runner):
+    """The runner keeps its state between calls: under `jax.jit` or `lax.scan` it
+    failed with JAX's TracerArrayConversionError; it now says to use the pure
+    `layer.step`, and its state stays."""
+    runner.reset()
+    before = np.asarray(runner.voltage)
+    message = r"`OnlineLayer.step` runs eagerly.*layer.step\(state, x, interval\)"
+    with pytest.raises(TypeError, match=message):
+        jax.jit(lambda x: runner.step(x))(jnp.ones(3))
+    with pytest.raises(TypeError, match=message):
+        jax.lax.scan(lambda c, x: (c, runner.step(x)), 0, jnp.ones((2, 3)))
+    with pytest.raises(TypeError, match=message):
+        jax.jit(lambda dt: runner.step(np.ones(3), dt))(1.0)
+    np.testing.assert_array_equal(np.asarray(runner.voltage), before)
+
+
 def test_failed_step_raises_and_keeps_state(runner):
     runner.reset()
     runner.step(np.array([4.0, 4.0, 4.0]), 1.0)

@@ -240,7 +240,7 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         # exp(t_ref / tau) and exp(t_ref / tau) - 1 (to full precision). The decay
         # over an interval, exp(-interval / tau), for `s` (precise relative to
         # itself, however small), and exp(-interval / tau) - 1 for the end voltage
-        # (see `_LIFEvents.v_end`).
+        # (see `_LIFEvents.v_start`).
         refractory_gains = None
         if self.t_ref is not None:
             ratio = self.t_ref / self.tau_mem

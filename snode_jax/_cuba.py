@@ -10,6 +10,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import NeuronFloat, RealScalarLike
 from ._dynamics import AbstractExactFlowDynamics
+from ._math import relax
 from ._params import as_param, check_below, check_params
 
 _Param = RealScalarLike | Float[ArrayLike, " n"]
@@ -104,9 +105,9 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
         tm, ts = self.tau_mem, self.tau_syn
         v_inf = self.v_rest + current * (tm / self.C_mem)
         drive = (y.i_syn - current) / self.C_mem
-        # (From the start values with `expm1`: see `ODELIFDynamics.exact_flow`.)
-        v = y.v + (y.v - v_inf) * jnp.expm1(-h / tm) + drive * _kernel(h, tm, ts)
-        i_syn = y.i_syn + (y.i_syn - current) * jnp.expm1(-h / ts)
+        # (See `relax`: precise for short steps and long ones.)
+        v = relax(y.v, v_inf, h / tm) + drive * _kernel(h, tm, ts)
+        i_syn = relax(y.i_syn, current, h / ts)
         return CubaLIFState(v, i_syn)
 
     def peak_in_step(self, y: CubaLIFState, current, h):

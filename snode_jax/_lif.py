@@ -10,7 +10,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._checks import describe
 from ._custom_types import NeuronFloat, RealScalarLike
 from ._dynamics import AbstractClosedFormDynamics, IntervalReplay
-from ._math import log, log1p
+from ._math import log, log1p, relax
 from ._params import as_param, check_below, check_params
 from ._solver import Exact
 
@@ -198,13 +198,9 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
 
     def exact_flow(self, y: LIFState, current, h) -> LIFState:
         v_inf = self.v_rest + current * (self.tau_mem / self.C_mem)
-        # v + (v - v_inf) (e^{-h/tau} - 1), not v_inf + (v - v_inf) e^{-h/tau}:
-        # for h << tau the rounding of e^{-h/tau} itself is a relative error of
-        # about eps tau / (2 h) in the decay over h, the same for every step of
-        # that length (in float32, 1.3 % of the time scale at h / tau = 2e-6).
-        return LIFState(
-            y.v + (y.v - v_inf) * jnp.expm1(-h / self.tau_mem), y.refractory
-        )
+        # (With `expm1` for short steps: in float32 the rounding of e^{-h/tau}
+        # was 1.3 % of the time scale at h / tau = 2e-6, step after step.)
+        return LIFState(relax(y.v, v_inf, h / self.tau_mem), y.refractory)
 
     def jump(self, y: LIFState, amount) -> LIFState:
         """An input spike adds `amount` to the membrane (a delta synapse)."""
@@ -343,7 +339,9 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         without a spike (`s` as it was at the start, computed again the same way),
         from the voltage at the start."""
         u = ev.v_inf - ev.v_start
-        quiet = ev.s == u * ev.decay
+        # (Over a piece of more than ln 2 tau, `v_inf - s` is the precise one: see
+        # `relax`.)
+        quiet = (ev.s == u * ev.decay) & (ev.decay > 0.5)
         return jnp.where(quiet, ev.v_start - u * ev.decay_minus_one, ev.v_inf - ev.s)
 
     def interval_end(self, ev: _LIFEvents) -> LIFState:
@@ -381,7 +379,6 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
             t0 = jnp.where(blocked_start, 0.0, y.refractory)
         spiked = count >= 1
         u_th = jnp.where(spiked, v_inf - self.v_threshold, 1.0)
-        u_reset = jnp.where(spiked, v_inf - self.v_reset, 2.0)
         # tau log(u / u_th) with u / u_th = 1 + (v_threshold - v) / u_th, the
         # difference taken directly: where v_inf is far above threshold (a large
         # tau_mem, or a strong current), the ratio of the two is close to 1, and
@@ -404,16 +401,15 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         free_in = jnp.where(
             (free_after <= interval) | (t_ref == 0), free_after, interval
         )
-        # (From the segment's start value with `expm1`, as in `exact_flow`.)
-        v_end_spiked = self.v_reset - u_reset * jnp.expm1(-(interval - free_in) / tau)
+        # (From the segment's start value, as in `exact_flow`.)
+        v_end_spiked = relax(self.v_reset, v_inf, (interval - free_in) / tau)
         # Segment that ends in the last spike: from the free start (one spike) or
         # from the end of the previous refractory period. Without a spike, the
         # free start's segment runs to the interval's end: `v_free` is then the end
         # state (the same expression, one `exp` fewer per neuron and interval).
         seg_start = jnp.where(count >= 2, t_last - period + t_ref, t0)
-        u_seg = jnp.where(count >= 2, u_reset, u0)
         v_seg = jnp.where(count >= 2, self.v_reset, y.v)
-        v_free = v_seg - u_seg * jnp.expm1(-(interval - seg_start) / tau)
+        v_free = relax(v_seg, v_inf, (interval - seg_start) / tau)
         v_end = jnp.where(spiked, v_end_spiked, v_free)
         refractory = None
         if y.refractory is not None:

@@ -360,6 +360,29 @@ def test_a_held_current_split_into_short_intervals(dtype, rtol, engine):
     assert abs(got - expected) <= rtol * expected, (got, expected)
 
 
+@pytest.mark.parametrize("engine", ["walk", "events"])
+def test_a_long_quiet_interval_from_far_below_the_asymptote(engine):
+    """From v = -1e4 (a strong inhibition) with no current, over 200 ms = 10 tau:
+    the end voltage -1e4 e^{-10}. Written from the start voltage with `expm1`
+    (what short intervals need), it was the difference of two values of 1e4,
+    off by 1.9e-4 in float32; from the asymptote, within a few ulp of 1e4 e^{-10}
+    (measured 1.3e-8)."""
+    dtype = jnp.float32
+    layer = sj.SpikingODELayer(1, 1, sj.ODELIFDynamics(tau_mem=20.0), dtype=dtype,
+                               key=jax.random.key(0))  # fmt: skip
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.zeros((1, 1), dtype))
+    state = sj.LIFState(jnp.full((1,), -1e4, dtype))
+    x = jnp.zeros((1, 1), dtype)
+    if engine == "walk":
+        sol = layer.simulate(x, 200.0, max_spikes=4, state=state)
+    else:
+        sol = sj.integrate_events(
+            layer.dynamics, layer.weight, state, inputs=x, interval=200.0, max_spikes=4
+        )
+    expected = -1e4 * np.exp(-10.0)
+    assert abs(float(sol.final_state.v[0]) - expected) <= 1e-6
+
+
 def test_float32_configs_include_strong_drive():
     totals = [_reference(c, np.float32).counts.sum(axis=0) for c in F32_CONFIGS]
     assert max(t.max() for t in totals) >= 200

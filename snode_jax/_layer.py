@@ -15,7 +15,6 @@ from ._checks import (
     check_interval,
     check_positive_int,
     check_real,
-    check_real_number,
     check_weight_array,
 )
 from ._controller import PredictiveController, controller_from_settings
@@ -654,11 +653,7 @@ class SpikingODELayer(eqx.Module):
                 f"`x` must have shape (n_inputs,) = ({self.n_inputs},), got {x.shape}."
             )
         _check_finite("x", x)
-        check_real_number("interval", interval)  # (a string, a bool: named first)
-        if np.ndim(interval) != 0:
-            raise ValueError(
-                f"`interval` must be a scalar (ms), got shape {np.shape(interval)}."
-            )
+        check_interval(interval, dtype=self.dtype)  # (one interval: a scalar)
         sol = self._run(x[None], interval, state, None, throw, keep=False)
         return sol.final_state, sol.counts[0]
 

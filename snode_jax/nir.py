@@ -51,10 +51,11 @@ to `(n,)`; on import, a parameter whose entries are all equal becomes a scalar
 `r`, `tau`, `tau_mem`, `tau_syn` must be `> 0`. NIR does not specify the initial
 state: imported neurons start at rest, `v = v_leak`, or at `v_reset` where
 `v_leak >= v_threshold` (a neuron that fires with no input has no rest below
-threshold) and for an `IF` (as the models' `init_state` does). A readout's `v_threshold` is never used and is not
-exported (an imported readout gets the model's default); nor is its `v_reset`,
-except that an `IF` readout starts there, which NIR's `I` cannot carry: export
-refuses an `IF` readout whose `v_reset` is not 0.
+threshold) and for an `IF` (as the models' `init_state` does). A readout's
+`v_threshold` is never used and is not exported (an imported readout gets the
+model's default); nor is its `v_reset`, except that an `IF` readout starts there,
+which NIR's `I` cannot carry: export refuses an `IF` readout whose `v_reset` is
+not 0.
 """
 
 import os
@@ -347,15 +348,12 @@ class _Graph:
         """The recurrent path `population -> first -> ... -> population` (one weight
         node and at most one Delay, each with one input and one output), else
         None."""
-        path, name = [], first
-        while name != population:
-            if self.kind(name) not in (*_WEIGHTS, "Delay") or name in path:
-                return None
-            if len(self.pred[name]) != 1 or len(self.succ[name]) != 1:
-                return None
-            path.append(name)
-            name = self.succ[name][0]
+        path = self.cycle(population, first)
+        if path is None or any(len(self.pred[k]) != 1 for k in path):
+            return None
         kinds = [self.kind(k) for k in path]
+        if any(k not in (*_WEIGHTS, "Delay") for k in kinds):
+            return None
         if sum(k in _WEIGHTS for k in kinds) != 1 or kinds.count("Delay") > 1:
             return None
         return path

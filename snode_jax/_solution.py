@@ -12,7 +12,8 @@ from ._spike_train import SpikeTrain
 class RESULTS(eqx.Enumeration):
     """Outcome of a simulation, carried on [`Solution.result`][]."""
 
-    successful = ""
+    # (A message for the success too: the item prints as `RESULTS<message>`.)
+    successful = "The run succeeded."
     max_steps_reached = (
         "The step budget ran out: some neuron needed more than `max_steps` solver "
         "steps within one interval (on the closed-form path, within one piece of "

@@ -904,6 +904,12 @@ def test_invalid_parameter_in_part_of_a_batch(layer):
             jax.block_until_ready(eqx.filter_jit(jax.vmap(run))(jnp.asarray(taus)))
 
 
+def test_a_success_prints_as_one(layer):
+    result = layer.simulate(jnp.zeros((T, N_IN)), 1.0).result
+    assert result == sj.RESULTS.successful
+    assert "succeeded" in str(result), str(result)
+
+
 def test_invalid_interval_and_state_traced(layer):
     x = jnp.ones((T, N_IN))
     # (A Python float would be static under filter_jit and checked eagerly.)

@@ -11,11 +11,16 @@ import math
 import types
 from collections.abc import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_positive_int, check_real, describe, narrowed
+from ._checks import (
+    check_float_dtype,
+    check_positive_int,
+    check_real_number,
+    describe,
+    narrowed,
+)
 from ._misc import is_concrete
 from ._spike_train import SpikeTrain
 
@@ -30,6 +35,13 @@ YIN_YANG_CLASS_NAMES: tuple[str, str, str] = ("yin", "yang", "dot")
 """Names of the labels 0, 1, 2, in the order of the reference generator."""
 
 _UINT32_LIMIT = 2**32  # `np.random.RandomState` takes seeds in [0, 2**32)
+
+# The radii `yin_yang` takes: squared distances stay normal and finite float64
+# numbers, and a draw lands in a dot often enough (about 6,400 draws per dot
+# sample at the smallest ratio; 16 at the default 0.1 / 0.5).
+_MIN_RADIUS = 1e-150
+_MAX_RADIUS = 1e150
+_MIN_DOT_RATIO = 0.01
 
 
 def _check_seed(seed) -> int:
@@ -58,6 +70,22 @@ def _check_radii(r_small, r_big) -> tuple[float, float]:
         raise ValueError(
             f"`r_small` must be below `r_big` / 2 (each dot inside its half of the "
             f"symbol), got r_small={r_small!r} with r_big={r_big!r}."
+        )
+    if not _MIN_RADIUS <= r_small < r_big <= _MAX_RADIUS:
+        # (Squared distances underflow or overflow in float64 beyond these: every
+        # point would get one label, and the sampler would wait for the others.)
+        raise ValueError(
+            f"`r_small` and `r_big` must lie in [{_MIN_RADIUS:g}, {_MAX_RADIUS:g}], "
+            f"got r_small={r_small!r} with r_big={r_big!r}."
+        )
+    if r_small < _MIN_DOT_RATIO * r_big:
+        # A dot sample waits for a draw in a dot: a fraction (pi / 2)(r_small /
+        # r_big)^2 of the square's draws.
+        draws = 2 / (math.pi * (r_small / r_big) ** 2)
+        raise ValueError(
+            f"`r_small` must be at least r_big / {1 / _MIN_DOT_RATIO:g} (each dot "
+            f"sample is drawn until a point lands in a dot: about {draws:.2g} draws "
+            f"per dot sample here), got r_small={r_small!r} with r_big={r_big!r}."
         )
     return r_small, r_big
 
@@ -130,8 +158,9 @@ def yin_yang(
     - `seed`: seed of the `RandomState`, an int in `[0, 2**32)` (with `size`).
     - `split`: `"train"`, `"validation"` or `"test"`, for the published size and
       seed.
-    - `r_small`: radius of the dots, positive and below `r_big / 2`.
-    - `r_big`: radius of the whole symbol.
+    - `r_small`: radius of the dots, below `r_big / 2` and at least `r_big / 100`
+      (smaller dots take too many draws to hit).
+    - `r_big`: radius of the whole symbol. Both radii lie in `[1e-150, 1e150]`.
 
     **Returns:** `(features, labels)`: float64 array of shape `(size, 4)` and int64
     array of shape `(size,)` with values in {0, 1, 2}.
@@ -229,8 +258,10 @@ def yin_yang_spikes(
 
     **Raises:** `ValueError` for a last axis other than 4, features outside
     `[0, 1]` or not finite (for concrete values), negative or non-finite times,
-    times beyond the range of `dtype`, or `t_late <= t_early`; `TypeError` for
-    times that are not numbers, or complex features.
+    times beyond the range of `dtype`, `t_late <= t_early`, or a `dtype` that
+    is not a floating dtype JAX runs (float64 without 64-bit types enabled);
+    `TypeError` for times that are not numbers, or features that are not real
+    numbers (complex, bool, strings).
     """
     t_early = _check_time("t_early", t_early)
     t_late = _check_time("t_late", t_late)
@@ -240,16 +271,16 @@ def yin_yang_spikes(
             f"`t_late` must be after `t_early` (an empty window encodes nothing), "
             f"got t_early={t_early!r}, t_late={t_late!r}."
         )
-    dtype = jnp.result_type(float) if dtype is None else dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
-    # The type JAX computes in (float32 for float64 unless x64 is enabled).
-    working = jax.dtypes.canonicalize_dtype(dtype)
+    # (A floating dtype JAX has: float64 without x64 is refused, not run as
+    # float32.)
+    dtype = check_float_dtype(dtype)
+    working = dtype
     for name, value in (("t_late", t_late), ("t_bias", t_bias)):
         # (Every time lies in [t_early, t_late], or is t_bias.)
         hint = "its spikes would become +inf, the padding"
         narrowed(f"`{name}` (ms)", np.asarray(value), working, hint)
-    check_real("features", features)
+    # (Not bools, strings or objects: `True` would be a feature of 1.)
+    check_real_number("features", features, unit="")
     given = features
     features = jnp.asarray(features, dtype)
     if features.ndim < 1 or features.shape[-1] != 4:

@@ -18,6 +18,7 @@ arrays in C order.
 
 import hashlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -209,6 +210,16 @@ def test_leaves_global_numpy_random_state_alone():
     np.testing.assert_array_equal(np.random.rand(3), expected)
 
 
+def test_smallest_and_largest_radii_accepted():
+    # The bounds themselves run (and the dot class turns up at the smallest dot).
+    _, labels = yin_yang(12, 1, r_small=0.005, r_big=0.5)
+    assert 2 in labels
+    for r_big in (1e-149, 1e149):
+        features, labels = yin_yang(60, 2, r_small=0.2 * r_big, r_big=r_big)
+        assert set(np.unique(labels)) == {0, 1, 2}
+        assert np.all(np.isfinite(features[:, :2]))
+
+
 def test_other_radii():
     features, labels = yin_yang(2000, 5, r_small=0.2, r_big=1.5)
     x, y = features[:, 0], features[:, 1]
@@ -254,6 +265,27 @@ def test_other_radii():
         (
             dict(size=5, seed=1, r_small=0.25),
             r"`r_small` must be below `r_big` / 2 .*got r_small=0.25 with r_big=0.5",
+        ),
+        # Dots too small to be hit in reasonable time (the sampler would run on
+        # for about 1.6e11 draws per dot sample).
+        (
+            dict(size=3, seed=0, r_small=1e-6),
+            r"`r_small` must be at least r_big / 100 .*about 1.6e\+11 draws .*"
+            "got r_small=1e-06 with r_big=0.5",
+        ),
+        (
+            dict(size=3, seed=0, r_small=0.004, r_big=0.5),
+            "`r_small` must be at least r_big / 100",
+        ),
+        # Squared distances that underflow or overflow in float64.
+        (
+            dict(size=3, seed=0, r_big=1e-200, r_small=1e-201),
+            r"`r_small` and `r_big` must lie in \[1e-150, 1e\+150\], got "
+            "r_small=1e-201 with r_big=1e-200",
+        ),
+        (
+            dict(size=3, seed=0, r_big=1e308, r_small=1e307),
+            r"`r_small` and `r_big` must lie in \[1e-150, 1e\+150\]",
         ),
     ],
 )
@@ -361,3 +393,24 @@ def test_yin_yang_spikes_type_errors():
     # Not encoded with the imaginary part dropped.
     with pytest.raises(TypeError, match="`features` must be real"):
         yin_yang_spikes(np.array([[0.5 + 2j, 0.0, 0.0, 0.0]]))
+    # Not read as numbers: True as a feature of 1, strings.
+    with pytest.raises(TypeError, match="`features` must be a real number: .*bool"):
+        yin_yang_spikes(np.array([[True, False, True, False]]))
+    with pytest.raises(TypeError, match="`features` must be a real number: .*'0.5'"):
+        yin_yang_spikes([["0.5", "0.5", "0.5", "0.5"]])
+
+
+def test_yin_yang_spikes_dtype_errors():
+    features = np.full((1, 4), 0.5)
+    with pytest.raises(
+        ValueError, match="`dtype` must be a floating dtype, got 'banana'"
+    ):
+        yin_yang_spikes(features, dtype="banana")
+    with pytest.raises(ValueError, match="`dtype` must be a floating dtype"):
+        yin_yang_spikes(features, dtype=jnp.int32)
+    # float64 while JAX runs it in float32: refused, not returned as float32.
+    with jax.enable_x64(False):
+        for dtype in (jnp.float64, "float64"):
+            with pytest.raises(ValueError, match="`dtype` float64 is not available"):
+                yin_yang_spikes(features, dtype=dtype)
+        assert yin_yang_spikes(features).times.dtype == jnp.float32

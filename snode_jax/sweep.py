@@ -36,12 +36,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import ArrayLike, PyTree
 
-from ._checks import check_positive_int, check_real, narrowed
+from ._checks import check_positive_int, check_real_number, narrowed
 from ._layer import SpikingODELayer
+from ._misc import is_concrete
 from ._solution import Solution
 from ._spike_train import SpikeTrain
 
 _AXIS = "batch"
+
+# The most points `grid` builds (its indices, and JAX's, are int32).
+_MAX_POINTS = 2**31 - 1
 
 
 def grid(
@@ -64,7 +68,8 @@ def grid(
 
     **Raises:**
 
-    `ValueError` for no axes, an axis given twice, or an empty or scalar axis.
+    `ValueError` for no axes, an axis given twice, an empty, scalar or ragged
+    axis, or more than `2**31 - 1` points.
     """
     merged: dict[str, Any] = dict(axes or {})
     for name, values in kwargs.items():
@@ -75,7 +80,13 @@ def grid(
         raise ValueError("`grid` needs at least one axis, got none.")
     arrays = {}
     for name, values in merged.items():
-        arr = np.asarray(values)
+        try:
+            arr = np.asarray(values)
+        except ValueError as e:  # (ragged nesting)
+            raise ValueError(
+                f"Axis {name!r} must be an array of values (one per grid point "
+                f"along it), got {values!r}: {e}"
+            ) from None
         if arr.ndim == 0 or arr.shape[0] == 0:
             raise ValueError(
                 f"Axis {name!r} must be a non-empty sequence of values, got shape "
@@ -83,6 +94,12 @@ def grid(
             )
         arrays[name] = arr
     sizes = [len(a) for a in arrays.values()]
+    total = math.prod(sizes)
+    if total > _MAX_POINTS:
+        raise ValueError(
+            f"`grid` of shape {tuple(sizes)} has {total:,} points, more than "
+            f"{_MAX_POINTS:,} (2**31 - 1): sweep it in parts."
+        )
     index = np.indices(sizes).reshape(len(sizes), -1)
     return {name: arr[idx] for (name, arr), idx in zip(arrays.items(), index)}
 
@@ -110,10 +127,47 @@ def _leading_size(params) -> int:
     return int(size)
 
 
-def _as_host(leaf) -> np.ndarray:
+def _as_host(leaf, name: str = "`params`") -> np.ndarray:
     arr = np.asarray(leaf)
+    if arr.dtype.kind not in "biufc":  # (strings, objects: no JAX type)
+        raise TypeError(
+            f"{name} must hold numbers (bool, int, float or complex arrays), got an "
+            f"array of dtype {arr.dtype}."
+        )
     # JAX's dtype for this data (float64 -> float32 unless x64 is enabled).
-    return narrowed("`params`", arr, jax.dtypes.canonicalize_dtype(arr.dtype))
+    return narrowed(name, arr, jax.dtypes.canonicalize_dtype(arr.dtype))
+
+
+def _host_leaves(params):
+    """`params` as NumPy arrays, each leaf checked by `_as_host` and named by its
+    path in `params`."""
+
+    def one(path, leaf):
+        return _as_host(leaf, f"`params{jax.tree_util.keystr(path)}`")
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _check_devices(devices) -> list:
+    """`devices` as a list of distinct JAX devices (default: all of them)."""
+    if devices is None:
+        return list(jax.devices())
+    if isinstance(devices, (str, bytes, jax.Device)) or not isinstance(
+        devices, Sequence
+    ):
+        raise TypeError(
+            "`devices` must be a sequence of JAX devices (e.g. `jax.devices()` or "
+            f"`jax.devices()[:2]`), got {devices!r}."
+        )
+    devices = list(devices)
+    for d in devices:
+        if not isinstance(d, jax.Device):
+            raise TypeError(
+                f"`devices` must be a sequence of JAX devices, got an entry {d!r}."
+            )
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"`devices` lists a device more than once: {devices}.")
+    return devices
 
 
 def _to_host(x) -> np.ndarray:
@@ -182,13 +236,21 @@ def sweep(
 
     **Raises:**
 
-    `ValueError` for `params` without a common leading axis, a bad `chunk_size`
-    or an empty `devices`; whatever `fn` raises (e.g. a failed simulation with
-    `throw=True`).
+    `ValueError` for `params` without a common leading axis, a bad `chunk_size`,
+    or an empty `devices` or one that lists a device twice; `TypeError` for leaves
+    of `params` that are not numbers, `devices` that is not a sequence of devices,
+    or traced arguments (`sweep` runs eagerly, outside `jax.jit`); whatever `fn`
+    raises (e.g. a failed simulation with `throw=True`).
     """
+    if not is_concrete((params, args)):
+        raise TypeError(
+            "`sweep` runs eagerly (it walks the points in chunks, each a compiled "
+            "call): call it outside `jax.jit`, `jax.vmap` and `jax.grad`, with "
+            "concrete `params` and arguments."
+        )
     n_points = _leading_size(params)
-    host = jax.tree.map(_as_host, params)
-    devices = list(jax.devices() if devices is None else devices)
+    host = _host_leaves(params)
+    devices = _check_devices(devices)
     if not devices:
         raise ValueError("`devices` must name at least one device, got none.")
     n_dev = len(devices)
@@ -290,6 +352,13 @@ def _check_path(layer: SpikingODELayer, path: str, values: np.ndarray):
     return shape
 
 
+def _in_layer_dtype(name: str, x, layer: SpikingODELayer) -> np.ndarray:
+    """The real numbers `x` in `layer`'s dtype, refused where one would become
+    inf there."""
+    host = np.asarray(x, dtype=np.float64)
+    return narrowed(name, host, layer.dtype, "the layer's dtype")
+
+
 def sweep_layer(
     layer: SpikingODELayer,
     inputs: ArrayLike,
@@ -327,8 +396,9 @@ def sweep_layer(
     **Raises:**
 
     `ValueError` for a path that is not a parameter of the layer, a model built
-    without that parameter (`t_ref=None`), or values of the wrong shape;
-    `TypeError` for complex values or inputs; a runtime error naming the failed
+    without that parameter (`t_ref=None`), values of the wrong shape, or values
+    or inputs beyond the range of the layer's dtype; `TypeError` for values or
+    inputs that are not real numbers (complex, bool); a runtime error naming the failed
     condition when a point's run fails (e.g. a non-positive `tau_mem`).
     """
     if not isinstance(layer, SpikingODELayer):
@@ -340,22 +410,25 @@ def sweep_layer(
         )
     if interval is None:
         raise ValueError("`sweep_layer` needs `interval` (ms).")
-    for path, v in params.items():
-        check_real(f"params[{path!r}]", v)  # a layer's parameters are real
-    check_real("inputs", inputs)
-    values = {path: _as_host(v) for path, v in params.items()}
-    _leading_size(values)
-    shapes = {path: _check_path(layer, path, v) for path, v in values.items()}
-    for path, v in values.items():
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"`params[{path!r}]` must be finite, got NaN or inf.")
     if isinstance(inputs, SpikeTrain):
         raise TypeError(
             "`sweep_layer` takes dense `inputs` (T, n_inputs), got a SpikeTrain: "
             "sweep a spike-driven run with `sweep(fn, params, ...)` and a function "
             "calling `layer.simulate(train, t_end=...)`."
         )
-    inputs = jnp.asarray(inputs, layer.dtype)
+    for path, v in params.items():
+        # A layer's parameters are real numbers (not bools: `True` is no weight).
+        check_real_number(f"params[{path!r}]", v, unit="")
+    check_real_number("inputs", inputs, unit="")
+    values = {path: _as_host(v, f"`params[{path!r}]`") for path, v in params.items()}
+    _leading_size(values)
+    shapes = {path: _check_path(layer, path, v) for path, v in values.items()}
+    for path, v in values.items():
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"`params[{path!r}]` must be finite, got NaN or inf.")
+        # (Run in the layer's dtype: a value beyond its range would be inf there.)
+        _in_layer_dtype(f"`params[{path!r}]`", v, layer)
+    inputs = _in_layer_dtype("`inputs`", inputs, layer)
     if measure is None:
         measure = _default_measure
 

@@ -258,3 +258,48 @@ def test_invalid_point_fails_at_run_time_naming_the_condition():
         sweep_layer(
             _layer(), _inputs(), {"dynamics.tau_mem": [10.0, -1.0]}, interval=1.0
         )
+
+
+def test_values_devices_and_calls_that_are_refused():
+    # Bools are no parameter values (True would run as a weight of 1), strings no
+    # numbers; each is named.
+    with pytest.raises(TypeError, match=r"`params\['weight'\]` must be a real number"):
+        sweep_layer(_layer(), _inputs(), {"weight": [True, False]}, interval=1.0)
+    with pytest.raises(TypeError, match="`inputs` must be a real number"):
+        sweep_layer(_layer(), _inputs() > 0.5, {"weight": [1.0]}, interval=1.0)
+    with pytest.raises(TypeError, match=r"`params\['a'\]` must hold numbers.*<U1"):
+        sweep(lambda p: p, {"a": np.array(["x", "y"])})
+    with pytest.raises(TypeError, match=r"`params\[0\]` must hold numbers.*object"):
+        sweep(lambda p: p, [np.array([object(), object()])])
+    # A value the layer's dtype cannot hold is refused before the run (it would be
+    # inf there, and the run reported as given NaN or inf).
+    half = sj.SpikingODELayer(
+        N_INPUTS,
+        N_NEURONS,
+        sj.ODELIFDynamics(),
+        dtype=jnp.float16,
+        key=jax.random.key(0),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"`params\['dynamics.tau_mem'\]` holds values beyond the range of "
+        r"float16 \(the layer's dtype\), got \[1000000.0\]",
+    ):
+        sweep_layer(half, _inputs(), {"dynamics.tau_mem": [20.0, 1e6]}, interval=1.0)
+    with pytest.raises(ValueError, match="`inputs` holds values beyond the range"):
+        sweep_layer(half, _inputs() * 1e5, {"weight": [1.0]}, interval=1.0)
+    # `devices`: a sequence of distinct devices.
+    one = {"x": np.ones(3)}
+    for devices in ("cpu", jax.devices()[0], [0]):
+        with pytest.raises(TypeError, match="`devices` must be a sequence of JAX"):
+            sweep(lambda p: p, one, devices=devices)
+    with pytest.raises(ValueError, match="`devices` lists a device more than once"):
+        sweep(lambda p: p, one, devices=[jax.devices()[0]] * 2)
+    # Eager only: under `jax.jit` it says so.
+    with pytest.raises(TypeError, match="`sweep` runs eagerly"):
+        jax.jit(lambda x: sweep(lambda p: p, {"x": x}))(np.ones(3))
+    # A ragged axis, and a grid too large to index, are named.
+    with pytest.raises(ValueError, match="Axis 'a' must be an array of values"):
+        grid(a=[[1, 2], [3]])
+    with pytest.raises(ValueError, match=r"`grid` of shape \(1000, 1000, 1000, 1000\)"):
+        grid(**{f"a{i}": np.arange(1000) for i in range(4)})

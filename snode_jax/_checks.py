@@ -84,6 +84,19 @@ def _real_number(x) -> bool:
 JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"
 
 
+def check_parameters_fit(dynamics, dtype) -> None:
+    """`ValueError` naming the parameter of `dynamics` (a float, or a float array,
+    with a value now) that `dtype`, a layer's, cannot hold: it would be inf there,
+    and the run reported as given NaN or inf."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(dynamics):
+        if isinstance(leaf, bool) or not is_concrete(leaf):
+            continue
+        host = np.asarray(leaf)
+        if host.dtype.kind == "f" or isinstance(leaf, int):
+            name = f"`dynamics{jax.tree_util.keystr(path)}`"
+            narrowed(name, host.astype(np.float64), dtype, "the layer's dtype")
+
+
 def narrowed(
     subject: str, host: np.ndarray, dtype, hint: str = JAX_DTYPE_HINT
 ) -> np.ndarray:

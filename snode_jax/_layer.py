@@ -13,6 +13,7 @@ from ._checks import (
     as_jax_array,
     check_float_dtype,
     check_interval,
+    check_parameters_fit,
     check_positive_int,
     check_real,
     check_weight_array,
@@ -170,6 +171,7 @@ class SpikingODELayer(eqx.Module):
             )
         self.surrogate = surrogate
         dtype = check_float_dtype(dtype)
+        check_parameters_fit(dynamics, dtype)
         std = float(np.sqrt(2.0 / self.n_inputs))  # a Python float keeps `dtype`
         w_key, r_key = jax.random.split(key)
         self.weight = std * jax.random.normal(

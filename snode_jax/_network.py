@@ -14,6 +14,7 @@ from ._checks import (
     MAX_BUDGET,
     SIZE_REASON,
     check_float_dtype,
+    check_parameters_fit,
     check_positive_int,
     check_weight_array,
 )
@@ -94,6 +95,7 @@ class LeakyReadout(eqx.Module):
         dynamics.check_n_neurons(self.n_outputs)
         self.dynamics = dynamics
         dtype = check_float_dtype(dtype)
+        check_parameters_fit(dynamics, dtype)
         std = float(np.sqrt(2.0 / self.n_inputs))
         self.weight = std * jax.random.normal(
             key, (self.n_outputs, self.n_inputs), dtype

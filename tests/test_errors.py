@@ -350,6 +350,29 @@ def test_delay_and_dtype_settings():
         assert _layer(dtype="float").weight.dtype == jnp.float32
 
 
+def test_model_parameters_beyond_the_layer_dtype():
+    # Refused when the layer is built (they ran as inf, reported as NaN/inf input).
+    dyn = sj.ODELIFDynamics(tau_mem=1e6)
+    for make in (
+        lambda: sj.SpikingODELayer(N_IN, N, dyn, dtype=jnp.float16, key=_KEY),
+        lambda: sj.LeakyReadout(N_IN, N, dyn, dtype=jnp.float16, key=_KEY),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=r"`dynamics.tau_mem` holds values beyond the range of float16 "
+            r"\(the layer's dtype\), got \[1000000.0\]",
+        ):
+            make()
+    per_neuron = sj.ODELIFDynamics(v_threshold=np.array([1.0, 2.0, 1e40]))
+    with pytest.raises(ValueError, match=r"`dynamics.v_threshold` .* got \[1e\+40\]"):
+        sj.SpikingODELayer(N_IN, 3, per_neuron, dtype=jnp.float32, key=_KEY)
+    # In range: built, and the float64 layer takes what float16 cannot.
+    sj.SpikingODELayer(
+        N_IN, N, sj.ODELIFDynamics(tau_mem=6e4), dtype=jnp.float16, key=_KEY
+    )
+    sj.SpikingODELayer(N_IN, 3, per_neuron, dtype=jnp.float64, key=_KEY)
+
+
 @pytest.mark.parametrize("value", [True, "20", None, np.array([True, True])])
 def test_model_parameters_that_are_not_numbers(value):
     # `tau_mem=True` was a 1 ms time constant, `t_ref=True` a 1 ms refractory period.
@@ -723,7 +746,7 @@ def test_values_that_32_bits_would_change_are_refused():
             sj.SpikeTrain(np.array([1.0, 2.0]), np.array([2**32 + 1, 0], np.int64))
         with pytest.raises(ValueError, match=r"`times` holds values beyond .*1e\+39"):
             sj.SpikeTrain(np.array([1.0, 1e39]), np.array([0, 1]))
-        with pytest.raises(ValueError, match=r"`params` holds integers outside"):
+        with pytest.raises(ValueError, match=r"`params\['a'\]` holds integers outside"):
             sweep(lambda p: p["a"], {"a": np.array([2**40, 3])})
         # In range: converted as before.
         train = sj.SpikeTrain(np.array([1.0, np.inf]), np.array([0, 7], np.int64))

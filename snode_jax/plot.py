@@ -232,8 +232,10 @@ def voltage_traces(
     **Raises:** `ValueError` if the solution has no saved states, is a batch, or
     `neurons` is out of range; `TypeError` for a `solution` that is not a
     `Solution`, or a model that is not one or not that of the solution (its state,
-    or its number of neurons). A `RuntimeWarning` for a solution whose `result` is
-    not a success (from `throw=False`).
+    or its number of neurons). A `Solution` does not hold the model's parameters,
+    so those are not compared: a model with another `v_threshold` draws its
+    threshold line and spike marks there. A `RuntimeWarning` for a solution whose
+    `result` is not a success (from `throw=False`).
     """
     if not isinstance(solution, Solution):
         raise TypeError(

@@ -132,7 +132,13 @@ def check_spike_train(
     if is_concrete((spikes, t_end)):
         times = np.asarray(spikes.times)
         sources = np.asarray(widened_sources(spikes.sources))
-        late = np.isfinite(times) & (times > float(t_end))
+        # Compared in the run's dtype, as a traced train is (under `jax.jit`): a
+        # time that rounds to `t_end` there is at the end, not past it.
+        run_dtype = times.dtype if dtype is None else np.dtype(dtype)
+        with np.errstate(over="ignore"):  # (a time beyond the dtype is late)
+            late = np.isfinite(times) & (
+                times.astype(run_dtype) > np.asarray(t_end).astype(run_dtype)
+            )
         if np.any(late):
             raise ValueError(
                 f"Input spike `times` must be <= t_end = {float(t_end)!r} (ms) or "

@@ -677,6 +677,26 @@ def test_complex_values_are_refused(layer):
         jax.jit(lambda x: layer.forward(x, 1.0))(jnp.ones((T, N_IN), jnp.complex64))
 
 
+def test_input_times_at_the_end_are_judged_in_the_run_dtype():
+    # A float64 time that rounds to t_end in a float32 layer is at the end, with
+    # and without `jax.jit` (it was refused eagerly and accepted traced); one
+    # past it in float32 is refused both ways.
+    layer = _layer(dtype=jnp.float32)
+    run = lambda layer, times: layer.simulate(
+        sj.SpikeTrain(times, jnp.zeros(times.shape, jnp.int32)), t_end=50.0
+    )
+    at_end = np.array([1.0, 50.0 + 1e-7])
+    assert np.float32(at_end[1]) == np.float32(50.0)
+    for call in (run, eqx.filter_jit(run)):
+        sol = call(layer, jnp.asarray(at_end, jnp.float64))
+        assert sol.result == sj.RESULTS.successful
+    past = jnp.asarray([1.0, 50.0 + 1e-4], jnp.float64)
+    with pytest.raises(ValueError, match=r"Input spike `times` must be <= t_end"):
+        run(layer, past)
+    with pytest.raises(eqx.EquinoxRuntimeError):
+        eqx.filter_jit(run)(layer, past)
+
+
 def test_times_beyond_the_run_dtype_are_refused():
     # Finite as Python floats, infinite in float32: the run failed with a message
     # that `t_end` (or `interval`) must be finite.

@@ -4,8 +4,9 @@ A chronotron-style task: a fixed input pattern drives 4 LIF neurons; the targets
 the spike times of a "teacher" layer with other weights, so an exact fit exists.
 The loss is the mean squared spike-time error (ms^2) plus a penalty on the spike
 counts (surrogate gradient) that only matters while the number of spikes differs.
-Adam brings the loss down; since spike-time gradients are exact, L-BFGS then takes
-it to round-off.
+Adam brings the loss down; L-BFGS, on the exact spike-time gradients, then takes
+it about four orders of magnitude further (from about 5e-4 to about 3e-8 ms^2 in
+200 steps here; it stops early below 1e-14).
 
     python examples/fit_spike_times.py
 """
@@ -47,8 +48,8 @@ def main():
     noise = jax.random.normal(key_student, teacher.weight.shape)
     student = eqx.tree_at(lambda m: m.weight, teacher, teacher.weight + 0.05 * noise)
 
-    # Train the weights. Adam brings the loss down fast; L-BFGS (also from optax)
-    # then converges to round-off, since the spike-time gradients are exact.
+    # Train the weights. Adam brings the loss down fast; L-BFGS (also from optax),
+    # on the exact spike-time gradients, then takes it much further.
     def loss_of_weight(weight):
         model = eqx.tree_at(lambda m: m.weight, student, weight)
         return spike_loss(model, inputs, target.spike_times, target_counts)[0]

@@ -202,7 +202,10 @@ def _readout(
         tmax = jnp.where(better, t_next, tmax)
         return (t_next, y, vmax, tmax), None
 
+    # The start voltage counts unless input spikes at t = 0 move it first (their
+    # jumps are in before the voltage there counts, as at any instant).
     v0 = dynamics.voltage(y0)
+    v0 = jnp.where(jnp.any(times == 0), -jnp.inf, v0)
     init = (jnp.zeros((), dtype), y0, v0, jnp.zeros((n,), dtype))
     # (Under `jax.shard_map`, the carry varies as the inputs do.)
     init = vary_like(init, dynamics, weight, times, sources, t_end, y0)

@@ -740,6 +740,31 @@ def test_readout_applies_simultaneous_jumps_together():
         assert sol.result == sj.RESULTS.successful
 
 
+def test_readout_maximum_after_jumps_at_time_zero():
+    """Jumps at t = 0 are in before the voltage there counts: an inhibitory one
+    leaves the start voltage out of the maximum (it was taken, v_rest at t = 0,
+    with no gradient in the weight). Against the closed form -w e^{-t_end/tau}."""
+    ro = sj.LeakyReadout(2, 1, sj.ODELIFDynamics(tau_mem=10.0), key=_KEY)
+    for w, sources in (([-1.0, 0.0], [0]), ([-1.0, 0.5], [0, 1])):
+        ro_w = eqx.tree_at(lambda m: m.weight, ro, jnp.array([w]))
+        times = [0.0] * len(sources)
+        sol = ro_w.simulate(_train(times, sources), t_end=5.0)
+        expected = sum(w) * np.exp(-0.5)
+        np.testing.assert_allclose(float(sol.max_voltage[0]), expected, rtol=1e-6)
+        assert float(sol.max_time[0]) == 5.0
+        grad = jax.grad(
+            lambda r: r.simulate(_train(times, sources), t_end=5.0).max_voltage[0]
+        )(ro_w)
+        np.testing.assert_allclose(
+            np.asarray(grad.weight[0, sources]), np.exp(-0.5), rtol=1e-6
+        )
+    # Excitatory at t = 0: the jumped voltage is the maximum, at t = 0.
+    ro_up = eqx.tree_at(lambda m: m.weight, ro, jnp.array([[0.8, 0.0]]))
+    sol = ro_up.simulate(_train([0.0], [0]), t_end=5.0)
+    np.testing.assert_allclose(float(sol.max_voltage[0]), 0.8, rtol=1e-6)
+    assert float(sol.max_time[0]) == 0.0
+
+
 def test_readout_reports_invalid_spikes_and_nonfinite_weights():
     ro = sj.LeakyReadout(3, 2, key=_KEY, dtype=jnp.float64)
 

@@ -48,8 +48,14 @@ def loss_fn(model, images, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+@eqx.filter_jit
+def predict_counts(model, images):
+    # (The model an argument: compiled once, for every model of this structure.)
+    return jax.vmap(model)(images)
+
+
 def accuracy(model, images, labels):
-    counts = eqx.filter_jit(jax.vmap(model))(images)
+    counts = predict_counts(model, images)
     return float(jnp.mean(jnp.argmax(counts, axis=1) == labels))
 
 

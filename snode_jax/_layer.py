@@ -172,6 +172,11 @@ class SpikingODELayer(eqx.Module):
         self.surrogate = surrogate
         dtype = check_float_dtype(dtype)
         check_parameters_fit(dynamics, dtype)
+        # The parameters as arrays of the layer's dtype. (Python numbers would be
+        # weakly typed: an optimizer's first update returns them strongly typed,
+        # and its state follows a step later, so a jitted training step compiled
+        # three times over.)
+        self.dynamics = dynamics.astype(dtype)
         std = float(np.sqrt(2.0 / self.n_inputs))  # a Python float keeps `dtype`
         w_key, r_key = jax.random.split(key)
         self.weight = std * jax.random.normal(

@@ -96,6 +96,8 @@ class LeakyReadout(eqx.Module):
         self.dynamics = dynamics
         dtype = check_float_dtype(dtype)
         check_parameters_fit(dynamics, dtype)
+        # (Arrays of the readout's dtype, as a layer's: see `SpikingODELayer`.)
+        self.dynamics = dynamics.astype(dtype)
         std = float(np.sqrt(2.0 / self.n_inputs))
         self.weight = std * jax.random.normal(
             key, (self.n_outputs, self.n_inputs), dtype

@@ -1397,3 +1397,50 @@ def test_spike_exactly_at_an_interval_end(t_ref):
     np.testing.assert_allclose(
         np.asarray(jax.jacrev(saved, 1)(s, w)).ravel(), [2.0, 2.0], rtol=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda dtype: sj.SpikingODELayer(
+            3, 4, sj.ODELIFDynamics(tau_mem=20.0), dtype=dtype, key=jax.random.key(0)
+        ),
+        lambda dtype: sj.LeakyReadout(
+            3, 4, sj.ODELIFDynamics(tau_mem=20.0), dtype=dtype, key=jax.random.key(0)
+        ),
+    ],
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_training_step_is_traced_once(make, dtype):
+    """The parameters of a model built from Python numbers are arrays of the
+    layer's dtype, strongly typed: an optimizer's update keeps every leaf's type,
+    so a jitted training step is traced (and compiled) once, not again after the
+    first update (weakly typed parameters come back strongly typed) and the second
+    (the optimizer's moments follow)."""
+    import optax
+
+    model = make(dtype)
+    leaves = jax.tree.leaves(eqx.filter(model.dynamics, eqx.is_array))
+    assert leaves and all(x.dtype == dtype and not x.weak_type for x in leaves)
+    x = jnp.linspace(0.5, 1.5, 6 * 3, dtype=dtype).reshape(6, 3)
+    train = sj.SpikeTrain(jnp.array([0.5, 1.0, 2.0], dtype), jnp.array([0, 1, 2]))
+    optim = optax.adam(1e-2)
+    traces = []
+
+    def loss(model):
+        if isinstance(model, sj.LeakyReadout):
+            return jnp.sum(model.simulate(train, t_end=4.0).max_voltage)
+        return jnp.sum(model.forward(x * 4.0, 1.0))
+
+    @eqx.filter_jit
+    def step(model, opt_state):
+        traces.append(None)  # (at trace time only)
+        grads = eqx.filter_grad(loss)(model)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = optim.update(grads, opt_state, params)
+        return eqx.apply_updates(model, updates), opt_state
+
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    for _ in range(4):
+        model, opt_state = step(model, opt_state)
+    assert len(traces) == 1

@@ -77,7 +77,8 @@ class SpikingODELayer(eqx.Module):
         exact): [`ArctanSurrogate`][] (default), [`SigmoidSurrogate`][] or
         [`FastSigmoidSurrogate`][]. Spike times and voltages are differentiated
         exactly and do not use it.
-    - `dtype`: floating dtype of `weight`; default JAX's default float. Float64
+    - `dtype`: floating dtype of `weight` and of the model's parameters (the layer
+        holds `dynamics.astype(dtype)`); default JAX's default float. Float64
         needs JAX's 64-bit mode (`jax.config.update("jax_enable_x64", True)`);
         without it, it is refused rather than run in float32.
     - `key`: PRNG key for the weight, drawn from `N(0, 2 / n_inputs)`.
@@ -85,8 +86,8 @@ class SpikingODELayer(eqx.Module):
     **Raises:**
 
     `ValueError`/`TypeError` for non-positive sizes or step bounds, `dt_min > dt_init`,
-    a solver the model cannot use, or dynamics parameters whose shape is neither
-    scalar nor `(n_neurons,)`.
+    a solver the model cannot use, dynamics parameters whose shape is neither
+    scalar nor `(n_neurons,)`, or dynamics parameters beyond the range of `dtype`.
     """
 
     weight: Float[Array, "n_neurons n_inputs"]

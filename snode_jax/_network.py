@@ -61,7 +61,8 @@ class LeakyReadout(eqx.Module):
     - `n_inputs`, `n_outputs`: sizes (positive ints).
     - `dynamics`: an [`AbstractExactFlowDynamics`][] (its exact flow, and its
         interior maximum per segment, give the maximum voltage exactly).
-    - `dtype`: floating dtype of `weight` (float64 needs JAX's 64-bit mode).
+    - `dtype`: floating dtype of `weight` and of the model's parameters (float64
+        needs JAX's 64-bit mode).
     - `key`: PRNG key for the weight, drawn from `N(0, 2 / n_inputs)`.
     """
 

@@ -286,17 +286,20 @@ class SpikingODELayer(eqx.Module):
         self._check_arrays()
         inputs = self._check_inputs(inputs)
         check_interval(interval, inputs.shape[0], self.dtype)
+        # (Arrays of the layer's dtype: an int, a NumPy float64 or a float64 array
+        # as `interval`, or a number swapped into the model with `eqx.tree_at`,
+        # would each have compiled the run once more, a number once per value.)
+        interval = jnp.asarray(interval, self.dtype)
+        dynamics = self.dynamics.astype(self.dtype)
         state = self.init_state() if state is None else self._check_state(state)
         if save_times is not None:
-            duration = jnp.sum(
-                jnp.broadcast_to(jnp.asarray(interval, self.dtype), (inputs.shape[0],))
-            )
+            duration = jnp.sum(jnp.broadcast_to(interval, (inputs.shape[0],)))
             return _integrate_saving_jit(
-                self.dynamics,
+                dynamics,
                 self.solver,
                 self.weight,
                 inputs,
-                jnp.asarray(interval),
+                interval,
                 state,
                 check_save_times(save_times, duration),
                 stepsize_controller=self.stepsize_controller,
@@ -307,11 +310,11 @@ class SpikingODELayer(eqx.Module):
                 throw=throw,
             )
         return _integrate_jit(
-            self.dynamics,
+            dynamics,
             self.solver,
             self.weight,
             inputs,
-            jnp.asarray(interval),
+            interval,
             state,
             stepsize_controller=self.stepsize_controller,
             root_finder=self.root_finder,
@@ -508,6 +511,8 @@ class SpikingODELayer(eqx.Module):
             self.dynamics,
             "spike-train inputs" if isinstance(inputs, SpikeTrain) else "recurrence",
         )
+        # (Arrays of the layer's dtype, as in `_run`.)
+        dynamics = dynamics.astype(self.dtype)
         check_event_max_spikes(max_spikes)
         if max_events is not None:
             max_events = check_positive_int("max_events", max_events, MAX_BUDGET)
@@ -568,19 +573,18 @@ class SpikingODELayer(eqx.Module):
             raise ValueError("Dense `inputs` need `interval` (ms).")
         inputs = self._check_inputs(inputs)
         check_interval(interval, inputs.shape[0], self.dtype)
+        interval = jnp.asarray(interval, self.dtype)  # (as in `_run`)
         if save_times is not None:
             if self.delay <= 0:
                 raise ValueError(_ZERO_DELAY_SAVE)
-            duration = jnp.sum(
-                jnp.broadcast_to(jnp.asarray(interval, self.dtype), (inputs.shape[0],))
-            )
+            duration = jnp.sum(jnp.broadcast_to(interval, (inputs.shape[0],)))
             return _integrate_events_saving_jit(
                 dynamics,
                 self.weight,
                 state,
                 check_save_times(save_times, duration),
                 inputs=inputs,
-                interval=jnp.asarray(interval),
+                interval=interval,
                 recurrent_weight=recurrent_weight,
                 delay=self.delay,
                 root_finder=self.root_finder,
@@ -594,7 +598,7 @@ class SpikingODELayer(eqx.Module):
             self.weight,
             state,
             inputs=inputs,
-            interval=jnp.asarray(interval),
+            interval=interval,
             recurrent_weight=recurrent_weight,
             delay=self.delay,
             root_finder=self.root_finder,

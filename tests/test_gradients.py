@@ -1444,3 +1444,58 @@ def test_a_training_step_is_traced_once(make, dtype):
     for _ in range(4):
         model, opt_state = step(model, opt_state)
     assert len(traces) == 1
+
+
+def _compiles_of_runs(caplog, calls) -> list[str]:
+    """The runs (`integrate...` programs) that `calls` compiled."""
+    import logging
+
+    caplog.clear()
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        for call in calls:
+            call()
+    return [
+        r.getMessage()[:60]
+        for r in caplog.records
+        if r.getMessage().startswith("Compiling jit(integrate")
+    ]
+
+
+def test_runs_compile_once_for_any_type_of_interval_or_swapped_number(caplog):
+    """An int, a NumPy float64 or an array of another dtype as `interval`, or a
+    Python number swapped into the model with `eqx.tree_at`, reuse the compiled
+    run (each compiled it again, a swapped number once per value)."""
+    x = np.full((5, 3), 0.3)
+    train = sj.SpikeTrain(jnp.array([0.5, 1.0]), jnp.array([0, 2]))
+    layers = {
+        "walk": sj.SpikingODELayer(
+            3, 4, sj.ODELIFDynamics(), dtype=jnp.float32, key=jax.random.key(0)
+        ),
+        "events": sj.SpikingODELayer(
+            3, 4, sj.ODELIFDynamics(), dtype=jnp.float32, recurrent=True,
+            delay=0.5, key=jax.random.key(0),
+        ),
+    }  # fmt: skip
+    for name, layer in layers.items():
+        swapped = lambda tau: eqx.tree_at(lambda m: m.dynamics.tau_mem, layer, tau)
+        # (`simulate` on a recurrent layer: `forward` is for feed-forward ones.)
+        run = lambda m, x, interval: m.simulate(x, interval).counts
+        if name == "walk":
+            run = lambda m, x, interval: m.forward(x, interval)
+        first = [lambda: run(layer, x, 1.0), lambda: run(layer, x, np.ones(5))]
+        if name == "events":
+            first.append(lambda: layer.simulate(train, t_end=2.0))
+        assert len(_compiles_of_runs(caplog, first)) == len(first)
+        again = [
+            lambda: run(layer, x, 2.0),
+            lambda: run(layer, x, 1),
+            lambda: run(layer, x, np.float64(1.5)),
+            lambda: run(layer, x, jnp.asarray(0.7, jnp.float64)),
+            lambda: run(layer, x, np.full(5, 0.5)),
+            lambda: run(layer, x, jnp.full(5, 0.5, jnp.float64)),
+            lambda: run(swapped(25.0), x, 1.0),
+            lambda: run(swapped(30.0), x, 1.0),
+        ]
+        if name == "events":
+            again.append(lambda: swapped(35.0).simulate(train, t_end=2.0))
+        assert _compiles_of_runs(caplog, again) == [], name

@@ -24,6 +24,7 @@ identical to one device at the same `chunk_size`. The multi-process path is not
 tested here.
 """
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +37,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import ArrayLike, PyTree
 
-from ._checks import check_positive_int, check_real_number, narrowed
+from ._checks import (
+    check_interval,
+    check_positive_int,
+    check_real_number,
+    narrowed,
+)
+from ._integrate import check_max_spikes
 from ._layer import SpikingODELayer
 from ._misc import is_concrete
 from ._solution import Solution
@@ -152,14 +159,18 @@ def _check_devices(devices) -> list:
     """`devices` as a list of distinct JAX devices (default: all of them)."""
     if devices is None:
         return list(jax.devices())
-    if isinstance(devices, (str, bytes, jax.Device)) or not isinstance(
-        devices, Sequence
-    ):
-        raise TypeError(
-            "`devices` must be a sequence of JAX devices (e.g. `jax.devices()` or "
-            f"`jax.devices()[:2]`), got {devices!r}."
-        )
-    devices = list(devices)
+    not_a_sequence = TypeError(
+        "`devices` must be a sequence of JAX devices (e.g. `jax.devices()` or "
+        f"`jax.devices()[:2]`), got {devices!r}."
+    )
+    if isinstance(devices, (str, bytes, jax.Device)):
+        raise not_a_sequence
+    if isinstance(devices, np.ndarray):  # (such as a mesh's `devices`)
+        devices = devices.reshape(-1)
+    try:
+        devices = list(devices)
+    except TypeError:
+        raise not_a_sequence from None
     for d in devices:
         if not isinstance(d, jax.Device):
             raise TypeError(
@@ -194,6 +205,54 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="pt")
 
 
+def _run_chunk(fn, mesh, static, point, shared):
+    """`jax.vmap(fn)` over a chunk of points (sharded over `mesh`), with the
+    arguments `eqx.combine(shared, static)` (`shared`: their arrays, replicated)."""
+
+    def batched(point, shared):
+        return jax.vmap(lambda p: fn(p, *eqx.combine(shared, static)))(point)
+
+    # `fn` may run loops of its own whose carries start from values that vary
+    # over no mesh axis (the library's own loops need no such care); nothing in
+    # `jax.vmap(fn)` communicates across devices, so the check is off.
+    run = jax.shard_map(
+        batched,
+        mesh=mesh,
+        in_specs=(P(_AXIS), P()),
+        out_specs=P(_AXIS),
+        check_vma=False,
+    )
+    return run(point, shared)
+
+
+# `eqx.filter_jit` rather than `jax.jit`: an error raised inside `fn` (a failed
+# simulation) then prints its message rather than a callback traceback. One
+# function for every sweep, its compiled chunks cached by `fn`, the mesh, the
+# static arguments (with their types: `1`, `1.0` and `True` are equal keys
+# otherwise) and the shapes: a function built anew per sweep compiled anew per
+# call, and JAX kept each program (6.5 MB more per call of a small `sweep_layer`).
+_cached_chunk = eqx.filter_jit(
+    lambda fn, mesh, static, types, point, shared: _run_chunk(
+        fn, mesh, static, point, shared
+    )
+)
+
+
+def _chunk_function(fn, mesh, static):
+    """`(point, shared) -> outputs` of [`_run_chunk`][]: compiled once per `fn`,
+    mesh and static arguments where those can be hashed, else once per sweep."""
+    leaves, treedef = jax.tree.flatten(static)
+    types = tuple(type(leaf) for leaf in leaves)
+    try:
+        hash((fn, mesh, treedef, tuple(leaves)))
+    except TypeError:  # (a static argument that cannot be a cache key)
+        per_sweep = eqx.filter_jit(
+            lambda point, shared: _run_chunk(fn, mesh, static, point, shared)
+        )
+        return per_sweep
+    return lambda point, shared: _cached_chunk(fn, mesh, static, types, point, shared)
+
+
 def sweep(
     fn: Callable[..., PyTree[ArrayLike]],
     params: PyTree[ArrayLike],
@@ -220,6 +279,13 @@ def sweep(
     - `*args`: what every point shares (PyTrees, e.g. a layer and its inputs):
         passed to `fn` unbatched, and placed once on every device rather than
         compiled into the program as constants.
+
+    **Compilation.** As `jax.jit(fn)` does, `sweep` compiles `fn` once per
+    function object, shapes and dtypes of the arrays, and values of the other
+    arguments (those in `*args` that are not arrays, which must then be
+    hashable; otherwise once per call), and reuses it in later sweeps: what `fn`
+    reads from globals or closures is what it read when first compiled. Pass
+    what changes between sweeps as an argument.
     - `chunk_size`: points per device per call (default: the whole batch in one
         call). Results do not depend on the number of devices at a fixed
         `chunk_size` (bitwise on CPU); a different `chunk_size` changes the array
@@ -271,24 +337,7 @@ def sweep(
     # The arrays of `args` travel as (replicated) inputs; the rest is static.
     shared, static = eqx.partition(args, eqx.is_array)
     shared = jax.tree.map(lambda x: _place(np.asarray(x), replicated), shared)
-
-    def batched(point, shared):
-        return jax.vmap(lambda p: fn(p, *eqx.combine(shared, static)))(point)
-
-    # `fn` may run loops of its own whose carries start from values that vary
-    # over no mesh axis (the library's own loops need no such care); nothing in
-    # `jax.vmap(fn)` communicates across devices, so the check is off.
-    # `eqx.filter_jit` rather than `jax.jit`: an error raised inside `fn` (a failed
-    # simulation) then prints its message rather than a callback traceback.
-    compiled = eqx.filter_jit(
-        jax.shard_map(
-            batched,
-            mesh=mesh,
-            in_specs=(P(_AXIS), P()),
-            out_specs=P(_AXIS),
-            check_vma=False,
-        )
-    )
+    compiled = _chunk_function(fn, mesh, static)
 
     def place(start):
         return jax.tree.map(
@@ -386,7 +435,8 @@ def sweep_layer(
     - `interval`: the length of each input interval (ms).
     - `max_spikes`: spike times stored per neuron.
     - `measure`: a function of one run's `Solution` returning a PyTree of arrays;
-        default `{"counts": sol.counts, "spike_times": sol.spike_times}`.
+        default `{"counts": sol.counts, "spike_times": sol.spike_times}`. Compiled
+        with the layer's run once per function object (see [`sweep`][]).
     - `chunk_size`, `devices`, `progress`: as for [`sweep`][].
 
     **Returns:**
@@ -431,33 +481,54 @@ def sweep_layer(
     inputs = _in_layer_dtype("`inputs`", inputs, layer)
     if measure is None:
         measure = _default_measure
-
-    def one(point, layer, inputs):
-        def get(path):
-            def where(tree):
-                for part in path.split("."):
-                    tree = getattr(tree, part)
-                return tree
-
-            return where
-
-        new = layer
-        for path, value in point.items():
-            value = jnp.asarray(value, layer.dtype)
-            if not path.startswith("dynamics."):
-                value = jnp.broadcast_to(value, shapes[path])
-            new = eqx.tree_at(get(path), new, value)
-        return measure(new.simulate(inputs, interval, max_spikes))
-
+    check_interval(interval, inputs.shape[0], layer.dtype)
+    # (An array: another `interval` reuses the compiled sweep. The rest is static,
+    # and hashable: another sweep of the same kind reuses it too.)
+    lengths = np.asarray(interval, layer.dtype)
+    spec = _PointSpec(tuple(shapes.items()), check_max_spikes(max_spikes), measure)
     return sweep(
-        one,
+        _layer_point,
         values,
         layer,
         inputs,
+        lengths,
+        spec,
         chunk_size=chunk_size,
         devices=devices,
         progress=progress,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _PointSpec:
+    """What `sweep_layer` fixes for every point: one static (hashable) argument,
+    none of it traced."""
+
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]
+    max_spikes: int
+    measure: Callable[[Solution], PyTree[ArrayLike]]
+
+
+def _layer_point(point, layer, inputs, interval, spec: _PointSpec):
+    """`sweep_layer`'s function of one point: `layer` with the point's values
+    swapped in, simulated, measured."""
+    shapes, max_spikes, measure = dict(spec.shapes), spec.max_spikes, spec.measure
+
+    def get(path):
+        def where(tree):
+            for part in path.split("."):
+                tree = getattr(tree, part)
+            return tree
+
+        return where
+
+    new = layer
+    for path, value in point.items():
+        value = jnp.asarray(value, layer.dtype)
+        if not path.startswith("dynamics."):
+            value = jnp.broadcast_to(value, shapes[path])
+        new = eqx.tree_at(get(path), new, value)
+    return measure(new.simulate(inputs, interval, max_spikes))
 
 
 def _default_measure(sol: Solution):

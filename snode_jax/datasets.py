@@ -41,7 +41,7 @@ _UINT32_LIMIT = 2**32  # `np.random.RandomState` takes seeds in [0, 2**32)
 # sample at the smallest ratio; 16 at the default 0.1 / 0.5).
 _MIN_RADIUS = 1e-150
 _MAX_RADIUS = 1e150
-_MIN_DOT_RATIO = 0.01
+_DOT_DIVISOR = 100
 
 
 def _check_seed(seed) -> int:
@@ -78,12 +78,12 @@ def _check_radii(r_small, r_big) -> tuple[float, float]:
             f"`r_small` and `r_big` must lie in [{_MIN_RADIUS:g}, {_MAX_RADIUS:g}], "
             f"got r_small={r_small!r} with r_big={r_big!r}."
         )
-    if r_small < _MIN_DOT_RATIO * r_big:
+    if r_small < r_big / _DOT_DIVISOR:  # (as documented: at least r_big / 100)
         # A dot sample waits for a draw in a dot: a fraction (pi / 2)(r_small /
         # r_big)^2 of the square's draws.
         draws = 2 / (math.pi * (r_small / r_big) ** 2)
         raise ValueError(
-            f"`r_small` must be at least r_big / {1 / _MIN_DOT_RATIO:g} (each dot "
+            f"`r_small` must be at least r_big / {_DOT_DIVISOR} (each dot "
             f"sample is drawn until a point lands in a dot: about {draws:.2g} draws "
             f"per dot sample here), got r_small={r_small!r} with r_big={r_big!r}."
         )

@@ -214,6 +214,8 @@ def test_smallest_and_largest_radii_accepted():
     # The bounds themselves run (and the dot class turns up at the smallest dot).
     _, labels = yin_yang(12, 1, r_small=0.005, r_big=0.5)
     assert 2 in labels
+    for r_big in (0.13, 0.29, 7.77):  # (r_big / 100 is accepted, whatever rounding)
+        yin_yang(1, 0, r_small=r_big / 100, r_big=r_big)
     for r_big in (1e-149, 1e149):
         features, labels = yin_yang(60, 2, r_small=0.2 * r_big, r_big=r_big)
         assert set(np.unique(labels)) == {0, 1, 2}

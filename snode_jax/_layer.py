@@ -157,7 +157,6 @@ class SpikingODELayer(eqx.Module):
                 f"got {type(dynamics).__name__}."
             )
         dynamics.check_n_neurons(self.n_neurons)
-        self.dynamics = dynamics
         if solver is None:
             exact = isinstance(dynamics, AbstractExactFlowDynamics)
             solver = Exact() if exact else Dopri5()

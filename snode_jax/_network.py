@@ -94,7 +94,6 @@ class LeakyReadout(eqx.Module):
                 f"(ODELIFDynamics, CubaLIFDynamics, IFDynamics), got {type(dynamics).__name__}."
             )
         dynamics.check_n_neurons(self.n_outputs)
-        self.dynamics = dynamics
         dtype = check_float_dtype(dtype)
         check_parameters_fit(dynamics, dtype)
         # (Arrays of the readout's dtype, as a layer's: see `SpikingODELayer`.)

@@ -281,11 +281,11 @@ def sweep(
         compiled into the program as constants.
 
     **Compilation.** As `jax.jit(fn)` does, `sweep` compiles `fn` once per
-    function object, shapes and dtypes of the arrays, and values of the other
-    arguments (those in `*args` that are not arrays, which must then be
-    hashable; otherwise once per call), and reuses it in later sweeps: what `fn`
-    reads from globals or closures is what it read when first compiled. Pass
-    what changes between sweeps as an argument.
+    function object, shapes and dtypes of the arrays, and values of the
+    arguments in `*args` that are not arrays, and reuses the program in later
+    sweeps (where one of those values cannot be hashed, it compiles once per
+    sweep instead): what `fn` reads from globals or closures is what it read
+    when first compiled. Pass what changes between sweeps as an argument.
     - `chunk_size`: points per device per call (default: the whole batch in one
         call). Results do not depend on the number of devices at a fixed
         `chunk_size` (bitwise on CPU); a different `chunk_size` changes the array

@@ -274,11 +274,16 @@ def yin_yang_spikes(
     # (A floating dtype JAX has: float64 without x64 is refused, not run as
     # float32.)
     dtype = check_float_dtype(dtype)
-    working = dtype
     for name, value in (("t_late", t_late), ("t_bias", t_bias)):
         # (Every time lies in [t_early, t_late], or is t_bias.)
         hint = "its spikes would become +inf, the padding"
-        narrowed(f"`{name}` (ms)", np.asarray(value), working, hint)
+        narrowed(f"`{name}` (ms)", np.asarray(value), dtype, hint)
+    if not np.asarray(t_late, dtype) > np.asarray(t_early, dtype):
+        # (Every feature would get one time.)
+        raise ValueError(
+            f"`t_late` must be after `t_early` in {np.dtype(dtype).name}, where "
+            f"they round to one time, got t_early={t_early!r}, t_late={t_late!r}."
+        )
     # (Not bools, strings or objects: `True` would be a feature of 1.)
     check_real_number("features", features, unit="")
     given = features

@@ -363,6 +363,12 @@ def test_yin_yang_spikes_defaults_and_shapes():
             dict(t_early=6.0, t_late=5.0),
             "`t_late` must be after `t_early`",
         ),
+        # A window that rounds to one time in the dtype: every feature one time.
+        (
+            [[0.5] * 4],
+            dict(t_early=1e8, t_late=1e8 + 1, dtype=jnp.float32),
+            "`t_late` must be after `t_early` in float32, where they round to one",
+        ),
         ([[0.5] * 4], dict(t_early=-1.0), "`t_early` must be a finite time >= 0"),
         ([[0.5] * 4], dict(t_late=float("inf")), "`t_late` must be a finite time"),
         ([[0.5] * 4], dict(t_bias=-2.0), "`t_bias` must be a finite time >= 0"),

@@ -27,6 +27,14 @@ _TRUST = 0.01
 _CURVATURE = 1e3
 _MAX_POLISH = 4
 
+# A crossing located where the state stops being finite (a blow-up, as AdEx's and
+# QIF's) is taken only if the state just below it, at its own slope, reaches
+# threshold within this many times the search's final bracket (a blow-up
+# accelerates, so a linear guess from below falls short, by a factor of about
+# (v_peak - v) / Delta_T for an exponential one; a vector field that is NaN below
+# threshold is short by many orders of magnitude).
+_REACH = 1e3
+
 # Crossings are located on subsets of neurons of this size: at least _MIN_CHUNK, and
 # at least 1/_CHUNK_DIVISOR of the population (more subsets if more neurons cross).
 _MIN_CHUNK = 64
@@ -291,6 +299,16 @@ def _locate_subset(
         t_b, ok_b, below_b, y_b = root_finder.search_with_state(
             on_sub_step, s.t, s.upper, s.g0, s.g_upper, untrusted, interval, s.y
         )
+        # A crossing into a state that is not finite is a blow-up through
+        # threshold only if the state below it is heading there: at its own slope
+        # it reaches threshold within `_REACH` times the final bracket. Else the
+        # state turned NaN/inf below threshold (a vector field not finite there):
+        # no spike, and the search is reported as failed.
+        g_b = dyn.threshold(y_b)
+        f_b = dyn.vector_field(below_b, y_b, s.current)
+        _, g_dot = jax.jvp(dyn.threshold, (y_b,), (f_b,))
+        width = jnp.maximum(t_b - below_b, root_finder.tolerance(t_b, interval))
+        ok_b = ok_b & (g_b + _REACH * jnp.maximum(g_dot, 0) * width >= 0)
         return Crossings(
             jnp.where(untrusted, t_b, t_star),
             where_tree(untrusted, y_b, y_star),

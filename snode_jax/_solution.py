@@ -28,7 +28,9 @@ class RESULTS(eqx.Enumeration):
     )
     crossing_search_failed = (
         "The threshold-crossing search did not reach its tolerance within "
-        "`max_root_iters` iterations."
+        "`max_root_iters` iterations, or (Runge-Kutta path) it found the state "
+        "turning NaN or inf below threshold, not blowing up through it: a "
+        "vector field that is not finite there."
     )
     nonfinite_input = (
         "The inputs, the parameters or the initial state contain NaN or inf."

@@ -747,3 +747,37 @@ def test_scalar_parameter_gradients_finite_through_blow_up():
     # traces and compiles its loops one by one.
     g = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(2.0), jnp.asarray(144.0))
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+class NaNAboveHalfLIF(UserLIF):
+    """`UserLIF` whose vector field is NaN above v = 0.5, below its threshold 1."""
+
+    def vector_field(self, t, y, current):
+        dv = -y.v / self.tau + current
+        return sj.LIFState(jnp.where(y.v > 0.5, jnp.nan, dv))
+
+
+@pytest.mark.parametrize("solver", [sj.Dopri5(), sj.Tsit5()])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_vector_field_nan_below_threshold_is_no_spike(solver, dtype):
+    """The state turning NaN below threshold was taken for a blow-up through it:
+    a spike where v reached 0.5 (every tau ln(4/3) = 2.88 ms at a drive of 2),
+    reported as a success. Now the crossing search reports it failed. A neuron
+    kept below 0.5 is unaffected; a model that blows up through its threshold
+    (QIF) still fires where it crosses."""
+    layer = sj.SpikingODELayer(
+        1, 2, NaNAboveHalfLIF(tau=10.0), solver=solver, dtype=dtype,
+        key=jax.random.key(0),
+    )  # fmt: skip
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[2.0], [0.04]], dtype))
+    x = jnp.ones((3, 1), dtype)
+    sol = layer.simulate(x, 10.0, max_spikes=32, throw=False)
+    assert sol.result == sj.RESULTS.crossing_search_failed
+    assert int(sol.num_spikes[1]) == 0
+    with pytest.raises(eqx.EquinoxRuntimeError, match="turning NaN or inf below"):
+        jax.block_until_ready(layer.forward(x, 10.0))
+    qif = sj.SpikingODELayer(1, 1, sj.QIFDynamics(), solver=solver, dtype=dtype,
+                             key=jax.random.key(0))  # fmt: skip
+    qif = eqx.tree_at(lambda m: m.weight, qif, jnp.array([[5.0]], dtype))
+    sol = qif.simulate(jnp.ones((4, 1), dtype), 10.0, max_spikes=64)
+    assert sol.result == sj.RESULTS.successful and int(sol.num_spikes[0]) >= 1

@@ -23,6 +23,18 @@ def describe(x) -> str:
     return f"array of shape {arr.shape} (min {arr.min()!r}, max {arr.max()!r})"
 
 
+def check_finite(name: str, a) -> None:
+    """`ValueError` naming the first NaN or inf entry of a concrete array `a`."""
+    if is_concrete(a):
+        bad = np.argwhere(~np.isfinite(np.asarray(a)))
+        if bad.size:
+            at = ", ".join(str(int(i)) for i in bad[0])
+            raise ValueError(
+                f"`{name}` must be finite, got {np.asarray(a)[tuple(bad[0])]} at "
+                f"{name}[{at}] (shape {tuple(a.shape)}; {len(bad)} entries NaN or inf)."
+            )
+
+
 def check_real(name: str, x) -> None:
     """`TypeError` unless `x` (an array, a tracer, or a number) has a real dtype:
     JAX and NumPy would otherwise drop the imaginary part with only a warning."""

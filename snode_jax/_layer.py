@@ -11,6 +11,7 @@ from ._checks import (
     MAX_BUDGET,
     SIZE_REASON,
     as_jax_array,
+    check_finite,
     check_float_dtype,
     check_interval,
     check_parameters_fit,
@@ -30,7 +31,6 @@ from ._integrate import (
     integrate_events,
 )
 from ._lif import ODELIFDynamics
-from ._misc import is_concrete
 from ._root_find import BracketedNewton
 from ._runge_kutta import AbstractRungeKutta, Dopri5
 from ._save import check_save_times, integrate_events_saving, integrate_saving
@@ -264,7 +264,7 @@ class SpikingODELayer(eqx.Module):
                 f"`inputs` must have shape {expected} with T >= 1, got shape "
                 f"{inputs.shape}. For a batch, use jax.vmap over the leading axis."
             )
-        _check_finite("inputs", inputs)
+        check_finite("inputs", inputs)
         # The layer's dtype (that of `weight`) sets the precision of the simulation.
         return inputs.astype(self.dtype)
 
@@ -668,22 +668,10 @@ class SpikingODELayer(eqx.Module):
             raise ValueError(
                 f"`x` must have shape (n_inputs,) = ({self.n_inputs},), got {x.shape}."
             )
-        _check_finite("x", x)
+        check_finite("x", x)
         check_interval(interval, dtype=self.dtype)  # (one interval: a scalar)
         sol = self._run(x[None], interval, state, None, throw, keep=False)
         return sol.final_state, sol.counts[0]
-
-
-def _check_finite(name: str, a) -> None:
-    """`ValueError` naming the first NaN or inf entry of a concrete array `a`."""
-    if is_concrete(a):
-        bad = np.argwhere(~np.isfinite(np.asarray(a)))
-        if bad.size:
-            at = ", ".join(str(int(i)) for i in bad[0])
-            raise ValueError(
-                f"`{name}` must be finite, got {np.asarray(a)[tuple(bad[0])]} at "
-                f"{name}[{at}] (shape {tuple(a.shape)}; {len(bad)} entries NaN or inf)."
-            )
 
 
 _integrate_jit = eqx.filter_jit(integrate)

@@ -9,12 +9,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._checks import check_interval
 from ._custom_types import Counts, State
 from ._layer import SpikingODELayer
+from ._misc import is_concrete
 from ._solution import RESULTS
 
 
@@ -180,7 +180,7 @@ class OnlineLayer:
         state, an exhausted step budget, ...) if the interval failed, leaving the
         state where it was.
         """
-        if isinstance(x, Tracer) or isinstance(interval, Tracer):
+        if not is_concrete((x, interval)):
             raise TypeError(
                 "`OnlineLayer.step` runs eagerly: it keeps its state between calls, "
                 "which a traced call (under `jax.jit`, `lax.scan`, `jax.vmap`, ...) "

@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import ArrayLike, PyTree
 
 from ._checks import (
+    check_finite,
     check_interval,
     check_positive_int,
     check_real_number,
@@ -474,8 +475,7 @@ def sweep_layer(
     _leading_size(values)
     shapes = {path: _check_path(layer, path, v) for path, v in values.items()}
     for path, v in values.items():
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"`params[{path!r}]` must be finite, got NaN or inf.")
+        check_finite(f"params[{path!r}]", v)
         # (Run in the layer's dtype: a value beyond its range would be inf there.)
         _in_layer_dtype(f"`params[{path!r}]`", v, layer)
     inputs = _in_layer_dtype("`inputs`", inputs, layer)

@@ -158,6 +158,18 @@ def make_stepper(solver) -> AbstractStepper:
             "single ODE term: use an ODE solver such as diffrax.Tsit5() or Kvaerno5()."
         )
     if isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        inner = solver.solver if isinstance(solver, diffrax.HalfSolver) else solver
+        if isinstance(inner, diffrax.ReversibleHeun):
+            # Its state (the auxiliary `yhat`) is what makes it reversible; each
+            # neuron's step here starts from `solver.init`, since steps are
+            # rejected and cut at spikes, so every step would be Heun's.
+            name = "ReversibleHeun" if inner is solver else "HalfSolver(ReversibleHeun)"
+            raise ValueError(
+                f"`solver` {name} carries its state from one step to the next; a "
+                "spiking layer starts each neuron's step afresh (steps are rejected "
+                "and cut at spikes), so it would run as diffrax.Heun(): use Heun(), "
+                "or a higher-order solver such as diffrax.Tsit5()."
+            )
         if solver.error_order(_TERM) is None:
             raise ValueError(
                 f"`solver` {type(solver).__name__} has no error order for an ODE."

@@ -87,6 +87,20 @@ def test_unsuitable_diffrax_solvers_are_refused():
     for solver in (diffrax.Sil3(), diffrax.KenCarp3()):
         with pytest.raises(ValueError, match="needs several terms"):
             sj.SpikingODELayer(2, 2, solver=solver, key=jax.random.key(0))
+    # Its state carries over between steps; here every step starts afresh.
+    for solver, name in (
+        (diffrax.ReversibleHeun(), r"`solver` ReversibleHeun carries its state"),
+        (diffrax.HalfSolver(diffrax.ReversibleHeun()), r"HalfSolver\(ReversibleHeun\)"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            sj.SpikingODELayer(
+                2, 2, sj.AdExDynamics(), solver=solver, key=jax.random.key(0)
+            )
+    # (Heun itself, and a HalfSolver of it, are accepted.)
+    for solver in (diffrax.Heun(), diffrax.HalfSolver(diffrax.Heun())):
+        sj.SpikingODELayer(
+            2, 2, sj.AdExDynamics(), solver=solver, key=jax.random.key(0)
+        )
 
 
 # -- dense output ---------------------------------------------------------------------

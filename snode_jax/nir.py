@@ -262,9 +262,27 @@ def _flatten(nodes: dict, edges: Sequence) -> tuple[dict, list]:
     entries: dict[str, list[str]] = {}
     exits: dict[str, list[str]] = {}
     inner_edges: list[tuple[str, str]] = []
+    inlined_from: dict[str, str] = {}  # an inlined node's name: its subgraph's
+
+    def add(key: str, node, subgraph: str | None = None) -> None:
+        # An inlined node is named `subgraph.node`, which another node may already
+        # be called (or be inlined as, from a deeper level).
+        if key in flat:
+            what = lambda sub: (
+                "a node" if sub is None else f"a node of the nested graph {sub!r}"
+            )
+            raise ValueError(
+                f"NIR graph: {what(subgraph)} and {what(inlined_from.get(key))} "
+                f"would both be named {key!r} once nested graphs are inlined (as "
+                "`graph.node`); rename one of them."
+            )
+        flat[key] = node
+        if subgraph is not None:
+            inlined_from[key] = subgraph
+
     for name, node in nodes.items():
         if not isinstance(node, nir.NIRGraph):
-            flat[name] = node
+            add(name, node)
             continue
         sub_nodes, sub_edges = _flatten(node.nodes, node.edges)
         ins = [k for k, v in sub_nodes.items() if isinstance(v, nir.Input)]
@@ -274,11 +292,18 @@ def _flatten(nodes: dict, edges: Sequence) -> tuple[dict, list]:
                 f"NIR node {name!r} is a nested NIRGraph with {len(ins)} Input and "
                 f"{len(outs)} Output nodes; one of each is needed to inline it."
             )
+        if (ins[0], outs[0]) in [tuple(e) for e in sub_edges]:
+            raise ValueError(
+                f"NIR node {name!r} is a nested NIRGraph whose Input {ins[0]!r} "
+                f"connects straight to its Output {outs[0]!r}; snode_jax imports a "
+                "chain of populations, and does not inline a subgraph that passes "
+                "its input through."
+            )
         entries[name] = [f"{name}.{b}" for a, b in sub_edges if a == ins[0]]
         exits[name] = [f"{name}.{a}" for a, b in sub_edges if b == outs[0]]
         for k, v in sub_nodes.items():
             if k not in (ins[0], outs[0]):
-                flat[f"{name}.{k}"] = v
+                add(f"{name}.{k}", v, name)
         inner_edges += [
             (f"{name}.{a}", f"{name}.{b}")
             for a, b in sub_edges
@@ -486,7 +511,17 @@ def _weight(name: str, node, n_out: int | None, n_in: int) -> np.ndarray:
             f"{describe(w)}."
         )
     if _type(node) == "Affine":
+        if node.bias is None:
+            raise ValueError(
+                f"NIR node {name!r} (Affine) has no `bias` (None); NIR's Affine is "
+                "`W x + b`: give a zero bias, or use a Linear node."
+            )
         bias = _f64(node.bias)
+        if bias.shape not in ((), (w.shape[0],)):
+            raise ValueError(
+                f"NIR node {name!r} (Affine): `bias` must have shape () or "
+                f"({w.shape[0]},) (one per output), got {bias.shape}."
+            )
         if np.any(bias != 0):
             raise ValueError(
                 f"NIR node {name!r} (Affine) has a non-zero `bias` "
@@ -497,6 +532,11 @@ def _weight(name: str, node, n_out: int | None, n_in: int) -> np.ndarray:
 
 
 def _param(name: str, node, field: str, n: int, positive: bool = False):
+    if getattr(node, field) is None:
+        raise ValueError(
+            f"NIR node {name!r} ({_type(node)}): `{field}` is None; it needs a "
+            "value (one, or one per neuron)."
+        )
     value = _f64(getattr(node, field))
     if value.shape not in ((), (n,)):
         raise ValueError(
@@ -510,6 +550,25 @@ def _param(name: str, node, field: str, n: int, positive: bool = False):
             f"{describe(value)}."
         )
     return np.broadcast_to(value, (n,))
+
+
+def _io_size(name: str, kind: str, shape) -> int:
+    """The size of a NIR Input or Output node of shape `shape`: one positive whole
+    number (snode_jax layers take and give 1-D arrays)."""
+    shape = np.asarray(shape).reshape(-1)
+    if shape.size != 1:
+        raise ValueError(
+            f"The NIR {kind} node {name!r} has shape {tuple(shape.tolist())}; "
+            "snode_jax layers take and give 1-D arrays: it must be (n,)."
+        )
+    k = shape[0]
+    whole = np.issubdtype(shape.dtype, np.number) and not np.iscomplexobj(shape)
+    if not (whole and np.isfinite(k) and k == np.floor(k) and k >= 1):
+        raise ValueError(
+            f"The NIR {kind} node {name!r} has size {k.item()!r}; it must be a whole "
+            "number >= 1."
+        )
+    return int(k)
 
 
 def _cast(name: str, what: str, x: np.ndarray, dtype) -> jax.Array:
@@ -584,9 +643,20 @@ def _import_population(name: str, node, n: int, s: float, dtype):
         # name the node already.
         prefix = f"NIR node {name!r} ({kind}): "
         message = str(e)
-        raise ValueError(
-            message if message.startswith(prefix) else prefix + message
-        ) from None
+        message = message if message.startswith(prefix) else prefix + message
+        if np.dtype(dtype) != np.float64:
+            # Values the check accepts in float64 that rounding to `dtype` made
+            # equal (or out of order).
+            try:
+                _import_population(name, node, n, s, np.float64)
+            except ValueError:
+                pass
+            else:
+                message += (
+                    f" (as rounded to {np.dtype(dtype).name}; the graph's values "
+                    "pass in float64: import with a wider `dtype`)"
+                )
+        raise ValueError(message) from None
 
 
 def from_nir(
@@ -630,14 +700,7 @@ def from_nir(
     dtype = check_float_dtype(dtype)
     g = _Graph(graph)
     stages = g.chain()
-    input_shape = np.asarray(g.nodes[g.inputs[0]].input_type["input"]).reshape(-1)
-    if input_shape.size != 1:
-        raise ValueError(
-            f"The NIR Input node {g.inputs[0]!r} has shape "
-            f"{tuple(int(k) for k in input_shape)}; "
-            "snode_jax layers take a 1-D input (n_inputs,)."
-        )
-    n_in = int(input_shape[0])
+    n_in = _io_size(g.inputs[0], "Input", g.nodes[g.inputs[0]].input_type["input"])
     layers = []
     for stage in stages:
         name, node = stage.population, g.nodes[stage.population]
@@ -692,12 +755,12 @@ def from_nir(
         layers.append(layer)
         n_in = n
     out_name = g.outputs[0]
-    out_shape = np.asarray(g.nodes[out_name].output_type["output"]).reshape(-1)
-    if out_shape.size != 1 or int(out_shape[0]) != n_in:
+    n_out = _io_size(out_name, "Output", g.nodes[out_name].output_type["output"])
+    if n_out != n_in:
         raise ValueError(
-            f"The NIR Output node {out_name!r} has shape "
-            f"{tuple(int(k) for k in out_shape)}; the last population, "
-            f"{stages[-1].population!r}, has {n_in} neurons: it must be ({n_in},)."
+            f"The NIR Output node {out_name!r} has shape ({n_out},); the last "
+            f"population, {stages[-1].population!r}, has {n_in} neurons: it must be "
+            f"({n_in},)."
         )
     if len(layers) == 1:
         return layers[0]

@@ -732,6 +732,80 @@ def test_unsupported_graph_shapes():
         from_nir(_chain(inp2, nir.Linear(weight=np.ones((3, 2))), _lif(3), out))
 
 
+def _nested(sub_nodes, sub_edges, outer_extra=()):
+    """`in -> w -> rnn (a nested graph) -> out`, with more outer nodes."""
+    sub = nir.NIRGraph(nodes=sub_nodes, edges=sub_edges, metadata={}, type_check=False)
+    inp, out = _io(2, 3)
+    nodes = {"in": inp, "w": nir.Linear(weight=np.ones((3, 2))), "rnn": sub}
+    nodes.update({"out": out, **dict(outer_extra)})
+    edges = [("in", "w"), ("w", "rnn"), ("rnn", "out")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={}, type_check=False)
+
+
+def test_malformed_graph_parts_are_named():
+    sub_io = {
+        "input": nir.Input(input_type={"input": np.array([3])}),
+        "output": nir.Output(output_type={"output": np.array([3])}),
+    }
+    chain = [("input", "lif"), ("lif", "output")]
+    # An outer node named as an inlined one (`graph.node`) would take its place
+    # (which one depended on the nodes' order): refused, in either order.
+    slow = _lif(3)
+    slow.tau = np.full(3, 0.5)
+    stray = {"rnn.lif": slow}
+    for extra_first in (False, True):
+        graph = _nested({**sub_io, "lif": _lif(3)}, chain, stray)
+        if extra_first:
+            graph.nodes = {**stray, **{k: v for k, v in graph.nodes.items()}}
+        with pytest.raises(
+            ValueError, match=r"would both be named 'rnn.lif' once nested graphs"
+        ):
+            from_nir(graph)
+    # A nested graph that passes its input straight through.
+    with pytest.raises(ValueError, match=r"'rnn' is a nested NIRGraph whose Input"):
+        from_nir(_nested(sub_io, [("input", "output")]))
+    # Input and Output sizes: whole numbers >= 1 (2.7 was cut to 2; -2 failed in
+    # NumPy).
+    for size in (2.7, -2, 0):
+        inp = nir.Input(input_type={"input": np.array([size])})
+        _, out = _io(2, 3)
+        with pytest.raises(
+            ValueError, match=rf"Input node 'n0' has size {size}; it must be a whole"
+        ):
+            from_nir(_chain(inp, nir.Linear(weight=np.ones((3, 2))), _lif(3), out))
+    inp, out = _io(2, 3)
+    # An Affine's bias: one per output (a zero bias of 5 entries passed for 3).
+    affine = nir.Affine(weight=np.ones((3, 2)), bias=np.zeros(5))
+    with pytest.raises(ValueError, match=r"`bias` must have shape \(\) or \(3,\)"):
+        from_nir(_chain(inp, affine, _lif(3), out))
+    affine.bias = None
+    with pytest.raises(ValueError, match=r"'n1' \(Affine\) has no `bias` \(None\)"):
+        from_nir(_chain(inp, affine, _lif(3), out))
+    # A parameter that is None is named as such (it read as NaN).
+    lif = _lif(3)
+    lif.v_reset = None
+    with pytest.raises(ValueError, match=r"'n2' \(LIF\): `v_reset` is None"):
+        from_nir(_chain(inp, nir.Linear(weight=np.ones((3, 2))), lif, out))
+
+
+def test_rounding_to_the_dtype_is_named():
+    """Values that pass the model's checks in float64 but not once rounded to a
+    narrower `dtype` say so."""
+    inp, out = _io(2, 3)
+    lif = _lif(3)
+    lif.v_threshold, lif.v_reset = np.full(3, 1 + 1e-9), np.ones(3)
+    graph = _chain(inp, nir.Linear(weight=np.ones((3, 2))), lif, out)
+    with pytest.raises(ValueError, match=r"as rounded to float32; the graph's values"):
+        from_nir(graph, dtype=jnp.float32)
+    layer = from_nir(graph, dtype=jnp.float64)
+    assert layer.dynamics.v_threshold > layer.dynamics.v_reset
+    # A genuine error gets no such hint.
+    lif.v_reset = np.full(3, 2.0)
+    with pytest.raises(ValueError, match=r"`v_reset` must be <") as e:
+        from_nir(graph, dtype=jnp.float32)
+    assert "rounded" not in str(e.value)
+
+
 def test_export_refuses_models_without_a_nir_node(getkey):
     adex = sj.SpikingODELayer(2, 3, sj.AdExDynamics(), key=getkey())
     with pytest.raises(ValueError, match="AdExDynamics has no NIR node"):

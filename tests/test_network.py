@@ -913,3 +913,43 @@ def test_readout_max_time_gradient():
         fd = (float(peak_time(*up)) - float(peak_time(*down))) / (2 * eps)
         assert abs(fd) > 0.1
         np.testing.assert_allclose(grad[i], fd, rtol=1e-7)
+
+
+def test_readout_max_time_gradient_at_equal_time_constants():
+    """One input spike at `t_in` into a CubaLIF readout at rest peaks at `t_in +
+    tm ts log(tm / ts) / (tm - ts)`, symmetric in the two time constants; at `tm ==
+    ts = tau` that is `t_in + tau`, and each time constant moves it by 1/2 (the
+    closed form's derivative, the limit of the neighbouring points')."""
+
+    def peak_time(tm, ts):
+        ro = sj.LeakyReadout(
+            1, 1, sj.CubaLIFDynamics(tau_mem=tm, tau_syn=ts), key=jax.random.key(0)
+        )
+        ro = eqx.tree_at(lambda r: r.weight, ro, jnp.ones((1, 1)))
+        train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))
+        return ro.simulate(train, t_end=40.0).max_time[0]
+
+    def closed_form_grad(tm, ts):
+        # d/dtm and d/dts of tm ts log(tm / ts) / (tm - ts), for tm != ts.
+        q = tm - ts
+        log = np.log(tm / ts)
+        d_tm = (ts * log + ts) / q - tm * ts * log / q**2
+        d_ts = (tm * log - tm) / q + tm * ts * log / q**2
+        return d_tm, d_ts
+
+    assert float(peak_time(10.0, 10.0)) == pytest.approx(11.0, rel=1e-15)
+    np.testing.assert_allclose(
+        jax.grad(peak_time, (0, 1))(10.0, 10.0), [0.5, 0.5], rtol=1e-12
+    )
+    # Beside equality, the closed form; 1e-6 away from it, 1/2 to the first order
+    # of the gap (about 3e-7 here); 1e-14 away, 1/2 (the closed form's derivative
+    # cancels there: it gave 0.494 and 0.506).
+    np.testing.assert_allclose(
+        jax.grad(peak_time, (0, 1))(10.0, 12.0), closed_form_grad(10.0, 12.0), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        jax.grad(peak_time, (0, 1))(10.0, 10.00001), [0.5, 0.5], rtol=2e-6
+    )
+    np.testing.assert_allclose(
+        jax.grad(peak_time, (0, 1))(10.0, 10.0 * (1 + 1e-14)), [0.5, 0.5], rtol=1e-10
+    )

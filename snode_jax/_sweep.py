@@ -27,7 +27,8 @@ def _leading_size(params) -> int:
     if None in sizes:
         raise ValueError(
             "Every leaf of `params` needs a leading batch axis (one entry per "
-            "point), got a scalar."
+            "point), got a scalar (a Python list is a PyTree of its entries: give "
+            "an array)."
         )
     if len(sizes) != 1:
         shapes = [np.shape(leaf) for leaf in leaves]
@@ -136,8 +137,8 @@ def _run_chunk(fn, mesh, static, point, shared):
 # `eqx.filter_jit` rather than `jax.jit`: an error raised inside `fn` (a failed
 # simulation) then prints its message rather than a callback traceback. One
 # function for every sweep, its compiled chunks cached by `fn`, the mesh, the
-# static arguments (with their types: `1`, `1.0` and `True` are equal keys
-# otherwise) and the shapes: a function built anew per sweep compiled anew per
+# static arguments (with their types, and the signs of floats: `1`, `1.0` and
+# `True` are equal keys otherwise, and so are `0.0` and `-0.0`) and the shapes: a function built anew per sweep compiled anew per
 # call, and JAX kept each program (6.5 MB more per call of a small `sweep_layer`).
 _cached_chunk = eqx.filter_jit(
     lambda fn, mesh, static, types, point, shared: _run_chunk(
@@ -150,7 +151,10 @@ def _chunk_function(fn, mesh, static):
     """`(point, shared) -> outputs` of [`_run_chunk`][]: compiled once per `fn`,
     mesh and static arguments where those can be hashed, else once per sweep."""
     leaves, treedef = jax.tree.flatten(static)
-    types = tuple(type(leaf) for leaf in leaves)
+    types = tuple(
+        (type(leaf), math.copysign(1.0, leaf) if isinstance(leaf, float) else None)
+        for leaf in leaves
+    )
     try:
         hash((fn, mesh, treedef, tuple(leaves)))
     except TypeError:  # (a static argument that cannot be a cache key)
@@ -194,11 +198,12 @@ def sweep(
     sweeps (where one of those values cannot be hashed, it compiles once per
     sweep instead): what `fn` reads from globals or closures is what it read
     when first compiled. Pass what changes between sweeps as an argument.
-    - `chunk_size`: points per device per call (default: the whole batch in one
-        call). Results do not depend on the number of devices at a fixed
-        `chunk_size` (bitwise on CPU); a different `chunk_size` changes the array
-        lengths that XLA vectorises over, which may change the last bit of
-        transcendental functions.
+    - `chunk_size`: points per device per call, at most (default: the whole
+        batch in one call; a larger value is cut to the points per device, as the
+        batch would only be padded). Results do not depend on the number of
+        devices at a fixed chunk size (bitwise on CPU); a different chunk size
+        changes the array lengths that XLA vectorises over, which may change the
+        last bit of transcendental functions.
     - `devices`: the devices to shard over; default `jax.devices()` (every device
         of every process).
     - `progress`: show a tqdm progress bar over the points (needs tqdm).
@@ -216,6 +221,10 @@ def sweep(
     or traced arguments (`sweep` runs eagerly, outside `jax.jit`); whatever `fn`
     raises (e.g. a failed simulation with `throw=True`).
     """
+    if not callable(fn):
+        raise TypeError(
+            f"`fn` must be a function of one point, got {type(fn).__name__} ({fn!r})."
+        )
     if not is_concrete((params, args)):
         raise TypeError(
             "`sweep` runs eagerly (it walks the points in chunks, each a compiled "
@@ -228,9 +237,12 @@ def sweep(
     if not devices:
         raise ValueError("`devices` must name at least one device, got none.")
     n_dev = len(devices)
-    if chunk_size is None:
-        chunk_size = math.ceil(n_points / n_dev)
-    chunk_size = check_positive_int("chunk_size", chunk_size)
+    # A chunk holds at most the points each device has: a larger one would only
+    # pad the batch (one point with `chunk_size=200000` on 4 devices ran 800,000).
+    most = math.ceil(n_points / n_dev)
+    if chunk_size is not None:
+        chunk_size = min(check_positive_int("chunk_size", chunk_size), most)
+    chunk_size = most if chunk_size is None else chunk_size
     per_call = chunk_size * n_dev
     n_calls = math.ceil(n_points / per_call)
     pad = n_calls * per_call - n_points

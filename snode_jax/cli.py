@@ -194,7 +194,12 @@ def _config_values(name: str, value: Any, path: str) -> np.ndarray:
         start = _number(str(value["start"]), what)
         stop = _number(str(value["stop"]), what)
         _check_one_point(start, stop, num, what)
-        return np.linspace(start, stop, num)
+        try:
+            return np.linspace(start, stop, num)
+        except MemoryError:
+            raise argparse.ArgumentTypeError(
+                f"{what}: {num} values do not fit in memory"
+            ) from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if isinstance(value, list) and value:
@@ -262,6 +267,8 @@ def _load_config(path: str) -> dict[str, Any]:
         raise _ArgumentError(f"--config {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise _ArgumentError(f"--config {path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise _ArgumentError(f"--config {path}: not UTF-8 text ({e.reason})") from None
     unknown = set(data) - _CONFIG_KEYS
     if unknown:
         raise _ArgumentError(
@@ -281,7 +288,10 @@ def _load_config(path: str) -> dict[str, Any]:
             raise _ArgumentError(
                 f"--config {path}: fixed.{k} must be a number, got {v!r}"
             )
-        fixed[k] = np.array([float(v)])
+        try:
+            fixed[k] = np.array([_number(str(v), f"{path}: fixed.{k}")])
+        except argparse.ArgumentTypeError as e:
+            raise _ArgumentError(f"--config {e}") from None
     data["grid"], data["fixed"] = grid, fixed
     return data
 
@@ -314,9 +324,11 @@ def _sweep_settings(args) -> dict[str, Any]:
                 f"{flag} {', '.join(repeated)} given more than once; give each "
                 "parameter once (a list of values: NAME=V1,V2,...)"
             )
-    grid = dict(config.get("grid", {}))
+    # A flag overrides the file's entry for its parameter, swept or fixed.
+    flagged = {name for name, _ in [*args.param, *args.set]}
+    grid = {k: v for k, v in config.get("grid", {}).items() if k not in flagged}
     grid.update(dict(args.param))
-    fixed = dict(config.get("fixed", {}))
+    fixed = {k: v for k, v in config.get("fixed", {}).items() if k not in flagged}
     fixed.update(dict(args.set))
     settings["grid"], settings["fixed"] = grid, fixed
 
@@ -328,6 +340,9 @@ def _sweep_settings(args) -> dict[str, Any]:
         raise _ArgumentError(
             f"dtype: {settings['dtype']!r} is not 'float32' or 'float64'"
         )
+    # Before the model's values are checked: in float64 they are float64 values
+    # (with 64-bit types off, v_reset=0.999999999 read as v_threshold=1).
+    _set_dtype(settings["dtype"])
     duration = settings["duration"]
     if isinstance(duration, bool) or not isinstance(duration, (int, float)):
         raise _ArgumentError(f"--duration must be a number (ms), got {duration!r}")
@@ -348,6 +363,13 @@ def _sweep_settings(args) -> dict[str, Any]:
         raise _ArgumentError(
             "nothing to sweep: give at least one --param NAME=VALUES (or a [grid] "
             "table in --config)"
+        )
+    points = math.prod(len(values) for values in grid.values())
+    if points > MAX_BUDGET:
+        sizes = " x ".join(str(len(values)) for values in grid.values())
+        raise _ArgumentError(
+            f"the grid has {points} points ({sizes}); at most {MAX_BUDGET} (an "
+            "int32 count)"
         )
     import snode_jax as sj
 
@@ -866,6 +888,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subparser.print_usage(sys.stderr)
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
     except MemoryError:
         what = {
             "sweep": "a grid of that many points, or values per axis, does not fit",
@@ -879,5 +904,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             message += " (--max-spikes)"
         if args.command == "sweep" and "`max_steps`" in message:
             message += " (--max-steps)"
+        # (The sweep's one interval is its duration.)
+        if args.command == "sweep" and (
+            "`interval`" in message or "need interval" in message
+        ):
+            message += " (--duration)"
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 1

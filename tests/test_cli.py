@@ -232,6 +232,46 @@ def test_sweep_config_toml_to_npz(tmp_path):
             2,
             "100000000000 values in '0:1:100000000000' do not fit in memory",
         ),
+        # The grid's size, before it is built (refused after 31 s, status 1).
+        (
+            (
+                "sweep",
+                "--param",
+                "tau_mem=1:2:50000",
+                "--param",
+                "v_threshold=1:2:50000",
+            ),
+            2,
+            r"the grid has 2500000000 points \(50000 x 50000\); at most 2147483647",
+        ),
+        # A config file's fixed values are checked as its grid's (NaN reached the
+        # run), its counts too, and a file that is not text is named.
+        (
+            ("sweep", "--config", "nan.toml"),
+            2,
+            r"nan.toml: fixed.tau_mem: 'nan' is not",
+        ),
+        (
+            ("sweep", "--config", "huge.toml"),
+            2,
+            "grid.drive: 100000000000 values do not fit in memory",
+        ),
+        (("sweep", "--config", "binary.toml"), 2, r"binary.toml: not UTF-8 text"),
+        # A run that fails on the duration names it.
+        (
+            (
+                "sweep",
+                "--param",
+                "drive=0.1",
+                "--duration",
+                "1e39",
+                "--dtype",
+                "float32",
+            )
+            + ("--no-progress",),
+            1,
+            r"`interval` must keep the run's end time finite .* \(--duration\)",
+        ),
     ],
 )
 def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeypatch):
@@ -243,6 +283,11 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
     # A parameter in both tables of a config file.
     (tmp_path / "both.toml").write_text("[grid]\ndrive = [1, 2]\n[fixed]\ndrive = 3\n")
     (tmp_path / "num1.toml").write_text("[grid]\ndrive = {start=1, stop=2, num=1}\n")
+    (tmp_path / "nan.toml").write_text("[grid]\ndrive = [1]\n[fixed]\ntau_mem = nan\n")
+    (tmp_path / "huge.toml").write_text(
+        "[grid]\ndrive = {start=0, stop=1, num=100000000000}\n"
+    )
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe")
     (tmp_path / "folder.png").mkdir()
     try:
         status = main(list(args))
@@ -254,7 +299,8 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
     assert re.search(message, capsys.readouterr().err)
     # Nothing written: no output left behind by a refused command.
     assert {p.name for p in tmp_path.iterdir()} <= {
-        "bad.toml", "steps.toml", "both.toml", "num1.toml", "folder.png"
+        "bad.toml", "steps.toml", "both.toml", "num1.toml", "nan.toml", "huge.toml",
+        "binary.toml", "folder.png"
     }  # fmt: skip
 
 
@@ -287,6 +333,36 @@ def test_bad_arguments_exit_codes_in_subprocess(tmp_path):
     assert "snode-jax sweep: error:" in proc.stderr
     assert "need v_reset < v_threshold" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_flags_override_the_file_and_float64_values_stay_float64(tmp_path):
+    """In a fresh process (64-bit types off until the command turns them on): a
+    value that float32 cannot hold is checked in float64, the default `--dtype`
+    (it was refused as beyond float32's range); a flag overrides the file's
+    entry for its parameter, swept or fixed (it was refused as given both ways)."""
+    (tmp_path / "grid.toml").write_text("[grid]\ntau_mem = [10.0, 20.0]\n")
+    proc = _run(
+        "sweep", "--config", "grid.toml", "--set", "tau_mem=15", "--param", "drive=1",
+        "--set", "v_threshold=1e39", "--duration", "5", "--no-progress", "--out",
+        "r.csv", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    # One point (the file's tau_mem axis gave way), no spike below 1e39.
+    assert rows[0].startswith("drive,count") and rows[1].startswith("1.0,0,")
+    assert len(rows) == 2
+
+
+def test_interrupted_sweep_exits_130(tmp_path, capsys, monkeypatch):
+    import snode_jax.cli as cli
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "run_sweep", interrupt)
+    assert main(["sweep", "--param", "drive=1", "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip() == "snode-jax sweep: interrupted"
 
 
 def test_parse_values():

@@ -362,3 +362,35 @@ def test_arguments_the_cache_cannot_key_or_tell_apart():
         layer, inputs, taus, interval=1.0, max_spikes=8, devices=np.array(jax.devices())
     )
     np.testing.assert_array_equal(a["spike_times"], b["spike_times"])
+
+
+def test_chunks_hold_at_most_the_points_and_signed_zeros_differ(monkeypatch):
+    import snode_jax._sweep as engine
+
+    placed = []
+    place = engine._place
+    monkeypatch.setattr(
+        engine,
+        "_place",
+        lambda x, sharding: placed.append(x.shape) or place(x, sharding),
+    )
+    # A chunk larger than the batch is cut to it (it padded 3 points to 100).
+    x = np.arange(1.0, 4.0)
+    out = sweep(lambda p: p["x"] * 2, {"x": x}, chunk_size=100)
+    np.testing.assert_array_equal(out, 2 * x)
+    assert placed == [(3,)]
+    # A smaller chunk pads the last one, as before.
+    placed.clear()
+    np.testing.assert_array_equal(sweep(lambda p: p["x"], {"x": x}, chunk_size=2), x)
+    assert placed == [(2,), (2,)]
+    # 0.0 and -0.0 are different static values (equal keys otherwise: the second
+    # sweep reused the first one's program).
+    sign = lambda p, s: p["x"] * jnp.copysign(1.0, s)
+    np.testing.assert_array_equal(sweep(sign, {"x": np.ones(2)}, 0.0), [1.0, 1.0])
+    np.testing.assert_array_equal(sweep(sign, {"x": np.ones(2)}, -0.0), [-1.0, -1.0])
+    with pytest.raises(
+        TypeError, match=r"`fn` must be a function of one point, got int"
+    ):
+        sweep(5, {"x": x})  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ValueError, match=r"got a scalar \(a Python list is a PyTree"):
+        sweep(lambda p: p, {"x": [1.0, 2.0]})

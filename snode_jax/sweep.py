@@ -219,6 +219,7 @@ def sweep_layer(
         check_finite(f"params[{path!r}]", v)
         # (Run in the layer's dtype: a value beyond its range would be inf there.)
         _in_layer_dtype(f"`params[{path!r}]`", v, layer)
+    check_finite("inputs", inputs)
     inputs = _in_layer_dtype("`inputs`", inputs, layer)
     if measure is None:
         measure = _default_measure

@@ -288,6 +288,13 @@ def test_values_devices_and_calls_that_are_refused():
         sweep_layer(half, _inputs(), {"dynamics.tau_mem": [20.0, 1e6]}, interval=1.0)
     with pytest.raises(ValueError, match="`inputs` holds values beyond the range"):
         sweep_layer(half, _inputs() * 1e5, {"weight": [1.0]}, interval=1.0)
+    # NaN inputs are named before the run (it failed there, naming no entry).
+    nan_inputs = _inputs().copy()
+    nan_inputs[3, 1] = np.nan
+    with pytest.raises(
+        ValueError, match=r"`inputs` must be finite, got nan at inputs\[3, 1\]"
+    ):
+        sweep_layer(_layer(), nan_inputs, {"weight": [1.0]}, interval=1.0)
     # `devices`: a sequence of distinct devices.
     one = {"x": np.ones(3)}
     for devices in ("cpu", jax.devices()[0], [0]):

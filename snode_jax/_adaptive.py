@@ -313,8 +313,17 @@ class AdaptiveLoop(AbstractIntegrator):
         elif buffer is not None:
             buffer = buffer.record(out.crossed, t_start + t_star)
         # An accepted step that did not advance the time (dt_min below the
-        # resolution of t) would repeat forever: counted, and reported.
-        stalled = out.accept & ~out.crossed & (out.t1 <= st.t)
+        # resolution of t) would repeat forever; one forced at dt_min (its error
+        # above tolerance) that left every entry of the state as it was cannot
+        # move the neuron at that tolerance (its change is below the state's
+        # resolution: a float16 AdEx layer at rtol 1e-6 stayed at rest through
+        # 40,920 such steps and fired nothing). Both counted, and reported.
+        unmoved = jnp.ones_like(out.accept)
+        for a, b in zip(jax.tree.leaves(out.y1), jax.tree.leaves(st.y)):
+            same = (a == b).reshape(a.shape[0], -1)
+            unmoved = unmoved & jnp.all(same, axis=1)
+        stuck = out.t1 <= st.t
+        stalled = out.accept & ~out.crossed & (stuck | (out.at_dt_min & unmoved))
         counters = st.counters + Counters(
             num_steps=out.accept.astype(jnp.int32),
             num_crossings=out.crossed.astype(jnp.int32),

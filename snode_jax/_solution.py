@@ -52,9 +52,12 @@ class RESULTS(eqx.Enumeration):
         "asymptote far above threshold): use float64 or shorter intervals."
     )
     step_size_underflow = (
-        "A step of `dt_min` no longer advanced a neuron's time: `dt_min` is below "
-        "the floating-point resolution of the time within the interval. Raise "
-        "`dt_min`, shorten the intervals, or use float64."
+        "A step of `dt_min` no longer advanced a neuron's time (`dt_min` is below "
+        "the floating-point resolution of the time within the interval), or, forced "
+        "at `dt_min` with its error above tolerance, left the state as it was (its "
+        "change is below the resolution of the state: `rtol`/`atol` finer than the "
+        "dtype can resolve). Raise `dt_min`, loosen `rtol`/`atol`, shorten the "
+        "intervals, or use a wider dtype."
     )
     invalid_parameters = (
         "Invalid parameters or initial state, found at run time: a condition of the "

@@ -166,6 +166,35 @@ def test_step_below_time_resolution_is_its_own_outcome():
     assert int(sol.stats["num_stalled_steps"][0]) > 0
 
 
+def test_steps_that_cannot_move_the_state_are_step_size_underflow():
+    """float16 AdEx at the default rtol = 1e-6: no step passes the error test, each
+    is forced at dt_min, and its change (about 0.004 mV from rest at -70.6 mV, where
+    float16's spacing is 0.06) rounds away: the neuron stayed at rest through every
+    step, fired nothing and was reported successful (float64 fires 3 times). Now
+    step_size_underflow; at rtol = atol = 1e-3 the float16 run moves and fires, as
+    float64 does (counts within float16's rounding of the time)."""
+    x = np.full((20, 1), 1200.0)
+    counts = {}
+    for dtype, tols in ((jnp.float64, {}), (jnp.float16, {})):
+        layer = _one(sj.AdExDynamics(), dtype, **tols)
+        sol = layer.simulate(x.astype(dtype), 2.0, max_spikes=64, throw=False)
+        counts[jnp.dtype(dtype).name] = int(sol.counts.sum())
+        if dtype == jnp.float16:
+            assert sol.result == sj.RESULTS.step_size_underflow
+            assert int(sol.stats["num_stalled_steps"][0]) > 0
+        else:
+            assert sol.result == sj.RESULTS.successful
+            assert int(sol.stats["num_stalled_steps"][0]) == 0
+    assert counts["float64"] == 3
+    loose = _one(sj.AdExDynamics(), jnp.float16, rtol=1e-3, atol=1e-3)
+    sol = loose.simulate(x.astype(jnp.float16), 2.0, max_spikes=64, throw=False)
+    assert sol.result == sj.RESULTS.successful
+    assert abs(int(sol.counts.sum()) - counts["float64"]) <= 1
+    with pytest.raises(Exception, match="left the state as it was"):
+        layer = _one(sj.AdExDynamics(), jnp.float16)
+        layer.simulate(x.astype(jnp.float16), 2.0, max_spikes=64)
+
+
 # -- the closed-form walk's piece count --------------------------------------------------
 
 

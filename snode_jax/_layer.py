@@ -403,7 +403,8 @@ class SpikingODELayer(eqx.Module):
             a silenced one would have fired).
         - `throw`: raise if the result is not successful (step or event budget or
             spike buffer exhausted, NaN/inf input, invalid parameters or input
-            spikes). With `False`, inspect `sol.result` instead.
+            spikes). With `False`, inspect `sol.result` instead. (Concrete values
+            are checked before the run whatever `throw` says: see Raises.)
 
         **Returns:**
 
@@ -425,8 +426,10 @@ class SpikingODELayer(eqx.Module):
 
         **Raises:**
 
-        `ValueError` for a bad shape, `interval`, `t_end`, `max_spikes`, or input
-        spike (for concrete values); with `throw=True`, a runtime error carrying
+        `ValueError` for a bad shape, `interval`, `t_end`, `max_spikes`, input
+        spike, or NaN/inf inputs (for concrete values, whatever `throw`
+        says: traced ones are reported in `result`); with `throw=True`, a runtime
+        error carrying
         the `RESULTS` message (or the failed condition of the model) if the
         simulation failed. Wrap calls in `eqx.filter_jit` rather than `jax.jit`:
         under `jax.jit` the message arrives buried in an `INTERNAL: CpuCallback

@@ -49,8 +49,8 @@ class RESULTS(eqx.Enumeration):
         "A neuron fired so fast that the rounding of the closed-form walk, which "
         "grows with the number of spikes in an interval, may have changed its spike "
         "count (in float32 at hundreds to thousands of spikes per interval with the "
-        "asymptote far above threshold; in float16 from about eight, in bfloat16 "
-        "from two): use a wider dtype or shorter intervals."
+        "asymptote far above threshold; at 1 ms intervals in float16 from about "
+        "six, in bfloat16 from two): use a wider dtype or shorter intervals."
     )
     step_size_underflow = (
         "A step of `dt_min` no longer advanced a neuron's time (`dt_min` is below "

@@ -248,10 +248,11 @@ class AdaptiveLoop(AbstractIntegrator):
         steps = StepCrossings(
             t, t1, y, current, step, upper, g0, g_upper, prop.y1, prop.dense
         )
-        crossings = locate_crossings(
+        crossings, reached = locate_crossings(
             self.stepper, self.root_finder, dynamics, steps, crossed, interval
         )
-        return crossed, crossings
+        # (A peak that grazes threshold on the dense output only: no crossing.)
+        return crossed & reached, crossings
 
     def running(self, interval, st: AdaptiveState) -> Bool[Array, " n"]:
         """Per neuron, whether it is still integrating."""

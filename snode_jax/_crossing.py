@@ -190,8 +190,9 @@ def _locate_subset(
     s: StepCrossings,
     lanes,
     interval,
-) -> Crossings:
-    """Crossings of a subset of neurons (`lanes` marks the real ones)."""
+) -> tuple[Crossings, Bool[Array, " n"]]:
+    """Crossings of a subset of neurons (`lanes` marks the real ones), and whether
+    the solver's own solution reaches threshold (see `on_sub_steps`)."""
 
     def sub_step(time):
         return stepper.step(dyn, s.t, time, s.y, s.current)[0]
@@ -309,15 +310,23 @@ def _locate_subset(
         _, g_dot = jax.jvp(dyn.threshold, (y_b,), (f_b,))
         width = jnp.maximum(t_b - below_b, root_finder.tolerance(t_b, interval))
         ok_b = ok_b & (g_b + _REACH * jnp.maximum(g_dot, 0) * width >= 0)
+        # A crossing before an interior maximum of the dense output (the step ends
+        # below threshold) where the solver's own sub-step to that maximum stays
+        # below threshold: the excursion above it is the interpolant's, within the
+        # step's error (a peak grazing threshold), and the solver's solution does
+        # not cross in this step. No spike, rather than a failed search (the
+        # bracket has no sign change on the sub-steps).
+        peak = s.upper < s.t1
+        reached = ~(untrusted & peak & (dyn.threshold(sub_step(s.upper)) < 0))
         return Crossings(
             jnp.where(untrusted, t_b, t_star),
             where_tree(untrusted, y_b, y_star),
             jnp.where(untrusted, below_b, t_star),
-            jnp.where(untrusted, ok_b, ok),
-        )
+            jnp.where(untrusted, ok_b | ~reached, ok),
+        ), reached
 
     def as_is(_):
-        return Crossings(t_star, y_star, t_star, ok)
+        return Crossings(t_star, y_star, t_star, ok), jnp.ones_like(lanes)
 
     return lax.cond(jnp.any(untrusted), on_sub_steps, as_is, None)
 
@@ -335,10 +344,12 @@ def locate_crossings(
     steps: StepCrossings,
     crossed,
     interval,
-) -> Crossings:
+) -> tuple[Crossings, Bool[Array, " n"]]:
     """The crossings of the neurons where `crossed` holds (elsewhere: the step's
-    end). Few neurons cross in one step: they are located on a compact subset of
-    `chunk` neurons at a time (as many subsets as needed)."""
+    end), and whether each is one: `False` where a crossing before an interior
+    maximum of the dense output is not one of the solver's own solution (see
+    `_locate_subset`). Few neurons cross in one step: they are located on a
+    compact subset of `chunk` neurons at a time (as many subsets as needed)."""
     n = crossed.shape[0]
     chunk = subset_size(n)
 
@@ -352,5 +363,6 @@ def locate_crossings(
             interval,
         )
 
-    init = Crossings(steps.t1, steps.y1, steps.t, jnp.ones((n,), bool))
+    ones = jnp.ones((n,), bool)
+    init = (Crossings(steps.t1, steps.y1, steps.t, ones), ones)
     return on_subsets(crossed, chunk, locate, init)

@@ -1,6 +1,7 @@
 """AdEx, Izhikevich and QIF on the adaptive solver against SciPy's DOP853 at
 rtol = atol = 1e-12 with terminal events, and a user-defined model."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -781,3 +782,66 @@ def test_a_vector_field_nan_below_threshold_is_no_spike(solver, dtype):
     qif = eqx.tree_at(lambda m: m.weight, qif, jnp.array([[5.0]], dtype))
     sol = qif.simulate(jnp.ones((4, 1), dtype), 10.0, max_spikes=64)
     assert sol.result == sj.RESULTS.successful and int(sol.num_spikes[0]) >= 1
+
+
+class _Alpha(eqx.Module):
+    v: jax.Array
+    s: jax.Array
+
+
+class AlphaLIF(sj.AbstractDynamics):
+    """A current-based LIF as a user model: `v' = (s - v) / 10`, `s' = (I - s) / 5`.
+    From `v = 0, s = 1` without input, `v(t) = e^{-t/10} - e^{-t/5}`: a single
+    peak of 1/4 at `t = 10 ln 2`."""
+
+    v_threshold: jax.Array
+    parameter_names = ("v_threshold",)
+
+    def __init__(self, v_threshold):
+        self.v_threshold = jnp.asarray(v_threshold)
+
+    def init_state(self, n, dtype):
+        return _Alpha(jnp.zeros((n,), dtype), jnp.ones((n,), dtype))
+
+    def vector_field(self, t, y, current):
+        return _Alpha((y.s - y.v) / 10.0, (current - y.s) / 5.0)
+
+    def threshold(self, y):
+        return y.v - self.v_threshold
+
+    def reset(self, y):
+        return _Alpha(jnp.zeros_like(y.v), y.s)
+
+    def voltage(self, y):
+        return y.v
+
+    def constraints(self, y):
+        return {}
+
+
+@pytest.mark.parametrize("solver", [sj.Dopri5(), sj.Tsit5(), diffrax.Tsit5()])
+def test_a_peak_grazing_threshold(solver):
+    """A peak within the step's error of threshold (1e-8 relative, at rtol 1e-6):
+    the dense output went above it, the solver's own sub-steps did not, and the
+    search between them failed (crossing_search_failed, whatever max_root_iters;
+    with throw=False a spike with a zero gradient). Now no spike there, a success;
+    at a threshold 1e-4 below the peak, the spike at the closed form's time."""
+
+    def run(v_threshold, tol):
+        layer = sj.SpikingODELayer(
+            1, 1, AlphaLIF([v_threshold]), solver=solver, rtol=tol, atol=tol,
+            key=jax.random.key(0),
+        )  # fmt: skip
+        layer = eqx.tree_at(lambda m: m.weight, layer, jnp.zeros((1, 1)))
+        return layer.simulate(np.zeros((2, 1)), 30.0, max_spikes=4, throw=False)
+
+    for rel in (1e-8, -1e-8):  # just below the peak, and just above it
+        sol = run(0.25 * (1 - rel), 1e-6)
+        assert sol.result == sj.RESULTS.successful
+        assert int(sol.num_spikes[0]) == 0
+    # Clearly below the peak: the first root of e^{-t/10} - e^{-t/5} = v_threshold.
+    v_threshold = 0.25 * (1 - 1e-4)
+    sol = run(v_threshold, 1e-10)
+    assert sol.result == sj.RESULTS.successful and int(sol.num_spikes[0]) == 1
+    exact = -10 * np.log((1 + np.sqrt(1 - 4 * v_threshold)) / 2)
+    assert abs(float(sol.spike_times[0, 0]) - exact) < 1e-6

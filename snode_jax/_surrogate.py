@@ -8,7 +8,9 @@ that did not (the actual end voltage, `< v_threshold`). Each decision is a Heavi
 step of its margin `x = v - v_threshold`; the surrogate replaces the step's
 derivative by a smooth bump `derivative(x)`, so the count's gradient is
 `sum over both decisions of derivative(x) * grad(x)`, and the voltages themselves
-are differentiated exactly through every earlier spike and reset.
+are differentiated exactly through every earlier spike and reset. (On the adaptive
+Runge-Kutta path only the second decision counts: the first would need a run on
+from the last crossing without its reset.)
 """
 
 import abc

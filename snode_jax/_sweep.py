@@ -138,8 +138,9 @@ def _run_chunk(fn, mesh, static, point, shared):
 # simulation) then prints its message rather than a callback traceback. One
 # function for every sweep, its compiled chunks cached by `fn`, the mesh, the
 # static arguments (with their types, and the signs of floats: `1`, `1.0` and
-# `True` are equal keys otherwise, and so are `0.0` and `-0.0`) and the shapes: a function built anew per sweep compiled anew per
-# call, and JAX kept each program (6.5 MB more per call of a small `sweep_layer`).
+# `True` are equal keys otherwise, and so are `0.0` and `-0.0`) and the shapes: a
+# function built anew per sweep compiled anew per call, and JAX kept each program
+# (6.5 MB more per call of a small `sweep_layer`).
 _cached_chunk = eqx.filter_jit(
     lambda fn, mesh, static, types, point, shared: _run_chunk(
         fn, mesh, static, point, shared

@@ -311,13 +311,14 @@ def _locate_subset(
         width = jnp.maximum(t_b - below_b, root_finder.tolerance(t_b, interval))
         ok_b = ok_b & (g_b + _REACH * jnp.maximum(g_dot, 0) * width >= 0)
         # A crossing before an interior maximum of the dense output (the step ends
-        # below threshold) where the solver's own sub-step to that maximum stays
-        # below threshold: the excursion above it is the interpolant's, within the
-        # step's error (a peak grazing threshold), and the solver's solution does
-        # not cross in this step. No spike, rather than a failed search (the
-        # bracket has no sign change on the sub-steps).
+        # below threshold) where no sub-step of the search reached threshold (the
+        # bracket's upper end never moved: it closed on the maximum from below)
+        # and the state there is not heading up through it: the excursion above
+        # threshold is the interpolant's, within the step's error (a peak grazing
+        # threshold), and the solver's own solution does not cross in this step.
+        # No spike, rather than a failed search.
         peak = s.upper < s.t1
-        reached = ~(untrusted & peak & (dyn.threshold(sub_step(s.upper)) < 0))
+        reached = ~(untrusted & peak & (t_b == s.upper) & ~ok_b)
         return Crossings(
             jnp.where(untrusted, t_b, t_star),
             where_tree(untrusted, y_b, y_star),

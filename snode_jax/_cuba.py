@@ -134,7 +134,9 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
         arg = ratio * safe_r
         ok = ok & (flat | (arg > -1))
         t_bent = -(jnp.log1p(jnp.where(ok, arg, 0)) + jnp.log1p(-safe_r * ts)) / safe_r
-        a = ratio
+        # (`ratio` where the series is taken, else 0: its powers overflow where the
+        # synaptic current has decayed, and `where` would pass NaN to the gradient.)
+        a = jnp.where(flat, ratio, 0)
         t_flat = (ts - a) + r * (
             (a**2 + ts**2) / 2 - r * ((a**3 - ts**3) / 3 - r * (a**4 + ts**4) / 4)
         )

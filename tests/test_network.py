@@ -953,3 +953,36 @@ def test_readout_max_time_gradient_at_equal_time_constants():
     np.testing.assert_allclose(
         jax.grad(peak_time, (0, 1))(10.0, 10.0 * (1 + 1e-14)), [0.5, 0.5], rtol=1e-10
     )
+
+
+@pytest.mark.parametrize("dtype, gap", [(jnp.float32, 200.0), (jnp.float64, 1300.0)])
+def test_readout_max_time_gradient_after_the_current_has_decayed(dtype, gap):
+    """A second input (weight 0) long after the first starts a segment whose
+    synaptic current has all but decayed: there the peak-time series near equal
+    time constants, although not the value taken, overflowed in its powers of the
+    ratio `u0 / d` and made the gradient of max_time NaN. The peak after the first
+    input, at `1 + tm ts log(tm / ts) / (tm - ts)`, against its closed-form
+    derivative. (Further on, from about 400 ms in float32 and 3000 ms in float64,
+    the ratio's own derivative and the kernel's other exponential form overflow:
+    still NaN there.)"""
+    tm, ts = 20.0, 5.0
+
+    def peak_time(tm, ts):
+        ro = sj.LeakyReadout(
+            2, 1, sj.CubaLIFDynamics(tau_mem=tm, tau_syn=ts), dtype=dtype,
+            key=jax.random.key(0),
+        )  # fmt: skip
+        ro = eqx.tree_at(lambda r: r.weight, ro, jnp.array([[1.0, 0.0]], dtype))
+        train = sj.SpikeTrain(jnp.array([1.0, gap], dtype), jnp.array([0, 1]))
+        return ro.simulate(train, t_end=gap + 50.0).max_time[0]
+
+    q, log = tm - ts, np.log(tm / ts)
+    expected = [
+        (ts * log + ts) / q - tm * ts * log / q**2,
+        (tm * log - tm) / q + tm * ts * log / q**2,
+    ]
+    t0 = peak_time(jnp.asarray(tm, dtype), jnp.asarray(ts, dtype))
+    assert float(t0) == pytest.approx(1 + tm * ts * log / q, rel=1e-6)
+    grad = jax.grad(peak_time, (0, 1))(jnp.asarray(tm, dtype), jnp.asarray(ts, dtype))
+    rtol = 1e-5 if dtype == jnp.float32 else 1e-12
+    np.testing.assert_allclose(np.asarray(grad, np.float64), expected, rtol=rtol)

@@ -136,13 +136,7 @@ def parse_values(spec: str, what: str = "values") -> np.ndarray:
             raise argparse.ArgumentTypeError(
                 f"{what}: NUM in {spec!r} must be a positive integer, got {parts[2]!r}"
             )
-        _check_one_point(start, stop, num, f"{what}: {spec!r}")
-        try:
-            return np.linspace(start, stop, num)
-        except MemoryError:
-            raise argparse.ArgumentTypeError(
-                f"{what}: {num} values in {spec!r} do not fit in memory"
-            ) from None
+        return _linspace(start, stop, num, what, spec)
     items = [s for s in spec.split(",")]
     if not spec or any(not s.strip() for s in items):
         raise argparse.ArgumentTypeError(
@@ -151,13 +145,23 @@ def parse_values(spec: str, what: str = "values") -> np.ndarray:
     return np.array([_number(s, what) for s in items])
 
 
-def _check_one_point(start: float, stop: float, num: int, what: str) -> None:
+def _linspace(start: float, stop: float, num: int, what: str, spec: str = ""):
+    """`num` values from `start` to `stop`, both included (`what` names the axis
+    in errors, `spec` the text they came from, if any)."""
+    given = f"{what}: {spec!r}" if spec else what
     # One value cannot include both ends: the stop would be dropped.
     if num == 1 and start != stop:
         raise argparse.ArgumentTypeError(
-            f"{what}: one value (NUM = 1) cannot include both ends {start:g} and "
+            f"{given}: one value (NUM = 1) cannot include both ends {start:g} and "
             f"{stop:g}; give the one value alone, or NUM >= 2"
         )
+    try:
+        return np.linspace(start, stop, num)
+    except MemoryError:
+        where = f" in {spec!r}" if spec else ""
+        raise argparse.ArgumentTypeError(
+            f"{what}: {num} values{where} do not fit in memory"
+        ) from None
 
 
 def _assignment(kind: str):
@@ -193,13 +197,7 @@ def _config_values(name: str, value: Any, path: str) -> np.ndarray:
             raise _ArgumentError(f"{what}: num must be a positive integer, got {num!r}")
         start = _number(str(value["start"]), what)
         stop = _number(str(value["stop"]), what)
-        _check_one_point(start, stop, num, what)
-        try:
-            return np.linspace(start, stop, num)
-        except MemoryError:
-            raise argparse.ArgumentTypeError(
-                f"{what}: {num} values do not fit in memory"
-            ) from None
+        return _linspace(start, stop, num, what)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if isinstance(value, list) and value:

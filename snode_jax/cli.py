@@ -338,8 +338,9 @@ def _sweep_settings(args) -> dict[str, Any]:
         raise _ArgumentError(
             f"dtype: {settings['dtype']!r} is not 'float32' or 'float64'"
         )
-    # Before the model's values are checked: in float64 they are float64 values
-    # (with 64-bit types off, v_reset=0.999999999 read as v_threshold=1).
+    # Here, before the model's values are checked (and so before the run): in
+    # float64 they are float64 values (with 64-bit types off, v_reset=0.999999999
+    # read as v_threshold=1).
     _set_dtype(settings["dtype"])
     duration = settings["duration"]
     if isinstance(duration, bool) or not isinstance(duration, (int, float)):
@@ -542,7 +543,6 @@ def _cmd_sweep(args) -> int:
         _check_tqdm()
     if settings["plot"] is not None:
         _import_pyplot()
-    _set_dtype(settings["dtype"])
     t0 = time.perf_counter()
     columns = run_sweep(settings, progress)
     wall = time.perf_counter() - t0

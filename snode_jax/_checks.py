@@ -35,6 +35,33 @@ def check_finite(name: str, a) -> None:
             )
 
 
+def check_fits(name: str, a, dtype) -> None:
+    """`ValueError` naming the first finite entry of a concrete array `a` that
+    `dtype` (a layer's) cannot hold: the cast would make it inf, and the run
+    would report NaN or inf inputs."""
+    if not is_concrete(a) or not jnp.issubdtype(dtype, jnp.floating):
+        return
+    host = np.asarray(a)
+    if host.dtype.kind not in "biuf" and not jnp.issubdtype(host.dtype, jnp.floating):
+        return
+    with np.errstate(over="ignore"):
+        bad = np.argwhere(np.isfinite(host) & ~np.isfinite(host.astype(dtype)))
+    if bad.size:
+        at = ", ".join(str(int(i)) for i in bad[0])
+        raise ValueError(
+            f"`{name}` must fit the layer's dtype {jnp.dtype(dtype).name} (largest "
+            f"{float(jnp.finfo(dtype).max):.6g}), got {host[tuple(bad[0])]} at "
+            f"{name}[{at}] ({len(bad)} entries beyond it; scale the input down, or "
+            "use a wider dtype)."
+        )
+
+
+def is_number_dtype(dtype) -> bool:
+    """Bools, ints and floats (bfloat16 and the float8 types, of NumPy kind "V",
+    included); not complex numbers, dates, durations, strings or objects."""
+    return np.dtype(dtype).kind in "biuf" or jnp.issubdtype(dtype, jnp.floating)
+
+
 def check_real(name: str, x) -> None:
     """`TypeError` unless `x` (an array, a tracer, or a number) has a real dtype:
     JAX and NumPy would otherwise drop the imaginary part with only a warning."""
@@ -174,11 +201,8 @@ def as_jax_array(name: str, x) -> jax.Array:
                 f"`{name}` must be ints or floats of at most 64 bits, got "
                 f"{describe(host)}."
             )
-        # (Strings, bytes, dates: JAX fails. bfloat16 and the float8 types are
-        # floating dtypes of kind "V".)
-        if host.dtype.kind not in "biuf" and not jnp.issubdtype(
-            host.dtype, jnp.floating
-        ):
+        # (Strings, bytes, dates: JAX fails.)
+        if not is_number_dtype(host.dtype):
             raise TypeError(
                 f"`{name}` must be numbers (ints or floats), got dtype {host.dtype} "
                 f"({describe(host)})."

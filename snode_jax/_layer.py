@@ -1,5 +1,7 @@
 """Trainable spiking layers built on the integration loop."""
 
+import dataclasses
+
 import diffrax
 import equinox as eqx
 import jax
@@ -12,6 +14,7 @@ from ._checks import (
     SIZE_REASON,
     as_jax_array,
     check_finite,
+    check_fits,
     check_float_dtype,
     check_interval,
     check_parameters_fit,
@@ -265,15 +268,16 @@ class SpikingODELayer(eqx.Module):
                 f"{inputs.shape}. For a batch, use jax.vmap over the leading axis."
             )
         check_finite("inputs", inputs)
+        check_fits("inputs", inputs, self.dtype)
         # The layer's dtype (that of `weight`) sets the precision of the simulation.
         return inputs.astype(self.dtype)
 
     def _check_state(self, state):
-        expected = jax.tree.structure(self.init_state())
-        if jax.tree.structure(state) != expected:
+        init = self.init_state()
+        if jax.tree.structure(state) != jax.tree.structure(init):
             raise ValueError(
-                f"`state` must be a {type(self.init_state()).__name__} "
-                f"(from `init_state()`), got {state!r}."
+                f"`state` must be a {type(init).__name__} (from `init_state()`), got "
+                f"{state!r}{_state_fields_differ(state, init)}."
             )
         for leaf in jax.tree.leaves(state):
             check_real("state", leaf)
@@ -666,15 +670,33 @@ class SpikingODELayer(eqx.Module):
                 "`step` advances a feed-forward layer; a recurrent layer's spikes in "
                 "flight are not part of its state: use `simulate`."
             )
-        x = jnp.asarray(x)
+        x = as_jax_array("x", x)
         if x.shape != (self.n_inputs,):
             raise ValueError(
                 f"`x` must have shape (n_inputs,) = ({self.n_inputs},), got {x.shape}."
             )
         check_finite("x", x)
+        check_fits("x", x, self.dtype)
         check_interval(interval, dtype=self.dtype)  # (one interval: a scalar)
         sol = self._run(x[None], interval, state, None, throw, keep=False)
         return sol.final_state, sol.counts[0]
+
+
+def _state_fields_differ(state, init) -> str:
+    """Where `state` is of the model's state class but its fields are not set as
+    `init` (the model's initial state) sets them, which: a field that is `None`
+    in one and an array in the other (the same class serves models with and
+    without a refractory period)."""
+    if type(state) is not type(init) or not dataclasses.is_dataclass(state):
+        return ""
+    differ = [
+        f"`{f.name}` is {'None' if getattr(state, f.name) is None else 'set'} "
+        f"where this layer's model needs "
+        f"{'None' if getattr(init, f.name) is None else 'an array'}"
+        for f in dataclasses.fields(state)
+        if (getattr(state, f.name) is None) != (getattr(init, f.name) is None)
+    ]
+    return f" ({'; '.join(differ)})" if differ else ""
 
 
 _integrate_jit = eqx.filter_jit(integrate)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._checks import check_interval
+from ._checks import check_fits, check_interval, is_number_dtype
 from ._custom_types import Counts, State
 from ._layer import SpikingODELayer
 from ._misc import is_concrete
@@ -222,11 +222,10 @@ class OnlineLayer:
         if not isinstance(x, jax.Array):
             x = np.asarray(x)
         if x.dtype != self._dtype:
-            real = x.dtype == bool or any(
-                jnp.issubdtype(x.dtype, kind) for kind in (jnp.integer, jnp.floating)
-            )
-            if not real:
+            # (Not durations or dates: NumPy counts them as integers.)
+            if not is_number_dtype(x.dtype):
                 raise TypeError(f"`x` must be real numbers, got dtype {x.dtype}.")
+            check_fits("x", x, self._dtype)
             x = x.astype(self._dtype)
         if x.shape != self._input_shape:
             raise ValueError(

@@ -33,7 +33,8 @@ class RESULTS(eqx.Enumeration):
         "vector field that is not finite there."
     )
     nonfinite_input = (
-        "The inputs, the parameters or the initial state contain NaN or inf."
+        "The inputs, the parameters or the initial state contain NaN or inf (a "
+        "finite value beyond the layer's dtype becomes inf when cast to it)."
     )
     nonfinite_current = (
         "The input current `weight @ x` overflowed to inf or NaN although the inputs "

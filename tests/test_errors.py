@@ -656,6 +656,51 @@ def test_bad_state(layer):
         layer.forward(x, 1.0, state=jnp.zeros(N))
 
 
+def test_a_state_without_the_models_refractory_field_is_named():
+    # The same class serves models with and without a refractory period: the
+    # message said a LIFState must be a LIFState.
+    layer = _layer(sj.ODELIFDynamics(t_ref=1.0))
+    match = r"`refractory` is None where this layer's model needs an array"
+    with pytest.raises(ValueError, match=match):
+        layer.forward(np.ones((T, N_IN)), 1.0, state=sj.LIFState(jnp.zeros(N)))
+    with pytest.raises(ValueError, match=match):
+        sj.OnlineLayer(_layer()).layer = layer
+    with pytest.raises(ValueError, match=r"`refractory` is set where .* needs None"):
+        _layer().forward(np.ones((T, N_IN)), 1.0, state=layer.init_state())
+
+
+def test_finite_inputs_beyond_the_layer_dtype_are_named():
+    # A finite float64 input that is inf in a float32 layer was reported, after
+    # the cast, as NaN or inf in the inputs.
+    layer = _layer(dtype=jnp.float32)
+    x = np.zeros((T, N_IN))
+    x[1, 2] = -1e39
+    match = r"must fit the layer's dtype float32 .*got -1e\+39 at {}"
+    with pytest.raises(ValueError, match=match.format(r"inputs\[1, 2\]")):
+        layer.forward(x, 1.0)
+    with pytest.raises(ValueError, match=match.format(r"inputs\[1, 2\]")):
+        layer.simulate(x, 1.0)
+    with pytest.raises(ValueError, match=match.format(r"x\[2\]")):
+        layer.step(layer.init_state(), x[1], 1.0)
+    with pytest.raises(ValueError, match=match.format(r"x\[2\]")):
+        sj.OnlineLayer(layer).step(x[1], 1.0)
+    # The largest float32 itself fits (its weights zero: no current overflows).
+    x[1, 2] = float(np.finfo(np.float32).max)
+    silent = eqx.tree_at(lambda m: m.weight, layer, jnp.zeros((N, N_IN), jnp.float32))
+    assert np.all(np.asarray(silent.forward(x, 1.0)) == 0)
+
+
+def test_durations_are_not_inputs():
+    # NumPy counts timedelta64 as an integer type: OnlineLayer.step ran on
+    # them as numbers, and layer.step failed inside JAX without naming `x`.
+    layer = _layer()
+    x = np.array([1, 2, 3], "timedelta64[s]")
+    with pytest.raises(TypeError, match=r"`x` must be .*numbers"):
+        sj.OnlineLayer(layer).step(x, 1.0)
+    with pytest.raises(TypeError, match=r"`x` must be .*numbers"):
+        layer.step(layer.init_state(), x, 1.0)
+
+
 def test_complex_values_are_refused(layer):
     # NumPy and JAX would keep the real part, with only a warning.
     x = np.ones((T, N_IN))

@@ -196,19 +196,24 @@ def _run(net: sj.SpikingODENetwork, train: sj.SpikeTrain):
     return _run_with_hidden(net, train)[:4]
 
 
-def _run_with_hidden(net: sj.SpikingODENetwork, train: sj.SpikeTrain):
-    """`_run`'s results, and the spike train of the last spiking layer before the
-    output (what drives the output layer)."""
+def simulate(net: sj.SpikingODENetwork, train: sj.SpikeTrain, throw: bool = False):
+    """The network's run on `train` as trained: a spiking output layer keeps its
+    first spike (`AFTER_MAX_SPIKES`), a readout has no spike buffer."""
     if isinstance(net.layers[-1], sj.SpikingODELayer):
-        nsol = net.simulate(
+        return net.simulate(
             train,
             t_end=T_END,
             max_spikes=MAX_SPIKES,
             after_max_spikes=AFTER_MAX_SPIKES,
-            throw=False,
+            throw=throw,
         )
-    else:
-        nsol = net.simulate(train, t_end=T_END, max_spikes=MAX_SPIKES[0], throw=False)
+    return net.simulate(train, t_end=T_END, max_spikes=MAX_SPIKES[0], throw=throw)
+
+
+def _run_with_hidden(net: sj.SpikingODENetwork, train: sj.SpikeTrain):
+    """`_run`'s results, and the spike train of the last spiking layer before the
+    output (what drives the output layer)."""
+    nsol = simulate(net, train)
     ok = jnp.array(True)
     neuron_fired = []
     for layer_sol in nsol.layers:

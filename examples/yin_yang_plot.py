@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import snode_jax as sj  # noqa: E402
 from snode_jax.datasets import YIN_YANG_CLASS_NAMES, yin_yang  # noqa: E402
 
 _EXAMPLE = pathlib.Path(__file__).resolve().parent / "yin_yang.py"
@@ -123,7 +124,7 @@ def main(argv=None):
     sample = x_test[args.sample : args.sample + 1]
     train = ex.encode(sample)
     one = jax.tree.map(lambda a: a[0], train)
-    nsol = net.simulate(one, t_end=ex.T_END, max_spikes=ex.MAX_SPIKES, throw=True)
+    nsol = ex.simulate(net, one, throw=True)
     for t, s in zip(np.asarray(one.times), np.asarray(one.sources)):
         ax1.plot([t], [s], "|", color="k", ms=8)
     rows = 5
@@ -132,23 +133,25 @@ def main(argv=None):
         times = times[np.isfinite(times)]
         ax1.plot(times, np.full(times.shape, rows + j), "|", color="0.4", ms=3)
     rows += hidden.shape[0]
-    out = np.asarray(nsol.layers[1].spike_times)
-    for k, times in enumerate(out):
-        times = times[np.isfinite(times)]
-        ax1.plot(
-            times, np.full(times.shape, rows + 4 * k + 4), "|", color=colors[k], ms=10
-        )
-        if len(times):
-            ax1.plot(times[:1], [rows + 4 * k + 4], "o", color=colors[k], ms=5)
+    if isinstance(nsol.output, sj.Solution):
+        out = np.asarray(nsol.output.spike_times)
+        for k, times in enumerate(out):
+            times = times[np.isfinite(times)]
+            row = rows + 4 * k + 4
+            ax1.plot(times, np.full(times.shape, row), "|", color=colors[k], ms=10)
+            if len(times):
+                ax1.plot(times[:1], [row], "o", color=colors[k], ms=5)
+        decides = "first output spike (dot) decides"
+    else:  # a readout: the time of each output's largest voltage
+        for k, t in enumerate(np.asarray(nsol.output.max_time)):
+            ax1.plot([t], [rows + 4 * k + 4], "o", color=colors[k], ms=5)
+        decides = "largest output voltage (dot, at its time) decides"
     ax1.axhline(4.5, color="0.8", lw=0.5)
     ax1.axhline(rows + 0.5, color="0.8", lw=0.5)
     ax1.set_xlim(0, ex.T_END)
     ax1.set_xlabel("time (ms)")
     ax1.set_ylabel("inputs | hidden neurons | outputs")
-    ax1.set_title(
-        f"test sample {args.sample}, class {y_test[args.sample]}: "
-        "first output spike (dot) decides"
-    )
+    ax1.set_title(f"test sample {args.sample}, class {y_test[args.sample]}: {decides}")
     fig.tight_layout()
     fig.savefig(args.png, dpi=110)
     print(f"wrote {args.png}")

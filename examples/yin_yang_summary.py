@@ -27,8 +27,16 @@ def row(run_dir: str) -> tuple[str, float]:
             f"{path}: {len(epochs)} epochs recorded, {config['epochs']} configured"
         )
     best = metrics["best"]["epoch"]
-    at_best = epochs[best - 1]
-    assert at_best["epoch"] == best
+    if best == 0:  # no epoch beat the untrained network (no train accuracy for it)
+        train_at_best = "n/a"
+    else:
+        at_best = epochs[best - 1]
+        if at_best["epoch"] != best:
+            raise SystemExit(
+                f"{path}: best epoch {best}, but entry {best - 1} of its epochs is "
+                f"epoch {at_best['epoch']}"
+            )
+        train_at_best = f"{at_best['train_accuracy']:.3f}"
     times = [e["epoch_time_s"] for e in epochs]
     test = metrics["test"]["accuracy"]
     cells = [
@@ -36,7 +44,7 @@ def row(run_dir: str) -> tuple[str, float]:
         best,
         f"{metrics['best']['val_accuracy']:.3f}",
         f"{test:.3f}",
-        f"{at_best['train_accuracy']:.3f} / {epochs[-1]['train_accuracy']:.3f}",
+        f"{train_at_best} / {epochs[-1]['train_accuracy']:.3f}",
         epochs[-1]["silent_hidden"],
         max(e["train_silent_label"] for e in epochs),
         f"{statistics.median(times):.1f}",

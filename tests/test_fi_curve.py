@@ -69,3 +69,12 @@ def test_main_runs_and_plots(example, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "spike counts differing from the closed form: 0 of 30" in out
     assert path.stat().st_size > 10_000
+
+
+def test_main_without_a_point_of_two_spikes(example, capsys):
+    # A 1 ms run: no point fires twice, so no rate from spike intervals to
+    # compare with the closed form (it failed on the maximum of nothing).
+    example.main(["--drives", "2", "--taus", "5", "--duration", "1", "--plot", "none"])
+    out = capsys.readouterr().out
+    assert "points with >= 2 spikes: 0" in out
+    assert "no point to compare" in out

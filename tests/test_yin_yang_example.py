@@ -306,7 +306,7 @@ def _load_summary():
     return module
 
 
-def _write_run(folder, seed, tests_acc, finished=True):
+def _write_run(folder, seed, tests_acc, finished=True, best=2):
     import json
 
     epochs = [
@@ -322,10 +322,10 @@ def _write_run(folder, seed, tests_acc, finished=True):
     metrics = dict(
         config=dict(seed=seed, epochs=3),
         epochs=epochs,
-        best=dict(epoch=2, val_accuracy=0.95),
+        best=dict(epoch=best, val_accuracy=0.95),
     )
     if finished:
-        metrics["test"] = dict(accuracy=tests_acc, failed=0, epoch=2)
+        metrics["test"] = dict(accuracy=tests_acc, failed=0, epoch=best)
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
@@ -349,6 +349,11 @@ def test_summary_table_and_mean(tmp_path, capsys):
     _write_run(tmp_path / "c", 2, 0.99, finished=False)
     with pytest.raises(SystemExit, match="did not finish"):
         summary.main([str(tmp_path / "c")])
+    # Best at epoch 0 (no epoch beat the untrained network, whose training
+    # accuracy is not measured): it read the last epoch's entry and failed.
+    _write_run(tmp_path / "d", 3, 0.5, best=0)
+    summary.main([str(tmp_path / "d")])
+    assert "| 3 | 0 | 0.950 | 0.500 | n/a / 0.920 |" in capsys.readouterr().out
 
 
 def test_profile_counts_what_the_network_does(tmp_path, monkeypatch, example):
@@ -393,3 +398,28 @@ def test_profile_counts_what_the_network_does(tmp_path, monkeypatch, example):
         # (Not compared with each other: timings on a shared machine are noisy.)
         seconds, first = row[key]
         assert np.isfinite([seconds, first]).all() and seconds > 0 and first > 0
+
+
+@pytest.mark.parametrize("readout", ["ttfs", "max-voltage"])
+def test_plot_of_a_saved_run(example, tmp_path, readout):
+    """`examples/yin_yang_plot.py` on an (untrained) network saved as a run: the
+    sample's raster ran without the output layer's `after_max_spikes` (an output
+    neuron firing twice failed it, as here on test sample 0) and with one
+    `max_spikes` per layer where a readout has none."""
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "yin_yang_plot", _PATH.parent / "yin_yang_plot.py"
+    )
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    run = tmp_path / readout
+    run.mkdir()
+    config = dict(seed=0, hidden=60, readout=readout)
+    metrics = dict(config=config, test=dict(accuracy=0.3))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    net = example.make_network(jax.random.key(0), 60, readout)
+    eqx.tree_serialise_leaves(run / "best.eqx", net)
+    png = tmp_path / "plot.png"
+    plot.main([str(run), "--png", str(png), "--grid", "4"])
+    assert png.stat().st_size > 10_000

@@ -268,9 +268,10 @@ class SpikingODELayer(eqx.Module):
                 f"{inputs.shape}. For a batch, use jax.vmap over the leading axis."
             )
         check_finite("inputs", inputs)
-        check_fits("inputs", inputs, self.dtype)
         # The layer's dtype (that of `weight`) sets the precision of the simulation.
-        return inputs.astype(self.dtype)
+        cast = inputs.astype(self.dtype)
+        check_fits("inputs", inputs, cast)
+        return cast
 
     def _check_state(self, state):
         init = self.init_state()
@@ -676,7 +677,7 @@ class SpikingODELayer(eqx.Module):
                 f"`x` must have shape (n_inputs,) = ({self.n_inputs},), got {x.shape}."
             )
         check_finite("x", x)
-        check_fits("x", x, self.dtype)
+        check_fits("x", x, x.astype(self.dtype))
         check_interval(interval, dtype=self.dtype)  # (one interval: a scalar)
         sol = self._run(x[None], interval, state, None, throw, keep=False)
         return sol.final_state, sol.counts[0]
@@ -696,7 +697,10 @@ def _state_fields_differ(state, init) -> str:
         for f in dataclasses.fields(state)
         if (getattr(state, f.name) is None) != (getattr(init, f.name) is None)
     ]
-    return f" ({'; '.join(differ)})" if differ else ""
+    if not differ:  # (another structure within a field)
+        ours, theirs = jax.tree.structure(state), jax.tree.structure(init)
+        differ = [f"its structure is {ours}, not {theirs}"]
+    return f" ({'; '.join(differ)})"
 
 
 _integrate_jit = eqx.filter_jit(integrate)

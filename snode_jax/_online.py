@@ -225,8 +225,13 @@ class OnlineLayer:
             # (Not durations or dates: NumPy counts them as integers.)
             if not is_number_dtype(x.dtype):
                 raise TypeError(f"`x` must be real numbers, got dtype {x.dtype}.")
-            check_fits("x", x, self._dtype)
-            x = x.astype(self._dtype)
+            with np.errstate(over="ignore"):  # (found below, and refused)
+                cast = x.astype(self._dtype)
+            # (On the host only: a JAX array's cast stays on the device, and a
+            # value beyond the dtype is reported by the step.)
+            if isinstance(cast, np.ndarray) and not np.isfinite(cast).all():
+                check_fits("x", x, cast)
+            x = cast
         if x.shape != self._input_shape:
             raise ValueError(
                 f"`x` must have shape (n_inputs,) = ({self._input_shape[0]},), got "

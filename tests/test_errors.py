@@ -667,6 +667,11 @@ def test_a_state_without_the_models_refractory_field_is_named():
         sj.OnlineLayer(_layer()).layer = layer
     with pytest.raises(ValueError, match=r"`refractory` is set where .* needs None"):
         _layer().forward(np.ones((T, N_IN)), 1.0, state=layer.init_state())
+    # Other structures within the fields: both given.
+    adex = _layer(sj.AdExDynamics())
+    z = jnp.zeros(N)
+    with pytest.raises(ValueError, match=r"\(its structure is PyTreeDef.*, not "):
+        adex.forward(np.ones((T, N_IN)), 1.0, state=sj.AdExState(v=(z, z), w=z))
 
 
 def test_finite_inputs_beyond_the_layer_dtype_are_named():
@@ -690,6 +695,24 @@ def test_finite_inputs_beyond_the_layer_dtype_are_named():
     assert np.all(np.asarray(silent.forward(x, 1.0)) == 0)
 
 
+def test_inputs_are_checked_as_the_run_casts_them():
+    # Near float16's largest value NumPy and XLA round differently: the check
+    # took NumPy's cast (65504) where the run's gives inf.
+    layer = _layer(dtype=jnp.float16)
+    x = np.zeros((T, N_IN))
+    x[0, 1] = 65519.99999999999
+    assert np.isfinite(np.float16(x[0, 1]))
+    assert not np.isfinite(np.asarray(jnp.asarray(x).astype(jnp.float16)))[0, 1]
+    with pytest.raises(ValueError, match=r"must fit the layer's dtype float16"):
+        layer.forward(x, 1.0)
+    # A list holding traced values, as `jnp.asarray` takes it.
+    layer = _layer()
+    state = layer.init_state()
+    step = eqx.filter_jit(lambda a: layer.step(state, [a, 0.5, 0.0], 20.0)[1])
+    counts = layer.step(state, np.array([1.5, 0.5, 0.0]), 20.0)[1]
+    np.testing.assert_array_equal(step(jnp.asarray(1.5)), counts)
+
+
 def test_durations_are_not_inputs():
     # NumPy counts timedelta64 as an integer type: OnlineLayer.step ran on
     # them as numbers, and layer.step failed inside JAX without naming `x`.
@@ -699,6 +722,9 @@ def test_durations_are_not_inputs():
         sj.OnlineLayer(layer).step(x, 1.0)
     with pytest.raises(TypeError, match=r"`x` must be .*numbers"):
         layer.step(layer.init_state(), x, 1.0)
+    # Nor are JAX's keys (NumPy has no dtype for them).
+    with pytest.raises(TypeError, match=r"`x` must be real numbers, got dtype key"):
+        sj.OnlineLayer(layer).step(jax.random.key(0), 1.0)
 
 
 def test_complex_values_are_refused(layer):

@@ -142,10 +142,12 @@ def main(argv=None):
             if len(times):
                 ax1.plot(times[:1], [row], "o", color=colors[k], ms=5)
         decides = "first output spike (dot) decides"
-    else:  # a readout: the time of each output's largest voltage
+    else:  # a readout: each output's largest voltage, at its time
+        top = int(np.argmax(np.asarray(nsol.output.max_voltage)))
         for k, t in enumerate(np.asarray(nsol.output.max_time)):
-            ax1.plot([t], [rows + 4 * k + 4], "o", color=colors[k], ms=5)
-        decides = "largest output voltage (dot, at its time) decides"
+            size = 9 if k == top else 4
+            ax1.plot([t], [rows + 4 * k + 4], "o", color=colors[k], ms=size)
+        decides = "largest output voltage (big dot, at its time) decides"
     ax1.axhline(4.5, color="0.8", lw=0.5)
     ax1.axhline(rows + 0.5, color="0.8", lw=0.5)
     ax1.set_xlim(0, ex.T_END)

@@ -19,7 +19,7 @@ def row(run_dir: str) -> tuple[str, float]:
     path = os.path.join(run_dir, "metrics.json")
     with open(path) as f:
         metrics = json.load(f)
-    if "test" not in metrics:
+    if metrics.get("test") is None:  # (null while the run trains)
         raise SystemExit(f"{path}: no test result (the run did not finish)")
     config, epochs = metrics["config"], metrics["epochs"]
     if len(epochs) != config["epochs"]:

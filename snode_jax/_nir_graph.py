@@ -41,7 +41,12 @@ def _flatten(nodes: dict, edges: Sequence) -> tuple[dict, list]:
         if not isinstance(node, nir.NIRGraph):
             add(name, node)
             continue
-        sub_nodes, sub_edges = _flatten(node.nodes, node.edges)
+        try:
+            sub_nodes, sub_edges = _flatten(node.nodes, node.edges)
+        except ValueError as e:  # (named within the subgraph: say which one)
+            raise ValueError(
+                f"In the nested graph {name!r} (its nodes become `{name}.node`): {e}"
+            ) from None
         ins = [k for k, v in sub_nodes.items() if isinstance(v, nir.Input)]
         outs = [k for k, v in sub_nodes.items() if isinstance(v, nir.Output)]
         if len(ins) != 1 or len(outs) != 1:

@@ -761,6 +761,21 @@ def test_malformed_graph_parts_are_named():
             ValueError, match=r"would both be named 'rnn.lif' once nested graphs"
         ):
             from_nir(graph)
+    # A clash within a nested graph names the graph it is in (the message named
+    # `a.lif` alone, which the import would have called `rnn.a.lif`).
+    inner = nir.NIRGraph(
+        nodes={**sub_io, "lif": _lif(3)}, edges=chain, metadata={}, type_check=False
+    )
+    graph = _nested(
+        {**sub_io, "a": inner, "a.lif": _lif(3)},
+        [("input", "a"), ("a", "a.lif"), ("a.lif", "output")],
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"In the nested graph 'rnn' \(its nodes become `rnn.node`\): .*"
+        r"would both be named 'a.lif'",
+    ):
+        from_nir(graph)
     # A nested graph that passes its input straight through.
     with pytest.raises(ValueError, match=r"'rnn' is a nested NIRGraph whose Input"):
         from_nir(_nested(sub_io, [("input", "output")]))

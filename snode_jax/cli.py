@@ -880,9 +880,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    import jax
+
+    x64 = jax.config.read("jax_enable_x64")
     try:
         return args.run(args)
     except _ArgumentError as e:
+        # (Nothing ran: 64-bit types as the caller had them, where `--dtype
+        # float64` switched them on before a later argument was refused.)
+        jax.config.update("jax_enable_x64", x64)
         args.subparser.print_usage(sys.stderr)
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2

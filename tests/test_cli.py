@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -396,3 +397,18 @@ def test_bench_names_every_script():
 
     scripts = {p.name for p in (_ROOT / "bench").glob("bench_*.py")} | {"compare.py"}
     assert set(BENCH_SCRIPTS.values()) == scripts
+
+
+def test_a_refused_float64_sweep_leaves_64_bit_types_as_they_were(tmp_path, capsys):
+    # `--dtype float64` switches JAX's 64-bit types on before the config's other
+    # values are checked; `main` called in-process left them on after refusing
+    # the duration, for a run that never happened.
+    (tmp_path / "neg.toml").write_text("duration = -1.0\n[grid]\ndrive = [1.0]\n")
+    argv = ["sweep", "--config", str(tmp_path / "neg.toml"), "--dtype", "float64"]
+    jax.config.update("jax_enable_x64", False)
+    try:
+        assert main([*argv, "--no-progress"]) == 2
+        assert jax.config.read("jax_enable_x64") is False
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    assert "--duration must be > 0 (ms), got -1.0" in capsys.readouterr().err

@@ -72,11 +72,24 @@ def check_real(name: str, x) -> None:
     try:
         complex_values = np.iscomplexobj(x)
     except ValueError:  # (nested lists of other lengths: `check_real_number`
-        return  # names their entry that is not a number)
+        return  # names their entry that is not a number, `check_rectangular` them)
     if complex_values:
         dtype = getattr(x, "dtype", None)
         shown = describe(x) if is_concrete(x) else f"traced, dtype {dtype}"
         raise TypeError(f"`{name}` must be real, got complex values ({shown}).")
+
+
+def check_rectangular(name: str, x) -> None:
+    """`ValueError` naming `x`, a list or tuple, where its nested sequences have
+    other lengths (NumPy's own error does not name it)."""
+    if isinstance(x, (list, tuple)):
+        try:
+            np.shape(x)
+        except ValueError as e:
+            raise ValueError(
+                f"`{name}` must be a rectangular array (nested sequences of equal "
+                f"lengths), got a {type(x).__name__} that is not ({e})."
+            ) from None
 
 
 def check_real_number(name: str, x, unit: str = " (ms)") -> None:
@@ -87,6 +100,7 @@ def check_real_number(name: str, x, unit: str = " (ms)") -> None:
     shown in the message."""
     check_real(name, x)
     if _real_number(x):
+        check_rectangular(name, x)
         return
     if isinstance(x, (list, tuple)):
         shown = f"a {type(x).__name__} holding {_first_not_real(x)!r}"
@@ -200,6 +214,7 @@ def as_jax_array(name: str, x) -> jax.Array:
     if not is_concrete(x):  # (a list may hold traced values: JAX converts it)
         x = jnp.asarray(x)
     check_real(name, x)
+    check_rectangular(name, x)
     if not isinstance(x, jax.Array) and is_concrete(x):
         host = np.asarray(x)
         if host.dtype == object:  # (an int beyond 64 bits, a fraction: JAX fails)

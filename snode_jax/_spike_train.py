@@ -27,8 +27,9 @@ class SpikeTrain(eqx.Module):
 
     **Raises:**
 
-    `ValueError` for shapes that differ, a zero-dimensional array, non-integer
-    sources, or (for concrete values) NaN, `-inf` or negative times. Whether the
+    `TypeError` for sources that are not integers or times that are bools;
+    `ValueError` for shapes that differ, a zero-dimensional array, or (for concrete
+    values) NaN, `-inf` or negative times. Whether the
     sources fit the receiving layer, and the times its simulated span, is checked
     by the layer.
     """
@@ -38,6 +39,11 @@ class SpikeTrain(eqx.Module):
 
     def __init__(self, times: Float[ArrayLike, "..."], sources: Int[ArrayLike, "..."]):
         times = as_jax_array("times", times)
+        if times.dtype == bool:  # (`True` would be a spike at 1 ms)
+            raise TypeError(
+                "`times` must be numbers (ms), got dtype bool: "
+                f"{describe(times) if is_concrete(times) else 'traced'}."
+            )
         if not jnp.issubdtype(times.dtype, jnp.floating):
             times = times.astype(jnp.result_type(float))
         sources = as_jax_array("sources", sources)

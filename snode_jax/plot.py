@@ -189,7 +189,8 @@ def raster(
     if t_end is None:
         t_end = float(np.max(np.asarray(duration))) if duration is not None else None
     if t_end is None:
-        t_end = float(times.max()) if len(times) else 1.0
+        # (No spike, or all at 0: an axis of 1 ms, not of none.)
+        t_end = float(times.max()) if len(times) and times.max() > 0 else 1.0
     ax.set_xlim(0.0, float(t_end))
     low, high = (shown.min(), shown.max()) if len(shown) else (0, 0)
     ax.set_ylim(low - 0.5, high + 0.5)
@@ -297,7 +298,8 @@ def voltage_traces(
     ax = _axes(ax)
     spike_times = np.asarray(solution.spike_times)
     for i in shown:
-        (line,) = ax.plot(save_times, volts[:, i], label=f"neuron {i}", **plot_kwargs)
+        line_kwargs = {"label": f"neuron {i}", **plot_kwargs}  # (a label given wins)
+        (line,) = ax.plot(save_times, volts[:, i], **line_kwargs)
         color = line.get_color()
         if threshold:
             ax.axhline(

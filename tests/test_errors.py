@@ -727,6 +727,21 @@ def test_durations_are_not_inputs():
         sj.OnlineLayer(layer).step(jax.random.key(0), 1.0)
 
 
+def test_spike_times_that_are_bools_or_ragged_are_refused():
+    # `True` was read as a spike at 1 ms; ragged lists failed inside NumPy
+    # without naming the argument.
+    from snode_jax.datasets import yin_yang_spikes
+
+    with pytest.raises(
+        TypeError, match=r"`times` must be numbers \(ms\), got dtype bool"
+    ):
+        sj.SpikeTrain(np.array([True, False]), np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"`times` must be a rectangular array"):
+        sj.SpikeTrain([[1.0, 2.0], [3.0]], [[0, 0], [0]])
+    with pytest.raises(ValueError, match=r"`features` must be a rectangular array"):
+        yin_yang_spikes([[0.1, 0.2, 0.3, 0.4], [0.1]])
+
+
 def test_complex_values_are_refused(layer):
     # NumPy and JAX would keep the real part, with only a warning.
     x = np.ones((T, N_IN))

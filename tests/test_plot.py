@@ -1,6 +1,7 @@
 """`snode_jax.plot`: figures rendered to PNG headless, and the data they show."""
 
 import sys
+import warnings
 from decimal import Decimal
 from fractions import Fraction
 
@@ -71,6 +72,12 @@ def test_raster_of_spike_train_and_array(tmp_path):
     )
     assert ax.get_xlim() == (0.0, 10.0)
     save_png(ax, tmp_path / "array.png")
+    # Every spike at 0: an axis of 1 ms (it was set to (0, 0), which matplotlib
+    # widened to start below 0 with a warning).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ax = plot.raster(np.array([[0.0, np.inf]]), ax=plt.subplots()[1])
+    assert ax.get_xlim() == (0.0, 1.0)
 
 
 def test_raster_errors(run):
@@ -125,6 +132,12 @@ def test_voltage_traces(run, tmp_path):
     # The model alone works as well as the layer.
     ax = plot.voltage_traces(sol, layer.dynamics, ax=plt.subplots()[1])
     assert len([ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]) == 3
+    # A label among the line's arguments replaces the default one (it was passed
+    # twice to ax.plot).
+    ax = plot.voltage_traces(sol, layer, ax=plt.subplots()[1], label="v", neurons=[0])
+    assert [ln.get_label() for ln in ax.get_lines() if ln.get_linestyle() == "-"] == [
+        "v"
+    ]
     plt.close("all")
 
 

@@ -120,7 +120,15 @@ class CubaLIFDynamics(AbstractExactFlowDynamics):
         u0 = y.v - v_inf
         d = (y.i_syn - current) / self.C_mem
         r = 1 / ts - 1 / tm
-        ok = d > 0
+        # A peak needs `d > 0`. Where `d` is so small that the derivative of `u0 /
+        # d`, `-u0 / d^2`, would overflow (`where` would pass it to the gradient as
+        # `0 * inf`, NaN) or `d^2` underflows, there is none worth finding: `|u0 /
+        # d|` is then over `sqrt(|u0| max)`, and with it there is a peak only where
+        # `r < 0` and `u0 < 0`, no earlier than `log(|u0 r / d|) / |r|`, and at most
+        # `d max(tau_mem, tau_syn)` above `v_inf` (1e-18 for |u0| = 1 and 20 ms in
+        # float32): never a crossing.
+        big = jnp.finfo(jnp.result_type(u0, d)).max
+        ok = (d > 0) & (d * d > jnp.abs(u0) / big)
         ratio = u0 / jnp.where(ok, d, 1)
         # Near `r = 0` (`|r| max(|ratio|, tau_syn)` below `_SERIES`) the series in
         # `r`, `t = ts - a + (a^2 + ts^2) r / 2 - (a^3 - ts^3) r^2 / 3 + (a^4 +

@@ -29,9 +29,8 @@ class SpikeTrain(eqx.Module):
 
     `TypeError` for sources that are not integers or times that are bools;
     `ValueError` for shapes that differ, a zero-dimensional array, or (for concrete
-    values) NaN, `-inf` or negative times. Whether the
-    sources fit the receiving layer, and the times its simulated span, is checked
-    by the layer.
+    values) NaN, `-inf` or negative times. Whether the sources fit the receiving
+    layer, and the times its simulated span, is checked by the layer.
     """
 
     times: Float[Array, "*batch events"]

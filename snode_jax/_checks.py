@@ -23,15 +23,26 @@ def describe(x) -> str:
     return f"array of shape {arr.shape} (min {arr.min()!r}, max {arr.max()!r})"
 
 
+def _first_entry(name: str, host: np.ndarray, where: np.ndarray):
+    """`(value, "name[i, j]", count)` of the first entry of `host` where `where`
+    holds, or None where it holds nowhere."""
+    bad = np.argwhere(where)
+    if not bad.size:
+        return None
+    at = ", ".join(str(int(i)) for i in bad[0])
+    return host[tuple(bad[0])], f"{name}[{at}]", len(bad)
+
+
 def check_finite(name: str, a) -> None:
     """`ValueError` naming the first NaN or inf entry of a concrete array `a`."""
     if is_concrete(a):
-        bad = np.argwhere(~np.isfinite(np.asarray(a)))
-        if bad.size:
-            at = ", ".join(str(int(i)) for i in bad[0])
+        host = np.asarray(a)
+        first = _first_entry(name, host, ~np.isfinite(host))
+        if first is not None:
+            value, at, count = first
             raise ValueError(
-                f"`{name}` must be finite, got {np.asarray(a)[tuple(bad[0])]} at "
-                f"{name}[{at}] (shape {tuple(a.shape)}; {len(bad)} entries NaN or inf)."
+                f"`{name}` must be finite, got {value} at {at} (shape "
+                f"{tuple(a.shape)}; {count} entries NaN or inf)."
             )
 
 
@@ -44,14 +55,13 @@ def check_fits(name: str, a, cast) -> None:
     if not (is_concrete(a) and is_concrete(cast)) or a.dtype == cast.dtype:
         return
     host, out = np.asarray(a), np.asarray(cast)
-    bad = np.argwhere(np.isfinite(host) & ~np.isfinite(out))
-    if bad.size:
-        at = ", ".join(str(int(i)) for i in bad[0])
+    first = _first_entry(name, host, np.isfinite(host) & ~np.isfinite(out))
+    if first is not None:
+        value, at, count = first
         raise ValueError(
             f"`{name}` must fit the layer's dtype {out.dtype.name} (largest "
-            f"{float(jnp.finfo(out.dtype).max):.6g}), got {host[tuple(bad[0])]} at "
-            f"{name}[{at}] ({len(bad)} entries beyond it; scale the input down, or "
-            "use a wider dtype)."
+            f"{float(jnp.finfo(out.dtype).max):.6g}), got {value} at {at} ({count} "
+            "entries beyond it; scale the input down, or use a wider dtype)."
         )
 
 

@@ -20,19 +20,27 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # A `xla_cpu_use_fusion_emitters` already in `XLA_FLAGS` is kept:
 # `JAX_DISABLE_MOST_OPTIMIZATIONS=0 XLA_FLAGS=--xla_cpu_use_fusion_emitters=true`
 # tests the programs as users compile them.
-# Beware: these two settings together (backend optimisation level 0 with the older
-# emitters; either alone is fine) have compiled some CubaLIF programs wrongly after
-# edits of `_cuba.py` that moved its values by rounding only (checked on 100,000
-# random arguments): spike times off by up to 1.2 ms, a threshold search returning
-# its first iterate; which tests failed moved with each edit and with an added
-# `jax.debug.print`, and optimised code passed them all. A test that fails only here,
-# and passes with `JAX_DISABLE_MOST_OPTIMIZATIONS=0` or with the fusion emitters,
-# is this. Both other settings cost time (`test_network.py` and `test_gradients.py`
-# on 2 cores: 87 s here, 123 s at optimisation level 1, 167 s with the emitters).
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = " ".join(
-        [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false"]
-    ).strip()
+# XLA's CPU compiler splits each program's machine code into 32 parts compiled in
+# parallel; here it makes one. At optimisation level 0 with the older emitters, the
+# 32 parts compiled some CubaLIF programs wrongly after edits of `_cuba.py` that
+# moved its values by rounding only (checked on 100,000 random arguments): spike
+# times off by up to 1.2 ms, a threshold search returning its first iterate; which
+# tests failed moved with each edit and with an added `jax.debug.print`. One part
+# (or up to 8), optimisation level 1, the fusion emitters, or code limited to SSE4.2
+# each compiled them right, and optimised code passed every test. One part costs
+# nothing here, where the xdist workers already keep both cores busy (measured on 2
+# cores: test_network.py and test_gradients.py 81 s against 86 s in 32 parts; the
+# whole suite 499 s, against 537-575 s); level 1 would have cost 1.3x (114 s), the
+# fusion emitters ~1.9x. An `xla_cpu_parallel_codegen_split_count` already in
+# `XLA_FLAGS` is kept.
+_FLAGS = {
+    "xla_cpu_use_fusion_emitters": "false",
+    "xla_cpu_parallel_codegen_split_count": "1",
+}
+_given = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = " ".join(
+    [_given] + [f"--{k}={v}" for k, v in _FLAGS.items() if k not in _given]
+).strip()
 
 import jax  # noqa: E402  (after the environment it reads)
 import pytest  # noqa: E402

@@ -183,10 +183,14 @@ def _kernel(t, tau_mem, tau_syn):
     r = 1 / tau_syn - 1 / tau_mem
     x = t * r
     small = jnp.abs(x) < _SERIES
-    series = jnp.exp(-t / tau_mem) * t * (1 - x / 2 + x * x / 6 - x * x * x / 24)
-    safe_x = jnp.where(small, 1, x)
-    safe_r = jnp.where(small, 1, r)
-    # Factor out the slower exponential: (1 - e^{-|x|}) / |r| stays in [0, t].
-    slow_mem = jnp.exp(-t / tau_mem) * (-jnp.expm1(-safe_x)) / safe_r
-    slow_syn = jnp.exp(-t / tau_syn) * jnp.expm1(safe_x) / safe_r
-    return jnp.where(small, series, jnp.where(r > 0, slow_mem, slow_syn))
+    xs = jnp.where(small, x, 0)
+    series = jnp.exp(-t / tau_mem) * t * (1 - xs / 2 + xs * xs / 6 - xs * xs * xs / 24)
+    safe_x = jnp.where(small, 1, jnp.abs(x))
+    safe_r = jnp.where(small, 1, jnp.abs(r))
+    # Factor out the slower exponential: (1 - e^{-|x|}) / |r| stays in [0, t]. One
+    # form for both signs of r, and the series fed 0 where it is not taken: a form
+    # computed but not taken that overflowed (e^{|x|} from |x| ~ 88 in float32)
+    # made the gradient through `where` NaN.
+    slow = jnp.where(r > 0, tau_mem, tau_syn)
+    far = jnp.exp(-t / slow) * (-jnp.expm1(-safe_x)) / safe_r
+    return jnp.where(small, series, far)

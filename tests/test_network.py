@@ -956,26 +956,29 @@ def test_readout_max_time_gradient_at_equal_time_constants():
 
 
 @pytest.mark.parametrize(
-    "dtype, gap",
+    "dtype, gap, tm, ts",
     [
-        (jnp.float32, 200.0),
-        (jnp.float32, 400.0),
-        (jnp.float64, 1300.0),
-        (jnp.float64, 3000.0),
+        (jnp.float32, 200.0, 20.0, 5.0),
+        (jnp.float32, 400.0, 20.0, 5.0),
+        (jnp.float32, 5000.0, 20.0, 5.0),
+        (jnp.float32, 5000.0, 5.0, 20.0),
+        (jnp.float64, 1300.0, 20.0, 5.0),
+        (jnp.float64, 3000.0, 20.0, 5.0),
+        (jnp.float64, 1e5, 20.0, 5.0),
+        (jnp.float64, 1e5, 5.0, 20.0),
     ],
 )
-def test_readout_max_time_gradient_after_the_current_has_decayed(dtype, gap):
+def test_readout_max_time_gradient_after_the_current_has_decayed(dtype, gap, tm, ts):
     """A second input (weight 0) long after the first starts a segment whose
     synaptic current has all but decayed: there the peak-time series near equal
     time constants, although not the value taken, overflowed in its powers of the
     ratio `u0 / d` (from 200 ms in float32, 1300 ms in float64), and the ratio's
     own derivative overflowed (from about 400 ms and 3000 ms); each made the
     gradient of max_time NaN. The peak after the first input, at `1 + tm ts
-    log(tm / ts) / (tm - ts)`, against its closed-form derivative. (Further on,
-    from about 1000 ms in float32 and 10000 ms in float64, the membrane kernel's
-    form for the other sign of `1/tau_syn - 1/tau_mem` overflows: still NaN
-    there.)"""
-    tm, ts = 20.0, 5.0
+    log(tm / ts) / (tm - ts)`, against its closed-form derivative. Further on (from
+    about 1000 ms in float32 and 10000 ms in float64), the membrane kernel's form
+    for the other sign of `1/tau_syn - 1/tau_mem`, not taken, overflowed; both
+    signs here."""
 
     def peak_time(tm, ts):
         ro = sj.LeakyReadout(

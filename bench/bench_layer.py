@@ -35,10 +35,16 @@ MAX_SPIKES = 32
 
 
 def workload(batch, n_neurons, n_intervals, n_inputs, dtype, seed=0, scale=0.5):
+    """The layer and inputs, the same in both dtypes: the weights are drawn in
+    float64 and rounded (drawn in float32, `jax.random.normal` gives others)."""
     dyn = sj.ODELIFDynamics(tau_mem=20.0, v_rest=0.0, v_threshold=1.0, v_reset=0.0)
     layer = sj.SpikingODELayer(
         n_inputs, n_neurons, dyn, dtype=dtype, key=jax.random.key(seed)
     )
+    drawn = sj.SpikingODELayer(
+        n_inputs, n_neurons, dyn, dtype=jnp.float64, key=jax.random.key(seed)
+    ).weight
+    layer = eqx.tree_at(lambda m: m.weight, layer, drawn.astype(dtype))
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((batch, n_intervals, n_inputs)) * scale).astype(dtype)
     return layer, jnp.asarray(x)
@@ -135,8 +141,9 @@ def run(name, batch, n_neurons, n_intervals, n_inputs, reps, scale=0.5):
         fns = functions(layer, max(MAX_SPIKES, 1 << most.bit_length()))
         args = {k: ((layer, x) if takes else (x,)) for k, (_, takes) in fns.items()}
         compile_s, times = interleaved_timings(
-            {k: f for k, (f, _) in fns.items()}, args, reps
+            {k: f for k, (f, _) in fns.items()}, args, reps, alternate=True
         )
+        rate = None
         for k, (f, _) in fns.items():
             out = f(*args[k])
             counts = out[0] if isinstance(out, tuple) else out
@@ -152,7 +159,7 @@ def run(name, batch, n_neurons, n_intervals, n_inputs, reps, scale=0.5):
             base = BASE.get(k.split("(")[0], "Euler dt=0.1")
             rows.append(
                 (
-                    None,
+                    dtype,
                     np.dtype(dtype).name,
                     k,
                     statistics.median(times[k]) * 1e3,
@@ -163,7 +170,9 @@ def run(name, batch, n_neurons, n_intervals, n_inputs, reps, scale=0.5):
                     total,
                 )
             )
-    return [(rate, *row[1:]) for row in rows]
+        # The workload's name with this dtype's spike rate.
+        rows = [(rate, *row[1:]) if row[0] is dtype else row for row in rows]
+    return rows
 
 
 def table(rows):
@@ -261,7 +270,11 @@ def main():
             "closed over (its weights become compile-time constants) and with the layer "
             "passed as an argument, as in a training loop (`eqx.filter_jit(jax.vmap(f, "
             "in_axes=(None, 0)))`; the Euler baseline then takes its weights as an "
-            "argument too). Timings are interleaved repetitions in one process; the "
+            "argument too; its model parameters stay constants, while `forward` "
+            "reads the layer's as arrays). Both dtypes run the same weights (drawn "
+            "in float64) and inputs, rounded. The Euler baseline counts spikes in its "
+            "step loop (it records no step's spike mask). Timings are interleaved "
+            "repetitions in one process, in alternating order; the "
             "ratio is the median of per-repetition ratios to the row named in `to` "
             "(Euler dt = 0.1 ms passed the same way, in the same dtype; `simulate` to "
             "`forward`). The floor scan is the input matmul plus one multiply-add, "

@@ -1,4 +1,4 @@
-"""Cost of exact gradients: backward/forward wall time and memory vs spikes and steps.
+"""Cost of exact gradients: value-and-gradient / forward time, and memory.
 
 For a layer of 256 LIF neurons driven over T intervals, times (interleaved, medians,
 one process) a jitted forward loss and the jitted value-and-gradient of the same
@@ -14,6 +14,7 @@ compiled program (arguments + outputs + temporaries). float32 and float64.
 import argparse
 import statistics
 import sys
+import time
 
 import equinox as eqx
 import jax
@@ -22,7 +23,12 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import interleaved_timings, machine_line, write_section  # noqa: E402
+from common import (  # noqa: E402
+    block,
+    interleaved_timings,
+    machine_line,
+    write_section,
+)
 
 import snode_jax as sj  # noqa: E402
 
@@ -88,14 +94,20 @@ def memory_bytes(fn, *args):
 
 
 def measure(fwd, grad, layer, x, reps):
-    """`(forward s, value_and_grad s, backward / forward, memory fwd MiB, memory
-    grad MiB, grad compile s)`, timings interleaved in this process."""
+    """`(forward s, value_and_grad s, value_and_grad / forward, memory fwd MiB,
+    memory grad MiB, grad compile s)`, timings interleaved in this process. The
+    compile is the gradient's first call (tracing, compiling and one run) with
+    JAX's caches cleared first, so that nothing traced or compiled for an earlier
+    program (this loss's forward, another row) is reused."""
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    block(grad(layer, x))
+    grad_compile = time.perf_counter() - t0
     fns = {"forward": fwd, "value_and_grad": grad}
     args = {k: (layer, x) for k in fns}
-    compile_s, times = interleaved_timings(fns, args, reps)
+    _, times = interleaved_timings(fns, args, reps, alternate=True)
     ratio = statistics.median(
-        (g - f) / f
-        for g, f in zip(times["value_and_grad"], times["forward"], strict=True)
+        g / f for g, f in zip(times["value_and_grad"], times["forward"], strict=True)
     )
     mem_f = memory_bytes(jax.jit(lambda m, x: fwd(m, x)), layer, x)
     mem_g = memory_bytes(jax.jit(lambda m, x: grad(m, x)), layer, x)
@@ -105,7 +117,7 @@ def measure(fwd, grad, layer, x, reps):
         ratio,
         mem_f / 2**20,
         mem_g / 2**20,
-        compile_s["value_and_grad"],
+        grad_compile,
     )
 
 
@@ -142,7 +154,7 @@ def table(rows, columns=("intervals", "drive", "solver steps")):
     a, b, c = columns
     lines = [
         f"| dtype | batch | {a} | {b} | spikes | {c} | max_spikes "
-        "| forward (ms) | value+grad (ms) | backward / forward | memory fwd (MiB) "
+        "| forward (ms) | value+grad (ms) | value+grad / forward | memory fwd (MiB) "
         "| memory grad (MiB) | grad compile (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -327,7 +339,9 @@ def main():
     kept = " --keep-freed-memory" if a.keep_freed_memory else ""
     text = "\n".join(
         [
-            "## Gradients: backward vs forward (`bench/bench_grad.py" + kept + "`)",
+            "## Gradients: value and gradient vs forward (`bench/bench_grad.py"
+            + kept
+            + "`)",
             "",
             f"Command: `python bench/bench_grad.py --reps {a.reps}{kept}`  ",
             f"Machine: {machine_line()}  ",
@@ -336,8 +350,11 @@ def main():
             "1e-3 * total (surrogate) count; gradient w.r.t. the weight and all five "
             "dynamics parameters. 'batch': samples per call; above 1 the loss is the "
             "mean over `jax.vmap` of the samples' losses (a training step). "
-            "'backward / forward' is the median over interleaved "
-            "repetitions of (value_and_grad - forward) / forward. Memory is XLA's "
+            "'value+grad / forward' is the median over interleaved repetitions "
+            "(in alternating order) of value_and_grad / forward, where forward is "
+            "the loss (its `simulate` run); 'grad compile' is the first call of "
+            "value_and_grad (trace, compile, one run) with JAX's caches cleared "
+            "first. Memory is XLA's "
             "accounting of the compiled program (arguments + outputs + temporaries); "
             "'spikes' and 'solver steps' are totals over neurons and samples (one "
             "step per spike plus one per interval on the exact path)."
@@ -345,10 +362,9 @@ def main():
                 " Run after `snode_jax.keep_freed_memory()`: glibc keeps the memory "
                 "XLA frees for the next call, instead of mapping fresh pages for "
                 "every call's temporaries (the table above is without it). The two "
-                "tables come from two runs, at different times: differences smaller "
-                "than the run-to-run noise of this machine (20-50 %) mean nothing. "
-                "Rows whose gradient program holds under 32 MiB (the 'memory grad' "
-                "column) do not depend on the setting."
+                "tables come from two runs at different times, and this machine's "
+                "speed differs from run to run by up to 2x: compare the ratios "
+                "within a table, not the times across the tables."
                 if kept
                 else ""
             ),

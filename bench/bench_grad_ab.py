@@ -11,7 +11,7 @@ another name (an editable install of this checkout takes precedence over
     python bench/bench_grad_ab.py
 
 Run the two in alternating processes. Prints forward and value+grad medians (ms),
-'backward / forward' as in `bench_grad.py`, and the first weight gradients (the two
+'value+grad / forward' as in `bench_grad.py`, and the first weight gradients (the two
 versions should agree to rounding).
 """
 
@@ -53,7 +53,7 @@ def main():
             t_f, t_g, ratio, *_ = bg.measure(fwd, grad, layer, x, a.reps)
             print(
                 f"{np.dtype(dtype).name} {n_intervals:5d} intervals: forward "
-                f"{1e3 * t_f:.2f} ms, value+grad {1e3 * t_g:.2f} ms, backward / "
+                f"{1e3 * t_f:.2f} ms, value+grad {1e3 * t_g:.2f} ms, value+grad / "
                 f"forward {ratio:.2f}, dL/dW[0, :3] {g}",
                 flush=True,
             )

@@ -11,7 +11,9 @@ its spike record or its derivative takes the time, and how many operations a cal
 launches. Each launch costs about a microsecond under the profiler, whatever its
 size, so programs of many small operations read slower than they run: the table
 gives each group's share of the profiled time beside the wall time of unprofiled
-calls.
+calls. Those calls run the same compiled program (the trace events are compiled in
+for the whole process), so their times are not those of `bench_layer.py`'s and
+`bench_grad.py`'s tables: compare shares, not milliseconds.
 
     python bench/bench_profile.py          # writes the bench_profile section
     python bench/bench_profile.py --program grad --batch 64 --intervals 100 \\

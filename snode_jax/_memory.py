@@ -23,11 +23,11 @@ def keep_freed_memory(threshold: int = _MAX_THRESHOLD) -> bool:
     them afterwards. glibc serves a block over 32 MiB (the most its own threshold
     grows to) with fresh pages from the kernel each time and returns them when it is
     freed, so the program's first touch of every page is a page fault. Gradients of
-    batched runs hold far more than that: the value and gradient of a spike-time
-    loss over 64 samples of 256 neurons and 100 intervals (`jax.vmap` over the
-    samples, as in a training step) use about 132 MiB of buffers in float32, and on
-    a 2-core x86 machine took 171 ms (float32) and 311 ms (float64) without this
-    setting, 145 ms and 269 ms with it (`bench/bench_grad.py`, `bench/RESULTS.md`).
+    long or batched runs hold far more than that: on a 2-core x86 machine the value
+    and gradient of a spike-time loss over 1600 intervals of 256 neurons took 62 %
+    (float32) and 64 % (float64) of its time with glibc keeping freed memory (the
+    same setting, through glibc's environment variables; `bench/bench_grad_ab.py`,
+    `bench/RESULTS.md`).
 
     Sets glibc's trim threshold to `threshold` bytes (freed memory at the top of the
     heap is kept, up to that much) and its mmap threshold to the same (smaller blocks

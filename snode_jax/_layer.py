@@ -394,7 +394,8 @@ class SpikingODELayer(eqx.Module):
             restarts its steps at each save time); on the event-driven engine the
             recorded spikes are replayed on the exact flow (one pass over input
             spikes, spikes and save times; a recurrent layer then needs
-            `delay > 0`).
+            `delay > 0`, and reports `RESULTS.delay_below_resolution` where a
+            spike's time plus `delay` rounds to that time, before a save time).
         - `after_max_spikes`: what a neuron's `max_spikes + 1`-th spike does on
             the event-driven engine. `"fail"` (default): the run stops there with
             `RESULTS.spike_buffer_full`. `"silence"`: the neuron fires no more (its

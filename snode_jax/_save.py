@@ -511,7 +511,17 @@ def integrate_events_saving(
         else recurrent_weight.astype(dtype),
         delay=delay,
     )
-    return _finish(sol, save_times, states, RESULTS.successful, throw, context)
+    result = RESULTS.successful
+    if recurrent_weight is not None and save_times.shape[0]:
+        # A delivery at the spike's own time (a delay below the times' resolution
+        # there) cascades as with zero delay: the replay cannot follow it, from
+        # that spike on.
+        t = sol.spike_times.astype(dtype)
+        same = jnp.isfinite(t) & (t + delay == t) & (t <= jnp.max(save_times))
+        result = RESULTS.where(
+            jnp.any(same), RESULTS.delay_below_resolution, RESULTS.successful
+        )
+    return _finish(sol, save_times, states, result, throw, context)
 
 
 def _finish(

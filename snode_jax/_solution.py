@@ -84,6 +84,14 @@ class RESULTS(eqx.Enumeration):
         "`save_times` is invalid, found at run time: a time is NaN, negative or past "
         "the end of the simulation, or the times are not ascending."
     )
+    delay_below_resolution = (
+        "A recurrent spike's delivery time, its own time plus `delay`, rounded to "
+        "that time in the run's dtype (the delay is below the resolution of the "
+        "spike times there): the spikes cascaded within one instant, as with zero "
+        "delay, in an order the spike record does not keep, so the states at "
+        "`save_times` could not be replayed. Give a longer `delay` (or, from "
+        "float32, run in float64)."
+    )
     gradient_rerun_mismatch = (
         "The backward pass of the adaptive path reran an interval and got other "
         "spike counts than the forward pass, so its derivative is not that of the "

@@ -704,3 +704,50 @@ def test_gradient_at_own_spike_times(model):
         f = field_after(first, ws)
         np.testing.assert_allclose(d_save, f, rtol=1e-9)
         np.testing.assert_allclose(d_weight, -f * dt_dw, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "dtype, t_in, delay, rounds",
+    [
+        (jnp.float64, 5.0, 1e-20, True),
+        (jnp.float32, 100.0, 2e-6, True),  # float32 spacing at 100: 7.6e-6
+        (jnp.float32, 100.0, 1e-4, False),
+    ],
+)
+def test_delay_that_rounds_away_is_reported(dtype, t_in, delay, rounds):
+    # Neuron 0 fires on the input; its delivery fires neurons 1 and 2, whose
+    # deliveries excite 0 again (0.4, below threshold). A delay that rounds away at
+    # the spike time (t + delay == t) cascades as with zero delay: the replay of
+    # the saved states cannot follow it (it gave v = 0 for neuron 0 at t_end, where
+    # the run ends at 0.4 decayed), so it is reported, and raised by default.
+    layer = sj.SpikingODELayer(
+        1, 3, sj.ODELIFDynamics(tau_mem=10.0), recurrent=True, delay=delay,
+        dtype=dtype, key=KEY,
+    )  # fmt: skip
+    w_rec = jnp.array([[0, 0.4, 0], [1.2, 0, 0], [0.5, 0.6, 0]], dtype)
+    layer = eqx.tree_at(
+        lambda m: (m.weight, m.recurrent_weight),
+        layer,
+        (jnp.array([[1.5], [0.0], [0.0]], dtype), w_rec),
+    )
+    train = sj.SpikeTrain(jnp.array([t_in], dtype), jnp.array([0]))
+    t_end = t_in + 3.0
+    save = jnp.array([t_in + 1.0, t_end], dtype)
+    sol = layer.simulate(train, t_end=t_end, max_spikes=4, save_times=save, throw=False)
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), [1, 1, 1])
+    assert float(sol.final_state.v[0]) > 0.25  # 0.4 e^{-3/10} (or just under)
+    if rounds:
+        assert sol.result == sj.RESULTS.delay_below_resolution
+        with pytest.raises(Exception, match="delay_below_resolution|rounded to that"):
+            layer.simulate(train, t_end=t_end, max_spikes=4, save_times=save)
+        # Save times before the spike replay nothing that cascaded: no report.
+        early = layer.simulate(
+            train, t_end=t_end, max_spikes=4, save_times=jnp.array([t_in / 2], dtype)
+        )
+        assert early.result == sj.RESULTS.successful
+    else:
+        assert sol.result == sj.RESULTS.successful
+        tol = 1e-6 if dtype == jnp.float32 else 1e-12
+        np.testing.assert_allclose(
+            np.asarray(sol.saved_states.v[-1]), np.asarray(sol.final_state.v), atol=tol
+        )

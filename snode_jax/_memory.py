@@ -22,12 +22,13 @@ def keep_freed_memory(threshold: int = _MAX_THRESHOLD) -> bool:
     XLA allocates the temporaries of a compiled program anew at every call and frees
     them afterwards. glibc serves a block over 32 MiB (the most its own threshold
     grows to) with fresh pages from the kernel each time and returns them when it is
-    freed, so the program's first touch of every page is a page fault. Gradients of
-    long or batched runs hold far more than that: on a 2-core x86 machine the value
-    and gradient of a spike-time loss over 1600 intervals of 256 neurons took 62 %
-    (float32) and 64 % (float64) of its time with glibc keeping freed memory (the
-    same setting, through glibc's environment variables; `bench/bench_grad_ab.py`,
-    `bench/RESULTS.md`).
+    freed, so the program's first touch of every page is a page fault. Batched
+    gradients hold far more than that (123 MiB at 64 samples x 256 neurons x 100
+    intervals in float32). In an A/B of an earlier version on a 2-core x86 machine
+    (`bench/bench_grad_ab.py`, `bench/RESULTS.md`), the value and gradient of a
+    spike-time loss over 1600 intervals of 256 neurons took 62 % (float32) and 64 %
+    (float64) of its time with glibc keeping freed memory (the same setting,
+    through glibc's environment variables); gradients now hold less there.
 
     Sets glibc's trim threshold to `threshold` bytes (freed memory at the top of the
     heap is kept, up to that much) and its mmap threshold to the same (smaller blocks

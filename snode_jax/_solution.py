@@ -89,7 +89,9 @@ class RESULTS(eqx.Enumeration):
         "that time in the run's dtype (the delay is below the resolution of the "
         "spike times there): the spikes cascaded within one instant, as with zero "
         "delay, in an order the spike record does not keep, so the states at "
-        "`save_times` could not be replayed. Give a longer `delay` (or, from "
+        "`save_times` from that spike on may not be those of the run (the replay "
+        "cannot follow such a cascade; reported whether or not it changed a "
+        "saved state). Give a longer `delay` (or, from "
         "float32, run in float64)."
     )
     gradient_rerun_mismatch = (

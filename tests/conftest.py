@@ -21,11 +21,12 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # `JAX_DISABLE_MOST_OPTIMIZATIONS=0 XLA_FLAGS=--xla_cpu_use_fusion_emitters=true`
 # tests the programs as users compile them.
 # XLA's CPU compiler splits each program's machine code into 32 parts compiled in
-# parallel; here it makes one. At optimisation level 0 with the older emitters, the
-# 32 parts compiled some CubaLIF programs wrongly after edits of `_cuba.py` that
-# moved its values by rounding only (checked on 100,000 random arguments): spike
-# times off by up to 1.2 ms, a threshold search returning its first iterate; which
-# tests failed moved with each edit and with an added `jax.debug.print`. One part
+# parallel; here it makes one. At optimisation level 0 with the older emitters,
+# some CubaLIF programs compiled in 32 parts gave wrong results (the cause is not
+# known) after edits of `_cuba.py` that changed no value (checked on 100,000
+# random arguments): spike times off by up to 1.2 ms, a threshold search returning
+# its first iterate; which tests failed moved with each edit and with an added
+# `jax.debug.print`. One part
 # (or up to 8), optimisation level 1, the fusion emitters, or code limited to SSE4.2
 # each compiled them right, and optimised code passed every test. One part costs
 # nothing here, where the xdist workers already keep both cores busy (measured on 2

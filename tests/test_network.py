@@ -955,6 +955,50 @@ def test_readout_max_time_gradient_at_equal_time_constants():
     )
 
 
+def _peak_time_derivatives_decimal(tm, ts):
+    """d/d(tau_mem, tau_syn) of tm ts log(tm / ts) / (tm - ts), by centred
+    differences in 60-digit decimal arithmetic."""
+    import decimal
+
+    with decimal.localcontext(decimal.Context(prec=60)):
+        D = decimal.Decimal
+        tm, ts, h = D(tm), D(ts), D("1e-25")
+
+        def t(tm, ts):
+            return tm * ts * (tm / ts).ln() / (tm - ts)
+
+        return [
+            float((t(tm + h, ts) - t(tm - h, ts)) / (2 * h)),
+            float((t(tm, ts + h) - t(tm, ts - h)) / (2 * h)),
+        ]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("rel", [1e-4, 1e-3, 1e-2, -3e-3])
+def test_readout_max_time_gradient_near_equal_time_constants(dtype, rel):
+    """Where the time constants differ by 1e-4 to 1e-2 relative, the peak time's
+    derivatives against high-precision differences of its closed form. (With the
+    series only below 1e-4, the closed form's derivative cancelled just above it:
+    7e-4 relative error in float32, 1.6e-12 in float64.)"""
+    tm = np.asarray(20.0, dtype)
+    ts = np.asarray(20.0 * (1 + rel), dtype)
+
+    def peak_time(tm, ts):
+        ro = sj.LeakyReadout(
+            1, 1, sj.CubaLIFDynamics(tau_mem=tm, tau_syn=ts), dtype=dtype,
+            key=jax.random.key(0),
+        )  # fmt: skip
+        ro = eqx.tree_at(lambda r: r.weight, ro, jnp.ones((1, 1), dtype))
+        train = sj.SpikeTrain(jnp.array([0.0], dtype), jnp.array([0]))
+        return ro.simulate(train, t_end=200.0).max_time[0]
+
+    got = jax.grad(peak_time, (0, 1))(jnp.asarray(tm), jnp.asarray(ts))
+    expected = _peak_time_derivatives_decimal(float(tm), float(ts))
+    # Either form is within about eps^(5/6) where they meet (the series' cutoff).
+    rtol = 4 * float(jnp.finfo(dtype).eps) ** (5 / 6)  # 6.8e-6; 3.6e-13
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rtol)
+
+
 @pytest.mark.parametrize(
     "dtype, gap, tm, ts",
     [

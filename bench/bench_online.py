@@ -162,7 +162,9 @@ def run(n_neurons, dtype, calls, seed=0):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer calls, no file output")
-    p.add_argument("--calls", type=int, default=3000, help="timed calls per setting")
+    p.add_argument(
+        "--calls", type=int, default=3000, help="calls per setting (the first compiles)"
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 256, 4096])
     args = p.parse_args()
     calls = 200 if args.quick else args.calls

@@ -91,8 +91,7 @@ class RESULTS(eqx.Enumeration):
         "delay, in an order the spike record does not keep, so the states at "
         "`save_times` from that spike on may not be those of the run (the replay "
         "cannot follow such a cascade; reported whether or not it changed a "
-        "saved state). Give a longer `delay` (or, from "
-        "float32, run in float64)."
+        "saved state). Give a longer `delay`, or run a float32 layer in float64."
     )
     gradient_rerun_mismatch = (
         "The backward pass of the adaptive path reran an interval and got other "

@@ -257,3 +257,66 @@ class IntervalReplay(eqx.Module):
     period: NeuronFloat
     last_margin: NeuronFloat
     next_margin: NeuronFloat
+
+
+_CHECKED_OUTPUTS: set = set()
+
+
+def check_model_outputs(dynamics: AbstractDynamics, state: State) -> None:
+    """Refuse, naming the method, a model whose `vector_field` or `reset` does not
+    return a state of the structure and shapes of `state` (one value per neuron in
+    each array), or whose `threshold` does not return one value per neuron. Only
+    shapes are traced (`jax.eval_shape`), once per model structure and state shape:
+    such a mistake otherwise failed deep inside the solver, in a JAX error that named
+    neither the method nor the rule."""
+    leaves = jax.tree.leaves(state)
+    describe = lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__)))
+    key = (
+        jax.tree.structure(dynamics),
+        tuple(map(describe, jax.tree.leaves(dynamics))),
+        jax.tree.structure(state),
+        tuple(map(describe, leaves)),
+    )
+    if key in _CHECKED_OUTPUTS:
+        return
+    name = type(dynamics).__name__
+    n = jnp.shape(leaves[0])[0]
+    dtype = jnp.result_type(leaves[0])
+    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), a.dtype), state)
+    t = jax.ShapeDtypeStruct((), dtype)
+    current = jax.ShapeDtypeStruct((n,), dtype)
+    want = jax.tree.structure(spec)
+    try:
+        outputs = (
+            ("vector_field", jax.eval_shape(dynamics.vector_field, t, spec, current)),
+            ("reset", jax.eval_shape(dynamics.reset, spec)),
+            ("threshold", jax.eval_shape(dynamics.threshold, spec)),
+        )
+    except Exception:
+        # (A model that cannot be traced yet, e.g. with a parameter that is not a
+        # number: the run's own checks name that.)
+        return
+    for method, out in outputs[:2]:
+        if jax.tree.structure(out) != want:
+            kind = type(spec).__name__
+            got = type(out).__name__
+            if got == kind:  # (the same class with other fields set)
+                got = f"one of another structure: {jax.tree.structure(out)}, not {want}"
+            raise TypeError(
+                f"`{name}.{method}` must return a {kind}, as `init_state` does, "
+                f"got {got}."
+            )
+        for got, expected in zip(jax.tree.leaves(out), jax.tree.leaves(spec)):
+            if got.shape != expected.shape:
+                raise ValueError(
+                    f"`{name}.{method}` must return arrays of `init_state`'s shapes "
+                    f"(one value per neuron, ({n},)), got shape {got.shape}."
+                )
+    out = outputs[2][1]
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != (n,):
+        got = out.shape if isinstance(out, jax.ShapeDtypeStruct) else out
+        raise ValueError(
+            f"`{name}.threshold` must return one array of shape (n_neurons,) = "
+            f"({n},) (a spike is its upward zero crossing, per neuron), got {got}."
+        )
+    _CHECKED_OUTPUTS.add(key)

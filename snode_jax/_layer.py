@@ -24,7 +24,11 @@ from ._checks import (
 )
 from ._controller import PredictiveController, controller_from_settings
 from ._custom_types import Counts, State
-from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
+from ._dynamics import (
+    AbstractDynamics,
+    AbstractExactFlowDynamics,
+    check_model_outputs,
+)
 from ._integrate import (
     check_after_max_spikes,
     check_delay,
@@ -346,6 +350,7 @@ class SpikingODELayer(eqx.Module):
                     f"state array shape (n_neurons,) = ({self.n_neurons},) (one value "
                     f"per neuron), got shape {jnp.shape(leaf)}."
                 )
+        check_model_outputs(self.dynamics, state)
         return state
 
     def simulate(

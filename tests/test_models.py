@@ -1,6 +1,8 @@
 """AdEx, Izhikevich and QIF on the adaptive solver against SciPy's DOP853 at
 rtol = atol = 1e-12 with terminal events, and a user-defined model."""
 
+from typing import ClassVar
+
 import diffrax
 import equinox as eqx
 import jax
@@ -845,3 +847,74 @@ def test_a_peak_grazing_threshold(solver):
     assert sol.result == sj.RESULTS.successful and int(sol.num_spikes[0]) == 1
     exact = -10 * np.log((1 + np.sqrt(1 - 4 * v_threshold)) / 2)
     assert abs(float(sol.spike_times[0, 0]) - exact) < 1e-6
+
+
+class _OutputState(eqx.Module):
+    v: jax.Array
+
+
+class _WrongOutputs(sj.AbstractDynamics):
+    """A leaky neuron whose `mode` names one method that returns the wrong shape or
+    structure."""
+
+    tau: jax.Array
+    mode: str = eqx.field(static=True)
+    parameter_names: ClassVar[tuple[str, ...]] = ("tau",)
+
+    def init_state(self, n_neurons, dtype):
+        return _OutputState(jnp.zeros((n_neurons,), dtype))
+
+    def vector_field(self, t, y, current):
+        dv = (current - y.v) / self.tau
+        if self.mode == "vector_field scalar":
+            return _OutputState(jnp.sum(dv))
+        if self.mode == "vector_field tuple":
+            return (dv,)
+        return _OutputState(dv)
+
+    def threshold(self, y):
+        if self.mode == "threshold scalar":
+            return jnp.sum(y.v) - 1.0
+        if self.mode == "threshold column":
+            return (y.v - 1.0)[:, None]
+        return y.v - 1.0
+
+    def reset(self, y):
+        if self.mode == "reset tuple":
+            return (jnp.zeros_like(y.v),)
+        return _OutputState(jnp.zeros_like(y.v))
+
+    def voltage(self, y):
+        return y.v
+
+    def constraints(self, y):
+        return {"tau > 0": jnp.all(self.tau > 0)}
+
+
+@pytest.mark.parametrize(
+    "mode, error, match",
+    [
+        ("threshold scalar", ValueError, r"`_WrongOutputs.threshold` must return one "
+         r"array of shape \(n_neurons,\) = \(3,\) .*got \(\)"),
+        ("threshold column", ValueError, r"`_WrongOutputs.threshold` .*got \(3, 1\)"),
+        ("vector_field scalar", ValueError, r"`_WrongOutputs.vector_field` must "
+         r"return arrays of `init_state`'s shapes .*\(3,\)\), got shape \(\)"),
+        ("vector_field tuple", TypeError, r"`_WrongOutputs.vector_field` must return "
+         r"a _OutputState, as `init_state` does, got tuple"),
+        ("reset tuple", TypeError, r"`_WrongOutputs.reset` must return a "
+         r"_OutputState"),
+    ],
+)  # fmt: skip
+def test_a_model_method_of_the_wrong_shape_is_named(mode, error, match):
+    # These failed deep in the solver, in JAX errors ("Too many indices", "cannot
+    # reshape", "jvp called with different primal and tangent shapes", a pytree
+    # structure error) that named neither the method nor the rule.
+    dyn = _WrongOutputs(jnp.array([10.0, 20.0, 5.0]), mode)
+    layer = sj.SpikingODELayer(1, 3, dyn, key=jax.random.key(0))
+    with pytest.raises(error, match=match):
+        layer.simulate(jnp.full((3, 1), 2.0), 10.0)
+    # The same model written right runs.
+    fine = sj.SpikingODELayer(
+        1, 3, _WrongOutputs(dyn.tau, "none"), key=jax.random.key(0)
+    )
+    assert fine.simulate(jnp.full((3, 1), 2.0), 10.0).result == sj.RESULTS.successful

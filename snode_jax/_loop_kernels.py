@@ -73,8 +73,9 @@ def single_kernel_loops(max_bytes: int = 2**40) -> bool:
     2-core x86 machine (`bench/bench_loop_kernels.py`, `bench/RESULTS.md`) the
     exact LIF layer's `forward` took 0.84x its time at 64 x 256 neurons x 100
     intervals (float32 and float64; at 1 x 16 neurons within the noise between
-    processes, whose medians and ratios there disagree), and the gradient programs of `bench/bench_grad.py` compiled in 0.92x (exact LIF) and
-    0.93x (AdEx) the time and ran as fast as before. `simulate` ran as fast as before: its interval
+    processes, whose medians and ratios there disagree), and the gradient programs
+    of `bench/bench_grad.py` compiled in 0.92x (exact LIF) and 0.93x (AdEx) the
+    time and ran as fast as before. `simulate` ran as fast as before: its interval
     loop holds a scatter (see below) and is not compiled whole, only the loops
     inside it are. Results are the same up to rounding (in the cases compared,
     spike times, counts and states to the bit, AdEx gradients with respect to the

@@ -2,6 +2,7 @@
 comparison of the library against the closed-form reference in `lif_reference.py`."""
 
 import dataclasses
+import decimal
 
 import equinox as eqx
 import jax
@@ -15,6 +16,25 @@ from .lif_reference import LIFReference, lif_reference
 LIF_PARAMS = ("tau_mem", "v_rest", "v_threshold", "v_reset", "C_mem")
 EPS32 = float(np.finfo(np.float32).eps)
 TINY32 = float(np.finfo(np.float32).tiny)
+
+
+def decimal_partials(f, *args, digits: int = 60, h: str = "1e-25") -> list[float]:
+    """The partial derivatives of `f` (written with `decimal.Decimal` arithmetic:
+    `exp`, `ln`, the four operations) in each argument at `args`, by centred
+    differences of step `h` in `digits`-digit arithmetic. An independent reference
+    for a closed form whose own derivatives cancel in floating point: `f` itself
+    to about `digits - 25` digits where it cancels 25, and the difference's
+    truncation below `h^2`."""
+    with decimal.localcontext(decimal.Context(prec=digits)):
+        x = [decimal.Decimal(a) for a in args]
+        step = decimal.Decimal(h)
+        out = []
+        for i in range(len(x)):
+            up, down = list(x), list(x)
+            up[i] += step
+            down[i] -= step
+            out.append(float((f(*up) - f(*down)) / (2 * step)))
+        return out
 
 
 # -- generic comparisons -----------------------------------------------------------

@@ -10,6 +10,8 @@ from scipy.optimize import brentq
 
 import snode_jax as sj
 
+from .helpers import decimal_partials
+
 
 def cuba_reference(
     weight, inputs, interval, tau_m, tau_s, v_rest, theta, v_reset, C, v0=None, i0=None
@@ -264,24 +266,6 @@ def test_spike_exactly_at_an_interval_end_gradient(solver):
         np.testing.assert_allclose([float(g) for g in grad], expected, rtol=1e-6)
 
 
-def _kernel_derivatives_decimal(t, tm, ts):
-    """d/d(tau_mem, tau_syn) of K(t) = (e^{-t/ts} - e^{-t/tm}) / (1/tm - 1/ts), by
-    centred differences in 60-digit decimal arithmetic (K itself to ~33 digits)."""
-    import decimal
-
-    with decimal.localcontext(decimal.Context(prec=60)):
-        D = decimal.Decimal
-        t, tm, ts, h = D(t), D(tm), D(ts), D("1e-25")
-
-        def k(tm, ts):
-            return ((-t / ts).exp() - (-t / tm).exp()) / (1 / tm - 1 / ts)
-
-        return [
-            float((k(tm + h, ts) - k(tm - h, ts)) / (2 * h)),
-            float((k(tm, ts + h) - k(tm, ts - h)) / (2 * h)),
-        ]
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize(
     "t, tau_m, rel", [(10, 10, 1e-4), (10, 10, 1e-3), (10, 10, 1e-2), (100, 20, 3e-5)]
@@ -302,6 +286,8 @@ def test_cuba_flow_derivatives_near_equal_time_constants(dtype, t, tau_m, rel):
         return dyn.exact_flow(y0, jnp.zeros((1,), dtype), jnp.asarray(t, dtype)).v[0]
 
     got = jax.jit(jax.grad(v_end, (0, 1)))(jnp.asarray(tm), jnp.asarray(ts))
-    expected = _kernel_derivatives_decimal(t, float(tm), float(ts))
+    # K(t) = (e^{-t/ts} - e^{-t/tm}) / (1/tm - 1/ts), in decimal arithmetic.
+    kernel = lambda tm, ts: ((-t / ts).exp() - (-t / tm).exp()) / (1 / tm - 1 / ts)
+    expected = decimal_partials(kernel, float(tm), float(ts))
     rtol = 2e-6 if dtype == jnp.float32 else 1e-13  # ~16 eps; ~450 eps
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rtol)

@@ -25,6 +25,7 @@ import pytest
 
 import snode_jax as sj
 
+from .helpers import decimal_partials
 from .network_reference import simulate_layer, simulate_network
 
 T_END = 50.0
@@ -955,24 +956,6 @@ def test_readout_max_time_gradient_at_equal_time_constants():
     )
 
 
-def _peak_time_derivatives_decimal(tm, ts):
-    """d/d(tau_mem, tau_syn) of tm ts log(tm / ts) / (tm - ts), by centred
-    differences in 60-digit decimal arithmetic."""
-    import decimal
-
-    with decimal.localcontext(decimal.Context(prec=60)):
-        D = decimal.Decimal
-        tm, ts, h = D(tm), D(ts), D("1e-25")
-
-        def t(tm, ts):
-            return tm * ts * (tm / ts).ln() / (tm - ts)
-
-        return [
-            float((t(tm + h, ts) - t(tm - h, ts)) / (2 * h)),
-            float((t(tm, ts + h) - t(tm, ts - h)) / (2 * h)),
-        ]
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize("rel", [1e-4, 1e-3, 1e-2, -3e-3])
 def test_readout_max_time_gradient_near_equal_time_constants(dtype, rel):
@@ -993,7 +976,8 @@ def test_readout_max_time_gradient_near_equal_time_constants(dtype, rel):
         return ro.simulate(train, t_end=200.0).max_time[0]
 
     got = jax.grad(peak_time, (0, 1))(jnp.asarray(tm), jnp.asarray(ts))
-    expected = _peak_time_derivatives_decimal(float(tm), float(ts))
+    peak = lambda tm, ts: tm * ts * (tm / ts).ln() / (tm - ts)  # (decimal)
+    expected = decimal_partials(peak, float(tm), float(ts))
     # Either form is within about eps^(5/6) where they meet (the series' cutoff).
     rtol = 4 * float(jnp.finfo(dtype).eps) ** (5 / 6)  # 6.8e-6; 3.6e-13
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rtol)

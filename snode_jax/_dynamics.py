@@ -270,12 +270,12 @@ def check_model_outputs(dynamics: AbstractDynamics, state: State) -> None:
     such a mistake otherwise failed deep inside the solver, in a JAX error that named
     neither the method nor the rule."""
     leaves = jax.tree.leaves(state)
-    describe = lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__)))
+    signature = lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__)))
     key = (
         jax.tree.structure(dynamics),
-        tuple(map(describe, jax.tree.leaves(dynamics))),
+        tuple(map(signature, jax.tree.leaves(dynamics))),
         jax.tree.structure(state),
-        tuple(map(describe, leaves)),
+        tuple(map(signature, leaves)),
     )
     if key in _CHECKED_OUTPUTS:
         return

@@ -19,7 +19,7 @@ from ._crossing import (
 )
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._misc import vary_like, where_tree
+from ._misc import all_finite, vary_like, where_tree
 from ._records import Counters, IntervalOutcome, SpikeBuffer
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator
@@ -105,11 +105,15 @@ class StepOutcome(eqx.Module):
     """What one iteration decided, per neuron: whether the neuron was still
     integrating (`active`), whether its step was accepted, crossed threshold, or
     reached the interval end at `t1`; the step's end state `y1`, its crossing, the
-    next step `h_next`, and the controller's view of it."""
+    next step `h_next`, and the controller's view of it. `lost`: the step's end
+    is not finite and the search found no crossing into it (the state turned
+    NaN/inf below threshold): the step is neither accepted nor a crossing, and
+    the neuron stops there."""
 
     active: Bool[Array, " n"]
     accept: Bool[Array, " n"]
     crossed: Bool[Array, " n"]
+    lost: Bool[Array, " n"]
     reaches_end: Bool[Array, " n"]
     t1: Float[Array, " n"]
     y1: State
@@ -201,10 +205,18 @@ class AdaptiveLoop(AbstractIntegrator):
             # (Elsewhere, what the search gives a neuron that does not cross.)
             no_crossing = Crossings(t1, prop.y1, t, jnp.ones_like(accept))
             crossings = where_tree(crossed, found, no_crossing)
+        # A failed search into a step end that is not finite: no spike there (its
+        # time would be where the state stopped being finite, and a reset would
+        # start the same failure again at once: thousands of spikes a few ulps
+        # apart until the step budget ran out).
+        lost = crossed & ~crossings.ok & ~all_finite(prop.y1)
+        crossed = crossed & ~lost
+        accept = accept & ~lost
         return StepOutcome(
             active,
             accept,
             crossed,
+            lost,
             reaches_end,
             t1,
             prop.y1,
@@ -333,15 +345,16 @@ class AdaptiveLoop(AbstractIntegrator):
             num_stalled_steps=stalled.astype(jnp.int32),
             num_invalid_resets=bad_reset.astype(jnp.int32),
         )
+        stop = bad_reset | out.lost
         new = AdaptiveState(
             t=t_new,
             y=y_new,
             h=h_new,
             count=st.count + out.crossed,
             counters=counters,
-            attempts=jnp.where(bad_reset, self.max_steps, st.attempts + out.active),
+            attempts=jnp.where(stop, self.max_steps, st.attempts + out.active),
             buffer=buffer,
-            root_fail=st.root_fail | (out.crossed & ~out.crossings.ok),
+            root_fail=st.root_fail | (out.crossed & ~out.crossings.ok) | out.lost,
             h_big=h_big,
             controller_state=cstate,
         )
@@ -360,11 +373,12 @@ class AdaptiveLoop(AbstractIntegrator):
         # (Under `jax.shard_map`, the carry varies as the inputs do.)
         init = vary_like(init, y, current, dynamics, interval, t_start)
         final = lax.while_loop(cond_fun, body_fun, init)
+        # (A neuron stopped by a failed search did not run out of steps.)
         return IntervalOutcome(
             final.y,
             final.count,
             final.buffer,
             final.counters,
-            final.t < interval,
+            (final.t < interval) & ~final.root_fail,
             final.root_fail,
         )

@@ -786,6 +786,51 @@ def test_a_vector_field_nan_below_threshold_is_no_spike(solver, dtype):
     assert sol.result == sj.RESULTS.successful and int(sol.num_spikes[0]) >= 1
 
 
+class NaNLIF(UserLIF):
+    """`UserLIF` whose vector field is NaN everywhere."""
+
+    def vector_field(self, t, y, current):
+        return sj.LIFState(jnp.full_like(y.v, jnp.nan))
+
+
+@pytest.mark.parametrize("solver", [sj.Dopri5(), sj.Tsit5()])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_failed_search_below_threshold_records_no_spike_and_stops(solver, dtype):
+    """A vector field NaN everywhere (at rest, far below threshold): each failed
+    search was recorded as a spike a few ulps after the last, and the reset
+    started the same failure again: 4093 spikes per 10 ms interval until the
+    step budget ran out, reported as `max_steps_reached`. Now no spike, the
+    neuron stops at its last finite state, and the run reports the search. The
+    vector field NaN above v = 0.5: likewise no spike where v reaches 0.5, and
+    the state stays below it."""
+    x = jnp.ones((3, 1), dtype)
+    layer = sj.SpikingODELayer(
+        1, 2, NaNLIF(tau=10.0), solver=solver, dtype=dtype, key=jax.random.key(0)
+    )
+    sol = layer.simulate(x, 10.0, max_spikes=32, throw=False)
+    assert sol.result == sj.RESULTS.crossing_search_failed
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), 0)
+    np.testing.assert_array_equal(np.asarray(sol.counts), 0)
+    assert np.all(np.isinf(np.asarray(sol.spike_times)))
+    np.testing.assert_array_equal(np.asarray(sol.final_state.v), 0.0)
+    # (One step attempt per interval, not the budget.)
+    assert int(np.max(sol.stats["num_steps"])) == 0
+    half = sj.SpikingODELayer(
+        1, 2, NaNAboveHalfLIF(tau=10.0), solver=solver, dtype=dtype,
+        key=jax.random.key(0),
+    )  # fmt: skip
+    half = eqx.tree_at(lambda m: m.weight, half, jnp.array([[2.0], [0.04]], dtype))
+    sol = half.simulate(x, 10.0, max_spikes=32, throw=False)
+    assert sol.result == sj.RESULTS.crossing_search_failed
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), 0)
+    v = np.asarray(sol.final_state.v)
+    # Neuron 0 stopped at its last finite state, within a few forced steps
+    # (dt_min = 1e-3 ms at a slope of about 2) of v = 0.5; neuron 1 (v -> 0.4)
+    # ran to the end: 0.4 (1 - e^{-3}).
+    assert 0.49 < v[0] < 0.501
+    np.testing.assert_allclose(v[1], 0.4 * (1 - np.exp(-3.0)), rtol=1e-5)
+
+
 class _Alpha(eqx.Module):
     v: jax.Array
     s: jax.Array

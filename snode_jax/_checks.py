@@ -154,37 +154,49 @@ JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"
 def check_parameters_fit(dynamics, dtype) -> None:
     """`ValueError` naming the parameter of `dynamics` (a float, or a float array,
     with a value now) that `dtype`, a layer's, cannot hold: it would be inf there,
-    and the run reported as given NaN or inf."""
+    and the run reported as given NaN or inf; or 0 where it is not (a time
+    constant of 1e-46 ms in float32: the run would report `tau_mem > 0` failed
+    for a positive value)."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(dynamics):
         if isinstance(leaf, bool) or not is_concrete(leaf):
             continue
         host = np.asarray(leaf)
         if host.dtype.kind == "f" or isinstance(leaf, int):
             name = f"`dynamics{jax.tree_util.keystr(path)}`"
-            narrowed(name, host.astype(np.float64), dtype, "the layer's dtype")
+            narrowed(
+                name, host.astype(np.float64), dtype, "the layer's dtype", nonzero=True
+            )
 
 
 def narrowed(
-    subject: str, host: np.ndarray, dtype, hint: str = JAX_DTYPE_HINT
+    subject: str,
+    host: np.ndarray,
+    dtype,
+    hint: str = JAX_DTYPE_HINT,
+    nonzero: bool = False,
 ) -> np.ndarray:
     """`host` in `dtype`, with a `ValueError` (naming `subject`) where that changes
     a value: an integer outside the type's range wraps around, a finite float
-    beyond it becomes inf (with float64 disabled, JAX's types have 32 bits)."""
-    with np.errstate(over="ignore"):  # (found below, and refused)
+    beyond it becomes inf (with float64 disabled, JAX's types have 32 bits); with
+    `nonzero`, also a float other than 0 that becomes 0 (for a model's
+    parameters, where 0 can break a condition the value met)."""
+    with np.errstate(over="ignore", under="ignore"):  # (found below, and refused)
         out = host.astype(dtype, copy=False)
     kind = host.dtype.kind
     if kind in "iu":
         changed = out.astype(host.dtype) != host
-        what = "integers outside the range"
+        what = f"integers outside the range of {out.dtype}"
     elif kind == "f":
         changed = np.isfinite(host) & ~np.isfinite(out)
-        what = "values beyond the range"
+        what = f"values beyond the range of {out.dtype}"
+        if nonzero and not np.any(changed):
+            changed = (host != 0) & (out == 0)
+            what = f"nonzero values that round to 0 in {out.dtype}"
     else:
         return out
     if np.any(changed):
         raise ValueError(
-            f"{subject} holds {what} of {out.dtype} ({hint}), got "
-            f"{describe(host[changed])}."
+            f"{subject} holds {what} ({hint}), got {describe(host[changed])}."
         )
     return out
 

@@ -99,7 +99,8 @@ class SpikingODELayer(eqx.Module):
 
     `ValueError`/`TypeError` for non-positive sizes or step bounds, `dt_min > dt_init`,
     a solver the model cannot use, dynamics parameters whose shape is neither
-    scalar nor `(n_neurons,)`, or dynamics parameters beyond the range of `dtype`.
+    scalar nor `(n_neurons,)`, or dynamics parameters beyond the range of `dtype`
+    (or other than 0 and rounding to 0 in it).
     """
 
     weight: Float[Array, "n_neurons n_inputs"]
@@ -284,13 +285,15 @@ class SpikingODELayer(eqx.Module):
                 f"`state` must be a {type(init).__name__} (from `init_state()`), got "
                 f"{state!r}{_state_fields_differ(state, init)}."
             )
-        for leaf in jax.tree.leaves(state):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state):
             check_real("state", leaf)
             if jnp.shape(leaf) != (self.n_neurons,):
                 raise ValueError(
                     f"`state` arrays must have shape ({self.n_neurons},), got "
                     f"{jnp.shape(leaf)}."
                 )
+            # (Concrete values only: under `jit` the run reports them.)
+            check_finite(f"state{jax.tree_util.keystr(path)}", leaf)
         return state
 
     def _run(
@@ -677,6 +680,7 @@ class SpikingODELayer(eqx.Module):
                 "`step` advances a feed-forward layer; a recurrent layer's spikes in "
                 "flight are not part of its state: use `simulate`."
             )
+        self._check_arrays()  # (before `check_interval` takes the weight's dtype)
         x = as_jax_array("x", x)
         if x.shape != (self.n_inputs,):
             raise ValueError(

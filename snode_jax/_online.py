@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._checks import check_fits, check_interval, is_number_dtype
+from ._checks import check_finite, check_fits, check_interval, is_number_dtype
 from ._custom_types import Counts, State
 from ._layer import SpikingODELayer
 from ._misc import is_concrete
@@ -111,6 +111,9 @@ class OnlineLayer:
                 "`OnlineLayer` steps a feed-forward layer; a recurrent layer's spikes "
                 "in flight are not part of its state: use `simulate`."
             )
+        # Its arrays (one swapped in with `eqx.tree_at` is not checked by the
+        # layer's `__init__`): an int32 weight failed in the interval's check.
+        layer._check_arrays()
         state = self.state if hasattr(self, "_state_leaves") else None
         if state is not None:
             layer._check_state(state)  # the current state must fit the new layer
@@ -148,8 +151,8 @@ class OnlineLayer:
 
         **Raises:**
 
-        `ValueError` if `state` is not a state of the layer's model with one value
-        per neuron.
+        `ValueError` if `state` is not a state of the layer's model with one
+        finite value per neuron.
         """
         self.state = self._layer.init_state() if state is None else state
 
@@ -175,10 +178,11 @@ class OnlineLayer:
 
         `TypeError` under a JAX transformation (`jax.jit`, `lax.scan`, `vmap`,
         ...: the runner is stateful; use the pure [`SpikingODELayer.step`][]
-        there); `ValueError` for a bad `interval` or shape of `x`; the runtime error of
-        [`SpikingODELayer.step`][] (NaN/inf input, invalid parameters or initial
-        state, an exhausted step budget, ...) if the interval failed, leaving the
-        state where it was.
+        there); `ValueError` for a bad `interval` or shape of `x`, or an `x` that
+        is not finite or beyond the layer's dtype (naming the entry); the runtime
+        error of [`SpikingODELayer.step`][] (invalid parameters or initial state,
+        an exhausted step budget, ...) if the interval failed, leaving the state
+        where it was.
         """
         if not is_concrete((x, interval)):
             raise TypeError(
@@ -188,11 +192,17 @@ class OnlineLayer:
                 "returns the new state."
             )
         interval = self._interval_array(interval)
+        given = x
         x = self._input_array(x)
         state_leaves, counts, ok = self._compiled(
             self._arrays, self._state_leaves, x, interval
         )
         if not np.asarray(ok):  # (the cheapest read measured; `bool(ok)`: +15 us)
+            # An input that is not finite, or not in the layer's dtype, named by
+            # its entry as the layer's eager checks do (the rerun traces `x`).
+            check_finite("x", np.asarray(given))
+            if isinstance(given, jax.Array):  # (NumPy's: checked when cast)
+                check_fits("x", given, given.astype(self._dtype))
             # Rerun with the error raised (the failure is deterministic).
             _reporting_step(self._layer, self.state, x, interval)
             raise RuntimeError(

@@ -371,6 +371,19 @@ def test_model_parameters_beyond_the_layer_dtype():
         N_IN, N, sj.ODELIFDynamics(tau_mem=6e4), dtype=jnp.float16, key=_KEY
     )
     sj.SpikingODELayer(N_IN, 3, per_neuron, dtype=jnp.float64, key=_KEY)
+    # A positive value that rounds to 0 in the layer's dtype: refused naming it
+    # (it was built, and the run said "need tau_mem > 0").
+    tiny = sj.ODELIFDynamics(tau_mem=1e-46)
+    with pytest.raises(
+        ValueError,
+        match=r"`dynamics.tau_mem` holds nonzero values that round to 0 in float32 "
+        r"\(the layer's dtype\), got \[1e-46\]",
+    ):
+        sj.SpikingODELayer(N_IN, N, tiny, dtype=jnp.float32, key=_KEY)
+    sj.SpikingODELayer(N_IN, N, tiny, dtype=jnp.float64, key=_KEY)
+    sj.SpikingODELayer(
+        N_IN, N, sj.ODELIFDynamics(v_rest=0.0), dtype=jnp.float16, key=_KEY
+    )
 
 
 @pytest.mark.parametrize("value", [True, "20", None, np.array([True, True])])
@@ -439,10 +452,14 @@ def test_arrays_swapped_into_a_layer_are_checked():
         ),
     ]
     for bad, error, match in cases:
+        # (`step` and an `OnlineLayer`'s step: an int32 weight failed there with
+        # NumPy's "data type <class 'numpy.int32'> not inexact".)
         for run in (
             lambda: bad.simulate(x, 1.0),
             lambda: bad.forward(x, 1.0),
             lambda: bad.simulate(train, t_end=5.0),
+            lambda: bad.step(sj.LIFState(jnp.zeros(N)), x[0], 1.0),
+            lambda: sj.OnlineLayer(bad).step(x[0], 1.0),
         ):
             with pytest.raises(error, match=match):
                 run()
@@ -654,6 +671,23 @@ def test_bad_state(layer):
         layer.simulate(x, 1.0, state=sj.LIFState(jnp.zeros(3)))
     with pytest.raises(ValueError, match=r"`state` must be a LIFState"):
         layer.forward(x, 1.0, state=jnp.zeros(N))
+    # A state that is not finite, named by its entry before the run (the run
+    # reported NaN or inf in "the inputs, the parameters or the initial state").
+    for bad in (np.nan, -np.inf):
+        state = sj.LIFState(jnp.array([0.0, 0.0, 0.0, bad]))
+        match = rf"`state.v` must be finite, got {bad} at state.v\[3\]"
+        for call in (
+            lambda: layer.simulate(x, 1.0, state=state),
+            lambda: layer.forward(x, 1.0, state=state),
+            lambda: layer.step(state, x[0], 1.0),
+        ):
+            with pytest.raises(ValueError, match=match):
+                call()
+    # Traced, the run reports it.
+    sol = eqx.filter_jit(
+        lambda lyr, st: lyr.simulate(x, 1.0, state=st, max_spikes=4, throw=False)
+    )(layer, sj.LIFState(jnp.array([0.0, jnp.nan, 0.0, 0.0])))
+    assert sol.result == sj.RESULTS.nonfinite_input
 
 
 def test_a_state_without_the_models_refractory_field_is_named():
@@ -882,15 +916,17 @@ def test_online_layer_needs_a_layer():
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("entry", ["forward", "simulate", "step"])
+@pytest.mark.parametrize("entry", ["forward", "simulate", "step", "online"])
 def test_nonfinite_inputs_eager(layer, entry, bad):
     """Named with the first bad entry: `step` names its `x` (it named `inputs`,
-    with a shape (1, n_inputs) that read as a position)."""
+    with a shape (1, n_inputs) that read as a position); so does `OnlineLayer`'s
+    (it named nothing)."""
     x = np.ones((T, N_IN))
     x[0, 1] = bad
     x[0, 2] = bad
-    at = r"x\[1\] \(shape \(3,\)" if entry == "step" else r"inputs\[0, 1\] \(shape"
-    name = "x" if entry == "step" else "inputs"
+    one = entry in ("step", "online")
+    at = r"x\[1\] \(shape \(3,\)" if one else r"inputs\[0, 1\] \(shape"
+    name = "x" if one else "inputs"
     match = rf"`{name}` must be finite, got {bad} at {at}.*2 entries NaN or inf"
     with pytest.raises(ValueError, match=match):
         _calls(layer)[entry](x, 1.0)
@@ -925,8 +961,9 @@ def test_nonfinite_inputs_traced(layer):
 
 
 def test_nonfinite_inputs_online(layer):
+    # A JAX array: named by its entry too (the step, compiled, said "NaN or inf").
     online = sj.OnlineLayer(layer)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or inf"):
+    with pytest.raises(ValueError, match=r"`x` must be finite, got nan at x\[1\]"):
         jax.block_until_ready(online.step(jnp.array([1.0, jnp.nan, 0.0])))
 
 

@@ -205,10 +205,25 @@ def test_failed_step_raises_and_keeps_state(runner):
     runner.reset()
     runner.step(np.array([4.0, 4.0, 4.0]), 1.0)
     before = np.asarray(runner.voltage)
-    for bad in [np.nan, np.inf]:
-        with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or inf"):
-            runner.step(np.array([1.0, bad, 0.0]), 1.0)
-        np.testing.assert_array_equal(np.asarray(runner.voltage), before)
+    # A bad input is named by its entry, as the layer's own checks name it (the
+    # step runs on traced values: it raised "The inputs, the parameters or the
+    # initial state contain NaN or inf", naming nothing).
+    for bad, shown in [(np.nan, "nan"), (np.inf, "inf")]:
+        for x in (np.array([1.0, bad, 0.0]), jnp.array([1.0, bad, 0.0])):
+            with pytest.raises(
+                ValueError, match=rf"`x` must be finite, got {shown} at x\[1\]"
+            ):
+                runner.step(x, 1.0)
+            np.testing.assert_array_equal(np.asarray(runner.voltage), before)
+    # A float64 JAX array beyond a float32 layer's range (cast on the device).
+    narrow = sj.OnlineLayer(
+        sj.SpikingODELayer(3, 4, dtype=jnp.float32, key=jax.random.key(0))
+    )
+    with pytest.raises(
+        ValueError, match=r"`x` must fit the layer's dtype float32 .* 1e\+39 at x\[2\]"
+    ):
+        narrow.step(jnp.array([1.0, 0.0, 1e39], jnp.float64), 1.0)
+    np.testing.assert_array_equal(np.asarray(narrow.voltage), 0.0)
     # Finite inputs whose current overflows.
     with pytest.raises(eqx.EquinoxRuntimeError, match="overflow"):
         runner.step(np.full(3, np.finfo(runner.layer.dtype).max), 1.0)
@@ -228,6 +243,15 @@ def test_bad_state_and_layer_raise(runner):
         ValueError, match=r"`state` arrays must have shape \(4,\), got \(3,\)"
     ):
         runner.reset(sj.LIFState(jnp.zeros(3)))
+    # A state that is not finite is refused where it is set, naming the entry (it
+    # was taken, and the next step failed naming nothing).
+    runner.reset()
+    before = np.asarray(runner.voltage)
+    with pytest.raises(
+        ValueError, match=r"`state.v` must be finite, got nan at state.v\[2\]"
+    ):
+        runner.reset(sj.LIFState(jnp.array([0.0, 0.0, jnp.nan, 0.0])))
+    np.testing.assert_array_equal(np.asarray(runner.voltage), before)
     with pytest.raises(ValueError, match=r"`state` must be a LIFState"):
         runner.state = jnp.zeros(4)
     with pytest.raises(TypeError, match=r"`layer` must be a SpikingODELayer, got str"):

@@ -288,6 +288,19 @@ def test_values_devices_and_calls_that_are_refused():
         sweep_layer(half, _inputs(), {"dynamics.tau_mem": [20.0, 1e6]}, interval=1.0)
     with pytest.raises(ValueError, match="`inputs` holds values beyond the range"):
         sweep_layer(half, _inputs() * 1e5, {"weight": [1.0]}, interval=1.0)
+    # A model parameter that rounds to 0 there: named with its value (the run
+    # said "need tau_mem > 0", naming no point). A weight may.
+    with pytest.raises(
+        ValueError,
+        match=r"`params\['dynamics.tau_mem'\]` holds nonzero values that round to 0 "
+        r"in float16 \(the layer's dtype\), got \[1e-09\]",
+    ):
+        sweep_layer(half, _inputs(), {"dynamics.tau_mem": [20.0, 1e-9]}, interval=1.0)
+    tiny = sweep_layer(half, _inputs(), {"weight": [0.0, 1e-9]}, interval=1.0)
+    np.testing.assert_array_equal(tiny["counts"], 0)
+    # `measure` must be a function (it failed with "'int' object is not callable").
+    with pytest.raises(TypeError, match=r"`measure` must be a function .* got int"):
+        sweep_layer(_layer(), _inputs(), {"weight": [1.0]}, interval=1.0, measure=3)
     # NaN inputs are named before the run (it failed there, naming no entry).
     nan_inputs = _inputs().copy()
     nan_inputs[3, 1] = np.nan

@@ -1,6 +1,7 @@
 """Small array helpers shared by the modules: finiteness, running sums and maxima,
 time ordering, input currents, tangents and selections on PyTrees."""
 
+import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.lax as lax
@@ -249,3 +250,36 @@ def where_tree(pred, on_true, on_false):
     return jax.tree.map(
         lambda a, b: jnp.where(expand(pred, a), a, b), on_true, on_false
     )
+
+
+_FIRST_ORDER_ONLY = (
+    "This run's derivative is first-order reverse mode: its backward pass reruns or "
+    "replays the forward run with the forward run's decisions held fixed (an "
+    "adaptive-step run, `RerunAdjoint`; an event-driven run on spike trains or in a "
+    "network) and has no derivative of its own, so a gradient through it cannot be "
+    "differentiated again: `jax.hessian`, `jax.jvp` or `jax.grad` of such a "
+    "gradient would give a wrong number. Take second derivatives by finite "
+    "differences of the gradient, or on the closed-form path (the LIF with "
+    "`Exact()` on dense inputs), whose derivatives have derivatives."
+)
+
+
+@jax.custom_jvp
+def _first_order(tree):
+    return tree
+
+
+@_first_order.defjvp
+def _first_order_jvp(primals, tangents):
+    del primals, tangents
+    raise TypeError(_FIRST_ORDER_ONLY)
+
+
+def first_order_only(tree):
+    """`tree` as it is, where no derivative is taken through it. For the forward
+    and backward functions of a custom VJP whose backward pass is not
+    differentiable: they see tangents only where a gradient is differentiated
+    again (forward mode over it, or reverse), which then raises a `TypeError` at
+    trace time instead of giving a wrong number."""
+    arrays, static = eqx.partition(tree, eqx.is_inexact_array)
+    return eqx.combine(_first_order(arrays), static)

@@ -35,6 +35,7 @@ from ._dynamics import AbstractExactFlowDynamics
 from ._event_flow import earliest, fire_terms, implicit_crossing, jump_at
 from ._event_run import EventSchedule
 from ._misc import (
+    first_order_only,
     max_across_devices,
     sum_where_invariant,
     tangent,
@@ -334,13 +335,18 @@ def with_replay_gradient(args, values, records):
 
 @with_replay_gradient.def_fwd
 def _with_replay_gradient_fwd(perturbed, args, values, records):
-    del perturbed, args, records
+    del perturbed, records
+    # (Run on tangents only where a gradient is differentiated again.)
+    args, values = first_order_only((args, values))
     return values, None
 
 
 @with_replay_gradient.def_bwd
 def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, records):
     del residuals
+    grad_values, args, values, records = first_order_only(
+        (grad_values, args, values, records)
+    )
     # Unrecorded slots (`inf`) and outputs that were not differentiated carry no
     # cotangent.
     grad_values = jax.tree.map(

@@ -17,6 +17,7 @@ from ._fold import run_folded
 from ._misc import (
     any_nonfinite,
     expand,
+    first_order_only,
     max_across_devices,
     running_sum,
     sum_where_invariant,
@@ -313,6 +314,10 @@ class RerunAdjoint(AbstractAdjoint):
     intervals, and within an interval with about twice the square root of
     `max_steps` iterations' states.
 
+    First-order only: its backward pass has no derivative of its own, and
+    differentiating a gradient through it (`jax.hessian`, `jax.jvp` or `jax.grad`
+    of the gradient) raises a `TypeError`.
+
     The rerun must reproduce the forward spike counts (it takes the same decisions
     from the same state). Where it does not, its derivative is not that of the
     forward run: the gradient is NaN, and with `throw=True` the backward pass raises
@@ -352,6 +357,10 @@ class RerunAdjoint(AbstractAdjoint):
         recording = dataclasses.replace(integrator, record_crossings=replay)
 
         def fwd(dynamics, currents, interval, state):
+            # (Run on tangents only where a gradient is differentiated again.)
+            dynamics, currents, interval, state = first_order_only(
+                (dynamics, currents, interval, state)
+            )
             # Differentiated: the interval states are kept (they are the residuals).
             fwd_cfg = dataclasses.replace(cfg, keep_interval_states=True)
             raw = run_folded(recording, dynamics, currents, interval, state, fwd_cfg)
@@ -370,6 +379,7 @@ class RerunAdjoint(AbstractAdjoint):
             return raw, (dynamics, currents, interval, starts, seen, counts, record)
 
         def bwd(res, ct):
+            res, ct = first_order_only((res, ct))
             res, ct = vary_like((res, ct), res, ct)
             dynamics, currents, interval, starts, seen, counts, record = res
             dtype = currents.dtype

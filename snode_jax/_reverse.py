@@ -22,7 +22,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import sum_where_invariant, vary_like, where_tree
+from ._misc import first_order_only, sum_where_invariant, vary_like, where_tree
 
 
 def segment_length(max_steps: int) -> int:
@@ -297,11 +297,13 @@ def checkpointed_while_loop(
         return loop(p_diff, s_diff, p_fixed, s_fixed)
 
     def run_fwd(p_diff, s_diff, p_fixed, s_fixed):
-        args = (p_diff, s_diff, p_fixed, s_fixed)
+        # (Run on tangents only where a gradient is differentiated again.)
+        args = first_order_only((p_diff, s_diff, p_fixed, s_fixed))
         end, (ckpts, total) = loop(*args, keep_checkpoints=True)
         return end, (args, (ckpts, end, total))
 
     def run_bwd(res, ct_end):
+        res, ct_end = first_order_only((res, ct_end))
         (p_diff, s_diff, p_fixed, s_fixed), (ckpts, end, total) = res
         cond, body = make(eqx.combine(p_diff, p_fixed, p_other), False)
         point = lambda st: eqx.filter(st, eqx.is_inexact_array)

@@ -560,3 +560,74 @@ def test_replayed_gradient_is_finite_or_raises_in_float32():
         assert "reran an interval and got other spike counts" in str(e)
     else:
         assert np.all(np.isfinite(replayed))
+
+
+def _first_spike_time(solver, w):
+    """The first spike time of one LIF neuron (tau 20 ms, threshold 1, C 1) driven
+    by a held input of weight `0.08 w`: `-20 ln(1 - 1 / (1.6 w))` ms."""
+    dyn = sj.ODELIFDynamics(tau_mem=20.0, v_rest=0.0, v_threshold=1.0, v_reset=0.0)
+    sol = sj.integrate(
+        dyn,
+        solver,
+        w * jnp.full((1, 1), 0.08),
+        jnp.ones((1, 1)),
+        30.0,
+        dyn.init_state(1, jnp.float64),
+        stepsize_controller=sj.PredictiveController(rtol=1e-12, atol=1e-12),
+        max_spikes=4,
+    )
+    return sol.spike_times[0, 0]
+
+
+def _event_spike_time_sum(w, recurrent):
+    """The spike times' sum of three CubaLIF neurons driven by two input spikes
+    (weight `w` each), with or without (weak) recurrent connections."""
+    delay = 0.5 if recurrent else 0.0
+    layer = sj.SpikingODELayer(
+        2, 3, sj.CubaLIFDynamics(), recurrent=recurrent, delay=delay,
+        key=jax.random.key(0),
+    )  # fmt: skip
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.full((3, 2), w))
+    if recurrent:
+        rec = jnp.full((3, 3), 0.05)
+        layer = eqx.tree_at(lambda m: m.recurrent_weight, layer, rec)
+    train = sj.SpikeTrain(jnp.array([1.0, 3.0]), jnp.array([0, 1]))
+    sol = layer.simulate(train, t_end=30.0, max_spikes=64)
+    return jnp.sum(jnp.where(jnp.isfinite(sol.spike_times), sol.spike_times, 0.0))
+
+
+def test_a_gradient_that_is_first_order_only_is_not_differentiated_again():
+    """The adaptive path's and the event engines' backward passes hold the forward
+    run's decisions fixed and have no derivative of their own: `jax.jvp` of their
+    gradient returned a wrong number without a word (one LIF neuron on Dopri5:
+    33.33 where the second derivative of its first spike time is 122.22; the
+    event engine: 0.0 where differences of its gradient give 1.67). Now
+    `jax.hessian`, `jax.jvp` and `jax.grad` of such a gradient raise. The
+    closed-form path's derivatives have derivatives: its Hessian is the closed
+    form's."""
+    exact = lambda w: -20.0 * jnp.log(1 - 1 / (1.6 * w))
+    second = jax.grad(jax.grad(exact))(1.0)
+    assert abs(float(second) - 122.2222) < 1e-3
+    f = lambda w: _first_spike_time(sj.Exact(), w)
+    np.testing.assert_allclose(jax.hessian(f)(1.0), second, rtol=1e-10)
+    np.testing.assert_allclose(
+        jax.jvp(jax.grad(f), (1.0,), (1.0,))[1], second, rtol=1e-10
+    )
+    runs = [
+        lambda w: _first_spike_time(sj.Dopri5(), w),
+        lambda w: _event_spike_time_sum(w, recurrent=False),
+        lambda w: _event_spike_time_sum(w, recurrent=True),
+    ]
+    for run in runs:
+        again = [
+            lambda: jax.jvp(jax.grad(run), (1.5,), (1.0,)),
+            lambda: jax.hessian(run)(1.5),
+            lambda: jax.grad(jax.grad(run))(1.5),
+        ]
+        for call in again:
+            with pytest.raises(TypeError, match="first-order reverse mode.*finite"):
+                call()
+    # The first derivative itself is unchanged (the Dopri5 run's against the
+    # closed form's).
+    got = jax.grad(runs[0])(1.0)
+    np.testing.assert_allclose(got, jax.grad(exact)(1.0), rtol=1e-9)

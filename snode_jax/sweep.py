@@ -26,10 +26,12 @@ tested here.
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, PyTree
@@ -42,7 +44,7 @@ from ._checks import (
 )
 from ._integrate import check_max_spikes
 from ._layer import SpikingODELayer
-from ._solution import Solution
+from ._solution import RESULTS, Solution
 from ._spike_train import SpikeTrain
 from ._sweep import _as_host, _leading_size, sweep
 
@@ -193,9 +195,10 @@ def sweep_layer(
     without that parameter (`t_ref=None`), values of the wrong shape, or values
     or inputs beyond the range of the layer's dtype, or model parameters other
     than 0 that round to 0 in it; `TypeError` for values or inputs that are not
-    real numbers (complex, bool), or a `measure` that is not a function; a runtime
-    error naming the failed condition when a point's run fails (e.g. a
-    non-positive `tau_mem`).
+    real numbers (complex, bool), or a `measure` that is not a function; a
+    `RuntimeError` where a point's run fails (e.g. a non-positive `tau_mem`, or a
+    full spike buffer), after the sweep, naming the first such point, its values,
+    and the failed condition or `RESULTS` item.
     """
     if not isinstance(layer, SpikingODELayer):
         raise TypeError(f"`layer` must be a SpikingODELayer, got {type(layer)}.")
@@ -239,7 +242,7 @@ def sweep_layer(
     # and hashable: another sweep of the same kind reuses it too.)
     lengths = np.asarray(interval, layer.dtype)
     spec = _PointSpec(tuple(shapes.items()), check_max_spikes(max_spikes), measure)
-    return sweep(
+    out, results = sweep(
         _layer_point,
         values,
         layer,
@@ -250,6 +253,30 @@ def sweep_layer(
         devices=devices,
         progress=progress,
     )
+    failed = np.flatnonzero(results != RESULTS.successful._value)
+    if failed.size:
+        _raise_for_point(
+            int(failed[0]), failed.size, values, layer, inputs, lengths, spec
+        )
+    return out
+
+
+def _raise_for_point(i, num_failed, values, layer, inputs, interval, spec):
+    """Raise the error of point `i`'s run (one of `num_failed` that failed), naming
+    the point and its values: its run again, alone, with `throw=True`."""
+    point = {path: v[i] for path, v in values.items()}
+    shown = ", ".join(f"{path}={np.asarray(v).tolist()!r}" for path, v in point.items())
+    where = (
+        f"`sweep_layer`: the run of point {i} ({shown}) failed"
+        f"{f' (one of {num_failed} that did)' if num_failed > 1 else ''}"
+    )
+    try:
+        jax.block_until_ready(_layer_point(point, layer, inputs, interval, spec, True))
+    except eqx.EquinoxRuntimeError as e:
+        found = re.search(r"EquinoxRuntimeError: (.*?)(?:\n\s*\n|$)", str(e), re.S)
+        message = found.group(1).strip() if found else str(e)
+        raise RuntimeError(f"{where}: {message}") from e
+    raise RuntimeError(f"{where}, and did not fail when run again alone.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,9 +289,10 @@ class _PointSpec:
     measure: Callable[[Solution], PyTree[ArrayLike]]
 
 
-def _layer_point(point, layer, inputs, interval, spec: _PointSpec):
+def _layer_point(point, layer, inputs, interval, spec: _PointSpec, throw=False):
     """`sweep_layer`'s function of one point: `layer` with the point's values
-    swapped in, simulated, measured."""
+    swapped in, simulated, measured; and the run's `result` (as its index), which
+    the caller checks (with `throw`, the run raises instead)."""
     shapes, max_spikes, measure = dict(spec.shapes), spec.max_spikes, spec.measure
 
     def get(path):
@@ -281,7 +309,8 @@ def _layer_point(point, layer, inputs, interval, spec: _PointSpec):
         if not path.startswith("dynamics."):
             value = jnp.broadcast_to(value, shapes[path])
         new = eqx.tree_at(get(path), new, value)
-    return measure(new.simulate(inputs, interval, max_spikes))
+    sol = new.simulate(inputs, interval, max_spikes, throw=throw)
+    return measure(sol), sol.result._value
 
 
 def _default_measure(sol: Solution):

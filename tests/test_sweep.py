@@ -414,3 +414,31 @@ def test_chunks_hold_at_most_the_points_and_signed_zeros_differ(monkeypatch):
         sweep(5, {"x": x})  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match=r"got a scalar \(a Python list is a PyTree"):
         sweep(lambda p: p, {"x": [1.0, 2.0]})
+
+
+def test_a_failed_point_is_named_with_its_values():
+    """A point whose run fails raised from inside the compiled sweep with the
+    condition alone ("need tau_mem > 0"): which of the points, and with what
+    values, was not said. Now the sweep finishes and names the first failed
+    point, its values, the condition or result, and how many failed."""
+    taus = [20.0, 10.0, -1.0, 5.0, -2.0]
+    with pytest.raises(
+        RuntimeError,
+        match=r"`sweep_layer`: the run of point 2 \(dynamics.tau_mem=-1.0\) failed "
+        r"\(one of 2 that did\): .*need tau_mem > 0",
+    ):
+        sweep_layer(_layer(), _inputs(), {"dynamics.tau_mem": taus}, interval=1.0)
+    with pytest.raises(
+        RuntimeError,
+        match=r"point 1 \(weight=40.0\) failed: More spikes occurred than fit",
+    ):
+        sweep_layer(
+            _layer(t_ref=None), _inputs(), {"weight": [0.0, 40.0]}, interval=1.0,
+            max_spikes=2,
+        )  # fmt: skip
+    # The same points, valid: the sweep's values are those of each run by hand.
+    out = sweep_layer(_layer(), _inputs(), {"dynamics.tau_mem": taus[:2]}, interval=1.0)
+    for i, tau in enumerate(taus[:2]):
+        one = eqx.tree_at(lambda m: m.dynamics.tau_mem, _layer(), jnp.asarray(tau))
+        sol = one.simulate(_inputs(), 1.0, max_spikes=64)
+        np.testing.assert_array_equal(out["counts"][i], sol.counts)

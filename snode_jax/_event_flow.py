@@ -27,12 +27,14 @@ def locate_crossings(
     span,
     active,
     root_finder: BracketedNewton,
-    t_end,
+    clock,
 ):
     """Per neuron, on constants: whether its flow from `y` under `current` crosses
-    threshold within `span`, and where (`inf` if not). The first crossing lies
-    before an interior maximum above threshold, else (the flow rises past its
-    minimum, or monotonically) before the end.
+    threshold within `span`, and where (`inf` if not; time from `clock`, the time
+    of `y` in the run, one for all neurons or one each, which sets the search's
+    tolerance). The first crossing lies before an interior maximum above
+    threshold, else (the flow rises past its minimum, or monotonically) before
+    the end.
 
     **Returns:** `(crosses, found, converged, margin)`, `margin(h)` the threshold
     function of the constant flow (for the slope of the implicit derivative).
@@ -55,11 +57,18 @@ def locate_crossings(
     # neuron's search is its own, so the results are those of one search over all.
     n = span_c.shape[0]
     chunk = max(_MIN_CHUNK, n // _CHUNK_DIVISOR)
-    # `t_end` only scales the search's tolerance: a constant here.
-    tol_scale = lax.stop_gradient(t_end)
+    # `clock` only sets the search's tolerance: a constant here, one per neuron.
+    clock_c = jnp.broadcast_to(lax.stop_gradient(clock), (n,))
     if chunk >= n:  # a small population: one search over all of it
         found, converged, _ = root_finder.search(
-            margin, jnp.zeros_like(span_c), upper, g_start, g_upper, crosses, tol_scale
+            margin,
+            jnp.zeros_like(span_c),
+            upper,
+            g_start,
+            g_upper,
+            crosses,
+            span_c,
+            clock=clock_c,
         )
         return crosses, jnp.where(crosses, found, jnp.inf), converged, margin
 
@@ -78,7 +87,8 @@ def locate_crossings(
             g_start[j],
             g_upper[j],
             real & crosses[j],
-            tol_scale,
+            span_c[j],
+            clock=clock_c[j],
         )
         return found_j, converged_j
 

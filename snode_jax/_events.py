@@ -102,7 +102,8 @@ def simulate_events(
         spike of neuron `k` adds `recurrent_weight[:, k]` after `delay` ms.
     - `schedule`: the [`EventSchedule`][].
     - `state`: the state at time 0.
-    - `root_finder`: the crossing search; its default tolerance is 4 ulp of `t_end`.
+    - `root_finder`: the crossing search; its default tolerance is 4 ulp of the
+        crossing's own time.
     - `max_spikes`: spike times stored per neuron (`>= 1`); a neuron that would
         fire once more stops the run with `buffer_full`.
     - `max_events`: the iteration budget; a run that needs more stops with
@@ -299,7 +300,7 @@ def simulate_events(
             span_c = lax.stop_gradient(t_next - s.t)
             span = jnp.broadcast_to(span_c, (n,))
             crosses, found, converged, margin = locate_crossings(
-                dynamics, s.y, current, span, True, root_finder, t_end
+                dynamics, s.y, current, span, True, root_finder, s.t
             )
             lane = jnp.argmin(found)
             first = found[lane]

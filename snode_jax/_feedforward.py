@@ -186,7 +186,7 @@ def simulate_feedforward(
         behind = s.tau < t_next
         span = jnp.where(behind, t_next - s.tau, 0)
         crosses, found, converged, _ = locate_crossings(
-            dynamics, s.y, current, span, behind & ~spent(s), root_finder, t_end
+            dynamics, s.y, current, span, behind & ~spent(s), root_finder, s.tau
         )
         # A crossing at `t_next` itself is left to the instant there (after the
         # jumps at that instant), as in `simulate_events`.

@@ -32,8 +32,11 @@ class BracketedNewton(eqx.Module):
     **Arguments:**
 
     - `rtol`: relative tolerance on the crossing time (default 0).
-    - `atol`: absolute tolerance (ms); default `None`, 4 ulp of the interval length
-        (machine precision for a spike time within the interval).
+    - `atol`: absolute tolerance (ms); default `None`: 4 ulp of the crossing's own
+        time (for a search on an exact flow: machine precision for that spike
+        time, however long the interval or the run), or on a solver's dense
+        output, 4 ulp of the interval length (the solver's own solution is
+        polished from there).
     - `max_steps`: the iteration budget; an unconverged search is reported as
         `RESULTS.crossing_search_failed`.
     """
@@ -58,14 +61,25 @@ class BracketedNewton(eqx.Module):
         return self._atol(jnp.result_type(t), interval) + self.rtol * jnp.abs(t)
 
     def search(
-        self, fn, lower, upper, g_lower, g_upper, active, interval, value_and_slope=None
+        self,
+        fn,
+        lower,
+        upper,
+        g_lower,
+        g_upper,
+        active,
+        interval,
+        value_and_slope=None,
+        clock=None,
     ):
         """`(t, converged, below)`: the crossing (upper end of the final bracket),
         whether the search converged, and the lower end of the final bracket.
         `value_and_slope`, if given, returns `fn` and its slope (by default the slope
-        comes from forward-mode autodiff of `fn`)."""
+        comes from forward-mode autodiff of `fn`). `clock`, for a search on an
+        exact flow: the time (per neuron, or one for all) that `t` is counted from;
+        the default tolerance is then 4 ulp of `clock + t`, not of `interval`."""
         bracket = (lower, upper, g_lower, g_upper, active, interval)
-        t, converged, below, _ = self._search(fn, value_and_slope, None, bracket)
+        t, converged, below, _ = self._search(fn, value_and_slope, None, bracket, clock)
         return t, converged, below
 
     def search_with_state(
@@ -87,8 +101,16 @@ class BracketedNewton(eqx.Module):
         bracket = (lower, upper, g_lower, g_upper, active, interval)
         return self._search(None, value_slope_state, state_lower, bracket)
 
-    def _search(self, fn, value_and_slope, state_lower, bracket):
+    def _search(self, fn, value_and_slope, state_lower, bracket, clock=None):
         lower, upper, g_lower, g_upper, active, interval = bracket
+        rtol, atol = self.rtol, self._atol(lower.dtype, interval)
+        if clock is not None and self.atol is None:
+            # 4 ulp of the crossing's own time (`clock + hi`, the bracket's upper
+            # end as it closes in): a tolerance of the interval or the run's length
+            # put early spikes of a long run late by up to that much, and each
+            # late spike moved the next.
+            ulps = 4 * jnp.finfo(lower.dtype).eps
+            rtol, atol = rtol + ulps, ulps * jnp.abs(clock)
         return _bracket_search(
             fn,
             lower,
@@ -96,8 +118,8 @@ class BracketedNewton(eqx.Module):
             g_lower,
             g_upper,
             active,
-            rtol=self.rtol,
-            atol=self._atol(lower.dtype, interval),
+            rtol=rtol,
+            atol=atol,
             max_iters=self.max_steps,
             value_and_slope=value_and_slope,
             state_lower=state_lower,

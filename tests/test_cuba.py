@@ -1,6 +1,8 @@
 """Current-based LIF against its closed-form flow, with crossings found by a fine
 grid scan and Brent's method (independent of the library's interior-peak test)."""
 
+import decimal
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -291,3 +293,72 @@ def test_cuba_flow_derivatives_near_equal_time_constants(dtype, t, tau_m, rel):
     expected = decimal_partials(kernel, float(tm), float(ts))
     rtol = 2e-6 if dtype == jnp.float32 else 1e-13  # ~16 eps; ~450 eps
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rtol)
+
+
+def _decimal_cuba_spikes(jumps, current, n_spikes, scan=0.05):
+    """The first `n_spikes` spike times of one CubaLIF neuron (tau_mem 20, tau_syn 5,
+    threshold 1, reset and rest 0, C 1) from rest, in 40-digit decimal arithmetic:
+    `current` held throughout, and the synaptic current raised by `amount` at each
+    `(time, amount)` of `jumps`. Each crossing is bracketed on a grid of `scan` ms
+    and bisected to 1e-30 ms."""
+    D = decimal.Decimal
+    with decimal.localcontext(decimal.Context(prec=40)):
+        tm, ts, held = D(20), D(5), D(current)
+
+        def flow(v, i, h):
+            a = (i - held) * tm * ts / (ts - tm)
+            e_m, e_s = (-h / tm).exp(), (-h / ts).exp()
+            v_inf = held * tm
+            return v_inf + a * e_s + (v - v_inf - a) * e_m, held + (i - held) * e_s
+
+        v = i = t = D(0)
+        pending = [(D(str(time)), D(str(amount))) for time, amount in jumps]
+        out = []
+        while len(out) < n_spikes:
+            stop = pending[0][0] if pending else t + D(1000)
+            lo, h = D(0), None
+            while lo < stop - t:
+                hi = min(lo + D(str(scan)), stop - t)
+                if flow(v, i, hi)[0] >= 1:
+                    for _ in range(200):
+                        mid = (lo + hi) / 2
+                        if hi - lo < D("1e-30"):
+                            break
+                        lo, hi = (lo, mid) if flow(v, i, mid)[0] >= 1 else (mid, hi)
+                    h = hi
+                    break
+                lo = hi
+            if h is None:  # no crossing before the next jump
+                v, i = flow(v, i, stop - t)
+                t = stop
+                i += pending.pop(0)[1]
+                continue
+            v, i = flow(v, i, h)
+            v, t = D(0), t + h
+            out.append(float(t))
+        return np.array(out)
+
+
+def test_crossing_times_are_to_the_ulp_of_their_own_time():
+    """The crossing search's tolerance was 4 ulp of the run's length (event-driven)
+    or of the interval's (dense): the same spikes came out later the longer the run
+    or the interval (float64: 4.4e-12 ms late on a first spike at 1.26 ms with
+    t_end = 10000; float32: 1e-3 ms), and each late spike moved the next. Now 4
+    ulp of the crossing's own time, whatever the run's length."""
+    # Event-driven: two input spikes (together 4) at 1 ms and one (2) at 4 ms.
+    ref = _decimal_cuba_spikes([(1.0, 4.0), (4.0, 2.0)], 0.0, 3)
+    layer = sj.SpikingODELayer(
+        1, 1, sj.CubaLIFDynamics(), dtype=jnp.float64, key=jax.random.key(0)
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[2.0]]))
+    train = sj.SpikeTrain(jnp.array([1.0, 1.0, 4.0]), jnp.array([0, 0, 0]))
+    for t_end in (20.0, 10000.0):
+        sol = layer.simulate(train, t_end=t_end, max_spikes=64)
+        got = np.asarray(sol.spike_times[0, :3])
+        assert np.all(np.abs(got - ref) <= 4 * np.spacing(ref)), (t_end, got - ref)
+    # Dense: a current of 0.08 held over one interval of 10,000 ms.
+    ref = _decimal_cuba_spikes([], 0.08, 3)
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[0.08]]))
+    sol = layer.simulate(jnp.ones((1, 1)), 10000.0, max_spikes=1024)
+    got = np.asarray(sol.spike_times[0, :3])
+    assert np.all(np.abs(got - ref) <= 4 * np.spacing(ref)), got - ref

@@ -87,7 +87,9 @@ class AdaptiveState(eqx.Module):
     """The loop's state, per neuron: time `t` (ms from the interval start), state
     `y`, next step `h`, spikes `count`, solver-work `counters`, step `attempts`,
     spike `buffer`, `root_fail` (a search did not converge), the largest step since
-    the last reset `h_big`, and the step controller's state."""
+    the last reset `h_big`, the step controller's state, and `lost` (the neuron
+    stopped where its state turned NaN/inf below threshold, see
+    `StepOutcome.lost`)."""
 
     t: Float[Array, " n"]
     y: State
@@ -99,6 +101,7 @@ class AdaptiveState(eqx.Module):
     root_fail: Bool[Array, " n"]
     h_big: Float[Array, " n"]
     controller_state: PredictiveState
+    lost: Bool[Array, " n"]
 
 
 class StepOutcome(eqx.Module):
@@ -197,21 +200,24 @@ class AdaptiveLoop(AbstractIntegrator):
         g0 = dynamics.threshold(y)
         g1 = dynamics.threshold(prop.y1)
         if replay is None:
-            crossed, crossings = self._crossings(
+            crossed, crossings, lost = self._crossings(
                 dynamics, current, interval, t, t1, y, prop, accept, g0, g1
             )
+            # A search into a step end that is not finite that found the state
+            # turning NaN/inf below threshold: no spike there (its time would be
+            # where the state stopped being finite, and a reset would start the
+            # same failure again at once: thousands of spikes a few ulps apart
+            # until the step budget ran out). (A search that only ran out of
+            # iterations is a crossing, reported as failed.)
+            lost = crossed & lost & ~all_finite(prop.y1)
+            crossed = crossed & ~lost
+            accept = accept & ~lost
         else:
             crossed, found = replay(accept, t1, st.count, g0, g1)
             # (Elsewhere, what the search gives a neuron that does not cross.)
             no_crossing = Crossings(t1, prop.y1, t, jnp.ones_like(accept))
             crossings = where_tree(crossed, found, no_crossing)
-        # A failed search into a step end that is not finite: no spike there (its
-        # time would be where the state stopped being finite, and a reset would
-        # start the same failure again at once: thousands of spikes a few ulps
-        # apart until the step budget ran out).
-        lost = crossed & ~crossings.ok & ~all_finite(prop.y1)
-        crossed = crossed & ~lost
-        accept = accept & ~lost
+            lost = jnp.zeros_like(crossed)
         return StepOutcome(
             active,
             accept,
@@ -228,7 +234,8 @@ class AdaptiveLoop(AbstractIntegrator):
 
     def _crossings(self, dynamics, current, interval, t, t1, y, prop, accept, g0, g1):
         """Which neurons' accepted steps (from `t` to `t1`, from `y`, proposed as
-        `prop`) cross threshold (`g0`, `g1` at the ends), and where."""
+        `prop`) cross threshold (`g0`, `g1` at the ends), and where; and where the
+        search found the state turning NaN/inf below threshold instead."""
         step = t1 - t
         # NaN counts as past threshold: a model that blows up at a spike (AdEx, QIF)
         # has crossed before it overflows; the search finds where.
@@ -260,11 +267,11 @@ class AdaptiveLoop(AbstractIntegrator):
         steps = StepCrossings(
             t, t1, y, current, step, upper, g0, g_upper, prop.y1, prop.dense
         )
-        crossings, reached = locate_crossings(
+        crossings, reached, lost = locate_crossings(
             self.stepper, self.root_finder, dynamics, steps, crossed, interval
         )
         # (A peak that grazes threshold on the dense output only: no crossing.)
-        return crossed & reached, crossings
+        return crossed & reached, crossings, lost
 
     def running(self, interval, st: AdaptiveState) -> Bool[Array, " n"]:
         """Per neuron, whether it is still integrating."""
@@ -289,6 +296,7 @@ class AdaptiveLoop(AbstractIntegrator):
             root_fail=jnp.zeros((n,), bool),
             h_big=jnp.zeros((n,), dtype),
             controller_state=controller.init_state((n,), dtype),
+            lost=jnp.zeros((n,), bool),
         )
 
     def advance(
@@ -357,6 +365,7 @@ class AdaptiveLoop(AbstractIntegrator):
             root_fail=st.root_fail | (out.crossed & ~out.crossings.ok) | out.lost,
             h_big=h_big,
             controller_state=cstate,
+            lost=st.lost | out.lost,
         )
         return new, out
 
@@ -373,12 +382,13 @@ class AdaptiveLoop(AbstractIntegrator):
         # (Under `jax.shard_map`, the carry varies as the inputs do.)
         init = vary_like(init, y, current, dynamics, interval, t_start)
         final = lax.while_loop(cond_fun, body_fun, init)
-        # (A neuron stopped by a failed search did not run out of steps.)
+        # (A neuron stopped where its state turned NaN/inf below threshold did not
+        # run out of steps.)
         return IntervalOutcome(
             final.y,
             final.count,
             final.buffer,
             final.counters,
-            (final.t < interval) & ~final.root_fail,
+            (final.t < interval) & ~final.lost,
             final.root_fail,
         )

@@ -154,32 +154,68 @@ JAX_DTYPE_HINT = "JAX's type for it; enable float64 for 64 bits"
 def check_parameters_fit(dynamics, dtype) -> None:
     """`ValueError` naming the parameter of `dynamics` (a float, or a float array,
     with a value now) that `dtype`, a layer's, cannot hold: it would be inf there,
-    and the run reported as given NaN or inf; or 0 where it is not (a time
-    constant of 1e-46 ms in float32: the run would report `tau_mem > 0` failed
-    for a positive value)."""
+    and the run reported as given NaN or inf. Then the model's own conditions
+    (its `__check_init__`) on the parameters as `dtype` holds them, where that
+    rounding changed one: a positive time constant of 1e-46 ms is 0 in float32 (a
+    subnormal such as 1e-40 is flushed to 0 by XLA), and a reset a hair below
+    threshold may round onto it; the run reported the condition failed, naming
+    no value."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(dynamics):
         if isinstance(leaf, bool) or not is_concrete(leaf):
             continue
         host = np.asarray(leaf)
         if host.dtype.kind == "f" or isinstance(leaf, int):
             name = f"`dynamics{jax.tree_util.keystr(path)}`"
-            narrowed(
-                name, host.astype(np.float64), dtype, "the layer's dtype", nonzero=True
-            )
+            narrowed(name, host.astype(np.float64), dtype, "the layer's dtype")
+    _check_rounded_conditions(dynamics, dtype)
+
+
+def _check_rounded_conditions(dynamics, dtype) -> None:
+    checks = [
+        cls.__dict__["__check_init__"]
+        for cls in type(dynamics).__mro__
+        if "__check_init__" in cls.__dict__
+    ]
+    leaves, treedef = jax.tree_util.tree_flatten(dynamics)
+    if not checks or not is_concrete(leaves):
+        return
+    tiny = np.finfo(dtype).tiny
+    changed = []
+
+    def rounded(leaf):
+        if isinstance(leaf, bool):
+            return leaf
+        host = np.asarray(leaf)
+        if host.dtype.kind != "f" and not isinstance(leaf, int):
+            return leaf
+        with np.errstate(under="ignore"):
+            out = host.astype(np.float64).astype(dtype)
+        # (XLA's CPU and GPU code flushes subnormals to 0.)
+        out = np.where(np.abs(out) < tiny, 0, out).astype(dtype)
+        changed.append(not np.array_equal(out.astype(np.float64), host))
+        return jnp.asarray(out)
+
+    held = jax.tree_util.tree_unflatten(treedef, [rounded(x) for x in leaves])
+    if not any(changed):  # (checked as given, when the model was built)
+        return
+    try:
+        for check in checks:
+            check(held)
+    except ValueError as e:
+        raise ValueError(
+            f"{type(dynamics).__name__}'s parameters as the layer's dtype "
+            f"{np.dtype(dtype).name} holds them (rounded to it, and values below "
+            f"{tiny:.3g} flushed to 0, as XLA does) fail its conditions: {e} Use a "
+            "wider dtype, or values it can hold."
+        ) from None
 
 
 def narrowed(
-    subject: str,
-    host: np.ndarray,
-    dtype,
-    hint: str = JAX_DTYPE_HINT,
-    nonzero: bool = False,
+    subject: str, host: np.ndarray, dtype, hint: str = JAX_DTYPE_HINT
 ) -> np.ndarray:
     """`host` in `dtype`, with a `ValueError` (naming `subject`) where that changes
     a value: an integer outside the type's range wraps around, a finite float
-    beyond it becomes inf (with float64 disabled, JAX's types have 32 bits); with
-    `nonzero`, also a float other than 0 that becomes 0 (for a model's
-    parameters, where 0 can break a condition the value met)."""
+    beyond it becomes inf (with float64 disabled, JAX's types have 32 bits)."""
     with np.errstate(over="ignore", under="ignore"):  # (found below, and refused)
         out = host.astype(dtype, copy=False)
     kind = host.dtype.kind
@@ -189,9 +225,6 @@ def narrowed(
     elif kind == "f":
         changed = np.isfinite(host) & ~np.isfinite(out)
         what = f"values beyond the range of {out.dtype}"
-        if nonzero and not np.any(changed):
-            changed = (host != 0) & (out == 0)
-            what = f"nonzero values that round to 0 in {out.dtype}"
     else:
         return out
     if np.any(changed):

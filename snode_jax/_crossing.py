@@ -190,9 +190,10 @@ def _locate_subset(
     s: StepCrossings,
     lanes,
     interval,
-) -> tuple[Crossings, Bool[Array, " n"]]:
-    """Crossings of a subset of neurons (`lanes` marks the real ones), and whether
-    the solver's own solution reaches threshold (see `on_sub_steps`)."""
+) -> tuple[Crossings, Bool[Array, " n"], Bool[Array, " n"]]:
+    """Crossings of a subset of neurons (`lanes` marks the real ones), whether the
+    solver's own solution reaches threshold, and whether its state turned NaN/inf
+    below threshold instead (see `on_sub_steps`)."""
 
     def sub_step(time):
         return stepper.step(dyn, s.t, time, s.y, s.current)[0]
@@ -320,7 +321,9 @@ def _locate_subset(
         f_b = dyn.vector_field(below_b, y_b, s.current)
         _, g_dot = jax.jvp(dyn.threshold, (y_b,), (f_b,))
         width = jnp.maximum(t_b - below_b, root_finder.tolerance(t_b, interval))
-        ok_b = ok_b & (g_b + _REACH * jnp.maximum(g_dot, 0) * width >= 0)
+        heading = g_b + _REACH * jnp.maximum(g_dot, 0) * width >= 0
+        converged_b = ok_b
+        ok_b = ok_b & heading
         # A crossing before an interior maximum of the dense output (the step ends
         # below threshold) where no sub-step of the search reached threshold (the
         # bracket's upper end never moved: it closed on the maximum from below)
@@ -330,15 +333,23 @@ def _locate_subset(
         # No spike, rather than a failed search.
         peak = s.upper < s.t1
         reached = ~(untrusted & peak & (t_b == s.upper) & ~ok_b)
-        return Crossings(
-            jnp.where(untrusted, t_b, t_star),
-            where_tree(untrusted, y_b, y_star),
-            jnp.where(untrusted, below_b, t_star),
-            jnp.where(untrusted, ok_b | ~reached, ok),
-        ), reached
+        # A search that converged on a state that is not heading up through
+        # threshold: the state turned NaN/inf below it (see `StepOutcome.lost`).
+        lost = untrusted & reached & converged_b & ~heading
+        return (
+            Crossings(
+                jnp.where(untrusted, t_b, t_star),
+                where_tree(untrusted, y_b, y_star),
+                jnp.where(untrusted, below_b, t_star),
+                jnp.where(untrusted, ok_b | ~reached, ok),
+            ),
+            reached,
+            lost,
+        )
 
     def as_is(_):
-        return Crossings(t_star, y_star, t_star, ok), jnp.ones_like(lanes)
+        ones = jnp.ones_like(lanes)
+        return Crossings(t_star, y_star, t_star, ok), ones, ~ones
 
     return lax.cond(jnp.any(untrusted), on_sub_steps, as_is, None)
 
@@ -356,11 +367,12 @@ def locate_crossings(
     steps: StepCrossings,
     crossed,
     interval,
-) -> tuple[Crossings, Bool[Array, " n"]]:
+) -> tuple[Crossings, Bool[Array, " n"], Bool[Array, " n"]]:
     """The crossings of the neurons where `crossed` holds (elsewhere: the step's
-    end), and whether each is one: `False` where a crossing before an interior
-    maximum of the dense output is not one of the solver's own solution (see
-    `_locate_subset`). Few neurons cross in one step: they are located on a
+    end), whether each is one (`False` where a crossing before an interior
+    maximum of the dense output is not one of the solver's own solution), and
+    whether the search found the state turning NaN/inf below threshold instead
+    (see `_locate_subset`). Few neurons cross in one step: they are located on a
     compact subset of `chunk` neurons at a time (as many subsets as needed)."""
     n = crossed.shape[0]
     chunk = subset_size(n)
@@ -376,5 +388,5 @@ def locate_crossings(
         )
 
     ones = jnp.ones((n,), bool)
-    init = (Crossings(steps.t1, steps.y1, steps.t, ones), ones)
+    init = (Crossings(steps.t1, steps.y1, steps.t, ones), ones, ~ones)
     return on_subsets(crossed, chunk, locate, init)

@@ -100,7 +100,8 @@ class SpikingODELayer(eqx.Module):
     `ValueError`/`TypeError` for non-positive sizes or step bounds, `dt_min > dt_init`,
     a solver the model cannot use, dynamics parameters whose shape is neither
     scalar nor `(n_neurons,)`, or dynamics parameters beyond the range of `dtype`
-    (or other than 0 and rounding to 0 in it).
+    (or, rounded to it, failing the model's conditions: a positive `tau_mem` that
+    is 0 in float32).
     """
 
     weight: Float[Array, "n_neurons n_inputs"]
@@ -441,11 +442,10 @@ class SpikingODELayer(eqx.Module):
         **Raises:**
 
         `ValueError` for a bad shape, `interval`, `t_end`, `max_spikes`, input
-        spike, or NaN/inf inputs (for concrete values, whatever `throw`
-        says: traced ones are reported in `result`); with `throw=True`, a runtime
-        error carrying
-        the `RESULTS` message (or the failed condition of the model) if the
-        simulation failed. Wrap calls in `eqx.filter_jit` rather than `jax.jit`:
+        spike, or NaN/inf inputs or `state` (for concrete values, whatever
+        `throw` says: traced ones are reported in `result`); with `throw=True`, a
+        runtime error carrying the `RESULTS` message (or the failed condition of
+        the model) if the simulation failed. Wrap calls in `eqx.filter_jit` rather than `jax.jit`:
         under `jax.jit` the message arrives buried in an `INTERNAL: CpuCallback
         error` traceback, under `eqx.filter_jit` it prints cleanly.
         """

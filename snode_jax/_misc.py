@@ -260,7 +260,10 @@ _FIRST_ORDER_ONLY = (
     "differentiated again: `jax.hessian`, `jax.jvp` or `jax.grad` of such a "
     "gradient would give a wrong number. Take second derivatives by finite "
     "differences of the gradient, or on the closed-form path (the LIF with "
-    "`Exact()` on dense inputs), whose derivatives have derivatives."
+    "`Exact()` on dense inputs), whose derivatives have derivatives. (A gradient "
+    "used inside a differentiated function but not differentiated itself, as in "
+    "first-order MAML, is taken at `jax.lax.stop_gradient` of its arguments: "
+    "`jax.grad(f)(jax.lax.stop_gradient(w))`.)"
 )
 
 
@@ -276,10 +279,12 @@ def _first_order_jvp(primals, tangents):
 
 
 def first_order_only(tree):
-    """`tree` as it is, where no derivative is taken through it. For the forward
-    and backward functions of a custom VJP whose backward pass is not
-    differentiable: they see tangents only where a gradient is differentiated
-    again (forward mode over it, or reverse), which then raises a `TypeError` at
-    trace time instead of giving a wrong number."""
+    """`tree` as it is, where no derivative is taken through it. For the inputs of
+    the forward function of a custom VJP whose backward pass is not
+    differentiable: they carry tangents only where a gradient is differentiated
+    again with respect to them (forward mode over it, or reverse), which then
+    raises a `TypeError` at trace time instead of giving a wrong number. (The
+    cotangents are not guarded: the backward pass is linear in them, and its
+    derivative with respect to a loss's own parameters is right.)"""
     arrays, static = eqx.partition(tree, eqx.is_inexact_array)
     return eqx.combine(_first_order(arrays), static)

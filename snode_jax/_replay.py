@@ -344,9 +344,6 @@ def _with_replay_gradient_fwd(perturbed, args, values, records):
 @with_replay_gradient.def_bwd
 def _with_replay_gradient_bwd(residuals, grad_values, perturbed, args, values, records):
     del residuals
-    grad_values, args, values, records = first_order_only(
-        (grad_values, args, values, records)
-    )
     # Unrecorded slots (`inf`) and outputs that were not differentiated carry no
     # cotangent.
     grad_values = jax.tree.map(

@@ -379,7 +379,6 @@ class RerunAdjoint(AbstractAdjoint):
             return raw, (dynamics, currents, interval, starts, seen, counts, record)
 
         def bwd(res, ct):
-            res, ct = first_order_only((res, ct))
             res, ct = vary_like((res, ct), res, ct)
             dynamics, currents, interval, starts, seen, counts, record = res
             dtype = currents.dtype

@@ -303,7 +303,6 @@ def checkpointed_while_loop(
         return end, (args, (ckpts, end, total))
 
     def run_bwd(res, ct_end):
-        res, ct_end = first_order_only((res, ct_end))
         (p_diff, s_diff, p_fixed, s_fixed), (ckpts, end, total) = res
         cond, body = make(eqx.combine(p_diff, p_fixed, p_other), False)
         point = lambda st: eqx.filter(st, eqx.is_inexact_array)

@@ -145,13 +145,11 @@ def _check_path(layer: SpikingODELayer, path: str, values: np.ndarray):
     return shape
 
 
-def _in_layer_dtype(
-    name: str, x, layer: SpikingODELayer, nonzero: bool = False
-) -> np.ndarray:
+def _in_layer_dtype(name: str, x, layer: SpikingODELayer) -> np.ndarray:
     """The real numbers `x` in `layer`'s dtype, refused where one would become
-    inf there (with `nonzero`, 0 where it is not: see `narrowed`)."""
+    inf there."""
     host = np.asarray(x, dtype=np.float64)
-    return narrowed(name, host, layer.dtype, "the layer's dtype", nonzero)
+    return narrowed(name, host, layer.dtype, "the layer's dtype")
 
 
 def sweep_layer(
@@ -193,12 +191,11 @@ def sweep_layer(
 
     `ValueError` for a path that is not a parameter of the layer, a model built
     without that parameter (`t_ref=None`), values of the wrong shape, or values
-    or inputs beyond the range of the layer's dtype, or model parameters other
-    than 0 that round to 0 in it; `TypeError` for values or inputs that are not
-    real numbers (complex, bool), or a `measure` that is not a function; a
-    `RuntimeError` where a point's run fails (e.g. a non-positive `tau_mem`, or a
-    full spike buffer), after the sweep, naming the first such point, its values,
-    and the failed condition or `RESULTS` item.
+    or inputs beyond the range of the layer's dtype; `TypeError` for values or
+    inputs that are not real numbers (complex, bool), or a `measure` that is not
+    a function; a `RuntimeError` where a point's run fails (e.g. a non-positive
+    `tau_mem`, or a full spike buffer), after the sweep, naming the first such
+    point, its values, and the failed condition or `RESULTS` item.
     """
     if not isinstance(layer, SpikingODELayer):
         raise TypeError(f"`layer` must be a SpikingODELayer, got {type(layer)}.")
@@ -224,10 +221,10 @@ def sweep_layer(
     shapes = {path: _check_path(layer, path, v) for path, v in values.items()}
     for path, v in values.items():
         check_finite(f"params[{path!r}]", v)
-        # (Run in the layer's dtype: a value beyond its range would be inf there,
-        # and a model parameter that rounds to 0 can fail a condition it met.)
-        nonzero = path.startswith("dynamics.")
-        _in_layer_dtype(f"`params[{path!r}]`", v, layer, nonzero)
+        # (Run in the layer's dtype: a value beyond its range would be inf there.
+        # One that rounds to break a model's condition fails its point's run,
+        # which is then named with its values.)
+        _in_layer_dtype(f"`params[{path!r}]`", v, layer)
     check_finite("inputs", inputs)
     inputs = _in_layer_dtype("`inputs`", inputs, layer)
     if measure is None:

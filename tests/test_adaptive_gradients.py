@@ -631,3 +631,29 @@ def test_a_gradient_that_is_first_order_only_is_not_differentiated_again():
     # closed form's).
     got = jax.grad(runs[0])(1.0)
     np.testing.assert_allclose(got, jax.grad(exact)(1.0), rtol=1e-9)
+
+    # A derivative of the gradient with respect to a parameter of the loss alone
+    # (not of the run) is right: the backward pass is linear in its cotangent.
+    # d/dlam of d/dw (t(w) - lam)^2 = -2 t'(w).
+    def grad_of_loss(lam, run):
+        return jax.grad(lambda w: (run(w) - lam) ** 2)(1.0)
+
+    got = jax.jvp(lambda lam: grad_of_loss(lam, runs[0]), (3.0,), (1.0,))[1]
+    np.testing.assert_allclose(got, -2 * jax.grad(exact)(1.0), rtol=1e-9)
+    # On the event engines, against differences of their own gradient (linear
+    # in lam: the difference is exact up to rounding).
+    for run in runs[1:]:
+        event = lambda lam: jax.grad(lambda w: (run(w) - lam) ** 2)(1.5)
+        got = jax.jvp(event, (3.0,), (1.0,))[1]
+        np.testing.assert_allclose(got, (event(4.0) - event(2.0)) / 2, rtol=1e-9)
+
+    # A gradient used but not differentiated (first-order MAML), taken at
+    # `stop_gradient` of its argument, as the message says.
+    def adapted(w, run):
+        inner = jax.grad(run)(jax.lax.stop_gradient(w))
+        return run(w - 1e-3 * inner)
+
+    for run in runs[:2]:
+        got = jax.grad(adapted)(1.5, run)
+        w1 = 1.5 - 1e-3 * jax.grad(run)(1.5)
+        np.testing.assert_allclose(got, jax.grad(run)(w1), rtol=1e-9)

@@ -371,19 +371,30 @@ def test_model_parameters_beyond_the_layer_dtype():
         N_IN, N, sj.ODELIFDynamics(tau_mem=6e4), dtype=jnp.float16, key=_KEY
     )
     sj.SpikingODELayer(N_IN, 3, per_neuron, dtype=jnp.float64, key=_KEY)
-    # A positive value that rounds to 0 in the layer's dtype: refused naming it
-    # (it was built, and the run said "need tau_mem > 0").
-    tiny = sj.ODELIFDynamics(tau_mem=1e-46)
-    with pytest.raises(
-        ValueError,
-        match=r"`dynamics.tau_mem` holds nonzero values that round to 0 in float32 "
-        r"\(the layer's dtype\), got \[1e-46\]",
-    ):
-        sj.SpikingODELayer(N_IN, N, tiny, dtype=jnp.float32, key=_KEY)
-    sj.SpikingODELayer(N_IN, N, tiny, dtype=jnp.float64, key=_KEY)
-    sj.SpikingODELayer(
-        N_IN, N, sj.ODELIFDynamics(v_rest=0.0), dtype=jnp.float16, key=_KEY
-    )
+    # Parameters that, rounded to the layer's dtype, fail the model's conditions:
+    # refused naming the condition and the rounding (they were built, and the run
+    # said "need tau_mem > 0" for a positive value). A subnormal is flushed to 0,
+    # as XLA does. Values whose rounding breaks no condition are taken.
+    for dyn, dtype, condition in [
+        (sj.ODELIFDynamics(tau_mem=1e-46), jnp.float32, r"`tau_mem` must be > 0"),
+        (sj.ODELIFDynamics(tau_mem=1e-40), jnp.float32, r"`tau_mem` must be > 0"),
+        (sj.ODELIFDynamics(v_reset=1 - 1e-10), jnp.float32, r"`v_reset` must be <"),
+        (sj.ODELIFDynamics(tau_mem=1e-8), jnp.float16, r"`tau_mem` must be > 0"),
+    ]:
+        with pytest.raises(
+            ValueError,
+            match=rf"ODELIFDynamics's parameters as the layer's dtype "
+            rf"{jnp.dtype(dtype).name} holds them .* fail its conditions: {condition}",
+        ):
+            sj.SpikingODELayer(N_IN, N, dyn, dtype=dtype, key=_KEY)
+        sj.SpikingODELayer(N_IN, N, dyn, dtype=jnp.float64, key=_KEY)
+    for dyn, dtype in [
+        (sj.ODELIFDynamics(v_rest=1e-50), jnp.float32),
+        (sj.ODELIFDynamics(v_rest=0.1 + 0.2 - 0.3), jnp.float16),
+        (sj.ODELIFDynamics(v_reset=np.array([0.0, 1e-50, 0.1, 0.2])), jnp.float32),
+        (sj.AdExDynamics(a=1e-8), jnp.float16),
+    ]:
+        sj.SpikingODELayer(N_IN, N, dyn, dtype=dtype, key=_KEY)
 
 
 @pytest.mark.parametrize("value", [True, "20", None, np.array([True, True])])

@@ -831,6 +831,41 @@ def test_a_failed_search_below_threshold_records_no_spike_and_stops(solver, dtyp
     np.testing.assert_allclose(v[1], 0.4 * (1 - np.exp(-3.0)), rtol=1e-5)
 
 
+def test_a_blow_up_whose_search_runs_out_of_iterations_is_still_a_spike():
+    """AdEx blows up through its threshold (v_peak = 20 mV): a search that only
+    runs out of `max_root_iters` on such a step is a crossing, reported as a
+    failed search, and the neuron fires on (the same counts as with the default
+    budget); it is not taken for a state that turned NaN below threshold, which
+    stopped the neuron. A neuron out of steps in an interval with such a search
+    is reported as out of steps."""
+    counts = []
+    for iters in (200, 3):
+        layer = sj.SpikingODELayer(
+            1, 2, sj.AdExDynamics(v_peak=20.0), solver=sj.Dopri5(),
+            dtype=jnp.float64, max_root_iters=iters, key=jax.random.key(0),
+        )  # fmt: skip
+        weight = jnp.array([[2000.0], [1000.0]])
+        layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+        sol = layer.simulate(jnp.ones((5, 1)), 10.0, max_spikes=64, throw=False)
+        counts.append(np.asarray(sol.counts))
+        expected = (
+            sj.RESULTS.successful if iters == 200 else sj.RESULTS.crossing_search_failed
+        )
+        assert sol.result == expected
+    np.testing.assert_array_equal(counts[1], counts[0])
+    assert counts[0].sum(axis=0)[1] >= 3
+    results = []
+    for max_steps in (1000, 25):
+        qif = sj.SpikingODELayer(
+            1, 1, sj.QIFDynamics(), solver=sj.Dopri5(), max_root_iters=2,
+            max_steps=max_steps, key=jax.random.key(0),
+        )  # fmt: skip
+        qif = eqx.tree_at(lambda m: m.weight, qif, jnp.array([[20.0]]))
+        results.append(qif.simulate(jnp.ones((1, 1)), 50.0, max_spikes=64, throw=False))
+    assert results[0].result == sj.RESULTS.crossing_search_failed
+    assert results[1].result == sj.RESULTS.max_steps_reached
+
+
 class _Alpha(eqx.Module):
     v: jax.Array
     s: jax.Array

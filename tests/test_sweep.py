@@ -288,16 +288,17 @@ def test_values_devices_and_calls_that_are_refused():
         sweep_layer(half, _inputs(), {"dynamics.tau_mem": [20.0, 1e6]}, interval=1.0)
     with pytest.raises(ValueError, match="`inputs` holds values beyond the range"):
         sweep_layer(half, _inputs() * 1e5, {"weight": [1.0]}, interval=1.0)
-    # A model parameter that rounds to 0 there: named with its value (the run
-    # said "need tau_mem > 0", naming no point). A weight may.
+    # A model parameter that rounds to 0 there fails its point's run, named with
+    # its value; a weight or a parameter may round to 0 where no condition breaks.
     with pytest.raises(
-        ValueError,
-        match=r"`params\['dynamics.tau_mem'\]` holds nonzero values that round to 0 "
-        r"in float16 \(the layer's dtype\), got \[1e-09\]",
+        RuntimeError,
+        match=r"the run of point 1 \(dynamics.tau_mem=1e-09\) failed: .*tau_mem > 0",
     ):
         sweep_layer(half, _inputs(), {"dynamics.tau_mem": [20.0, 1e-9]}, interval=1.0)
     tiny = sweep_layer(half, _inputs(), {"weight": [0.0, 1e-9]}, interval=1.0)
     np.testing.assert_array_equal(tiny["counts"], 0)
+    resets = np.arange(-0.5, 0.5, 0.1)  # (its "0" is -1.1e-16: 0 in float16)
+    sweep_layer(half, _inputs(), {"dynamics.v_reset": resets}, interval=1.0)
     # `measure` must be a function (it failed with "'int' object is not callable").
     with pytest.raises(TypeError, match=r"`measure` must be a function .* got int"):
         sweep_layer(_layer(), _inputs(), {"weight": [1.0]}, interval=1.0, measure=3)

@@ -263,12 +263,14 @@ _CHECKED_OUTPUTS: set = set()
 
 
 def check_model_outputs(dynamics: AbstractDynamics, state: State) -> None:
-    """Refuse, naming the method, a model whose `vector_field` or `reset` does not
-    return a state of the structure and shapes of `state` (one value per neuron in
-    each array), or whose `threshold` does not return one value per neuron. Only
-    shapes are traced (`jax.eval_shape`), once per model structure and state shape:
-    such a mistake otherwise failed deep inside the solver, in a JAX error that named
-    neither the method nor the rule."""
+    """Refuse, naming the method, a model whose `vector_field` or `reset` (and, with
+    an exact flow, `exact_flow` or `jump`) does not return a state of the structure
+    and shapes of `state` (one value per neuron in each array), whose `threshold`
+    does not return one value per neuron, or whose `peak_in_step` does not return
+    two (the peak's time and whether there is one). Only shapes are traced
+    (`jax.eval_shape`), once per model structure and state shape: such a mistake
+    otherwise failed deep inside the solver, in a JAX error that named neither the
+    method nor the rule."""
     leaves = jax.tree.leaves(state)
     signature = lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__)))
     key = (
@@ -284,39 +286,73 @@ def check_model_outputs(dynamics: AbstractDynamics, state: State) -> None:
     dtype = jnp.result_type(leaves[0])
     spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), a.dtype), state)
     t = jax.ShapeDtypeStruct((), dtype)
-    current = jax.ShapeDtypeStruct((n,), dtype)
+    per_neuron = jax.ShapeDtypeStruct((n,), dtype)
     want = jax.tree.structure(spec)
     try:
-        outputs = (
-            ("vector_field", jax.eval_shape(dynamics.vector_field, t, spec, current)),
+        outputs = [
+            (
+                "vector_field",
+                jax.eval_shape(dynamics.vector_field, t, spec, per_neuron),
+            ),
             ("reset", jax.eval_shape(dynamics.reset, spec)),
-            ("threshold", jax.eval_shape(dynamics.threshold, spec)),
-        )
+        ]
+        out = jax.eval_shape(dynamics.threshold, spec)
     except Exception:
         # (A model that cannot be traced yet, e.g. with a parameter that is not a
         # number: the run's own checks name that.)
         return
-    for method, out in outputs[:2]:
-        if jax.tree.structure(out) != want:
+    peak = None
+    if isinstance(dynamics, AbstractExactFlowDynamics):
+        # (Each on its own: a method a model leaves out, e.g. `jump` of a model
+        # meant for dense inputs only, fails where it is used.)
+        flow_args = {
+            "exact_flow": (spec, per_neuron, per_neuron),
+            "jump": (spec, per_neuron),
+        }
+        for method, args in flow_args.items():
+            try:
+                outputs.append(
+                    (method, jax.eval_shape(getattr(dynamics, method), *args))
+                )
+            except Exception:
+                pass
+        try:
+            peak = jax.eval_shape(dynamics.peak_in_step, spec, per_neuron, per_neuron)
+        except Exception:
+            pass
+    for method, got_tree in outputs:
+        if jax.tree.structure(got_tree) != want:
             kind = type(spec).__name__
-            got = type(out).__name__
+            got = type(got_tree).__name__
             if got == kind:  # (the same class with other fields set)
-                got = f"one of another structure: {jax.tree.structure(out)}, not {want}"
+                got = (
+                    f"one of another structure: {jax.tree.structure(got_tree)}, "
+                    f"not {want}"
+                )
             raise TypeError(
                 f"`{name}.{method}` must return a {kind}, as `init_state` does, "
                 f"got {got}."
             )
-        for got, expected in zip(jax.tree.leaves(out), jax.tree.leaves(spec)):
+        for got, expected in zip(jax.tree.leaves(got_tree), jax.tree.leaves(spec)):
             if got.shape != expected.shape:
                 raise ValueError(
                     f"`{name}.{method}` must return arrays of `init_state`'s shapes "
                     f"(one value per neuron, ({n},)), got shape {got.shape}."
                 )
-    out = outputs[2][1]
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != (n,):
         got = out.shape if isinstance(out, jax.ShapeDtypeStruct) else out
         raise ValueError(
             f"`{name}.threshold` must return one array of shape (n_neurons,) = "
             f"({n},) (a spike is its upward zero crossing, per neuron), got {got}."
         )
+    if peak is not None:
+        pair = isinstance(peak, (tuple, list)) and len(peak) == 2
+        shapes = [getattr(p, "shape", None) for p in peak] if pair else []
+        if not pair or shapes != [(n,), (n,)] or peak[1].dtype != jnp.bool_:
+            shown = shapes if pair else jax.tree.structure(peak)
+            raise ValueError(
+                f"`{name}.peak_in_step` must return `(t_peak, has_peak)`, two arrays "
+                f"of shape ({n},), the second boolean, got {shown}"
+                f"{'' if not pair else f' of dtypes {[str(p.dtype) for p in peak]}'}."
+            )
     _CHECKED_OUTPUTS.add(key)

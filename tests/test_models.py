@@ -998,3 +998,62 @@ def test_a_model_method_of_the_wrong_shape_is_named(mode, error, match):
         1, 3, _WrongOutputs(dyn.tau, "none"), key=jax.random.key(0)
     )
     assert fine.simulate(jnp.full((3, 1), 2.0), 10.0).result == sj.RESULTS.successful
+
+
+class _WrongFlow(ExactResetToLIF):
+    """`ExactResetToLIF` whose `mode` names one exact-flow method that returns the
+    wrong shape or structure."""
+
+    mode: str = eqx.field(static=True, default="none")
+
+    def jump(self, y, amount):
+        if self.mode == "jump tuple":
+            return (y.v + amount,)
+        if self.mode == "jump square":
+            return sj.LIFState(y.v[:, None] + amount[None, :])
+        return super().jump(y, amount)
+
+    def exact_flow(self, y, current, h):
+        if self.mode == "exact_flow scalar":
+            return sj.LIFState(jnp.sum(super().exact_flow(y, current, h).v))
+        return super().exact_flow(y, current, h)
+
+    def peak_in_step(self, y, current, h):
+        if self.mode == "peak one":
+            return jnp.zeros_like(h)
+        if self.mode == "peak float":
+            return jnp.zeros_like(h), jnp.zeros_like(h)
+        return super().peak_in_step(y, current, h)
+
+
+@pytest.mark.parametrize(
+    "mode, error, match",
+    [
+        ("jump tuple", TypeError, r"`_WrongFlow.jump` must return a LIFState, as "
+         r"`init_state` does, got tuple"),
+        ("jump square", ValueError, r"`_WrongFlow.jump` must return arrays of "
+         r"`init_state`'s shapes .*got shape \(3, 3\)"),
+        ("exact_flow scalar", ValueError, r"`_WrongFlow.exact_flow` must return "
+         r"arrays of `init_state`'s shapes .*got shape \(\)"),
+        ("peak one", ValueError, r"`_WrongFlow.peak_in_step` must return "
+         r"`\(t_peak, has_peak\)`"),
+        ("peak float", ValueError, r"`_WrongFlow.peak_in_step` .* the second "
+         r"boolean, got \[\(3,\), \(3,\)\] of dtypes \['float64', 'float64'\]"),
+    ],
+)  # fmt: skip
+def test_an_exact_flow_method_of_the_wrong_shape_is_named(mode, error, match):
+    # A `jump` returning a tuple failed with "'tuple' object has no attribute
+    # 'v'", one of shape (n, n) with "Cannot broadcast to shape with fewer
+    # dimensions"; on dense inputs (where `jump` is not called) it ran. Refused
+    # on any input, naming the method.
+    train = sj.SpikeTrain(jnp.array([1.0, 2.0]), jnp.array([0, 0]))
+    layer = sj.SpikingODELayer(
+        1, 3, _WrongFlow(mode=mode), dtype=jnp.float64, key=jax.random.key(0)
+    )
+    with pytest.raises(error, match=match):
+        layer.simulate(train, t_end=5.0)
+    with pytest.raises(error, match=match):
+        layer.simulate(jnp.full((3, 1), 2.0), 1.0)
+    # The same model written right runs.
+    fine = eqx.tree_at(lambda m: m.dynamics, layer, _WrongFlow())
+    assert fine.simulate(train, t_end=5.0).result == sj.RESULTS.successful

@@ -207,7 +207,7 @@ class AdaptiveLoop(AbstractIntegrator):
             # turning NaN/inf below threshold: no spike there (its time would be
             # where the state stopped being finite, and a reset would start the
             # same failure again at once: thousands of spikes a few ulps apart
-            # until the step budget ran out). (A search that only ran out of
+            # until the step budget ran out). (A blow-up whose search ran out of
             # iterations is a crossing, reported as failed.)
             lost = crossed & lost & ~all_finite(prop.y1)
             crossed = crossed & ~lost

@@ -322,7 +322,6 @@ def _locate_subset(
         _, g_dot = jax.jvp(dyn.threshold, (y_b,), (f_b,))
         width = jnp.maximum(t_b - below_b, root_finder.tolerance(t_b, interval))
         heading = g_b + _REACH * jnp.maximum(g_dot, 0) * width >= 0
-        converged_b = ok_b
         ok_b = ok_b & heading
         # A crossing before an interior maximum of the dense output (the step ends
         # below threshold) where no sub-step of the search reached threshold (the
@@ -333,9 +332,12 @@ def _locate_subset(
         # No spike, rather than a failed search.
         peak = s.upper < s.t1
         reached = ~(untrusted & peak & (t_b == s.upper) & ~ok_b)
-        # A search that converged on a state that is not heading up through
-        # threshold: the state turned NaN/inf below it (see `StepOutcome.lost`).
-        lost = untrusted & reached & converged_b & ~heading
+        # A state not heading up through threshold at the search's last point
+        # below it: the state turned NaN/inf below threshold (see
+        # `StepOutcome.lost`). (Whether or not the search converged: where the
+        # field is NaN Newton cannot help and a small `max_root_iters` stops it
+        # early; a blow-up is heading up even from a wide bracket.)
+        lost = untrusted & reached & ~heading
         return (
             Crossings(
                 jnp.where(untrusted, t_b, t_star),

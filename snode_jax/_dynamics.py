@@ -262,6 +262,13 @@ class IntervalReplay(eqx.Module):
 _CHECKED_OUTPUTS: set = set()
 
 
+def _broadcasts(shape, to) -> bool:
+    try:
+        return np.broadcast_shapes(shape, to) == to
+    except ValueError:
+        return False
+
+
 def check_model_outputs(dynamics: AbstractDynamics, state: State) -> None:
     """Refuse, naming the method, a model whose `vector_field` or `reset` (and, with
     an exact flow, `exact_flow` or `jump`) does not return a state of the structure
@@ -346,13 +353,17 @@ def check_model_outputs(dynamics: AbstractDynamics, state: State) -> None:
             f"({n},) (a spike is its upward zero crossing, per neuron), got {got}."
         )
     if peak is not None:
+        # (Shapes that broadcast to one per neuron, `False` for a monotone flow.)
         pair = isinstance(peak, (tuple, list)) and len(peak) == 2
-        shapes = [getattr(p, "shape", None) for p in peak] if pair else []
-        if not pair or shapes != [(n,), (n,)] or peak[1].dtype != jnp.bool_:
+        pair = pair and all(isinstance(p, jax.ShapeDtypeStruct) for p in peak)
+        shapes = [p.shape for p in peak] if pair else []
+        fits = pair and all(_broadcasts(shape, (n,)) for shape in shapes)
+        if not fits or peak[1].dtype != jnp.bool_:
             shown = shapes if pair else jax.tree.structure(peak)
             raise ValueError(
                 f"`{name}.peak_in_step` must return `(t_peak, has_peak)`, two arrays "
-                f"of shape ({n},), the second boolean, got {shown}"
+                f"of shape ({n},) (or that broadcast to it), the second boolean, got "
+                f"{shown}"
                 f"{'' if not pair else f' of dtypes {[str(p.dtype) for p in peak]}'}."
             )
     _CHECKED_OUTPUTS.add(key)

@@ -109,8 +109,14 @@ class BracketedNewton(eqx.Module):
             # end as it closes in): a tolerance of the interval or the run's length
             # put early spikes of a long run late by up to that much, and each
             # late spike moved the next.
-            ulps = 4 * jnp.finfo(lower.dtype).eps
-            rtol, atol = rtol + ulps, ulps * jnp.abs(clock)
+            # (With a floor of eps^2 of the bracket: about twice the mantissa's
+            # bits of bisection where the threshold function jumps at the
+            # bracket's lower end, as a flow written `v_inf + (v - v_inf) *
+            # exp(-h / tau)` can by rounding, instead of chasing the root to 0.)
+            eps = jnp.finfo(lower.dtype).eps
+            ulps = 4 * eps
+            floor = eps * eps * jnp.abs(upper - lower)
+            rtol, atol = rtol + ulps, ulps * jnp.abs(clock) + floor
         return _bracket_search(
             fn,
             lower,

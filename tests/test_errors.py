@@ -350,6 +350,35 @@ def test_delay_and_dtype_settings():
         assert _layer(dtype="float").weight.dtype == jnp.float32
 
 
+class _FloatTau(sj.AbstractDynamics):
+    """A leaky neuron whose `__check_init__` insists on a Python float `tau`."""
+
+    tau: float
+    parameter_names = ("tau",)
+
+    def __check_init__(self):
+        if not isinstance(self.tau, float):
+            raise TypeError(f"tau must be a float, got {type(self.tau).__name__}")
+
+    def init_state(self, n_neurons, dtype):
+        return sj.LIFState(jnp.zeros((n_neurons,), dtype))
+
+    def vector_field(self, t, y, current):
+        return sj.LIFState((current - y.v) / self.tau)
+
+    def threshold(self, y):
+        return y.v - 1.0
+
+    def reset(self, y):
+        return sj.LIFState(jnp.zeros_like(y.v))
+
+    def voltage(self, y):
+        return y.v
+
+    def constraints(self, y):
+        return {"tau > 0": jnp.asarray(self.tau) > 0}
+
+
 def test_model_parameters_beyond_the_layer_dtype():
     # Refused when the layer is built (they ran as inf, reported as NaN/inf input).
     dyn = sj.ODELIFDynamics(tau_mem=1e6)
@@ -388,7 +417,10 @@ def test_model_parameters_beyond_the_layer_dtype():
         ):
             sj.SpikingODELayer(N_IN, N, dyn, dtype=dtype, key=_KEY)
         sj.SpikingODELayer(N_IN, N, dyn, dtype=jnp.float64, key=_KEY)
+    # A user model's own check that wants its parameter as given (a Python float)
+    # gets it so, where the dtype leaves it alone or rounds it harmlessly.
     for dyn, dtype in [
+        (_FloatTau(0.1), jnp.float32),
         (sj.ODELIFDynamics(v_rest=1e-50), jnp.float32),
         (sj.ODELIFDynamics(v_rest=0.1 + 0.2 - 0.3), jnp.float16),
         (sj.ODELIFDynamics(v_reset=np.array([0.0, 1e-50, 0.1, 0.2])), jnp.float32),

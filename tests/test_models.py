@@ -815,6 +815,15 @@ def test_a_failed_search_below_threshold_records_no_spike_and_stops(solver, dtyp
     np.testing.assert_array_equal(np.asarray(sol.final_state.v), 0.0)
     # (One step attempt per interval, not the budget.)
     assert int(np.max(sol.stats["num_steps"])) == 0
+    # Likewise with a search budget too small to converge where the field is NaN
+    # (Newton cannot help there; float64 needs more than 20 bisections).
+    few = sj.SpikingODELayer(
+        1, 2, NaNLIF(tau=10.0), solver=solver, dtype=dtype, max_root_iters=8,
+        key=jax.random.key(0),
+    )  # fmt: skip
+    sol = few.simulate(x, 10.0, max_spikes=32, throw=False)
+    assert sol.result == sj.RESULTS.crossing_search_failed
+    np.testing.assert_array_equal(np.asarray(sol.num_spikes), 0)
     half = sj.SpikingODELayer(
         1, 2, NaNAboveHalfLIF(tau=10.0), solver=solver, dtype=dtype,
         key=jax.random.key(0),
@@ -1023,6 +1032,8 @@ class _WrongFlow(ExactResetToLIF):
             return jnp.zeros_like(h)
         if self.mode == "peak float":
             return jnp.zeros_like(h), jnp.zeros_like(h)
+        if self.mode == "peak false":  # (a monotone flow, written shortest)
+            return h, False
         return super().peak_in_step(y, current, h)
 
 
@@ -1054,6 +1065,42 @@ def test_an_exact_flow_method_of_the_wrong_shape_is_named(mode, error, match):
         layer.simulate(train, t_end=5.0)
     with pytest.raises(error, match=match):
         layer.simulate(jnp.full((3, 1), 2.0), 1.0)
-    # The same model written right runs.
-    fine = eqx.tree_at(lambda m: m.dynamics, layer, _WrongFlow())
-    assert fine.simulate(train, t_end=5.0).result == sj.RESULTS.successful
+    # The same model written right runs, also with outputs that broadcast.
+    for right in ("none", "peak false"):
+        fine = eqx.tree_at(lambda m: m.dynamics, layer, _WrongFlow(mode=right))
+        assert fine.simulate(train, t_end=5.0).result == sj.RESULTS.successful
+        dense = fine.simulate(jnp.full((3, 1), 2.0), 1.0)
+        assert dense.result == sj.RESULTS.successful
+
+
+class _BelowOne(ExactResetToLIF):
+    """`ExactResetToLIF` with its threshold one ulp below 1."""
+
+    def threshold(self, y):
+        return y.v - np.nextafter(1.0, 0.0)
+
+
+def test_a_flow_that_jumps_at_its_start_by_rounding_is_located():
+    """`ExactResetToLIF`'s flow is written `v_inf + (v - v_inf) e^{-h/tau}`: a few
+    ulp below threshold, for every h > 0 it rounds above it. The search, whose
+    tolerance is now relative to the crossing's own time, chased that crossing
+    towards 0 and ran out of iterations (`crossing_search_failed`, a spike at
+    3.5e-76 ms); with a floor of eps^2 of the bracket it stops near 0."""
+    layer = sj.SpikingODELayer(
+        1, 1, _BelowOne(), dtype=jnp.float64, key=jax.random.key(0)
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[3.0]]))
+    theta = np.nextafter(1.0, 0.0)
+    flow = lambda v: 3.0 + (v - 3.0) * np.exp(-1e-30 / 10.0)
+    v0 = np.nextafter(theta, 0.0)
+    while not flow(v0) > theta:  # (the largest start below threshold that rounds)
+        v0 = np.nextafter(v0, 0.0)
+    assert theta - v0 < 8 * np.spacing(1.0)
+    state = sj.LIFState(jnp.array([v0]))
+    sol = layer.simulate(jnp.ones((2, 1)), 5.0, state=state, throw=False)
+    assert sol.result == sj.RESULTS.successful
+    t = np.asarray(sol.spike_times[0])
+    # At 0 (within the flow's rounding), then every 10 ln(3/2) ms (reset to 0).
+    assert 0.0 < t[0] < 1e-14
+    period = 10 * np.log(3 / (3 - theta))
+    np.testing.assert_allclose(t[1:3], t[0] + period * np.arange(1, 3), rtol=1e-13)

@@ -445,9 +445,10 @@ class SpikingODELayer(eqx.Module):
         spike, or NaN/inf inputs or `state` (for concrete values, whatever
         `throw` says: traced ones are reported in `result`); with `throw=True`, a
         runtime error carrying the `RESULTS` message (or the failed condition of
-        the model) if the simulation failed. Wrap calls in `eqx.filter_jit` rather than `jax.jit`:
-        under `jax.jit` the message arrives buried in an `INTERNAL: CpuCallback
-        error` traceback, under `eqx.filter_jit` it prints cleanly.
+        the model) if the simulation failed. Wrap calls in `eqx.filter_jit`
+        rather than `jax.jit`: under `jax.jit` the message arrives buried in an
+        `INTERNAL: CpuCallback error` traceback, under `eqx.filter_jit` it prints
+        cleanly.
         """
         return self._simulate(
             inputs,

@@ -40,6 +40,7 @@ from ._checks import (
     check_finite,
     check_interval,
     check_real_number,
+    describe,
     narrowed,
 )
 from ._integrate import check_max_spikes
@@ -262,7 +263,7 @@ def _raise_for_point(i, num_failed, values, layer, inputs, interval, spec):
     """Raise the error of point `i`'s run (one of `num_failed` that failed), naming
     the point and its values: its run again, alone, with `throw=True`."""
     point = {path: v[i] for path, v in values.items()}
-    shown = ", ".join(f"{path}={np.asarray(v).tolist()!r}" for path, v in point.items())
+    shown = ", ".join(f"{path}={describe(v)}" for path, v in point.items())
     where = (
         f"`sweep_layer`: the run of point {i} ({shown}) failed"
         f"{f' (one of {num_failed} that did)' if num_failed > 1 else ''}"

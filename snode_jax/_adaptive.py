@@ -19,7 +19,7 @@ from ._crossing import (
 )
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._misc import all_finite, vary_like, where_tree
+from ._misc import vary_like, where_tree
 from ._records import Counters, IntervalOutcome, SpikeBuffer
 from ._root_find import BracketedNewton
 from ._scan import AbstractIntegrator
@@ -209,7 +209,7 @@ class AdaptiveLoop(AbstractIntegrator):
             # same failure again at once: thousands of spikes a few ulps apart
             # until the step budget ran out). (A blow-up whose search ran out of
             # iterations is a crossing, reported as failed.)
-            lost = crossed & lost & ~all_finite(prop.y1)
+            lost = crossed & lost
             crossed = crossed & ~lost
             accept = accept & ~lost
         else:

@@ -332,12 +332,13 @@ def _locate_subset(
         # No spike, rather than a failed search.
         peak = s.upper < s.t1
         reached = ~(untrusted & peak & (t_b == s.upper) & ~ok_b)
-        # A state not heading up through threshold at the search's last point
-        # below it: the state turned NaN/inf below threshold (see
-        # `StepOutcome.lost`). (Whether or not the search converged: where the
-        # field is NaN Newton cannot help and a small `max_root_iters` stops it
-        # early; a blow-up is heading up even from a wide bracket.)
-        lost = untrusted & reached & ~heading
+        # A step end that is not finite, and a state not heading up through
+        # threshold at the search's last point below it: the state turned NaN/inf
+        # below threshold (see `StepOutcome.lost`). (Whether or not the search
+        # converged: where the field is NaN Newton cannot help and a small
+        # `max_root_iters` stops it early; a blow-up is heading up even from a
+        # wide bracket.)
+        lost = untrusted & ~finite1 & reached & ~heading
         return (
             Crossings(
                 jnp.where(untrusted, t_b, t_star),

@@ -43,10 +43,13 @@ def _walk(
     current,
     max_steps: int,
     n_pieces,
+    counters: Counters,
+    exhausted,
 ) -> IntervalOutcome:
     """Walk from event to event through one interval using the model's closed form:
     through `n_pieces` equal pieces (of the length `constants` are for), each from
-    the end of the one before.
+    the end of the one before. Its outcome's `counters` and `exhausted` are the
+    run's so far (`counters`, `exhausted`) with the interval's added.
 
     Each neuron takes one step per spike plus one to the end of each piece (its
     budget is `max_steps` per piece); deciding whether a spike happens costs a
@@ -66,17 +69,40 @@ def _walk(
         pending = dynamics.crossing_pending(ev) & (count + 1 < max_steps)
         return ev, pending, count
 
-    def peeled(carry):
-        # `body` where the budget cannot run out: within the first `_PEEL`
-        # spikes of a budget of more than `_PEEL + 1` steps (a static bound).
-        ev, pending, count = carry
-        ev = dynamics.fire(ev, pending)
-        return ev, dynamics.crossing_pending(ev), count + pending
+    def peeled(ev, pending):
+        # The first `_PEEL` spikes of a budget of more than `_PEEL + 1` steps (a
+        # static bound: the budget cannot run out), as `body` takes them, but
+        # from a chain of unconditional fires: `ev` fired `k` times, and whether
+        # that still has a crossing pending. A neuron takes the first of them
+        # that does not (where `body` stops firing it), `_PEEL` if each does.
+        # Fewer operations per neuron than fires under a mask (the count is a
+        # select, not a sum of masks): XLA's CPU backend then runs each of the
+        # fused loops over the neurons this makes on one thread, where it split
+        # them into a task per core, whose hand-off took longer than the work
+        # (2-core x86; bench/RESULTS.md, "Fewer operations per interval").
+        always = jnp.ones_like(pending)
+        fired, pendings = [ev], [pending]
+        for k in range(_PEEL):
+            fired.append(dynamics.fire(fired[-1], always))
+            if k < _PEEL - 1:
+                pendings.append(dynamics.crossing_pending(fired[-1]))
+        ev, count = fired[_PEEL], jnp.full_like(zeros, _PEEL)
+        for k in reversed(range(_PEEL)):
+            ev = jax.tree.map(
+                lambda a, b, k=k: a if a is b else jnp.where(pendings[k], a, b),
+                ev,
+                fired[k],
+            )
+            count = jnp.where(pendings[k], count, k)
+        return ev, dynamics.crossing_pending(ev), count
 
     pending = first_pending & (max_steps > 1)
-    carry = (ev, pending, zeros)
-    for _ in range(_PEEL):  # most intervals need no loop at all
-        carry = peeled(carry) if max_steps > _PEEL + 1 else body(carry)
+    if max_steps > _PEEL + 1:  # most intervals need no loop at all
+        carry = peeled(ev, pending)
+    else:
+        carry = (ev, pending, zeros)
+        for _ in range(_PEEL):
+            carry = body(carry)
 
     # A loop is entered only when some neuron has more spikes in the interval's
     # first piece, or the interval has more pieces. (The integrator is never
@@ -133,23 +159,37 @@ def _walk(
 
     # The loops run in a loop that runs at most once, not in a branch of a
     # conditional: a branch that passes the carry through would copy it in every
-    # interval, and a loop that does not run leaves its carry in place.
+    # interval, and a loop that does not run leaves its carry in place. It runs
+    # where some neuron has a crossing left after the first spikes (more spikes,
+    # or a budget run out) or a count that may be off (see `count_uncertain`):
+    # the run's flags and counts of those are updated there alone.
     def needed(c):
-        go, _, pending, _, _ = c
-        return go & ((n_pieces > 1) | jnp.any(pending))
+        go, _, flagged, _, _, _ = c
+        return go & ((n_pieces > 1) | jnp.any(flagged))
 
     def loops(c):
-        _, ev, pending, count, _ = c
-        ev, count, exhausted = lax.cond(
+        _, ev, _, count, imprecise, exhausted = c
+        # (As the steps before left it: the budget cannot have run out where
+        # they were peeled.)
+        pending = dynamics.crossing_pending(ev) & (count + 1 < max_steps)
+        ev, count, ran_out = lax.cond(
             n_pieces > 1, pieces, one_piece, (ev, pending, count)
         )
-        return jnp.zeros((), bool), ev, nothing, count, exhausted
+        exhausted = exhausted | ran_out | dynamics.crossing_pending(ev)
+        uncertain = dynamics.count_uncertain(ev, count).astype(jnp.int32)
+        return jnp.zeros((), bool), ev, nothing, count, imprecise + uncertain, exhausted
 
-    c = (jnp.ones((), bool),) + carry + (nothing,)
-    _, ev, _, count, exhausted = lax.while_loop(needed, loops, c)
-    exhausted = exhausted | dynamics.crossing_pending(ev)
-    imprecise = dynamics.count_uncertain(ev, count).astype(jnp.int32)
-    counters = Counters(count + n_pieces, count, num_imprecise_intervals=imprecise)
+    ev, _, count = carry
+    flagged = dynamics.crossing_pending(ev) | dynamics.count_uncertain(ev, count)
+    imprecise = counters.num_imprecise_intervals
+    assert imprecise is not None
+    c = (jnp.ones((), bool), ev, flagged, count, imprecise, exhausted)
+    _, ev, _, count, imprecise, exhausted = lax.while_loop(needed, loops, c)
+    counters = Counters(
+        counters.num_steps + count + n_pieces,
+        counters.num_crossings + count,
+        num_imprecise_intervals=imprecise,
+    )
     no_fail = jnp.zeros(count.shape, bool)
     return IntervalOutcome(
         dynamics.interval_end(ev), count, None, counters, exhausted, no_fail
@@ -357,16 +397,28 @@ class ClosedFormWalk(AbstractIntegrator):
         return _slot_times(dynamics, buffer, state, interval), buffer.num
 
     def interval(self, dynamics, constants, y, current, t_start, interval, buffer):
+        # (Zeros made from the state: under `jax.shard_map` they vary as it does.)
+        zero = jnp.zeros_like(jax.tree.leaves(y)[0], jnp.int32)
+        counters = Counters(zero, zero, num_imprecise_intervals=zero)
+        return self.accumulate(
+            dynamics, constants, y, current, t_start, interval, buffer, counters,
+            zero > 0,
+        )  # fmt: skip
+
+    def accumulate(
+        self, dynamics, constants, y, current, t_start, interval, buffer, counters,
+        exhausted,
+    ):  # fmt: skip
         assert isinstance(dynamics, AbstractClosedFormDynamics)
         # The walk counts; the buffer is marked afterwards, outside its branches and
         # loops (a buffer carried through them is copied each time).
-        out = self._count(dynamics, constants, y, current)
+        n_pieces, _, consts = constants
+        out = _walk(
+            dynamics, consts, y, current, self.max_steps, n_pieces, counters,
+            exhausted,
+        )  # fmt: skip
         if buffer is None:
             return out
         assert isinstance(buffer, SlotMarks)
         buffer = buffer.mark(out.count, y, current, t_start, interval)
         return eqx.tree_at(lambda o: o.buffer, out, buffer, is_leaf=lambda x: x is None)
-
-    def _count(self, dynamics, constants, y, current) -> IntervalOutcome:
-        n_pieces, _, consts = constants
-        return _walk(dynamics, consts, y, current, self.max_steps, n_pieces)

@@ -60,6 +60,8 @@ class _LIFEvents(eqx.Module):
     # refractory period, whose end is when free evolution resumes). Counting spikes
     # and finding the end state need no logarithm or exponential.
     v_inf: Array
+    # `v_inf - v_threshold` where that is positive, `-inf` where the asymptote is
+    # at or below threshold (no crossing: one compare says whether one is pending).
     u_threshold: Array
     # The gain minus one, `(v_threshold - v_reset) / (v_inf - v_threshold)`: a
     # reset adds `s * gain_minus_one` to `s`. At high rates the gain is close to 1,
@@ -248,9 +250,12 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         (decay, decay_minus_one), interval, refractory_gains = constants
         v_inf = self.v_rest + current * (self.tau_mem / self.C_mem)
         u_threshold = v_inf - self.v_threshold
-        # Only used where a crossing happens, i.e. where u_threshold > 0.
-        safe = jnp.where(u_threshold > 0, u_threshold, 1)
+        # Only used where a crossing happens, i.e. where u_threshold > 0 (which
+        # holds `u_threshold` itself to -inf elsewhere, see `_LIFEvents`).
+        can_fire = u_threshold > 0
+        safe = jnp.where(can_fire, u_threshold, 1)
         gain_minus_one = (self.v_threshold - self.v_reset) / safe
+        u_threshold = jnp.where(can_fire, u_threshold, -jnp.inf)
         u = v_inf - y.v
         tau = jnp.broadcast_to(self.tau_mem, u.shape)
         if self.t_ref is not None:
@@ -290,7 +295,7 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         )
 
     def crossing_pending(self, ev: _LIFEvents):
-        pending = (ev.u_threshold > 0) & (ev.s <= ev.u_threshold)
+        pending = ev.s <= ev.u_threshold
         if ev.blocked_start is not None:
             assert ev.spike_block is not None
             pending = pending & ~(ev.blocked_start | ev.spike_block)
@@ -327,10 +332,13 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         # in float32 at rates where g is ~1e-4 over hundreds of spikes (e.g.
         # v_inf = 40000 with threshold 1: 2000 spikes per ms).
         eps = jnp.finfo(ev.s.dtype).eps
-        g = ev.gain_minus_one
         # count * eps * (1 + 6 g) > g / 2, without a division; one spike is one
-        # rounding (and `g` means nothing for a neuron that cannot fire).
+        # rounding (and `g` means nothing for a neuron that cannot fire). (`g`
+        # taken where the count is 2 or more: the bound is then not a function
+        # of the interval's constants alone, which XLA would compute for every
+        # neuron ahead of the loop that rarely runs, in every interval.)
         many = count >= 2
+        g = jnp.where(many, ev.gain_minus_one, 0)
         return many & (count.astype(ev.s.dtype) * (2 * eps) * (1 + 6 * g) > g)
 
     @staticmethod

@@ -9,7 +9,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from equinox import AbstractVar
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._custom_types import State
 from ._dynamics import AbstractDynamics
@@ -90,6 +90,29 @@ class AbstractIntegrator(eqx.Module):
         """Integrate one interval of length `interval` (ms) starting at `t_start`
         (ms from the start of the run), appending its spikes to `buffer` (see
         [`AbstractIntegrator.new_buffer`][]; None: no spike times are recorded)."""
+
+    def accumulate(
+        self,
+        dynamics: AbstractDynamics,
+        constants: PyTree[Array],
+        y: State,
+        current,
+        t_start,
+        interval,
+        buffer: PyTree[Array] | None,
+        counters: Counters,
+        exhausted: Bool[Array, " n_neurons"],
+    ) -> IntervalOutcome:
+        """[`AbstractIntegrator.interval`][] as a step of a run whose counters and
+        step-budget flags so far are `counters` and `exhausted`: the outcome's are
+        the run's, with the interval's added. (An integrator may update them only
+        where they change, see [`ClosedFormWalk`][].)"""
+        out = self.interval(dynamics, constants, y, current, t_start, interval, buffer)
+        return eqx.tree_at(
+            lambda o: (o.counters, o.exhausted),
+            out,
+            (counters + out.counters, exhausted | out.exhausted),
+        )
 
 
 class RunConfig(eqx.Module):
@@ -196,7 +219,9 @@ def run_population(
         if first_sample is not None:  # the tile's lanes of the row
             current = lax.dynamic_slice_in_dim(current, first * n_each, n_neurons)
         consts = constants if uniform else integrator.prepare(dynamics, length)
-        out = integrator.interval(dynamics, consts, y, current, t_start, length, buffer)
+        out = integrator.accumulate(
+            dynamics, consts, y, current, t_start, length, buffer, counters, exhausted
+        )
         ys = (out.count.astype(jnp.int32), out.y if cfg.keep_interval_states else None)
         if total is not None:
             total = total + ys[0]
@@ -213,8 +238,8 @@ def run_population(
         carry = (
             out.y,
             out.buffer,
-            counters + out.counters,
-            exhausted | out.exhausted,
+            out.counters,
+            out.exhausted,
             root_fail | out.root_fail,
             (bad | ~all_finite(out.y)) if cfg.keep_interval_states else bad,
             stacked,

@@ -212,6 +212,56 @@ def test_crossing_at_interval_end_counts_in_that_interval():
     assert_padded_times_close(sol.spike_times, ref.padded_times(MAX_SPIKES), TIME_ATOL)
 
 
+def test_a_start_above_threshold_with_the_asymptote_below_fires_nothing():
+    # An invalid start (reported): v above threshold while the input holds the
+    # asymptote below it. The membrane only falls towards the asymptote; nothing
+    # crosses the threshold upward, so nothing fires, on either engine, and the
+    # voltage decays as the closed form says. (Compared without the threshold's
+    # sign, the walk's distance below the asymptote is already past the
+    # threshold's, and it fired on each step of its budget.)
+    dyn = sj.ODELIFDynamics(tau_mem=10.0, v_threshold=1.0, v_reset=0.0)
+    layer = sj.SpikingODELayer(1, 3, dyn, dtype=jnp.float64, key=jax.random.key(0))
+    layer = eqx.tree_at(
+        lambda lyr: lyr.weight, layer, jnp.asarray([[0.0], [0.05], [-0.1]])
+    )
+    v0 = jnp.asarray([1.5, 1.01, 3.0])
+    state = sj.LIFState(v0)
+    x = jnp.ones((4, 1))
+    v_inf = 10.0 * np.asarray([0.0, 0.05, -0.1])
+    for engine in ("forward", "simulate"):
+        if engine == "forward":
+            counts = layer.forward(x, 1.0, state=state, throw=False)
+        else:
+            sol = layer.simulate(x, 1.0, state=state, max_spikes=4, throw=False)
+            counts = sol.counts
+            assert sol.result == sj.RESULTS.invalid_parameters
+            expected = v_inf + (np.asarray(v0) - v_inf) * np.exp(-4.0 / 10.0)
+            np.testing.assert_allclose(sol.final_state.v, expected, rtol=1e-14)
+        np.testing.assert_array_equal(np.asarray(counts), 0)
+
+
+def test_the_walk_steps_one_interval_alone():
+    # The integrator's own `interval` (what a run's scan does through
+    # `accumulate`, from zero counters): one interval of 2 ms from rest, currents
+    # from none to several spikes, and one neuron out of budget.
+    from snode_jax._closed_form import ClosedFormWalk
+
+    dyn = sj.ODELIFDynamics(tau_mem=20.0)
+    current = jnp.asarray([0.0, 0.6, 1.5, 4.0, 40.0])
+    y = dyn.init_state(5, jnp.float64)
+    walk = ClosedFormWalk(max_steps=8)
+    constants = walk.prepare(dyn, jnp.asarray(2.0))
+    out = walk.interval(dyn, constants, y, current, 0.0, 2.0, None)
+    ref = lif_reference(np.eye(5), np.asarray(current)[None], 2.0)
+    np.testing.assert_array_equal(np.asarray(out.count)[:4], ref.counts[0, :4])
+    np.testing.assert_allclose(out.y.v[:4], ref.final_v[:4], rtol=0, atol=1e-13)
+    # 40 would fire more than 7 times: the budget runs out there alone.
+    assert ref.counts[0, 4] > 7 and int(out.count[4]) == 7
+    np.testing.assert_array_equal(np.asarray(out.exhausted), [0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(np.asarray(out.counters.num_crossings), out.count)
+    np.testing.assert_array_equal(np.asarray(out.counters.num_steps), out.count + 1)
+
+
 # -- long intervals relative to tau_mem ---------------------------------------------
 
 

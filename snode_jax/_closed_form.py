@@ -162,13 +162,13 @@ def _walk(
     # interval, and a loop that does not run leaves its carry in place. It runs
     # where some neuron has a crossing left after the first spikes (more spikes,
     # or a budget run out) or a count that may be off (see `count_uncertain`):
-    # the run's flags and counts of those are updated there alone.
+    # the run's flags and counts of those are updated there alone. (Whether it
+    # runs is reduced to one flag before it: its carry holds no array of them.)
     def needed(c):
-        go, _, flagged, _, _, _ = c
-        return go & ((n_pieces > 1) | jnp.any(flagged))
+        return c[0]
 
     def loops(c):
-        _, ev, _, count, imprecise, exhausted = c
+        go, ev, count, imprecise, exhausted = c
         # (As the steps before left it: the budget cannot have run out where
         # they were peeled.)
         pending = dynamics.crossing_pending(ev) & (count + 1 < max_steps)
@@ -177,14 +177,16 @@ def _walk(
         )
         exhausted = exhausted | ran_out | dynamics.crossing_pending(ev)
         uncertain = dynamics.count_uncertain(ev, count).astype(jnp.int32)
-        return jnp.zeros((), bool), ev, nothing, count, imprecise + uncertain, exhausted
+        # (False, typed as the flag: under `jax.shard_map` it varies.)
+        return go & False, ev, count, imprecise + uncertain, exhausted
 
     ev, _, count = carry
     flagged = dynamics.crossing_pending(ev) | dynamics.count_uncertain(ev, count)
+    go = (n_pieces > 1) | jnp.any(flagged)
     imprecise = counters.num_imprecise_intervals
     assert imprecise is not None
-    c = (jnp.ones((), bool), ev, flagged, count, imprecise, exhausted)
-    _, ev, _, count, imprecise, exhausted = lax.while_loop(needed, loops, c)
+    c = (go, ev, count, imprecise, exhausted)
+    _, ev, count, imprecise, exhausted = lax.while_loop(needed, loops, c)
     counters = Counters(
         counters.num_steps + count + n_pieces,
         counters.num_crossings + count,

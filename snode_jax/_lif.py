@@ -60,8 +60,10 @@ class _LIFEvents(eqx.Module):
     # refractory period, whose end is when free evolution resumes). Counting spikes
     # and finding the end state need no logarithm or exponential.
     v_inf: Array
-    # `v_inf - v_threshold` where that is positive, `-inf` where the asymptote is
-    # at or below threshold (no crossing: one compare says whether one is pending).
+    # `v_inf - v_threshold` where that is positive, NaN where the asymptote is at
+    # or below threshold, or NaN: no crossing, and `s <= u_threshold` is then false
+    # whatever `s` is (-inf included, where the asymptote overflowed to -inf), so
+    # that one compare says whether a crossing is pending.
     u_threshold: Array
     # The gain minus one, `(v_threshold - v_reset) / (v_inf - v_threshold)`: a
     # reset adds `s * gain_minus_one` to `s`. At high rates the gain is close to 1,
@@ -251,11 +253,11 @@ class ODELIFDynamics(AbstractClosedFormDynamics):
         v_inf = self.v_rest + current * (self.tau_mem / self.C_mem)
         u_threshold = v_inf - self.v_threshold
         # Only used where a crossing happens, i.e. where u_threshold > 0 (which
-        # holds `u_threshold` itself to -inf elsewhere, see `_LIFEvents`).
+        # holds `u_threshold` itself to NaN elsewhere, see `_LIFEvents`).
         can_fire = u_threshold > 0
         safe = jnp.where(can_fire, u_threshold, 1)
         gain_minus_one = (self.v_threshold - self.v_reset) / safe
-        u_threshold = jnp.where(can_fire, u_threshold, -jnp.inf)
+        u_threshold = jnp.where(can_fire, u_threshold, jnp.nan)
         u = v_inf - y.v
         tau = jnp.broadcast_to(self.tau_mem, u.shape)
         if self.t_ref is not None:

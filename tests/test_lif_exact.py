@@ -240,6 +240,27 @@ def test_a_start_above_threshold_with_the_asymptote_below_fires_nothing():
         np.testing.assert_array_equal(np.asarray(counts), 0)
 
 
+def test_an_asymptote_that_overflows_downward_fires_nothing():
+    # A float16 layer whose finite weight and input hold the asymptote at
+    # -4000 * 20, which overflows to -inf: the membrane runs down to -inf (the
+    # run reports a non-finite state) and nothing crosses the threshold. (With
+    # the distance to the threshold held at -inf where no crossing can happen,
+    # -inf <= -inf: the walk fired on every step of its budget.)
+    dyn = sj.ODELIFDynamics(tau_mem=20.0)
+    layer = sj.SpikingODELayer(
+        1, 2, dyn, dtype=jnp.float16, max_steps=16, key=jax.random.key(0)
+    )
+    weight = jnp.asarray([[0.01], [-4000.0]], jnp.float16)
+    layer = eqx.tree_at(lambda lyr: lyr.weight, layer, weight)
+    x = jnp.ones((3, 1), jnp.float16)
+    sol = layer.simulate(x, 1.0, max_spikes=4, throw=False)
+    assert sol.result == sj.RESULTS.nonfinite_state
+    np.testing.assert_array_equal(np.asarray(sol.counts), 0)
+    np.testing.assert_array_equal(np.asarray(sol.stats["num_crossings"]), 0)
+    np.testing.assert_array_equal(np.asarray(sol.stats["num_steps"]), 3)
+    np.testing.assert_array_equal(np.asarray(layer.forward(x, 1.0, throw=False)), 0)
+
+
 def test_the_walk_steps_one_interval_alone():
     # The integrator's own `interval` (what a run's scan does through
     # `accumulate`, from zero counters): one interval of 2 ms from rest, currents

@@ -60,10 +60,10 @@ class _LIFEvents(eqx.Module):
     # refractory period, whose end is when free evolution resumes). Counting spikes
     # and finding the end state need no logarithm or exponential.
     v_inf: Array
-    # `v_inf - v_threshold` where that is positive, NaN where the asymptote is at
-    # or below threshold, or NaN: no crossing, and `s <= u_threshold` is then false
-    # whatever `s` is (-inf included, where the asymptote overflowed to -inf), so
-    # that one compare says whether a crossing is pending.
+    # `v_inf - v_threshold` where that is positive; NaN where it is not (the
+    # asymptote at or below threshold, or NaN), where no crossing can happen:
+    # `s <= u_threshold` is then false whatever `s` is (-inf included, where the
+    # asymptote overflowed to -inf), so one compare says whether one is pending.
     u_threshold: Array
     # The gain minus one, `(v_threshold - v_reset) / (v_inf - v_threshold)`: a
     # reset adds `s * gain_minus_one` to `s`. At high rates the gain is close to 1,

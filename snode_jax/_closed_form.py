@@ -94,15 +94,18 @@ def _walk(
                 fired[k],
             )
             count = jnp.where(pendings[k], count, k)
-        return ev, dynamics.crossing_pending(ev), count
+        return ev, count
 
+    # (What is left pending after these steps is decided again below, from the
+    # state: their own pending mask is not needed.)
     pending = first_pending & (max_steps > 1)
     if max_steps > _PEEL + 1:  # most intervals need no loop at all
-        carry = peeled(ev, pending)
+        ev, count = peeled(ev, pending)
     else:
         carry = (ev, pending, zeros)
         for _ in range(_PEEL):
             carry = body(carry)
+        ev, _, count = carry
 
     # A loop is entered only when some neuron has more spikes in the interval's
     # first piece, or the interval has more pieces. (The integrator is never
@@ -180,7 +183,6 @@ def _walk(
         # (False, typed as the flag: under `jax.shard_map` it varies.)
         return go & False, ev, count, imprecise + uncertain, exhausted
 
-    ev, _, count = carry
     flagged = dynamics.crossing_pending(ev) | dynamics.count_uncertain(ev, count)
     go = (n_pieces > 1) | jnp.any(flagged)
     imprecise = counters.num_imprecise_intervals

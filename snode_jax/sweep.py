@@ -192,8 +192,9 @@ def sweep_layer(
 
     `ValueError` for a path that is not a parameter of the layer, a model built
     without that parameter (`t_ref=None`), values of the wrong shape, or values
-    or inputs beyond the range of the layer's dtype; `TypeError` for values or
-    inputs that are not real numbers (complex, bool), or a `measure` that is not
+    or inputs beyond the range of the layer's dtype; `TypeError` for values that
+    are not real numbers (complex, bool), inputs that are neither real numbers nor
+    bools (read as 0 and 1, as by `forward`), or a `measure` that is not
     a function; a `RuntimeError` where a point's run fails (e.g. a non-positive
     `tau_mem`, or a full spike buffer), after the sweep, naming the first such
     point, its values, and the failed condition or `RESULTS` item.
@@ -216,7 +217,9 @@ def sweep_layer(
     for path, v in params.items():
         # A layer's parameters are real numbers (not bools: `True` is no weight).
         check_real_number(f"params[{path!r}]", v, unit="")
-    check_real_number("inputs", inputs, unit="")
+    # Inputs may be bools (a spike raster, read as 0 and 1, as by `forward`).
+    if np.asarray(inputs).dtype != np.bool_:
+        check_real_number("inputs", inputs, unit="")
     values = {path: _as_host(v, f"`params[{path!r}]`") for path, v in params.items()}
     _leading_size(values)
     shapes = {path: _check_path(layer, path, v) for path, v in values.items()}

@@ -110,6 +110,28 @@ def test_chunk_sizes_and_remainders_agree(swept):
         np.testing.assert_allclose(other["spike_times"], out["spike_times"], rtol=1e-13)
 
 
+def test_bool_inputs_are_read_as_zero_and_one():
+    # `forward` and `simulate` read a bool raster as 0 and 1; `sweep_layer`
+    # refused it (a TypeError naming `inputs`).
+    raster = np.random.default_rng(2).random((6, N_INPUTS)) < 0.5
+    assert 0 < raster.sum() < raster.size
+    points = {"weight": np.array([1.5, 2.5])}
+    out = sweep_layer(
+        _layer(), raster, points, interval=INTERVAL, max_spikes=MAX_SPIKES
+    )
+    for i, w in enumerate(points["weight"]):
+        ref = lif_reference(
+            np.full((N_NEURONS, N_INPUTS), w), raster.astype(float), INTERVAL,
+            tau_mem=20.0, t_ref=0.5,
+        )  # fmt: skip
+        np.testing.assert_array_equal(out["counts"][i], ref.counts)
+        assert ref.counts.sum() > 0
+    # (What is refused stays refused: strings, complex numbers.)
+    for bad, error in ((raster.astype(str), TypeError), (raster + 0j, TypeError)):
+        with pytest.raises(error, match="`inputs` must be"):
+            sweep_layer(_layer(), bad, points, interval=INTERVAL)
+
+
 def test_sweep_generic_function_and_padding_dropped():
     # A function that fails on anything but the given points: padding must be
     # copies of real points, and dropped.
@@ -262,11 +284,10 @@ def test_invalid_point_fails_at_run_time_naming_the_condition():
 
 def test_values_devices_and_calls_that_are_refused():
     # Bools are no parameter values (True would run as a weight of 1), strings no
-    # numbers; each is named.
+    # numbers; each is named. (Bool inputs are a raster: see
+    # `test_bool_inputs_are_read_as_zero_and_one`.)
     with pytest.raises(TypeError, match=r"`params\['weight'\]` must be a real number"):
         sweep_layer(_layer(), _inputs(), {"weight": [True, False]}, interval=1.0)
-    with pytest.raises(TypeError, match="`inputs` must be a real number"):
-        sweep_layer(_layer(), _inputs() > 0.5, {"weight": [1.0]}, interval=1.0)
     with pytest.raises(TypeError, match=r"`params\['a'\]` must hold numbers.*<U1"):
         sweep(lambda p: p, {"a": np.array(["x", "y"])})
     with pytest.raises(TypeError, match=r"`params\[0\]` must hold numbers.*object"):

@@ -582,6 +582,64 @@ def test_record_fills_mid_interval(monkeypatch, flat_index, t_ref):
     assert_padded_times_close(sol.spike_times, ref.padded_times(max_spikes), 1e-11)
 
 
+@pytest.mark.parametrize("t_ref", [None, 0.01])
+def test_record_of_a_small_population_read_up_to_its_spikes(t_ref):
+    """A population of under 512 neurons reads its record all at once, up to the
+    smallest of 64, 512 or all `max_spikes` slots that holds every neuron's
+    spikes: runs whose largest count falls in each of those, alone and in one
+    `vmap` batch (a batched `interval`: each run its own, the batch reads up to
+    its largest count), and with intervals of different lengths, against the
+    closed form."""
+    dyn = sj.ODELIFDynamics(tau_mem=10.0, t_ref=t_ref)
+    layer = sj.SpikingODELayer(1, 3, dyn, dtype=jnp.float64, key=jax.random.key(0))
+    weight = np.array([[0.3], [2.0], [40.0]])  # v_inf = 10 w x: silent, slow, fast
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight))
+    max_spikes = 1000
+    t = 0.0 if t_ref is None else t_ref
+    runs = []
+    for scale, top in ((0.05, (10, 64)), (0.3, (65, 512)), (1.0, (513, 1000))):
+        x = np.full((20, 1), scale)
+        ref = lif_reference(weight, x, 1.0, tau_mem=10.0, t_ref=t)
+        assert top[0] <= ref.counts.sum(axis=0).max() <= top[1]
+        sol = layer.simulate(x, 1.0, max_spikes=max_spikes)
+        np.testing.assert_array_equal(np.asarray(sol.counts), ref.counts)
+        assert_padded_times_close(
+            sol.spike_times, ref.padded_times(max_spikes), TIME_ATOL
+        )
+        runs.append((x, ref))
+    xs = jnp.asarray(np.stack([runs[0][0], runs[2][0]]))
+    sols = jax.vmap(lambda x, itv: layer.simulate(x, itv, max_spikes=max_spikes))(
+        xs, jnp.asarray([1.0, 1.0])
+    )
+    for b, (_, ref) in enumerate((runs[0], runs[2])):
+        np.testing.assert_array_equal(np.asarray(sols.counts[b]), ref.counts)
+        assert_padded_times_close(
+            sols.spike_times[b], ref.padded_times(max_spikes), TIME_ATOL
+        )
+    # Intervals of different lengths (each slot's own length), against the
+    # closed form run interval by interval from where the one before ended.
+    lengths = np.random.default_rng(5).uniform(0.5, 1.5, 20)
+    x = runs[2][0]
+    v, rho, start = np.zeros(3), np.zeros(3), 0.0
+    counts, times = [], [[] for _ in range(3)]
+    for k, length in enumerate(lengths):
+        one = lif_reference(
+            weight, x[k : k + 1], length, tau_mem=10.0, t_ref=t, v0=v, refractory0=rho
+        )
+        v, rho = one.final_v, one.final_refractory
+        counts.append(one.counts[0])
+        for i in range(3):
+            times[i].extend(start + one.spike_times[i])
+        start += length
+    assert max(len(ts) for ts in times) > 512
+    sol = layer.simulate(x, jnp.asarray(lengths), max_spikes=max_spikes)
+    np.testing.assert_array_equal(np.asarray(sol.counts), np.stack(counts))
+    padded = np.full((3, max_spikes), np.inf)
+    for i, ts in enumerate(times):
+        padded[i, : len(ts)] = ts
+    assert_padded_times_close(sol.spike_times, padded, TIME_ATOL)
+
+
 class _DummyPeriodLIF(sj.ODELIFDynamics):
     """A closed-form model that uses what `IntervalReplay` allows: a dummy `period`
     where the interval holds fewer than two spikes."""

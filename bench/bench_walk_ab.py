@@ -13,7 +13,8 @@ one. Both must return the same counts and spike times, to the bit.
 
 Workload: `bench_layer.py`'s large one, 64 x 256 neurons x 100 intervals x 32
 inputs, `jax.vmap` over the batch, the layer passed as an argument;
-`simulate(max_spikes=32)`. `--batch`, `--neurons` and `--inputs` change the sizes;
+`simulate(max_spikes=32)`. `--batch`, `--neurons`, `--inputs`, `--intervals` and
+`--max-spikes` change the sizes;
 `--weight-per-sample` gives each sample its own weight (vmapped with the inputs).
 Prints, per dtype and function, the minimum time of each version and the median
 over repetitions of the ratio this / base.
@@ -37,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snode_jax as sj  # noqa: E402
 
 
-def functions(weight_per_sample=False):
+def functions(weight_per_sample=False, max_spikes=32):
     """`forward` and `simulate`, vmapped over the inputs: called as `f(layer, x)`,
     or with `weight_per_sample` as `f(layer, weights, x)` (each sample's weight
     in place of the layer's)."""
@@ -46,7 +47,7 @@ def functions(weight_per_sample=False):
         return layer.forward(x, 1.0)
 
     def simulate(layer, x):
-        return layer.simulate(x, 1.0, max_spikes=32).spike_times
+        return layer.simulate(x, 1.0, max_spikes=max_spikes).spike_times
 
     def own_weight(f):
         return lambda layer, w, x: f(eqx.tree_at(lambda m: m.weight, layer, w), x)
@@ -79,15 +80,17 @@ def main():
         action="store_true",
         help="each sample its own weight (the layer's, scaled by 1 + 1e-3 i)",
     )
+    p.add_argument("--intervals", type=int, default=100)
+    p.add_argument("--max-spikes", type=int, default=32, help="of `simulate`")
     a = p.parse_args()
-    fns = functions(a.weight_per_sample)
+    fns = functions(a.weight_per_sample, a.max_spikes)
     with base_package(a.package) as base:
         print(f"this: {sj.__file__}\nbase: {a.package}")
         for dtype in (jnp.float32, jnp.float64):
             rng = np.random.default_rng(0)
             # (The layer's weights are N(0, 2 / inputs): the currents' spread does
             # not depend on the number of inputs.)
-            x = rng.standard_normal((a.batch, 100, a.inputs)) * 0.5
+            x = rng.standard_normal((a.batch, a.intervals, a.inputs)) * 0.5
             x = jnp.asarray(x.astype(dtype))
             layers = {
                 "this": layer_of(sj, dtype, a.inputs, a.neurons),

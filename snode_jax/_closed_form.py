@@ -41,7 +41,7 @@ _MIN_FEW = 64
 # up to the smallest of `_SLOT_PREFIXES` slots that holds every neuron's spikes (or
 # whole; see `_slots_at_once`).
 _AT_ONCE_ABOVE = 64
-_SLOT_PREFIXES = (64, 512, 4096)
+_SLOT_PREFIXES = (64, 256, 1024, 4096)
 
 
 def _walk(

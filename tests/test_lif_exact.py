@@ -585,7 +585,7 @@ def test_record_fills_mid_interval(monkeypatch, flat_index, t_ref):
 @pytest.mark.parametrize("t_ref", [None, 0.01])
 def test_record_of_a_small_population_read_up_to_its_spikes(t_ref):
     """A population of under 512 neurons reads its record all at once, up to the
-    smallest of 64, 512 or all `max_spikes` slots that holds every neuron's
+    smallest of 64, 256 or all `max_spikes` slots that holds every neuron's
     spikes: runs whose largest count falls in each of those, alone and in one
     `vmap` batch (a batched `interval`: each run its own, the batch reads up to
     its largest count), and with intervals of different lengths, against the
@@ -597,7 +597,7 @@ def test_record_of_a_small_population_read_up_to_its_spikes(t_ref):
     max_spikes = 1000
     t = 0.0 if t_ref is None else t_ref
     runs = []
-    for scale, top in ((0.05, (10, 64)), (0.3, (65, 512)), (1.0, (513, 1000))):
+    for scale, top in ((0.05, (10, 64)), (0.3, (65, 256)), (1.0, (257, 1000))):
         x = np.full((20, 1), scale)
         ref = lif_reference(weight, x, 1.0, tau_mem=10.0, t_ref=t)
         assert top[0] <= ref.counts.sum(axis=0).max() <= top[1]
@@ -631,7 +631,7 @@ def test_record_of_a_small_population_read_up_to_its_spikes(t_ref):
         for i in range(3):
             times[i].extend(start + one.spike_times[i])
         start += length
-    assert max(len(ts) for ts in times) > 512
+    assert max(len(ts) for ts in times) > 256
     sol = layer.simulate(x, jnp.asarray(lengths), max_spikes=max_spikes)
     np.testing.assert_array_equal(np.asarray(sol.counts), np.stack(counts))
     padded = np.full((3, max_spikes), np.inf)

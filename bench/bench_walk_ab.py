@@ -14,7 +14,7 @@ one. Both must return the same counts and spike times, to the bit.
 Workload: `bench_layer.py`'s large one, 64 x 256 neurons x 100 intervals x 32
 inputs, `jax.vmap` over the batch, the layer passed as an argument;
 `simulate(max_spikes=32)`. `--batch`, `--neurons`, `--inputs`, `--intervals` and
-`--max-spikes` change the sizes;
+`--max-spikes` change the sizes, `--drive` the inputs' mean (0; N(drive, 0.5^2));
 `--weight-per-sample` gives each sample its own weight (vmapped with the inputs).
 Prints, per dtype and function, the minimum time of each version and the median
 over repetitions of the ratio this / base.
@@ -82,6 +82,7 @@ def main():
     )
     p.add_argument("--intervals", type=int, default=100)
     p.add_argument("--max-spikes", type=int, default=32, help="of `simulate`")
+    p.add_argument("--drive", type=float, default=0.0, help="mean of the inputs")
     a = p.parse_args()
     fns = functions(a.weight_per_sample, a.max_spikes)
     with base_package(a.package) as base:
@@ -90,7 +91,7 @@ def main():
             rng = np.random.default_rng(0)
             # (The layer's weights are N(0, 2 / inputs): the currents' spread does
             # not depend on the number of inputs.)
-            x = rng.standard_normal((a.batch, a.intervals, a.inputs)) * 0.5
+            x = rng.standard_normal((a.batch, a.intervals, a.inputs)) * 0.5 + a.drive
             x = jnp.asarray(x.astype(dtype))
             layers = {
                 "this": layer_of(sj, dtype, a.inputs, a.neurons),

@@ -39,9 +39,13 @@ _MIN_FEW = 64
 
 # A small population's record of more than `_AT_ONCE_ABOVE` slots is read at once,
 # up to the smallest of `_SLOT_PREFIXES` slots that holds every neuron's spikes (or
-# whole; see `_slots_at_once`).
+# whole; see `_slots_at_once`): where it has at most `_AT_ONCE_SLOTS` slots (at most
+# four branches to compile, about 0.13 s each) and `_AT_ONCE_ENTRIES` slots times
+# neurons (the pass keeps a few arrays of that size, 8 MiB each in float64).
 _AT_ONCE_ABOVE = 64
-_SLOT_PREFIXES = (64, 256, 1024, 4096)
+_AT_ONCE_SLOTS = 4096
+_AT_ONCE_ENTRIES = 2**20
+_SLOT_PREFIXES = (64, 256, 1024)
 
 
 def _walk(
@@ -271,8 +275,11 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     slot that only continues intervals, a multiply-add. Once the neurons with
     spikes left fit in an eighth of the population, the rest of the pass runs on
     them alone; in a population of fewer than `_FEW_DIVISOR * _MIN_FEW` neurons,
-    on all of them throughout, or, where the record has more than
-    `_AT_ONCE_ABOVE` slots, on all slots at once ([`_slots_at_once`][])."""
+    on all of them throughout. A population that small with more than
+    `_AT_ONCE_ABOVE` slots (and a record within `_AT_ONCE_SLOTS` slots and
+    `_AT_ONCE_ENTRIES` entries) takes its slots at once instead
+    ([`_slots_at_once`][]), to the last bit or so of the same times (the closed
+    form compiled over slots and neurons together, not slot by slot)."""
     _, cap, n = record.marks.shape
     dtype = record.marks.dtype
     if cap == 0:
@@ -330,7 +337,8 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
 
     num = record.num
     few = n // _FEW_DIVISOR
-    if few < _MIN_FEW and cap > _AT_ONCE_ABOVE:
+    at_once = _AT_ONCE_ABOVE < cap <= _AT_ONCE_SLOTS and cap * n <= _AT_ONCE_ENTRIES
+    if few < _MIN_FEW and at_once:
         return _slots_at_once(dynamics, record, treedef, first_leaf, interval)
     # Slots past every neuron's count are not visited (they are padded below).
     top = jnp.minimum(jnp.max(num), cap)

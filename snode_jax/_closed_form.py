@@ -42,7 +42,11 @@ _MIN_FEW = 64
 # whole; see `_slots_at_once`): where it has at most `_AT_ONCE_SLOTS` slots (at most
 # four branches to compile, about 0.13 s each) and `_AT_ONCE_ENTRIES` slots times
 # neurons (the pass keeps a few arrays of that size, 8 MiB each in float64).
-_AT_ONCE_ABOVE = 64
+# (`bench/bench_walk_ab.py`, 256 neurons, bench/RESULTS.md: `simulate` took 0.77-0.97x
+# the time of the pass slot by slot in float32, 0.95-1.02x in float64 with 256
+# slots and more; with 128 slots, 0.97x in float32 but 1.16x in float64: that pass
+# skips the closed form in slots where no interval starts.)
+_AT_ONCE_ABOVE = 128
 _AT_ONCE_SLOTS = 4096
 _AT_ONCE_ENTRIES = 2**20
 _SLOT_PREFIXES = (64, 256, 1024)

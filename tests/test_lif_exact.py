@@ -584,9 +584,9 @@ def test_record_fills_mid_interval(monkeypatch, flat_index, t_ref):
 
 @pytest.mark.parametrize("t_ref", [None, 0.01])
 def test_record_of_a_small_population_read_up_to_its_spikes(t_ref):
-    """A population of under 512 neurons reads its record all at once, up to the
-    smallest of 64, 256 or all `max_spikes` slots that holds every neuron's
-    spikes: runs whose largest count falls in each of those, alone and in one
+    """A population of under 512 neurons with room for over 128 spikes each reads
+    its record all at once, up to the smallest of 64, 256 or all `max_spikes`
+    slots that holds every neuron's spikes: runs whose largest count falls in each of those, alone and in one
     `vmap` batch (a batched `interval`: each run its own, the batch reads up to
     its largest count), and with intervals of different lengths, against the
     closed form."""

@@ -4,7 +4,6 @@ interval of held input, for models whose crossings are known in closed form."""
 from typing import ClassVar
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -32,24 +31,9 @@ _MAX_PIECES = np.float32(2.0**31 - 1)
 
 # The pass over a record's slots goes on with only the neurons that have spikes
 # left once they fit in 1/_FEW_DIVISOR of the population (at least _MIN_FEW; in a
-# smaller population it runs on all of them throughout, or takes all slots at once,
-# see `_AT_ONCE_ABOVE`).
+# smaller population it runs on all of them throughout).
 _FEW_DIVISOR = 8
 _MIN_FEW = 64
-
-# A small population's record of more than `_AT_ONCE_ABOVE` slots is read at once,
-# up to the smallest of `_SLOT_PREFIXES` slots that holds every neuron's spikes (or
-# whole; see `_slots_at_once`): where it has at most `_AT_ONCE_SLOTS` slots (at most
-# four branches to compile, about 0.13 s each) and `_AT_ONCE_ENTRIES` slots times
-# neurons (the pass keeps a few arrays of that size, 8 MiB each in float64).
-# (`bench/bench_walk_ab.py`, 256 neurons, bench/RESULTS.md: `simulate` took 0.77-0.97x
-# the time of the pass slot by slot in float32, 0.95-1.02x in float64 with 256
-# slots and more; with 128 slots, 0.97x in float32 but 1.16x in float64: that pass
-# skips the closed form in slots where no interval starts.)
-_AT_ONCE_ABOVE = 128
-_AT_ONCE_SLOTS = 4096
-_AT_ONCE_ENTRIES = 2**20
-_SLOT_PREFIXES = (64, 256, 1024)
 
 
 def _walk(
@@ -278,12 +262,7 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     neuron's interval starts takes the closed form (two logarithms per neuron); a
     slot that only continues intervals, a multiply-add. Once the neurons with
     spikes left fit in an eighth of the population, the rest of the pass runs on
-    them alone; in a population of fewer than `_FEW_DIVISOR * _MIN_FEW` neurons,
-    on all of them throughout. A population that small with more than
-    `_AT_ONCE_ABOVE` slots (and a record within `_AT_ONCE_SLOTS` slots and
-    `_AT_ONCE_ENTRIES` entries) takes its slots at once instead
-    ([`_slots_at_once`][]), to the last bit or so of the same times (the closed
-    form compiled over slots and neurons together, not slot by slot)."""
+    them alone."""
     _, cap, n = record.marks.shape
     dtype = record.marks.dtype
     if cap == 0:
@@ -339,16 +318,13 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
 
         return lax.while_loop(lambda c: more(c[0][0]), fill, (carry, marks))
 
-    num = record.num
-    few = n // _FEW_DIVISOR
-    at_once = _AT_ONCE_ABOVE < cap <= _AT_ONCE_SLOTS and cap * n <= _AT_ONCE_ENTRIES
-    if few < _MIN_FEW and at_once:
-        return _slots_at_once(dynamics, record, treedef, first_leaf, interval)
     # Slots past every neuron's count are not visited (they are padded below).
+    num = record.num
     top = jnp.minimum(jnp.max(num), cap)
     zero = jnp.zeros((n,), dtype)
     rest = vary_like((jnp.zeros((n,), jnp.int32), zero, zero), record.marks, state)
     carry = (jnp.zeros((), jnp.int32),) + rest
+    few = n // _FEW_DIVISOR
     if few < _MIN_FEW:  # (a small population: all lanes throughout)
         _, marks = slots(dynamics, n, carry, lambda j: j < top, record.marks)
     else:
@@ -364,62 +340,6 @@ def _slot_times(dynamics, record: SlotMarks, state, interval):
     times = marks[0]
     slot = jnp.arange(cap)[None, :]
     return jnp.where(slot < num[:, None], times.T, jnp.inf)
-
-
-def _slots_at_once(dynamics, record: SlotMarks, treedef, first_leaf, interval):
-    """[`_slot_times`][] of a small population: the closed form of every slot's
-    interval, for all slots and neurons at once, then a scan down the slots that
-    gives each slot the time of its spike from the latest slot at or before it
-    where its interval started. (A pass slot by slot over a few hundred neurons
-    took a dozen or so small launches per slot.) Only the smallest of
-    `_SLOT_PREFIXES` (or all the slots) that holds every neuron's spikes is
-    read: a branch per prefix (under `jax.vmap`, the one that holds those of
-    every run)."""
-    marks = record.marks
-    _, cap, n = marks.shape
-    dtype = marks.dtype
-    # A count of 2, for which the first spike and period are the model's values
-    # (see `IntervalReplay`), whatever the count.
-    count = jnp.full((n,), 2, jnp.int32)
-
-    def replay(here, length):
-        y = jax.tree.unflatten(
-            treedef, [here[first_leaf + i] for i in range(treedef.num_leaves)]
-        )
-        rep = dynamics.replay_interval(y, here[first_leaf - 1], length, count)
-        return here[0] + rep.first, rep.period
-
-    def fill(carry, here):
-        # Slot `j`: spike `j - head` of the interval that started at slot `head`.
-        j, head, first_h, period_h = carry
-        start, first_j, period_j = here
-        head = jnp.where(start, j, head)
-        first_h = jnp.where(start, first_j, first_h)
-        period_h = jnp.where(start, period_j, period_h)
-        times = first_h + (j - head).astype(dtype) * period_h
-        return (j + 1, head, first_h, period_h), times
-
-    zero = jnp.zeros((n,), dtype)
-    carry = (jnp.zeros((), jnp.int32), jnp.zeros((n,), jnp.int32), zero, zero)
-    carry = vary_like(carry, marks)
-
-    def prefix(length):
-        def run():
-            here = marks[:, :length]
-            lengths = interval if record.uniform else here[1]
-            axes = (1, None if record.uniform else 0)
-            first, period = jax.vmap(replay, in_axes=axes)(here, lengths)
-            _, times = lax.scan(fill, carry, (here[0] >= 0, first, period))
-            return jnp.concatenate([times, jnp.zeros((cap - length, n), dtype)])
-
-        return run
-
-    prefixes = [p for p in _SLOT_PREFIXES if p < cap] + [cap]
-    top = eqxi.unvmap_max(jnp.max(record.num))
-    branch = sum((top > p).astype(jnp.int32) for p in prefixes[:-1])
-    out = lax.switch(branch, [prefix(p) for p in prefixes])
-    slot = jnp.arange(cap, dtype=jnp.int32)[:, None]
-    return jnp.where(slot < record.num[None, :], out, jnp.inf).T
 
 
 class ClosedFormWalk(AbstractIntegrator):

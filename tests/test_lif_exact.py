@@ -583,13 +583,11 @@ def test_record_fills_mid_interval(monkeypatch, flat_index, t_ref):
 
 
 @pytest.mark.parametrize("t_ref", [None, 0.01])
-def test_record_of_a_small_population_read_up_to_its_spikes(t_ref):
-    """A population of under 512 neurons with room for over 128 spikes each reads
-    its record all at once, up to the smallest of 64, 256 or all `max_spikes`
-    slots that holds every neuron's spikes: runs whose largest count falls in each of those, alone and in one
-    `vmap` batch (a batched `interval`: each run its own, the batch reads up to
-    its largest count), and with intervals of different lengths, against the
-    closed form."""
+def test_record_of_many_slots_in_a_small_population(t_ref):
+    """A small population's record of many slots (hundreds of spikes per neuron,
+    room for 1000): runs whose largest count is at most 64, at most 256 and more,
+    alone and in one `vmap` batch (a batched `interval`: each run its own), and
+    with intervals of different lengths, against the closed form."""
     dyn = sj.ODELIFDynamics(tau_mem=10.0, t_ref=t_ref)
     layer = sj.SpikingODELayer(1, 3, dyn, dtype=jnp.float64, key=jax.random.key(0))
     weight = np.array([[0.3], [2.0], [40.0]])  # v_inf = 10 w x: silent, slow, fast

@@ -218,7 +218,11 @@ def sweep_layer(
         # A layer's parameters are real numbers (not bools: `True` is no weight).
         check_real_number(f"params[{path!r}]", v, unit="")
     # Inputs may be bools (a spike raster, read as 0 and 1, as by `forward`).
-    if np.asarray(inputs).dtype != np.bool_:
+    try:
+        raster = np.asarray(inputs).dtype == np.bool_
+    except ValueError:  # (nested lists of other lengths: named just below)
+        raster = False
+    if not raster:
         check_real_number("inputs", inputs, unit="")
     values = {path: _as_host(v, f"`params[{path!r}]`") for path, v in params.items()}
     _leading_size(values)

@@ -614,8 +614,8 @@ def test_record_of_many_slots_in_a_small_population(t_ref):
         assert_padded_times_close(
             sols.spike_times[b], ref.padded_times(max_spikes), TIME_ATOL
         )
-    # Intervals of different lengths (each slot's own length), against the
-    # closed form run interval by interval from where the one before ended.
+    # Intervals of different lengths, against the closed form run interval by
+    # interval from where the one before ended.
     lengths = np.random.default_rng(5).uniform(0.5, 1.5, 20)
     x = runs[2][0]
     v, rho, start = np.zeros(3), np.zeros(3), 0.0

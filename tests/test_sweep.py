@@ -126,10 +126,13 @@ def test_bool_inputs_are_read_as_zero_and_one():
         )  # fmt: skip
         np.testing.assert_array_equal(out["counts"][i], ref.counts)
         assert ref.counts.sum() > 0
-    # (What is refused stays refused: strings, complex numbers.)
+    # (What is refused stays refused: strings, complex numbers, and ragged lists,
+    # each named.)
     for bad, error in ((raster.astype(str), TypeError), (raster + 0j, TypeError)):
         with pytest.raises(error, match="`inputs` must be"):
             sweep_layer(_layer(), bad, points, interval=INTERVAL)
+    with pytest.raises(ValueError, match="`inputs`"):
+        sweep_layer(_layer(), [[0.5, 1.0], [0.5]], points, interval=INTERVAL)
 
 
 def test_sweep_generic_function_and_padding_dropped():

@@ -21,10 +21,10 @@ from ._checks import (
 from ._cuba import CubaLIFDynamics
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._integrate import sorted_events
+from ._integrate import raise_on_failure, sorted_events
 from ._layer import SpikingODELayer
 from ._misc import any_nonfinite, is_concrete, vary_like
-from ._solution import RESULTS, Solution, raise_unless_successful, update_result
+from ._solution import RESULTS, Solution, update_result
 from ._spike_train import SpikeTrain, check_spike_train
 
 
@@ -216,14 +216,27 @@ def _readout(
     nonfinite = any_nonfinite((dynamics.parameters(), weight, y0))
     bad_state = any_nonfinite((vmax, y))
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
-    ok_t_end = jnp.isfinite(t_end) & (t_end > 0)
-    result = update_result(result, ~ok_t_end, RESULTS.invalid_parameters)
+    conditions = _readout_conditions(dynamics, y0)
+    conditions["0 < t_end < inf"] = jnp.isfinite(t_end) & (t_end > 0)
+    invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
+    result = update_result(result, invalid, RESULTS.invalid_parameters)
     result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
     sol = ReadoutSolution(max_voltage=vmax, max_time=tmax, final_state=y, result=result)
     if throw:
-        sol = raise_unless_successful(sol, context)
+        sol = raise_on_failure(sol, dynamics, conditions, nonfinite, context)
     return sol
+
+
+def _readout_conditions(dynamics, y0) -> dict:
+    """The model's `constraints` on the readout's start state `y0` (its time
+    constants and capacitance, say), less those of its threshold and reset: a
+    readout never fires, and its voltage may start anywhere."""
+    return {
+        name: ok
+        for name, ok in dynamics.constraints(y0).items()
+        if "threshold" not in name and "reset" not in name
+    }
 
 
 class NetworkSolution(eqx.Module):

@@ -578,6 +578,26 @@ def test_arrays_swapped_into_a_readout_are_checked():
     assert ok.max_voltage.shape == (2,)
 
 
+@pytest.mark.parametrize("name", ["tau_mem", "tau_syn", "C_mem"])
+def test_a_readouts_model_conditions_are_checked_at_run_time(name):
+    # A readout ran with a negative time constant or capacitance swapped in (or
+    # trained there) and reported success with a meaningless maximum.
+    readout = sj.LeakyReadout(N_IN, 2, key=jax.random.key(0))
+    train = sj.SpikeTrain(jnp.array([1.0, 2.0]), jnp.array([0, N_IN - 1]))
+    bad = eqx.tree_at(lambda m: getattr(m.dynamics, name), readout, jnp.asarray(-5.0))
+    sol = bad.simulate(train, t_end=20.0, throw=False)
+    assert sol.result == sj.RESULTS.invalid_parameters
+    with pytest.raises(Exception, match=rf"CubaLIFDynamics .*need {name} > 0"):
+        bad.simulate(train, t_end=20.0)
+    # Its threshold and reset do not apply: a readout may start above threshold.
+    high = eqx.tree_at(lambda m: m.dynamics.v_threshold, readout, jnp.asarray(-1.0))
+    assert high.simulate(train, t_end=20.0).result == sj.RESULTS.successful
+    # Inside a network, the network's result says so too.
+    net = sj.SpikingODENetwork([sj.SpikingODELayer(N_IN, N_IN, key=_KEY), bad])
+    out = net.simulate(train, t_end=20.0, throw=False)
+    assert out.result == sj.RESULTS.invalid_parameters
+
+
 # -- call arguments ----------------------------------------------------------------
 
 

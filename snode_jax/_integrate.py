@@ -123,6 +123,12 @@ def check_run_shapes(weight, state, inputs=None, recurrent_weight=None) -> None:
         )
 
 
+def exact_integer_limit(dtype) -> int:
+    """The largest integer up to which every integer is exact in the float `dtype`
+    (256 in bfloat16, 2048 in float16, 2^24 in float32)."""
+    return 2 ** (jnp.finfo(dtype).nmant + 1)
+
+
 def initial_conditions(dynamics, state) -> dict:
     """The model's `constraints` on the start state `state`, and that every neuron
     starts below its threshold (a spike is an upward crossing: a neuron that
@@ -274,6 +280,11 @@ def integrate(
     if max_spikes is not None:
         overflow = jnp.any(raw.num_spikes > max_spikes)
         result = update_result(result, overflow, RESULTS.spike_buffer_full)
+    # Counts are stored in the float dtype: one too large to hold exactly (at the
+    # limit itself: a larger one may have rounded down to it).
+    limit = jnp.asarray(exact_integer_limit(dtype), raw.counts.dtype)
+    too_many = jnp.any(raw.counts >= limit)
+    result = update_result(result, too_many, RESULTS.count_precision_lost)
     counters = jax.tree.map(
         lambda c: jnp.zeros_like(raw.num_spikes) if c is None else c,
         raw.counters,
@@ -444,6 +455,10 @@ def integrate_events(
     result = update_result(result, run.search_failed, RESULTS.crossing_search_failed)
     result = update_result(result, run.buffer_full, RESULTS.spike_buffer_full)
     result = update_result(result, run.unfinished, RESULTS.max_events_reached)
+    limit = exact_integer_limit(dtype)
+    if limit <= jnp.iinfo(run.counts.dtype).max:  # (else no count reaches it)
+        too_many = jnp.any(run.counts > limit)
+        result = update_result(result, too_many, RESULTS.count_precision_lost)
     sol = Solution(
         counts=run.counts.astype(dtype),
         spike_times=run.spike_times,

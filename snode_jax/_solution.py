@@ -51,7 +51,9 @@ class RESULTS(eqx.Enumeration):
         "grows with the number of spikes in an interval, may have changed its spike "
         "count (in float32 at hundreds to thousands of spikes per interval with the "
         "asymptote far above threshold; at 1 ms intervals in float16 from about "
-        "six, in bfloat16 from two): use a wider dtype or shorter intervals."
+        "six, in bfloat16 from two), or a count is too large to hold exactly in the "
+        "dtype the counts are stored in (from 256 in bfloat16, 2048 in float16): "
+        "use a wider dtype or shorter intervals."
     )
     step_size_underflow = (
         "A step of `dt_min` no longer advanced a neuron's time (`dt_min` is below "

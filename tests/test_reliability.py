@@ -389,6 +389,42 @@ def test_float32_count_precision_over_an_interval_in_pieces_is_reported():
     np.testing.assert_array_equal(np.asarray(f64)[:, 0], expected)
 
 
+def test_counts_beyond_the_dtypes_exact_integers_are_reported():
+    """Counts are stored in the layer's float dtype, whose integers are exact only
+    up to 256 in bfloat16 and 2048 in float16: a count past that (rounded: 329
+    spikes counted 328 in bfloat16, 2155 counted 2156 in float16) is reported, not
+    returned as a success. Below it, the counts are exact."""
+    layer = sj.SpikingODELayer(1, 1, dtype=jnp.bfloat16, key=jax.random.key(0))
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[1.5]], jnp.bfloat16))
+    # Every input spike fires the neuron once (distinct times in bfloat16).
+    times = np.unique(np.asarray(jnp.arange(400.0).astype(jnp.bfloat16), np.float32))
+    for k, expected in ((200, sj.RESULTS.successful), (len(times), None)):
+        train = sj.SpikeTrain(
+            jnp.asarray(times[:k], jnp.bfloat16), jnp.zeros(k, jnp.int32)
+        )
+        sol = layer.simulate(train, t_end=500.0, max_spikes=400, throw=False)
+        assert int(sol.num_spikes[0]) == k
+        if expected is None:
+            assert sol.result == sj.RESULTS.count_precision_lost
+        else:
+            assert sol.result == expected
+            assert float(sol.counts[0, 0]) == k
+    # Dense inputs, float16: one interval of over 2048 spikes.
+    layer = sj.SpikingODELayer(
+        1, 1, sj.IFDynamics(), dtype=jnp.float16, max_steps=10000, key=jax.random.key(0)
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[1.0]], jnp.float16))
+    for drive, many in ((30.0, False), (200.0, True)):
+        x = jnp.full((1, 1), drive, jnp.float16)
+        sol = layer.simulate(x, 100.0, max_spikes=4096, throw=False)
+        assert (int(sol.num_spikes[0]) > 2048) == many
+        lost = sol.result == sj.RESULTS.count_precision_lost
+        assert bool(lost) == many
+        if not many:
+            assert sol.result == sj.RESULTS.successful
+            assert float(sol.counts[0, 0]) == int(sol.num_spikes[0])
+
+
 @pytest.mark.parametrize("solver", ["dopri5", "diffrax_tsit5"])
 def test_crossing_search_converges_deep_in_the_blow_up(solver):
     """AdEx with v_peak = 0 at the default tolerances (float64): crossings deep in

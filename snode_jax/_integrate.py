@@ -41,7 +41,7 @@ from ._misc import (
 )
 from ._rerun_adjoint import RerunAdjoint
 from ._root_find import BracketedNewton
-from ._scan import AbstractIntegrator, RunConfig
+from ._scan import AbstractIntegrator, RunConfig, interval_starts
 from ._solution import RESULTS, Solution, update_result
 from ._solver import Exact, check_solver, make_stepper
 from ._spike_train import SpikeTrain, check_spike_train, widened_sources
@@ -121,6 +121,17 @@ def check_run_shapes(weight, state, inputs=None, recurrent_weight=None) -> None:
             f"`recurrent_weight` must have shape (n_neurons, n_neurons) = ({n}, {n}), "
             f"got shape {jnp.shape(recurrent_weight)}."
         )
+
+
+def _end_finite(interval, num_intervals: int):
+    """Whether the run over `num_intervals` intervals of length `interval` (one,
+    or one per interval) ends at a finite time in the interval's dtype, as its
+    spike times are computed (checked eagerly where the interval is concrete; a
+    traced one that overflows would leave spike times at `inf`)."""
+    if num_intervals == 0:
+        return jnp.ones((), bool)
+    last = interval if jnp.ndim(interval) == 0 else interval[-1]
+    return jnp.isfinite(interval_starts(interval, num_intervals)[-1] + last)
 
 
 def exact_integer_limit(dtype) -> int:
@@ -237,6 +248,9 @@ def integrate(
     conditions = initial_conditions(dynamics, state)
     conditions["0 < interval < inf"] = jnp.all(interval > 0) & jnp.all(
         jnp.isfinite(interval)
+    )
+    conditions["the run's end time finite in its dtype"] = _end_finite(
+        interval, inputs.shape[0]
     )
     conditions.update(integrator.conditions(dynamics, interval))
     invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
@@ -407,6 +421,9 @@ def integrate_events(
         leaves.append(inputs)
         conditions["0 < interval < inf"] = jnp.all(lengths > 0) & jnp.all(
             jnp.isfinite(lengths)
+        )
+        conditions["the run's end time finite in its dtype"] = _end_finite(
+            jnp.asarray(interval, dtype), inputs.shape[0]
         )
     nonfinite = any_nonfinite(leaves)
     schedule = EventSchedule(input_times, input_sources, boundaries, currents, t_end)

@@ -66,8 +66,9 @@ class RESULTS(eqx.Enumeration):
     invalid_parameters = (
         "Invalid parameters or initial state, found at run time: a condition of the "
         "model (its `constraints`) fails, a neuron starts at or above its "
-        "threshold, or `interval` (dense inputs) or `t_end` "
-        "(spike trains) is not finite and > 0. With `throw=True` the error names "
+        "threshold, `interval` (dense inputs) or `t_end` "
+        "(spike trains) is not finite and > 0, or the intervals end past the "
+        "largest finite time of the dtype. With `throw=True` the error names "
         "the condition."
     )
     max_events_reached = (

@@ -918,6 +918,35 @@ def test_times_beyond_the_run_dtype_are_refused():
     assert np.isfinite(np.asarray(sol.max_voltage)).all()
 
 
+def test_traced_intervals_whose_end_overflows_are_reported():
+    # Traced (under `jit`), an interval whose run ended past the largest float16
+    # ran and reported success, its spike past that end recorded as `inf` (padding).
+    layer = sj.SpikingODELayer(
+        1, 1, sj.ODELIFDynamics(tau_mem=1000.0), dtype=jnp.float16, key=_KEY
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[2.54e-3]], jnp.float16))
+    x = np.zeros((94, 1))
+    x[-1] = 1.0  # 94 x 700 ms = 65800 ms > 65504, the largest float16
+    need = r"ODELIFDynamics found at run time: need the run's end time finite"
+    recurrent = eqx.tree_at(
+        lambda m: m.recurrent_weight,
+        layer,
+        jnp.zeros((1, 1), jnp.float16),
+        is_leaf=lambda v: v is None,
+    )
+    for lay in (layer, recurrent):
+        for interval in (700.0, np.full(94, 700.0)):
+            iv = jnp.asarray(interval, jnp.float16)
+            run = eqx.filter_jit(lambda m, x, iv, t: m.simulate(x, iv, throw=t))
+            sol = run(lay, x, iv, False)
+            assert sol.result == sj.RESULTS.invalid_parameters
+            with pytest.raises(Exception, match=need):
+                run(lay, x, iv, True)
+            # 90 intervals end at 63000 ms: a run.
+            ok = run(lay, x[:90], iv[:90] if iv.ndim else iv, True)
+            assert ok.result == sj.RESULTS.successful
+
+
 def test_spike_trains_of_strings_or_scalars_are_refused():
     with pytest.raises(TypeError, match=r"`times` must be numbers .*got dtype <U3"):
         sj.SpikeTrain(["1.0"], [0])

@@ -541,7 +541,10 @@ AFTER_MAX_SPIKES = ("fail", "silence")
 def check_after_max_spikes(after_max_spikes) -> bool:
     """Whether `after_max_spikes` asks neurons to fall silent after `max_spikes`
     spikes (`"silence"`) rather than to stop the run (`"fail"`)."""
-    if after_max_spikes not in AFTER_MAX_SPIKES:
+    if (
+        not isinstance(after_max_spikes, str)
+        or after_max_spikes not in AFTER_MAX_SPIKES
+    ):
         raise ValueError(
             f"`after_max_spikes` must be one of {AFTER_MAX_SPIKES}, got "
             f"{after_max_spikes!r}."

@@ -9,6 +9,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import ArrayLike, PyTree
@@ -102,6 +103,15 @@ def _place(x: np.ndarray, sharding) -> jax.Array:
     # Each process supplies the blocks of its own devices (all of them in a
     # single process), so this also builds global arrays across hosts.
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _place_shared(x, sharding) -> jax.Array:
+    """An array of `args`, replicated: a typed PRNG key (which NumPy cannot hold)
+    as its key data, wrapped again."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _place(np.asarray(jax.random.key_data(x)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return _place(np.asarray(x), sharding)
 
 
 def _progress_bar(total: int, desc: str):
@@ -257,7 +267,7 @@ def sweep(
     replicated = NamedSharding(mesh, P())
     # The arrays of `args` travel as (replicated) inputs; the rest is static.
     shared, static = eqx.partition(args, eqx.is_array)
-    shared = jax.tree.map(lambda x: _place(np.asarray(x), replicated), shared)
+    shared = jax.tree.map(lambda x: _place_shared(x, replicated), shared)
     compiled = _chunk_function(fn, mesh, static)
 
     def place(start):

@@ -890,6 +890,9 @@ def test_silence_is_refused_where_it_does_not_apply():
     layer, train = _silence_setup()
     with pytest.raises(ValueError, match="after_max_spikes.*'stop'"):
         layer.simulate(train, t_end=40.0, after_max_spikes="stop")
+    # (An array holding an allowed string passed the membership test.)
+    with pytest.raises(ValueError, match=r"after_max_spikes.*array\(\['fail'\]"):
+        layer.simulate(train, t_end=40.0, after_max_spikes=np.array(["fail"]))
     rec = _layer(2, 2, sj.ODELIFDynamics(), np.ones((2, 2)), recurrent=True, delay=0.5)
     with pytest.raises(ValueError, match="after_max_spikes.*recurrent layer"):
         rec.simulate(_train([1.0], [0]), t_end=5.0, after_max_spikes="silence")

@@ -155,6 +155,14 @@ def test_sweep_generic_function_and_padding_dropped():
     assert len(traces) == 1
 
 
+def test_a_prng_key_among_the_shared_arguments():
+    # A typed key (which NumPy cannot hold) failed with NumPy's own error.
+    x = np.arange(3.0)
+    for key in (jax.random.key(0), jax.random.PRNGKey(0)):
+        out = sweep(lambda p, k: p + jax.random.normal(k), x, key, chunk_size=2)
+        np.testing.assert_allclose(out, x + float(jax.random.normal(key)), rtol=1e-6)
+
+
 _FOUR_DEVICES = textwrap.dedent(
     """
     import sys

@@ -103,6 +103,13 @@ class RESULTS(eqx.Enumeration):
         "close to a decision boundary of the step controller; a tighter `rtol` "
         "usually avoids it."
     )
+    gradient_through_forced_steps = (
+        "The backward pass of the adaptive path went through steps forced at "
+        "`dt_min` (accepted with their error above the tolerance; "
+        "`stats['num_dt_min_steps']`), whose derivatives can be far from the "
+        "model's where the state moves fast (the gradient is NaN). Lower "
+        "`dt_min` until no step is forced."
+    )
     gradient_crossings_not_recorded = (
         "The backward pass of the adaptive path replays the crossings the forward "
         "pass recorded with its spike times, and a neuron fired more than "

@@ -140,6 +140,38 @@ def exact_integer_limit(dtype) -> int:
     return 2 ** (jnp.finfo(dtype).nmant + 1)
 
 
+def check_run_arrays(dynamics, weight, state, inputs=None) -> None:
+    """`TypeError`/`ValueError` naming the argument where a run's arrays cannot
+    make one: a dtype that is not real floating (from `weight` and `inputs`), no
+    neuron, or a state whose arrays are not shaped as the model's resting state
+    (`dynamics.init_state`)."""
+    arrays = [weight] if inputs is None else [weight, inputs]
+    dtype = jnp.result_type(*arrays)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            "`weight` (with `inputs`) must give a real floating dtype, got "
+            f"{jnp.dtype(dtype).name}."
+        )
+    n = jnp.shape(weight)[0]
+    if n == 0:
+        raise ValueError(
+            f"`weight` must have a row per neuron, at least one, got shape "
+            f"{jnp.shape(weight)}."
+        )
+    rest = jax.eval_shape(lambda: dynamics.init_state(n, dtype))
+    if jax.tree.structure(rest) != jax.tree.structure(state):
+        return  # (named where the model reads the state)
+    for (path, leaf), want in zip(
+        jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(rest)
+    ):
+        if jnp.shape(leaf) != want.shape:
+            raise ValueError(
+                f"`state{jax.tree_util.keystr(path)}` must have the shape of "
+                f"{type(dynamics).__name__}'s resting state, {want.shape}, got "
+                f"{jnp.shape(leaf)}."
+            )
+
+
 def initial_conditions(dynamics, state) -> dict:
     """The model's `constraints` on the start state `state`, and that every neuron
     starts below its threshold (a spike is an upward crossing: a neuron that
@@ -195,6 +227,7 @@ def integrate(
     reports the forward run's outcome itself.
     """
     check_run_shapes(weight, state, inputs)
+    check_run_arrays(dynamics, weight, state, inputs)
     if max_spikes is not None:
         max_spikes = check_max_spikes(max_spikes)
     dtype = jnp.result_type(weight, inputs)
@@ -368,6 +401,7 @@ def integrate_events(
     if (spikes is None) == (inputs is None):
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
     check_run_shapes(weight, state, inputs, recurrent_weight)
+    check_run_arrays(dynamics, weight, state, inputs)
     if spikes is not None:
         check_spike_train(
             spikes, jnp.shape(weight)[1], t_end, "spikes", jnp.result_type(weight)

@@ -598,6 +598,32 @@ def test_a_readouts_model_conditions_are_checked_at_run_time(name):
     assert out.result == sj.RESULTS.invalid_parameters
 
 
+def test_arrays_of_the_functional_api_are_checked():
+    # `sj.integrate` and `sj.integrate_events` passed these to raw JAX errors
+    # (a while loop's carry types, a modulo by zero, `ceil` of a complex).
+    dyn = sj.ODELIFDynamics()
+    weight, inputs = jnp.ones((2, 3)), jnp.ones((4, 3))
+    state = dyn.init_state(2, jnp.float32)
+    ctrl = sj.PredictiveController(rtol=1e-6, atol=1e-6)
+    dense = lambda w, x, y: sj.integrate(
+        dyn, sj.Exact(), w, x, 1.0, y, stepsize_controller=ctrl
+    )
+    events = lambda w, x, y: sj.integrate_events(dyn, w, y, inputs=x, interval=1.0)
+    floating = r"`weight` \(with `inputs`\) must give a real floating dtype, got"
+    for run in (dense, events):
+        assert run(weight, inputs, state).counts.shape == (4, 2)
+        with pytest.raises(ValueError, match=r"`state.v` must have the shape of "):
+            run(weight, inputs, sj.LIFState(v=jnp.zeros((2, 2))))
+        with pytest.raises(TypeError, match=floating + " int32"):
+            run(weight.astype(jnp.int32), inputs.astype(jnp.int32), state)
+        with pytest.raises(TypeError, match=floating + " complex"):
+            run(weight.astype(jnp.complex64), inputs, state)
+        with pytest.raises(ValueError, match=r"`weight` must have a row per neuron"):
+            run(jnp.ones((0, 3)), inputs, dyn.init_state(0, jnp.float32))
+        # Integer inputs with a float weight: the float dtype.
+        assert run(weight, inputs.astype(jnp.int32), state).counts.dtype == weight.dtype
+
+
 # -- call arguments ----------------------------------------------------------------
 
 

@@ -486,7 +486,8 @@ class RerunAdjoint(AbstractAdjoint):
             # derivative can be far from the model's where the state moves fast
             # (AdEx with `v_peak = 0`, one neuron: a spike time's derivative 1600x
             # too small at the default `dt_min`, 3.4 % off with 15 steps forced at
-            # `dt_min = 1e-9`, right to 1e-9 with none): reported, not returned.
+            # `dt_min = 1e-9`, within 1e-7 of central differences with none):
+            # reported, not returned.
             nan_if_forced = lambda a: (
                 jnp.where(forced, jnp.nan, a) if eqx.is_inexact_array(a) else a
             )

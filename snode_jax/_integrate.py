@@ -92,10 +92,15 @@ def default_adjoint(integrator: AbstractIntegrator, throw: bool) -> AbstractAdjo
     return RerunAdjoint(throw=throw)
 
 
-def check_run_shapes(weight, state, inputs=None, recurrent_weight=None) -> None:
-    """`ValueError` naming the argument where the shapes of a run's arrays do not
-    fit together: JAX would broadcast a state of one neuron to all of them without
-    a word, or fail inside a product without naming anything."""
+def check_run_arrays(
+    dynamics, weight, state, inputs=None, recurrent_weight=None
+) -> None:
+    """`ValueError`/`TypeError` naming the argument where a run's arrays do not
+    make one: shapes that do not fit together (JAX would broadcast a state of one
+    neuron to all of them without a word, or fail inside a product without naming
+    anything), a dtype that is not real floating (from `weight` and `inputs`), no
+    neuron, or a state whose arrays are not shaped as the model's resting state
+    (`dynamics.init_state`)."""
     if jnp.ndim(weight) != 2:
         raise ValueError(
             "`weight` must have shape (n_neurons, n_inputs), got shape "
@@ -121,30 +126,6 @@ def check_run_shapes(weight, state, inputs=None, recurrent_weight=None) -> None:
             f"`recurrent_weight` must have shape (n_neurons, n_neurons) = ({n}, {n}), "
             f"got shape {jnp.shape(recurrent_weight)}."
         )
-
-
-def _end_finite(interval, num_intervals: int):
-    """Whether the run over `num_intervals` intervals of length `interval` (one,
-    or one per interval) ends at a finite time in the interval's dtype, as its
-    spike times are computed (checked eagerly where the interval is concrete; a
-    traced one that overflows would leave spike times at `inf`)."""
-    if num_intervals == 0:
-        return jnp.ones((), bool)
-    last = interval if jnp.ndim(interval) == 0 else interval[-1]
-    return jnp.isfinite(interval_starts(interval, num_intervals)[-1] + last)
-
-
-def exact_integer_limit(dtype) -> int:
-    """The largest integer up to which every integer is exact in the float `dtype`
-    (256 in bfloat16, 2048 in float16, 2^24 in float32)."""
-    return 2 ** (jnp.finfo(dtype).nmant + 1)
-
-
-def check_run_arrays(dynamics, weight, state, inputs=None) -> None:
-    """`TypeError`/`ValueError` naming the argument where a run's arrays cannot
-    make one: a dtype that is not real floating (from `weight` and `inputs`), no
-    neuron, or a state whose arrays are not shaped as the model's resting state
-    (`dynamics.init_state`)."""
     arrays = [weight] if inputs is None else [weight, inputs]
     dtype = jnp.result_type(*arrays)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -152,7 +133,6 @@ def check_run_arrays(dynamics, weight, state, inputs=None) -> None:
             "`weight` (with `inputs`) must give a real floating dtype, got "
             f"{jnp.dtype(dtype).name}."
         )
-    n = jnp.shape(weight)[0]
     if n == 0:
         raise ValueError(
             f"`weight` must have a row per neuron, at least one, got shape "
@@ -170,6 +150,23 @@ def check_run_arrays(dynamics, weight, state, inputs=None) -> None:
                 f"{type(dynamics).__name__}'s resting state, {want.shape}, got "
                 f"{jnp.shape(leaf)}."
             )
+
+
+def _end_finite(interval, num_intervals: int):
+    """Whether the run over `num_intervals` intervals of length `interval` (one,
+    or one per interval) ends at a finite time in the interval's dtype, as its
+    spike times are computed (checked eagerly where the interval is concrete; a
+    traced one that overflows would leave spike times at `inf`)."""
+    if num_intervals == 0:
+        return jnp.ones((), bool)
+    last = interval if jnp.ndim(interval) == 0 else interval[-1]
+    return jnp.isfinite(interval_starts(interval, num_intervals)[-1] + last)
+
+
+def exact_integer_limit(dtype) -> int:
+    """The largest integer up to which every integer is exact in the float `dtype`
+    (256 in bfloat16, 2048 in float16, 2^24 in float32)."""
+    return 2 ** (jnp.finfo(dtype).nmant + 1)
 
 
 def initial_conditions(dynamics, state) -> dict:
@@ -226,7 +223,6 @@ def integrate(
     check in the backward pass (see [`RerunAdjoint`][]), for a caller that
     reports the forward run's outcome itself.
     """
-    check_run_shapes(weight, state, inputs)
     check_run_arrays(dynamics, weight, state, inputs)
     if max_spikes is not None:
         max_spikes = check_max_spikes(max_spikes)
@@ -413,8 +409,7 @@ def integrate_events(
     """
     if (spikes is None) == (inputs is None):
         raise ValueError("Give input `spikes` or dense `inputs`, exactly one.")
-    check_run_shapes(weight, state, inputs, recurrent_weight)
-    check_run_arrays(dynamics, weight, state, inputs)
+    check_run_arrays(dynamics, weight, state, inputs, recurrent_weight)
     if spikes is not None:
         check_spike_train(
             spikes, jnp.shape(weight)[1], t_end, "spikes", jnp.result_type(weight)
@@ -469,9 +464,8 @@ def integrate_events(
         conditions["0 < interval < inf"] = jnp.all(lengths > 0) & jnp.all(
             jnp.isfinite(lengths)
         )
-        conditions["the run's end time finite in its dtype"] = _end_finite(
-            jnp.asarray(interval, dtype), inputs.shape[0]
-        )
+        # (Its boundaries are running sums of the lengths, ending at `t_end`.)
+        conditions["the run's end time finite in its dtype"] = jnp.isfinite(t_end)
     nonfinite = any_nonfinite(leaves)
     schedule = EventSchedule(input_times, input_sources, boundaries, currents, t_end)
     if max_events is None:

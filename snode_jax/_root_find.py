@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import (
     MAX_BUDGET,
@@ -14,9 +15,10 @@ from ._checks import (
     check_positive_float,
     check_positive_int,
     check_real_float,
+    describe,
 )
 from ._custom_types import NeuronBool, NeuronFloat
-from ._misc import where_tree
+from ._misc import is_concrete, where_tree
 
 
 class BracketedNewton(eqx.Module):
@@ -174,20 +176,59 @@ def bisect_crossing(
     A tuple `(t, converged)`: `t` is the upper end of the final bracket, where the
     threshold function is `>= 0` (the neuron has reached threshold; a NaN value, as
     from a state that blew up, counts as past threshold); `converged` is False for
-    an active neuron whose bracket was still too wide after `max_iters`.
+    an active neuron whose bracket was still too wide after `max_iters`, and for an
+    active neuron whose bracket is not one (`g_lower < 0 <= g_upper` and
+    `lower <= upper` do not hold, or a traced `atol` is NaN or negative there): that
+    neuron is not searched and returns `upper`.
+
+    `rtol` must be a number `>= 0`, `atol` numbers `>= 0` (checked here where they
+    are not traced), `max_iters` an int `>= 0`, and the five arrays of one shape;
+    else `TypeError` or `ValueError` naming the argument.
     """
+    rtol = check_real_float("rtol", rtol, zero=True)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)):
+        raise TypeError(f"`max_iters` must be an int >= 0, got {max_iters!r}.")
+    if not 0 <= max_iters <= MAX_BUDGET:
+        raise ValueError(
+            f"`max_iters` must be an int from 0 to {MAX_BUDGET}, got {max_iters!r}."
+        )
+    arrays = {"lower": lower, "upper": upper, "g_lower": g_lower}
+    arrays.update(g_upper=g_upper, active=active)
+    shape = jnp.shape(lower)
+    for name, a in arrays.items():
+        if jnp.shape(a) != shape:
+            raise ValueError(
+                f"`{name}` must have the shape of `lower` {shape} (one value per "
+                f"neuron), got shape {jnp.shape(a)}."
+            )
+    if is_concrete(atol):
+        host = np.asarray(atol)
+        if host.dtype.kind not in "iuf" or not np.all(np.isfinite(host) & (host >= 0)):
+            raise ValueError(
+                f"`atol` must be finite numbers >= 0 (ms), got {describe(host)}."
+            )
+        if host.shape not in ((), shape):
+            raise ValueError(
+                f"`atol` must be one number or one per neuron (shape {shape}), got "
+                f"shape {host.shape}."
+            )
+    # The bracket's conditions (NaN `g_upper` counts as past threshold, as in the
+    # search; NaN ends or `g_lower` fail them).
+    bracket = (g_lower < 0) & ~(g_upper < 0) & (lower <= upper)
+    if not is_concrete(atol):
+        bracket = bracket & (jnp.asarray(atol) >= 0)
     t, converged, *_ = _bracket_search(
         fn,
         lower,
         upper,
         g_lower,
         g_upper,
-        active,
+        active & bracket,
         rtol=rtol,
         atol=atol,
         max_iters=max_iters,
     )
-    return t, converged
+    return t, converged & (bracket | ~active)
 
 
 def _bracket_search(

@@ -168,6 +168,83 @@ def test_max_iters_too_small_reports_not_converged():
     assert np.all(np.asarray(converged))
 
 
+def test_a_bracket_that_is_not_one_is_not_converged():
+    """Lanes whose ends do not bracket an upward crossing are not searched: they
+    return `upper` and `converged` False (an inactive lane stays converged)."""
+    lower = jnp.array([0.0, 0.0, 0.6, 0.0, 1.0, 0.0, 0.0])
+    upper = jnp.array([1.0, 0.4, 1.0, 1.0, 0.0, 1.0, 0.4])
+    g_lower = lower - 0.5
+    g_upper = upper - 0.5
+    g_upper = g_upper.at[3].set(-g_upper[3]).at[5].set(jnp.nan)
+    g_lower = g_lower.at[3].set(-g_lower[3])
+    # 0: a bracket; 1: below zero at both ends; 2: above at both; 3: a downward
+    # crossing; 4: ends reversed; 5: NaN upper value (past threshold: a bracket);
+    # 6: not a bracket, inactive.
+    active = jnp.array([True] * 6 + [False])
+    t, converged = sj.bisect_crossing(
+        lambda t: t - 0.5,
+        lower,
+        upper,
+        g_lower,
+        g_upper,
+        active,
+        rtol=0.0,
+        atol=1e-13,
+        max_iters=200,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(converged), [True, False, False, False, False, True, True]
+    )
+    np.testing.assert_allclose(np.asarray(t)[[0, 5]], 0.5, rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(np.asarray(t)[1:5], np.asarray(upper)[1:5])
+
+    # A traced tolerance that is NaN or negative fails its lane the same way.
+    def search(atol):
+        return sj.bisect_crossing(
+            lambda t: t - 0.5,
+            lower[:3],
+            upper[:3] * 0 + 1,
+            lower[:3] - 0.5,
+            jnp.full(3, 0.5),
+            active[:3],
+            rtol=0.0,
+            atol=atol,
+            max_iters=200,
+        )
+
+    _, converged = jax.jit(search)(jnp.array([1e-13, jnp.nan, -1.0]))
+    np.testing.assert_array_equal(np.asarray(converged), [True, False, False])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"max_iters": -5}, ValueError, r"`max_iters` must be an int from 0 to .*-5"),
+        ({"max_iters": 2.0}, TypeError, r"`max_iters` must be an int >= 0, got 2\.0"),
+        ({"max_iters": True}, TypeError, "`max_iters` must be an int >= 0"),
+        (
+            {"rtol": float("nan")},
+            ValueError,
+            r"`rtol` must be finite and >= 0, got nan",
+        ),
+        ({"rtol": -1e-3}, ValueError, "`rtol` must be finite and >= 0"),
+        ({"atol": -1.0}, ValueError, r"`atol` must be finite numbers >= 0 .*-1\.0"),
+        ({"atol": jnp.array([1e-9, jnp.inf])}, ValueError, "`atol` must be finite"),
+        ({"atol": jnp.ones(3)}, ValueError, r"`atol` must be one number or one per"),
+        ({"g_upper": jnp.ones(3)}, ValueError, r"`g_upper` must have the shape of "),
+        ({"active": jnp.ones((1, 2), bool)}, ValueError, "`active` must have the"),
+    ],
+)
+def test_arguments_are_checked(kwargs, error, match):
+    arrays = {"lower": jnp.zeros(2), "upper": jnp.ones(2)}
+    arrays.update(g_lower=-jnp.ones(2), g_upper=jnp.ones(2), active=jnp.ones(2, bool))
+    options = {"rtol": 0.0, "atol": 1e-9, "max_iters": 50}
+    for name, value in kwargs.items():
+        (arrays if name in arrays else options)[name] = value
+    with pytest.raises(error, match=match):
+        sj.bisect_crossing(lambda t: 2 * t - 1, *arrays.values(), **options)
+
+
 def test_already_converged_bracket_needs_no_iterations():
     fn = lambda t: t - 0.5
     t, converged = _search(

@@ -101,7 +101,8 @@ def raster(
         `+inf`. One simulation, not a batch.
     - `ax`: the matplotlib `Axes` to draw on; default the current axes.
     - `t_end`: the right end of the time axis (ms); default the solution's
-        duration, else the last spike.
+        duration, else the last spike. Given, it crops the axis: spikes after it
+        are outside the plotted range.
     - `neurons`: the neurons (or sources) to show, by index; default all. They
         keep their index on the vertical axis.
     - `scatter_kwargs`: passed to `ax.scatter` (defaults: `marker="|"`, `s=40`,

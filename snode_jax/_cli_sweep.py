@@ -279,11 +279,15 @@ def _sweep_settings(args) -> dict[str, Any]:
     fixed.update(dict(args.set))
     settings["grid"], settings["fixed"] = grid, fixed
 
-    if settings["model"] not in MODELS:
+    # (A list or a table is refused by name too: it is not hashable.)
+    if not isinstance(settings["model"], str) or settings["model"] not in MODELS:
         raise _ArgumentError(
             f"model: {settings['model']!r} is not one of {sorted(MODELS)}"
         )
-    if settings["dtype"] not in ("float32", "float64"):
+    if not isinstance(settings["dtype"], str) or settings["dtype"] not in (
+        "float32",
+        "float64",
+    ):
         raise _ArgumentError(
             f"dtype: {settings['dtype']!r} is not 'float32' or 'float64'"
         )

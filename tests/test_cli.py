@@ -258,6 +258,9 @@ def test_sweep_config_toml_to_npz(tmp_path):
             "grid.drive: 100000000000 values do not fit in memory",
         ),
         (("sweep", "--config", "binary.toml"), 2, r"binary.toml: not UTF-8 text"),
+        # A model or dtype that is not a string (a list is not hashable).
+        (("sweep", "--config", "list.toml"), 2, r"model: \['lif'\] is not one of"),
+        (("sweep", "--config", "table.toml"), 2, r"dtype: \{\} is not 'float32'"),
         # A run that fails on the duration names it.
         (
             (
@@ -289,6 +292,8 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
         "[grid]\ndrive = {start=0, stop=1, num=100000000000}\n"
     )
     (tmp_path / "binary.toml").write_bytes(b"\xff\xfe")
+    (tmp_path / "list.toml").write_text('model = ["lif"]\n[grid]\ndrive = [1.0]\n')
+    (tmp_path / "table.toml").write_text("dtype = {}\n[grid]\ndrive = [1.0]\n")
     (tmp_path / "folder.png").mkdir()
     try:
         status = main(list(args))
@@ -301,7 +306,7 @@ def test_bad_arguments_in_process(args, code, message, tmp_path, capsys, monkeyp
     # Nothing written: no output left behind by a refused command.
     assert {p.name for p in tmp_path.iterdir()} <= {
         "bad.toml", "steps.toml", "both.toml", "num1.toml", "nan.toml", "huge.toml",
-        "binary.toml", "folder.png"
+        "binary.toml", "folder.png", "list.toml", "table.toml"
     }  # fmt: skip
 
 

@@ -234,7 +234,7 @@ def narrowed(
     if kind in "iu":
         changed = out.astype(host.dtype) != host
         what = f"integers outside the range of {out.dtype}"
-    elif kind == "f":
+    elif kind in "fc":  # (complex: finite where both parts are)
         changed = np.isfinite(host) & ~np.isfinite(out)
         what = f"values beyond the range of {out.dtype}"
     else:

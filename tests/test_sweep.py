@@ -475,3 +475,22 @@ def test_a_failed_point_is_named_with_its_values():
         one = eqx.tree_at(lambda m: m.dynamics.tau_mem, _layer(), jnp.asarray(tau))
         sol = one.simulate(_inputs(), 1.0, max_spikes=64)
         np.testing.assert_array_equal(out["counts"][i], sol.counts)
+
+
+def test_complex_values_beyond_the_narrower_type_are_refused():
+    """With float64 off, a complex128 leaf is narrowed to complex64 (as a float64
+    leaf to float32): a finite value that becomes inf there is refused by name, as
+    a real one is. (Float64 is on in this suite: the narrowing step itself.)"""
+    from snode_jax._checks import narrowed
+
+    with pytest.raises(
+        ValueError,
+        match=r"`params\['z'\]` holds values beyond the range of complex64 .*got "
+        r"\[\(1e\+300\+1j\)\]",
+    ):
+        narrowed("`params['z']`", np.array([1e300 + 1j, 2.0 + 0j]), np.complex64)
+    with pytest.raises(ValueError, match=r"got \[\(1\+1e\+300j\)\]"):
+        narrowed("`params['z']`", np.array([1 + 1e300j]), np.complex64)
+    kept = narrowed("`params['z']`", np.array([2.0 + 1j, np.inf + 0j]), np.complex64)
+    assert kept.dtype == np.complex64
+    np.testing.assert_array_equal(kept, [2.0 + 1j, np.inf + 0j])

@@ -9,11 +9,14 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
+from ._checks import describe
 from ._controller import PredictiveController, PredictiveState
 from ._custom_types import NeuronFloat, State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
+from ._misc import is_concrete
 
 
 class Exact(eqx.Module):
@@ -289,10 +292,27 @@ def adaptive_step(
     **Returns:**
 
     A [`StepProposal`][].
+
+    **Raises:** `ValueError` where a concrete `h` is not finite and `> 0`; under
+    `jit` such a neuron's step is returned with `accept` (and `at_dt_min`) False.
     """
+    if is_concrete(h):
+        host = np.asarray(h)
+        bad = ~(np.isfinite(host) & (host > 0))
+        if np.any(bad):
+            raise ValueError(
+                f"`h` (the step, ms) must be finite and > 0, got {describe(host)} "
+                f"({int(np.sum(bad))} of {host.size} not)."
+            )
     if controller_state is None:
         controller_state = controller.init_state(jnp.shape(h), jnp.result_type(h))
     stepper = check_solver(dynamics, solver)
-    return propose(
+    proposal = propose(
         stepper, controller, dynamics, t, t + h, y, current, controller_state
+    )
+    valid = jnp.isfinite(h) & (h > 0)
+    return eqx.tree_at(
+        lambda p: (p.accept, p.at_dt_min),
+        proposal,
+        (proposal.accept & valid, proposal.at_dt_min & valid),
     )

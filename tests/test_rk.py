@@ -252,6 +252,26 @@ def test_adaptive_step_accepts_at_dt_min_whatever_the_error():
     np.testing.assert_array_equal(np.asarray(prop.h_next), 0.5)  # clipped to dt_min
 
 
+@pytest.mark.parametrize("solver", [sj.Exact(), sj.Dopri5()], ids=["exact", "dopri5"])
+def test_adaptive_step_refuses_a_step_that_is_not_positive(solver):
+    """A negative, zero or NaN step: refused by name where `h` is concrete; under
+    `jit`, that neuron's step is not accepted (a backward step and a NaN state were
+    returned as accepted)."""
+    with pytest.raises(ValueError, match=r"`h` \(the step, ms\) must be finite and "):
+        _propose(solver, [-1.0, 0.1, 0.1], rtol=1e-6, atol=1e-6, dt_min=1e-3)
+    with pytest.raises(ValueError, match=r"got \[0.1, nan, 0.1\] \(1 of 3 not\)"):
+        _propose(solver, [0.1, np.nan, 0.1], rtol=1e-6, atol=1e-6, dt_min=1e-3)
+    prop = jax.jit(lambda h: _propose(solver, h, rtol=1e-6, atol=1e-6, dt_min=1e-3))(
+        jnp.array([-1.0, np.nan, 0.0])
+    )
+    assert not np.any(np.asarray(prop.accept))
+    assert not np.any(np.asarray(prop.at_dt_min))
+    prop = jax.jit(lambda h: _propose(solver, h, rtol=1e-6, atol=1e-6, dt_min=1e-3))(
+        jnp.array([1e-3, 1e-3, 1e-3])
+    )
+    assert np.all(np.asarray(prop.accept))
+
+
 def test_adaptive_step_grows_small_error_steps_within_dt_max():
     kwargs = dict(rtol=1e-3, atol=1e-3, dt_min=1e-4)
     prop = _propose(sj.Dopri5(), 0.01, **kwargs)

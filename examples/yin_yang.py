@@ -223,7 +223,7 @@ def _run_with_hidden(net: sj.SpikingODENetwork, train: sj.SpikeTrain):
         else:
             neuron_fired.append(None)
     out = nsol.output
-    drive = nsol.layers[-2].spike_train()
+    drive = nsol.layers[-2].spike_train(throw=False)  # (a failure: in `ok`)
     if isinstance(out, sj.Solution):
         first = sj.first_spike_times(out)
         fired = jnp.isfinite(first)

@@ -202,11 +202,22 @@ class Solution(eqx.Module):
         duration_ms = jnp.asarray(self.duration)[..., None]
         return self.stats["num_steps"] * (1000.0 / duration_ms)
 
-    def spike_train(self) -> SpikeTrain:
+    def spike_train(self, *, throw: bool = True) -> SpikeTrain:
         """The recorded spikes as a [`SpikeTrain`][] (source = neuron index), the
         input of a next layer. Unordered and `+inf` padded; under `jax.vmap` (or on
-        a batched solution) one train per batch element."""
-        times = self.spike_times
+        a batched solution) one train per batch element.
+
+        Of a run that did not succeed (`result`, from `simulate(..., throw=False)`)
+        the train may be incomplete (a full spike buffer keeps the first
+        `max_spikes` spikes of each neuron): with `throw` (the default) that raises
+        at run time, with the run's message; `throw=False` returns the recorded
+        spikes whatever the result."""
+        if not isinstance(throw, bool):
+            raise TypeError(f"`throw` must be True or False, got {throw!r}.")
+        sol = self
+        if throw:
+            sol = raise_unless_successful(self, "spike_train() of a failed run: ")
+        times = sol.spike_times
         n, m = times.shape[-2:]
         sources = jnp.broadcast_to(jnp.arange(n)[:, None], (n, m))
         sources = jnp.broadcast_to(sources, times.shape)

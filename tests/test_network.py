@@ -217,6 +217,29 @@ def test_layer_matches_reference(layer_run):
     assert sol.result == sj.RESULTS.successful
 
 
+def test_spike_train_of_a_failed_run_raises_unless_asked_not_to():
+    """A run with a full spike buffer (`throw=False`) holds 3 of its 47 spikes: its
+    train, the input of a next layer, raises by default, naming the failure; with
+    `throw=False` it holds the 3 recorded spikes (a next layer's run on it would
+    report success)."""
+    layer = sj.SpikingODELayer(1, 1, sj.ODELIFDynamics(), key=jax.random.key(0))
+    layer = eqx.tree_at(lambda la: la.weight, layer, jnp.full((1, 1), 0.5))
+    sol = layer.simulate(np.ones((1, 1)), interval=100.0, max_spikes=3, throw=False)
+    assert sol.result == sj.RESULTS.spike_buffer_full
+    assert int(sol.num_spikes[0]) == 47
+    with pytest.raises(
+        eqx.EquinoxRuntimeError, match=r"spike_train\(\) of a failed run: More spikes"
+    ):
+        sol.spike_train()
+    train = sol.spike_train(throw=False)
+    np.testing.assert_array_equal(
+        np.sort(np.asarray(train.times)), np.asarray(sol.spike_times[0])
+    )
+    assert np.isfinite(np.asarray(train.times)).sum() == 3
+    with pytest.raises(TypeError, match=r"`throw` must be True or False, got 'no'"):
+        sol.spike_train(throw="no")  # type: ignore[arg-type]
+
+
 def test_spike_train_of_a_solution_lists_its_spikes(layer_run):
     # Every recorded spike once, with its neuron as source (in any order).
     name, ref, sol = layer_run

@@ -165,7 +165,17 @@ def raster(
         if isinstance(spikes, np.ndarray) and spikes.dtype == object:
             given = spikes.tolist()
         check_real_number("spikes", given)
-        grid = np.asarray(spikes, float)
+        try:
+            with np.errstate(over="ignore"):  # (refused below)
+                grid = np.asarray(spikes, float)
+            beyond = np.isfinite(np.asarray(given)) & ~np.isfinite(grid)
+        except OverflowError:  # (an int beyond a float)
+            beyond = True
+        if np.any(beyond):
+            raise ValueError(
+                "`spikes` must hold times within float64's range (ms), or +inf "
+                "for padding; a finite time beyond it would be drawn as padding."
+            )
         if grid.ndim != 2:
             raise ValueError(
                 "`spikes` must be a Solution, a SpikeTrain or an array (n_neurons, "

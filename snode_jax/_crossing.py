@@ -205,7 +205,7 @@ def _locate_subset(
         return dyn.threshold(stepper.evaluate(dyn, s.dense, time))
 
     finite1 = all_finite(s.y1)
-    # On an exact flow the root is the crossing: to 4 ulp of its time in the
+    # On an exact flow the root is the crossing: to 1-2 ulp of its time in the
     # interval. (A solver's dense output is one order below the step: its root is
     # polished below.)
     exact = isinstance(stepper, ExactStepper)

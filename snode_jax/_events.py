@@ -102,8 +102,8 @@ def simulate_events(
         spike of neuron `k` adds `recurrent_weight[:, k]` after `delay` ms.
     - `schedule`: the [`EventSchedule`][].
     - `state`: the state at time 0.
-    - `root_finder`: the crossing search; its default tolerance is 4 ulp of the
-        crossing's own time.
+    - `root_finder`: the crossing search; its default tolerance is eps times the
+        crossing's own time (1 to 2 ulp of it).
     - `max_spikes`: spike times stored per neuron (`>= 1`); a neuron that would
         fire once more stops the run with `buffer_full`.
     - `max_events`: the iteration budget; a run that needs more stops with

@@ -5,6 +5,7 @@ called. Every function draws on `ax` (default: the current axes, `plt.gca()`),
 returns it, and never calls `plt.show()`.
 """
 
+import decimal
 import math
 import warnings
 from collections.abc import Sequence
@@ -74,6 +75,23 @@ def _warn_if_failed(solution: Solution) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """Which of `values` are finite numbers, also in an object array (fractions,
+    decimals, ints beyond int64; a decimal beyond a float's range is finite)."""
+    if values.dtype != object:
+        return np.isfinite(values)
+
+    def one(v) -> bool:
+        if isinstance(v, decimal.Decimal):
+            return v.is_finite()
+        try:
+            return math.isfinite(v)
+        except OverflowError:  # (an int or a fraction beyond a float: finite)
+            return True
+
+    return np.vectorize(one, otypes=[bool])(values)
 
 
 def _check_times(times: np.ndarray, what: str) -> None:
@@ -168,8 +186,8 @@ def raster(
         try:
             with np.errstate(over="ignore"):  # (refused below)
                 grid = np.asarray(spikes, float)
-            beyond = np.isfinite(np.asarray(given)) & ~np.isfinite(grid)
-        except OverflowError:  # (an int beyond a float)
+            beyond = _finite(np.asarray(given)) & ~np.isfinite(grid)
+        except OverflowError:  # (an int or a fraction beyond a float)
             beyond = True
         if np.any(beyond):
             raise ValueError(

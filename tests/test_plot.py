@@ -90,11 +90,23 @@ def test_raster_errors(run):
         plot.raster(np.ones((2, 3, 1)))
     # A finite time that float64 cannot hold would be +inf, the padding: refused
     # (a long double), not an OverflowError naming nothing (an int).
-    for huge in (np.array([[np.longdouble("1e400"), 1.0]]), [[10**400, 1.0]]):
+    for huge in (
+        np.array([[np.longdouble("1e400"), 1.0]]),
+        [[10**400, 1.0]],
+        [[Decimal("1e400"), 1.0]],
+        [[Fraction(10**400), 1.0]],
+    ):
         with pytest.raises(ValueError, match=r"`spikes` must hold times within"):
             plot.raster(huge)
-    ax = plot.raster(np.array([[np.longdouble(2), np.inf]]), ax=plt.subplots()[1])
-    np.testing.assert_array_equal(ax.collections[0].get_offsets(), [[2.0, 0.0]])
+    # Within range, each kind of number is drawn (fractions and decimals, in a
+    # list or an object array, and an int beyond int64).
+    for times, drawn in (
+        (np.array([[np.longdouble(2), np.inf]]), [[2.0, 0.0]]),
+        ([[Fraction(1, 2), Decimal("Infinity")]], [[0.5, 0.0]]),
+        (np.array([[Decimal("1.5"), 10**20]], dtype=object), [[1.5, 0.0], [1e20, 0.0]]),
+    ):
+        ax = plot.raster(times, ax=plt.subplots()[1])
+        np.testing.assert_array_equal(ax.collections[0].get_offsets(), drawn)
     with pytest.raises(ValueError, match=r"sources must be >= 0, got \[-1\]"):
         plot.raster(sj.SpikeTrain(np.array([1.0, 2.0]), np.array([-1, 0])))
     for bad in (-1.0, np.nan, 0.0):

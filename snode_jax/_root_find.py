@@ -185,12 +185,37 @@ def bisect_crossing(
     `lower <= upper` do not hold, or a traced `atol` is NaN or negative there): that
     neuron is not searched and returns `upper`.
 
-    `rtol` must be a number `>= 0`, `atol` numbers `>= 0` (checked here where they
-    are not traced), `max_iters` an int `>= 0`, and the five arrays of one shape;
-    else `TypeError` or `ValueError` naming the argument.
+    `rtol` and `atol` must be numbers `>= 0` (`atol` one, or one per neuron, or
+    any shape that broadcasts to the neurons'), checked here where they are not
+    traced (a traced one that is NaN or negative fails its neurons' brackets);
+    `max_iters` an int `>= 0`; the five arrays of one shape, `active` booleans.
+    Else `TypeError` or `ValueError` naming the argument.
     """
-    rtol = check_real_float("rtol", rtol, zero=True)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)):
+    shape = jnp.shape(lower)
+    tolerances = {"rtol": rtol, "atol": atol}
+    for name, tol in tolerances.items():
+        if not is_concrete(tol):
+            continue
+        host = np.asarray(tol)
+        unit = " (ms)" if name == "atol" else ""
+        if host.dtype.kind not in "iuf" or not np.all(np.isfinite(host) & (host >= 0)):
+            raise ValueError(
+                f"`{name}` must be finite numbers >= 0{unit}, got {describe(host)}."
+            )
+        try:
+            fits = np.broadcast_shapes(host.shape, shape) == shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"`{name}` must be one number or one per neuron (shape {shape}), got "
+                f"shape {host.shape}."
+            )
+    if is_concrete(max_iters) and np.ndim(max_iters) == 0:
+        kind = np.asarray(max_iters).dtype.kind
+        if kind in "iu" and not isinstance(max_iters, bool):
+            max_iters = int(max_iters)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int):
         raise TypeError(f"`max_iters` must be an int >= 0, got {max_iters!r}.")
     if not 0 <= max_iters <= MAX_BUDGET:
         raise ValueError(
@@ -198,29 +223,23 @@ def bisect_crossing(
         )
     arrays = {"lower": lower, "upper": upper, "g_lower": g_lower}
     arrays.update(g_upper=g_upper, active=active)
-    shape = jnp.shape(lower)
     for name, a in arrays.items():
         if jnp.shape(a) != shape:
             raise ValueError(
                 f"`{name}` must have the shape of `lower` {shape} (one value per "
                 f"neuron), got shape {jnp.shape(a)}."
             )
-    if is_concrete(atol):
-        host = np.asarray(atol)
-        if host.dtype.kind not in "iuf" or not np.all(np.isfinite(host) & (host >= 0)):
-            raise ValueError(
-                f"`atol` must be finite numbers >= 0 (ms), got {describe(host)}."
-            )
-        if host.shape not in ((), shape):
-            raise ValueError(
-                f"`atol` must be one number or one per neuron (shape {shape}), got "
-                f"shape {host.shape}."
-            )
+    if jnp.result_type(active) != jnp.bool_:
+        raise TypeError(
+            f"`active` must be booleans, got dtype {jnp.result_type(active)}."
+        )
+    active = jnp.asarray(active)
     # The bracket's conditions (NaN `g_upper` counts as past threshold, as in the
     # search; NaN ends or `g_lower` fail them).
     bracket = (g_lower < 0) & ~(g_upper < 0) & (lower <= upper)
-    if not is_concrete(atol):
-        bracket = bracket & (jnp.asarray(atol) >= 0)
+    for tol in tolerances.values():
+        if not is_concrete(tol):
+            bracket = bracket & (jnp.asarray(tol) >= 0)
     t, converged, *_ = _bracket_search(
         fn,
         lower,

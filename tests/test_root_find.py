@@ -214,6 +214,22 @@ def test_a_bracket_that_is_not_one_is_not_converged():
 
     _, converged = jax.jit(search)(jnp.array([1e-13, jnp.nan, -1.0]))
     np.testing.assert_array_equal(np.asarray(converged), [True, False, False])
+    # A traced `rtol` is taken as well (NaN or negative: every lane fails).
+    for rtol, expected in ((1e-9, True), (jnp.nan, False), (-1.0, False)):
+        _, converged = jax.jit(
+            lambda r: sj.bisect_crossing(
+                lambda t: t - 0.5,
+                jnp.zeros(2),
+                jnp.ones(2),
+                jnp.full(2, -0.5),
+                jnp.full(2, 0.5),
+                jnp.ones(2, bool),
+                rtol=r,
+                atol=0.0,
+                max_iters=200,
+            )
+        )(jnp.asarray(rtol))
+        np.testing.assert_array_equal(np.asarray(converged), [expected] * 2)
 
 
 @pytest.mark.parametrize(
@@ -225,14 +241,16 @@ def test_a_bracket_that_is_not_one_is_not_converged():
         (
             {"rtol": float("nan")},
             ValueError,
-            r"`rtol` must be finite and >= 0, got nan",
+            r"`rtol` must be finite numbers >= 0, got nan",
         ),
-        ({"rtol": -1e-3}, ValueError, "`rtol` must be finite and >= 0"),
+        ({"rtol": -1e-3}, ValueError, "`rtol` must be finite numbers >= 0"),
+        ({"rtol": "0"}, ValueError, "`rtol` must be finite numbers >= 0, got '0'"),
         ({"atol": -1.0}, ValueError, r"`atol` must be finite numbers >= 0 .*-1\.0"),
         ({"atol": jnp.array([1e-9, jnp.inf])}, ValueError, "`atol` must be finite"),
         ({"atol": jnp.ones(3)}, ValueError, r"`atol` must be one number or one per"),
         ({"g_upper": jnp.ones(3)}, ValueError, r"`g_upper` must have the shape of "),
         ({"active": jnp.ones((1, 2), bool)}, ValueError, "`active` must have the"),
+        ({"active": jnp.ones(2)}, TypeError, "`active` must be booleans, got dtype f"),
     ],
 )
 def test_arguments_are_checked(kwargs, error, match):
@@ -243,6 +261,40 @@ def test_arguments_are_checked(kwargs, error, match):
         (arrays if name in arrays else options)[name] = value
     with pytest.raises(error, match=match):
         sj.bisect_crossing(lambda t: 2 * t - 1, *arrays.values(), **options)
+
+
+def test_arguments_of_other_accepted_forms():
+    """A tolerance that broadcasts to the neurons (one number, shape (1,)), a 0-d
+    integer array as `max_iters`, a Python bool `active` for one 0-d neuron."""
+    fn = lambda t: 2 * t - 1
+    lower, upper = jnp.zeros(3), jnp.ones(3)
+    for atol, max_iters in ((jnp.array([1e-12]), jnp.array(200)), (0, np.int64(200))):
+        t, converged = sj.bisect_crossing(
+            fn,
+            lower,
+            upper,
+            fn(lower),
+            fn(upper),
+            jnp.ones(3, bool),
+            rtol=jnp.zeros(()),
+            atol=atol,
+            max_iters=max_iters,  # type: ignore[arg-type]
+        )
+        assert np.all(np.asarray(converged))
+        np.testing.assert_allclose(np.asarray(t), 0.5, rtol=0, atol=1e-12)
+    t, converged = sj.bisect_crossing(
+        fn,
+        jnp.zeros(()),
+        jnp.ones(()),
+        fn(jnp.zeros(())),
+        fn(jnp.ones(())),
+        True,  # type: ignore[arg-type]
+        rtol=0.0,
+        atol=1e-12,
+        max_iters=200,
+    )
+    assert converged.dtype == jnp.bool_ and bool(converged)
+    np.testing.assert_allclose(float(t), 0.5, rtol=0, atol=1e-12)
 
 
 def test_already_converged_bracket_needs_no_iterations():

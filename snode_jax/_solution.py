@@ -2,6 +2,7 @@
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._custom_types import Counts, SpikeTimes, State
@@ -212,7 +213,7 @@ class Solution(eqx.Module):
         `max_spikes` spikes of each neuron): with `throw` (the default) that raises
         at run time, with the run's message; `throw=False` returns the recorded
         spikes whatever the result."""
-        if not isinstance(throw, bool):
+        if not isinstance(throw, (bool, np.bool_)):
             raise TypeError(f"`throw` must be True or False, got {throw!r}.")
         sol = self
         if throw:

@@ -294,7 +294,8 @@ def adaptive_step(
     A [`StepProposal`][].
 
     **Raises:** `ValueError` where a concrete `h` is not finite and `> 0`; under
-    `jit` such a neuron's step is returned with `accept` (and `at_dt_min`) False.
+    `jit` such a neuron's step is returned with `accept` (and `at_dt_min`) False,
+    as is one where `t + h` rounds to `t` (or `t` is not finite).
     """
     if is_concrete(h):
         host = np.asarray(h)
@@ -310,7 +311,8 @@ def adaptive_step(
     proposal = propose(
         stepper, controller, dynamics, t, t + h, y, current, controller_state
     )
-    valid = jnp.isfinite(h) & (h > 0)
+    # (Also a step that does not move the time: `t + h == t`, or `t` not finite.)
+    valid = jnp.isfinite(h) & (h > 0) & (t + h > t)
     return eqx.tree_at(
         lambda p: (p.accept, p.at_dt_min),
         proposal,

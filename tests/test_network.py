@@ -236,6 +236,7 @@ def test_spike_train_of_a_failed_run_raises_unless_asked_not_to():
         np.sort(np.asarray(train.times)), np.asarray(sol.spike_times[0])
     )
     assert np.isfinite(np.asarray(train.times)).sum() == 3
+    assert np.isfinite(np.asarray(sol.spike_train(throw=np.False_).times)).sum() == 3
     with pytest.raises(TypeError, match=r"`throw` must be True or False, got 'no'"):
         sol.spike_train(throw="no")  # type: ignore[arg-type]
 

@@ -270,6 +270,13 @@ def test_adaptive_step_refuses_a_step_that_is_not_positive(solver):
         jnp.array([1e-3, 1e-3, 1e-3])
     )
     assert np.all(np.asarray(prop.accept))
+    # A step that does not move the time (below its resolution), or a time that
+    # is not finite: not accepted either.
+    dyn, _, y, current = _problem()
+    controller = _controller(rtol=1e-6, atol=1e-6, dt_min=1e-3)
+    t = jnp.array([1e8, np.nan, 0.0])
+    prop = sj.adaptive_step(dyn, solver, controller, t, y, current, jnp.full(3, 1e-9))
+    np.testing.assert_array_equal(np.asarray(prop.accept), [False, False, True])
 
 
 def test_adaptive_step_grows_small_error_steps_within_dt_max():

@@ -491,6 +491,10 @@ def test_complex_values_beyond_the_narrower_type_are_refused():
         narrowed("`params['z']`", np.array([1e300 + 1j, 2.0 + 0j]), np.complex64)
     with pytest.raises(ValueError, match=r"got \[\(1\+1e\+300j\)\]"):
         narrowed("`params['z']`", np.array([1 + 1e300j]), np.complex64)
+    # One part beyond, the other not finite: the finite part is what changed.
+    for z in (complex(1e300, np.nan), complex(np.inf, 1e300)):
+        with pytest.raises(ValueError, match="beyond the range of complex64"):
+            narrowed("`params['z']`", np.array([z]), np.complex64)
     kept = narrowed("`params['z']`", np.array([2.0 + 1j, np.inf + 0j]), np.complex64)
     assert kept.dtype == np.complex64
     np.testing.assert_array_equal(kept, [2.0 + 1j, np.inf + 0j])

@@ -234,11 +234,10 @@ def narrowed(
     if kind in "iu":
         changed = out.astype(host.dtype) != host
         what = f"integers outside the range of {out.dtype}"
-    elif kind == "f":
-        changed = np.isfinite(host) & ~np.isfinite(out)
-    elif kind == "c":  # (each part: one may be inf or NaN where the other is not)
+    elif kind in "fc":
+        # (Complex: each part, as one may be inf or NaN where the other is not.)
         changed = np.zeros(host.shape, bool)
-        for part in (np.real, np.imag):
+        for part in (np.real, np.imag) if kind == "c" else (np.asarray,):
             changed |= np.isfinite(part(host)) & ~np.isfinite(part(out))
         what = f"values beyond the range of {out.dtype}"
     else:

@@ -34,11 +34,12 @@ class BracketedNewton(eqx.Module):
     **Arguments:**
 
     - `rtol`: relative tolerance on the crossing time (default 0).
-    - `atol`: absolute tolerance (ms); default `None`: eps times the crossing's
-        own time, 1 to 2 ulp of it (for a search on an exact flow: machine
-        precision for that spike time, however long the interval or the run; the
-        crossing returned, the upper end of the final bracket, is late by less
-        than that), or on a solver's dense
+    - `atol`: absolute tolerance (ms); default `None`: for a search on an exact
+        flow, machine precision for that spike time however long the interval or
+        the run: on the event-driven engines eps times the crossing's own time
+        (1 to 2 ulp of it; the crossing returned, the upper end of the final
+        bracket, is late by less than that), on dense inputs 4 eps of its time
+        in the interval; or on a solver's dense
         output, 4 ulp of the interval length (the solver's own solution is
         polished from there).
     - `max_steps`: the iteration budget; an unconverged search is reported as
@@ -75,16 +76,19 @@ class BracketedNewton(eqx.Module):
         interval,
         value_and_slope=None,
         clock=None,
+        ulps: int = 1,
     ):
         """`(t, converged, below)`: the crossing (upper end of the final bracket),
         whether the search converged, and the lower end of the final bracket.
         `value_and_slope`, if given, returns `fn` and its slope (by default the slope
         comes from forward-mode autodiff of `fn`). `clock`, for a search on an
         exact flow: the time (per neuron, or one for all) that `t` is counted from;
-        the default tolerance is then eps times `clock + t` (1 to 2 ulp of it), not
-        4 ulp of `interval`."""
+        the default tolerance is then `ulps` eps times `clock + t` (with `ulps=1`,
+        1 to 2 ulp of it), not 4 ulp of `interval`."""
         bracket = (lower, upper, g_lower, g_upper, active, interval)
-        t, converged, below, _ = self._search(fn, value_and_slope, None, bracket, clock)
+        t, converged, below, _ = self._search(
+            fn, value_and_slope, None, bracket, clock, ulps
+        )
         return t, converged, below
 
     def search_with_state(
@@ -106,7 +110,9 @@ class BracketedNewton(eqx.Module):
         bracket = (lower, upper, g_lower, g_upper, active, interval)
         return self._search(None, value_slope_state, state_lower, bracket)
 
-    def _search(self, fn, value_and_slope, state_lower, bracket, clock=None):
+    def _search(
+        self, fn, value_and_slope, state_lower, bracket, clock=None, ulps: int = 1
+    ):
         lower, upper, g_lower, g_upper, active, interval = bracket
         rtol, atol = self.rtol, self._atol(lower.dtype, interval)
         if clock is not None and self.atol is None:
@@ -122,7 +128,7 @@ class BracketedNewton(eqx.Module):
             # exp(-h / tau)` can by rounding, instead of chasing the root to 0.)
             eps = jnp.finfo(lower.dtype).eps
             floor = eps * eps * jnp.abs(upper - lower)
-            rtol, atol = rtol + eps, eps * jnp.abs(clock) + floor
+            rtol, atol = rtol + ulps * eps, ulps * eps * jnp.abs(clock) + floor
         return _bracket_search(
             fn,
             lower,

@@ -416,8 +416,7 @@ def test_counts_beyond_the_dtypes_exact_integers_are_reported():
     layer = eqx.tree_at(lambda m: m.weight, layer, jnp.array([[1.0]], jnp.float16))
     # (What is checked is how the count is stored, not the count itself: float16's
     # clock, 0.0625 ms apart past 64 ms, cannot resolve these periods of 1/30 and
-    # 1/200 ms, and the neuron fires about 1900 and 4900 times, not 3000 and
-    # 20,000.)
+    # 1/200 ms, and the neuron fires 1155 and 2155 times, not 3000 and 20,000.)
     for drive, many in ((30.0, False), (200.0, True)):
         x = jnp.full((1, 1), drive, jnp.float16)
         sol = layer.simulate(x, 100.0, max_spikes=8192, throw=False)

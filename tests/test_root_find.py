@@ -269,16 +269,8 @@ def test_arguments_of_other_accepted_forms():
     fn = lambda t: 2 * t - 1
     lower, upper = jnp.zeros(3), jnp.ones(3)
     for atol, max_iters in ((jnp.array([1e-12]), jnp.array(200)), (0, np.int64(200))):
-        t, converged = sj.bisect_crossing(
-            fn,
-            lower,
-            upper,
-            fn(lower),
-            fn(upper),
-            jnp.ones(3, bool),
-            rtol=jnp.zeros(()),
-            atol=atol,
-            max_iters=max_iters,  # type: ignore[arg-type]
+        t, converged = _search(
+            fn, lower, upper, rtol=jnp.zeros(()), atol=atol, max_iters=max_iters
         )
         assert np.all(np.asarray(converged))
         np.testing.assert_allclose(np.asarray(t), 0.5, rtol=0, atol=1e-12)

@@ -194,8 +194,9 @@ def bisect_crossing(
     `rtol` and `atol` must be numbers `>= 0` (`atol` one, or one per neuron, or
     any shape that broadcasts to the neurons'), checked here where they are not
     traced (a traced one that is NaN or negative fails its neurons' brackets);
-    `max_iters` an int `>= 0`; the five arrays of one shape, `active` booleans.
-    Else `TypeError` or `ValueError` naming the argument.
+    `max_iters` an int `>= 0` (its range checked where it is not traced); the five
+    arrays of one shape, `active` booleans. Else `TypeError` or `ValueError`
+    naming the argument.
     """
     shape = jnp.shape(lower)
     tolerances = {"rtol": rtol, "atol": atol}
@@ -204,7 +205,13 @@ def bisect_crossing(
             continue
         host = np.asarray(tol)
         unit = " (ms)" if name == "atol" else ""
-        if host.dtype.kind not in "iuf" or not np.all(np.isfinite(host) & (host >= 0)):
+        # (`jnp.issubdtype`: bfloat16 is a floating type NumPy does not know.)
+        real = not isinstance(tol, bool) and (
+            jnp.issubdtype(host.dtype, jnp.floating)
+            or jnp.issubdtype(host.dtype, jnp.integer)
+        )
+        values = host.astype(np.float64) if real else host
+        if not real or not np.all(np.isfinite(values) & (values >= 0)):
             raise ValueError(
                 f"`{name}` must be finite numbers >= 0{unit}, got {describe(host)}."
             )
@@ -217,13 +224,17 @@ def bisect_crossing(
                 f"`{name}` must be one number or one per neuron (shape {shape}), got "
                 f"shape {host.shape}."
             )
-    if is_concrete(max_iters) and np.ndim(max_iters) == 0:
-        kind = np.asarray(max_iters).dtype.kind
-        if kind in "iu" and not isinstance(max_iters, bool):
-            max_iters = int(max_iters)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int):
+    dtype = getattr(max_iters, "dtype", None)
+    integer = isinstance(max_iters, (int, np.integer)) or (
+        dtype is not None
+        and np.ndim(max_iters) == 0
+        and jnp.issubdtype(dtype, jnp.integer)
+    )
+    if isinstance(max_iters, (bool, np.bool_)) or not integer:
         raise TypeError(f"`max_iters` must be an int >= 0, got {max_iters!r}.")
-    if not 0 <= max_iters <= MAX_BUDGET:
+    if is_concrete(max_iters):  # (a traced budget: the loop runs that many at most)
+        max_iters = int(max_iters)
+    if isinstance(max_iters, int) and not 0 <= max_iters <= MAX_BUDGET:
         raise ValueError(
             f"`max_iters` must be an int from 0 to {MAX_BUDGET}, got {max_iters!r}."
         )

@@ -16,7 +16,7 @@ from ._checks import describe
 from ._controller import PredictiveController, PredictiveState
 from ._custom_types import NeuronFloat, State
 from ._dynamics import AbstractDynamics, AbstractExactFlowDynamics
-from ._misc import is_concrete
+from ._misc import is_concrete, where_tree
 
 
 class Exact(eqx.Module):
@@ -313,8 +313,10 @@ def adaptive_step(
     )
     # (Also a step that does not move the time: `t + h == t`, or `t` not finite.)
     valid = jnp.isfinite(h) & (h > 0) & (t + h > t)
+    # (Nor is such a step the controller's last accepted one.)
+    kept = where_tree(valid, proposal.controller_state, controller_state)
     return eqx.tree_at(
-        lambda p: (p.accept, p.at_dt_min),
+        lambda p: (p.accept, p.at_dt_min, p.controller_state),
         proposal,
-        (proposal.accept & valid, proposal.at_dt_min & valid),
+        (proposal.accept & valid, proposal.at_dt_min & valid, kept),
     )

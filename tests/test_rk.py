@@ -277,6 +277,19 @@ def test_adaptive_step_refuses_a_step_that_is_not_positive(solver):
     t = jnp.array([1e8, np.nan, 0.0])
     prop = sj.adaptive_step(dyn, solver, controller, t, y, current, jnp.full(3, 1e-9))
     np.testing.assert_array_equal(np.asarray(prop.accept), [False, False, True])
+    # A step not accepted leaves the controller's last accepted step as it was.
+    before = controller.init_state((3,), jnp.float64)
+    before = type(before)(jnp.array([0.5, 0.25, 0.125]), jnp.array([0.5, 0.25, 0.1]))
+    prop = jax.jit(
+        lambda h: sj.adaptive_step(
+            dyn, solver, controller, t * 0, y, current, h, before
+        )
+    )(jnp.array([-1.0, 0.0, 1e-3]))
+    np.testing.assert_array_equal(np.asarray(prop.accept), [False, False, True])
+    for new, old in zip(
+        jax.tree.leaves(prop.controller_state), jax.tree.leaves(before)
+    ):
+        np.testing.assert_array_equal(np.asarray(new)[:2], np.asarray(old)[:2])
 
 
 def test_adaptive_step_grows_small_error_steps_within_dt_max():

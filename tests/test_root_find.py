@@ -274,6 +274,24 @@ def test_arguments_of_other_accepted_forms():
         )
         assert np.all(np.asarray(converged))
         np.testing.assert_allclose(np.asarray(t), 0.5, rtol=0, atol=1e-12)
+    # bfloat16 tolerances (a floating type NumPy does not know), a traced budget.
+    lo16, hi16 = jnp.zeros(3, jnp.bfloat16), jnp.ones(3, jnp.bfloat16)
+    eps16 = jnp.finfo(jnp.bfloat16).eps
+    t, converged = jax.jit(
+        lambda m: sj.bisect_crossing(
+            fn,
+            lo16,
+            hi16,
+            fn(lo16),
+            fn(hi16),
+            jnp.ones(3, bool),
+            rtol=jnp.bfloat16(0.01),
+            atol=eps16 * hi16,
+            max_iters=m,
+        )
+    )(50)
+    assert np.all(np.asarray(converged))
+    np.testing.assert_allclose(np.asarray(t, np.float64), 0.5, rtol=0, atol=0.01)
     t, converged = sj.bisect_crossing(
         fn,
         jnp.zeros(()),

@@ -116,12 +116,14 @@ class BracketedNewton(eqx.Module):
         lower, upper, g_lower, g_upper, active, interval = bracket
         rtol, atol = self.rtol, self._atol(lower.dtype, interval)
         if clock is not None and self.atol is None:
-            # Eps times the crossing's own time (`clock + hi`, the bracket's upper
-            # end as it closes in; 1 to 2 ulp of it): a tolerance of the interval
-            # or the run's length put early spikes of a long run late by up to
-            # that much, and each late spike moved the next. (4 eps put float32
-            # spikes 1.8-1.9 ulp late on average, and the delays added up: a
-            # 3-layer float32 network up to 1.5e-3 ms off, against 2.5e-4 now.)
+            # `ulps` eps of the crossing's own time (`clock + hi`, the bracket's
+            # upper end as it closes in; with 1, 1 to 2 ulp of it): a tolerance
+            # of the interval or the run's length put early spikes of a long run
+            # late by up to that much, and each late spike moved the next. (On
+            # the event-driven engines 4 eps put float32 spikes 1.7 ulp late on
+            # average and the delays added up: a 3-layer float32 network up to
+            # 1.5e-3 ms off, against 2.5e-4 with 1. The dense path passes 4: see
+            # `_crossing.py`.)
             # (With a floor of eps^2 of the bracket: about twice the mantissa's
             # bits of bisection where the threshold function jumps at the
             # bracket's lower end, as a flow written `v_inf + (v - v_inf) *
@@ -188,8 +190,8 @@ def bisect_crossing(
     from a state that blew up, counts as past threshold); `converged` is False for
     an active neuron whose bracket was still too wide after `max_iters`, and for an
     active neuron whose bracket is not one (`g_lower < 0 <= g_upper` and
-    `lower <= upper` do not hold, or a traced `atol` is NaN or negative there): that
-    neuron is not searched and returns `upper`.
+    `lower <= upper` do not hold, or a traced tolerance is NaN or negative there):
+    that neuron is not searched and returns `upper`.
 
     `rtol` and `atol` must be numbers `>= 0` (`atol` one, or one per neuron, or
     any shape that broadcasts to the neurons'), checked here where they are not

@@ -294,8 +294,9 @@ def adaptive_step(
     A [`StepProposal`][].
 
     **Raises:** `ValueError` where a concrete `h` is not finite and `> 0`; under
-    `jit` such a neuron's step is returned with `accept` (and `at_dt_min`) False,
-    as is one where `t + h` rounds to `t` (or `t` is not finite).
+    `jit` such a neuron's step is returned with `accept` (and `at_dt_min`) False
+    and the controller's state as given, as is one where `t + h` rounds to `t` (or
+    `t` is not finite).
     """
     if is_concrete(h):
         host = np.asarray(h)

@@ -189,6 +189,12 @@ def raster(
             beyond = _finite(np.asarray(given)) & ~np.isfinite(grid)
         except OverflowError:  # (an int or a fraction beyond a float)
             beyond = True
+        except ValueError:  # (a signalling-NaN decimal, which no float holds)
+            raise ValueError(
+                f"Spike times must be >= 0 (ms), or +inf for padding; got "
+                f"{describe(np.asarray(given, object).ravel()[:6].tolist())} "
+                "(a signalling NaN)."
+            ) from None
         if np.any(beyond):
             raise ValueError(
                 "`spikes` must hold times within float64's range (ms), or +inf "

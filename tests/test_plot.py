@@ -86,6 +86,8 @@ def test_raster_errors(run):
         plot.raster(sol, neurons=[3])
     with pytest.raises(ValueError, match=r"Spike times must be >= 0 .*nan"):
         plot.raster(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match=r"Spike times must be >= 0 .*signalling NaN"):
+        plot.raster([[Decimal("sNaN"), 1.0]])
     with pytest.raises(ValueError, match=r"shape \(2, 3, 1\) \(a batch"):
         plot.raster(np.ones((2, 3, 1)))
     # A finite time that float64 cannot hold would be +inf, the padding: refused

@@ -282,7 +282,7 @@ def integrate(
         interval, inputs.shape[0]
     )
     conditions.update(integrator.conditions(dynamics, interval))
-    invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
+    invalid = any_condition_fails(conditions)
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
 
@@ -503,7 +503,7 @@ def integrate_events(
             max_spikes=max_spikes,
             max_events=max_events,
         )
-    invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
+    invalid = any_condition_fails(conditions)
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
     result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
@@ -620,6 +620,11 @@ def sorted_events(spikes: SpikeTrain, t_end, n_inputs: int, dtype):
     # the gathers in bounds meanwhile.
     sources = jnp.where(finite & (sources >= 0) & (sources < n_inputs), sources, 0)
     return times, sources, invalid
+
+
+def any_condition_fails(conditions: dict) -> Array:
+    """Whether any of the named run-time `conditions` (boolean scalars) fails."""
+    return ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
 
 
 def raise_on_failure(sol, dynamics, conditions, nonfinite, context: str = ""):

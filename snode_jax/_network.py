@@ -21,7 +21,7 @@ from ._checks import (
 from ._cuba import CubaLIFDynamics
 from ._custom_types import State
 from ._dynamics import AbstractExactFlowDynamics
-from ._integrate import raise_on_failure, sorted_events
+from ._integrate import any_condition_fails, raise_on_failure, sorted_events
 from ._layer import SpikingODELayer
 from ._misc import any_nonfinite, is_concrete, vary_like
 from ._solution import RESULTS, Solution, update_result
@@ -218,7 +218,7 @@ def _readout(
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     conditions = _readout_conditions(dynamics, y0)
     conditions["0 < t_end < inf"] = jnp.isfinite(t_end) & (t_end > 0)
-    invalid = ~jnp.all(jnp.stack([jnp.asarray(ok) for ok in conditions.values()]))
+    invalid = any_condition_fails(conditions)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
     result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
     result = update_result(result, bad_state, RESULTS.nonfinite_state)

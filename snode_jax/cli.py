@@ -57,6 +57,7 @@ BENCH_SCRIPTS = {
     "lif_grad_ab": "bench_lif_grad_ab.py",
     "chunks": "bench_chunks.py",
     "network": "bench_network.py",
+    "event_precision": "bench_event_precision.py",
     "online": "bench_online.py",
     "engines": "bench_engines.py",
     "compile": "bench_compile.py",

@@ -242,8 +242,9 @@ def _readout_conditions(dynamics, y0) -> dict:
 class NetworkSolution(eqx.Module):
     """The result of [`SpikingODENetwork.simulate`][]: `layers[i]` is layer `i`'s
     [`Solution`][] (or a [`ReadoutSolution`][] for a readout); `result` is the
-    first failure of any layer (a layer after a failed one ran on its truncated
-    output, although its own `result` may be `successful`)."""
+    first failure of any layer. A layer after a failed one ran on its incomplete
+    output: its own `result` is `input_from_failed_layer` where its run did not
+    fail on its own."""
 
     layers: tuple[Solution | ReadoutSolution, ...]
 
@@ -361,12 +362,14 @@ class SpikingODENetwork(eqx.Module):
         )
         solutions = []
         train = inputs
+        upstream_failed = False
         for i, layer in enumerate(self.layers):
             # A failure's message names the layer (and its budget of spikes).
             where = f"In `layers[{i}]` of the network"
             if isinstance(layer, LeakyReadout):
                 context = f"{where} (the readout): "
-                solutions.append(layer._simulate(train, t_end, throw, context))
+                sol = layer._simulate(train, t_end, throw, context)
+                solutions.append(_after_upstream(sol, upstream_failed))
                 break
             budget = budgets.pop(0)
             context = f"{where} (max_spikes={budget}): "
@@ -380,9 +383,18 @@ class SpikingODENetwork(eqx.Module):
                 throw=throw,
                 context=context,
             )
+            sol = _after_upstream(sol, upstream_failed)
             solutions.append(sol)
+            upstream_failed = sol.result != RESULTS.successful
             train = sol.spike_train(throw=False)  # (its failure: in `sol`)
         return NetworkSolution(tuple(solutions))
+
+
+def _after_upstream(sol, upstream_failed):
+    """`sol` with `result` `input_from_failed_layer` where an earlier layer failed
+    and its own run did not."""
+    result = update_result(sol.result, upstream_failed, RESULTS.input_from_failed_layer)
+    return eqx.tree_at(lambda s: s.result, sol, result)
 
 
 def _per_layer(name: str, value, is_single: bool, single: str, n: int) -> list:

@@ -118,6 +118,11 @@ class RESULTS(eqx.Enumeration):
         "Increase `max_spikes`, or differentiate with "
         "`RerunAdjoint(replay_crossings=False)`, which searches for them again."
     )
+    input_from_failed_layer = (
+        "An earlier layer of the network failed (its own `result` says how): this "
+        "layer ran on that layer's output spikes as far as they were recorded, so "
+        "its run is not the network's. Fix the earlier layer's failure."
+    )
     invalid_reset = (
         "The model's `reset` left a neuron at or above its threshold "
         "(`threshold(reset(y)) >= 0` at a spike); the run stopped that neuron there "

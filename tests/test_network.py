@@ -867,6 +867,17 @@ def test_a_failure_in_a_network_names_its_layer():
             net.simulate(train, t_end=30.0, max_spikes=budgets)
         with pytest.raises(eqx.EquinoxRuntimeError, match=where):
             jax.block_until_ready(jitted(budgets)(train))
+    # With `throw=False`, the layers after the failed one say that their input
+    # came from it (they reported success on the truncated train).
+    for budgets, i in (((64, 2), 1), ((2, 64), 0)):
+        nsol = net.simulate(train, t_end=30.0, max_spikes=budgets, throw=False)
+        results = [sol.result for sol in nsol.layers]
+        assert results[i] == sj.RESULTS.spike_buffer_full
+        assert all(r == sj.RESULTS.successful for r in results[:i])
+        assert all(r == sj.RESULTS.input_from_failed_layer for r in results[i + 1 :])
+        assert nsol.result == sj.RESULTS.spike_buffer_full
+    with pytest.raises(eqx.EquinoxRuntimeError, match="An earlier layer of the"):
+        nsol.layers[1].spike_train()
     # With every budget large enough, the run succeeds.
     assert (
         net.simulate(train, t_end=30.0, max_spikes=64).result == sj.RESULTS.successful

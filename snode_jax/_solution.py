@@ -52,7 +52,11 @@ class RESULTS(eqx.Enumeration):
         "grows with the number of spikes in an interval, may have changed its spike "
         "count (in float32 at hundreds to thousands of spikes per interval with the "
         "asymptote far above threshold; at 1 ms intervals in float16 from about "
-        "six, in bfloat16 from two), or a count is too large to hold exactly in the "
+        "six, in bfloat16 from two); on the adaptive path (every model but the "
+        "LIF on `Exact()`) the rounding of its spike times, which adds up over "
+        "an interval's spikes, may exceed a quarter of its period (float32 from "
+        "700 to 1000 spikes in an interval, float16 from about 10, bfloat16 from "
+        "about 4); or a count is too large to hold exactly in the "
         "dtype the counts are stored in (from 256 in bfloat16, 2048 in float16): "
         "use a wider dtype or shorter intervals."
     )
@@ -170,8 +174,9 @@ class Solution(eqx.Module):
         gives those states), or with `keep_interval_states=False`.
     - `stats`: per-neuron integer counters: `num_steps` (accepted solver steps),
         `num_rejected_steps`, `num_crossings` (located threshold crossings),
-        `num_dt_min_steps` (steps accepted only because they hit `dt_min`), and the
-        scalar `max_steps`.
+        `num_dt_min_steps` (steps accepted only because they hit `dt_min`),
+        `num_imprecise_intervals` (intervals whose count rounding may have changed:
+        `count_precision_lost`), and the scalar `max_steps`.
     - `result`: a [`RESULTS`][] item.
     - `interval`: the interval length (ms), or one length per interval.
     - `duration`: the simulated time (ms).

@@ -13,6 +13,7 @@ from ._checks import (
     MAX_BUDGET,
     SIZE_REASON,
     as_jax_array,
+    check_bool,
     check_finite,
     check_fits,
     check_float_dtype,
@@ -196,8 +197,7 @@ class SpikingODELayer(eqx.Module):
         self.weight = std * jax.random.normal(
             w_key if recurrent else key, (self.n_neurons, self.n_inputs), dtype
         )
-        if not isinstance(recurrent, (bool, np.bool_)):
-            raise TypeError(f"`recurrent` must be a bool, got {recurrent!r}.")
+        check_bool("recurrent", recurrent)
         delay = check_delay(delay)
         if delay and not recurrent:
             raise ValueError(
@@ -294,12 +294,15 @@ class SpikingODELayer(eqx.Module):
                     f"{jnp.shape(leaf)}."
                 )
             # (Concrete values only: under `jit` the run reports them.)
-            check_finite(f"state{jax.tree_util.keystr(path)}", leaf)
+            name = f"state{jax.tree_util.keystr(path)}"
+            check_finite(name, leaf)
+            check_fits(name, leaf, jnp.asarray(leaf).astype(self.dtype))
         return state
 
     def _run(
         self, inputs, interval, state, max_spikes, throw, keep=True, save_times=None
     ) -> Solution:
+        check_bool("throw", throw)
         self._check_arrays()
         inputs = self._check_inputs(inputs)
         check_interval(interval, inputs.shape[0], self.dtype)
@@ -478,6 +481,7 @@ class SpikingODELayer(eqx.Module):
     ) -> Solution:
         """[`simulate`][]; a failure's message starts with `context` (on the
         event-driven engine: which layer of a network failed)."""
+        check_bool("throw", throw)
         max_spikes = check_max_spikes(max_spikes)
         if check_after_max_spikes(after_max_spikes) and not (
             isinstance(inputs, SpikeTrain) and self.recurrent_weight is None
@@ -647,7 +651,10 @@ class SpikingODELayer(eqx.Module):
         **Raises:** with `throw=True` (the default), a runtime error where the run
         fails (see `RESULTS`). With `throw=False` the counts of a failed run come
         back as computed, with nothing to say it failed: use `simulate(...,
-        max_spikes=0, throw=False)`, whose `result` says.
+        max_spikes=0, throw=False)`, whose `result` says (there
+        `spike_buffer_full` is no failure: it reports any spike, which a buffer of
+        none cannot hold, and only where nothing else failed; the counts are
+        exact).
 
         A recurrent layer records its spikes to deliver them: use `simulate`.
         """
@@ -672,6 +679,7 @@ class SpikingODELayer(eqx.Module):
         """Advance `state` by one interval of constant input `x` (pure).
 
         **Returns:** `(new_state, counts)`, counts of shape `(n_neurons,)`.
+        (`state` is required: `init_state()` is the resting state.)
 
         **Raises:** as `forward` (with `throw=False`, a failed step is not
         reported).
@@ -680,6 +688,11 @@ class SpikingODELayer(eqx.Module):
             raise TypeError(
                 "`step` advances a feed-forward layer; a recurrent layer's spikes in "
                 "flight are not part of its state: use `simulate`."
+            )
+        if state is None:
+            raise TypeError(
+                "`state` of `step` must be a state of the layer's model (the "
+                "resting state is `init_state()`), got None."
             )
         self._check_arrays()  # (before `check_interval` takes the weight's dtype)
         x = as_jax_array("x", x)

@@ -13,6 +13,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._checks import (
     MAX_BUDGET,
     SIZE_REASON,
+    check_bool,
     check_float_dtype,
     check_parameters_fit,
     check_positive_int,
@@ -24,7 +25,7 @@ from ._dynamics import AbstractExactFlowDynamics
 from ._integrate import any_condition_fails, raise_on_failure, sorted_events
 from ._layer import SpikingODELayer
 from ._misc import any_nonfinite, is_concrete, vary_like
-from ._solution import RESULTS, Solution, update_result
+from ._solution import RESULTS, Solution, raise_unless_successful, update_result
 from ._spike_train import SpikeTrain, check_spike_train
 
 
@@ -142,6 +143,7 @@ class LeakyReadout(eqx.Module):
     def _simulate(self, inputs, t_end, throw, context="") -> ReadoutSolution:
         """[`simulate`][]; a failure's message starts with `context` (which layer
         of a network failed)."""
+        check_bool("throw", throw)
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(f"`inputs` must be a SpikeTrain, got {type(inputs)}.")
         # (A weight swapped in with `eqx.tree_at` is not checked by `__init__`.)
@@ -325,6 +327,7 @@ class SpikingODENetwork(eqx.Module):
         that fails raises with its message after the failed layer's place
         (`layers[i]`) and its `max_spikes`.
         """
+        check_bool("throw", throw)
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(
                 "`inputs` of a SpikingODENetwork must be a SpikeTrain (its layers "
@@ -409,10 +412,19 @@ def _per_layer(name: str, value, is_single: bool, single: str, n: int) -> list:
     return values
 
 
-def first_spike_times(sol: Solution) -> Float[Array, "*batch n_neurons"]:
+def first_spike_times(
+    sol: Solution, *, throw: bool = True
+) -> Float[Array, "*batch n_neurons"]:
     """Each neuron's first spike time (ms), `+inf` for a neuron that did not fire:
     the output of a time-to-first-spike code. Differentiable (exactly, where the
-    neuron fired)."""
+    neuron fired).
+
+    Of a run that did not succeed (`sol.result`, from `simulate(...,
+    throw=False)`) a neuron's `+inf` may only mean that the run stopped before it
+    fired: with `throw` (the default) that raises at run time, with the run's
+    message, as [`Solution.spike_train`][] does; `throw=False` returns the times
+    recorded whatever the result."""
+    check_bool("throw", throw)
     if not isinstance(sol, Solution):
         raise TypeError(
             "`first_spike_times` takes the Solution of a spiking layer (one of a "
@@ -424,4 +436,6 @@ def first_spike_times(sol: Solution) -> Float[Array, "*batch n_neurons"]:
             "`first_spike_times` needs recorded spike times: this solution has none "
             "(run with max_spikes >= 1)."
         )
+    if throw:
+        sol = raise_unless_successful(sol, "first_spike_times() of a failed run: ")
     return sol.spike_times[..., 0]

@@ -2,9 +2,9 @@
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._checks import check_bool
 from ._custom_types import Counts, SpikeTimes, State
 from ._misc import max_across_devices, tie_to
 from ._spike_train import SpikeTrain
@@ -223,8 +223,7 @@ class Solution(eqx.Module):
         `max_spikes` spikes of each neuron): with `throw` (the default) that raises
         at run time, with the run's message; `throw=False` returns the recorded
         spikes whatever the result."""
-        if not isinstance(throw, (bool, np.bool_)):
-            raise TypeError(f"`throw` must be True or False, got {throw!r}.")
+        check_bool("throw", throw)
         sol = self
         if throw:
             sol = raise_unless_successful(self, "spike_train() of a failed run: ")

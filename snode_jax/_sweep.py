@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import ArrayLike, PyTree
 
-from ._checks import check_positive_int, narrowed
+from ._checks import check_bool, check_positive_int, narrowed
 from ._misc import is_concrete
 
 _AXIS = "batch"
@@ -275,6 +275,7 @@ def sweep(
             lambda a: _place(a[start : start + per_call], sharding), host
         )
 
+    check_bool("progress", progress)
     bar = _progress_bar(n_points, "sweep") if progress else None
     outputs = []
     try:

@@ -598,6 +598,44 @@ def test_a_readouts_model_conditions_are_checked_at_run_time(name):
     assert out.result == sj.RESULTS.invalid_parameters
 
 
+@pytest.mark.parametrize("throw", [None, 0, "no", [], 1.0])
+def test_throw_must_be_a_bool(throw):
+    # `None`, `0` or `[]` returned a failed run without a word, and `"no"` raised.
+    layer = sj.SpikingODELayer(N_IN, N, key=_KEY)
+    x = np.ones((T, N_IN))
+    train = sj.SpikeTrain(jnp.array([1.0]), jnp.array([0]))
+    readout = sj.LeakyReadout(N_IN, 2, key=_KEY)
+    net = sj.SpikingODENetwork([layer, sj.LeakyReadout(N, 2, key=_KEY)])
+    calls = [
+        lambda: layer.forward(x, 1.0, throw=throw),
+        lambda: layer.simulate(x, 1.0, throw=throw),
+        lambda: layer.simulate(train, t_end=5.0, throw=throw),
+        lambda: layer.step(layer.init_state(), x[0], 1.0, throw=throw),
+        lambda: readout.simulate(train, t_end=5.0, throw=throw),
+        lambda: net.simulate(train, t_end=5.0, throw=throw),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match="`throw` must be True or False, got"):
+            call()
+
+
+def test_states_are_checked_against_the_dtype_and_step_needs_one():
+    # A state beyond the layer's dtype became -inf when cast (`OnlineLayer.reset`
+    # stored it so) and failed at run time as a generic non-finite input; `step`
+    # with `None` started from rest without a word.
+    layer = sj.SpikingODELayer(N_IN, N, dtype=jnp.float32, key=_KEY)
+    huge = type(layer.init_state())(np.full(N, -1e39))
+    match = (
+        r"`state.v` must fit the layer's dtype float32 .* got -1e\+39 at state.v\[0\]"
+    )
+    with pytest.raises(ValueError, match=match):
+        layer.forward(np.ones((T, N_IN)), 1.0, state=huge)
+    with pytest.raises(ValueError, match=match):
+        sj.OnlineLayer(layer).reset(huge)
+    with pytest.raises(TypeError, match="`state` of `step` must be a state"):
+        layer.step(None, np.ones(N_IN), 1.0)  # type: ignore[arg-type]
+
+
 def test_arrays_of_the_functional_api_are_checked():
     # `sj.integrate` and `sj.integrate_events` passed these to raw JAX errors
     # (a while loop's carry types, a modulo by zero, `ceil` of a complex).

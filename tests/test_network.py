@@ -842,6 +842,17 @@ def test_first_spike_times_needs_recorded_spikes():
     for other in (sol.spike_times, (sol,)):
         with pytest.raises(TypeError, match="`first_spike_times` takes the Solution"):
             sj.first_spike_times(other)  # type: ignore[arg-type]
+    # A failed run's `+inf` may be a neuron the run stopped before it fired: that
+    # raises unless asked not to (it returned the times as a success).
+    failed = layer.simulate(np.ones((3, N_INPUTS)), 1.0, max_spikes=1, throw=False)
+    assert failed.result == sj.RESULTS.spike_buffer_full
+    with pytest.raises(eqx.EquinoxRuntimeError, match="first_spike_times.. of a fail"):
+        jax.block_until_ready(sj.first_spike_times(failed))
+    first = sj.first_spike_times(failed, throw=False)
+    np.testing.assert_array_equal(first, failed.spike_times[:, 0])
+    assert np.all(np.isfinite(first))
+    with pytest.raises(TypeError, match="`throw` must be True or False, got None"):
+        sj.first_spike_times(failed, throw=None)  # type: ignore[arg-type]
 
 
 def test_a_failure_in_a_network_names_its_layer():

@@ -175,7 +175,8 @@ class Solution(eqx.Module):
     - `stats`: per-neuron integer counters: `num_steps` (accepted solver steps),
         `num_rejected_steps`, `num_crossings` (located threshold crossings),
         `num_dt_min_steps` (steps accepted only because they hit `dt_min`),
-        `num_imprecise_intervals` (intervals whose count rounding may have changed:
+        `num_stalled_steps` (steps that moved neither the time nor the state:
+        `step_size_underflow`), `num_imprecise_intervals` (intervals whose count rounding may have changed:
         `count_precision_lost`), and the scalar `max_steps`.
     - `result`: a [`RESULTS`][] item.
     - `interval`: the interval length (ms), or one length per interval.

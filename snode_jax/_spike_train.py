@@ -134,6 +134,11 @@ def check_spike_train(
                 f"`t_end` must be finite in the run's dtype {jnp.dtype(dtype).name} "
                 f"(at most {float(jnp.finfo(dtype).max)!r} ms), got {t_end!r}."
             )
+        if dtype is not None and np.asarray(value).astype(dtype) == 0:
+            raise ValueError(
+                f"`t_end` must be > 0 in the run's dtype {jnp.dtype(dtype).name}, "
+                f"where {t_end!r} rounds to 0 (ms)."
+            )
     if is_concrete((spikes, t_end)):
         times = np.asarray(spikes.times)
         sources = np.asarray(widened_sources(spikes.sources))

@@ -76,6 +76,11 @@ def grid(
     `ValueError` for no axes, an axis given twice, an empty, scalar or ragged
     axis, or more than `2**31 - 1` points.
     """
+    if axes is not None and not isinstance(axes, Mapping):
+        raise TypeError(
+            "`axes` must be a mapping from names to values (or give the axes by "
+            f"keyword: `grid(tau_mem=[10, 20])`), got {type(axes).__name__} {axes!r}."
+        )
     merged: dict[str, Any] = dict(axes or {})
     for name, values in kwargs.items():
         if name in merged:

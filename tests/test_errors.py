@@ -977,6 +977,9 @@ def test_times_beyond_the_run_dtype_are_refused():
             call(x, 1e-46)
     with pytest.raises(ValueError, match=tiny):
         sj.OnlineLayer(layer).step(x[0], interval=1e-46)
+    # So is `t_end` (it failed at run time, not naming the value).
+    with pytest.raises(ValueError, match="`t_end` must be > 0 in the run's dtype "):
+        layer.simulate(train, t_end=1e-46)
     # Up to the largest float32, a readout (no pieces to count) runs.
     sol = readout.simulate(train, t_end=3e38)
     assert np.isfinite(np.asarray(sol.max_voltage)).all()
@@ -1438,6 +1441,9 @@ def test_integrate_and_integrate_events_check_their_arrays_shapes():
     with pytest.raises(ValueError, match="`max_spikes` must be an int >= 0, got -1"):
         dense(max_spikes=-1)
     np.testing.assert_array_equal(dense().counts.shape, (2, 2))
+    # (An empty Solution before; layers and `integrate_events` refused it.)
+    with pytest.raises(ValueError, match="need at least one interval"):
+        dense(x=jnp.ones((0, 3)))
     # A 0-d integer array is an int (as SpikingODENetwork takes it).
     for m in (np.array(4), jnp.int32(4)):
         np.testing.assert_array_equal(

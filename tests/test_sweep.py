@@ -284,6 +284,13 @@ def test_missing_parameter_and_other_errors():
         grid(a=[])
     with pytest.raises(ValueError, match="at least one axis"):
         grid()
+    # (A bare "cannot convert dictionary update sequence element" before.)
+    with pytest.raises(
+        TypeError, match=r"`axes` must be a mapping .* got list \[1, 2\]"
+    ):
+        grid([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`progress` must be True or False, got None"):
+        sweep(lambda p: p, {"x": np.ones(3)}, progress=None)  # type: ignore[arg-type]
 
 
 def test_invalid_point_fails_at_run_time_naming_the_condition():

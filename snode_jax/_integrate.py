@@ -447,7 +447,7 @@ def integrate_events(
     root_finder = BracketedNewton() if root_finder is None else root_finder
     leaves = [dynamics.parameters(), weight, state, recurrent_weight]
     conditions = initial_conditions(dynamics, state)
-    bad_spikes = jnp.zeros((), bool)
+    bad_spikes = bad_current = jnp.zeros((), bool)
     if spikes is not None:
         t_end = jnp.asarray(t_end, dtype)
         input_times, input_sources, bad_spikes = sorted_events(
@@ -464,6 +464,8 @@ def integrate_events(
         boundaries = jnp.concatenate([jnp.zeros((1,), dtype), ends[:-1]])
         t_end = ends[-1]
         currents = input_currents(inputs, weight)
+        # (Told apart from a state that became NaN or inf: the currents drive it.)
+        bad_current = ~jnp.all(jnp.isfinite(currents))
         input_times = jnp.full((1,), jnp.inf, dtype)
         input_sources = jnp.zeros((1,), jnp.int32)
         leaves.append(inputs)
@@ -513,6 +515,7 @@ def integrate_events(
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_input, RESULTS.successful)
     result = update_result(result, invalid, RESULTS.invalid_parameters)
     result = update_result(result, bad_spikes, RESULTS.invalid_input_spikes)
+    result = update_result(result, bad_current, RESULTS.nonfinite_current)
     bad_state = jnp.any(jnp.isnan(run.spike_times)) | any_nonfinite(run.final_state)
     result = update_result(result, bad_state, RESULTS.nonfinite_state)
     result = update_result(result, run.invalid_reset, RESULTS.invalid_reset)

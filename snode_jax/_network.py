@@ -302,6 +302,18 @@ class SpikingODENetwork(eqx.Module):
                     f"`layers[{i}]` takes {layer.n_inputs} inputs but `layers[{i - 1}]` "
                     f"has {layers[i - 1].n_neurons} neurons."
                 )
+            # A float32 layer's spike at its own `t_end` (rounded up) would be past
+            # a float64 layer's, and refused there as an invalid input.
+            dtype, first = (
+                jnp.dtype(layer.weight.dtype),
+                jnp.dtype(layers[0].weight.dtype),
+            )
+            if dtype != first:
+                raise ValueError(
+                    f"The layers of a network share one dtype (spike times pass "
+                    f"between them): `layers[0]` is {first.name}, `layers[{i}]` "
+                    f"{dtype.name}."
+                )
         self.layers = layers
 
     def simulate(

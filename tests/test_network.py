@@ -930,6 +930,17 @@ def test_network_argument_errors():
         net.simulate(np.ones((3, 2)), t_end=5.0)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match=r"`dtype` must be a floating dtype"):
         sj.LeakyReadout(3, 2, dtype=jnp.int32, key=key)
+    # A float32 layer's spike at its `t_end` (rounded up) was past a float64 next
+    # layer's, which refused it as an invalid input spike.
+    for last in (
+        sj.SpikingODELayer(3, 1, dtype=jnp.float64, key=key),
+        sj.LeakyReadout(3, 1, dtype=jnp.float64, key=key),
+    ):
+        f32 = sj.SpikingODELayer(2, 3, dtype=jnp.float32, key=key)
+        with pytest.raises(
+            ValueError, match=r"share one dtype .* `layers\[1\]` float64"
+        ):
+            sj.SpikingODENetwork([f32, last])
 
 
 def test_readout_max_time_gradient():

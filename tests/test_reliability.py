@@ -91,6 +91,18 @@ def test_overflowing_current_is_reported(solver, steps):
         layer.simulate(x, 1.0, max_spikes=8)
 
 
+def test_overflowing_current_is_reported_on_the_event_engine():
+    # A recurrent layer runs dense inputs on the event engine, which reported the
+    # overflowed current as a state that became NaN or inf.
+    layer = sj.SpikingODELayer(
+        1, 1, recurrent=True, delay=0.5, dtype=jnp.float32, key=jax.random.key(0)
+    )
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.full((1, 1), 4.0, jnp.float32))
+    x = np.full((3, 1), 3e38, np.float32)
+    sol = layer.simulate(x, 1.0, max_spikes=8, throw=False)
+    assert sol.result == sj.RESULTS.nonfinite_current
+
+
 def test_overflowing_current_is_reported_per_sample():
     """Under `jax.vmap` (the batch folded into the neurons, whose counts are
     written over the currents), only the sample whose currents overflow reports

@@ -33,11 +33,13 @@ def _first_entry(name: str, host: np.ndarray, where: np.ndarray):
     return host[tuple(bad[0])], f"{name}[{at}]", len(bad)
 
 
-def check_bool(name: str, value) -> None:
-    """`TypeError` unless `value` is a Python or NumPy bool (a flag such as
-    `throw`, where `None`, `0` or a string would have read as true or false)."""
+def check_bool(name: str, value) -> bool:
+    """`value` as a Python bool; `TypeError` unless it is a Python or NumPy bool (a
+    flag such as `throw`, where `None`, `0` or a string would have read as true or
+    false)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
 
 
 def check_finite(name: str, a) -> None:

@@ -302,7 +302,7 @@ class SpikingODELayer(eqx.Module):
     def _run(
         self, inputs, interval, state, max_spikes, throw, keep=True, save_times=None
     ) -> Solution:
-        check_bool("throw", throw)
+        throw = check_bool("throw", throw)
         self._check_arrays()
         inputs = self._check_inputs(inputs)
         check_interval(interval, inputs.shape[0], self.dtype)
@@ -481,7 +481,7 @@ class SpikingODELayer(eqx.Module):
     ) -> Solution:
         """[`simulate`][]; a failure's message starts with `context` (on the
         event-driven engine: which layer of a network failed)."""
-        check_bool("throw", throw)
+        throw = check_bool("throw", throw)
         max_spikes = check_max_spikes(max_spikes)
         if check_after_max_spikes(after_max_spikes) and not (
             isinstance(inputs, SpikeTrain) and self.recurrent_weight is None

@@ -143,7 +143,7 @@ class LeakyReadout(eqx.Module):
     def _simulate(self, inputs, t_end, throw, context="") -> ReadoutSolution:
         """[`simulate`][]; a failure's message starts with `context` (which layer
         of a network failed)."""
-        check_bool("throw", throw)
+        throw = check_bool("throw", throw)
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(f"`inputs` must be a SpikeTrain, got {type(inputs)}.")
         # (A weight swapped in with `eqx.tree_at` is not checked by `__init__`.)
@@ -252,17 +252,26 @@ class NetworkSolution(eqx.Module):
 
     @property
     def result(self) -> RESULTS:
-        """The first layer's outcome that is not `successful` (else `successful`)."""
-        result = self.layers[0].result
-        for layer in self.layers[1:]:
-            failed = result != RESULTS.successful
-            result = RESULTS.where(failed, result, layer.result)
-        return result
+        """The first layer's outcome that is not `successful` (else `successful`);
+        of a batched solution, per batch element."""
+        results = [layer.result for layer in self.layers]
+        first = _first_failure
+        # (`RESULTS.where` takes one predicate: batch axes are mapped over.)
+        for _ in range(jnp.ndim(results[0]._value)):
+            first = jax.vmap(first)
+        return first(*results)
 
     @property
     def output(self) -> Solution | ReadoutSolution:
         """The last layer's solution."""
         return self.layers[-1]
+
+
+def _first_failure(*results: RESULTS) -> RESULTS:
+    result = results[0]
+    for other in results[1:]:
+        result = RESULTS.where(result != RESULTS.successful, result, other)
+    return result
 
 
 class SpikingODENetwork(eqx.Module):
@@ -339,7 +348,7 @@ class SpikingODENetwork(eqx.Module):
         that fails raises with its message after the failed layer's place
         (`layers[i]`) and its `max_spikes`.
         """
-        check_bool("throw", throw)
+        throw = check_bool("throw", throw)
         if not isinstance(inputs, SpikeTrain):
             raise TypeError(
                 "`inputs` of a SpikingODENetwork must be a SpikeTrain (its layers "
@@ -436,7 +445,7 @@ def first_spike_times(
     fired: with `throw` (the default) that raises at run time, with the run's
     message, as [`Solution.spike_train`][] does; `throw=False` returns the times
     recorded whatever the result."""
-    check_bool("throw", throw)
+    throw = check_bool("throw", throw)
     if not isinstance(sol, Solution):
         raise TypeError(
             "`first_spike_times` takes the Solution of a spiking layer (one of a "

@@ -224,7 +224,7 @@ class Solution(eqx.Module):
         `max_spikes` spikes of each neuron): with `throw` (the default) that raises
         at run time, with the run's message; `throw=False` returns the recorded
         spikes whatever the result."""
-        check_bool("throw", throw)
+        throw = check_bool("throw", throw)
         sol = self
         if throw:
             sol = raise_unless_successful(self, "spike_train() of a failed run: ")

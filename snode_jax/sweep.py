@@ -74,14 +74,16 @@ def grid(
     **Raises:**
 
     `ValueError` for no axes, an axis given twice, an empty, scalar or ragged
-    axis, or more than `2**31 - 1` points.
+    axis, or more than `2**31 - 1` points; `TypeError` for `axes` that is not a
+    mapping (nor pairs of names and values).
     """
-    if axes is not None and not isinstance(axes, Mapping):
+    try:
+        merged: dict[str, Any] = dict(axes or {})
+    except (TypeError, ValueError) as error:
         raise TypeError(
             "`axes` must be a mapping from names to values (or give the axes by "
             f"keyword: `grid(tau_mem=[10, 20])`), got {type(axes).__name__} {axes!r}."
-        )
-    merged: dict[str, Any] = dict(axes or {})
+        ) from error
     for name, values in kwargs.items():
         if name in merged:
             raise ValueError(f"Axis {name!r} given twice.")

@@ -619,6 +619,20 @@ def test_throw_must_be_a_bool(throw):
             call()
 
 
+def test_numpy_bools_are_flags():
+    # `np.True_` passed the check but reached the compiled run as an array
+    # (a `TracerBoolConversionError`).
+    layer = sj.SpikingODELayer(N_IN, N, key=_KEY)
+    x = np.ones((T, N_IN))
+    for flag in (np.True_, np.False_):
+        np.testing.assert_array_equal(
+            layer.forward(x, 1.0, throw=flag), layer.forward(x, 1.0)
+        )
+        np.testing.assert_array_equal(
+            layer.simulate(x, 1.0, throw=flag).counts, layer.simulate(x, 1.0).counts
+        )
+
+
 def test_states_are_checked_against_the_dtype_and_step_needs_one():
     # A state beyond the layer's dtype became -inf when cast (`OnlineLayer.reset`
     # stored it so) and failed at run time as a generic non-finite input; `step`

@@ -880,6 +880,7 @@ def test_a_failure_in_a_network_names_its_layer():
             jax.block_until_ready(jitted(budgets)(train))
     # With `throw=False`, the layers after the failed one say that their input
     # came from it (they reported success on the truncated train).
+    nsols = []
     for budgets, i in (((64, 2), 1), ((2, 64), 0)):
         nsol = net.simulate(train, t_end=30.0, max_spikes=budgets, throw=False)
         results = [sol.result for sol in nsol.layers]
@@ -887,6 +888,15 @@ def test_a_failure_in_a_network_names_its_layer():
         assert all(r == sj.RESULTS.successful for r in results[:i])
         assert all(r == sj.RESULTS.input_from_failed_layer for r in results[i + 1 :])
         assert nsol.result == sj.RESULTS.spike_buffer_full
+        nsols.append(nsol)
+    # Batched (as `jax.vmap` returns it), per element; with a success among them
+    # (`RESULTS.where` refused the batched predicate).
+    ok = net.simulate(train, t_end=30.0, max_spikes=64)
+    batched = jax.tree.map(lambda *a: jnp.stack(a), *nsols, ok)
+    np.testing.assert_array_equal(
+        np.asarray(batched.result == sj.RESULTS.spike_buffer_full), [True, True, False]
+    )
+    assert bool(np.asarray(batched.result == sj.RESULTS.successful)[2])
     with pytest.raises(eqx.EquinoxRuntimeError, match="An earlier layer of the"):
         nsol.layers[1].spike_train()
     # With every budget large enough, the run succeeds.

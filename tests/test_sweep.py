@@ -289,6 +289,10 @@ def test_missing_parameter_and_other_errors():
         TypeError, match=r"`axes` must be a mapping .* got list \[1, 2\]"
     ):
         grid([1, 2])  # type: ignore[arg-type]
+    # Pairs of names and values, and no axes but keywords, as `dict` takes them.
+    pairs = grid([("a", [1.0, 2.0]), ("b", [3.0])], c=[4.0])  # type: ignore[arg-type]
+    np.testing.assert_array_equal(pairs["a"], [1.0, 2.0])
+    np.testing.assert_array_equal(grid((), c=[4.0])["c"], [4.0])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="`progress` must be True or False, got None"):
         sweep(lambda p: p, {"x": np.ones(3)}, progress=None)  # type: ignore[arg-type]
 

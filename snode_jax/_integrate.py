@@ -180,14 +180,6 @@ def initial_conditions(dynamics, state) -> dict:
     return conditions
 
 
-def _check_some_intervals(inputs) -> None:
-    """Dense `inputs` (if given) hold at least one interval."""
-    if inputs is not None and jnp.shape(inputs)[0] == 0:
-        raise ValueError(
-            "Dense `inputs` need at least one interval, got shape (0, ...)."
-        )
-
-
 def integrate(
     dynamics: AbstractDynamics,
     solver,
@@ -232,7 +224,6 @@ def integrate(
     reports the forward run's outcome itself.
     """
     check_run_arrays(dynamics, weight, state, inputs)
-    _check_some_intervals(inputs)
     if max_spikes is not None:
         max_spikes = check_max_spikes(max_spikes)
     dtype = jnp.result_type(weight, inputs)
@@ -423,7 +414,10 @@ def integrate_events(
         check_spike_train(
             spikes, jnp.shape(weight)[1], t_end, "spikes", jnp.result_type(weight)
         )
-    _check_some_intervals(inputs)
+    if inputs is not None and jnp.shape(inputs)[0] == 0:
+        raise ValueError(
+            "Dense `inputs` need at least one interval, got shape (0, ...)."
+        )
     check_event_max_spikes(check_max_spikes(max_spikes))
     if max_events is not None:
         max_events = check_positive_int("max_events", max_events, MAX_BUDGET)

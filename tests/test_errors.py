@@ -1455,9 +1455,6 @@ def test_integrate_and_integrate_events_check_their_arrays_shapes():
     with pytest.raises(ValueError, match="`max_spikes` must be an int >= 0, got -1"):
         dense(max_spikes=-1)
     np.testing.assert_array_equal(dense().counts.shape, (2, 2))
-    # (An empty Solution before; layers and `integrate_events` refused it.)
-    with pytest.raises(ValueError, match="need at least one interval"):
-        dense(x=jnp.ones((0, 3)))
     # A 0-d integer array is an int (as SpikingODENetwork takes it).
     for m in (np.array(4), jnp.int32(4)):
         np.testing.assert_array_equal(

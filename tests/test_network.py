@@ -892,7 +892,12 @@ def test_a_failure_in_a_network_names_its_layer():
     # Batched (as `jax.vmap` returns it), per element; with a success among them
     # (`RESULTS.where` refused the batched predicate).
     ok = net.simulate(train, t_end=30.0, max_spikes=64)
-    batched = jax.tree.map(lambda *a: jnp.stack(a), *nsols, ok)
+    stacked = [
+        jax.tree.map(lambda *a: jnp.stack(a), *(n.layers[k].result for n in runs))
+        for runs in [(*nsols, ok)]
+        for k in range(3)
+    ]
+    batched = eqx.tree_at(lambda n: [s.result for s in n.layers], ok, stacked)
     np.testing.assert_array_equal(
         np.asarray(batched.result == sj.RESULTS.spike_buffer_full), [True, True, False]
     )

@@ -9,6 +9,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._controller import PredictiveController, PredictiveState
 from ._crossing import (
+    EXACT_FLOW_ULPS,
     CrossingRecord,
     Crossings,
     StepCrossings,
@@ -83,10 +84,11 @@ def _zero_counters(n: int) -> Counters:
     return Counters(z, z, z, z, z, num_imprecise_intervals=z, num_invalid_resets=z)
 
 
-# A located crossing is late by up to the search's tolerance, 4 eps of its time in
-# the interval on an exact flow (the upper end of the final bracket) and 4 eps of
-# the interval on a solver's output (see `_crossing.py`); the neuron runs on from
-# there, so the lateness adds up over an interval's spikes. (Measured: an IF
+# A located crossing is late by up to the search's tolerance, `EXACT_FLOW_ULPS` (4)
+# eps of its time in the interval on an exact flow (the upper end of the final
+# bracket) and 4 eps of the interval on a solver's output (`BracketedNewton`'s
+# default; see `_crossing.py`); the neuron runs on from there, so the lateness
+# adds up over an interval's spikes. (Measured: an IF
 # neuron over one 100 ms interval at periods of 1/30 ms ended 0.042 ms late in
 # float32, 2998 spikes where float64 has 2999; at periods of 10/3 ms 1.8 ms late
 # in float16, its count right only because the interval ended first.) Reported
@@ -95,7 +97,7 @@ def _zero_counters(n: int) -> Counters:
 # with its own rounding: for spikes spread over the interval, from
 # `8 N^2 eps > 1` spikes on an exact flow and `16 N^2 eps > 1` on a solver's
 # output (float32: about 1000 and 700; float16: 11 and 8; bfloat16: 4 and 3).
-_LATENESS_ULPS = 4
+_LATENESS_ULPS = EXACT_FLOW_ULPS
 
 
 class AdaptiveState(eqx.Module):

@@ -27,6 +27,11 @@ _TRUST = 0.01
 _CURVATURE = 1e3
 _MAX_POLISH = 4
 
+# On an exact flow the search's tolerance is this many eps of the crossing's time in
+# the interval (see `_locate_subset`); the adaptive loop bounds the spikes'
+# lateness with it.
+EXACT_FLOW_ULPS = 4
+
 # A crossing located where the state stops being finite (a blow-up, as AdEx's and
 # QIF's) is taken only if the state just below it, at its own slope, reaches
 # threshold within this many times the search's final bracket (a blow-up
@@ -222,7 +227,7 @@ def _locate_subset(
         lanes & finite1,
         interval,
         clock=jnp.zeros_like(s.t) if exact else None,
-        ulps=4,
+        ulps=EXACT_FLOW_ULPS,
     )
     trusted = finite1
     if exact:

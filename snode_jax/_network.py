@@ -313,10 +313,7 @@ class SpikingODENetwork(eqx.Module):
                 )
             # A float32 layer's spike at its own `t_end` (rounded up) would be past
             # a float64 layer's, and refused there as an invalid input.
-            dtype, first = (
-                jnp.dtype(layer.weight.dtype),
-                jnp.dtype(layers[0].weight.dtype),
-            )
+            dtype, first = layer.weight.dtype, layers[0].weight.dtype
             if dtype != first:
                 raise ValueError(
                     f"The layers of a network share one dtype (spike times pass "
